@@ -1,0 +1,175 @@
+//! Wiring: builds every stage from the config, runs them, and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::auth::Verifier;
+use crate::bus::Bus;
+use crate::config::{Brokers, Config};
+use crate::gateway::{Admission, Gateway};
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::route::Router;
+use crate::source::embedded::EmbeddedBroker;
+use crate::source::kafka::KafkaSource;
+
+/// A running herald instance.
+pub struct Running {
+    local_addr: SocketAddr,
+    kafka_bootstrap: String,
+    metrics: Arc<Metrics>,
+    io: socketioxide::SocketIo,
+    bus: Arc<Bus>,
+    grace: Duration,
+    /// Stops fetching from Kafka.
+    stop_source: CancellationToken,
+    /// Gives up on records still waiting for the bus (end of the grace period).
+    abort_source: CancellationToken,
+    /// Stops the HTTP server and background tasks.
+    stop_rest: CancellationToken,
+    /// Fired when a component ends on its own: the process should shut down.
+    failed: CancellationToken,
+    source: JoinHandle<anyhow::Result<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    _broker: Option<EmbeddedBroker>,
+}
+
+/// Builds and starts every stage. `listener` overrides `server.listen` (tests bind port 0).
+pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Running> {
+    let topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&topics));
+    let verifier = Verifier::new(&config.auth.jwt).context("auth.jwt")?;
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(config.server.listen).await.with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?,
+    };
+    let local_addr = listener.local_addr()?;
+
+    let broker = match &config.kafka.brokers {
+        Brokers::Embedded => Some(EmbeddedBroker::start(config.kafka.embedded.listen, &topics, config.kafka.embedded.partitions).await?),
+        Brokers::List(_) => None,
+    };
+    let kafka_bootstrap = match (&config.kafka.brokers, &broker) {
+        (Brokers::List(list), _) => list.clone(),
+        (Brokers::Embedded, Some(b)) => b.address().to_string(),
+        (Brokers::Embedded, None) => unreachable!("the embedded broker was started above"),
+    };
+
+    let stop_rest = CancellationToken::new();
+    let gateway = Gateway::new(&config.server, metrics.clone());
+    let bus = Bus::start(&config, gateway.deliverer.clone(), metrics.clone(), stop_rest.clone()).await?;
+    gateway.open(Arc::new(Admission { verifier, bus: bus.clone(), presence: gateway.presence.clone(), metrics: metrics.clone() }));
+
+    let router = Arc::new(Router::new(&config));
+    let source = KafkaSource::new(&config, &kafka_bootstrap, router, bus.clone(), metrics.clone())?;
+    let kafka_health = source.health();
+
+    let app = http::router(HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone() }).layer(gateway.layer);
+    let failed = CancellationToken::new();
+    let server = {
+        let (stop, failed) = (stop_rest.clone(), failed.clone());
+        tokio::spawn(async move {
+            let result = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            failed.cancel();
+            result
+        })
+    };
+    let (stop_source, abort_source) = (CancellationToken::new(), CancellationToken::new());
+    let source = {
+        let (stop, abort, failed) = (stop_source.clone(), abort_source.clone(), failed.clone());
+        tokio::spawn(async move {
+            let result = source.run(stop.clone(), abort).await;
+            if !stop.is_cancelled() {
+                error!("The Kafka source stopped unexpectedly; shutting down.");
+                failed.cancel();
+            }
+            result
+        })
+    };
+    {
+        let (metrics, stop) = (metrics.clone(), stop_rest.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Metrics::UPKEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => metrics.upkeep(),
+                }
+            }
+        });
+    }
+    info!(listen = %local_addr, kafka = %kafka_bootstrap, bus = if config.redis.is_some() { "redis" } else { "in-process" }, "herald started.");
+    Ok(Running {
+        local_addr,
+        kafka_bootstrap,
+        metrics,
+        io: gateway.io,
+        bus,
+        grace: config.server.shutdown_grace,
+        stop_source,
+        abort_source,
+        stop_rest,
+        failed,
+        source,
+        server,
+        _broker: broker,
+    })
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The Kafka bootstrap list in use (the embedded broker's address in embedded mode).
+    pub fn kafka_bootstrap(&self) -> &str {
+        &self.kafka_bootstrap
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Resolves when a component ended on its own.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await
+    }
+
+    /// Phased shutdown within the grace period: stop fetching, let the records in hand reach
+    /// the bus and commit their offsets, close the sockets, then stop serving.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        info!(grace_secs = self.grace.as_secs(), "Shutting down: no more records are fetched.");
+        self.stop_source.cancel();
+        let abort = self.abort_source.clone();
+        let mut source = self.source;
+        let source_result = tokio::select! {
+            r = &mut source => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!("Grace period over with records still waiting for the bus; they stay uncommitted and will be consumed again.");
+                abort.cancel();
+                source.await
+            }
+        };
+        info!("Closing sockets.");
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(500));
+        if tokio::time::timeout(remaining, self.io.close()).await.is_err() {
+            warn!("Sockets did not all close in time.");
+        }
+        self.stop_rest.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
+        self.bus.close().await;
+        info!("herald stopped.");
+        match source_result {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("the Kafka source task panicked: {e}")),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The wire form of a notification on the bus: `{"e":event,"t":timestamp_ms,"p":payload}`.
+//!
+//! JSON so that operators can read it with `redis-cli subscribe` and other services can publish
+//! to a user's channel; the payload is spliced in as raw text and read back borrowed, so it is
+//! never parsed into a tree on either side.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::route::Notification;
+
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(rename = "e", borrow)]
+    pub event: Cow<'a, str>,
+    #[serde(rename = "t", default)]
+    pub timestamp_ms: i64,
+    #[serde(rename = "p", borrow)]
+    pub payload: &'a RawValue,
+}
+
+pub fn encode(n: &Notification) -> String {
+    let payload = n.payload.get();
+    let mut out = String::with_capacity(payload.len() + n.event.len() + 40);
+    out.push_str("{\"e\":");
+    // Event names come from config or scripts and may need escaping.
+    out.push_str(&serde_json::to_string(&*n.event).expect("a string always serialises"));
+    out.push_str(",\"t\":");
+    out.push_str(itoa::Buffer::new().format(n.timestamp_ms));
+    out.push_str(",\"p\":");
+    out.push_str(payload);
+    out.push('}');
+    out
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_without_touching_the_payload() {
+        let n = Notification {
+            user_id: "u".into(),
+            event: "no\"tif".into(),
+            payload: RawValue::from_string(r#"{"a": [1, 2], "b":"é"}"#.into()).unwrap(),
+            timestamp_ms: 1_700_000_000_123,
+        };
+        let wire = encode(&n);
+        let env = decode(wire.as_bytes()).unwrap();
+        assert_eq!(env.event, "no\"tif");
+        assert_eq!(env.timestamp_ms, 1_700_000_000_123);
+        assert_eq!(env.payload.get(), r#"{"a": [1, 2], "b":"é"}"#);
+    }
+
+    #[test]
+    fn foreign_messages_are_refused() {
+        assert!(decode(b"hello").is_err());
+        assert!(decode(br#"{"e":"x"}"#).is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! The bus: carries each notification from the instance that consumed its record to the
+//! instances holding its user's sockets. Redis Pub/Sub (one channel per user) across instances,
+//! or an in-process shortcut when herald runs alone.
+
+pub mod envelope;
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::gateway::Deliverer;
+use crate::metrics::Metrics;
+use crate::route::Notification;
+
+/// A bus failure that may clear by itself (Redis down, timed out). The caller keeps the
+/// notifications and retries; it never skips them.
+#[derive(Debug, thiserror::Error)]
+#[error("bus unavailable: {0}")]
+pub struct BusError(pub String);
+
+pub enum Bus {
+    Memory(memory::MemoryBus),
+    Redis(redis::RedisBus),
+}
+
+impl Bus {
+    /// Connects the bus chosen by the config. Redis connection failures are not fatal here: the
+    /// client keeps reconnecting and readiness reports it.
+    pub async fn start(config: &Config, deliverer: Deliverer, metrics: Arc<Metrics>, cancel: CancellationToken) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(match &config.redis {
+            None => Bus::Memory(memory::MemoryBus::new(deliverer)),
+            Some(redis) => Bus::Redis(redis::RedisBus::start(redis, deliverer, metrics, cancel).await?),
+        }))
+    }
+
+    /// Publishes a batch in order. On success, returns for each notification how many
+    /// subscribers received it (0: its user has no socket anywhere).
+    pub async fn publish(&self, batch: &[Notification]) -> Result<Vec<usize>, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.publish(batch).await),
+            Bus::Redis(b) => b.publish(batch).await,
+        }
+    }
+
+    /// Called when a socket of `user_id` joins this instance: makes sure this instance receives
+    /// the user's notifications before the socket is told it is connected.
+    pub async fn acquire(&self, user_id: &str) {
+        if let Bus::Redis(b) = self {
+            b.acquire(user_id).await;
+        }
+    }
+
+    /// Called when a socket of `user_id` leaves; the last one unsubscribes.
+    pub fn release(&self, user_id: &str) {
+        if let Bus::Redis(b) = self {
+            b.release(user_id);
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Bus::Memory(_) => true,
+            Bus::Redis(b) => b.is_connected(),
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Bus::Redis(b) = self {
+            b.close().await;
+        }
+    }
+}

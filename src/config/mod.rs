@@ -1,0 +1,513 @@
+//! herald's configuration: the typed settings, their defaults, and the validation that reports
+//! every problem at once, each with its path. Reading the file lives here; using it does not.
+
+mod env;
+mod walk;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use env::OVERRIDES as ENV_OVERRIDES;
+pub use walk::{ConfigError, ConfigErrors};
+use walk::{Section, Walk, kind};
+
+/// The whole configuration. See the annotated `config.yaml` for every key and its default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub kafka: KafkaConfig,
+    /// `None` when `redis.url` is absent: a single instance with the in-process bus.
+    pub redis: Option<RedisConfig>,
+    pub auth: AuthConfig,
+    pub routes: RoutesConfig,
+    pub log: LogConfig,
+    /// The directory of the config file; relative paths in the config resolve against it.
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address for Socket.IO and HTTP. Default `0.0.0.0:3000`.
+    pub listen: SocketAddr,
+    /// Socket.IO event name notifications are emitted under. Default `notification`.
+    pub event: String,
+    /// Engine.IO heartbeat interval. Default 25 s.
+    pub ping_interval: Duration,
+    /// How long a silent client is kept after a missed heartbeat. Default 20 s.
+    pub ping_timeout: Duration,
+    /// Packets buffered per socket before the socket counts as slow. Default 128.
+    pub max_buffer_size: usize,
+    /// Largest incoming Engine.IO payload a client may send, in bytes. Default 100000.
+    pub max_payload_bytes: u64,
+    /// Deadline for a graceful shutdown. Default 10 s.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Brokers {
+    /// The in-process Kafka-protocol broker (librdkafka's mock cluster), for trying herald.
+    Embedded,
+    /// A `bootstrap.servers` list.
+    List(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: Brokers,
+    /// Consumer group. Default `herald`.
+    pub group_id: String,
+    /// Topics to consume. Default `[user-notifications]`.
+    pub topics: Vec<TopicConfig>,
+    /// Extra librdkafka settings, passed through as given.
+    pub options: BTreeMap<String, String>,
+    /// Most records routed and published to the bus as one batch. Default 512.
+    pub max_batch: usize,
+    pub embedded: EmbeddedKafkaConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedKafkaConfig {
+    /// Stable address the embedded broker is reachable on. Default `127.0.0.1:9092`.
+    pub listen: SocketAddr,
+    /// Partitions of each configured topic. Default 4.
+    pub partitions: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicConfig {
+    pub name: String,
+    /// Route script (issue: Rhai routes); `None` uses the default rule.
+    pub script: Option<PathBuf>,
+    /// Where the user id comes from for this topic; `None` uses `routes.user_id`.
+    pub user_id: Option<UserIdSource>,
+    /// Event name for this topic; `None` uses `server.event`.
+    pub event: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub channel: ChannelPattern,
+    /// Deadline for one Redis command, so an outage fails fast instead of hanging. Default 2000 ms.
+    pub command_timeout: Duration,
+    /// Pub/Sub messages buffered between fred and herald before some are lost. Default 65536.
+    pub pubsub_buffer: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwt: JwtConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Shared secret for the HS algorithms.
+    pub secret: Option<String>,
+    /// Accepted algorithms. Default `[HS256]`.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Claim that holds the user id (string or number). Default `sub`.
+    pub user_id_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`. Default 5 s.
+    pub leeway_secs: u64,
+    /// Accepted issuers; empty accepts any.
+    pub issuers: Vec<String>,
+    /// Accepted audiences; empty accepts any.
+    pub audiences: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutesConfig {
+    /// Default rule: where the user id comes from. Default `/userId`.
+    pub user_id: UserIdSource,
+    /// Directory of route scripts. Default `routes`.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserIdSource {
+    /// A JSON pointer into the record value, e.g. `/userId`.
+    Pointer(String),
+    /// The Kafka record key.
+    Key,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `herald=debug,info`. Default `info`.
+    pub level: String,
+}
+
+/// A Redis channel name pattern with exactly one `{user_id}` placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPattern {
+    prefix: String,
+    suffix: String,
+}
+
+impl ChannelPattern {
+    pub const PLACEHOLDER: &str = "{user_id}";
+
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        match pattern.split_once(Self::PLACEHOLDER) {
+            Some((prefix, suffix)) if !suffix.contains(Self::PLACEHOLDER) => {
+                if prefix.contains(['*', '?', '[']) || suffix.contains(['*', '?', '[']) {
+                    return Err("must not contain the glob characters * ? [".into());
+                }
+                Ok(Self { prefix: prefix.into(), suffix: suffix.into() })
+            }
+            Some(_) => Err("must contain {user_id} exactly once".into()),
+            None => Err("must contain {user_id}".into()),
+        }
+    }
+
+    /// The channel carrying one user's notifications.
+    pub fn channel(&self, user_id: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + user_id.len() + self.suffix.len());
+        s.push_str(&self.prefix);
+        s.push_str(user_id);
+        s.push_str(&self.suffix);
+        s
+    }
+
+    /// The user id a channel belongs to, if it matches the pattern.
+    pub fn user_id<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        let id = channel.strip_prefix(self.prefix.as_str())?.strip_suffix(self.suffix.as_str())?;
+        (!id.is_empty()).then_some(id)
+    }
+}
+
+impl Config {
+    /// Reads, substitutes, overrides and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| single("", format!("cannot read {}: {e}", path.display())))?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_yaml(&text, base_dir, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses a YAML document; `env` looks up environment variables (a parameter so tests can
+    /// pass their own).
+    pub fn from_yaml(text: &str, base_dir: PathBuf, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut root: Value = if text.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| single("", format!("invalid YAML: {e}")))?
+        };
+        let mut walk = Walk::default();
+        env::substitute(&mut root, "", env, &mut walk);
+        env::apply_overrides(&mut root, env);
+        let config = Self::read(&root, base_dir, &mut walk);
+        walk.into_result(config)
+    }
+
+    fn read(root: &Value, base_dir: PathBuf, walk: &mut Walk) -> Self {
+        let top = walk.section(Some(root), "", &["server", "kafka", "redis", "auth", "routes", "log"]);
+        let server = read_server(walk, top.raw("server"));
+        let kafka = read_kafka(walk, top.raw("kafka"));
+        let redis = read_redis(walk, top.raw("redis"));
+        let auth = read_auth(walk, top.raw("auth"));
+        let routes = read_routes(walk, top.raw("routes"));
+        let log = read_log(walk, top.raw("log"));
+        let config = Config { server, kafka, redis, auth, routes, log, base_dir };
+        config.check_cross_references(walk);
+        config
+    }
+
+    fn check_cross_references(&self, walk: &mut Walk) {
+        let jwt = &self.auth.jwt;
+        let wants_secret = jwt.algorithms.iter().any(|a| matches!(a, jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512));
+        if wants_secret && jwt.secret.as_deref().is_none_or(str::is_empty) {
+            walk.error("auth.jwt.secret", "required for the HS algorithms (set it, or HERALD_JWT_SECRET)");
+        }
+        if jwt.algorithms.iter().any(|a| !is_hmac(*a)) {
+            walk.error("auth.jwt.algorithms", "only HS256, HS384 and HS512 are supported so far");
+        }
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.kafka.brokers == Brokers::Embedded
+    }
+}
+
+fn is_hmac(alg: jsonwebtoken::Algorithm) -> bool {
+    use jsonwebtoken::Algorithm::*;
+    matches!(alg, HS256 | HS384 | HS512)
+}
+
+fn single(path: &str, message: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError { path: path.into(), message }])
+}
+
+fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
+    let s = walk.section(v, "server", &["listen", "event", "ping_interval_secs", "ping_timeout_secs", "max_buffer_size", "max_payload_bytes", "shutdown_grace_secs"]);
+    let listen = read_addr(walk, &s, "listen", "0.0.0.0:3000");
+    let event: String = walk.get(&s, "event", "notification".into());
+    check_event_name(walk, &s.path("event"), &event);
+    let ping_interval = secs(walk, &s, "ping_interval_secs", 25, 1..=3600);
+    let ping_timeout = secs(walk, &s, "ping_timeout_secs", 20, 1..=3600);
+    let max_buffer_size = ranged(walk, &s, "max_buffer_size", 128usize, 1..=1_000_000);
+    let max_payload_bytes = ranged(walk, &s, "max_payload_bytes", 100_000u64, 64..=100_000_000);
+    let shutdown_grace = secs(walk, &s, "shutdown_grace_secs", 10, 0..=3600);
+    ServerConfig { listen, event, ping_interval, ping_timeout, max_buffer_size, max_payload_bytes, shutdown_grace }
+}
+
+/// Socket.IO reserves these names on the client; a notification emitted under one never arrives.
+const RESERVED_EVENTS: &[&str] = &["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+
+fn check_event_name(walk: &mut Walk, path: &str, event: &str) {
+    if event.is_empty() {
+        walk.error(path, "must not be empty");
+    } else if RESERVED_EVENTS.contains(&event) {
+        walk.error(path, format!("`{event}` is reserved by Socket.IO"));
+    }
+}
+
+fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
+    let s = walk.section(v, "kafka", &["brokers", "group_id", "topics", "options", "max_batch", "embedded"]);
+    let brokers = match s.raw("brokers") {
+        None => Brokers::Embedded,
+        Some(Value::String(b)) if b.trim() == "embedded" => Brokers::Embedded,
+        Some(Value::String(b)) if b.trim().is_empty() => {
+            walk.error(s.path("brokers"), "must not be empty");
+            Brokers::Embedded
+        }
+        Some(Value::String(b)) => Brokers::List(b.trim().to_owned()),
+        Some(Value::Array(items)) => {
+            let mut list = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(b) if !b.trim().is_empty() => list.push(b.trim().to_owned()),
+                    _ => walk.error(format!("{}[{i}]", s.path("brokers")), "expected a host:port string"),
+                }
+            }
+            if list.is_empty() {
+                walk.error(s.path("brokers"), "must list at least one broker");
+            }
+            Brokers::List(list.join(","))
+        }
+        Some(other) => {
+            walk.error(s.path("brokers"), format!("expected `embedded`, a host:port list or a list of them, found {}", kind(other)));
+            Brokers::Embedded
+        }
+    };
+    let group_id: String = walk.get(&s, "group_id", "herald".into());
+    if group_id.trim().is_empty() {
+        walk.error(s.path("group_id"), "must not be empty");
+    }
+    let topics = match s.raw("topics") {
+        None => vec![TopicConfig { name: "user-notifications".into(), script: None, user_id: None, event: None }],
+        Some(Value::Array(items)) => {
+            let topics: Vec<_> = items.iter().enumerate().filter_map(|(i, item)| read_topic(walk, item, &format!("kafka.topics[{i}]"))).collect();
+            if items.is_empty() {
+                walk.error(s.path("topics"), "must list at least one topic");
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, t) in topics.iter().enumerate() {
+                if !seen.insert(t.name.as_str()) {
+                    walk.error(format!("kafka.topics[{i}]"), format!("topic `{}` is listed twice", t.name));
+                }
+            }
+            topics
+        }
+        Some(other) => {
+            walk.error(s.path("topics"), format!("expected a list of topics, found {}", kind(other)));
+            Vec::new()
+        }
+    };
+    let options = match s.raw("options") {
+        None => BTreeMap::new(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k.clone(), s.clone())),
+                Value::Number(n) => Some((k.clone(), n.to_string())),
+                Value::Bool(b) => Some((k.clone(), b.to_string())),
+                other => {
+                    walk.error(format!("kafka.options.{k}"), format!("expected a string, number or boolean, found {}", kind(other)));
+                    None
+                }
+            })
+            .collect(),
+        Some(other) => {
+            walk.error(s.path("options"), format!("expected a mapping of librdkafka settings, found {}", kind(other)));
+            BTreeMap::new()
+        }
+    };
+    for managed in ["group.id", "bootstrap.servers", "enable.auto.offset.store"] {
+        if options.contains_key(managed) {
+            walk.error(format!("kafka.options.{managed}"), "is set by herald (use the dedicated key, or leave it: herald stores offsets only after delivery to the bus)");
+        }
+    }
+    let max_batch = ranged(walk, &s, "max_batch", 512usize, 1..=100_000);
+    let e = walk.section(s.raw("embedded"), "kafka.embedded", &["listen", "partitions"]);
+    let embedded = EmbeddedKafkaConfig {
+        listen: read_addr(walk, &e, "listen", "127.0.0.1:9092"),
+        partitions: ranged(walk, &e, "partitions", 4i32, 1..=1000),
+    };
+    KafkaConfig { brokers, group_id, topics, options, max_batch, embedded }
+}
+
+fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> {
+    let topic = match item {
+        Value::String(name) => TopicConfig { name: name.clone(), script: None, user_id: None, event: None },
+        Value::Object(_) => {
+            let s = walk.section(Some(item), path, &["name", "script", "user_id", "event"]);
+            let Some(name) = walk.opt::<String>(&s, "name") else {
+                if s.raw("name").is_none() {
+                    walk.error(s.path("name"), "is required");
+                }
+                return None;
+            };
+            let script = walk.opt::<String>(&s, "script").map(PathBuf::from);
+            let user_id = walk.opt::<String>(&s, "user_id").and_then(|u| parse_user_id(walk, &s.path("user_id"), &u));
+            let event = walk.opt::<String>(&s, "event");
+            if let Some(e) = &event {
+                check_event_name(walk, &s.path("event"), e);
+            }
+            TopicConfig { name, script, user_id, event }
+        }
+        other => {
+            walk.error(path, format!("expected a topic name or a mapping with `name`, found {}", kind(other)));
+            return None;
+        }
+    };
+    if let Err(why) = check_topic_name(&topic.name) {
+        walk.error(path, why);
+    }
+    Some(topic)
+}
+
+fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!("topic name `{name}` must be 1 to 249 characters long"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(format!("topic name `{name}` may only contain ASCII letters, digits, `.`, `_` and `-`"));
+    }
+    Ok(())
+}
+
+fn parse_user_id(walk: &mut Walk, path: &str, value: &str) -> Option<UserIdSource> {
+    if value == "key" {
+        Some(UserIdSource::Key)
+    } else if value.is_empty() || value.starts_with('/') {
+        Some(UserIdSource::Pointer(value.to_owned()))
+    } else {
+        walk.error(path, format!("expected `key` or a JSON pointer such as `/userId`, found `{value}`"));
+        None
+    }
+}
+
+fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
+    let s = walk.section(v, "redis", &["url", "channel", "command_timeout_ms", "pubsub_buffer"]);
+    let url = walk.opt::<String>(&s, "url").filter(|u| !u.trim().is_empty());
+    if let Some(u) = &url
+        && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+    {
+        walk.error(s.path("url"), "must start with redis:// or rediss://");
+    }
+    let pattern: String = walk.get(&s, "channel", "herald:user:{user_id}".into());
+    let channel = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
+        walk.error(s.path("channel"), why);
+        ChannelPattern::parse("herald:user:{user_id}").expect("default pattern is valid")
+    });
+    let command_timeout = Duration::from_millis(ranged(walk, &s, "command_timeout_ms", 2000u64, 10..=600_000));
+    let pubsub_buffer = ranged(walk, &s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
+    url.map(|url| RedisConfig { url, channel, command_timeout, pubsub_buffer })
+}
+
+fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {
+    let s = walk.section(v, "auth", &["jwt"]);
+    let j = walk.section(s.raw("jwt"), "auth.jwt", &["secret", "algorithms", "user_id_claim", "leeway_secs", "issuers", "audiences"]);
+    let secret = walk.opt::<String>(&j, "secret");
+    let names: Vec<String> = walk.get(&j, "algorithms", vec!["HS256".into()]);
+    let mut algorithms = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match name.parse::<jsonwebtoken::Algorithm>() {
+            Ok(a) => algorithms.push(a),
+            Err(_) => walk.error(format!("auth.jwt.algorithms[{i}]"), format!("unknown algorithm `{name}`")),
+        }
+    }
+    if names.is_empty() {
+        walk.error(j.path("algorithms"), "must list at least one algorithm");
+    }
+    let user_id_claim: String = walk.get(&j, "user_id_claim", "sub".into());
+    if user_id_claim.is_empty() {
+        walk.error(j.path("user_id_claim"), "must not be empty");
+    }
+    let leeway_secs = ranged(walk, &j, "leeway_secs", 5u64, 0..=3600);
+    let issuers = walk.get(&j, "issuers", Vec::new());
+    let audiences = walk.get(&j, "audiences", Vec::new());
+    AuthConfig { jwt: JwtConfig { secret, algorithms, user_id_claim, leeway_secs, issuers, audiences } }
+}
+
+fn read_routes(walk: &mut Walk, v: Option<&Value>) -> RoutesConfig {
+    let s = walk.section(v, "routes", &["user_id", "dir"]);
+    let raw: String = walk.get(&s, "user_id", "/userId".into());
+    let user_id = parse_user_id(walk, &s.path("user_id"), &raw).unwrap_or(UserIdSource::Pointer("/userId".into()));
+    let dir = PathBuf::from(walk.get::<String>(&s, "dir", "routes".into()));
+    RoutesConfig { user_id, dir }
+}
+
+fn read_log(walk: &mut Walk, v: Option<&Value>) -> LogConfig {
+    let s = walk.section(v, "log", &["format", "level"]);
+    let format = match walk.get::<String>(&s, "format", "text".into()).as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            walk.error(s.path("format"), format!("expected `text` or `json`, found `{other}`"));
+            LogFormat::Text
+        }
+    };
+    let level: String = walk.get(&s, "level", "info".into());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        walk.error(s.path("level"), format!("not a valid log filter: {e}"));
+    }
+    LogConfig { format, level }
+}
+
+fn read_addr(walk: &mut Walk, s: &Section<'_>, key: &str, default: &str) -> SocketAddr {
+    let fallback = default.parse().expect("default address is valid");
+    match walk.opt::<String>(s, key) {
+        None => fallback,
+        Some(text) => text.parse().unwrap_or_else(|_| {
+            walk.error(s.path(key), format!("expected an ip:port address such as {default}, found `{text}`"));
+            fallback
+        }),
+    }
+}
+
+fn ranged<T>(walk: &mut Walk, s: &Section<'_>, key: &str, default: T, range: std::ops::RangeInclusive<T>) -> T
+where
+    T: serde::de::DeserializeOwned + PartialOrd + Copy + std::fmt::Display,
+{
+    let value = walk.get(s, key, default);
+    if range.contains(&value) {
+        value
+    } else {
+        walk.error(s.path(key), format!("must be between {} and {}, found {value}", range.start(), range.end()));
+        default
+    }
+}
+
+fn secs(walk: &mut Walk, s: &Section<'_>, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
+    Duration::from_secs(ranged(walk, s, key, default, range))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(yaml: &str) -> Result<Config, ConfigErrors> {
+    Config::from_yaml(yaml, PathBuf::from("."), &no_env)
+}
+
+fn error_paths(yaml: &str) -> Vec<String> {
+    parse(yaml).unwrap_err().0.into_iter().map(|e| e.path).collect()
+}
+
+const MINIMAL: &str = "auth: {jwt: {secret: s3cret}}\n";
+
+#[test]
+fn defaults_fill_a_minimal_config() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:3000");
+    assert_eq!(c.server.event, "notification");
+    assert_eq!(c.kafka.brokers, Brokers::Embedded);
+    assert_eq!(c.kafka.group_id, "herald");
+    assert_eq!(c.kafka.topics.len(), 1);
+    assert_eq!(c.kafka.topics[0].name, "user-notifications");
+    assert!(c.redis.is_none());
+    assert_eq!(c.auth.jwt.user_id_claim, "sub");
+    assert_eq!(c.routes.user_id, UserIdSource::Pointer("/userId".into()));
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::from_yaml(&text, path.parent().unwrap().into(), &no_env).unwrap();
+    assert!(c.is_embedded(), "the shipped config runs on the embedded broker");
+    assert!(c.redis.is_none(), "the shipped config needs no Redis");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_path() {
+    let yaml = r#"
+server:
+  listen: "not an address"
+  event: connect
+  max_buffer_size: "lots"
+  colour: blue
+kafka:
+  brokers: 42
+  topics: ["ok", "bad topic!", {script: x.rhai}]
+  options: {group.id: x, fetch.wait.max.ms: 10, nested: {a: 1}}
+redis:
+  url: http://nope
+  channel: "herald:{user}"
+auth:
+  jwt:
+    algorithms: [HS256, XX999]
+routes:
+  user_id: userId
+log:
+  format: xml
+extra: 1
+"#;
+    let paths = error_paths(yaml);
+    for expected in [
+        "extra",
+        "server.colour",
+        "server.listen",
+        "server.event",
+        "server.max_buffer_size",
+        "kafka.brokers",
+        "kafka.topics[1]",
+        "kafka.topics[2].name",
+        "kafka.options.nested",
+        "kafka.options.group.id",
+        "redis.url",
+        "redis.channel",
+        "auth.jwt.algorithms[1]",
+        "auth.jwt.secret",
+        "routes.user_id",
+        "log.format",
+    ] {
+        assert!(paths.iter().any(|p| p == expected), "missing {expected} in {paths:?}");
+    }
+}
+
+#[test]
+fn invalid_yaml_is_reported() {
+    let errs = parse("server: [unclosed").unwrap_err();
+    assert!(errs.0[0].message.starts_with("invalid YAML"), "{errs}");
+}
+
+#[test]
+fn out_of_range_values_are_refused() {
+    assert_eq!(error_paths("server: {ping_interval_secs: 0}\nauth: {jwt: {secret: s}}"), ["server.ping_interval_secs"]);
+    assert_eq!(error_paths("kafka: {max_batch: 0}\nauth: {jwt: {secret: s}}"), ["kafka.max_batch"]);
+}
+
+#[test]
+fn topics_accept_names_and_mappings() {
+    let c = parse("kafka: {topics: [a, {name: b, user_id: key, event: ping, script: b.rhai}]}\nauth: {jwt: {secret: s}}").unwrap();
+    assert_eq!(c.kafka.topics[0].name, "a");
+    let b = &c.kafka.topics[1];
+    assert_eq!(b.user_id, Some(UserIdSource::Key));
+    assert_eq!(b.event.as_deref(), Some("ping"));
+    assert_eq!(b.script.as_deref(), Some(Path::new("b.rhai")));
+    assert_eq!(error_paths("kafka: {topics: [a, a]}\nauth: {jwt: {secret: s}}"), ["kafka.topics[1]"]);
+}
+
+#[test]
+fn brokers_accept_a_string_or_a_list() {
+    let c = parse("kafka: {brokers: [\"k1:9092\", \"k2:9092\"]}\nauth: {jwt: {secret: s}}").unwrap();
+    assert_eq!(c.kafka.brokers, Brokers::List("k1:9092,k2:9092".into()));
+    let c = parse("kafka: {brokers: \"k1:9092\"}\nauth: {jwt: {secret: s}}").unwrap();
+    assert_eq!(c.kafka.brokers, Brokers::List("k1:9092".into()));
+}
+
+#[test]
+fn env_substitution_and_overrides_apply() {
+    let env = |name: &str| match name {
+        "SECRET" => Some("from-env".to_owned()),
+        "HERALD_KAFKA_BROKERS" => Some("k:9092".to_owned()),
+        "HERALD_LISTEN" => Some("127.0.0.1:4000".to_owned()),
+        "HERALD_REDIS_URL" => Some("redis://127.0.0.1:6379".to_owned()),
+        _ => None,
+    };
+    let c = Config::from_yaml("auth: {jwt: {secret: \"${SECRET}\"}}\nserver: {ping_timeout_secs: \"${T:-7}\"}", ".".into(), &env).unwrap();
+    assert_eq!(c.auth.jwt.secret.as_deref(), Some("from-env"));
+    assert_eq!(c.server.ping_timeout, Duration::from_secs(7));
+    assert_eq!(c.kafka.brokers, Brokers::List("k:9092".into()));
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:4000");
+    assert_eq!(c.redis.unwrap().url, "redis://127.0.0.1:6379");
+}
+
+#[test]
+fn a_missing_secret_is_refused() {
+    assert_eq!(error_paths(""), ["auth.jwt.secret"]);
+}
+
+#[test]
+fn channel_pattern_renders_and_parses_user_ids() {
+    let p = ChannelPattern::parse("app:{user_id}:n").unwrap();
+    assert_eq!(p.channel("u42"), "app:u42:n");
+    assert_eq!(p.user_id("app:u42:n"), Some("u42"));
+    assert_eq!(p.user_id("app::n"), None);
+    assert_eq!(p.user_id("other:u42:n"), None);
+    assert!(ChannelPattern::parse("no-placeholder").is_err());
+    assert!(ChannelPattern::parse("{user_id}{user_id}").is_err());
+    assert!(ChannelPattern::parse("a*:{user_id}").is_err());
+}

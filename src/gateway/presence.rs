@@ -1,0 +1,76 @@
+//! Who is connected to this instance: sockets per user, and the gauges that show it.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::metrics::Metrics;
+
+/// Local socket counts per user. The count is what a delivery reports as "sockets reached" and
+/// what the in-process bus uses to tell an offline user from an online one.
+pub struct Presence {
+    users: DashMap<String, u32>,
+    metrics: Arc<Metrics>,
+}
+
+impl Presence {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { users: DashMap::new(), metrics }
+    }
+
+    /// Records one more socket for `user_id`; returns how many it now has here.
+    pub fn add(&self, user_id: &str) -> u32 {
+        let count = {
+            let mut entry = self.users.entry(user_id.to_owned()).or_insert(0);
+            *entry += 1;
+            *entry
+        };
+        self.metrics.sockets.increment(1.0);
+        self.metrics.users.set(self.users.len() as f64);
+        count
+    }
+
+    /// Records one socket fewer; returns how many the user still has here.
+    pub fn remove(&self, user_id: &str) -> u32 {
+        let left = match self.users.get_mut(user_id) {
+            Some(mut entry) => {
+                *entry = entry.saturating_sub(1);
+                *entry
+            }
+            None => return 0,
+        };
+        // Re-check under the shard lock: another socket of the user may have connected meanwhile.
+        self.users.remove_if(user_id, |_, count| *count == 0);
+        self.metrics.sockets.decrement(1.0);
+        self.metrics.users.set(self.users.len() as f64);
+        left
+    }
+
+    pub fn sockets_of(&self, user_id: &str) -> u32 {
+        self.users.get(user_id).map(|c| *c).unwrap_or(0)
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_sockets_per_user() {
+        let p = Presence::new(Arc::new(Metrics::new(&[])));
+        assert_eq!(p.add("a"), 1);
+        assert_eq!(p.add("a"), 2);
+        assert_eq!(p.add("b"), 1);
+        assert_eq!(p.users(), 2);
+        assert_eq!(p.remove("a"), 1);
+        assert_eq!(p.sockets_of("a"), 1);
+        assert_eq!(p.remove("a"), 0);
+        assert_eq!(p.sockets_of("a"), 0);
+        assert_eq!(p.users(), 1);
+        assert_eq!(p.remove("nobody"), 0);
+    }
+}

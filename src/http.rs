@@ -1,0 +1,42 @@
+//! The HTTP surface: Socket.IO (as a layer), `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::bus::Bus;
+use crate::metrics::Metrics;
+use crate::source::kafka::KafkaHealth;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub kafka: Arc<KafkaHealth>,
+    pub bus: Arc<Bus>,
+}
+
+/// The router without Socket.IO, so tests can call it directly; the app adds the layer.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Ready when Kafka answers and the bus is connected: a load balancer should not send sockets
+/// to an instance that cannot deliver to them.
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    let (kafka, bus) = (s.kafka.is_connected(), s.bus.is_ready());
+    let status = if kafka && bus { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": kafka && bus, "kafka": kafka, "bus": bus })))
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}

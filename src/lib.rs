@@ -1,0 +1,23 @@
+//! herald: a real-time notification gateway.
+//!
+//! A record flows one way through four stages, each in its own module:
+//!
+//! 1. [`source`]: a Kafka consumer group reads records (or the embedded broker serves them);
+//! 2. [`route`]: each record becomes notifications for one or more users;
+//! 3. [`bus`]: each notification is published on its user's Redis channel (or in-process);
+//! 4. [`gateway`]: the instances holding the user's sockets emit it over Socket.IO.
+//!
+//! [`config`] reads and validates the YAML configuration, [`auth`] verifies tokens, [`http`]
+//! serves health and metrics, [`metrics`] names every metric, and [`app`] wires it together.
+
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod route;
+pub mod source;
+pub mod telemetry;
+pub mod throttle;

@@ -1,0 +1,193 @@
+//! herald's command line: run the gateway, check a config, mint a test token, produce a record.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use herald::config::{Brokers, Config};
+
+/// Exit code for a configuration that does not validate (EX_CONFIG from sysexits.h).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Real-time notification gateway: Kafka -> route -> Redis Pub/Sub -> Socket.IO")]
+struct Cli {
+    /// Path of the YAML configuration.
+    #[arg(long, short, global = true, env = "HERALD_CONFIG", default_value = "config.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default when no subcommand is given).
+    Run,
+    /// Validate the configuration and list every problem; exit 0 if it is valid, 78 if not.
+    CheckConfig,
+    /// Print a signed test token for a user (HS algorithms only; for trying herald).
+    Token {
+        /// The user id to put in the user id claim.
+        #[arg(long)]
+        user: String,
+        /// Lifetime of the token in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+    },
+    /// Produce one record to Kafka (the configured brokers, or --brokers).
+    Produce {
+        /// Topic; defaults to the first configured topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Record key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Bootstrap servers; defaults to the config (127.0.0.1:9092 for the embedded broker).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// The record value, or `-` (the default) to read it from standard input.
+        #[arg(default_value = "-")]
+        value: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("herald: {}: {errors}", cli.config.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            println!("{}: OK", cli.config.display());
+            Ok(())
+        }
+        Command::Run => run(config),
+        Command::Token { user, ttl_secs } => token(&config, &user, ttl_secs).map(|t| println!("{t}")),
+        Command::Produce { topic, key, brokers, value } => produce(&config, topic, key, brokers, value),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    herald::telemetry::init(&config.log);
+    runtime()?.block_on(async move {
+        let embedded_banner = config.is_embedded().then(|| banner(&config));
+        let running = herald::app::start(config, None).await?;
+        if let Some(banner) = embedded_banner {
+            println!("{}", banner.replace("{listen}", &running.local_addr().to_string()).replace("{kafka}", running.kafka_bootstrap()));
+        }
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = running.failed() => {}
+        }
+        running.shutdown().await
+    })
+}
+
+/// The start-up text of the embedded mode: what it is for, and how to try it.
+fn banner(config: &Config) -> String {
+    let topic = &config.kafka.topics[0].name;
+    let token = token(config, "u42", 86_400).unwrap_or_else(|e| format!("(cannot mint one: {e})"));
+    format!(
+        "
+================================================================================
+ herald {version} is running in EMBEDDED MODE: an in-process Kafka broker and an
+ in-process bus. It is for trying herald on one machine, NOT for production:
+ records live in memory and vanish on exit. Set kafka.brokers and redis.url.
+================================================================================
+ Socket.IO + HTTP : http://{{listen}}   (/healthz /readyz /metrics)
+ Kafka (embedded) : {{kafka}}   topic: {topic}
+ Test token for user u42 (24 h):
+   {token}
+ Connect (Node, npm socket.io-client):
+   io(\"http://127.0.0.1:{port}\", {{ auth: {{ token: \"<the token>\" }} }}).on(\"{event}\", console.log)
+ Produce a notification for u42:
+   herald produce '{{\"userId\":\"u42\",\"type\":\"hello\",\"body\":{{\"text\":\"Hi\"}}}}'
+   echo '{{\"userId\":\"u42\",\"type\":\"hello\"}}' | kcat -P -b {{kafka}} -t {topic}
+================================================================================",
+        version = env!("CARGO_PKG_VERSION"),
+        port = config.server.listen.port(),
+        event = config.server.event,
+    )
+}
+
+fn token(config: &Config, user: &str, ttl_secs: u64) -> anyhow::Result<String> {
+    let jwt = &config.auth.jwt;
+    let secret = jwt.secret.as_deref().ok_or_else(|| anyhow::anyhow!("auth.jwt.secret is not set"))?;
+    let algorithm = *jwt.algorithms.first().ok_or_else(|| anyhow::anyhow!("auth.jwt.algorithms is empty"))?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut claims = serde_json::Map::new();
+    claims.insert(jwt.user_id_claim.clone(), user.into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + ttl_secs).into());
+    if let Some(iss) = jwt.issuers.first() {
+        claims.insert("iss".into(), iss.as_str().into());
+    }
+    if let Some(aud) = jwt.audiences.first() {
+        claims.insert("aud".into(), aud.as_str().into());
+    }
+    Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))?)
+}
+
+fn produce(config: &Config, topic: Option<String>, key: Option<String>, brokers: Option<String>, value: String) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let value = if value == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s.trim_end().to_owned()
+    } else {
+        value
+    };
+    let brokers = brokers.unwrap_or_else(|| match &config.kafka.brokers {
+        Brokers::List(list) => list.clone(),
+        Brokers::Embedded => config.kafka.embedded.listen.to_string(),
+    });
+    let topic = topic.unwrap_or_else(|| config.kafka.topics[0].name.clone());
+    runtime()?.block_on(async move {
+        let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("message.timeout.ms", "10000").create()?;
+        let mut record = FutureRecord::to(&topic).payload(&value);
+        if let Some(k) = &key {
+            record = record.key(k);
+        }
+        let delivery = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| anyhow::anyhow!("cannot produce to {topic} on {brokers}: {e}"))?;
+        println!("produced to {topic} partition {} offset {}", delivery.partition, delivery.offset);
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,249 @@
+//! Every metric herald exports, named in one place, with pre-registered handles.
+//!
+//! Each running app owns its own Prometheus recorder (not the process-global one), so two
+//! instances in one test process keep separate figures, and the hot path touches ready handles
+//! instead of looking names up per record.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Why a record (or one notification routed from it) was not delivered to the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The user had no socket on any instance.
+    Offline,
+    /// The record value was not valid JSON (or not UTF-8).
+    BadJson,
+    /// The record value was empty (a tombstone).
+    Empty,
+    /// No user id where the route looks for one.
+    NoUserId,
+    /// The user id was neither a non-empty string nor a number.
+    BadUserId,
+    /// A route script returned `()`.
+    Filtered,
+    /// A route script failed or hit a limit.
+    ScriptError,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [Self::Offline, Self::BadJson, Self::Empty, Self::NoUserId, Self::BadUserId, Self::Filtered, Self::ScriptError];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::BadJson => "bad_json",
+            Self::Empty => "empty",
+            Self::NoUserId => "no_user_id",
+            Self::BadUserId => "bad_user_id",
+            Self::Filtered => "filtered",
+            Self::ScriptError => "script_error",
+        }
+    }
+}
+
+/// Why a socket was refused at connect time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthRejection {
+    MissingToken,
+    InvalidToken,
+    TokenExpired,
+}
+
+impl AuthRejection {
+    pub const ALL: [AuthRejection; 3] = [Self::MissingToken, Self::InvalidToken, Self::TokenExpired];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::TokenExpired => "token_expired",
+        }
+    }
+}
+
+pub const SOCKETS: &str = "herald_gateway_sockets";
+pub const USERS: &str = "herald_gateway_users";
+pub const CONNECTIONS: &str = "herald_gateway_connections_total";
+pub const AUTH_REJECTIONS: &str = "herald_gateway_auth_rejections_total";
+pub const DELIVERED: &str = "herald_gateway_notifications_delivered_total";
+pub const EMIT_FAILURES: &str = "herald_gateway_emit_failures_total";
+pub const DELIVERY_LATENCY: &str = "herald_delivery_latency_seconds";
+pub const RECORDS_CONSUMED: &str = "herald_source_records_consumed_total";
+pub const RECORDS_DROPPED: &str = "herald_records_dropped_total";
+pub const KAFKA_CONNECTED: &str = "herald_source_kafka_connected";
+pub const COMMIT_FAILURES: &str = "herald_source_commit_failures_total";
+pub const PUBLISHED: &str = "herald_bus_notifications_published_total";
+pub const PUBLISH_RETRIES: &str = "herald_bus_publish_retries_total";
+pub const RECEIVED: &str = "herald_bus_notifications_received_total";
+pub const BUS_LAGGED: &str = "herald_bus_messages_lost_total";
+pub const BUS_DECODE_FAILURES: &str = "herald_bus_decode_failures_total";
+pub const REDIS_CONNECTED: &str = "herald_bus_redis_connected";
+pub const REDIS_RECONNECTS: &str = "herald_bus_redis_reconnects_total";
+pub const SUBSCRIPTIONS: &str = "herald_bus_subscriptions";
+pub const BUILD_INFO: &str = "herald_build_info";
+
+/// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Handles to every metric of one running herald.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub sockets: Gauge,
+    pub users: Gauge,
+    pub connections: Counter,
+    auth_rejections: HashMap<AuthRejection, Counter>,
+    pub delivered: Counter,
+    pub emit_failures: Counter,
+    pub delivery_latency: Histogram,
+    records_consumed: HashMap<String, Counter>,
+    dropped: HashMap<DropReason, Counter>,
+    pub kafka_connected: Gauge,
+    pub commit_failures: Counter,
+    pub published: Counter,
+    pub publish_retries: Counter,
+    pub received: Counter,
+    pub bus_lagged: Counter,
+    pub bus_decode_failures: Counter,
+    pub redis_connected: Gauge,
+    pub redis_reconnects: Counter,
+    pub subscriptions: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric at zero, so dashboards see them before the first event.
+    pub fn new(topics: &[String]) -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), LATENCY_BUCKETS)
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        let r = &recorder;
+        describe(r, SOCKETS, Unit::Count, "Socket.IO sockets connected to this instance.", Kind::Gauge);
+        describe(r, USERS, Unit::Count, "Distinct users with at least one socket on this instance.", Kind::Gauge);
+        describe(r, CONNECTIONS, Unit::Count, "Sockets accepted since start.", Kind::Counter);
+        describe(r, AUTH_REJECTIONS, Unit::Count, "Connections refused at the handshake, by reason.", Kind::Counter);
+        describe(r, DELIVERED, Unit::Count, "Notifications emitted to sockets (one per socket).", Kind::Counter);
+        describe(r, EMIT_FAILURES, Unit::Count, "Emits that failed (socket buffer full or closed).", Kind::Counter);
+        describe(r, DELIVERY_LATENCY, Unit::Seconds, "From the Kafka record timestamp to the emit on this instance.", Kind::Histogram);
+        describe(r, RECORDS_CONSUMED, Unit::Count, "Kafka records consumed, by topic.", Kind::Counter);
+        describe(r, RECORDS_DROPPED, Unit::Count, "Records or notifications not delivered to the bus, by reason.", Kind::Counter);
+        describe(r, KAFKA_CONNECTED, Unit::Count, "1 while the Kafka cluster answers, else 0.", Kind::Gauge);
+        describe(r, COMMIT_FAILURES, Unit::Count, "Offset stores or commits that Kafka refused.", Kind::Counter);
+        describe(r, PUBLISHED, Unit::Count, "Notifications accepted by the bus.", Kind::Counter);
+        describe(r, PUBLISH_RETRIES, Unit::Count, "Bus publishes retried after a transient failure.", Kind::Counter);
+        describe(r, RECEIVED, Unit::Count, "Notifications this instance received from the bus for its users.", Kind::Counter);
+        describe(r, BUS_LAGGED, Unit::Count, "Pub/Sub messages lost because herald fell behind the Redis client buffer.", Kind::Counter);
+        describe(r, BUS_DECODE_FAILURES, Unit::Count, "Bus messages that were not herald envelopes.", Kind::Counter);
+        describe(r, REDIS_CONNECTED, Unit::Count, "1 while Redis is connected (absent without Redis).", Kind::Gauge);
+        describe(r, REDIS_RECONNECTS, Unit::Count, "Redis reconnections.", Kind::Counter);
+        describe(r, SUBSCRIPTIONS, Unit::Count, "Per-user bus channels this instance is subscribed to.", Kind::Gauge);
+        describe(r, BUILD_INFO, Unit::Count, "Always 1; the version label names the build.", Kind::Gauge);
+
+        let counter = |name: &'static str, labels: Vec<Label>| r.register_counter(&Key::from_parts(name, labels), &META);
+        let gauge = |name: &'static str| r.register_gauge(&Key::from_name(name), &META);
+        r.register_gauge(&Key::from_parts(BUILD_INFO, vec![Label::new("version", env!("CARGO_PKG_VERSION"))]), &META).set(1.0);
+        Metrics {
+            sockets: gauge(SOCKETS),
+            users: gauge(USERS),
+            connections: counter(CONNECTIONS, vec![]),
+            auth_rejections: AuthRejection::ALL.iter().map(|r| (*r, counter(AUTH_REJECTIONS, vec![Label::new("reason", r.as_str())]))).collect(),
+            delivered: counter(DELIVERED, vec![]),
+            emit_failures: counter(EMIT_FAILURES, vec![]),
+            delivery_latency: r.register_histogram(&Key::from_name(DELIVERY_LATENCY), &META),
+            records_consumed: topics.iter().map(|t| (t.clone(), counter(RECORDS_CONSUMED, vec![Label::new("topic", t.clone())]))).collect(),
+            dropped: DropReason::ALL.iter().map(|d| (*d, counter(RECORDS_DROPPED, vec![Label::new("reason", d.as_str())]))).collect(),
+            kafka_connected: gauge(KAFKA_CONNECTED),
+            commit_failures: counter(COMMIT_FAILURES, vec![]),
+            published: counter(PUBLISHED, vec![]),
+            publish_retries: counter(PUBLISH_RETRIES, vec![]),
+            received: counter(RECEIVED, vec![]),
+            bus_lagged: counter(BUS_LAGGED, vec![]),
+            bus_decode_failures: counter(BUS_DECODE_FAILURES, vec![]),
+            redis_connected: gauge(REDIS_CONNECTED),
+            redis_reconnects: counter(REDIS_RECONNECTS, vec![]),
+            subscriptions: gauge(SUBSCRIPTIONS),
+            recorder,
+            handle,
+        }
+    }
+
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.dropped[&reason].increment(n);
+    }
+
+    pub fn auth_rejected(&self, reason: AuthRejection) {
+        self.auth_rejections[&reason].increment(1);
+    }
+
+    pub fn consumed(&self, topic: &str) {
+        if let Some(c) = self.records_consumed.get(topic) {
+            c.increment(1);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram buffers; run every few seconds so memory stays flat between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// How often [`Metrics::upkeep`] should run.
+    pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// The recorder, for registering metrics whose labels come from later config (route names).
+    pub fn recorder(&self) -> &PrometheusRecorder {
+        &self.recorder
+    }
+}
+
+static META: Metadata<'static> = Metadata::new("herald", Level::INFO, Some(module_path!()));
+
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+fn describe(r: &PrometheusRecorder, name: &'static str, unit: Unit, help: &'static str, kind: Kind) {
+    let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
+    match kind {
+        Kind::Counter => r.describe_counter(name, Some(unit), help),
+        Kind::Gauge => r.describe_gauge(name, Some(unit), help),
+        Kind::Histogram => r.describe_histogram(name, Some(unit), help),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported_at_zero_before_any_event() {
+        let m = Metrics::new(&["user-notifications".into()]);
+        let text = m.render();
+        for name in [SOCKETS, USERS, DELIVERED, RECORDS_CONSUMED, RECORDS_DROPPED, PUBLISHED, BUILD_INFO] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.contains("herald_records_dropped_total{reason=\"offline\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn counters_move() {
+        let m = Metrics::new(&["t".into()]);
+        m.dropped(DropReason::BadJson, 2);
+        m.consumed("t");
+        m.consumed("unknown-topic");
+        let text = m.render();
+        assert!(text.contains("herald_records_dropped_total{reason=\"bad_json\"} 2"), "{text}");
+        assert!(text.contains("herald_source_records_consumed_total{topic=\"t\"} 1"), "{text}");
+    }
+}

@@ -1,0 +1,295 @@
+//! The Kafka consumer: records in, routed batches out to the bus, offsets stored only after the
+//! bus accepted the batch (at-least-once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::metrics::{DropReason, Metrics};
+use crate::route::{Notification, Record, Router};
+use crate::throttle::{Throttle, Verdict};
+
+/// Settings herald applies unless `kafka.options` says otherwise.
+const DEFAULT_OPTIONS: &[(&str, &str)] = &[
+    // Records produced before herald first joined the group are old news, not notifications.
+    ("auto.offset.reset", "latest"),
+    // Low latency: answer a fetch as soon as there is a record.
+    ("fetch.wait.max.ms", "100"),
+    // A crashed instance's partitions move within seconds, not the 45 s default.
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+    // Offsets are committed in the background from what herald stored, every second.
+    ("auto.commit.interval.ms", "1000"),
+];
+
+/// Connection state of the consumer, for readiness.
+#[derive(Default)]
+pub struct KafkaHealth {
+    connected: AtomicBool,
+}
+
+impl KafkaHealth {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Logs rebalances and counts commit failures.
+struct Context {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for Context {
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => info!(partitions = %describe(tpl), "Partitions assigned."),
+            Rebalance::Revoke(tpl) => info!(partitions = %describe(tpl), "Partitions revoked."),
+            Rebalance::Error(e) => warn!(error = %e, "Rebalance failed."),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.metrics.commit_failures.increment(1);
+                warn!(error = %e, "Offset commit failed; the records will be consumed again.");
+            }
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
+}
+
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer<Context>>,
+    router: Arc<Router>,
+    bus: Arc<Bus>,
+    metrics: Arc<Metrics>,
+    health: Arc<KafkaHealth>,
+    max_batch: usize,
+    topics: Vec<String>,
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes to the configured topics. `bootstrap` is the broker
+    /// list (the embedded broker's address in embedded mode).
+    pub fn new(config: &Config, bootstrap: &str, router: Arc<Router>, bus: Arc<Bus>, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let mut client = ClientConfig::new();
+        for (k, v) in DEFAULT_OPTIONS {
+            client.set(*k, *v);
+        }
+        for (k, v) in &config.kafka.options {
+            client.set(k, v);
+        }
+        client
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", &config.kafka.group_id)
+            .set("enable.auto.commit", "true")
+            // The heart of at-least-once: nothing is committed that herald did not store itself.
+            .set("enable.auto.offset.store", "false")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        let consumer: StreamConsumer<Context> = client
+            .create_with_context(Context { metrics: metrics.clone() })
+            .map_err(|e| anyhow::anyhow!("kafka: cannot create the consumer: {e}"))?;
+        let topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).collect();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|e| anyhow::anyhow!("kafka: cannot subscribe to {names:?}: {e}"))?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            router,
+            bus,
+            metrics,
+            health: Arc::new(KafkaHealth::default()),
+            max_batch: config.kafka.max_batch,
+            topics,
+        })
+    }
+
+    pub fn health(&self) -> Arc<KafkaHealth> {
+        self.health.clone()
+    }
+
+    /// Consumes until `stop` fires, then finishes the batch in hand and commits. `abort` fires
+    /// at the end of the grace period: a batch still waiting for the bus is then left
+    /// uncommitted, to be consumed again by whoever owns the partition next.
+    pub async fn run(self, stop: CancellationToken, abort: CancellationToken) -> anyhow::Result<()> {
+        let probe = tokio::spawn(probe_connection(self.consumer.clone(), self.topics[0].clone(), self.health.clone(), self.metrics.clone(), abort.clone()));
+        let result = self.consume(&stop, &abort).await;
+        info!("Committing consumed offsets.");
+        let consumer = self.consumer.clone();
+        let commit = tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(e),
+        });
+        match tokio::time::timeout(Duration::from_secs(5), commit).await {
+            Ok(Ok(Ok(()))) => info!("Offsets committed."),
+            Ok(Ok(Err(e))) => warn!(error = %e, "Final offset commit failed; some records will be consumed again."),
+            _ => warn!("Final offset commit timed out; some records will be consumed again."),
+        }
+        probe.abort();
+        // Leave the group now so the partitions move at once instead of after the session timeout.
+        let consumer = self.consumer.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || consumer.unsubscribe())).await;
+        result
+    }
+
+    async fn consume(&self, stop: &CancellationToken, abort: &CancellationToken) -> anyhow::Result<()> {
+        let mut stream = self.consumer.stream();
+        let mut messages: Vec<BorrowedMessage<'_>> = Vec::with_capacity(self.max_batch);
+        let mut notifications: Vec<Notification> = Vec::with_capacity(self.max_batch);
+        static BAD_RECORD_LOG: Throttle = Throttle::new(10, Duration::from_secs(10));
+        static CONSUMER_ERROR_LOG: Throttle = Throttle::new(5, Duration::from_secs(10));
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                m = stream.next() => m.expect("kafka streams never end"),
+            };
+            match first {
+                Ok(m) => messages.push(m),
+                Err(e) => {
+                    if CONSUMER_ERROR_LOG.check() != Verdict::Suppress {
+                        warn!(error = %e, "Kafka consumer error.");
+                    }
+                    continue;
+                }
+            }
+            // Whatever else is already fetched joins the batch: one bus round trip for many records.
+            while messages.len() < self.max_batch {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => messages.push(m),
+                    _ => break,
+                }
+            }
+            self.health.connected.store(true, Ordering::Relaxed);
+            self.metrics.kafka_connected.set(1.0);
+
+            notifications.clear();
+            for m in &messages {
+                self.metrics.consumed(m.topic());
+                let record = Record {
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key(),
+                    value: m.payload(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                };
+                if let Err(e) = self.router.route(&record, &mut notifications) {
+                    self.metrics.dropped(e.reason, 1);
+                    match BAD_RECORD_LOG.check() {
+                        Verdict::Log => warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, "Skipped a record."),
+                        Verdict::LogAfterSuppressing(n) => warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, suppressed = n, "Skipped a record (and {n} more not logged)."),
+                        Verdict::Suppress => {}
+                    }
+                }
+            }
+
+            if !notifications.is_empty() {
+                let Some(reached) = self.publish_with_retry(&notifications, abort).await else {
+                    // Aborted while the bus was down: leave the offsets unstored.
+                    return Ok(());
+                };
+                self.metrics.published.increment(notifications.len() as u64);
+                let offline = reached.iter().filter(|r| **r == 0).count();
+                if offline > 0 {
+                    self.metrics.dropped(DropReason::Offline, offline as u64);
+                }
+            }
+            self.store_offsets(&messages);
+            messages.clear();
+        }
+    }
+
+    /// Retries a transient bus failure with backoff until it clears (or `abort` fires): the
+    /// partition waits, nothing is skipped.
+    async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<usize>> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.bus.publish(batch).await {
+                Ok(reached) => return Some(reached),
+                Err(e) => {
+                    self.metrics.publish_retries.increment(1);
+                    warn!(error = %e, notifications = batch.len(), retry_in_ms = delay.as_millis() as u64, "Bus publish failed; holding consumption and retrying.");
+                    tokio::select! {
+                        _ = abort.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn store_offsets(&self, messages: &[BorrowedMessage<'_>]) {
+        let mut last: HashMap<(&str, i32), i64> = HashMap::new();
+        for m in messages {
+            let e = last.entry((m.topic(), m.partition())).or_insert(m.offset());
+            *e = (*e).max(m.offset());
+        }
+        for ((topic, partition), offset) in last {
+            if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
+                // After a rebalance took the partition away; its new owner re-reads from the
+                // last commit, which is a duplicate, never a loss.
+                self.metrics.commit_failures.increment(1);
+                debug!(topic, partition, offset, error = %e, "Could not store an offset.");
+            }
+        }
+    }
+}
+
+/// Asks the cluster for metadata every couple of seconds, so readiness reflects whether Kafka
+/// answers even when no records flow.
+async fn probe_connection(consumer: Arc<StreamConsumer<Context>>, topic: String, health: Arc<KafkaHealth>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let mut was = None;
+    loop {
+        let c = consumer.clone();
+        let t = topic.clone();
+        let up = tokio::task::spawn_blocking(move || c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok()).await.unwrap_or(false);
+        health.connected.store(up, Ordering::Relaxed);
+        metrics.kafka_connected.set(if up { 1.0 } else { 0.0 });
+        if was != Some(up) {
+            if up {
+                info!("Kafka reachable.");
+            } else {
+                warn!("Kafka unreachable.");
+            }
+            was = Some(up);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

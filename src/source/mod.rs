@@ -1,0 +1,5 @@
+//! Sources of records: the Kafka consumer, and the embedded Kafka-protocol broker used when
+//! herald runs on its own for a try-out.
+
+pub mod embedded;
+pub mod kafka;

@@ -1,0 +1,58 @@
+// Drives real socket.io-client sockets for herald's tests.
+//
+// Reads one JSON command per line on stdin and writes one JSON event per line on stdout:
+//   {"op":"connect","id":"a","url":"http://127.0.0.1:3000","auth":{"token":"..."},
+//    "transports":["websocket"],"extraHeaders":{},"query":{},"reconnection":false}
+//   {"op":"emit","id":"a","event":"x","data":{...},"ack":true}
+//   {"op":"close","id":"a"}
+//   {"op":"exit"}
+// Events: {"id","type":"connect"|"connect_error"|"disconnect"|"event"|"ack"|"transport", ...}.
+import { createInterface } from "node:readline";
+import { io } from "socket.io-client";
+
+const sockets = new Map();
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+function connect(cmd) {
+  const socket = io(cmd.url, {
+    auth: cmd.auth,
+    transports: cmd.transports ?? ["websocket"],
+    extraHeaders: cmd.extraHeaders,
+    query: cmd.query,
+    reconnection: cmd.reconnection ?? false,
+    forceNew: true,
+    timeout: cmd.timeout ?? 10000,
+  });
+  sockets.set(cmd.id, socket);
+  socket.on("connect", () => {
+    out({ id: cmd.id, type: "connect", transport: socket.io.engine.transport.name });
+    socket.io.engine.once("upgrade", (t) => out({ id: cmd.id, type: "transport", transport: t.name }));
+  });
+  socket.on("connect_error", (err) => out({ id: cmd.id, type: "connect_error", message: err.message }));
+  socket.on("disconnect", (reason) => out({ id: cmd.id, type: "disconnect", reason }));
+  socket.onAny((event, ...args) => out({ id: cmd.id, type: "event", event, args }));
+}
+
+const rl = createInterface({ input: process.stdin });
+rl.on("line", (line) => {
+  if (!line.trim()) return;
+  const cmd = JSON.parse(line);
+  switch (cmd.op) {
+    case "connect":
+      connect(cmd);
+      break;
+    case "emit": {
+      const socket = sockets.get(cmd.id);
+      if (cmd.ack) socket.emit(cmd.event, cmd.data, (...args) => out({ id: cmd.id, type: "ack", event: cmd.event, args }));
+      else socket.emit(cmd.event, cmd.data);
+      break;
+    }
+    case "close":
+      sockets.get(cmd.id)?.close();
+      break;
+    case "exit":
+      process.exit(0);
+  }
+});
+rl.on("close", () => process.exit(0));
+out({ type: "ready" });
