@@ -48,7 +48,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let verifier = Verifier::new(&config.auth.jwt).context("auth.jwt")?;
     let listener = match listener {
         Some(l) => l,
-        None => TcpListener::bind(config.server.listen).await.with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?,
+        None => TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?,
     };
     let local_addr = listener.local_addr()?;
 

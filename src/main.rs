@@ -160,12 +160,16 @@ fn produce(config: &Config, topic: Option<String>, key: Option<String>, brokers:
     });
     let topic = topic.unwrap_or_else(|| config.kafka.topics[0].name.clone());
     runtime()?.block_on(async move {
-        let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("message.timeout.ms", "10000").create()?;
+        let producer: FutureProducer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("message.timeout.ms", "10000").create()?;
         let mut record = FutureRecord::to(&topic).payload(&value);
         if let Some(k) = &key {
             record = record.key(k);
         }
-        let delivery = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| anyhow::anyhow!("cannot produce to {topic} on {brokers}: {e}"))?;
+        let delivery = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("cannot produce to {topic} on {brokers}: {e}"))?;
         println!("produced to {topic} partition {} offset {}", delivery.partition, delivery.offset);
         Ok(())
     })

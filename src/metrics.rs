@@ -30,7 +30,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [Self::Offline, Self::BadJson, Self::Empty, Self::NoUserId, Self::BadUserId, Self::Filtered, Self::ScriptError];
+    pub const ALL: [DropReason; 7] =
+        [Self::Offline, Self::BadJson, Self::Empty, Self::NoUserId, Self::BadUserId, Self::Filtered, Self::ScriptError];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,6 +77,7 @@ pub const RECORDS_CONSUMED: &str = "herald_source_records_consumed_total";
 pub const RECORDS_DROPPED: &str = "herald_records_dropped_total";
 pub const KAFKA_CONNECTED: &str = "herald_source_kafka_connected";
 pub const COMMIT_FAILURES: &str = "herald_source_commit_failures_total";
+pub const ASSIGNED_PARTITIONS: &str = "herald_source_assigned_partitions";
 pub const PUBLISHED: &str = "herald_bus_notifications_published_total";
 pub const PUBLISH_RETRIES: &str = "herald_bus_publish_retries_total";
 pub const RECEIVED: &str = "herald_bus_notifications_received_total";
@@ -85,6 +87,31 @@ pub const REDIS_CONNECTED: &str = "herald_bus_redis_connected";
 pub const REDIS_RECONNECTS: &str = "herald_bus_redis_reconnects_total";
 pub const SUBSCRIPTIONS: &str = "herald_bus_subscriptions";
 pub const BUILD_INFO: &str = "herald_build_info";
+
+/// Every metric name, for documentation checks.
+pub const ALL_NAMES: &[&str] = &[
+    SOCKETS,
+    USERS,
+    CONNECTIONS,
+    AUTH_REJECTIONS,
+    DELIVERED,
+    EMIT_FAILURES,
+    DELIVERY_LATENCY,
+    RECORDS_CONSUMED,
+    RECORDS_DROPPED,
+    KAFKA_CONNECTED,
+    COMMIT_FAILURES,
+    ASSIGNED_PARTITIONS,
+    PUBLISHED,
+    PUBLISH_RETRIES,
+    RECEIVED,
+    BUS_LAGGED,
+    BUS_DECODE_FAILURES,
+    REDIS_CONNECTED,
+    REDIS_RECONNECTS,
+    SUBSCRIPTIONS,
+    BUILD_INFO,
+];
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -104,6 +131,7 @@ pub struct Metrics {
     dropped: HashMap<DropReason, Counter>,
     pub kafka_connected: Gauge,
     pub commit_failures: Counter,
+    pub assigned_partitions: Gauge,
     pub published: Counter,
     pub publish_retries: Counter,
     pub received: Counter,
@@ -133,6 +161,7 @@ impl Metrics {
         describe(r, RECORDS_CONSUMED, Unit::Count, "Kafka records consumed, by topic.", Kind::Counter);
         describe(r, RECORDS_DROPPED, Unit::Count, "Records or notifications not delivered to the bus, by reason.", Kind::Counter);
         describe(r, KAFKA_CONNECTED, Unit::Count, "1 while the Kafka cluster answers, else 0.", Kind::Gauge);
+        describe(r, ASSIGNED_PARTITIONS, Unit::Count, "Kafka partitions assigned to this instance.", Kind::Gauge);
         describe(r, COMMIT_FAILURES, Unit::Count, "Offset stores or commits that Kafka refused.", Kind::Counter);
         describe(r, PUBLISHED, Unit::Count, "Notifications accepted by the bus.", Kind::Counter);
         describe(r, PUBLISH_RETRIES, Unit::Count, "Bus publishes retried after a transient failure.", Kind::Counter);
@@ -151,7 +180,10 @@ impl Metrics {
             sockets: gauge(SOCKETS),
             users: gauge(USERS),
             connections: counter(CONNECTIONS, vec![]),
-            auth_rejections: AuthRejection::ALL.iter().map(|r| (*r, counter(AUTH_REJECTIONS, vec![Label::new("reason", r.as_str())]))).collect(),
+            auth_rejections: AuthRejection::ALL
+                .iter()
+                .map(|r| (*r, counter(AUTH_REJECTIONS, vec![Label::new("reason", r.as_str())])))
+                .collect(),
             delivered: counter(DELIVERED, vec![]),
             emit_failures: counter(EMIT_FAILURES, vec![]),
             delivery_latency: r.register_histogram(&Key::from_name(DELIVERY_LATENCY), &META),
@@ -159,6 +191,7 @@ impl Metrics {
             dropped: DropReason::ALL.iter().map(|d| (*d, counter(RECORDS_DROPPED, vec![Label::new("reason", d.as_str())]))).collect(),
             kafka_connected: gauge(KAFKA_CONNECTED),
             commit_failures: counter(COMMIT_FAILURES, vec![]),
+            assigned_partitions: gauge(ASSIGNED_PARTITIONS),
             published: counter(PUBLISHED, vec![]),
             publish_retries: counter(PUBLISH_RETRIES, vec![]),
             received: counter(RECEIVED, vec![]),
@@ -234,6 +267,17 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(text.contains("herald_records_dropped_total{reason=\"offline\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn the_readme_documents_every_metric_and_drop_reason() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for name in ALL_NAMES {
+            assert!(readme.contains(&format!("`{name}")), "README.md does not document {name}");
+        }
+        for reason in DropReason::ALL {
+            assert!(readme.contains(&format!("`{}`", reason.as_str())), "README.md does not document drop reason {}", reason.as_str());
+        }
     }
 
     #[test]

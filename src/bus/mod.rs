@@ -29,7 +29,12 @@ pub enum Bus {
 impl Bus {
     /// Connects the bus chosen by the config. Redis connection failures are not fatal here: the
     /// client keeps reconnecting and readiness reports it.
-    pub async fn start(config: &Config, deliverer: Deliverer, metrics: Arc<Metrics>, cancel: CancellationToken) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        config: &Config,
+        deliverer: Deliverer,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &config.redis {
             None => Bus::Memory(memory::MemoryBus::new(deliverer)),
             Some(redis) => Bus::Redis(redis::RedisBus::start(redis, deliverer, metrics, cancel).await?),

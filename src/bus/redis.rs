@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -26,6 +26,11 @@ use crate::route::Notification;
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 
+/// After Redis comes back, every instance must re-subscribe its users before their channels
+/// have listeners again. Until this much time has passed since our own reconnection, "no
+/// subscriber" is taken as "not re-subscribed yet" and the batch is retried, not dropped.
+const RESUBSCRIBE_SETTLE: Duration = Duration::from_secs(5);
+
 enum Op {
     Acquire(String, oneshot::Sender<()>),
     Release(String),
@@ -37,11 +42,18 @@ pub struct RedisBus {
     pattern: ChannelPattern,
     ops: mpsc::UnboundedSender<Op>,
     command_timeout: Duration,
+    /// When the publisher last (re)connected; see [`RESUBSCRIBE_SETTLE`].
+    connected_at: Arc<std::sync::Mutex<Instant>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RedisBus {
-    pub async fn start(config: &RedisConfig, deliverer: Deliverer, metrics: Arc<Metrics>, cancel: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn start(
+        config: &RedisConfig,
+        deliverer: Deliverer,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let fred_config = FredConfig::from_url(&config.url).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
         let mut builder = Builder::from_config(fred_config);
         let timeout = config.command_timeout;
@@ -79,12 +91,13 @@ impl RedisBus {
             dirty: HashSet::new(),
             waiters: Vec::new(),
         };
+        let connected_at = Arc::new(std::sync::Mutex::new(Instant::now()));
         let tasks = vec![
             tokio::spawn(manager.run(ops_rx, cancel.clone())),
             tokio::spawn(receive(subscriber.clone(), config.channel.clone(), deliverer, metrics.clone(), cancel.clone())),
-            tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), metrics, cancel)),
+            tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), connected_at.clone(), metrics, cancel)),
         ];
-        Ok(Self { publisher, subscriber, pattern: config.channel.clone(), ops, command_timeout: timeout, tasks })
+        Ok(Self { publisher, subscriber, pattern: config.channel.clone(), ops, command_timeout: timeout, connected_at, tasks })
     }
 
     pub async fn publish(&self, batch: &[Notification]) -> Result<Vec<usize>, BusError> {
@@ -93,12 +106,17 @@ impl RedisBus {
             let queued: Result<(), _> = pipeline.publish(self.pattern.channel(&n.user_id), envelope::encode(n)).await;
             queued.map_err(|e| BusError(e.to_string()))?;
         }
-        pipeline
+        let reached: Vec<usize> = pipeline
             .try_all::<i64>()
             .await
             .into_iter()
             .map(|r| r.map(|receivers| receivers.max(0) as usize).map_err(|e| BusError(e.to_string())))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let settling = self.connected_at.lock().map(|t| t.elapsed() < RESUBSCRIBE_SETTLE).unwrap_or(false);
+        if settling && reached.contains(&0) {
+            return Err(BusError("a user's channel has no subscriber while instances re-subscribe after a Redis reconnect".into()));
+        }
+        Ok(reached)
     }
 
     pub async fn acquire(&self, user_id: &str) {
@@ -260,7 +278,13 @@ impl SubscriptionManager {
 }
 
 /// Pub/Sub messages -> the local sockets of the channel's user.
-async fn receive(subscriber: SubscriberClient, pattern: ChannelPattern, deliverer: Deliverer, metrics: Arc<Metrics>, cancel: CancellationToken) {
+async fn receive(
+    subscriber: SubscriberClient,
+    pattern: ChannelPattern,
+    deliverer: Deliverer,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let mut messages = subscriber.message_rx();
     loop {
         let message = tokio::select! {
@@ -294,13 +318,28 @@ async fn receive(subscriber: SubscriberClient, pattern: ChannelPattern, delivere
     }
 }
 
-async fn watch_connection(publisher: Client, subscriber: SubscriberClient, metrics: Arc<Metrics>, cancel: CancellationToken) {
+async fn watch_connection(
+    publisher: Client,
+    subscriber: SubscriberClient,
+    connected_at: Arc<std::sync::Mutex<Instant>>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut reconnects = publisher.reconnect_rx();
     let mut was_up = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            event = reconnects.recv() => {
+                if matches!(event, Err(RecvError::Closed)) {
+                    return;
+                }
+                if let Ok(mut t) = connected_at.lock() {
+                    *t = Instant::now();
+                }
+            }
         }
         let up = publisher.is_connected() && subscriber.is_connected();
         metrics.redis_connected.set(if up { 1.0 } else { 0.0 });

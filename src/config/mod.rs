@@ -225,7 +225,10 @@ impl Config {
 
     fn check_cross_references(&self, walk: &mut Walk) {
         let jwt = &self.auth.jwt;
-        let wants_secret = jwt.algorithms.iter().any(|a| matches!(a, jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512));
+        let wants_secret = jwt
+            .algorithms
+            .iter()
+            .any(|a| matches!(a, jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512));
         if wants_secret && jwt.secret.as_deref().is_none_or(str::is_empty) {
             walk.error("auth.jwt.secret", "required for the HS algorithms (set it, or HERALD_JWT_SECRET)");
         }
@@ -254,7 +257,11 @@ fn single(path: &str, message: String) -> ConfigErrors {
 }
 
 fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
-    let s = walk.section(v, "server", &["listen", "event", "ping_interval_secs", "ping_timeout_secs", "max_buffer_size", "max_payload_bytes", "shutdown_grace_secs"]);
+    let s = walk.section(
+        v,
+        "server",
+        &["listen", "event", "ping_interval_secs", "ping_timeout_secs", "max_buffer_size", "max_payload_bytes", "shutdown_grace_secs"],
+    );
     let listen = read_addr(walk, &s, "listen", "0.0.0.0:3000");
     let event: String = walk.get(&s, "event", "notification".into());
     check_event_name(walk, &s.path("event"), &event);
@@ -312,7 +319,8 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
     let topics = match s.raw("topics") {
         None => vec![TopicConfig { name: "user-notifications".into(), script: None, user_id: None, event: None }],
         Some(Value::Array(items)) => {
-            let topics: Vec<_> = items.iter().enumerate().filter_map(|(i, item)| read_topic(walk, item, &format!("kafka.topics[{i}]"))).collect();
+            let topics: Vec<_> =
+                items.iter().enumerate().filter_map(|(i, item)| read_topic(walk, item, &format!("kafka.topics[{i}]"))).collect();
             if items.is_empty() {
                 walk.error(s.path("topics"), "must list at least one topic");
             }
@@ -350,7 +358,10 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
     };
     for managed in ["group.id", "bootstrap.servers", "enable.auto.offset.store"] {
         if options.contains_key(managed) {
-            walk.error(format!("kafka.options.{managed}"), "is set by herald (use the dedicated key, or leave it: herald stores offsets only after delivery to the bus)");
+            walk.error(
+                format!("kafka.options.{managed}"),
+                "is set by herald (use the dedicated key, or leave it: herald stores offsets only after delivery to the bus)",
+            );
         }
     }
     let max_batch = ranged(walk, &s, "max_batch", 512usize, 1..=100_000);

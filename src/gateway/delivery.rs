@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use socketioxide::SocketIo;
 use socketioxide::BroadcastError;
+use socketioxide::SocketIo;
 
 use super::presence::Presence;
 use crate::metrics::Metrics;

@@ -8,10 +8,10 @@ mod presence;
 use std::sync::Arc;
 
 use serde_json::Value;
+use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
-use socketioxide::SocketIo;
 
 pub use admission::{Admission, identity_of};
 pub use delivery::Deliverer;

@@ -86,7 +86,8 @@ impl Router {
         let rule = self.rules.get(record.topic).unwrap_or(&self.fallback);
         let value = record.value.filter(|v| !v.is_empty()).ok_or_else(|| RouteError::new(DropReason::Empty, "record has no value"))?;
         let text = std::str::from_utf8(value).map_err(|_| RouteError::new(DropReason::BadJson, "value is not UTF-8"))?;
-        let raw: &RawValue = serde_json::from_str(text).map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))?;
+        let raw: &RawValue =
+            serde_json::from_str(text).map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))?;
         let user_id = match &rule.user_id {
             UserIdSource::Key => {
                 let key = record.key.ok_or_else(|| RouteError::new(DropReason::NoUserId, "record has no key"))?;
@@ -99,8 +100,11 @@ impl Router {
                 let leaf = pointer::lookup(raw, pointer)
                     .map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))?
                     .ok_or_else(|| RouteError::new(DropReason::NoUserId, format!("no user id at {pointer}")))?;
-                let leaf: serde_json::Value = serde_json::from_str(leaf.get()).map_err(|e| RouteError::new(DropReason::BadJson, e.to_string()))?;
-                user_id_from_json(&leaf).ok_or_else(|| RouteError::new(DropReason::BadUserId, format!("user id at {pointer} is not a non-empty string or an integer")))?
+                let leaf: serde_json::Value =
+                    serde_json::from_str(leaf.get()).map_err(|e| RouteError::new(DropReason::BadJson, e.to_string()))?;
+                user_id_from_json(&leaf).ok_or_else(|| {
+                    RouteError::new(DropReason::BadUserId, format!("user id at {pointer} is not a non-empty string or an integer"))
+                })?
             }
         };
         out.push(Notification {

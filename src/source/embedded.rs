@@ -29,7 +29,8 @@ impl EmbeddedBroker {
     /// Starts the broker with `topics` created (each with `partitions`), reachable on `listen`
     /// (port 0 picks a free one).
     pub async fn start(listen: SocketAddr, topics: &[String], partitions: i32) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("kafka.embedded.listen: cannot listen on {listen}: {e}"))?;
+        let listener =
+            TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("kafka.embedded.listen: cannot listen on {listen}: {e}"))?;
         let address = listener.local_addr()?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = std_mpsc::channel();

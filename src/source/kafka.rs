@@ -55,7 +55,9 @@ struct Context {
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", fac, "{log_message}")
+            }
             RDKafkaLogLevel::Warning => warn!(target: "librdkafka", fac, "{log_message}"),
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", fac, "{log_message}"),
             RDKafkaLogLevel::Debug => debug!(target: "librdkafka", fac, "{log_message}"),
@@ -63,15 +65,35 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+        debug!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
     }
 }
 
 impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            // Everything stored so far was delivered to the bus: commit it before the partitions
+            // move, so their next owner does not deliver it again.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    self.metrics.commit_failures.increment(1);
+                    warn!(error = %e, "Commit before a rebalance failed; the new owner will consume some records again.");
+                }
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => info!(partitions = %describe(tpl), "Partitions assigned."),
-            Rebalance::Revoke(tpl) => info!(partitions = %describe(tpl), "Partitions revoked."),
+            Rebalance::Assign(tpl) => {
+                self.metrics.assigned_partitions.set(tpl.count() as f64);
+                info!(partitions = %describe(tpl), "Partitions assigned.");
+            }
+            Rebalance::Revoke(tpl) => {
+                self.metrics.assigned_partitions.set(0.0);
+                info!(partitions = %describe(tpl), "Partitions revoked.");
+            }
             Rebalance::Error(e) => warn!(error = %e, "Rebalance failed."),
         }
     }
@@ -144,7 +166,13 @@ impl KafkaSource {
     /// at the end of the grace period: a batch still waiting for the bus is then left
     /// uncommitted, to be consumed again by whoever owns the partition next.
     pub async fn run(self, stop: CancellationToken, abort: CancellationToken) -> anyhow::Result<()> {
-        let probe = tokio::spawn(probe_connection(self.consumer.clone(), self.topics[0].clone(), self.health.clone(), self.metrics.clone(), abort.clone()));
+        let probe = tokio::spawn(probe_connection(
+            self.consumer.clone(),
+            self.topics[0].clone(),
+            self.health.clone(),
+            self.metrics.clone(),
+            abort.clone(),
+        ));
         let result = self.consume(&stop, &abort).await;
         info!("Committing consumed offsets.");
         let consumer = self.consumer.clone();
@@ -209,8 +237,12 @@ impl KafkaSource {
                 if let Err(e) = self.router.route(&record, &mut notifications) {
                     self.metrics.dropped(e.reason, 1);
                     match BAD_RECORD_LOG.check() {
-                        Verdict::Log => warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, "Skipped a record."),
-                        Verdict::LogAfterSuppressing(n) => warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, suppressed = n, "Skipped a record (and {n} more not logged)."),
+                        Verdict::Log => {
+                            warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, "Skipped a record.")
+                        }
+                        Verdict::LogAfterSuppressing(n) => {
+                            warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, suppressed = n, "Skipped a record (and {n} more not logged).")
+                        }
                         Verdict::Suppress => {}
                     }
                 }
@@ -271,7 +303,13 @@ impl KafkaSource {
 
 /// Asks the cluster for metadata every couple of seconds, so readiness reflects whether Kafka
 /// answers even when no records flow.
-async fn probe_connection(consumer: Arc<StreamConsumer<Context>>, topic: String, health: Arc<KafkaHealth>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+async fn probe_connection(
+    consumer: Arc<StreamConsumer<Context>>,
+    topic: String,
+    health: Arc<KafkaHealth>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let mut was = None;
     loop {
         let c = consumer.clone();

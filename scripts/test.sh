@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs herald's whole test suite on a fresh machine, installing what the tests need first:
+# redis-server (Debian package), kcat (optional tooling), and the npm socket.io-client the
+# integration tests drive (from the committed lockfile). Usage: scripts/test.sh [cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "Installing ${need_apt[*]} with apt-get ..."
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The integration tests start their own private redis-server processes; stop the system one
+# that the Debian package may have started, so it holds no port and no memory.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
+  systemctl stop redis-server || true
+fi
+
+(cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
+
+cargo test --locked --all-targets "$@"

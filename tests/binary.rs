@@ -1,0 +1,120 @@
+//! The built `herald` binary as a user runs it: embedded mode end to end with the npm
+//! socket.io-client, the `token` and `produce` subcommands, SIGTERM, and bad configs.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tokio::process::Command;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+fn write_config(dir: &std::path::Path, port: u16, kafka_port: u16) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+server: {{listen: "127.0.0.1:{port}", shutdown_grace_secs: 5}}
+kafka:
+  brokers: embedded
+  embedded: {{listen: "127.0.0.1:{kafka_port}"}}
+  options: {{auto.offset.reset: earliest}}
+auth: {{jwt: {{secret: "${{TEST_SECRET}}"}}}}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn herald_output(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    Command::new(HERALD).args(args).arg("--config").arg(config).env("TEST_SECRET", SECRET).output().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_mode_end_to_end_then_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, kafka_port) = (free_port(), free_port());
+    let config = write_config(dir.path(), port, kafka_port);
+    let mut child = Command::new(HERALD)
+        .arg("--config")
+        .arg(&config)
+        .env("TEST_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(20),
+        "herald to be ready",
+        async || matches!(reqwest::get(format!("{url}/readyz")).await, Ok(r) if r.status().is_success()),
+    )
+    .await;
+
+    let token = herald_output(&["token", "--user", "u42"], &config).await;
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let mut c = Clients::start().await;
+    c.connect("u42", &url, json!({"auth": {"token": token}})).await.unwrap();
+
+    let record = r#"{"userId":"u42","type":"order.shipped","body":{"orderId":7}}"#;
+    let produced = herald_output(&["produce", record], &config).await;
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    assert_eq!(c.expect("u42", "notification").await, serde_json::from_str::<serde_json::Value>(record).unwrap());
+
+    // SIGTERM: offsets committed, sockets closed, exit 0 within the grace period.
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exit within the grace period").unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(c.disconnected("u42", Duration::from_secs(5)).await.is_some(), "the socket was closed");
+
+    let mut banner = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut banner).await.unwrap();
+    assert!(banner.contains("EMBEDDED MODE") && banner.contains("NOT for production"), "{banner}");
+    assert!(banner.contains(&format!("127.0.0.1:{kafka_port}")), "the banner names the broker address: {banner}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn bad_config_lists_every_problem_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        format!("server: {{listen: \"127.0.0.1:{port}\", event: connect, typo: 1}}\nkafka: {{topics: []}}\nredis: {{url: \"http://x\"}}\n"),
+    )
+    .unwrap();
+    for args in [&["check-config"][..], &[][..]] {
+        let out = herald_output(args, &path).await;
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        for path in ["server.event", "server.typo", "kafka.topics", "redis.url", "auth.jwt.secret"] {
+            assert!(stderr.contains(&format!("{path}: ")), "{path} missing from:\n{stderr}");
+        }
+    }
+    // Nothing was bound: the port is still free.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+
+    let good = write_config(dir.path(), free_port(), free_port());
+    let out = herald_output(&["check-config"], &good).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout).unwrap().contains("OK"));
+}
+
+#[tokio::test]
+async fn version_and_help_name_every_subcommand() {
+    let out = Command::new(HERALD).arg("--version").output().await.unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("herald "));
+    let help = String::from_utf8(Command::new(HERALD).arg("--help").output().await.unwrap().stdout).unwrap();
+    for sub in ["run", "check-config", "token", "produce"] {
+        assert!(help.contains(sub), "{sub} missing from --help");
+    }
+}

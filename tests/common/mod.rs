@@ -1,0 +1,387 @@
+//! Shared test harness: real redis-server processes, the embedded Kafka-protocol broker over
+//! TCP, herald instances on port 0, and the real npm socket.io-client driven through Node.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use herald::config::Config;
+use herald::source::embedded::EmbeddedBroker;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+pub const SECRET: &str = "test-secret";
+pub const TOPIC: &str = "user-notifications";
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn token(user: &str) -> String {
+    token_with(json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 3600}))
+}
+
+pub fn token_with(claims: Value) -> String {
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// A private redis-server on a free loopback port, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Redis { port: free_port(), child: None, dir };
+        r.spawn().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = std::process::Command::new(redis_server())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the README's test command installs it)");
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        eventually(Duration::from_secs(10), "redis-server to accept connections", async || {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server and starts a fresh one on the same port (all subscriptions are gone).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_server() -> PathBuf {
+    std::env::var_os("REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka
+
+/// The embedded broker (librdkafka's mock cluster) on a free loopback port, reached over TCP.
+pub struct Kafka {
+    pub broker: EmbeddedBroker,
+    pub producer: FutureProducer,
+}
+
+impl Kafka {
+    pub async fn start(topics: &[&str]) -> Self {
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), &topics, 4).await.unwrap();
+        let producer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", broker.address().to_string())
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .unwrap();
+        Kafka { broker, producer }
+    }
+
+    pub fn address(&self) -> String {
+        self.broker.address().to_string()
+    }
+
+    pub async fn produce(&self, topic: &str, key: Option<&str>, value: &[u8]) {
+        self.produce_to(topic, None, key, value).await
+    }
+
+    pub async fn produce_to(&self, topic: &str, partition: Option<i32>, key: Option<&str>, value: &[u8]) {
+        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(value);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+    }
+
+    pub async fn notify(&self, user: &str, body: Value) {
+        let value = json!({"userId": user, "type": "test", "body": body});
+        self.produce(TOPIC, Some(user), value.to_string().as_bytes()).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// herald
+
+/// A config for tests: fast consumer-group settings, records from the start of the topic.
+pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, extra: &str) -> String {
+    let redis = redis.map(|r| format!("redis: {{url: \"{}\"}}\n", r.url())).unwrap_or_default();
+    format!(
+        r#"
+kafka:
+  brokers: "{brokers}"
+  group_id: herald-test
+  options:
+    auto.offset.reset: earliest
+    session.timeout.ms: "3000"
+    heartbeat.interval.ms: "500"
+{redis}auth:
+  jwt:
+    secret: {SECRET}
+server:
+  shutdown_grace_secs: 5
+{extra}
+"#,
+        brokers = kafka.address()
+    )
+}
+
+pub struct Herald {
+    pub running: Option<herald::app::Running>,
+    pub addr: SocketAddr,
+}
+
+impl Herald {
+    pub async fn start(yaml: &str) -> Self {
+        Self::start_in(yaml, Path::new(env!("CARGO_MANIFEST_DIR"))).await
+    }
+
+    pub async fn start_in(yaml: &str, base_dir: &Path) -> Self {
+        let config = Config::from_yaml(yaml, base_dir.to_path_buf(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = herald::app::start(config, Some(listener)).await.unwrap();
+        let addr = running.local_addr();
+        let h = Herald { running: Some(running), addr };
+        h.wait_ready().await;
+        h
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.url());
+        eventually(
+            Duration::from_secs(20),
+            "herald to be ready",
+            async || matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()),
+        )
+        .await;
+    }
+
+    /// Waits until the consumer owns exactly `n` partitions (the group has settled).
+    pub async fn wait_assigned(&self, n: usize) {
+        eventually(Duration::from_secs(20), &format!("{n} partitions assigned"), async || {
+            self.metric("herald_source_assigned_partitions").await == n as f64
+        })
+        .await;
+    }
+
+    /// The value of one metric series (`name` or `name{labels}`), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        scrape(&self.url(), series).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+pub async fn scrape(base_url: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{base_url}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse::<f64>().unwrap()))
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// socket.io-client
+
+/// Real npm socket.io-client sockets, driven through `tests/client/driver.mjs`.
+pub struct Clients {
+    child: Child,
+    stdin: ChildStdin,
+    events: mpsc::UnboundedReceiver<Value>,
+    log: Vec<Value>,
+}
+
+pub fn client_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client")
+}
+
+impl Clients {
+    pub async fn start() -> Self {
+        let dir = client_dir();
+        assert!(dir.join("node_modules/socket.io-client").exists(), "run `npm ci` in tests/client (the README's test command does)");
+        let mut child = Command::new("node")
+            .arg(dir.join("driver.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node must be installed");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut c = Clients { child, stdin, events, log: Vec::new() };
+        c.wait_for(Duration::from_secs(10), |e| e["type"] == "ready").await.expect("the Node driver did not start");
+        c
+    }
+
+    async fn send(&mut self, cmd: Value) {
+        self.stdin.write_all(format!("{cmd}\n").as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Waits for the first unconsumed event matching `pred`, consuming it.
+    async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(i) = self.log.iter().position(&pred) {
+            return Some(self.log.remove(i));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) if pred(&e) => return Some(e),
+                Ok(Some(e)) => self.log.push(e),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Opens a socket; returns Ok(transport) on `connect`, Err(message) on `connect_error`.
+    pub async fn connect(&mut self, id: &str, url: &str, options: Value) -> Result<String, String> {
+        let mut cmd = json!({"op": "connect", "id": id, "url": url});
+        if let Value::Object(extra) = options {
+            cmd.as_object_mut().unwrap().extend(extra);
+        }
+        self.send(cmd).await;
+        let id_owned = id.to_owned();
+        let e = self
+            .wait_for(Duration::from_secs(15), move |e| {
+                e["id"] == id_owned.as_str() && (e["type"] == "connect" || e["type"] == "connect_error")
+            })
+            .await
+            .unwrap_or_else(|| panic!("socket {id}: neither connect nor connect_error"));
+        if e["type"] == "connect" {
+            Ok(e["transport"].as_str().unwrap_or_default().to_owned())
+        } else {
+            Err(e["message"].as_str().unwrap_or_default().to_owned())
+        }
+    }
+
+    /// Connects with a token in the handshake `auth` payload; panics if refused.
+    pub async fn connect_as(&mut self, id: &str, url: &str, user: &str) {
+        self.connect(id, url, json!({"auth": {"token": token(user)}})).await.unwrap_or_else(|e| panic!("socket {id} refused: {e}"));
+    }
+
+    /// The next `event` received by socket `id` (its first argument), within `timeout`.
+    pub async fn next(&mut self, id: &str, event: &str, timeout: Duration) -> Option<Value> {
+        let (id, event) = (id.to_owned(), event.to_owned());
+        self.wait_for(timeout, move |e| e["id"] == id.as_str() && e["type"] == "event" && e["event"] == event.as_str())
+            .await
+            .map(|e| e["args"][0].clone())
+    }
+
+    pub async fn expect(&mut self, id: &str, event: &str) -> Value {
+        self.next(id, event, Duration::from_secs(15)).await.unwrap_or_else(|| panic!("socket {id} did not receive `{event}`"))
+    }
+
+    /// Every `event` socket `id` received so far (drains what has arrived).
+    pub async fn received(&mut self, id: &str, event: &str) -> Vec<Value> {
+        while let Ok(e) = self.events.try_recv() {
+            self.log.push(e);
+        }
+        self.log.iter().filter(|e| e["id"] == id && e["type"] == "event" && e["event"] == event).map(|e| e["args"][0].clone()).collect()
+    }
+
+    pub async fn disconnected(&mut self, id: &str, timeout: Duration) -> Option<String> {
+        let id = id.to_owned();
+        self.wait_for(timeout, move |e| e["id"] == id.as_str() && e["type"] == "disconnect")
+            .await
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The transport socket `id` upgraded to, if it did within a few seconds.
+    pub async fn upgraded(&mut self, id: &str) -> Option<String> {
+        let id = id.to_owned();
+        self.wait_for(Duration::from_secs(5), move |e| e["id"] == id.as_str() && e["type"] == "transport")
+            .await
+            .map(|e| e["transport"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub async fn close(&mut self, id: &str) {
+        self.send(json!({"op": "close", "id": id})).await;
+    }
+
+    pub async fn emit(&mut self, id: &str, event: &str, data: Value) {
+        self.send(json!({"op": "emit", "id": id, "event": event, "data": data})).await;
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.send(json!({"op": "exit"})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+    }
+}

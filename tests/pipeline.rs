@@ -1,0 +1,231 @@
+//! The whole path against real processes: the embedded Kafka-protocol broker over TCP, real
+//! redis-server instances, herald instances, and the npm socket.io-client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const SHORT: Duration = Duration::from_millis(700);
+
+/// Two instances in one group: a record consumed on one reaches the user's sockets on both,
+/// and nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_across_instances_to_every_socket_of_the_user_only() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let redis = Redis::start().await;
+    // Instance 1 consumes the topic; instance 2 is in the same group but only consumes another
+    // topic, so every record of `user-notifications` is consumed on instance 1.
+    let one = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    let two = Herald::start(
+        &config_yaml(&kafka, Some(&redis), "").replace("group_id: herald-test", "group_id: herald-test\n  topics: [elsewhere]"),
+    )
+    .await;
+
+    one.wait_assigned(4).await;
+    two.wait_assigned(4).await;
+    let mut c = Clients::start().await;
+    c.connect_as("alice@2", &two.url(), "alice").await;
+    c.connect_as("alice@1", &one.url(), "alice").await;
+    c.connect_as("bob@2", &two.url(), "bob").await;
+
+    kafka.notify("alice", json!({"n": 1})).await;
+    let on_two = c.expect("alice@2", "notification").await;
+    let on_one = c.expect("alice@1", "notification").await;
+    assert_eq!(on_two, json!({"userId": "alice", "type": "test", "body": {"n": 1}}));
+    assert_eq!(on_one, on_two);
+
+    tokio::time::sleep(SHORT).await;
+    assert!(c.received("bob@2", "notification").await.is_empty(), "bob must not see alice's notification");
+    assert_eq!(c.received("alice@2", "notification").await.len(), 0, "exactly one copy per socket");
+
+    assert_eq!(one.metric("herald_source_records_consumed_total{topic=\"user-notifications\"}").await, 1.0);
+    assert_eq!(two.metric("herald_bus_notifications_received_total").await, 1.0, "instance 2 got it over Redis");
+    assert_eq!(one.metric("herald_gateway_notifications_delivered_total").await, 1.0);
+    assert_eq!(two.metric("herald_gateway_notifications_delivered_total").await, 1.0);
+    assert_eq!(two.metric("herald_gateway_users").await, 2.0);
+    c.stop().await;
+    two.shutdown().await;
+    one.shutdown().await;
+}
+
+/// Partitions spread over two instances of one group, and every record still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_partitions() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let redis = Redis::start().await;
+    let one = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    let two = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    let mut c = Clients::start().await;
+    c.connect_as("carol", &one.url(), "carol").await;
+    // Both members must own partitions before the test can say anything about the spread.
+    eventually(Duration::from_secs(20), "a rebalance giving both instances partitions", async || {
+        for p in 0..4 {
+            kafka.produce_to(TOPIC, Some(p), None, json!({"userId": "carol", "probe": p}).to_string().as_bytes()).await;
+        }
+        let (a, b) = (
+            one.metric("herald_source_records_consumed_total{topic=\"user-notifications\"}").await,
+            two.metric("herald_source_records_consumed_total{topic=\"user-notifications\"}").await,
+        );
+        a > 0.0 && b > 0.0
+    })
+    .await;
+    // Every probe, whichever instance consumed it, reached carol's one socket.
+    let consumed = one.metric("herald_source_records_consumed_total{topic=\"user-notifications\"}").await
+        + two.metric("herald_source_records_consumed_total{topic=\"user-notifications\"}").await;
+    eventually(Duration::from_secs(10), "every consumed probe to be delivered", async || {
+        c.received("carol", "notification").await.len() as f64 >= consumed
+    })
+    .await;
+    c.stop().await;
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_users_and_bad_records_are_counted_and_skipped() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let redis = Redis::start().await;
+    let h = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    let mut c = Clients::start().await;
+    c.connect_as("dave", &h.url(), "dave").await;
+
+    // All on one partition, so the order is fixed and the last record proves the others passed.
+    for value in [&b"not json"[..], b"", br#"{"noUser":1}"#, br#"{"userId":{"x":1}}"#, br#"{"userId":"nobody-online"}"#] {
+        kafka.produce_to(TOPIC, Some(0), None, value).await;
+    }
+    kafka.produce_to(TOPIC, Some(0), None, br#"{"userId":"dave","after":"bad ones"}"#).await;
+    assert_eq!(c.expect("dave", "notification").await, json!({"userId": "dave", "after": "bad ones"}));
+
+    for (reason, n) in [("bad_json", 1.0), ("empty", 1.0), ("no_user_id", 1.0), ("bad_user_id", 1.0), ("offline", 1.0)] {
+        assert_eq!(h.metric(&format!("herald_records_dropped_total{{reason=\"{reason}\"}}")).await, n, "{reason}");
+    }
+    assert_eq!(h.metric("herald_source_records_consumed_total{topic=\"user-notifications\"}").await, 6.0);
+    assert_eq!(h.metric("herald_bus_notifications_published_total").await, 2.0);
+    c.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_get_a_fixed_connect_error() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let h = Herald::start(&config_yaml(&kafka, None, "")).await;
+    let mut c = Clients::start().await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let cases = [
+        ("none", json!({}), "missing token"),
+        ("garbage", json!({"auth": {"token": "garbage"}}), "invalid token"),
+        (
+            "wrong-key",
+            json!({"auth": {"token": jsonwebtoken::encode(&Default::default(), &json!({"sub": "u", "exp": now + 60}), &jsonwebtoken::EncodingKey::from_secret(b"other")).unwrap()}}),
+            "invalid token",
+        ),
+        ("expired", json!({"auth": {"token": token_with(json!({"sub": "u", "exp": now - 120}))}}), "token expired"),
+        ("not-yet", json!({"auth": {"token": token_with(json!({"sub": "u", "exp": now + 600, "nbf": now + 300}))}}), "invalid token"),
+    ];
+    for (id, options, message) in cases {
+        assert_eq!(c.connect(id, &h.url(), options).await, Err(message.to_owned()), "{id}");
+    }
+    assert_eq!(h.metric("herald_gateway_auth_rejections_total{reason=\"missing_token\"}").await, 1.0);
+    assert_eq!(h.metric("herald_gateway_auth_rejections_total{reason=\"invalid_token\"}").await, 3.0);
+    assert_eq!(h.metric("herald_gateway_auth_rejections_total{reason=\"token_expired\"}").await, 1.0);
+    assert_eq!(h.metric("herald_gateway_sockets").await, 0.0);
+    c.stop().await;
+    h.shutdown().await;
+}
+
+/// Long-polling, the upgrade to WebSocket, and the header and query-string token fallbacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_upgrade_and_token_fallbacks_work_on_the_in_process_bus() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let h = Herald::start(&config_yaml(&kafka, None, "")).await;
+    let mut c = Clients::start().await;
+    let t = token("erin");
+    assert_eq!(c.connect("polling", &h.url(), json!({"auth": {"token": t}, "transports": ["polling"]})).await, Ok("polling".into()));
+    // The upgrade may already be done when `connect` fires; either way it must end on WebSocket.
+    let first = c.connect("upgrade", &h.url(), json!({"auth": {"token": t}, "transports": ["polling", "websocket"]})).await.unwrap();
+    if first == "polling" {
+        assert_eq!(c.upgraded("upgrade").await.as_deref(), Some("websocket"));
+    }
+    assert_eq!(
+        c.connect("header", &h.url(), json!({"extraHeaders": {"Authorization": format!("Bearer {t}")}, "transports": ["polling"]})).await,
+        Ok("polling".into())
+    );
+    assert_eq!(c.connect("query", &h.url(), json!({"query": {"token": t}})).await, Ok("websocket".into()));
+
+    kafka.notify("erin", json!({"hello": "all"})).await;
+    for id in ["polling", "upgrade", "header", "query"] {
+        assert_eq!(c.expect(id, "notification").await["body"], json!({"hello": "all"}), "{id}");
+    }
+    assert_eq!(h.metric("herald_gateway_notifications_delivered_total").await, 4.0);
+    assert_eq!(h.metric("herald_gateway_users").await, 1.0);
+    assert_eq!(h.metric("herald_gateway_sockets").await, 4.0);
+
+    // Sockets leaving are counted down, and a user with none left is offline.
+    for id in ["polling", "upgrade", "header", "query"] {
+        c.close(id).await;
+    }
+    eventually(Duration::from_secs(5), "sockets to be counted down", async || h.metric("herald_gateway_sockets").await == 0.0).await;
+    assert_eq!(h.metric("herald_gateway_users").await, 0.0);
+    kafka.notify("erin", json!({"hello": "nobody"})).await;
+    eventually(Duration::from_secs(10), "the offline drop", async || {
+        h.metric("herald_records_dropped_total{reason=\"offline\"}").await == 1.0
+    })
+    .await;
+    c.stop().await;
+    h.shutdown().await;
+}
+
+/// After Redis restarts, instances re-subscribe by themselves and delivery resumes; records
+/// produced while Redis was down wait in Kafka and are delivered, not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_redis_restart_without_losing_records() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let mut redis = Redis::start().await;
+    // A short command deadline, so the outage outlasts it and publishing has to retry.
+    let yaml = config_yaml(&kafka, Some(&redis), "").replace("\"}\n", "\", command_timeout_ms: 300}\n");
+    let one = Herald::start(&yaml).await;
+    let two = Herald::start(&yaml.replace("group_id: herald-test", "group_id: herald-test\n  topics: [elsewhere]")).await;
+    one.wait_assigned(4).await;
+    two.wait_assigned(4).await;
+    let mut c = Clients::start().await;
+    c.connect_as("frank", &two.url(), "frank").await;
+    kafka.notify("frank", json!({"n": 0})).await;
+    assert_eq!(c.expect("frank", "notification").await["body"]["n"], 0);
+
+    redis.stop();
+    eventually(Duration::from_secs(10), "readiness to drop while Redis is down", async || {
+        reqwest::get(format!("{}/readyz", one.url())).await.map(|r| r.status().as_u16() == 503).unwrap_or(false)
+    })
+    .await;
+    for n in 1..=3 {
+        kafka.produce_to(TOPIC, Some(1), Some("frank"), json!({"userId": "frank", "body": {"n": n}}).to_string().as_bytes()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart().await;
+    one.wait_ready().await;
+    two.wait_ready().await;
+
+    // At-least-once: a duplicate may show up, but the first sighting of each is in order.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let n = c.expect("frank", "notification").await["body"]["n"].as_i64().unwrap();
+        if n > 0 && !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    assert_eq!(seen, [1, 2, 3], "in order, none lost");
+    assert!(one.metric("herald_bus_publish_retries_total").await >= 1.0, "the outage was retried, not skipped");
+    assert!(two.metric("herald_bus_redis_reconnects_total").await >= 1.0);
+    c.stop().await;
+    one.shutdown().await;
+    two.shutdown().await;
+}
