@@ -69,7 +69,13 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let bus = Bus::start(&config, gateway.deliverer.clone(), metrics.clone(), stop_rest.clone()).await?;
     gateway.open(Arc::new(Admission { verifier, bus: bus.clone(), presence: gateway.presence.clone(), metrics: metrics.clone() }));
 
-    let router = Arc::new(Router::new(&config));
+    let router = Arc::new(Router::new(&config, Some(metrics.clone()))?);
+    for topic in &config.kafka.topics {
+        if let Some(script) = &topic.script {
+            metrics.register_route(&script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        }
+    }
+    crate::route::watch::spawn(router.clone(), config.routes.reload_debounce, stop_rest.clone())?;
     let source = KafkaSource::new(&config, &kafka_bootstrap, router, bus.clone(), metrics.clone())?;
     let kafka_health = source.health();
 

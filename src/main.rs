@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use herald::config::{Brokers, Config};
+use herald::route::{Record, Router};
 
 /// Exit code for a configuration that does not validate (EX_CONFIG from sysexits.h).
 const EXIT_CONFIG: u8 = 78;
@@ -36,6 +37,18 @@ enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl_secs: u64,
     },
+    /// Dry run: route one record as the running config would, and print the notifications.
+    Route {
+        /// The topic the record is on (chooses its rule or script).
+        #[arg(long)]
+        topic: String,
+        /// The record key.
+        #[arg(long)]
+        key: Option<String>,
+        /// A file holding the record value, or `-` (the default) for standard input.
+        #[arg(default_value = "-")]
+        record: String,
+    },
     /// Produce one record to Kafka (the configured brokers, or --brokers).
     Produce {
         /// Topic; defaults to the first configured topic.
@@ -55,7 +68,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
+    // Everything is validated before anything starts: the config, then every route script.
+    let config = match Config::load(&cli.config).and_then(|c| Router::new(&c, None).map(|_| c)) {
         Ok(c) => c,
         Err(errors) => {
             eprint!("herald: {}: {errors}", cli.config.display());
@@ -70,6 +84,7 @@ fn main() -> ExitCode {
         Command::Run => run(config),
         Command::Token { user, ttl_secs } => token(&config, &user, ttl_secs).map(|t| println!("{t}")),
         Command::Produce { topic, key, brokers, value } => produce(&config, topic, key, brokers, value),
+        Command::Route { topic, key, record } => dry_run(&config, &topic, key.as_deref(), &record),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +158,41 @@ fn token(config: &Config, user: &str, ttl_secs: u64) -> anyhow::Result<String> {
         claims.insert("aud".into(), aud.as_str().into());
     }
     Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))?)
+}
+
+/// Prints one JSON line per notification the record would cause, or the reason it causes none.
+fn dry_run(config: &Config, topic: &str, key: Option<&str>, record: &str) -> anyhow::Result<()> {
+    let value = if record == "-" {
+        let mut v = Vec::new();
+        std::io::stdin().read_to_end(&mut v)?;
+        v
+    } else {
+        std::fs::read(record).map_err(|e| anyhow::anyhow!("cannot read {record}: {e}"))?
+    };
+    let router = Router::new(config, None)?;
+    let record = Record {
+        topic,
+        partition: 0,
+        offset: 0,
+        key: key.map(str::as_bytes),
+        value: Some(&value),
+        timestamp_ms: Some(herald::route::now_ms()),
+        headers: &[],
+    };
+    let mut out = Vec::new();
+    match router.route(&record, &mut out) {
+        Ok(()) => {
+            for n in out {
+                println!("{}", serde_json::json!({"user_id": n.user_id, "event": &*n.event, "payload": n.payload}));
+            }
+            Ok(())
+        }
+        Err(e) if e.reason == herald::metrics::DropReason::Filtered => {
+            eprintln!("no notification: {e}");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("dropped ({}): {e}", e.reason.as_str())),
+    }
 }
 
 fn produce(config: &Config, topic: Option<String>, key: Option<String>, brokers: Option<String>, value: String) -> anyhow::Result<()> {

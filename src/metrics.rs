@@ -87,6 +87,8 @@ pub const REDIS_CONNECTED: &str = "herald_bus_redis_connected";
 pub const REDIS_RECONNECTS: &str = "herald_bus_redis_reconnects_total";
 pub const SUBSCRIPTIONS: &str = "herald_bus_subscriptions";
 pub const BUILD_INFO: &str = "herald_build_info";
+pub const ROUTE_RELOADS: &str = "herald_route_reloads_total";
+pub const ROUTE_SCRIPT_ERRORS: &str = "herald_route_script_errors_total";
 
 /// Every metric name, for documentation checks.
 pub const ALL_NAMES: &[&str] = &[
@@ -111,6 +113,8 @@ pub const ALL_NAMES: &[&str] = &[
     REDIS_RECONNECTS,
     SUBSCRIPTIONS,
     BUILD_INFO,
+    ROUTE_RELOADS,
+    ROUTE_SCRIPT_ERRORS,
 ];
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
@@ -140,6 +144,8 @@ pub struct Metrics {
     pub redis_connected: Gauge,
     pub redis_reconnects: Counter,
     pub subscriptions: Gauge,
+    reloads_applied: Counter,
+    reloads_rejected: Counter,
 }
 
 impl Metrics {
@@ -171,6 +177,14 @@ impl Metrics {
         describe(r, REDIS_CONNECTED, Unit::Count, "1 while Redis is connected (absent without Redis).", Kind::Gauge);
         describe(r, REDIS_RECONNECTS, Unit::Count, "Redis reconnections.", Kind::Counter);
         describe(r, SUBSCRIPTIONS, Unit::Count, "Per-user bus channels this instance is subscribed to.", Kind::Gauge);
+        describe(r, ROUTE_RELOADS, Unit::Count, "Route script reloads, by result (applied, rejected).", Kind::Counter);
+        describe(
+            r,
+            ROUTE_SCRIPT_ERRORS,
+            Unit::Count,
+            "Records a route script failed on (runtime error, limit hit, bad return value), by script.",
+            Kind::Counter,
+        );
         describe(r, BUILD_INFO, Unit::Count, "Always 1; the version label names the build.", Kind::Gauge);
 
         let counter = |name: &'static str, labels: Vec<Label>| r.register_counter(&Key::from_parts(name, labels), &META);
@@ -200,6 +214,8 @@ impl Metrics {
             redis_connected: gauge(REDIS_CONNECTED),
             redis_reconnects: counter(REDIS_RECONNECTS, vec![]),
             subscriptions: gauge(SUBSCRIPTIONS),
+            reloads_applied: counter(ROUTE_RELOADS, vec![Label::new("result", "applied")]),
+            reloads_rejected: counter(ROUTE_RELOADS, vec![Label::new("result", "rejected")]),
             recorder,
             handle,
         }
@@ -219,6 +235,24 @@ impl Metrics {
         }
     }
 
+    pub fn reload(&self, applied: bool) {
+        if applied { self.reloads_applied.increment(1) } else { self.reloads_rejected.increment(1) }
+    }
+
+    /// Counts a failure of the route script `route` (the script's file name).
+    pub fn script_error(&self, route: &str) {
+        self.route_counter(route).increment(1);
+    }
+
+    /// Makes a script's error counter visible at zero before its first error.
+    pub fn register_route(&self, route: &str) {
+        self.route_counter(route).increment(0);
+    }
+
+    fn route_counter(&self, route: &str) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(ROUTE_SCRIPT_ERRORS, vec![Label::new("route", route.to_owned())]), &META)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.handle.render()
@@ -231,11 +265,6 @@ impl Metrics {
 
     /// How often [`Metrics::upkeep`] should run.
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-    /// The recorder, for registering metrics whose labels come from later config (route names).
-    pub fn recorder(&self) -> &PrometheusRecorder {
-        &self.recorder
-    }
 }
 
 static META: Metadata<'static> = Metadata::new("herald", Level::INFO, Some(module_path!()));

@@ -118,3 +118,84 @@ async fn version_and_help_name_every_subcommand() {
         assert!(help.contains(sub), "{sub} missing from --help");
     }
 }
+
+/// SIGHUP reloads scripts at once, even with a file-watch debounce far in the future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_route_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, kafka_port) = (free_port(), free_port());
+    std::fs::write(dir.path().join("r.rhai"), r#"fn route(r) { #{ user_id: "u1", payload: "v1" } }"#).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+server: {{listen: "127.0.0.1:{port}"}}
+kafka:
+  brokers: embedded
+  embedded: {{listen: "127.0.0.1:{kafka_port}"}}
+  topics: [{{name: t, script: r.rhai}}]
+  options: {{auto.offset.reset: earliest}}
+routes: {{reload_debounce_ms: 60000}}
+auth: {{jwt: {{secret: "{SECRET}"}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let mut child =
+        Command::new(HERALD).arg("--config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(20),
+        "herald to be ready",
+        async || matches!(reqwest::get(format!("{url}/readyz")).await, Ok(r) if r.status().is_success()),
+    )
+    .await;
+
+    std::fs::write(dir.path().join("r.rhai"), r#"fn route(r) { #{ user_id: "u1", payload: "v2" } }"#).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    eventually(Duration::from_secs(5), "the SIGHUP reload", async || {
+        scrape(&url, "herald_route_reloads_total{result=\"applied\"}").await == 1.0
+    })
+    .await;
+
+    let mut c = Clients::start().await;
+    c.connect_as("u1", &url, "u1").await;
+    let out = herald_output(&["produce", "--topic", "t", "{}"], &config).await;
+    assert!(out.status.success());
+    assert_eq!(c.expect("u1", "notification").await, json!("v2"));
+    c.stop().await;
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn route_dry_run_prints_what_a_record_becomes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root.join("config.yaml");
+    let dry_run = |topic: &'static str, record: &'static str| {
+        let config = config.clone();
+        async move {
+            let mut child = Command::new(HERALD)
+                .args(["route", "--topic", topic, "--config"])
+                .arg(&config)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().unwrap(), record.as_bytes()).await.unwrap();
+            drop(child.stdin.take());
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let out = dry_run("team-notifications", r#"{"team":"core","members":["a","b"],"author":"a","type":"t","body":{}}"#).await;
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines, [json!({"user_id": "b", "event": "team_notification", "payload": {"team": "core", "type": "t", "body": {}}})]);
+
+    let out = dry_run("user-notifications", "[1]").await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("script_error") && stderr.contains("user-notifications.rhai:"), "{stderr}");
+}

@@ -80,7 +80,7 @@ pub struct EmbeddedKafkaConfig {
 #[derive(Debug, Clone)]
 pub struct TopicConfig {
     pub name: String,
-    /// Route script (issue: Rhai routes); `None` uses the default rule.
+    /// Route script, relative to the config file; `None` uses the default rule.
     pub script: Option<PathBuf>,
     /// Where the user id comes from for this topic; `None` uses `routes.user_id`.
     pub user_id: Option<UserIdSource>,
@@ -123,8 +123,12 @@ pub struct JwtConfig {
 pub struct RoutesConfig {
     /// Default rule: where the user id comes from. Default `/userId`.
     pub user_id: UserIdSource,
-    /// Directory of route scripts. Default `routes`.
-    pub dir: PathBuf,
+    /// Wall-clock budget of one script call. Default 50 ms.
+    pub script_timeout: Duration,
+    /// Operations one script call may perform. Default 1000000.
+    pub script_max_operations: u64,
+    /// Quiet time after a change to a script before it is reloaded. Default 200 ms.
+    pub reload_debounce: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -468,11 +472,13 @@ fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {
 }
 
 fn read_routes(walk: &mut Walk, v: Option<&Value>) -> RoutesConfig {
-    let s = walk.section(v, "routes", &["user_id", "dir"]);
+    let s = walk.section(v, "routes", &["user_id", "script_timeout_ms", "script_max_operations", "reload_debounce_ms"]);
     let raw: String = walk.get(&s, "user_id", "/userId".into());
     let user_id = parse_user_id(walk, &s.path("user_id"), &raw).unwrap_or(UserIdSource::Pointer("/userId".into()));
-    let dir = PathBuf::from(walk.get::<String>(&s, "dir", "routes".into()));
-    RoutesConfig { user_id, dir }
+    let script_timeout = Duration::from_millis(ranged(walk, &s, "script_timeout_ms", 50u64, 1..=60_000));
+    let script_max_operations = ranged(walk, &s, "script_max_operations", 1_000_000u64, 1_000..=1_000_000_000);
+    let reload_debounce = Duration::from_millis(ranged(walk, &s, "reload_debounce_ms", 200u64, 10..=60_000));
+    RoutesConfig { user_id, script_timeout, script_max_operations, reload_debounce }
 }
 
 fn read_log(walk: &mut Walk, v: Option<&Value>) -> LogConfig {

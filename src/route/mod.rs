@@ -1,16 +1,24 @@
 //! Routing: turns one Kafka record into the notifications it causes (who, which event, what
-//! payload). It owns the per-topic rules; it does not read Kafka or talk to the bus.
+//! payload), by the topic's default rule or its Rhai script. It owns the per-topic rules and
+//! their hot reload; it does not read Kafka or talk to the bus.
 
 mod pointer;
+pub mod script;
+pub mod watch;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use rhai::{Dynamic, Engine};
 use serde_json::value::RawValue;
+use tracing::{info, warn};
 
 use crate::auth::user_id_from_json;
-use crate::config::{Config, UserIdSource};
-use crate::metrics::DropReason;
+use crate::config::{Config, ConfigError, ConfigErrors, UserIdSource};
+use crate::metrics::{DropReason, Metrics};
+use script::{Limits, Script};
 
 /// A Kafka record as the router sees it, borrowed from the consumer's buffer.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +30,7 @@ pub struct Record<'a> {
     pub value: Option<&'a [u8]>,
     /// Milliseconds since the epoch, from the record (producer or broker time).
     pub timestamp_ms: Option<i64>,
+    pub headers: &'a [(&'a str, &'a [u8])],
 }
 
 /// One notification for one user, ready for the bus.
@@ -41,80 +50,303 @@ pub struct Notification {
 pub struct RouteError {
     pub reason: DropReason,
     pub detail: String,
+    /// The script that failed, for the per-route error metric.
+    pub script: Option<String>,
 }
 
 impl RouteError {
     fn new(reason: DropReason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self { reason, detail: detail.into(), script: None }
     }
 }
 
-/// The default rule: user id from a JSON pointer or the key, payload = the whole value.
-#[derive(Debug, Clone)]
-struct DefaultRule {
-    user_id: UserIdSource,
+/// How one topic's records become notifications.
+#[derive(Clone)]
+enum Rule {
+    /// User id from a JSON pointer or the key; payload = the whole value.
+    Default { user_id: UserIdSource, event: Arc<str> },
+    /// A Rhai script decides; `event` is the default for maps that name none.
+    Script { script: Arc<Script>, event: Arc<str> },
+}
+
+/// Every topic's rule, swapped as a whole on reload.
+struct Table {
+    rules: HashMap<String, Rule>,
+}
+
+/// A topic's script as configured, for (re)compiling it.
+struct ScriptSource {
+    topic: String,
+    path: PathBuf,
     event: Arc<str>,
 }
 
-/// Every topic's rule, chosen by topic name.
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Nothing changed on disk.
+    Unchanged,
+    /// These scripts were recompiled and swapped in.
+    Applied(Vec<String>),
+    /// At least one script failed to compile and kept its previous version (others may have
+    /// been applied).
+    Rejected { applied: Vec<String>, errors: Vec<String> },
+}
+
 pub struct Router {
-    rules: HashMap<String, DefaultRule>,
-    fallback: DefaultRule,
+    table: ArcSwap<Table>,
+    sources: Vec<ScriptSource>,
+    engine: Engine,
+    limits: Limits,
+    default_event: Arc<str>,
+    fallback_user_id: UserIdSource,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Self {
-        let event: Arc<str> = config.server.event.as_str().into();
-        let fallback = DefaultRule { user_id: config.routes.user_id.clone(), event: event.clone() };
-        let rules = config
-            .kafka
-            .topics
-            .iter()
-            .map(|t| {
-                let rule = DefaultRule {
-                    user_id: t.user_id.clone().unwrap_or_else(|| fallback.user_id.clone()),
-                    event: t.event.as_deref().map(Arc::from).unwrap_or_else(|| event.clone()),
-                };
-                (t.name.clone(), rule)
-            })
-            .collect();
-        Self { rules, fallback }
+    /// Builds every topic's rule, compiling every script; all compile errors are returned, each
+    /// with the config path of the topic that names the script.
+    pub fn new(config: &Config, metrics: Option<Arc<Metrics>>) -> Result<Self, ConfigErrors> {
+        let limits = Limits { max_operations: config.routes.script_max_operations, timeout: config.routes.script_timeout };
+        let engine = script::engine(&limits);
+        let default_event: Arc<str> = config.server.event.as_str().into();
+        let mut rules = HashMap::new();
+        let mut sources = Vec::new();
+        let mut errors = Vec::new();
+        for (i, topic) in config.kafka.topics.iter().enumerate() {
+            let event = topic.event.as_deref().map(Arc::from).unwrap_or_else(|| default_event.clone());
+            let rule = match &topic.script {
+                None => Rule::Default { user_id: topic.user_id.clone().unwrap_or_else(|| config.routes.user_id.clone()), event },
+                Some(relative) => {
+                    let path = config.resolve(relative);
+                    sources.push(ScriptSource { topic: topic.name.clone(), path: path.clone(), event: event.clone() });
+                    match Script::load(&engine, &path) {
+                        Ok(s) => Rule::Script { script: Arc::new(s), event },
+                        Err(e) => {
+                            errors.push(ConfigError { path: format!("kafka.topics[{i}].script"), message: e });
+                            continue;
+                        }
+                    }
+                }
+            };
+            rules.insert(topic.name.clone(), rule);
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Self {
+            table: ArcSwap::from_pointee(Table { rules }),
+            sources,
+            engine,
+            limits,
+            default_event,
+            fallback_user_id: config.routes.user_id.clone(),
+            metrics,
+        })
+    }
+
+    /// The directories holding scripts, for the watcher.
+    pub fn script_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.sources.iter().filter_map(|s| s.path.parent().map(PathBuf::from)).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Recompiles scripts whose source changed. Each one that compiles is swapped in; one that
+    /// does not keeps its running version. The new table replaces the old atomically, between
+    /// two records: no record is lost or routed twice because of a reload.
+    pub fn reload(&self) -> ReloadOutcome {
+        let current = self.table.load();
+        let mut rules = current.rules.clone();
+        let (mut applied, mut errors) = (Vec::new(), Vec::new());
+        for source in &self.sources {
+            let running = match current.rules.get(&source.topic) {
+                Some(Rule::Script { script, .. }) => Some(script.clone()),
+                _ => None,
+            };
+            let text = match std::fs::read_to_string(&source.path) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(format!("{}: cannot read: {e}", source.path.display()));
+                    continue;
+                }
+            };
+            if running.as_ref().is_some_and(|r| r.source == text) {
+                continue;
+            }
+            match Script::compile(&self.engine, &source.path, text) {
+                Ok(s) => {
+                    applied.push(s.name.clone());
+                    rules.insert(source.topic.clone(), Rule::Script { script: Arc::new(s), event: source.event.clone() });
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !applied.is_empty() {
+            self.table.store(Arc::new(Table { rules }));
+        }
+        let outcome = match (applied.is_empty(), errors.is_empty()) {
+            (true, true) => ReloadOutcome::Unchanged,
+            (_, true) => ReloadOutcome::Applied(applied),
+            (_, false) => ReloadOutcome::Rejected { applied, errors },
+        };
+        match &outcome {
+            ReloadOutcome::Unchanged => {}
+            ReloadOutcome::Applied(names) => info!(scripts = ?names, "Route scripts reloaded."),
+            ReloadOutcome::Rejected { applied, errors } => {
+                for e in errors {
+                    warn!(error = %e, "Route script rejected; its previous version keeps running.");
+                }
+                if !applied.is_empty() {
+                    info!(scripts = ?applied, "Route scripts reloaded.");
+                }
+            }
+        }
+        if let Some(m) = &self.metrics {
+            match &outcome {
+                ReloadOutcome::Unchanged => {}
+                ReloadOutcome::Applied(_) => m.reload(true),
+                ReloadOutcome::Rejected { .. } => m.reload(false),
+            }
+        }
+        outcome
     }
 
     /// Routes one record. Appends its notifications to `out` (so a batch reuses one buffer).
     pub fn route(&self, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
-        let rule = self.rules.get(record.topic).unwrap_or(&self.fallback);
-        let value = record.value.filter(|v| !v.is_empty()).ok_or_else(|| RouteError::new(DropReason::Empty, "record has no value"))?;
-        let text = std::str::from_utf8(value).map_err(|_| RouteError::new(DropReason::BadJson, "value is not UTF-8"))?;
-        let raw: &RawValue =
-            serde_json::from_str(text).map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))?;
-        let user_id = match &rule.user_id {
-            UserIdSource::Key => {
-                let key = record.key.ok_or_else(|| RouteError::new(DropReason::NoUserId, "record has no key"))?;
-                match std::str::from_utf8(key) {
-                    Ok(k) if !k.is_empty() => k.to_owned(),
-                    _ => return Err(RouteError::new(DropReason::BadUserId, "key is empty or not UTF-8")),
-                }
-            }
-            UserIdSource::Pointer(pointer) => {
-                let leaf = pointer::lookup(raw, pointer)
-                    .map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))?
-                    .ok_or_else(|| RouteError::new(DropReason::NoUserId, format!("no user id at {pointer}")))?;
-                let leaf: serde_json::Value =
-                    serde_json::from_str(leaf.get()).map_err(|e| RouteError::new(DropReason::BadJson, e.to_string()))?;
-                user_id_from_json(&leaf).ok_or_else(|| {
-                    RouteError::new(DropReason::BadUserId, format!("user id at {pointer} is not a non-empty string or an integer"))
-                })?
+        let table = self.table.load();
+        let fallback;
+        let rule = match table.rules.get(record.topic) {
+            Some(rule) => rule,
+            None => {
+                fallback = Rule::Default { user_id: self.fallback_user_id.clone(), event: self.default_event.clone() };
+                &fallback
             }
         };
-        out.push(Notification {
-            user_id,
-            event: rule.event.clone(),
-            payload: raw.to_owned(),
-            timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
-        });
-        Ok(())
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        match rule {
+            Rule::Default { user_id, event } => route_by_default(record, user_id, event, timestamp_ms, out),
+            Rule::Script { script, event } => {
+                let result = script.call(&self.engine, &self.limits, record).map_err(|e| script_error(script, e))?;
+                let before = out.len();
+                collect(result, event, record, timestamp_ms, out)
+                    .map_err(|e| script_error(script, format!("{}: {e}", script.path.display())))?;
+                if out.len() == before {
+                    return Err(RouteError {
+                        reason: DropReason::Filtered,
+                        detail: "the route script returned no notification".into(),
+                        script: Some(script.name.clone()),
+                    });
+                }
+                Ok(())
+            }
+        }
     }
+}
+
+fn script_error(script: &Script, detail: String) -> RouteError {
+    RouteError { reason: DropReason::ScriptError, detail, script: Some(script.name.clone()) }
+}
+
+fn route_by_default(
+    record: &Record<'_>,
+    source: &UserIdSource,
+    event: &Arc<str>,
+    timestamp_ms: i64,
+    out: &mut Vec<Notification>,
+) -> Result<(), RouteError> {
+    let raw = parse_value(record)?;
+    let user_id = match source {
+        UserIdSource::Key => {
+            let key = record.key.ok_or_else(|| RouteError::new(DropReason::NoUserId, "record has no key"))?;
+            match std::str::from_utf8(key) {
+                Ok(k) if !k.is_empty() => k.to_owned(),
+                _ => return Err(RouteError::new(DropReason::BadUserId, "key is empty or not UTF-8")),
+            }
+        }
+        UserIdSource::Pointer(pointer) => {
+            let leaf = pointer::lookup(raw, pointer)
+                .map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))?
+                .ok_or_else(|| RouteError::new(DropReason::NoUserId, format!("no user id at {pointer}")))?;
+            let leaf: serde_json::Value =
+                serde_json::from_str(leaf.get()).map_err(|e| RouteError::new(DropReason::BadJson, e.to_string()))?;
+            user_id_from_json(&leaf).ok_or_else(|| {
+                RouteError::new(DropReason::BadUserId, format!("user id at {pointer} is not a non-empty string or an integer"))
+            })?
+        }
+    };
+    out.push(Notification { user_id, event: event.clone(), payload: raw.to_owned(), timestamp_ms });
+    Ok(())
+}
+
+fn parse_value<'a>(record: &Record<'a>) -> Result<&'a RawValue, RouteError> {
+    let value = record.value.filter(|v| !v.is_empty()).ok_or_else(|| RouteError::new(DropReason::Empty, "record has no value"))?;
+    let text = std::str::from_utf8(value).map_err(|_| RouteError::new(DropReason::BadJson, "value is not UTF-8"))?;
+    serde_json::from_str(text).map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))
+}
+
+/// Turns what `route()` returned into notifications: `()`, a map, or an array of maps.
+fn collect(result: Dynamic, event: &Arc<str>, record: &Record<'_>, timestamp_ms: i64, out: &mut Vec<Notification>) -> Result<(), String> {
+    if result.is_unit() {
+        return Ok(());
+    }
+    if result.is_array() {
+        let items = result.into_array().map_err(|t| format!("route() returned {t}"))?;
+        for (i, item) in items.into_iter().enumerate() {
+            if !item.is_unit() {
+                out.push(notification(item, event, record, timestamp_ms).map_err(|e| format!("item {i} of the returned array: {e}"))?);
+            }
+        }
+        return Ok(());
+    }
+    out.push(notification(result, event, record, timestamp_ms)?);
+    Ok(())
+}
+
+fn notification(item: Dynamic, event: &Arc<str>, record: &Record<'_>, timestamp_ms: i64) -> Result<Notification, String> {
+    let type_name = item.type_name();
+    let map = item
+        .try_cast::<rhai::Map>()
+        .ok_or_else(|| format!("route() must return (), a map #{{user_id, event, payload}} or an array of them, not {type_name}"))?;
+    let mut user_id = None;
+    let mut event = event.clone();
+    let mut payload = None;
+    for (key, value) in map {
+        match key.as_str() {
+            "user_id" => {
+                user_id = if value.is_string() {
+                    value.into_string().ok().filter(|s| !s.is_empty())
+                } else if value.is_int() {
+                    value.as_int().ok().map(|i| i.to_string())
+                } else {
+                    None
+                };
+                if user_id.is_none() {
+                    return Err("`user_id` must be a non-empty string or an integer".into());
+                }
+            }
+            "event" => {
+                let name = value.into_string().map_err(|t| format!("`event` must be a string, not {t}"))?;
+                if name.is_empty() {
+                    return Err("`event` must not be empty".into());
+                }
+                event = name.into();
+            }
+            "payload" => {
+                let json = serde_json::to_string(&value).map_err(|e| format!("`payload` cannot be turned into JSON: {e}"))?;
+                payload = Some(RawValue::from_string(json).map_err(|e| e.to_string())?);
+            }
+            other => return Err(format!("unexpected key `{other}` in the returned map (expected user_id, event, payload)")),
+        }
+    }
+    let user_id = user_id.ok_or("the returned map has no `user_id`")?;
+    let payload = match payload {
+        Some(p) => p,
+        // Without a payload the record value is passed through as it is.
+        None => parse_value(record).map_err(|e| format!("no `payload` given and {e}"))?.to_owned(),
+    };
+    Ok(Notification { user_id, event, payload, timestamp_ms })
 }
 
 pub fn now_ms() -> i64 {
@@ -127,11 +359,11 @@ mod tests {
 
     fn router(yaml: &str) -> Router {
         let config = Config::from_yaml(&format!("auth: {{jwt: {{secret: s}}}}\n{yaml}"), ".".into(), &|_| None).unwrap();
-        Router::new(&config)
+        Router::new(&config, None).unwrap()
     }
 
     fn record<'a>(topic: &'a str, key: Option<&'a [u8]>, value: &'a [u8]) -> Record<'a> {
-        Record { topic, partition: 0, offset: 7, key, value: Some(value), timestamp_ms: Some(1000) }
+        Record { topic, partition: 0, offset: 7, key, value: Some(value), timestamp_ms: Some(1000), headers: &[] }
     }
 
     fn route(r: &Router, rec: Record<'_>) -> Result<Vec<Notification>, RouteError> {
@@ -183,5 +415,137 @@ mod tests {
         assert_eq!(reason(br#"{"userId":{"a":1}}"#), DropReason::BadUserId);
         assert_eq!(reason(br#"[1,2]"#), DropReason::NoUserId);
         assert_eq!(reason(br#"{"userId":"u","junk":[1,}"#), DropReason::BadJson, "the whole value is validated");
+    }
+}
+
+#[cfg(test)]
+mod script_tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A router whose topic `t` runs `source` (written to a temp dir that lives as long as it).
+    fn scripted(source: &str) -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.rhai"), source).unwrap();
+        let yaml = "auth: {jwt: {secret: s}}\nkafka: {topics: [{name: t, script: t.rhai}]}\nroutes: {script_timeout_ms: 100}";
+        let config = Config::from_yaml(yaml, dir.path().into(), &|_| None).unwrap();
+        (Router::new(&config, None).unwrap(), dir)
+    }
+
+    fn route(r: &Router, value: &str) -> Result<Vec<Notification>, RouteError> {
+        let record = Record {
+            topic: "t",
+            partition: 0,
+            offset: 1,
+            key: Some(b"k1"),
+            value: Some(value.as_bytes()),
+            timestamp_ms: Some(5),
+            headers: &[("h", b"v")],
+        };
+        let mut out = Vec::new();
+        r.route(&record, &mut out).map(|()| out)
+    }
+
+    fn summary(n: &[Notification]) -> Vec<(String, String, String)> {
+        n.iter().map(|n| (n.user_id.clone(), n.event.to_string(), n.payload.get().to_owned())).collect()
+    }
+
+    #[test]
+    fn each_return_shape() {
+        let (r, _d) = scripted("fn route(r) { #{ user_id: r.value.u, payload: #{ x: r.value.x, h: r.headers.h, k: r.key } } }");
+        assert_eq!(
+            summary(&route(&r, r#"{"u":"a","x":1}"#).unwrap()),
+            [("a".into(), "notification".into(), r#"{"h":"v","k":"k1","x":1}"#.into())]
+        );
+
+        let (r, _d) = scripted("fn route(r) { #{ user_id: 42, event: \"ping\" } }");
+        assert_eq!(
+            summary(&route(&r, r#"{"raw":true}"#).unwrap()),
+            [("42".into(), "ping".into(), r#"{"raw":true}"#.into())],
+            "no payload: the value passes through"
+        );
+
+        let (r, _d) = scripted("fn route(r) { [#{ user_id: \"a\", payload: 1 }, (), #{ user_id: \"b\", payload: [2] }] }");
+        assert_eq!(
+            summary(&route(&r, "{}").unwrap()),
+            [("a".into(), "notification".into(), "1".into()), ("b".into(), "notification".into(), "[2]".into())]
+        );
+
+        let (r, _d) = scripted("fn route(r) { () }");
+        assert_eq!(route(&r, "{}").unwrap_err().reason, DropReason::Filtered);
+        let (r, _d) = scripted("fn route(r) { [] }");
+        assert_eq!(route(&r, "{}").unwrap_err().reason, DropReason::Filtered);
+    }
+
+    #[test]
+    fn each_contract_violation_is_a_script_error_with_a_message() {
+        for (source, expected) in [
+            ("fn route(r) { 42 }", "not i64"),
+            ("fn route(r) { #{ payload: 1 } }", "no `user_id`"),
+            ("fn route(r) { #{ user_id: \"\" } }", "non-empty string"),
+            ("fn route(r) { #{ user_id: 1.5 } }", "non-empty string"),
+            ("fn route(r) { #{ user_id: \"a\", event: 3 } }", "`event` must be a string"),
+            ("fn route(r) { #{ user_id: \"a\", userId: \"b\" } }", "unexpected key `userId`"),
+            ("fn route(r) { [#{ user_id: \"a\" }, 7] }", "item 1 of the returned array"),
+            ("fn route(r) { throw \"nope\" }", "t.rhai:1:"),
+            ("fn route(r) { loop {} }", "exceeded"),
+        ] {
+            let (r, _d) = scripted(source);
+            let e = route(&r, "{}").unwrap_err();
+            assert_eq!(e.reason, DropReason::ScriptError, "{source}");
+            assert!(e.detail.contains(expected), "{source}: {}", e.detail);
+            assert_eq!(e.script.as_deref(), Some("t.rhai"));
+        }
+    }
+
+    #[test]
+    fn compile_errors_are_reported_with_the_topic_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.rhai"), "fn route(r) {\n  let x = ;\n}").unwrap();
+        let yaml = "auth: {jwt: {secret: s}}\nkafka: {topics: [a, {name: b, script: bad.rhai}, {name: c, script: missing.rhai}]}";
+        let config = Config::from_yaml(yaml, dir.path().into(), &|_| None).unwrap();
+        let errors = Router::new(&config, None).err().unwrap().0;
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0].path, "kafka.topics[1].script");
+        assert!(errors[0].message.contains("bad.rhai:2:"), "{}", errors[0].message);
+        assert_eq!(errors[1].path, "kafka.topics[2].script");
+        assert!(errors[1].message.contains("cannot read"), "{}", errors[1].message);
+    }
+
+    #[test]
+    fn reload_swaps_good_scripts_and_keeps_the_old_one_on_errors() {
+        let (r, dir) = scripted("fn route(r) { #{ user_id: \"old\" } }");
+        assert_eq!(r.reload(), ReloadOutcome::Unchanged);
+        std::fs::write(dir.path().join("t.rhai"), "fn route(r) { #{ user_id: \"new\" } }").unwrap();
+        assert_eq!(r.reload(), ReloadOutcome::Applied(vec!["t.rhai".into()]));
+        assert_eq!(route(&r, "{}").unwrap()[0].user_id, "new");
+        std::fs::write(dir.path().join("t.rhai"), "fn route(r) { #{ user_id: ").unwrap();
+        assert!(matches!(r.reload(), ReloadOutcome::Rejected { ref applied, .. } if applied.is_empty()));
+        assert_eq!(route(&r, "{}").unwrap()[0].user_id, "new", "the running version stays");
+    }
+
+    #[test]
+    fn shipped_scripts_compile_and_route_their_examples() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = Config::load(&root.join("config.yaml")).unwrap();
+        let r = Router::new(&config, None).unwrap();
+        let mut shipped: Vec<_> =
+            std::fs::read_dir(root.join("routes")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        shipped.sort();
+        assert_eq!(shipped, ["team-notifications.rhai", "user-notifications.rhai"], "every shipped script is covered here");
+
+        let run = |topic: &str, value: &str| {
+            let record =
+                Record { topic, partition: 0, offset: 0, key: None, value: Some(value.as_bytes()), timestamp_ms: Some(1), headers: &[] };
+            let mut out = Vec::new();
+            r.route(&record, &mut out).map(|()| summary(&out))
+        };
+        assert_eq!(
+            run("user-notifications", r#"{"userId":"u42","type":"t","_trace":"x","internal":{"a":1},"body":{"b":2}}"#).unwrap(),
+            [("u42".into(), "notification".into(), r#"{"body":{"b":2},"type":"t","userId":"u42"}"#.into())]
+        );
+        assert_eq!(run("user-notifications", r#"{"other":1}"#).unwrap_err().reason, DropReason::Filtered);
+        let team = run("team-notifications", r#"{"team":"core","members":["u1","u2"],"author":"u1","type":"c","body":{}}"#).unwrap();
+        assert_eq!(team.iter().map(|n| (n.0.as_str(), n.1.as_str())).collect::<Vec<_>>(), [("u2", "team_notification")]);
     }
 }

@@ -11,7 +11,7 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -226,6 +226,10 @@ impl KafkaSource {
             notifications.clear();
             for m in &messages {
                 self.metrics.consumed(m.topic());
+                let headers: Vec<(&str, &[u8])> = match m.headers() {
+                    Some(h) => h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect(),
+                    None => Vec::new(),
+                };
                 let record = Record {
                     topic: m.topic(),
                     partition: m.partition(),
@@ -233,9 +237,16 @@ impl KafkaSource {
                     key: m.key(),
                     value: m.payload(),
                     timestamp_ms: m.timestamp().to_millis(),
+                    headers: &headers,
                 };
                 if let Err(e) = self.router.route(&record, &mut notifications) {
                     self.metrics.dropped(e.reason, 1);
+                    if let (Some(script), DropReason::ScriptError) = (&e.script, e.reason) {
+                        self.metrics.script_error(script);
+                    }
+                    if e.reason == DropReason::Filtered {
+                        continue;
+                    }
                     match BAD_RECORD_LOG.check() {
                         Verdict::Log => {
                             warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, "Skipped a record.")

@@ -1,0 +1,126 @@
+//! Route scripts in a running instance: hot reload (in place and by rename), broken scripts,
+//! runaway scripts, with records flowing and counted end to end.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const SCRIPT_V1: &str = r#"fn route(r) { #{ user_id: r.value.to, payload: #{ n: r.value.n, version: 1 } } }"#;
+const SCRIPT_V2: &str = r#"fn route(r) { #{ user_id: r.value.to, payload: #{ n: r.value.n, version: 2 } } }"#;
+
+fn routes_yaml(kafka: &Kafka, dir: &Path) -> String {
+    std::fs::write(dir.join("scripted.rhai"), SCRIPT_V1).unwrap();
+    std::fs::write(dir.join("loop.rhai"), "fn route(r) { loop { } }").unwrap();
+    config_yaml(kafka, None, "routes: {script_timeout_ms: 20, reload_debounce_ms: 100}").replace(
+        "group_id: herald-test",
+        "group_id: herald-test\n  topics: [{name: scripted, script: scripted.rhai}, {name: looping, script: loop.rhai}]",
+    )
+}
+
+async fn produce_n(kafka: &Kafka, n: i64) {
+    kafka.produce_to("scripted", Some(0), None, json!({"to": "ann", "n": n}).to_string().as_bytes()).await;
+}
+
+async fn versions_until(c: &mut Clients, n: i64) -> Vec<(i64, i64)> {
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|(m, _)| *m < n) {
+        let p: Value = c.expect("ann", "notification").await;
+        seen.push((p["n"].as_i64().unwrap(), p["version"].as_i64().unwrap()));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_apply_live_and_nothing_is_lost_or_routed_twice() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&["scripted", "looping"]).await;
+    let h = Herald::start_in(&routes_yaml(&kafka, dir.path()), dir.path()).await;
+    let mut c = Clients::start().await;
+    c.connect_as("ann", &h.url(), "ann").await;
+
+    produce_n(&kafka, 0).await;
+    assert_eq!(c.expect("ann", "notification").await, json!({"n": 0, "version": 1}));
+
+    // Save in place while records flow.
+    for n in 1..=20 {
+        produce_n(&kafka, n).await;
+    }
+    let edited = Instant::now();
+    std::fs::write(dir.path().join("scripted.rhai"), SCRIPT_V2).unwrap();
+    eventually(Duration::from_secs(5), "the reload", async || h.metric("herald_route_reloads_total{result=\"applied\"}").await == 1.0)
+        .await;
+    eprintln!("in-place save applied after {:?}", edited.elapsed());
+    for n in 21..=40 {
+        produce_n(&kafka, n).await;
+    }
+    let seen = versions_until(&mut c, 40).await;
+    assert_eq!(seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>(), "every record once, in order");
+    assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1), "old version, then new, never back: {seen:?}");
+    assert!(seen.iter().filter(|(n, _)| *n > 20).all(|(_, v)| *v == 2), "records after the reload use the new version");
+
+    // Save by rename, as many editors do.
+    let tmp = dir.path().join(".scripted.rhai.swp");
+    std::fs::write(&tmp, SCRIPT_V1).unwrap();
+    std::fs::rename(&tmp, dir.path().join("scripted.rhai")).unwrap();
+    eventually(Duration::from_secs(5), "the second reload", async || {
+        h.metric("herald_route_reloads_total{result=\"applied\"}").await == 2.0
+    })
+    .await;
+    produce_n(&kafka, 41).await;
+    assert_eq!(c.expect("ann", "notification").await, json!({"n": 41, "version": 1}));
+
+    // One save, one reload: no loop of reloads caused by herald reading the file.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.metric("herald_route_reloads_total{result=\"applied\"}").await, 2.0);
+    c.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_script_keeps_the_running_version_and_is_counted() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&["scripted", "looping"]).await;
+    let h = Herald::start_in(&routes_yaml(&kafka, dir.path()), dir.path()).await;
+    let mut c = Clients::start().await;
+    c.connect_as("ann", &h.url(), "ann").await;
+
+    std::fs::write(dir.path().join("scripted.rhai"), "fn route(r) { #{ user_id: r.value.to, payload: ").unwrap();
+    eventually(Duration::from_secs(5), "the rejected reload", async || {
+        h.metric("herald_route_reloads_total{result=\"rejected\"}").await == 1.0
+    })
+    .await;
+    produce_n(&kafka, 1).await;
+    assert_eq!(c.expect("ann", "notification").await, json!({"n": 1, "version": 1}), "the previous version still routes");
+    assert_eq!(h.metric("herald_route_reloads_total{result=\"applied\"}").await, 0.0);
+    c.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_script_does_not_stall_other_records() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&["scripted", "looping"]).await;
+    let h = Herald::start_in(&routes_yaml(&kafka, dir.path()), dir.path()).await;
+    let mut c = Clients::start().await;
+    c.connect_as("ann", &h.url(), "ann").await;
+
+    for i in 0..5 {
+        kafka.produce_to("looping", Some(0), None, json!({"to": "ann", "i": i}).to_string().as_bytes()).await;
+    }
+    produce_n(&kafka, 7).await;
+    assert_eq!(c.expect("ann", "notification").await, json!({"n": 7, "version": 1}));
+    eventually(Duration::from_secs(10), "five script errors", async || {
+        h.metric("herald_route_script_errors_total{route=\"loop.rhai\"}").await == 5.0
+    })
+    .await;
+    assert_eq!(h.metric("herald_records_dropped_total{reason=\"script_error\"}").await, 5.0);
+    c.stop().await;
+    h.shutdown().await;
+}
