@@ -10,10 +10,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::auth::Verifier;
+use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::{Brokers, Config};
-use crate::gateway::{Admission, Gateway};
+use crate::gateway::{Admission, Gateway, Lifetimes, Limits};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::route::Router;
@@ -45,7 +45,7 @@ pub struct Running {
 pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Running> {
     let topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&topics));
-    let verifier = Verifier::new(&config.auth.jwt).context("auth.jwt")?;
+    let authenticator = Authenticator::new(&config, Some(metrics.clone()))?;
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(config.server.listen)
@@ -67,7 +67,17 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let stop_rest = CancellationToken::new();
     let gateway = Gateway::new(&config.server, metrics.clone());
     let bus = Bus::start(&config, gateway.deliverer.clone(), metrics.clone(), stop_rest.clone()).await?;
-    gateway.open(Arc::new(Admission { verifier, bus: bus.clone(), presence: gateway.presence.clone(), metrics: metrics.clone() }));
+    authenticator.start(stop_rest.clone());
+    let lifetimes = Lifetimes::start(gateway.io.clone(), config.auth.expired_event.clone(), metrics.clone(), stop_rest.clone());
+    let admission = Admission {
+        authenticator,
+        bus: bus.clone(),
+        presence: gateway.presence.clone(),
+        metrics: metrics.clone(),
+        lifetimes,
+        limits: Limits::new(&config.auth),
+    };
+    gateway.open(Arc::new(admission), config.auth.refresh_event.clone());
 
     let router = Arc::new(Router::new(&config, Some(metrics.clone()))?);
     for topic in &config.kafka.topics {
@@ -79,7 +89,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let source = KafkaSource::new(&config, &kafka_bootstrap, router, bus.clone(), metrics.clone())?;
     let kafka_health = source.health();
 
-    let app = http::router(HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone() }).layer(gateway.layer);
+    let app = http::router(HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone() })
+        .layer(gateway.layer)
+        .layer(http::cors(&config.auth.allowed_origins));
     let failed = CancellationToken::new();
     let server = {
         let (stop, failed) = (stop_rest.clone(), failed.clone());

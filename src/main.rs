@@ -69,13 +69,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Everything is validated before anything starts: the config, then every route script.
-    let config = match Config::load(&cli.config).and_then(|c| Router::new(&c, None).map(|_| c)) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprint!("herald: {}: {errors}", cli.config.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let config =
+        match Config::load(&cli.config).and_then(|c| Router::new(&c, None).map(|_| c)).and_then(|c| match herald::auth::Authenticator::new(
+            &c, None,
+        ) {
+            Ok(_) => Ok(c),
+            Err(e) => {
+                Err(herald::config::ConfigErrors(vec![herald::config::ConfigError { path: String::new(), message: format!("{e:#}") }]))
+            }
+        }) {
+            Ok(c) => c,
+            Err(errors) => {
+                eprint!("herald: {}: {errors}", cli.config.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
             println!("{}: OK", cli.config.display());

@@ -52,16 +52,32 @@ pub enum AuthRejection {
     MissingToken,
     InvalidToken,
     TokenExpired,
+    Unauthorized,
+    Unavailable,
+    TooManyConnections,
+    OriginNotAllowed,
 }
 
 impl AuthRejection {
-    pub const ALL: [AuthRejection; 3] = [Self::MissingToken, Self::InvalidToken, Self::TokenExpired];
+    pub const ALL: [AuthRejection; 7] = [
+        Self::MissingToken,
+        Self::InvalidToken,
+        Self::TokenExpired,
+        Self::Unauthorized,
+        Self::Unavailable,
+        Self::TooManyConnections,
+        Self::OriginNotAllowed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
             Self::TokenExpired => "token_expired",
+            Self::Unauthorized => "unauthorized",
+            Self::Unavailable => "auth_unavailable",
+            Self::TooManyConnections => "too_many_connections",
+            Self::OriginNotAllowed => "origin_not_allowed",
         }
     }
 }
@@ -88,6 +104,11 @@ pub const REDIS_RECONNECTS: &str = "herald_bus_redis_reconnects_total";
 pub const SUBSCRIPTIONS: &str = "herald_bus_subscriptions";
 pub const BUILD_INFO: &str = "herald_build_info";
 pub const ROUTE_RELOADS: &str = "herald_route_reloads_total";
+pub const AUTH_CHECKS: &str = "herald_auth_check_requests_total";
+pub const JWKS_FETCHES: &str = "herald_auth_jwks_fetches_total";
+pub const EXPIRED_DISCONNECTS: &str = "herald_gateway_expired_disconnects_total";
+pub const TOKEN_REFRESHES: &str = "herald_gateway_token_refreshes_total";
+pub const LIMIT_EVICTIONS: &str = "herald_gateway_limit_evictions_total";
 pub const ROUTE_SCRIPT_ERRORS: &str = "herald_route_script_errors_total";
 
 /// Every metric name, for documentation checks.
@@ -115,6 +136,11 @@ pub const ALL_NAMES: &[&str] = &[
     BUILD_INFO,
     ROUTE_RELOADS,
     ROUTE_SCRIPT_ERRORS,
+    AUTH_CHECKS,
+    JWKS_FETCHES,
+    EXPIRED_DISCONNECTS,
+    TOKEN_REFRESHES,
+    LIMIT_EVICTIONS,
 ];
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
@@ -146,6 +172,8 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     reloads_applied: Counter,
     reloads_rejected: Counter,
+    pub expired_disconnects: Counter,
+    pub limit_evictions: Counter,
 }
 
 impl Metrics {
@@ -185,6 +213,23 @@ impl Metrics {
             "Records a route script failed on (runtime error, limit hit, bad return value), by script.",
             Kind::Counter,
         );
+        describe(
+            r,
+            AUTH_CHECKS,
+            Unit::Count,
+            "User-check endpoint answers, by result (allowed, denied, unavailable, cached).",
+            Kind::Counter,
+        );
+        describe(r, JWKS_FETCHES, Unit::Count, "JWKS fetches, by result (ok, error).", Kind::Counter);
+        describe(r, EXPIRED_DISCONNECTS, Unit::Count, "Sockets disconnected because their token expired.", Kind::Counter);
+        describe(r, TOKEN_REFRESHES, Unit::Count, "Token refreshes over an open socket, by result (ok, refused).", Kind::Counter);
+        describe(
+            r,
+            LIMIT_EVICTIONS,
+            Unit::Count,
+            "Oldest sockets disconnected to make room under auth.max_sockets_per_user.",
+            Kind::Counter,
+        );
         describe(r, BUILD_INFO, Unit::Count, "Always 1; the version label names the build.", Kind::Gauge);
 
         let counter = |name: &'static str, labels: Vec<Label>| r.register_counter(&Key::from_parts(name, labels), &META);
@@ -216,6 +261,8 @@ impl Metrics {
             subscriptions: gauge(SUBSCRIPTIONS),
             reloads_applied: counter(ROUTE_RELOADS, vec![Label::new("result", "applied")]),
             reloads_rejected: counter(ROUTE_RELOADS, vec![Label::new("result", "rejected")]),
+            expired_disconnects: counter(EXPIRED_DISCONNECTS, vec![]),
+            limit_evictions: counter(LIMIT_EVICTIONS, vec![]),
             recorder,
             handle,
         }
@@ -237,6 +284,23 @@ impl Metrics {
 
     pub fn reload(&self, applied: bool) {
         if applied { self.reloads_applied.increment(1) } else { self.reloads_rejected.increment(1) }
+    }
+
+    pub fn auth_check(&self, result: &'static str) {
+        self.labelled(AUTH_CHECKS, "result", result).increment(1);
+    }
+
+    pub fn jwks_fetch(&self, ok: bool) {
+        self.labelled(JWKS_FETCHES, "result", if ok { "ok" } else { "error" }).increment(1);
+    }
+
+    pub fn token_refresh(&self, ok: bool) {
+        self.labelled(TOKEN_REFRESHES, "result", if ok { "ok" } else { "refused" }).increment(1);
+    }
+
+    /// A counter with one label whose value is a fixed word (never from client input).
+    fn labelled(&self, name: &'static str, label: &'static str, value: &'static str) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(name, vec![Label::new(label, value)]), &META)
     }
 
     /// Counts a failure of the route script `route` (the script's file name).

@@ -1,18 +1,24 @@
-//! Token verification: turns the token a client presents into the user id it may listen as.
+//! Authentication: turns the token a client presents into the user id it may listen as, by
+//! local JWT verification, an optional user-check endpoint, or both.
 //!
-//! It owns the cryptographic check and the claim rules; it does not know about sockets (the
-//! gateway maps an [`AuthError`] to the `connect_error` a client sees).
+//! It owns the cryptography, the key sources (secret, PEM file, JWKS) and the check endpoint;
+//! it does not know about sockets (the gateway maps an [`AuthError`] to the `connect_error` a
+//! client sees, and owns connection limits and token lifetime).
 
-use std::collections::HashSet;
+mod check;
+mod jwks;
+mod jwt;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
-use serde_json::{Map, Value};
+use std::sync::Arc;
 
-use crate::config::JwtConfig;
-use crate::metrics::AuthRejection;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
-/// Why a token was refused. `Display` is the short, fixed text the client sees: library error
-/// text never leaves the process.
+use crate::config::Config;
+use crate::metrics::{AuthRejection, Metrics};
+
+/// Why a connection or a refresh was refused. `Display` is the short, fixed text the client
+/// sees: library error text and token contents never leave the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing token")]
@@ -21,6 +27,16 @@ pub enum AuthError {
     InvalidToken,
     #[error("token expired")]
     TokenExpired,
+    /// The user-check endpoint said no (401/403).
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The user-check endpoint could not answer (timeout, connection error, 5xx): fail closed.
+    #[error("auth unavailable")]
+    Unavailable,
+    #[error("too many connections")]
+    TooManyConnections,
+    #[error("origin not allowed")]
+    OriginNotAllowed,
 }
 
 impl AuthError {
@@ -29,6 +45,10 @@ impl AuthError {
             Self::MissingToken => AuthRejection::MissingToken,
             Self::InvalidToken => AuthRejection::InvalidToken,
             Self::TokenExpired => AuthRejection::TokenExpired,
+            Self::Unauthorized => AuthRejection::Unauthorized,
+            Self::Unavailable => AuthRejection::Unavailable,
+            Self::TooManyConnections => AuthRejection::TooManyConnections,
+            Self::OriginNotAllowed => AuthRejection::OriginNotAllowed,
         }
     }
 }
@@ -41,43 +61,46 @@ pub struct Identity {
     pub expires_at: Option<u64>,
 }
 
-/// Verifies JWTs against one key and an explicit algorithm allow-list.
-pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
-    user_id_claim: String,
+/// Every configured way of checking a token, applied in order: JWT, then the check endpoint.
+pub struct Authenticator {
+    jwt: Option<jwt::JwtVerifier>,
+    check: Option<check::UserCheck>,
 }
 
-impl Verifier {
-    pub fn new(config: &JwtConfig) -> anyhow::Result<Self> {
-        let secret = config.secret.as_deref().unwrap_or_default();
-        let mut validation = Validation::new(*config.algorithms.first().unwrap_or(&Algorithm::HS256));
-        validation.algorithms = config.algorithms.clone();
-        validation.leeway = config.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.required_spec_claims = HashSet::from(["exp".to_owned()]);
-        validation.validate_aud = !config.audiences.is_empty();
-        if !config.audiences.is_empty() {
-            validation.set_audience(&config.audiences);
-        }
-        if !config.issuers.is_empty() {
-            validation.set_issuer(&config.issuers);
-        }
-        Ok(Self { key: DecodingKey::from_secret(secret.as_bytes()), validation, user_id_claim: config.user_id_claim.clone() })
+impl Authenticator {
+    /// Loads keys; fails on an unreadable or unparsable key file. JWKS are fetched later.
+    pub fn new(config: &Config, metrics: Option<Arc<Metrics>>) -> anyhow::Result<Self> {
+        let jwt = config.auth.jwt.is_enabled().then(|| jwt::JwtVerifier::new(config, metrics.clone())).transpose()?;
+        let check = config.auth.check.as_ref().map(|c| check::UserCheck::new(c, metrics)).transpose()?;
+        Ok(Self { jwt, check })
     }
 
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// Starts background work (JWKS refresh).
+    pub fn start(&self, cancel: CancellationToken) {
+        if let Some(jwt) = &self.jwt {
+            jwt.start(cancel);
+        }
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::TokenExpired,
-            _ => AuthError::InvalidToken,
-        })?;
-        let claims = data.claims;
-        let user_id = claims.get(&self.user_id_claim).and_then(user_id_from_json).ok_or(AuthError::InvalidToken)?;
-        Ok(Identity { user_id, expires_at: claims.get("exp").and_then(Value::as_u64) })
+        let verified = match &self.jwt {
+            Some(jwt) => Some(jwt.verify(token).await?),
+            None => None,
+        };
+        let checked = match &self.check {
+            Some(check) => Some(check.check(token).await?),
+            None => None,
+        };
+        match (verified, checked) {
+            // The endpoint vouches for a user: it must be the token's.
+            (Some(identity), Some(Some(user))) if user != identity.user_id => Err(AuthError::Unauthorized),
+            (Some(identity), _) => Ok(identity),
+            (None, Some(Some(user_id))) => Ok(Identity { user_id, expires_at: None }),
+            (None, _) => Err(AuthError::Unauthorized),
+        }
     }
 }
 
@@ -93,53 +116,41 @@ pub fn user_id_from_json(value: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{EncodingKey, Header, encode};
-    use serde_json::json;
-
-    fn config() -> JwtConfig {
-        JwtConfig {
-            secret: Some("s3cret".into()),
-            algorithms: vec![Algorithm::HS256],
-            user_id_claim: "sub".into(),
-            leeway_secs: 0,
-            issuers: vec![],
-            audiences: vec![],
-        }
-    }
-
-    fn now() -> u64 {
-        jsonwebtoken::get_current_timestamp()
-    }
-
-    fn sign(claims: Value, secret: &str) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
-    }
-
-    #[test]
-    fn accepts_a_valid_token_with_string_or_numeric_user() {
-        let v = Verifier::new(&config()).unwrap();
-        let id = v.verify(&sign(json!({"sub": "u42", "exp": now() + 60}), "s3cret")).unwrap();
-        assert_eq!(id.user_id, "u42");
-        assert_eq!(v.verify(&sign(json!({"sub": 42, "exp": now() + 60}), "s3cret")).unwrap().user_id, "42");
-    }
-
-    #[test]
-    fn refuses_bad_tokens_with_fixed_reasons() {
-        let v = Verifier::new(&config()).unwrap();
-        assert_eq!(v.verify(""), Err(AuthError::MissingToken));
-        assert_eq!(v.verify("garbage"), Err(AuthError::InvalidToken));
-        assert_eq!(v.verify(&sign(json!({"sub": "u", "exp": now() + 60}), "wrong")), Err(AuthError::InvalidToken));
-        assert_eq!(v.verify(&sign(json!({"sub": "u", "exp": now() - 60}), "s3cret")), Err(AuthError::TokenExpired));
-        assert_eq!(v.verify(&sign(json!({"sub": "u", "exp": now() + 60, "nbf": now() + 600}), "s3cret")), Err(AuthError::InvalidToken));
-        assert_eq!(v.verify(&sign(json!({"sub": "u"}), "s3cret")), Err(AuthError::InvalidToken), "exp is required");
-        assert_eq!(v.verify(&sign(json!({"exp": now() + 60}), "s3cret")), Err(AuthError::InvalidToken), "no user id");
-        assert_eq!(v.verify(&sign(json!({"sub": 1.5, "exp": now() + 60}), "s3cret")), Err(AuthError::InvalidToken));
-    }
 
     #[test]
     fn error_text_is_fixed() {
-        assert_eq!(AuthError::MissingToken.to_string(), "missing token");
-        assert_eq!(AuthError::InvalidToken.to_string(), "invalid token");
-        assert_eq!(AuthError::TokenExpired.to_string(), "token expired");
+        let texts: Vec<String> = [
+            AuthError::MissingToken,
+            AuthError::InvalidToken,
+            AuthError::TokenExpired,
+            AuthError::Unauthorized,
+            AuthError::Unavailable,
+            AuthError::TooManyConnections,
+            AuthError::OriginNotAllowed,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            texts,
+            [
+                "missing token",
+                "invalid token",
+                "token expired",
+                "unauthorized",
+                "auth unavailable",
+                "too many connections",
+                "origin not allowed"
+            ]
+        );
+    }
+
+    #[test]
+    fn user_ids_are_strings_or_integers() {
+        assert_eq!(user_id_from_json(&serde_json::json!("u1")).as_deref(), Some("u1"));
+        assert_eq!(user_id_from_json(&serde_json::json!(42)).as_deref(), Some("42"));
+        assert_eq!(user_id_from_json(&serde_json::json!("")), None);
+        assert_eq!(user_id_from_json(&serde_json::json!(1.5)), None);
+        assert_eq!(user_id_from_json(&serde_json::json!(null)), None);
     }
 }

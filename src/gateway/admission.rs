@@ -1,42 +1,107 @@
-//! Who may connect: reads the token from the handshake, verifies it, and makes the socket a
-//! member of its user's room and bus subscription for as long as it lives.
+//! Who may connect: checks the origin and the connection limits, reads the token from the
+//! handshake, authenticates it, and makes the socket a member of its user's room and bus
+//! subscription for as long as it lives.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use serde_json::Value;
 use socketioxide::extract::SocketRef;
 use tracing::debug;
 
+use super::lifetime::Lifetimes;
 use super::presence::Presence;
-use crate::auth::{AuthError, Identity, Verifier};
+use crate::auth::{AuthError, Authenticator, Identity};
 use crate::bus::Bus;
+use crate::config::{AuthConfig, PerUserLimit};
 use crate::metrics::Metrics;
 
 pub struct Admission {
-    pub verifier: Verifier,
+    pub authenticator: Authenticator,
     pub bus: Arc<Bus>,
     pub presence: Arc<Presence>,
     pub metrics: Arc<Metrics>,
+    pub lifetimes: Lifetimes,
+    pub limits: Limits,
 }
+
+/// Connection limits, from `auth.*`.
+pub struct Limits {
+    pub max_sockets: u32,
+    pub max_sockets_per_user: u32,
+    pub per_user_limit: PerUserLimit,
+    pub allowed_origins: Vec<String>,
+}
+
+impl Limits {
+    pub fn new(config: &AuthConfig) -> Self {
+        Self {
+            max_sockets: config.max_sockets,
+            max_sockets_per_user: config.max_sockets_per_user,
+            per_user_limit: config.per_user_limit,
+            allowed_origins: config.allowed_origins.clone(),
+        }
+    }
+}
+
+/// When a socket connected, to find a user's oldest socket.
+#[derive(Clone, Copy)]
+pub struct ConnectedAt(pub Instant);
 
 impl Admission {
     /// Runs before the socket is told it is connected: an `Err` becomes its `connect_error`.
     pub async fn admit(&self, socket: &SocketRef, auth: Option<&Value>) -> Result<(), AuthError> {
-        let identity = match token(auth, socket.req_parts()).ok_or(AuthError::MissingToken).and_then(|t| self.verifier.verify(&t)) {
-            Ok(identity) => identity,
-            Err(e) => {
-                self.metrics.auth_rejected(e.rejection());
-                debug!(sid = %socket.id, reason = %e, "Refused a connection.");
-                return Err(e);
-            }
-        };
-        socket.join(identity.user_id.clone());
-        let membership = Membership::join(identity.user_id.clone(), self.bus.clone(), self.presence.clone()).await;
+        let result = self.try_admit(socket, auth).await;
+        if let Err(e) = result {
+            self.metrics.auth_rejected(e.rejection());
+            debug!(sid = %socket.id, reason = %e, "Refused a connection.");
+        }
+        result
+    }
+
+    async fn try_admit(&self, socket: &SocketRef, auth: Option<&Value>) -> Result<(), AuthError> {
+        let parts = socket.req_parts();
+        if !self.limits.allowed_origins.is_empty()
+            && let Some(origin) = parts.headers.get(http::header::ORIGIN)
+            && !self.limits.allowed_origins.iter().any(|o| o.as_bytes() == origin.as_bytes())
+        {
+            return Err(AuthError::OriginNotAllowed);
+        }
+        if self.limits.max_sockets > 0 && self.presence.sockets() >= self.limits.max_sockets as usize {
+            return Err(AuthError::TooManyConnections);
+        }
+        let token = token(auth, parts).ok_or(AuthError::MissingToken)?;
+        let identity = self.authenticator.authenticate(&token).await?;
+        let user_id = identity.user_id.clone();
+        let per_user = self.limits.max_sockets_per_user;
+        let refuse_over = (per_user > 0 && self.limits.per_user_limit == PerUserLimit::RefuseNew).then_some(per_user);
+        if !self.presence.try_add(&user_id, refuse_over) {
+            return Err(AuthError::TooManyConnections);
+        }
+        socket.join(user_id.clone());
+        let membership = Membership::join(user_id.clone(), self.bus.clone(), self.presence.clone()).await;
         socket.extensions.insert(Arc::new(membership));
+        socket.extensions.insert(ConnectedAt(Instant::now()));
+        self.lifetimes.track(socket.id, &identity);
         socket.extensions.insert(identity);
+        if per_user > 0 && self.limits.per_user_limit == PerUserLimit::DisconnectOldest {
+            self.evict_oldest_over(socket, &user_id, per_user as usize);
+        }
         self.metrics.connections.increment(1);
         Ok(())
+    }
+
+    /// Disconnects the user's oldest sockets until at most `max` remain (counting the new one).
+    fn evict_oldest_over(&self, newest: &SocketRef, user_id: &str, max: usize) {
+        let mut sockets: Vec<_> = newest.within(user_id.to_owned()).sockets().into_iter().filter(|s| s.id != newest.id).collect();
+        let excess = (sockets.len() + 1).saturating_sub(max);
+        sockets.sort_by_key(|s| s.extensions.get::<ConnectedAt>().map(|c| c.0));
+        for old in sockets.into_iter().take(excess) {
+            debug!(sid = %old.id, "Disconnecting the user's oldest socket (auth.max_sockets_per_user).");
+            self.metrics.limit_evictions.increment(1);
+            let _ = old.disconnect();
+        }
     }
 }
 
@@ -71,7 +136,6 @@ pub struct Membership {
 
 impl Membership {
     async fn join(user_id: String, bus: Arc<Bus>, presence: Arc<Presence>) -> Self {
-        presence.add(&user_id);
         bus.acquire(&user_id).await;
         Self { user_id, bus, presence, left: AtomicBool::new(false) }
     }
@@ -90,7 +154,7 @@ impl Drop for Membership {
     }
 }
 
-/// The identity a socket connected with, from its extensions.
+/// The identity a socket connected (or last refreshed) with, from its extensions.
 pub fn identity_of(socket: &SocketRef) -> Option<Identity> {
     socket.extensions.get::<Identity>()
 }

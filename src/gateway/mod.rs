@@ -3,18 +3,20 @@
 
 mod admission;
 mod delivery;
+mod lifetime;
 mod presence;
 
 use std::sync::Arc;
 
 use serde_json::Value;
 use socketioxide::SocketIo;
-use socketioxide::extract::{SocketRef, TryData};
+use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 
-pub use admission::{Admission, identity_of};
+pub use admission::{Admission, Limits, identity_of};
 pub use delivery::Deliverer;
+pub use lifetime::Lifetimes;
 pub use presence::Presence;
 
 use crate::config::ServerConfig;
@@ -42,20 +44,35 @@ impl Gateway {
         Self { layer, io, presence, deliverer }
     }
 
-    /// Starts accepting sockets on the default namespace.
-    pub fn open(&self, admission: Arc<Admission>) {
-        let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
+    /// Starts accepting sockets on the default namespace. `refresh_event` is the event clients
+    /// emit with a fresh token.
+    pub fn open(&self, admission: Arc<Admission>, refresh_event: String) {
+        let middleware = {
             let admission = admission.clone();
-            async move { admission.admit(&s, auth.ok().as_ref()).await }
+            move |s: SocketRef, TryData(auth): TryData<Value>| {
+                let admission = admission.clone();
+                async move { admission.admit(&s, auth.ok().as_ref()).await }
+            }
+        };
+        let on_connect = move |socket: SocketRef| {
+            let admission = admission.clone();
+            let refresh_event = refresh_event.clone();
+            async move {
+                socket.on_disconnect(async |s: SocketRef| {
+                    if let Some(m) = s.extensions.get::<Arc<admission::Membership>>() {
+                        m.leave();
+                    }
+                });
+                socket.on(refresh_event, move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+                    let admission = admission.clone();
+                    async move {
+                        let data = data.unwrap_or(Value::Null);
+                        let reply = lifetime::refresh(&s, &data, &admission.authenticator, &admission.lifetimes, &admission.metrics).await;
+                        let _ = ack.send(&reply);
+                    }
+                });
+            }
         };
         self.io.ns("/", on_connect.with(middleware));
     }
-}
-
-async fn on_connect(socket: SocketRef) {
-    socket.on_disconnect(async |s: SocketRef| {
-        if let Some(m) = s.extensions.get::<Arc<admission::Membership>>() {
-            m.leave();
-        }
-    });
 }

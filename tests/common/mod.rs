@@ -376,6 +376,19 @@ impl Clients {
         self.send(json!({"op": "close", "id": id})).await;
     }
 
+    /// Emits with an acknowledgement callback; read the reply with [`Clients::expect_ack`].
+    pub async fn emit_with_ack(&mut self, id: &str, event: &str, data: Value) {
+        self.send(json!({"op": "emit", "id": id, "event": event, "data": data, "ack": true})).await;
+    }
+
+    pub async fn expect_ack(&mut self, id: &str, event: &str) -> Value {
+        let (i, e) = (id.to_owned(), event.to_owned());
+        self.wait_for(Duration::from_secs(10), move |v| v["id"] == i.as_str() && v["type"] == "ack" && v["event"] == e.as_str())
+            .await
+            .unwrap_or_else(|| panic!("socket {id}: no ack for `{event}`"))["args"][0]
+            .clone()
+    }
+
     pub async fn emit(&mut self, id: &str, event: &str, data: Value) {
         self.send(json!({"op": "emit", "id": id, "event": event, "data": data})).await;
     }

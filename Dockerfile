@@ -1,0 +1,82 @@
+# herald: Kafka -> Rhai route -> Redis Pub/Sub -> Socket.IO.
+#
+#   docker build -t herald .
+#   docker run -p 3000:3000 -e HERALD_KAFKA_BROKERS=kafka:9092 -e HERALD_REDIS_URL=redis://redis:6379 \
+#     -e HERALD_JWT_SECRET=... herald
+#
+# The config and the route scripts live in /etc/herald: mount your own over them
+# (-v ./my-config.yaml:/etc/herald/config.yaml:ro -v ./routes:/etc/herald/routes:ro). Script paths
+# in the config are relative to the config file, so routes/ must stay next to it.
+
+# ---------------------------------------------------------------------------------------------
+FROM rust:1.95-bookworm AS builder
+
+# rdkafka (feature `ssl`) builds librdkafka from source with its ./configure script (no cmake)
+# and links the system OpenSSL and zlib; the rust image already has gcc, make and bash.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl-dev pkg-config zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /build
+
+# Dependencies change far less often than herald's code: build them against stub sources first so
+# this layer (librdkafka, aws-lc, rhai... most of the build time) is reused until Cargo.lock
+# changes. The bench stub is needed because Cargo.toml declares [[bench]] route.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/route.rs \
+ && cargo build --release --locked --bin herald \
+ && rm -rf src benches
+
+COPY src ./src
+COPY benches ./benches
+# COPY keeps the files' original mtimes, which can be older than the stub build: touch them so
+# cargo sees the crate as changed and does not ship the stub binary.
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked --bin herald \
+ && cp target/release/herald /usr/local/bin/herald
+
+# ---------------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+# Runtime libraries only: libssl3 and zlib1g for librdkafka (linked dynamically),
+# ca-certificates for TLS to Kafka (ssl.*) and Redis (rediss://).
+# HEALTHCHECK needs an HTTP client and herald has no "probe" command. wget over curl: on
+# bookworm-slim its dependencies (GnuTLS, libidn2, PCRE2) are already installed for apt, so it
+# adds about 1 MB, while curl pulls in libcurl with Kerberos, LDAP, SSH and RTMP libraries.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl3 zlib1g ca-certificates wget \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 herald \
+ && useradd --system --uid 10001 --gid herald --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin herald
+
+COPY --from=builder /usr/local/bin/herald /usr/local/bin/herald
+# Root-owned and read-only for the herald user: the process only reads its config and scripts.
+COPY config.yaml /etc/herald/config.yaml
+COPY routes /etc/herald/routes
+
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /etc/herald
+# So the other subcommands find the config too when CMD is replaced:
+# `docker run --rm -i herald route --topic user-notifications < record.json`.
+ENV HERALD_CONFIG=/etc/herald/config.yaml
+
+EXPOSE 3000
+
+# Liveness only (/healthz answers while the process runs). /readyz also needs Kafka and Redis,
+# which is the orchestrator's readiness question, not a reason to call the container unhealthy.
+# The port is the image default; change it here too if you set HERALD_LISTEN. --no-proxy keeps
+# an inherited http_proxy from catching a loopback request.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["wget", "--quiet", "--no-proxy", "--tries=1", "--output-document=/dev/null", "http://127.0.0.1:3000/healthz"]
+
+# herald drains records in flight, commits offsets and closes sockets on SIGTERM
+# (server.shutdown_grace_secs). Exec form makes herald PID 1, so the signal reaches it directly;
+# herald installs its own SIGTERM/SIGINT handlers, so PID 1's default-ignore does not apply.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/herald"]
+CMD ["--config", "/etc/herald/config.yaml"]

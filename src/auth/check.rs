@@ -1,0 +1,126 @@
+//! The user-check endpoint: asks an HTTP service whether a token's user may connect. Answers
+//! are cached per token (keyed by its SHA-256, never the token itself) for a configured time.
+//! 2xx admits, 401/403 refuses, anything else (timeout, connection error, 5xx) fails closed.
+
+use std::time::Instant;
+
+use dashmap::DashMap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tracing::warn;
+
+use super::{AuthError, user_id_from_json};
+use crate::config::CheckConfig;
+use crate::metrics::Metrics;
+
+/// Cache entries kept before expired ones are swept.
+const CACHE_SWEEP_AT: usize = 10_000;
+
+#[derive(Clone)]
+enum Answer {
+    /// Admitted, with the user id the endpoint named (if a pointer is configured).
+    Allowed(Option<String>),
+    Denied,
+}
+
+pub struct UserCheck {
+    client: reqwest::Client,
+    config: CheckConfig,
+    method: reqwest::Method,
+    cache: DashMap<[u8; 32], (Instant, Answer)>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl UserCheck {
+    pub fn new(config: &CheckConfig, metrics: Option<Arc<Metrics>>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder().timeout(config.timeout).connect_timeout(config.timeout).build()?;
+        let method = if config.method == "POST" { reqwest::Method::POST } else { reqwest::Method::GET };
+        Ok(Self { client, config: config.clone(), method, cache: DashMap::new(), metrics })
+    }
+
+    /// Ok(Some(user)) when the endpoint names the user, Ok(None) when it only admits.
+    pub async fn check(&self, token: &str) -> Result<Option<String>, AuthError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(entry) = self.cache.get(&key)
+            && entry.0 > Instant::now()
+        {
+            self.count("cached");
+            return answer(entry.1.clone());
+        }
+        let fresh = self.ask(token).await?;
+        if !self.config.cache_ttl.is_zero() {
+            if self.cache.len() >= CACHE_SWEEP_AT {
+                let now = Instant::now();
+                self.cache.retain(|_, (expires, _)| *expires > now);
+            }
+            self.cache.insert(key, (Instant::now() + self.config.cache_ttl, fresh.clone()));
+        }
+        answer(fresh)
+    }
+
+    async fn ask(&self, token: &str) -> Result<Answer, AuthError> {
+        let value = if self.config.scheme.is_empty() { token.to_owned() } else { format!("{} {token}", self.config.scheme) };
+        let response =
+            match self.client.request(self.method.clone(), &self.config.url).header(self.config.header.as_str(), value).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.count("unavailable");
+                    warn!(error = %without_url(&e), "User check endpoint unreachable; refusing the connection.");
+                    return Err(AuthError::Unavailable);
+                }
+            };
+        let status = response.status();
+        if status.is_success() {
+            let user = match &self.config.user_id_pointer {
+                None => None,
+                Some(pointer) => {
+                    let body: Value = response.json().await.map_err(|_| {
+                        self.count("unavailable");
+                        AuthError::Unavailable
+                    })?;
+                    match body.pointer(pointer).and_then(user_id_from_json) {
+                        Some(u) => Some(u),
+                        None => {
+                            self.count("denied");
+                            return Ok(Answer::Denied);
+                        }
+                    }
+                }
+            };
+            self.count("allowed");
+            Ok(Answer::Allowed(user))
+        } else if status.is_server_error() {
+            self.count("unavailable");
+            warn!(status = status.as_u16(), "User check endpoint failed; refusing the connection.");
+            Err(AuthError::Unavailable)
+        } else {
+            self.count("denied");
+            Ok(Answer::Denied)
+        }
+    }
+
+    fn count(&self, result: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.auth_check(result);
+        }
+    }
+}
+
+fn answer(a: Answer) -> Result<Option<String>, AuthError> {
+    match a {
+        Answer::Allowed(user) => Ok(user),
+        Answer::Denied => Err(AuthError::Unauthorized),
+    }
+}
+
+/// reqwest errors print the URL, which may carry credentials; keep only the cause.
+fn without_url(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    }
+}

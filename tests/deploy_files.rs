@@ -1,0 +1,169 @@
+//! Checks on the deployment files (Dockerfile, docker-compose.yml, deploy/): the Grafana
+//! dashboard only queries metrics herald exports, and the compose stack, the Prometheus config
+//! and the image keep the properties the README relies on. No Docker engine is needed.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use herald::metrics::{ALL_NAMES, DELIVERY_LATENCY};
+use serde_json::Value;
+
+/// herald's histograms: Prometheus only has their `_bucket`, `_sum` and `_count` series.
+const HISTOGRAMS: &[&str] = &[DELIVERY_LATENCY];
+const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+fn yaml(path: &str) -> Value {
+    serde_saphyr::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every `herald_[a-z_]+` identifier in a PromQL expression.
+fn herald_identifiers(expr: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("herald_") {
+        let preceded_by_ident = rest[..start].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let tail = &rest[start..];
+        let len = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(tail.len());
+        if !preceded_by_ident {
+            found.push(&tail[..len]);
+        }
+        rest = &tail[len..];
+    }
+    found
+}
+
+/// The exported metric a series name belongs to: itself, or a histogram for its suffixed series.
+fn metric_of(series: &str) -> Option<&'static str> {
+    if let Some(&name) = ALL_NAMES.iter().find(|&&n| n == series && !HISTOGRAMS.contains(&n)) {
+        return Some(name);
+    }
+    HISTOGRAM_SUFFIXES.iter().filter_map(|s| series.strip_suffix(s)).find_map(|base| HISTOGRAMS.iter().copied().find(|&h| h == base))
+}
+
+/// Every PromQL expression of the dashboard: panel targets (rows included) and variable queries.
+fn dashboard_exprs(dashboard: &Value) -> Vec<String> {
+    fn walk(panels: &Value, out: &mut Vec<String>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                out.push(target["expr"].as_str().expect("every target has an expr").to_owned());
+            }
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut exprs = Vec::new();
+    walk(&dashboard["panels"], &mut exprs);
+    for var in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+        let query = &var["query"];
+        if let Some(q) = query.as_str().or(query["query"].as_str()) {
+            exprs.push(q.to_owned());
+        }
+    }
+    exprs
+}
+
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/dashboards/herald.json")).expect("dashboard is JSON");
+    let mut used = BTreeSet::new();
+    let mut unknown = Vec::new();
+    for expr in dashboard_exprs(&dashboard) {
+        for series in herald_identifiers(&expr) {
+            match metric_of(series) {
+                Some(metric) => {
+                    used.insert(metric);
+                }
+                None => unknown.push(format!("{series} (in `{expr}`)")),
+            }
+        }
+    }
+    assert!(unknown.is_empty(), "dashboard queries series herald does not export:\n{}", unknown.join("\n"));
+    assert!(used.len() >= 8, "only {} distinct herald metrics used: {used:?}", used.len());
+
+    // Panels must point at the datasource Grafana is provisioned with.
+    let datasources = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    let uids: Vec<&str> = datasources["datasources"].as_array().unwrap().iter().filter_map(|d| d["uid"].as_str()).collect();
+    for panel in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row") {
+        let uid = panel["datasource"]["uid"].as_str().unwrap_or_default();
+        assert!(uids.contains(&uid), "panel {:?} uses datasource {uid:?}, provisioned: {uids:?}", panel["title"]);
+    }
+}
+
+#[test]
+fn identifier_extraction() {
+    assert_eq!(
+        herald_identifiers(r#"histogram_quantile(0.9, sum by (le) (rate(herald_delivery_latency_seconds_bucket{job="herald"}[1m])))"#),
+        ["herald_delivery_latency_seconds_bucket"]
+    );
+    assert_eq!(herald_identifiers("not_herald_x + herald_gateway_users"), ["herald_gateway_users"]);
+    assert_eq!(metric_of("herald_delivery_latency_seconds_count"), Some(DELIVERY_LATENCY));
+    assert_eq!(metric_of("herald_delivery_latency_seconds"), None, "a histogram has no bare series");
+    assert_eq!(metric_of("herald_gateway_sockets_count"), None, "only histograms have suffixed series");
+    assert_eq!(metric_of("herald_gateway_sockets"), Some("herald_gateway_sockets"));
+}
+
+#[test]
+fn compose_runs_two_heralds_on_kraft_with_monitoring() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_object().expect("services");
+    for name in ["kafka", "redis", "prometheus", "grafana"] {
+        assert!(services.contains_key(name), "no `{name}` service");
+    }
+    let roles = services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"].as_str().unwrap_or_default();
+    assert!(roles.contains("controller"), "Kafka is not a KRaft controller: KAFKA_PROCESS_ROLES={roles:?}");
+    assert!(!services.keys().any(|k| k.contains("zookeeper")), "KRaft needs no ZooKeeper");
+
+    let heralds: Vec<&String> = services.keys().filter(|k| k.starts_with("herald")).collect();
+    assert!(heralds.len() >= 2, "want two herald services, found {heralds:?}");
+    let mut host_ports = BTreeSet::new();
+    for name in &heralds {
+        let service = &services[name.as_str()];
+        let env = &service["environment"];
+        assert_eq!(env["HERALD_KAFKA_BROKERS"], "kafka:9092", "{name}");
+        assert_eq!(env["HERALD_REDIS_URL"], "redis://redis:6379", "{name}");
+        assert!(env["HERALD_JWT_SECRET"].as_str().is_some_and(|s| s.starts_with("${HERALD_JWT_SECRET")), "{name}");
+        assert!(service["healthcheck"].is_object(), "{name} has no healthcheck");
+        assert!(service["depends_on"].is_object(), "{name} has no depends_on");
+        let ports = service["ports"].as_array().unwrap_or_else(|| panic!("{name} publishes no port"));
+        host_ports.extend(ports.iter().filter_map(|p| p.as_str()?.split(':').next()));
+    }
+    assert_eq!(host_ports.len(), heralds.len(), "each herald needs its own host port: {host_ports:?}");
+
+    // Prometheus scrapes every herald service on its in-network port.
+    let prometheus = yaml("deploy/prometheus/prometheus.yml");
+    let targets: Vec<&str> = prometheus["scrape_configs"]
+        .as_array()
+        .expect("scrape_configs")
+        .iter()
+        .flat_map(|job| job["static_configs"].as_array().into_iter().flatten())
+        .flat_map(|sc| sc["targets"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    for name in &heralds {
+        assert!(targets.contains(&format!("{name}:3000").as_str()), "Prometheus does not scrape {name}:3000 ({targets:?})");
+    }
+}
+
+#[test]
+fn dockerfile_runs_unprivileged_with_health_check() {
+    let dockerfile = read("Dockerfile");
+    // Instructions of the final stage, continuation lines joined.
+    let joined = dockerfile.replace("\\\n", " ");
+    let last_stage = joined.rsplit_once("\nFROM ").expect("a multi-stage build").1;
+    let instructions: Vec<&str> = last_stage.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let find = |keyword: &str| instructions.iter().rev().find(|l| l.starts_with(keyword)).copied();
+
+    let user = find("USER ").expect("the runtime stage sets a USER");
+    let user = user["USER ".len()..].trim();
+    assert!(!["root", "0"].contains(&user.split(':').next().unwrap()), "runs as root: {user}");
+
+    let healthcheck = find("HEALTHCHECK ").expect("a HEALTHCHECK");
+    assert!(healthcheck.contains("/healthz"), "{healthcheck}");
+
+    let entrypoint = find("ENTRYPOINT ").expect("an ENTRYPOINT");
+    assert!(entrypoint["ENTRYPOINT ".len()..].trim().starts_with("[\""), "ENTRYPOINT must be in exec form: {entrypoint}");
+}
