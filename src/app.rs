@@ -76,6 +76,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         metrics: metrics.clone(),
         lifetimes,
         limits: Limits::new(&config.auth),
+        replay: config.replay.clone(),
     };
     gateway.open(Arc::new(admission), config.auth.refresh_event.clone());
 

@@ -8,7 +8,8 @@
 //! 4. [`gateway`]: the instances holding the user's sockets emit it over Socket.IO.
 //!
 //! [`config`] reads and validates the YAML configuration, [`auth`] verifies tokens, [`http`]
-//! serves health and metrics, [`metrics`] names every metric, and [`app`] wires it together.
+//! serves health and metrics, [`metrics`] names every metric, [`replay`] gives reconnecting
+//! clients what they missed, and [`app`] wires it together.
 
 pub mod app;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod replay;
 pub mod route;
 pub mod source;
 pub mod telemetry;

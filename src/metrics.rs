@@ -109,6 +109,8 @@ pub const JWKS_FETCHES: &str = "herald_auth_jwks_fetches_total";
 pub const EXPIRED_DISCONNECTS: &str = "herald_gateway_expired_disconnects_total";
 pub const TOKEN_REFRESHES: &str = "herald_gateway_token_refreshes_total";
 pub const LIMIT_EVICTIONS: &str = "herald_gateway_limit_evictions_total";
+pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
+pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
 pub const ROUTE_SCRIPT_ERRORS: &str = "herald_route_script_errors_total";
 
 /// Every metric name, for documentation checks.
@@ -141,6 +143,8 @@ pub const ALL_NAMES: &[&str] = &[
     EXPIRED_DISCONNECTS,
     TOKEN_REFRESHES,
     LIMIT_EVICTIONS,
+    REPLAYED,
+    RETAINED_OFFLINE,
 ];
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
@@ -174,6 +178,8 @@ pub struct Metrics {
     reloads_rejected: Counter,
     pub expired_disconnects: Counter,
     pub limit_evictions: Counter,
+    pub replayed: Counter,
+    pub retained_offline: Counter,
 }
 
 impl Metrics {
@@ -230,6 +236,8 @@ impl Metrics {
             "Oldest sockets disconnected to make room under auth.max_sockets_per_user.",
             Kind::Counter,
         );
+        describe(r, REPLAYED, Unit::Count, "Retained notifications sent to reconnecting sockets.", Kind::Counter);
+        describe(r, RETAINED_OFFLINE, Unit::Count, "Retained notifications stored for a user with no socket anywhere.", Kind::Counter);
         describe(r, BUILD_INFO, Unit::Count, "Always 1; the version label names the build.", Kind::Gauge);
 
         let counter = |name: &'static str, labels: Vec<Label>| r.register_counter(&Key::from_parts(name, labels), &META);
@@ -263,6 +271,8 @@ impl Metrics {
             reloads_rejected: counter(ROUTE_RELOADS, vec![Label::new("result", "rejected")]),
             expired_disconnects: counter(EXPIRED_DISCONNECTS, vec![]),
             limit_evictions: counter(LIMIT_EVICTIONS, vec![]),
+            replayed: counter(REPLAYED, vec![]),
+            retained_offline: counter(RETAINED_OFFLINE, vec![]),
             recorder,
             handle,
         }

@@ -1,4 +1,5 @@
-//! The wire form of a notification on the bus: `{"e":event,"t":timestamp_ms,"p":payload}`.
+//! The wire form of a notification on the bus: `{"e":event,"t":timestamp_ms,"p":payload}`,
+//! with `"i":id` first for retained notifications (added by the Redis store script).
 //!
 //! JSON so that operators can read it with `redis-cli subscribe` and other services can publish
 //! to a user's channel; the payload is spliced in as raw text and read back borrowed, so it is
@@ -19,6 +20,9 @@ pub struct Envelope<'a> {
     pub timestamp_ms: i64,
     #[serde(rename = "p", borrow)]
     pub payload: &'a RawValue,
+    /// The id in the user's history, for retained notifications.
+    #[serde(rename = "i", default, borrow)]
+    pub id: Option<Cow<'a, str>>,
 }
 
 pub fn encode(n: &Notification) -> String {
@@ -50,12 +54,16 @@ mod tests {
             event: "no\"tif".into(),
             payload: RawValue::from_string(r#"{"a": [1, 2], "b":"é"}"#.into()).unwrap(),
             timestamp_ms: 1_700_000_000_123,
+            retain: false,
         };
         let wire = encode(&n);
         let env = decode(wire.as_bytes()).unwrap();
         assert_eq!(env.event, "no\"tif");
         assert_eq!(env.timestamp_ms, 1_700_000_000_123);
         assert_eq!(env.payload.get(), r#"{"a": [1, 2], "b":"é"}"#);
+        assert_eq!(env.id, None);
+        let with_id = decode(br#"{"i":"17-2","e":"n","t":1,"p":{}}"#).unwrap();
+        assert_eq!(with_id.id.as_deref(), Some("17-2"));
     }
 
     #[test]

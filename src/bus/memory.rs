@@ -1,22 +1,39 @@
-//! The in-process bus for a single instance: publishing is delivering.
+//! The in-process bus for a single instance: publishing is delivering (and storing, for
+//! retained notifications).
 
+use super::Published;
+use crate::config::ReplayConfig;
 use crate::gateway::Deliverer;
+use crate::replay::memory::MemoryHistory;
+use crate::replay::{History, NotificationId, Retained};
 use crate::route::Notification;
 
 pub struct MemoryBus {
     deliverer: Deliverer,
+    history: MemoryHistory,
 }
 
 impl MemoryBus {
-    pub fn new(deliverer: Deliverer) -> Self {
-        Self { deliverer }
+    pub fn new(deliverer: Deliverer, replay: &ReplayConfig) -> Self {
+        Self { deliverer, history: MemoryHistory::new(replay.history, replay.max_age) }
     }
 
-    pub async fn publish(&self, batch: &[Notification]) -> Vec<usize> {
-        let mut reached = Vec::with_capacity(batch.len());
+    pub async fn publish(&self, batch: &[Notification]) -> Vec<Published> {
+        let mut out = Vec::with_capacity(batch.len());
         for n in batch {
-            reached.push(self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.timestamp_ms).await);
+            let published = if n.retain {
+                let id = self.history.append(&n.user_id, &n.event, &n.payload, crate::route::now_ms().max(0) as u64);
+                let item = Retained { id, event: n.event.to_string(), payload: n.payload.clone() };
+                Published { receivers: self.deliverer.deliver_retained(&n.user_id, item, n.timestamp_ms), stored: true }
+            } else {
+                Published { receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.timestamp_ms).await, stored: false }
+            };
+            out.push(published);
         }
-        reached
+        out
+    }
+
+    pub fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> History {
+        self.history.after(user_id, since, last_n)
     }
 }

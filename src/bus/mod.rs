@@ -13,7 +13,17 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::gateway::Deliverer;
 use crate::metrics::Metrics;
+use crate::replay::{History, NotificationId};
 use crate::route::Notification;
+
+/// What became of one published notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Instances (Redis) or sockets (in-process) it reached; 0: its user has no socket anywhere.
+    pub receivers: usize,
+    /// It was stored in the user's history for replay.
+    pub stored: bool,
+}
 
 /// A bus failure that may clear by itself (Redis down, timed out). The caller keeps the
 /// notifications and retries; it never skips them.
@@ -36,17 +46,24 @@ impl Bus {
         cancel: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &config.redis {
-            None => Bus::Memory(memory::MemoryBus::new(deliverer)),
-            Some(redis) => Bus::Redis(redis::RedisBus::start(redis, deliverer, metrics, cancel).await?),
+            None => Bus::Memory(memory::MemoryBus::new(deliverer, &config.replay)),
+            Some(redis) => Bus::Redis(redis::RedisBus::start(redis, &config.replay, deliverer, metrics, cancel).await?),
         }))
     }
 
-    /// Publishes a batch in order. On success, returns for each notification how many
-    /// subscribers received it (0: its user has no socket anywhere).
-    pub async fn publish(&self, batch: &[Notification]) -> Result<Vec<usize>, BusError> {
+    /// Publishes a batch in order (retained notifications are stored in the same step).
+    pub async fn publish(&self, batch: &[Notification]) -> Result<Vec<Published>, BusError> {
         match self {
             Bus::Memory(b) => Ok(b.publish(batch).await),
             Bus::Redis(b) => b.publish(batch).await,
+        }
+    }
+
+    /// The user's retained notifications after `since`, or the last `last_n` without it.
+    pub async fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> Result<History, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.history(user_id, since, last_n)),
+            Bus::Redis(b) => b.history(user_id, since, last_n).await,
         }
     }
 

@@ -9,22 +9,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, StreamsInterface};
 use fred::prelude::{Builder, Config as FredConfig, ReconnectPolicy};
+use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::BusError;
 use super::envelope;
-use crate::config::{ChannelPattern, RedisConfig};
+use super::{BusError, Published};
+use crate::config::{ChannelPattern, RedisConfig, ReplayConfig};
 use crate::gateway::Deliverer;
 use crate::metrics::Metrics;
+use crate::replay::{History, NotificationId, Retained, history_after};
 use crate::route::Notification;
+use serde_json::value::RawValue;
 
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
+
+/// Stores a retained notification in the user's stream and publishes it, as one atomic step:
+/// a notification is never in the history and missing from the live stream, or the reverse.
+/// KEYS: stream, channel. ARGV: event, timestamp ms, payload JSON, max count, min id (age), ttl ms.
+const STORE_AND_PUBLISH: &str = r#"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3])
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local message = '{"i":"' .. id .. '","e":' .. cjson.encode(ARGV[1]) .. ',"t":' .. ARGV[2] .. ',"p":' .. ARGV[3] .. '}'
+return {id, redis.call('PUBLISH', KEYS[2], message)}
+"#;
 
 /// After Redis comes back, every instance must re-subscribe its users before their channels
 /// have listeners again. Until this much time has passed since our own reconnection, "no
@@ -40,6 +54,7 @@ pub struct RedisBus {
     publisher: Client,
     subscriber: SubscriberClient,
     pattern: ChannelPattern,
+    replay: ReplayConfig,
     ops: mpsc::UnboundedSender<Op>,
     command_timeout: Duration,
     /// When the publisher last (re)connected; see [`RESUBSCRIBE_SETTLE`].
@@ -50,6 +65,7 @@ pub struct RedisBus {
 impl RedisBus {
     pub async fn start(
         config: &RedisConfig,
+        replay_config: &ReplayConfig,
         deliverer: Deliverer,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
@@ -97,26 +113,78 @@ impl RedisBus {
             tokio::spawn(receive(subscriber.clone(), config.channel.clone(), deliverer, metrics.clone(), cancel.clone())),
             tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), connected_at.clone(), metrics, cancel)),
         ];
-        Ok(Self { publisher, subscriber, pattern: config.channel.clone(), ops, command_timeout: timeout, connected_at, tasks })
+        Ok(Self {
+            publisher,
+            subscriber,
+            pattern: config.channel.clone(),
+            replay: replay_config.clone(),
+            ops,
+            command_timeout: timeout,
+            connected_at,
+            tasks,
+        })
     }
 
-    pub async fn publish(&self, batch: &[Notification]) -> Result<Vec<usize>, BusError> {
+    pub async fn publish(&self, batch: &[Notification]) -> Result<Vec<Published>, BusError> {
         let pipeline = self.publisher.pipeline();
+        let now = crate::route::now_ms().max(0) as u64;
+        let oldest_kept = now.saturating_sub(self.replay.max_age.as_millis() as u64);
         for n in batch {
-            let queued: Result<(), _> = pipeline.publish(self.pattern.channel(&n.user_id), envelope::encode(n)).await;
+            let channel = self.pattern.channel(&n.user_id);
+            let queued: Result<(), _> = if n.retain {
+                // EVAL through `custom`: fred's pipelines have no Lua interface.
+                let args: Vec<String> = vec![
+                    STORE_AND_PUBLISH.to_owned(),
+                    "2".to_owned(),
+                    self.replay.stream.channel(&n.user_id),
+                    channel,
+                    n.event.to_string(),
+                    n.timestamp_ms.to_string(),
+                    n.payload.get().to_owned(),
+                    self.replay.history.to_string(),
+                    oldest_kept.to_string(),
+                    self.replay.max_age.as_millis().to_string(),
+                ];
+                pipeline.custom(CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false), args).await
+            } else {
+                pipeline.publish(channel, envelope::encode(n)).await
+            };
             queued.map_err(|e| BusError(e.to_string()))?;
         }
-        let reached: Vec<usize> = pipeline
-            .try_all::<i64>()
-            .await
-            .into_iter()
-            .map(|r| r.map(|receivers| receivers.max(0) as usize).map_err(|e| BusError(e.to_string())))
-            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (n, result) in batch.iter().zip(pipeline.try_all::<fred::types::Value>().await) {
+            let value = result.map_err(|e| BusError(e.to_string()))?;
+            let receivers = if n.retain {
+                match value {
+                    fred::types::Value::Array(parts) => parts.get(1).and_then(|v| v.as_i64()).unwrap_or(0),
+                    other => return Err(BusError(format!("unexpected reply from the store script: {other:?}"))),
+                }
+            } else {
+                value.as_i64().unwrap_or(0)
+            };
+            out.push(Published { receivers: receivers.max(0) as usize, stored: n.retain });
+        }
         let settling = self.connected_at.lock().map(|t| t.elapsed() < RESUBSCRIBE_SETTLE).unwrap_or(false);
-        if settling && reached.contains(&0) {
+        if settling && out.iter().any(|p| p.receivers == 0 && !p.stored) {
             return Err(BusError("a user's channel has no subscriber while instances re-subscribe after a Redis reconnect".into()));
         }
-        Ok(reached)
+        Ok(out)
+    }
+
+    pub async fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> Result<History, BusError> {
+        let key = self.replay.stream.channel(user_id);
+        let count = self.replay.history as u64 + 1;
+        let entries: fred::types::Value = match since {
+            Some(since) => self.publisher.xrange(key, since.to_string(), "+", Some(count)).await,
+            None if last_n > 0 => self.publisher.xrevrange(key, "+", "-", Some(last_n as u64)).await,
+            None => return Ok(History::default()),
+        }
+        .map_err(|e| BusError(e.to_string()))?;
+        let mut items = parse_entries(entries);
+        if since.is_none() {
+            items.reverse();
+        }
+        Ok(history_after(since, items))
     }
 
     pub async fn acquire(&self, user_id: &str) {
@@ -301,7 +369,15 @@ async fn receive(
                 match envelope::decode(bytes) {
                     Ok(env) => {
                         metrics.received.increment(1);
-                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms).await;
+                        match env.id.as_deref().map(str::parse::<NotificationId>) {
+                            Some(Ok(id)) => {
+                                let item = Retained { id, event: env.event.into_owned(), payload: env.payload.to_owned() };
+                                deliverer.deliver_retained(user_id, item, env.timestamp_ms);
+                            }
+                            _ => {
+                                deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms).await;
+                            }
+                        }
                     }
                     Err(e) => {
                         metrics.bus_decode_failures.increment(1);
@@ -352,6 +428,32 @@ async fn watch_connection(
             was_up = Some(up);
         }
     }
+}
+
+/// Stream entries `[[id, [field, value, ...]], ...]` as retained notifications.
+fn parse_entries(value: fred::types::Value) -> Vec<Retained> {
+    use fred::types::Value;
+    let Value::Array(entries) = value else { return Vec::new() };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(mut parts) = entry else { return None };
+            let fields = match parts.pop()? {
+                Value::Array(f) => f,
+                _ => return None,
+            };
+            let id: NotificationId = parts.pop()?.as_string()?.parse().ok()?;
+            let (mut event, mut payload) = (None, None);
+            for pair in fields.chunks(2) {
+                match (pair[0].as_string().as_deref(), pair.get(1).and_then(|v| v.as_string())) {
+                    (Some("e"), Some(v)) => event = Some(v),
+                    (Some("p"), Some(v)) => payload = RawValue::from_string(v).ok(),
+                    _ => {}
+                }
+            }
+            Some(Retained { id, event: event?, payload: payload? })
+        })
+        .collect()
 }
 
 /// The URL without its password, for logs.

@@ -24,6 +24,7 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub auth: AuthConfig,
     pub routes: RoutesConfig,
+    pub replay: ReplayConfig,
     pub log: LogConfig,
     /// The directory of the config file; relative paths in the config resolve against it.
     pub base_dir: PathBuf,
@@ -86,6 +87,8 @@ pub struct TopicConfig {
     pub user_id: Option<UserIdSource>,
     /// Event name for this topic; `None` uses `server.event`.
     pub event: Option<String>,
+    /// Keep this topic's notifications for replay (see `replay`). Default false.
+    pub retain: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +170,21 @@ pub struct JwtConfig {
     pub issuers: Vec<String>,
     /// Accepted audiences; empty accepts any.
     pub audiences: Vec<String>,
+}
+
+/// Missed-notification replay, for topics with `retain: true`.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    /// Notifications kept per user. Default 100.
+    pub history: usize,
+    /// Age after which a retained notification is dropped. Default 24 h.
+    pub max_age: Duration,
+    /// Retained notifications sent to a client that connects without `since`. Default 0.
+    pub last_without_since: usize,
+    /// Event told to a client whose `since` is older than the history. Default `replay_gap`.
+    pub gap_event: String,
+    /// Redis stream key per user; must contain {user_id} once. Default `herald:history:{user_id}`.
+    pub stream: ChannelPattern,
 }
 
 #[derive(Debug, Clone)]
@@ -265,14 +283,15 @@ impl Config {
     }
 
     fn read(root: &Value, base_dir: PathBuf, walk: &mut Walk) -> Self {
-        let top = walk.section(Some(root), "", &["server", "kafka", "redis", "auth", "routes", "log"]);
+        let top = walk.section(Some(root), "", &["server", "kafka", "redis", "auth", "routes", "replay", "log"]);
         let server = read_server(walk, top.raw("server"));
         let kafka = read_kafka(walk, top.raw("kafka"));
         let redis = read_redis(walk, top.raw("redis"));
         let auth = read_auth(walk, top.raw("auth"));
         let routes = read_routes(walk, top.raw("routes"));
+        let replay = read_replay(walk, top.raw("replay"));
         let log = read_log(walk, top.raw("log"));
-        let config = Config { server, kafka, redis, auth, routes, log, base_dir };
+        let config = Config { server, kafka, redis, auth, routes, replay, log, base_dir };
         config.check_cross_references(walk);
         config
     }
@@ -386,7 +405,7 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
         walk.error(s.path("group_id"), "must not be empty");
     }
     let topics = match s.raw("topics") {
-        None => vec![TopicConfig { name: "user-notifications".into(), script: None, user_id: None, event: None }],
+        None => vec![TopicConfig { name: "user-notifications".into(), script: None, user_id: None, event: None, retain: false }],
         Some(Value::Array(items)) => {
             let topics: Vec<_> =
                 items.iter().enumerate().filter_map(|(i, item)| read_topic(walk, item, &format!("kafka.topics[{i}]"))).collect();
@@ -444,9 +463,9 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
 
 fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> {
     let topic = match item {
-        Value::String(name) => TopicConfig { name: name.clone(), script: None, user_id: None, event: None },
+        Value::String(name) => TopicConfig { name: name.clone(), script: None, user_id: None, event: None, retain: false },
         Value::Object(_) => {
-            let s = walk.section(Some(item), path, &["name", "script", "user_id", "event"]);
+            let s = walk.section(Some(item), path, &["name", "script", "user_id", "event", "retain"]);
             let Some(name) = walk.opt::<String>(&s, "name") else {
                 if s.raw("name").is_none() {
                     walk.error(s.path("name"), "is required");
@@ -459,7 +478,8 @@ fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> 
             if let Some(e) = &event {
                 check_event_name(walk, &s.path("event"), e);
             }
-            TopicConfig { name, script, user_id, event }
+            let retain = walk.get(&s, "retain", false);
+            TopicConfig { name, script, user_id, event, retain }
         }
         other => {
             walk.error(path, format!("expected a topic name or a mapping with `name`, found {}", kind(other)));
@@ -648,6 +668,21 @@ fn read_routes(walk: &mut Walk, v: Option<&Value>) -> RoutesConfig {
     let script_max_operations = ranged(walk, &s, "script_max_operations", 1_000_000u64, 1_000..=1_000_000_000);
     let reload_debounce = Duration::from_millis(ranged(walk, &s, "reload_debounce_ms", 200u64, 10..=60_000));
     RoutesConfig { user_id, script_timeout, script_max_operations, reload_debounce }
+}
+
+fn read_replay(walk: &mut Walk, v: Option<&Value>) -> ReplayConfig {
+    let s = walk.section(v, "replay", &["history", "max_age_secs", "last_without_since", "gap_event", "stream"]);
+    let history = ranged(walk, &s, "history", 100usize, 1..=100_000);
+    let max_age = secs(walk, &s, "max_age_secs", 86_400, 1..=30 * 86_400);
+    let last_without_since = ranged(walk, &s, "last_without_since", 0usize, 0..=100_000);
+    let gap_event: String = walk.get(&s, "gap_event", "replay_gap".into());
+    check_event_name(walk, &s.path("gap_event"), &gap_event);
+    let pattern: String = walk.get(&s, "stream", "herald:history:{user_id}".into());
+    let stream = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
+        walk.error(s.path("stream"), why);
+        ChannelPattern::parse("herald:history:{user_id}").expect("default pattern is valid")
+    });
+    ReplayConfig { history, max_age, last_without_since, gap_event, stream }
 }
 
 fn read_log(walk: &mut Walk, v: Option<&Value>) -> LogConfig {

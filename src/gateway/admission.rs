@@ -14,8 +14,9 @@ use super::lifetime::Lifetimes;
 use super::presence::Presence;
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::bus::Bus;
-use crate::config::{AuthConfig, PerUserLimit};
+use crate::config::{AuthConfig, PerUserLimit, ReplayConfig};
 use crate::metrics::Metrics;
+use crate::replay::{NotificationId, ReplayGate};
 
 pub struct Admission {
     pub authenticator: Authenticator,
@@ -24,7 +25,12 @@ pub struct Admission {
     pub metrics: Arc<Metrics>,
     pub lifetimes: Lifetimes,
     pub limits: Limits,
+    pub replay: ReplayConfig,
 }
+
+/// The `since` a client sent in its handshake: replay what it missed after this id.
+#[derive(Clone, Copy)]
+pub struct ReplaySince(pub Option<NotificationId>);
 
 /// Connection limits, from `auth.*`.
 pub struct Limits {
@@ -79,6 +85,14 @@ impl Admission {
         if !self.presence.try_add(&user_id, refuse_over) {
             return Err(AuthError::TooManyConnections);
         }
+        // Closed until the replay in `on_connect` is done: live retained notifications wait.
+        socket.extensions.insert(Arc::new(ReplayGate::closed()));
+        let since = auth.and_then(|a| a.get("since")).and_then(|s| match s {
+            Value::String(s) => s.parse::<NotificationId>().ok(),
+            Value::Number(n) => n.as_u64().map(|ms| NotificationId { ms, seq: 0 }),
+            _ => None,
+        });
+        socket.extensions.insert(ReplaySince(since));
         socket.join(user_id.clone());
         let membership = Membership::join(user_id.clone(), self.bus.clone(), self.presence.clone()).await;
         socket.extensions.insert(Arc::new(membership));
@@ -90,6 +104,36 @@ impl Admission {
         }
         self.metrics.connections.increment(1);
         Ok(())
+    }
+
+    /// Runs right after the client is told it is connected: sends what it missed (after its
+    /// `since`, or the last few by config), then opens its gate to live notifications.
+    pub async fn replay(&self, socket: &SocketRef) {
+        let Some(gate) = socket.extensions.get::<Arc<ReplayGate>>() else { return };
+        let since = socket.extensions.get::<ReplaySince>().and_then(|s| s.0);
+        if since.is_some() || self.replay.last_without_since > 0 {
+            let user_id = identity_of(socket).map(|i| i.user_id).unwrap_or_default();
+            match self.bus.history(&user_id, since, self.replay.last_without_since).await {
+                Ok(history) => {
+                    if history.gap {
+                        let _ = socket.emit(self.replay.gap_event.as_str(), &serde_json::json!({"since": since.map(|s| s.to_string())}));
+                    }
+                    self.metrics.replayed.increment(history.items.len() as u64);
+                    for item in &history.items {
+                        gate.replay(socket, item);
+                    }
+                }
+                Err(e) => {
+                    // Without the history the client cannot know what it missed: say so.
+                    tracing::warn!(error = %e, "Could not read the replay history.");
+                    let _ = socket.emit(
+                        self.replay.gap_event.as_str(),
+                        &serde_json::json!({"since": since.map(|s| s.to_string()), "error": "history unavailable"}),
+                    );
+                }
+            }
+        }
+        gate.open(socket);
     }
 
     /// Disconnects the user's oldest sockets until at most `max` remain (counting the new one).

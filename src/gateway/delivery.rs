@@ -8,6 +8,7 @@ use socketioxide::SocketIo;
 
 use super::presence::Presence;
 use crate::metrics::Metrics;
+use crate::replay::{ReplayGate, Retained};
 use crate::route::now_ms;
 
 /// Emits notifications to the sockets of this instance. Cheap to clone.
@@ -42,6 +43,26 @@ impl Deliverer {
         self.metrics.delivered.increment(reached as u64);
         let latency_ms = (now_ms() - timestamp_ms).max(0);
         self.metrics.delivery_latency.record(latency_ms as f64 / 1000.0);
+        reached
+    }
+
+    /// Emits a retained notification (with its id as a second argument) to every socket of the
+    /// user here, through each socket's replay gate, so a socket in the middle of a replay gets
+    /// it afterwards, once.
+    pub fn deliver_retained(&self, user_id: &str, item: Retained, timestamp_ms: i64) -> usize {
+        if self.presence.sockets_of(user_id) == 0 {
+            return 0;
+        }
+        let sockets = self.io.to(user_id.to_owned()).sockets();
+        let mut reached = 0;
+        for socket in &sockets {
+            if let Some(gate) = socket.extensions.get::<Arc<ReplayGate>>() {
+                gate.offer(socket, item.clone());
+                reached += 1;
+            }
+        }
+        self.metrics.delivered.increment(reached as u64);
+        self.metrics.delivery_latency.record((now_ms() - timestamp_ms).max(0) as f64 / 1000.0);
         reached
     }
 

@@ -58,6 +58,9 @@ impl Gateway {
             let admission = admission.clone();
             let refresh_event = refresh_event.clone();
             async move {
+                let replay_admission = admission.clone();
+                let replay_socket = socket.clone();
+                tokio::spawn(async move { replay_admission.replay(&replay_socket).await });
                 socket.on_disconnect(async |s: SocketRef| {
                     if let Some(m) = s.extensions.get::<Arc<admission::Membership>>() {
                         m.leave();

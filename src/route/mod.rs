@@ -42,6 +42,8 @@ pub struct Notification {
     pub payload: Box<RawValue>,
     /// When the record was produced, for the end-to-end latency histogram.
     pub timestamp_ms: i64,
+    /// Keep it in the user's history for replay (the topic has `retain: true`).
+    pub retain: bool,
 }
 
 /// Why a record produced no notification. Permanent: the record is counted and skipped.
@@ -95,6 +97,8 @@ pub enum ReloadOutcome {
 
 pub struct Router {
     table: ArcSwap<Table>,
+    /// Topics whose notifications are retained for replay.
+    retained: std::collections::HashSet<String>,
     sources: Vec<ScriptSource>,
     engine: Engine,
     limits: Limits,
@@ -136,6 +140,7 @@ impl Router {
         }
         Ok(Self {
             table: ArcSwap::from_pointee(Table { rules }),
+            retained: config.kafka.topics.iter().filter(|t| t.retain).map(|t| t.name.clone()).collect(),
             sources,
             engine,
             limits,
@@ -215,6 +220,15 @@ impl Router {
 
     /// Routes one record. Appends its notifications to `out` (so a batch reuses one buffer).
     pub fn route(&self, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
+        let first = out.len();
+        self.route_by_rule(record, out)?;
+        if self.retained.contains(record.topic) {
+            out[first..].iter_mut().for_each(|n| n.retain = true);
+        }
+        Ok(())
+    }
+
+    fn route_by_rule(&self, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
         let table = self.table.load();
         let fallback;
         let rule = match table.rules.get(record.topic) {
@@ -276,7 +290,7 @@ fn route_by_default(
             })?
         }
     };
-    out.push(Notification { user_id, event: event.clone(), payload: raw.to_owned(), timestamp_ms });
+    out.push(Notification { user_id, event: event.clone(), payload: raw.to_owned(), timestamp_ms, retain: false });
     Ok(())
 }
 
@@ -346,7 +360,7 @@ fn notification(item: Dynamic, event: &Arc<str>, record: &Record<'_>, timestamp_
         // Without a payload the record value is passed through as it is.
         None => parse_value(record).map_err(|e| format!("no `payload` given and {e}"))?.to_owned(),
     };
-    Ok(Notification { user_id, event, payload, timestamp_ms })
+    Ok(Notification { user_id, event, payload, timestamp_ms, retain: false })
 }
 
 pub fn now_ms() -> i64 {

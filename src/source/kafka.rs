@@ -16,7 +16,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Published};
 use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
 use crate::route::{Notification, Record, Router};
@@ -260,12 +260,15 @@ impl KafkaSource {
             }
 
             if !notifications.is_empty() {
-                let Some(reached) = self.publish_with_retry(&notifications, abort).await else {
+                let Some(published) = self.publish_with_retry(&notifications, abort).await else {
                     // Aborted while the bus was down: leave the offsets unstored.
                     return Ok(());
                 };
                 self.metrics.published.increment(notifications.len() as u64);
-                let offline = reached.iter().filter(|r| **r == 0).count();
+                // A retained notification for an offline user waits in the history: not a drop.
+                let offline = published.iter().filter(|p| p.receivers == 0 && !p.stored).count();
+                let kept = published.iter().filter(|p| p.receivers == 0 && p.stored).count();
+                self.metrics.retained_offline.increment(kept as u64);
                 if offline > 0 {
                     self.metrics.dropped(DropReason::Offline, offline as u64);
                 }
@@ -277,7 +280,7 @@ impl KafkaSource {
 
     /// Retries a transient bus failure with backoff until it clears (or `abort` fires): the
     /// partition waits, nothing is skipped.
-    async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<usize>> {
+    async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.bus.publish(batch).await {

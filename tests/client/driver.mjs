@@ -4,6 +4,7 @@
 //   {"op":"connect","id":"a","url":"http://127.0.0.1:3000","auth":{"token":"..."},
 //    "transports":["websocket"],"extraHeaders":{},"query":{},"reconnection":false}
 //   {"op":"emit","id":"a","event":"x","data":{...},"ack":true}
+//   {"op":"cut","id":"a"}  (drop the TCP connection; the client reconnects if reconnection is on)
 //   {"op":"close","id":"a"}
 //   {"op":"exit"}
 // Events: {"id","type":"connect"|"connect_error"|"disconnect"|"event"|"ack"|"transport", ...}.
@@ -14,8 +15,13 @@ const sockets = new Map();
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
 function connect(cmd) {
+  // With `replay`, the auth callback sends the last notification id seen on every (re)connect.
+  let lastId = cmd.since ?? null;
+  const auth = cmd.replay ? (cb) => cb({ ...cmd.auth, ...(lastId ? { since: lastId } : {}) }) : cmd.auth;
   const socket = io(cmd.url, {
-    auth: cmd.auth,
+    auth,
+    reconnectionDelay: cmd.reconnectionDelay ?? 1000,
+    reconnectionDelayMax: cmd.reconnectionDelayMax ?? 5000,
     transports: cmd.transports ?? ["websocket"],
     extraHeaders: cmd.extraHeaders,
     query: cmd.query,
@@ -30,7 +36,10 @@ function connect(cmd) {
   });
   socket.on("connect_error", (err) => out({ id: cmd.id, type: "connect_error", message: err.message }));
   socket.on("disconnect", (reason) => out({ id: cmd.id, type: "disconnect", reason }));
-  socket.onAny((event, ...args) => out({ id: cmd.id, type: "event", event, args }));
+  socket.onAny((event, ...args) => {
+    if (args[1] && typeof args[1].id === "string") lastId = args[1].id;
+    out({ id: cmd.id, type: "event", event, args });
+  });
 }
 
 const rl = createInterface({ input: process.stdin });
@@ -45,6 +54,14 @@ rl.on("line", (line) => {
       const socket = sockets.get(cmd.id);
       if (cmd.ack) socket.emit(cmd.event, cmd.data, (...args) => out({ id: cmd.id, type: "ack", event: cmd.event, args }));
       else socket.emit(cmd.event, cmd.data);
+      break;
+    }
+    case "cut": {
+      // Cut the TCP connection under the socket, as a network change would.
+      const engine = sockets.get(cmd.id)?.io.engine;
+      const raw = engine?.transport?.ws?._socket;
+      if (raw) raw.destroy();
+      else engine?.close();
       break;
     }
     case "close":

@@ -372,6 +372,19 @@ impl Clients {
             .map(|e| e["transport"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Drops socket `id`'s TCP connection without a goodbye.
+    pub async fn cut(&mut self, id: &str) {
+        self.send(json!({"op": "cut", "id": id})).await;
+    }
+
+    /// Every event `event` received so far with all its arguments (drains what has arrived).
+    pub async fn received_args(&mut self, id: &str, event: &str) -> Vec<Value> {
+        while let Ok(e) = self.events.try_recv() {
+            self.log.push(e);
+        }
+        self.log.iter().filter(|e| e["id"] == id && e["type"] == "event" && e["event"] == event).map(|e| e["args"].clone()).collect()
+    }
+
     pub async fn close(&mut self, id: &str) {
         self.send(json!({"op": "close", "id": id})).await;
     }

@@ -1,0 +1,126 @@
+//! Missed-notification replay with the real socket.io-client: a client whose connection is cut
+//! again and again still gets every notification exactly once and in order, on one instance
+//! and across two; offline users get theirs on connect; an overflowed history is reported.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn retained(kafka: &Kafka, redis: Option<&Redis>, replay: &str) -> String {
+    config_yaml(kafka, redis, &format!("replay: {{{replay}}}"))
+        .replace("group_id: herald-test", "group_id: herald-test\n  topics: [{name: user-notifications, retain: true}]")
+}
+
+fn flaky(token: &str) -> Value {
+    json!({"auth": {"token": token}, "replay": true, "reconnection": true, "reconnectionDelay": 50, "reconnectionDelayMax": 200})
+}
+
+/// Produces `n` records for `user` while cutting the client's connection every 15 records,
+/// then checks it received 0..n exactly once, in order.
+async fn cut_while_flowing(kafka: &Kafka, c: &mut Clients, id: &str, user: &str, n: i64) {
+    for i in 0..n {
+        kafka.produce_to(TOPIC, Some(0), Some(user), json!({"userId": user, "n": i}).to_string().as_bytes()).await;
+        if i % 15 == 7 {
+            c.cut(id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    eventually(Duration::from_secs(30), "the last notification", async || {
+        c.received(id, "notification").await.iter().any(|p| p["n"] == n - 1)
+    })
+    .await;
+    let got: Vec<i64> = c.received(id, "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "every notification once, in order");
+    let ids: Vec<String> = c.received_args(id, "notification").await.iter().map(|a| a[1]["id"].as_str().unwrap().to_owned()).collect();
+    let parsed: Vec<herald::replay::NotificationId> = ids.iter().map(|i| i.parse().unwrap()).collect();
+    assert!(parsed.windows(2).all(|w| w[0] < w[1]), "ids increase");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_every_few_seconds_misses_nothing_on_one_instance() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let h = Herald::start(&retained(&kafka, None, "")).await;
+    let mut c = Clients::start().await;
+    c.connect("fay", &h.url(), flaky(&token("fay"))).await.unwrap();
+    cut_while_flowing(&kafka, &mut c, "fay", "fay", 120).await;
+    assert!(h.metric("herald_replay_notifications_replayed_total").await > 0.0, "some arrived by replay");
+    c.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_every_few_seconds_misses_nothing_across_instances() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let redis = Redis::start().await;
+    let one = Herald::start(&retained(&kafka, Some(&redis), "")).await;
+    let two = Herald::start(
+        &retained(&kafka, Some(&redis), "").replace("topics: [{name: user-notifications, retain: true}]", "topics: [elsewhere]"),
+    )
+    .await;
+    one.wait_assigned(4).await;
+    two.wait_assigned(4).await;
+    let mut c = Clients::start().await;
+    c.connect("gus", &two.url(), flaky(&token("gus"))).await.unwrap();
+    cut_while_flowing(&kafka, &mut c, "gus", "gus", 120).await;
+    assert!(two.metric("herald_replay_notifications_replayed_total").await > 0.0);
+    c.stop().await;
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_users_get_their_notifications_when_they_connect() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let redis = Redis::start().await;
+    let h = Herald::start(&retained(&kafka, Some(&redis), "")).await;
+    for i in 0..3 {
+        kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "otto", "n": i}).to_string().as_bytes()).await;
+    }
+    eventually(Duration::from_secs(10), "three stored for later", async || h.metric("herald_replay_stored_offline_total").await == 3.0)
+        .await;
+    assert_eq!(h.metric("herald_records_dropped_total{reason=\"offline\"}").await, 0.0, "kept, not dropped");
+    let mut c = Clients::start().await;
+    c.connect("otto", &h.url(), json!({"auth": {"token": token("otto"), "since": "0-0"}})).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(c.expect("otto", "notification").await["n"], i);
+    }
+    c.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowed_history_is_reported_and_the_rest_replayed() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let h = Herald::start(&retained(&kafka, None, "history: 5, last_without_since: 2")).await;
+    let mut c = Clients::start().await;
+    c.connect_as("first", &h.url(), "hana").await;
+    kafka.produce_to(TOPIC, Some(0), None, br#"{"userId":"hana","n":0}"#).await;
+    eventually(Duration::from_secs(10), "the first notification", async || !c.received_args("first", "notification").await.is_empty())
+        .await;
+    let first_id = c.received_args("first", "notification").await[0][1]["id"].as_str().unwrap().to_owned();
+    c.close("first").await;
+    eventually(Duration::from_secs(5), "the socket to leave", async || h.metric("herald_gateway_sockets").await == 0.0).await;
+    for i in 1..=10 {
+        kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "hana", "n": i}).to_string().as_bytes()).await;
+    }
+    eventually(Duration::from_secs(10), "ten stored", async || h.metric("herald_replay_stored_offline_total").await == 10.0).await;
+
+    c.connect("back", &h.url(), json!({"auth": {"token": token("hana"), "since": first_id}})).await.unwrap();
+    assert_eq!(c.expect("back", "replay_gap").await["since"], first_id.as_str());
+    for i in 6..=10 {
+        assert_eq!(c.expect("back", "notification").await["n"], i, "the five retained, in order");
+    }
+    // Without `since`, `last_without_since` newest ones.
+    c.connect_as("fresh", &h.url(), "hana").await;
+    assert_eq!(c.expect("fresh", "notification").await["n"], 9);
+    assert_eq!(c.expect("fresh", "notification").await["n"], 10);
+    c.stop().await;
+    h.shutdown().await;
+}
