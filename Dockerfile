@@ -21,12 +21,13 @@ WORKDIR /build
 
 # Dependencies change far less often than herald's code: build them against stub sources first so
 # this layer (librdkafka, aws-lc, rhai... most of the build time) is reused until Cargo.lock
-# changes. The bench stub is needed because Cargo.toml declares [[bench]] route.
+# changes. The bench stubs are needed because Cargo.toml declares [[bench]] route and retention.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/route.rs \
+ && echo 'fn main() {}' > benches/retention.rs \
  && cargo build --release --locked --bin herald \
  && rm -rf src benches
 

@@ -23,4 +23,5 @@ fi
 
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
 
-cargo test --locked --all-targets "$@"
+# A hard bound, so a hung test fails the run instead of holding CI until its own deadline.
+timeout --signal=KILL 1800 cargo test --locked --all-targets "$@"

@@ -90,7 +90,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let source = KafkaSource::new(&config, &kafka_bootstrap, router, bus.clone(), metrics.clone())?;
     let kafka_health = source.health();
 
-    let app = http::router(HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone() })
+    let publish_api =
+        config.api.key.as_deref().map(|key| Arc::new(http::publish::PublishApi::new(&config.api, key, bus.clone(), &config.server.event)));
+    let app = http::router(HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone() }, publish_api)
         .layer(gateway.layer)
         .layer(http::cors(&config.auth.allowed_origins));
     let failed = CancellationToken::new();

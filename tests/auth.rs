@@ -329,6 +329,39 @@ async fn connection_limits_and_origins() {
     assert_eq!(c.connect("evil", &h.url(), bad_origin).await, Err("origin not allowed".into()));
     let good_origin = json!({"auth": {"token": token("sam")}, "extraHeaders": {"Origin": "https://app.example"}});
     assert!(c.connect("good", &h.url(), good_origin).await.is_ok());
+    assert_eq!(h.metric("herald_gateway_auth_rejections_total{reason=\"origin_not_allowed\"}").await, 1.0);
+    assert_eq!(h.metric("herald_gateway_auth_rejections_total{reason=\"too_many_connections\"}").await, 1.0);
+
+    // CORS for long-polling: a browser on an allowed origin may, another may not.
+    let preflight = |origin: &'static str| {
+        let url = format!("{}/socket.io/?EIO=4&transport=polling", h.url());
+        async move {
+            reqwest::Client::new()
+                .request(reqwest::Method::OPTIONS, url)
+                .header("Origin", origin)
+                .header("Access-Control-Request-Method", "GET")
+                .send()
+                .await
+                .unwrap()
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+    };
+    assert_eq!(preflight("https://app.example").await.as_deref(), Some("https://app.example"));
+    assert_eq!(preflight("https://evil.example").await, None);
+    c.stop().await;
+    h.shutdown().await;
+
+    // A full instance refuses newcomers.
+    let h = herald_with(&kafka, &format!("  jwt: {{secret: {SECRET}}}\n  max_sockets: 2")).await;
+    let mut c = Clients::start().await;
+    c.connect_as("a", &h.url(), "u1").await;
+    c.connect_as("b", &h.url(), "u2").await;
+    assert_eq!(c.connect("c", &h.url(), json!({"auth": {"token": token("u3")}})).await, Err("too many connections".into()));
+    c.close("a").await;
+    eventually(Duration::from_secs(5), "a place to free up", async || h.metric("herald_gateway_sockets").await == 1.0).await;
+    c.connect_as("d", &h.url(), "u3").await;
     c.stop().await;
     h.shutdown().await;
 

@@ -167,3 +167,17 @@ fn dockerfile_runs_unprivileged_with_health_check() {
     let entrypoint = find("ENTRYPOINT ").expect("an ENTRYPOINT");
     assert!(entrypoint["ENTRYPOINT ".len()..].trim().starts_with("[\""), "ENTRYPOINT must be in exec form: {entrypoint}");
 }
+
+/// The Dockerfile caches dependencies by building stub sources: every bench target declared in
+/// Cargo.toml needs its stub, or `docker build` fails at that step.
+#[test]
+fn dockerfile_stubs_every_bench_target() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let benches: Vec<&str> = cargo.split("[[bench]]").skip(1).filter_map(|s| s.split('"').nth(1)).collect();
+    assert!(!benches.is_empty());
+    for bench in benches {
+        assert!(dockerfile.contains(&format!("benches/{bench}.rs")), "Dockerfile has no stub for bench `{bench}`");
+    }
+}

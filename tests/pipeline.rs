@@ -47,6 +47,17 @@ async fn delivers_across_instances_to_every_socket_of_the_user_only() {
     assert_eq!(one.metric("herald_gateway_notifications_delivered_total").await, 1.0);
     assert_eq!(two.metric("herald_gateway_notifications_delivered_total").await, 1.0);
     assert_eq!(two.metric("herald_gateway_users").await, 2.0);
+    assert_eq!(two.metric("herald_bus_subscriptions").await, 2.0, "one channel per user with a socket here");
+
+    // The last socket of a user leaving unsubscribes its channel: alice's records stop
+    // reaching instance 2 (and count as offline there is no one left anywhere).
+    c.close("alice@2").await;
+    c.close("bob@2").await;
+    eventually(Duration::from_secs(5), "instance 2 to unsubscribe", async || two.metric("herald_bus_subscriptions").await == 0.0).await;
+    kafka.notify("alice", json!({"n": 2})).await;
+    assert_eq!(c.expect("alice@1", "notification").await["body"]["n"], 2);
+    tokio::time::sleep(SHORT).await;
+    assert_eq!(two.metric("herald_bus_notifications_received_total").await, 1.0, "instance 2 no longer receives alice's traffic");
     c.stop().await;
     two.shutdown().await;
     one.shutdown().await;

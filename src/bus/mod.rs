@@ -67,6 +67,14 @@ impl Bus {
         }
     }
 
+    /// See [`redis::RedisBus::settling`]; the in-process bus never settles.
+    pub fn settling(&self) -> bool {
+        match self {
+            Bus::Memory(_) => false,
+            Bus::Redis(b) => b.settling(),
+        }
+    }
+
     /// Called when a socket of `user_id` joins this instance: makes sure this instance receives
     /// the user's notifications before the socket is told it is connected.
     pub async fn acquire(&self, user_id: &str) {

@@ -164,11 +164,13 @@ impl RedisBus {
             };
             out.push(Published { receivers: receivers.max(0) as usize, stored: n.retain });
         }
-        let settling = self.connected_at.lock().map(|t| t.elapsed() < RESUBSCRIBE_SETTLE).unwrap_or(false);
-        if settling && out.iter().any(|p| p.receivers == 0 && !p.stored) {
-            return Err(BusError("a user's channel has no subscriber while instances re-subscribe after a Redis reconnect".into()));
-        }
         Ok(out)
+    }
+
+    /// True for a while after (re)connecting to Redis: other instances may not have
+    /// re-subscribed their users yet, so "no subscriber" may not mean "offline".
+    pub fn settling(&self) -> bool {
+        self.connected_at.lock().map(|t| t.elapsed() < RESUBSCRIBE_SETTLE).unwrap_or(false)
     }
 
     pub async fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> Result<History, BusError> {

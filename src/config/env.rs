@@ -11,6 +11,7 @@ pub const OVERRIDES: &[(&str, &str)] = &[
     ("HERALD_KAFKA_GROUP_ID", "kafka.group_id"),
     ("HERALD_REDIS_URL", "redis.url"),
     ("HERALD_JWT_SECRET", "auth.jwt.secret"),
+    ("HERALD_API_KEY", "api.key"),
     ("HERALD_LOG_FORMAT", "log.format"),
     ("HERALD_LOG_LEVEL", "log.level"),
 ];

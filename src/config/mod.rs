@@ -25,6 +25,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub routes: RoutesConfig,
     pub replay: ReplayConfig,
+    pub api: ApiConfig,
     pub log: LogConfig,
     /// The directory of the config file; relative paths in the config resolve against it.
     pub base_dir: PathBuf,
@@ -172,6 +173,17 @@ pub struct JwtConfig {
     pub audiences: Vec<String>,
 }
 
+/// The HTTP publish API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The API key; `None` disables the API. Default unset.
+    pub key: Option<String>,
+    /// Requests per second allowed (bursts up to the same number). Default 100.
+    pub rate_limit_per_sec: u32,
+    /// Users one request may address. Default 1000.
+    pub max_users_per_request: usize,
+}
+
 /// Missed-notification replay, for topics with `retain: true`.
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -283,15 +295,16 @@ impl Config {
     }
 
     fn read(root: &Value, base_dir: PathBuf, walk: &mut Walk) -> Self {
-        let top = walk.section(Some(root), "", &["server", "kafka", "redis", "auth", "routes", "replay", "log"]);
+        let top = walk.section(Some(root), "", &["server", "kafka", "redis", "auth", "routes", "replay", "api", "log"]);
         let server = read_server(walk, top.raw("server"));
         let kafka = read_kafka(walk, top.raw("kafka"));
         let redis = read_redis(walk, top.raw("redis"));
         let auth = read_auth(walk, top.raw("auth"));
         let routes = read_routes(walk, top.raw("routes"));
         let replay = read_replay(walk, top.raw("replay"));
+        let api = read_api(walk, top.raw("api"));
         let log = read_log(walk, top.raw("log"));
-        let config = Config { server, kafka, redis, auth, routes, replay, log, base_dir };
+        let config = Config { server, kafka, redis, auth, routes, replay, api, log, base_dir };
         config.check_cross_references(walk);
         config
     }
@@ -683,6 +696,17 @@ fn read_replay(walk: &mut Walk, v: Option<&Value>) -> ReplayConfig {
         ChannelPattern::parse("herald:history:{user_id}").expect("default pattern is valid")
     });
     ReplayConfig { history, max_age, last_without_since, gap_event, stream }
+}
+
+fn read_api(walk: &mut Walk, v: Option<&Value>) -> ApiConfig {
+    let s = walk.section(v, "api", &["key", "rate_limit_per_sec", "max_users_per_request"]);
+    let key = walk.opt::<String>(&s, "key").filter(|k| !k.is_empty());
+    if key.as_ref().is_some_and(|k| k.len() < 16) {
+        walk.error(s.path("key"), "must be at least 16 characters long");
+    }
+    let rate_limit_per_sec = ranged(walk, &s, "rate_limit_per_sec", 100u32, 1..=1_000_000);
+    let max_users_per_request = ranged(walk, &s, "max_users_per_request", 1000usize, 1..=100_000);
+    ApiConfig { key, rate_limit_per_sec, max_users_per_request }
 }
 
 fn read_log(walk: &mut Walk, v: Option<&Value>) -> LogConfig {

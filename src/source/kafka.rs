@@ -174,21 +174,25 @@ impl KafkaSource {
             abort.clone(),
         ));
         let result = self.consume(&stop, &abort).await;
-        info!("Committing consumed offsets.");
-        let consumer = self.consumer.clone();
-        let commit = tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(e) => Err(e),
-        });
-        match tokio::time::timeout(Duration::from_secs(5), commit).await {
-            Ok(Ok(Ok(()))) => info!("Offsets committed."),
-            Ok(Ok(Err(e))) => warn!(error = %e, "Final offset commit failed; some records will be consumed again."),
-            _ => warn!("Final offset commit timed out; some records will be consumed again."),
-        }
         probe.abort();
-        // Leave the group now so the partitions move at once instead of after the session timeout.
-        let consumer = self.consumer.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || consumer.unsubscribe())).await;
+        // Committing, leaving the group and closing the consumer are blocking librdkafka calls
+        // that can take long when the cluster is slow or gone: they run on a blocking thread,
+        // and shutdown waits for them only so long. Dropping the consumer (which closes it)
+        // happens there too, never on an async worker.
+        let consumer = self.consumer;
+        let finish = tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => info!("Offsets committed."),
+                Err(e) => warn!(error = %e, "Final offset commit failed; some records will be consumed again."),
+            }
+            // Leave the group now so the partitions move at once, not after the session timeout.
+            consumer.unsubscribe();
+            drop(consumer);
+        });
+        info!("Committing offsets and leaving the consumer group.");
+        if tokio::time::timeout(Duration::from_secs(8), finish).await.is_err() {
+            warn!("Leaving the consumer group is taking long; going on without waiting.");
+        }
         result
     }
 
@@ -283,18 +287,28 @@ impl KafkaSource {
     async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.bus.publish(batch).await {
-                Ok(reached) => return Some(reached),
-                Err(e) => {
-                    self.metrics.publish_retries.increment(1);
-                    warn!(error = %e, notifications = batch.len(), retry_in_ms = delay.as_millis() as u64, "Bus publish failed; holding consumption and retrying.");
-                    tokio::select! {
-                        _ = abort.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(2));
+            let error = match self.bus.publish(batch).await {
+                // Right after a Redis reconnect, "no subscriber" may only mean "not re-subscribed
+                // yet": retry instead of dropping as offline. Not for batches with retained
+                // notifications: those are stored already, and storing again would duplicate them.
+                Ok(published) if self.bus.settling() && !batch.iter().any(|n| n.retain) && published.iter().any(|p| p.receivers == 0) => {
+                    "a user's channel has no subscriber while instances re-subscribe after a Redis reconnect".to_owned()
                 }
+                Ok(published) => return Some(published),
+                Err(e) => e.to_string(),
+            };
+            self.metrics.publish_retries.increment(1);
+            warn!(
+                error,
+                notifications = batch.len(),
+                retry_in_ms = delay.as_millis() as u64,
+                "Bus publish not done; holding consumption and retrying."
+            );
+            tokio::select! {
+                _ = abort.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
             }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 

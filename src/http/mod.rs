@@ -1,11 +1,15 @@
-//! The HTTP surface: Socket.IO (as a layer), `/healthz`, `/readyz` and `/metrics`.
+//! The HTTP surface: Socket.IO (as a layer), `/healthz`, `/readyz`, `/metrics`, and the
+//! publish API (`POST /api/publish`, with its OpenAPI description at `/api/openapi.yaml`).
+
+pub mod publish;
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -21,13 +25,24 @@ pub struct HttpState {
     pub bus: Arc<Bus>,
 }
 
+/// The OpenAPI description of the publish API.
+const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
+
 /// The router without Socket.IO, so tests can call it directly; the app adds the layer.
-pub fn router(state: HttpState) -> Router {
-    Router::new()
+/// `publish` is `None` when no API key is configured: the API does not exist then.
+pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    if let Some(api) = publish {
+        router = router
+            .route("/api/publish", post(publish::publish).with_state(api))
+            .route("/api/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+            .layer(DefaultBodyLimit::max(1 << 20));
+    }
+    router
 }
 
 /// CORS for long-polling from browsers on other origins: the listed origins, or any origin

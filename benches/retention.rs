@@ -1,0 +1,76 @@
+//! The cost of retention: bus publish throughput with `retain` off and on, against a real
+//! redis-server (started here on a free loopback port) and on the in-process bus.
+//! Prints medians of 5 runs and the ratio.
+//!
+//! Run: `cargo bench --bench retention` (needs `redis-server` on PATH).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::bus::Bus;
+use herald::config::Config;
+use herald::gateway::Gateway;
+use herald::metrics::Metrics;
+use herald::route::Notification;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+const NOTIFICATIONS: usize = 40_000;
+const BATCH: usize = 512;
+const RUNS: usize = 5;
+
+fn main() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH");
+    std::thread::sleep(Duration::from_millis(300));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        println!("publishing {NOTIFICATIONS} notifications in batches of {BATCH}, {RUNS} runs, medians");
+        for (name, redis_yaml) in
+            [("in-process bus", String::new()), ("Redis bus", format!("redis: {{url: \"redis://127.0.0.1:{port}\"}}\n"))]
+        {
+            let yaml = format!("auth: {{jwt: {{secret: s}}}}\nreplay: {{history: 100}}\n{redis_yaml}");
+            let config = Config::from_yaml(&yaml, Path::new(".").into(), &|_| None).unwrap();
+            let metrics = Arc::new(Metrics::new(&[]));
+            let gateway = Gateway::new(&config.server, metrics.clone());
+            let bus = Bus::start(&config, gateway.deliverer.clone(), metrics, CancellationToken::new()).await.unwrap();
+            let mut rates = [0.0; 2];
+            for (i, retain) in [false, true].into_iter().enumerate() {
+                let mut runs: Vec<f64> = (0..RUNS).map(|_| 0.0).collect();
+                for run in runs.iter_mut() {
+                    let started = Instant::now();
+                    for chunk in 0..NOTIFICATIONS / BATCH {
+                        let batch: Vec<Notification> = (0..BATCH).map(|j| notification((chunk * BATCH + j) % 1000, retain)).collect();
+                        bus.publish(&batch).await.expect("publish");
+                    }
+                    *run = (NOTIFICATIONS / BATCH * BATCH) as f64 / started.elapsed().as_secs_f64();
+                }
+                runs.sort_by(f64::total_cmp);
+                rates[i] = runs[RUNS / 2];
+            }
+            println!("{name:<16} retain off {:>9.0}/s   retain on {:>9.0}/s   ratio {:.2}", rates[0], rates[1], rates[1] / rates[0]);
+            bus.close().await;
+        }
+    });
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
+
+fn notification(user: usize, retain: bool) -> Notification {
+    let payload =
+        format!(r#"{{"userId":"user-{user}","type":"order.shipped","body":{{"orderId":{user},"carrier":"DHL","eta":"2026-11-27"}}}}"#);
+    Notification {
+        user_id: format!("user-{user}"),
+        event: "notification".into(),
+        payload: RawValue::from_string(payload).unwrap(),
+        timestamp_ms: 0,
+        retain,
+    }
+}

@@ -1,0 +1,153 @@
+//! `POST /api/publish`: push a notification by hand or from another service, through the same
+//! bus as Kafka records. Disabled unless `api.key` is set; the key is compared in constant time;
+//! requests are rate-limited.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::auth::user_id_from_json;
+use crate::bus::Bus;
+use crate::config::ApiConfig;
+use crate::route::{Notification, now_ms};
+
+pub struct PublishApi {
+    key_digest: [u8; 32],
+    bus: Arc<Bus>,
+    default_event: Arc<str>,
+    max_users: usize,
+    bucket: Mutex<TokenBucket>,
+}
+
+/// The request body. Either `user_id` or `user_ids`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    user_id: Option<Value>,
+    user_ids: Option<Vec<Value>>,
+    event: Option<String>,
+    payload: Box<RawValue>,
+    #[serde(default)]
+    retain: bool,
+}
+
+impl PublishApi {
+    pub fn new(config: &ApiConfig, key: &str, bus: Arc<Bus>, default_event: &str) -> Self {
+        Self {
+            key_digest: Sha256::digest(key.as_bytes()).into(),
+            bus,
+            default_event: default_event.into(),
+            max_users: config.max_users_per_request,
+            bucket: Mutex::new(TokenBucket::new(config.rate_limit_per_sec)),
+        }
+    }
+
+    /// Compares digests so the time taken says nothing about how much of the key matched.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-api-key").and_then(|h| h.to_str().ok()));
+        let Some(presented) = presented else { return false };
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        digest.iter().zip(self.key_digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !api.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    }
+    if !api.bucket.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+    }
+    let request: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
+    };
+    let raw_users = match (request.user_id, request.user_ids) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) if !many.is_empty() => many,
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of `user_id` or a non-empty `user_ids`"),
+    };
+    if raw_users.len() > api.max_users {
+        return error(StatusCode::BAD_REQUEST, &format!("at most {} users per request", api.max_users));
+    }
+    let Some(users) = raw_users.iter().map(user_id_from_json).collect::<Option<Vec<String>>>() else {
+        return error(StatusCode::BAD_REQUEST, "user ids must be non-empty strings or integers");
+    };
+    let event: Arc<str> = match request.event {
+        Some(e) if e.is_empty() => return error(StatusCode::BAD_REQUEST, "`event` must not be empty"),
+        Some(e) => e.into(),
+        None => api.default_event.clone(),
+    };
+    let timestamp_ms = now_ms();
+    let batch: Vec<Notification> = users
+        .into_iter()
+        .map(|user_id| Notification {
+            user_id,
+            event: event.clone(),
+            payload: request.payload.clone(),
+            timestamp_ms,
+            retain: request.retain,
+        })
+        .collect();
+    match api.bus.publish(&batch).await {
+        Ok(published) => {
+            let delivered = published.iter().filter(|p| p.receivers > 0).count();
+            let stored = published.iter().filter(|p| p.stored).count();
+            (StatusCode::OK, Json(json!({"published": batch.len(), "online": delivered, "stored": stored}))).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Allows `rate` requests per second on average, in bursts of up to `rate`.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        Self { rate: f64::from(rate), tokens: f64::from(rate), last: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_bursts_up_to_the_rate() {
+        let mut b = TokenBucket::new(3);
+        assert!(b.take() && b.take() && b.take());
+        assert!(!b.take());
+    }
+}
