@@ -24,4 +24,4 @@ fi
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
 
 # A hard bound, so a hung test fails the run instead of holding CI until its own deadline.
-timeout --signal=KILL 1800 cargo test --locked --all-targets "$@"
+timeout --signal=KILL 1800 cargo test --locked --lib --bins --tests "$@"

@@ -39,6 +39,8 @@ pub fn engine(limits: &Limits) -> Engine {
         .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
         .disable_symbol("eval")
         .set_strict_variables(true)
+        // Interning map keys costs more than it saves for short-lived per-record values.
+        .set_max_strings_interned(0)
         .set_max_operations(limits.max_operations)
         .set_max_call_levels(MAX_CALL_DEPTH)
         .set_max_expr_depths(MAX_EXPR_DEPTH, MAX_EXPR_DEPTH)
