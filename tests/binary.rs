@@ -50,12 +50,7 @@ async fn embedded_mode_end_to_end_then_sigterm() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    eventually(
-        Duration::from_secs(20),
-        "herald to be ready",
-        async || matches!(reqwest::get(format!("{url}/readyz")).await, Ok(r) if r.status().is_success()),
-    )
-    .await;
+    wait_ready(&url).await;
 
     let token = herald_output(&["token", "--user", "u42"], &config).await;
     assert!(token.status.success());
@@ -145,12 +140,7 @@ auth: {{jwt: {{secret: "{SECRET}"}}}}
     let mut child =
         Command::new(HERALD).arg("--config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    eventually(
-        Duration::from_secs(20),
-        "herald to be ready",
-        async || matches!(reqwest::get(format!("{url}/readyz")).await, Ok(r) if r.status().is_success()),
-    )
-    .await;
+    wait_ready(&url).await;
 
     std::fs::write(dir.path().join("r.rhai"), r#"fn route(r) { #{ user_id: "u1", payload: "v2" } }"#).unwrap();
     let pid = child.id().unwrap().to_string();

@@ -21,6 +21,17 @@ fn routes_yaml(kafka: &Kafka, dir: &Path) -> String {
     )
 }
 
+/// A running instance with the scripted topics, and ann connected to it.
+async fn scripted_instance() -> (tempfile::TempDir, Kafka, Herald, Clients) {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&["scripted", "looping"]).await;
+    let h = Herald::start_in(&routes_yaml(&kafka, dir.path()), dir.path()).await;
+    let mut c = Clients::start().await;
+    c.connect_as("ann", &h.url(), "ann").await;
+    (dir, kafka, h, c)
+}
+
 async fn produce_n(kafka: &Kafka, n: i64) {
     kafka.produce_to("scripted", Some(0), None, json!({"to": "ann", "n": n}).to_string().as_bytes()).await;
 }
@@ -36,12 +47,7 @@ async fn versions_until(c: &mut Clients, n: i64) -> Vec<(i64, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_apply_live_and_nothing_is_lost_or_routed_twice() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = Kafka::start(&["scripted", "looping"]).await;
-    let h = Herald::start_in(&routes_yaml(&kafka, dir.path()), dir.path()).await;
-    let mut c = Clients::start().await;
-    c.connect_as("ann", &h.url(), "ann").await;
+    let (dir, kafka, h, mut c) = scripted_instance().await;
 
     produce_n(&kafka, 0).await;
     assert_eq!(c.expect("ann", "notification").await, json!({"n": 0, "version": 1}));
@@ -83,12 +89,7 @@ async fn edits_apply_live_and_nothing_is_lost_or_routed_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_script_keeps_the_running_version_and_is_counted() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = Kafka::start(&["scripted", "looping"]).await;
-    let h = Herald::start_in(&routes_yaml(&kafka, dir.path()), dir.path()).await;
-    let mut c = Clients::start().await;
-    c.connect_as("ann", &h.url(), "ann").await;
+    let (dir, kafka, h, mut c) = scripted_instance().await;
 
     std::fs::write(dir.path().join("scripted.rhai"), "fn route(r) { #{ user_id: r.value.to, payload: ").unwrap();
     eventually(Duration::from_secs(5), "the rejected reload", async || {
@@ -104,12 +105,7 @@ async fn a_broken_script_keeps_the_running_version_and_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runaway_script_does_not_stall_other_records() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = Kafka::start(&["scripted", "looping"]).await;
-    let h = Herald::start_in(&routes_yaml(&kafka, dir.path()), dir.path()).await;
-    let mut c = Clients::start().await;
-    c.connect_as("ann", &h.url(), "ann").await;
+    let (_dir, kafka, h, mut c) = scripted_instance().await;
 
     for i in 0..5 {
         kafka.produce_to("looping", Some(0), None, json!({"to": "ann", "i": i}).to_string().as_bytes()).await;

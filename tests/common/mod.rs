@@ -241,6 +241,17 @@ impl Herald {
     }
 }
 
+/// Waits until the herald at `base_url` answers `/readyz` with 200.
+pub async fn wait_ready(base_url: &str) {
+    let url = format!("{base_url}/readyz");
+    eventually(
+        Duration::from_secs(20),
+        "herald to be ready",
+        async || matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()),
+    )
+    .await;
+}
+
 pub async fn scrape(base_url: &str, series: &str) -> f64 {
     let text = reqwest::get(format!("{base_url}/metrics")).await.unwrap().text().await.unwrap();
     text.lines()
