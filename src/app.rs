@@ -45,6 +45,8 @@ pub struct Running {
 pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Running> {
     let topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&topics));
+    // The embedded broker also holds the dead-letter topic, so it can be read back.
+    let broker_topics: Vec<String> = topics.iter().cloned().chain(config.kafka.dead_letter_topic.clone()).collect();
     let authenticator = Authenticator::new(&config, Some(metrics.clone()))?;
     let listener = match listener {
         Some(l) => l,
@@ -55,7 +57,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let local_addr = listener.local_addr()?;
 
     let broker = match &config.kafka.brokers {
-        Brokers::Embedded => Some(EmbeddedBroker::start(config.kafka.embedded.listen, &topics, config.kafka.embedded.partitions).await?),
+        Brokers::Embedded => {
+            Some(EmbeddedBroker::start(config.kafka.embedded.listen, &broker_topics, config.kafka.embedded.partitions).await?)
+        }
         Brokers::List(_) => None,
     };
     let kafka_bootstrap = match (&config.kafka.brokers, &broker) {

@@ -109,6 +109,7 @@ pub const JWKS_FETCHES: &str = "herald_auth_jwks_fetches_total";
 pub const EXPIRED_DISCONNECTS: &str = "herald_gateway_expired_disconnects_total";
 pub const TOKEN_REFRESHES: &str = "herald_gateway_token_refreshes_total";
 pub const LIMIT_EVICTIONS: &str = "herald_gateway_limit_evictions_total";
+pub const DEAD_LETTERED: &str = "herald_source_dead_lettered_total";
 pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
 pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
 pub const ROUTE_SCRIPT_ERRORS: &str = "herald_route_script_errors_total";
@@ -145,6 +146,7 @@ pub const ALL_NAMES: &[&str] = &[
     LIMIT_EVICTIONS,
     REPLAYED,
     RETAINED_OFFLINE,
+    DEAD_LETTERED,
 ];
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
@@ -236,6 +238,7 @@ impl Metrics {
             "Oldest sockets disconnected to make room under auth.max_sockets_per_user.",
             Kind::Counter,
         );
+        describe(r, DEAD_LETTERED, Unit::Count, "Records produced to the dead-letter topic, by result (ok, failed).", Kind::Counter);
         describe(r, REPLAYED, Unit::Count, "Retained notifications sent to reconnecting sockets.", Kind::Counter);
         describe(r, RETAINED_OFFLINE, Unit::Count, "Retained notifications stored for a user with no socket anywhere.", Kind::Counter);
         describe(r, BUILD_INFO, Unit::Count, "Always 1; the version label names the build.", Kind::Gauge);
@@ -302,6 +305,10 @@ impl Metrics {
 
     pub fn jwks_fetch(&self, ok: bool) {
         self.labelled(JWKS_FETCHES, "result", if ok { "ok" } else { "error" }).increment(1);
+    }
+
+    pub fn dead_lettered(&self, ok: bool) {
+        self.labelled(DEAD_LETTERED, "result", if ok { "ok" } else { "failed" }).increment(1);
     }
 
     pub fn token_refresh(&self, ok: bool) {

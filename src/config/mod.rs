@@ -68,6 +68,8 @@ pub struct KafkaConfig {
     pub options: BTreeMap<String, String>,
     /// Most records routed and published to the bus as one batch. Default 512.
     pub max_batch: usize,
+    /// Where records that fail permanently are produced; `None` only counts and logs them.
+    pub dead_letter_topic: Option<String>,
     pub embedded: EmbeddedKafkaConfig,
 }
 
@@ -386,7 +388,7 @@ fn check_event_name(walk: &mut Walk, path: &str, event: &str) {
 }
 
 fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
-    let s = walk.section(v, "kafka", &["brokers", "group_id", "topics", "options", "max_batch", "embedded"]);
+    let s = walk.section(v, "kafka", &["brokers", "group_id", "topics", "options", "max_batch", "dead_letter_topic", "embedded"]);
     let brokers = match s.raw("brokers") {
         None => Brokers::Embedded,
         Some(Value::String(b)) if b.trim() == "embedded" => Brokers::Embedded,
@@ -471,7 +473,16 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
         listen: read_addr(walk, &e, "listen", "127.0.0.1:9092"),
         partitions: ranged(walk, &e, "partitions", 4i32, 1..=1000),
     };
-    KafkaConfig { brokers, group_id, topics, options, max_batch, embedded }
+    let dead_letter_topic = walk.opt::<String>(&s, "dead_letter_topic").filter(|t| !t.is_empty());
+    if let Some(t) = &dead_letter_topic {
+        if let Err(why) = check_topic_name(t) {
+            walk.error(s.path("dead_letter_topic"), why);
+        }
+        if topics.iter().any(|c| &c.name == t) {
+            walk.error(s.path("dead_letter_topic"), "must not be one of the consumed topics");
+        }
+    }
+    KafkaConfig { brokers, group_id, topics, options, max_batch, dead_letter_topic, embedded }
 }
 
 fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> {

@@ -16,6 +16,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::dead_letter::DeadLetter;
 use crate::bus::{Bus, Published};
 use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
@@ -121,6 +122,7 @@ pub struct KafkaSource {
     health: Arc<KafkaHealth>,
     max_batch: usize,
     topics: Vec<String>,
+    dead_letter: Option<DeadLetter>,
 }
 
 impl KafkaSource {
@@ -155,6 +157,12 @@ impl KafkaSource {
             health: Arc::new(KafkaHealth::default()),
             max_batch: config.kafka.max_batch,
             topics,
+            dead_letter: config
+                .kafka
+                .dead_letter_topic
+                .as_deref()
+                .map(|t| DeadLetter::new(t, bootstrap, &config.kafka.options))
+                .transpose()?,
         })
     }
 
@@ -259,6 +267,13 @@ impl KafkaSource {
                             warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, suppressed = n, "Skipped a record (and {n} more not logged).")
                         }
                         Verdict::Suppress => {}
+                    }
+                    if let Some(dlq) = &self.dead_letter {
+                        let sent = dlq.send(&record, &e).await;
+                        if let Err(why) = &sent {
+                            warn!(topic = record.topic, partition = record.partition, offset = record.offset, error = %why, "Could not produce a record to the dead-letter topic.");
+                        }
+                        self.metrics.dead_lettered(sent.is_ok());
                     }
                 }
             }

@@ -1,0 +1,119 @@
+//! Faults and hostile input against running instances: broken records never stall or crash the
+//! consumer (and go to the dead-letter topic), and a rolling restart loses nothing for users on
+//! the surviving instance. Each test reports what was produced, delivered, duplicated and lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_are_skipped_counted_and_dead_lettered() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "by-key", "dead-letters"]).await;
+    let yaml = config_yaml(&kafka, None, "").replace(
+        "group_id: herald-test",
+        "group_id: herald-test\n  dead_letter_topic: dead-letters\n  topics: [user-notifications, {name: by-key, user_id: key}]",
+    );
+    let h = Herald::start(&yaml).await;
+    let mut c = Clients::start().await;
+    c.connect_as("ivy", &h.url(), "ivy").await;
+
+    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let big = json!({"userId": "ivy", "big": "x".repeat(900_000)}).to_string();
+    let hostile: Vec<(&str, Option<&[u8]>, Vec<u8>)> = vec![
+        (TOPIC, None, random),
+        (TOPIC, None, Vec::new()),
+        (TOPIC, None, deep.into_bytes()),
+        (TOPIC, None, br#"{"userId": true}"#.to_vec()),
+        (TOPIC, None, br#"{"userId": [1, 2]}"#.to_vec()),
+        (TOPIC, None, b"\xff\xfe\xfd".to_vec()),
+        ("by-key", Some(b"\xc3\x28"), br#"{"x":1}"#.to_vec()),
+    ];
+    for (topic, key, value) in &hostile {
+        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic).payload(value).partition(0);
+        if let Some(k) = key {
+            record = record.key(*k);
+        }
+        kafka.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+    // A big but valid record, then a normal one: both still delivered after all that.
+    kafka.produce_to(TOPIC, Some(0), None, big.as_bytes()).await;
+    kafka.produce_to(TOPIC, Some(0), None, br#"{"userId":"ivy","after":"hostile"}"#).await;
+    assert_eq!(c.expect("ivy", "notification").await["big"].as_str().map(str::len), Some(900_000));
+    assert_eq!(c.expect("ivy", "notification").await["after"], "hostile");
+
+    let dropped = |r: &'static str| format!("herald_records_dropped_total{{reason=\"{r}\"}}");
+    assert_eq!(h.metric(&dropped("bad_json")).await, 2.0, "random bytes, invalid UTF-8");
+    assert_eq!(h.metric(&dropped("no_user_id")).await, 1.0, "100k-deep nesting: valid JSON, no user id at /userId");
+    assert_eq!(h.metric(&dropped("empty")).await, 1.0);
+    assert_eq!(h.metric(&dropped("bad_user_id")).await, 3.0, "true, a list, a key that is not UTF-8");
+    assert_eq!(h.metric("herald_source_dead_lettered_total{result=\"ok\"}").await, 7.0);
+
+    // The dead-letter topic holds each record with headers naming the error and its origin.
+    let reader: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.address())
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&["dead-letters"]).unwrap();
+    let mut reasons = BTreeMap::new();
+    while reasons.values().sum::<usize>() < 7 {
+        let m = tokio::time::timeout(Duration::from_secs(15), reader.recv()).await.expect("dead letters").unwrap();
+        let headers = m.headers().unwrap();
+        let header =
+            |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned());
+        assert!(
+            header("herald-source-topic").is_some() && header("herald-source-offset").is_some() && header("herald-error-detail").is_some()
+        );
+        *reasons.entry(header("herald-error").unwrap()).or_insert(0usize) += 1;
+    }
+    assert_eq!(reasons, BTreeMap::from([("bad_json".into(), 2), ("bad_user_id".into(), 3), ("empty".into(), 1), ("no_user_id".into(), 1)]));
+    c.stop().await;
+    h.shutdown().await;
+}
+
+/// One of two instances is stopped gracefully mid-stream (a rolling restart): the survivor
+/// takes over its partitions and the user on the survivor misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_nothing_for_users_on_the_surviving_instance() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let redis = Redis::start().await;
+    let leaving = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    let staying = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    leaving.wait_assigned(2).await;
+    staying.wait_assigned(2).await;
+    let mut c = Clients::start().await;
+    c.connect_as("una", &staying.url(), "una").await;
+
+    const N: i64 = 200;
+    let mut leaving = Some(leaving);
+    for n in 0..N {
+        kafka.produce_to(TOPIC, Some((n % 4) as i32), None, json!({"userId": "una", "n": n}).to_string().as_bytes()).await;
+        if n == N / 3 {
+            leaving.take().unwrap().shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually(Duration::from_secs(30), "every record to arrive", async || {
+        let got = c.received("una", "notification").await;
+        (0..N).all(|n| got.iter().any(|p| p["n"] == n))
+    })
+    .await;
+    let got: Vec<i64> = c.received("una", "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
+    let (delivered, duplicated, lost) = (got.len(), got.len() - distinct.len(), N as usize - distinct.len());
+    eprintln!("rolling restart: produced {N}, delivered {delivered}, duplicated {duplicated}, lost {lost}");
+    assert_eq!(lost, 0);
+    staying.wait_assigned(4).await;
+    c.stop().await;
+    staying.shutdown().await;
+}
