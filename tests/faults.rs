@@ -12,6 +12,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::json;
 
+/// Topic, key, value.
+type HostileRecord<'a> = (&'a str, Option<&'a [u8]>, Vec<u8>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_records_are_skipped_counted_and_dead_lettered() {
     init_logs();
@@ -27,7 +30,7 @@ async fn hostile_records_are_skipped_counted_and_dead_lettered() {
     let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let big = json!({"userId": "ivy", "big": "x".repeat(900_000)}).to_string();
-    let hostile: Vec<(&str, Option<&[u8]>, Vec<u8>)> = vec![
+    let hostile: Vec<HostileRecord> = vec![
         (TOPIC, None, random),
         (TOPIC, None, Vec::new()),
         (TOPIC, None, deep.into_bytes()),
