@@ -120,3 +120,88 @@ async fn a_rolling_restart_loses_nothing_for_users_on_the_surviving_instance() {
     c.stop().await;
     staying.shutdown().await;
 }
+
+/// The broker goes away and comes back: readiness says so, consumption waits, and every record
+/// produced around the outage is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_pauses_consumption_and_loses_nothing() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let h = Herald::start(&config_yaml(&kafka, None, "")).await;
+    let mut c = Clients::start().await;
+    c.connect_as("kim", &h.url(), "kim").await;
+    let record = |n: i64| json!({"userId": "kim", "n": n}).to_string();
+    for n in 0..10 {
+        kafka.produce_to(TOPIC, Some(0), None, record(n).as_bytes()).await;
+    }
+    eventually(Duration::from_secs(10), "the first records", async || c.received("kim", "notification").await.len() == 10).await;
+
+    kafka.broker.set_up(false);
+    let readyz = format!("{}/readyz", h.url());
+    eventually(Duration::from_secs(15), "readiness to drop", async || reqwest::get(&readyz).await.map(|r| r.status() == 503).unwrap_or(false)).await;
+    // Records produced during the outage wait in the producer and reach the broker once it is back.
+    let during: Vec<String> = (10..20).map(record).collect();
+    let sends = futures::future::join_all(during.iter().map(|v| kafka.produce_to(TOPIC, Some(0), None, v.as_bytes())));
+    let restore = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        kafka.broker.set_up(true);
+    };
+    tokio::join!(sends, restore);
+    h.wait_ready().await;
+    for n in 20..30 {
+        kafka.produce_to(TOPIC, Some(0), None, record(n).as_bytes()).await;
+    }
+    eventually(Duration::from_secs(30), "every record", async || {
+        let got = c.received("kim", "notification").await;
+        (0..30).all(|n| got.iter().any(|p| p["n"] == n))
+    })
+    .await;
+    let got: Vec<i64> = c.received("kim", "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
+    eprintln!("kafka outage: produced 30, delivered {}, duplicated {}, lost {}", got.len(), got.len() - distinct.len(), 30 - distinct.len());
+    assert_eq!(distinct.len(), 30);
+    c.stop().await;
+    h.shutdown().await;
+}
+
+/// A third instance joins mid-stream: the rebalance moves partitions and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_when_an_instance_joins_loses_nothing() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let redis = Redis::start().await;
+    let one = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    let two = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    one.wait_assigned(2).await;
+    two.wait_assigned(2).await;
+    let mut c = Clients::start().await;
+    c.connect_as("lea", &one.url(), "lea").await;
+
+    const N: i64 = 150;
+    let mut three = None;
+    for n in 0..N {
+        kafka.produce_to(TOPIC, Some((n % 4) as i32), None, json!({"userId": "lea", "n": n}).to_string().as_bytes()).await;
+        if n == N / 3 {
+            three = Some(Herald::start(&config_yaml(&kafka, Some(&redis), "")).await);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually(Duration::from_secs(30), "every record to arrive", async || {
+        let got = c.received("lea", "notification").await;
+        (0..N).all(|n| got.iter().any(|p| p["n"] == n))
+    })
+    .await;
+    let got: Vec<i64> = c.received("lea", "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
+    eprintln!("rebalance: produced {N}, delivered {}, duplicated {}, lost {}", got.len(), got.len() - distinct.len(), N as usize - distinct.len());
+    assert_eq!(distinct.len(), N as usize);
+    let three = three.unwrap();
+    let owned = one.metric("herald_source_assigned_partitions").await
+        + two.metric("herald_source_assigned_partitions").await
+        + three.metric("herald_source_assigned_partitions").await;
+    assert_eq!(owned, 4.0, "the four partitions are spread over the three instances");
+    c.stop().await;
+    three.shutdown().await;
+    two.shutdown().await;
+    one.shutdown().await;
+}

@@ -20,7 +20,8 @@ use tracing::debug;
 /// A running embedded broker. Dropping it stops the broker.
 pub struct EmbeddedBroker {
     address: SocketAddr,
-    stop: Option<std_mpsc::Sender<()>>,
+    /// Commands for the broker's thread; dropping it stops the broker.
+    control: Option<std_mpsc::Sender<Control>>,
     thread: Option<JoinHandle<()>>,
     relay_cancel: CancellationToken,
 }
@@ -33,7 +34,7 @@ impl EmbeddedBroker {
             TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("kafka.embedded.listen: cannot listen on {listen}: {e}"))?;
         let address = listener.local_addr()?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let (stop_tx, stop_rx) = std_mpsc::channel();
+        let (control_tx, control_rx) = std_mpsc::channel();
         let topics = topics.to_vec();
         // The mock cluster is not Send: it lives and dies on its own thread.
         let thread = std::thread::Builder::new().name("herald-embedded-kafka".into()).spawn(move || {
@@ -41,7 +42,9 @@ impl EmbeddedBroker {
             match result {
                 Ok(broker) => {
                     let _ = ready_tx.send(Ok(broker.inner_address));
-                    let _ = stop_rx.recv();
+                    while let Ok(Control::SetUp(up)) = control_rx.recv() {
+                        broker.set_up(up);
+                    }
                     drop(broker);
                 }
                 Err(e) => {
@@ -52,7 +55,15 @@ impl EmbeddedBroker {
         let inner = ready_rx.await.map_err(|_| anyhow::anyhow!("embedded broker thread died"))??;
         let relay_cancel = CancellationToken::new();
         tokio::spawn(relay(listener, inner, relay_cancel.clone()));
-        Ok(Self { address, stop: Some(stop_tx), thread: Some(thread), relay_cancel })
+        Ok(Self { address, control: Some(control_tx), thread: Some(thread), relay_cancel })
+    }
+
+    /// Takes the broker down (connections refused and closed) or brings it back, as a broker
+    /// restart would; for fault tests.
+    pub fn set_up(&self, up: bool) {
+        if let Some(c) = &self.control {
+            let _ = c.send(Control::SetUp(up));
+        }
     }
 
     /// The address clients bootstrap from.
@@ -64,16 +75,21 @@ impl EmbeddedBroker {
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.relay_cancel.cancel();
-        drop(self.stop.take());
+        drop(self.control.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
+enum Control {
+    SetUp(bool),
+}
+
 /// Owns the librdkafka handle that owns the mock cluster.
 struct MockBroker {
     _handle: BaseProducer,
+    cluster: *mut rdsys::rd_kafka_mock_cluster_t,
     inner_address: SocketAddr,
 }
 
@@ -96,7 +112,20 @@ impl MockBroker {
             }
             let host = CString::new(advertised.ip().to_string())?;
             rdsys::rd_kafka_mock_broker_set_host_port(cluster, 1, host.as_ptr(), i32::from(advertised.port()));
-            Ok(Self { _handle: handle, inner_address })
+            Ok(Self { _handle: handle, cluster, inner_address })
+        }
+    }
+}
+
+impl MockBroker {
+    fn set_up(&self, up: bool) {
+        // SAFETY: `cluster` belongs to `_handle`, alive as long as `self`, on this thread.
+        unsafe {
+            if up {
+                rdsys::rd_kafka_mock_broker_set_up(self.cluster, 1);
+            } else {
+                rdsys::rd_kafka_mock_broker_set_down(self.cluster, 1);
+            }
         }
     }
 }
