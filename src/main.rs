@@ -109,7 +109,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(config: Config) -> anyhow::Result<()> {
     herald::telemetry::init(&config.log);
-    runtime()?.block_on(async move {
+    let runtime = runtime()?;
+    let result = runtime.block_on(async move {
         let embedded_banner = config.is_embedded().then(|| banner(&config));
         let running = herald::app::start(config, None).await?;
         if let Some(banner) = embedded_banner {
@@ -120,7 +121,10 @@ fn run(config: Config) -> anyhow::Result<()> {
             _ = running.failed() => {}
         }
         running.shutdown().await
-    })
+    });
+    // A blocking call stuck on an unreachable cluster must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// The start-up text of the embedded mode: what it is for, and how to try it.

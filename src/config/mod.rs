@@ -41,7 +41,9 @@ pub struct ServerConfig {
     pub ping_interval: Duration,
     /// How long a silent client is kept after a missed heartbeat. Default 20 s.
     pub ping_timeout: Duration,
-    /// Packets buffered per socket before the socket counts as slow. Default 128.
+    /// Packets buffered per socket before emits to it fail (counted). Default 1024: the buffer
+    /// grows only as it fills, so a large bound costs idle sockets nothing, and a burst of
+    /// notifications to one user must fit in it.
     pub max_buffer_size: usize,
     /// Largest incoming Engine.IO payload a client may send, in bytes. Default 100000.
     pub max_payload_bytes: u64,
@@ -370,7 +372,7 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
     check_event_name(walk, &s.path("event"), &event);
     let ping_interval = secs(walk, &s, "ping_interval_secs", 25, 1..=3600);
     let ping_timeout = secs(walk, &s, "ping_timeout_secs", 20, 1..=3600);
-    let max_buffer_size = ranged(walk, &s, "max_buffer_size", 128usize, 1..=1_000_000);
+    let max_buffer_size = ranged(walk, &s, "max_buffer_size", 1024usize, 1..=1_000_000);
     let max_payload_bytes = ranged(walk, &s, "max_payload_bytes", 100_000u64, 64..=100_000_000);
     let shutdown_grace = secs(walk, &s, "shutdown_grace_secs", 10, 0..=3600);
     ServerConfig { listen, event, ping_interval, ping_timeout, max_buffer_size, max_payload_bytes, shutdown_grace }

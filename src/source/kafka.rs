@@ -174,21 +174,39 @@ impl KafkaSource {
     /// at the end of the grace period: a batch still waiting for the bus is then left
     /// uncommitted, to be consumed again by whoever owns the partition next.
     pub async fn run(self, stop: CancellationToken, abort: CancellationToken) -> anyhow::Result<()> {
+        let probe_stop = CancellationToken::new();
         let probe = tokio::spawn(probe_connection(
             self.consumer.clone(),
             self.topics[0].clone(),
             self.health.clone(),
             self.metrics.clone(),
-            abort.clone(),
+            probe_stop.clone(),
         ));
         let result = self.consume(&stop, &abort).await;
-        probe.abort();
-        // Committing, leaving the group and closing the consumer are blocking librdkafka calls
-        // that can take long when the cluster is slow or gone: they run on a blocking thread,
-        // and shutdown waits for them only so long. Dropping the consumer (which closes it)
-        // happens there too, never on an async worker.
+        // Let the probe finish its current call, so it holds no reference to the consumer.
+        probe_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), probe).await;
+        // Committing, leaving the group and closing the consumer (its drop) are blocking
+        // librdkafka calls that can take long, or forever, when the cluster is gone: they run
+        // on a thread of their own that nothing waits for past the deadline.
         let consumer = self.consumer;
-        let finish = tokio::task::spawn_blocking(move || {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("herald-kafka-close".into()).spawn(move || {
+            // Closing happens in the drop of the last reference: make sure it is this one, not a
+            // probe call still finishing on the blocking pool (which runtime shutdown awaits).
+            let mut consumer = consumer;
+            for _ in 0..100 {
+                match Arc::try_unwrap(consumer) {
+                    Ok(sole) => {
+                        consumer = Arc::new(sole);
+                        break;
+                    }
+                    Err(shared) => {
+                        consumer = shared;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => info!("Offsets committed."),
                 Err(e) => warn!(error = %e, "Final offset commit failed; some records will be consumed again."),
@@ -196,9 +214,10 @@ impl KafkaSource {
             // Leave the group now so the partitions move at once, not after the session timeout.
             consumer.unsubscribe();
             drop(consumer);
+            let _ = done_tx.send(());
         });
         info!("Committing offsets and leaving the consumer group.");
-        if tokio::time::timeout(Duration::from_secs(8), finish).await.is_err() {
+        if spawned.is_err() || tokio::time::timeout(Duration::from_secs(8), done).await.is_err() {
             warn!("Leaving the consumer group is taking long; going on without waiting.");
         }
         result

@@ -5,6 +5,7 @@
 //    "transports":["websocket"],"extraHeaders":{},"query":{},"reconnection":false}
 //   {"op":"emit","id":"a","event":"x","data":{...},"ack":true}
 //   {"op":"cut","id":"a"}  (drop the TCP connection; the client reconnects if reconnection is on)
+//   {"op":"pause","id":"a"}  (stop reading from the TCP connection: a stalled client)
 //   {"op":"close","id":"a"}
 //   {"op":"exit"}
 // Events: {"id","type":"connect"|"connect_error"|"disconnect"|"event"|"ack"|"transport", ...}.
@@ -62,6 +63,11 @@ rl.on("line", (line) => {
       const raw = engine?.transport?.ws?._socket;
       if (raw) raw.destroy();
       else engine?.close();
+      break;
+    }
+    case "pause": {
+      // Stop reading from the TCP connection: a client that no longer keeps up.
+      sockets.get(cmd.id)?.io.engine?.transport?.ws?._socket?.pause();
       break;
     }
     case "close":

@@ -383,6 +383,11 @@ impl Clients {
             .map(|e| e["transport"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Makes socket `id` stop reading from its TCP connection.
+    pub async fn pause(&mut self, id: &str) {
+        self.send(json!({"op": "pause", "id": id})).await;
+    }
+
     /// Drops socket `id`'s TCP connection without a goodbye.
     pub async fn cut(&mut self, id: &str) {
         self.send(json!({"op": "cut", "id": id})).await;
