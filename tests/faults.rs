@@ -83,6 +83,21 @@ async fn hostile_records_are_skipped_counted_and_dead_lettered() {
     h.shutdown().await;
 }
 
+/// Waits until socket `id` has seen every `n` in `0..produced`, then prints and returns how
+/// many were delivered, duplicated and lost.
+async fn report(c: &mut Clients, id: &str, produced: i64, what: &str) -> (usize, usize, usize) {
+    eventually(Duration::from_secs(30), "every record to arrive", async || {
+        let got = c.received(id, "notification").await;
+        (0..produced).all(|n| got.iter().any(|p| p["n"] == n))
+    })
+    .await;
+    let got: Vec<i64> = c.received(id, "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
+    let (delivered, duplicated, lost) = (got.len(), got.len() - distinct.len(), produced as usize - distinct.len());
+    eprintln!("{what}: produced {produced}, delivered {delivered}, duplicated {duplicated}, lost {lost}");
+    (delivered, duplicated, lost)
+}
+
 /// One of two instances is stopped gracefully mid-stream (a rolling restart): the survivor
 /// takes over its partitions and the user on the survivor misses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,15 +121,7 @@ async fn a_rolling_restart_loses_nothing_for_users_on_the_surviving_instance() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    eventually(Duration::from_secs(30), "every record to arrive", async || {
-        let got = c.received("una", "notification").await;
-        (0..N).all(|n| got.iter().any(|p| p["n"] == n))
-    })
-    .await;
-    let got: Vec<i64> = c.received("una", "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
-    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
-    let (delivered, duplicated, lost) = (got.len(), got.len() - distinct.len(), N as usize - distinct.len());
-    eprintln!("rolling restart: produced {N}, delivered {delivered}, duplicated {duplicated}, lost {lost}");
+    let (_, _, lost) = report(&mut c, "una", N, "rolling restart").await;
     assert_eq!(lost, 0);
     staying.wait_assigned(4).await;
     c.stop().await;
@@ -155,20 +162,8 @@ async fn a_kafka_outage_pauses_consumption_and_loses_nothing() {
     for n in 20..30 {
         kafka.produce_to(TOPIC, Some(0), None, record(n).as_bytes()).await;
     }
-    eventually(Duration::from_secs(30), "every record", async || {
-        let got = c.received("kim", "notification").await;
-        (0..30).all(|n| got.iter().any(|p| p["n"] == n))
-    })
-    .await;
-    let got: Vec<i64> = c.received("kim", "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
-    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
-    eprintln!(
-        "kafka outage: produced 30, delivered {}, duplicated {}, lost {}",
-        got.len(),
-        got.len() - distinct.len(),
-        30 - distinct.len()
-    );
-    assert_eq!(distinct.len(), 30);
+    let (_, _, lost) = report(&mut c, "kim", 30, "kafka outage").await;
+    assert_eq!(lost, 0);
     c.stop().await;
     h.shutdown().await;
 }
@@ -196,20 +191,8 @@ async fn a_rebalance_when_an_instance_joins_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    eventually(Duration::from_secs(30), "every record to arrive", async || {
-        let got = c.received("lea", "notification").await;
-        (0..N).all(|n| got.iter().any(|p| p["n"] == n))
-    })
-    .await;
-    let got: Vec<i64> = c.received("lea", "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
-    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
-    eprintln!(
-        "rebalance: produced {N}, delivered {}, duplicated {}, lost {}",
-        got.len(),
-        got.len() - distinct.len(),
-        N as usize - distinct.len()
-    );
-    assert_eq!(distinct.len(), N as usize);
+    let (_, _, lost) = report(&mut c, "lea", N, "rebalance").await;
+    assert_eq!(lost, 0);
     let three = three.unwrap();
     let owned = one.metric("herald_source_assigned_partitions").await
         + two.metric("herald_source_assigned_partitions").await
