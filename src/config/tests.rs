@@ -1,3 +1,5 @@
+//! Tests of config validation: defaults, every error path, env substitution and overrides.
+
 use super::*;
 
 fn no_env(_: &str) -> Option<String> {
