@@ -65,8 +65,4 @@ impl Deliverer {
         self.metrics.delivery_latency.record((now_ms() - timestamp_ms).max(0) as f64 / 1000.0);
         reached
     }
-
-    pub fn local_sockets(&self, user_id: &str) -> usize {
-        self.presence.sockets_of(user_id) as usize
-    }
 }

@@ -20,12 +20,6 @@ impl Presence {
         Self { users: DashMap::new(), sockets: AtomicUsize::new(0), metrics }
     }
 
-    /// Records one more socket for `user_id`; returns how many it now has here.
-    pub fn add(&self, user_id: &str) -> u32 {
-        self.try_add(user_id, None);
-        self.sockets_of(user_id)
-    }
-
     /// Records one more socket for `user_id` unless it already has `max` (checked and added
     /// under one lock, so two simultaneous connects cannot both slip under the limit).
     pub fn try_add(&self, user_id: &str, max: Option<u32>) -> bool {
@@ -82,9 +76,12 @@ mod tests {
     #[test]
     fn counts_sockets_per_user() {
         let p = Presence::new(Arc::new(Metrics::new(&[])));
-        assert_eq!(p.add("a"), 1);
-        assert_eq!(p.add("a"), 2);
-        assert_eq!(p.add("b"), 1);
+        assert!(p.try_add("a", None));
+        assert_eq!(p.sockets_of("a"), 1);
+        assert!(p.try_add("a", None));
+        assert_eq!(p.sockets_of("a"), 2);
+        assert!(p.try_add("b", None));
+        assert_eq!(p.sockets_of("b"), 1);
         assert_eq!(p.users(), 2);
         assert_eq!(p.remove("a"), 1);
         assert_eq!(p.sockets_of("a"), 1);

@@ -92,14 +92,14 @@ impl ReplayGate {
         Self { state: Mutex::new(GateState { replaying: true, ..Default::default() }) }
     }
 
-    /// A live retained notification for this socket. Returns whether it was emitted now.
-    pub fn offer(&self, socket: &SocketRef, item: Retained) -> bool {
+    /// A live retained notification for this socket: emitted now, or after the replay.
+    pub fn offer(&self, socket: &SocketRef, item: Retained) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.replaying {
             s.pending.push(item);
-            return false;
+        } else {
+            emit_if_newer(&mut s, socket, &item);
         }
-        emit_if_newer(&mut s, socket, &item)
     }
 
     /// Emits a replayed notification (history order).
@@ -120,12 +120,13 @@ impl ReplayGate {
     }
 }
 
-fn emit_if_newer(s: &mut GateState, socket: &SocketRef, item: &Retained) -> bool {
+fn emit_if_newer(s: &mut GateState, socket: &SocketRef, item: &Retained) {
     if s.last_id.is_some_and(|last| item.id <= last) {
-        return false;
+        return;
     }
     s.last_id = Some(item.id);
-    socket.emit(item.event.as_str(), &(&*item.payload, meta(item.id))).is_ok()
+    // A full buffer drops it like any emit; the client can still recover it with `since`.
+    let _ = socket.emit(item.event.as_str(), &(&*item.payload, meta(item.id)));
 }
 
 /// The second argument of a retained notification: `{ id }`.
