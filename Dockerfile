@@ -33,11 +33,21 @@ RUN mkdir -p src benches \
 
 COPY src ./src
 COPY benches ./benches
+# The demo page is compiled in (include_str!); its socket.io-client bundle comes from the
+# demo-bundle stage below.
+COPY demo/index.html demo/demo.js ./demo/
 # COPY keeps the files' original mtimes, which can be older than the stub build: touch them so
 # cargo sees the crate as changed and does not ship the stub binary.
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin herald \
  && cp target/release/herald /usr/local/bin/herald
+
+# ---------------------------------------------------------------------------------------------
+# The socket.io-client browser bundle for the demo page (demo.enabled), from the lockfile.
+FROM node:20-bookworm-slim AS demo-bundle
+WORKDIR /demo
+COPY demo/package.json demo/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
 
 # ---------------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -58,6 +68,9 @@ COPY --from=builder /usr/local/bin/herald /usr/local/bin/herald
 # Root-owned and read-only for the herald user: the process only reads its config and scripts.
 COPY config.yaml /etc/herald/config.yaml
 COPY routes /etc/herald/routes
+# Where demo.client_bundle points by default, relative to the config.
+COPY --from=demo-bundle /demo/node_modules/socket.io-client/dist/socket.io.min.js \
+     /etc/herald/demo/node_modules/socket.io-client/dist/socket.io.min.js
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001

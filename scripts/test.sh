@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs herald's whole test suite on a fresh machine, installing what the tests need first:
-# redis-server (Debian package), kcat (optional tooling), and the npm socket.io-client the
-# integration tests drive (from the committed lockfile). Usage: scripts/test.sh [cargo test args]
+# redis-server and chromium (Debian packages), and the npm packages the integration tests drive
+# (socket.io-client, playwright-core) and the demo page serves, from the committed lockfiles.
+# Usage: scripts/test.sh [cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The demo page's end-to-end test drives Debian's Chromium (playwright-core never downloads one).
+[ -x "${HERALD_TEST_CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "Installing ${need_apt[*]} with apt-get ..."
   SUDO=""
@@ -22,6 +25,7 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-ser
 fi
 
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
+(cd demo && npm ci --no-audit --no-fund --loglevel=error)
 
 # A hard bound, so a hung test fails the run instead of holding CI until its own deadline.
 timeout --signal=KILL 1800 cargo test --locked --lib --bins --tests "$@"

@@ -96,7 +96,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
 
     let publish_api =
         config.api.key.as_deref().map(|key| Arc::new(http::publish::PublishApi::new(&config.api, key, bus.clone(), &config.server.event)));
-    let app = http::router(HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone() }, publish_api)
+    let demo = http::demo::DemoPage::load(&config);
+    let app = http::router(HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone() }, publish_api, demo)
         .layer(gateway.layer)
         .layer(http::cors(&config.auth.allowed_origins));
     let failed = CancellationToken::new();

@@ -142,7 +142,7 @@ fn banner(config: &Config) -> String {
  Kafka (embedded) : {{kafka}}   topic: {topic}
  Test token for user u42 (24 h):
    {token}
- Connect (Node, npm socket.io-client):
+ {demo}Connect (Node, npm socket.io-client):
    io(\"http://127.0.0.1:{port}\", {{ auth: {{ token: \"<the token>\" }} }}).on(\"{event}\", console.log)
  Produce a notification for u42:
    herald produce '{{\"userId\":\"u42\",\"type\":\"hello\",\"body\":{{\"text\":\"Hi\"}}}}'
@@ -151,6 +151,10 @@ fn banner(config: &Config) -> String {
         version = env!("CARGO_PKG_VERSION"),
         port = config.server.listen.port(),
         event = config.server.event,
+        demo = match config.demo.enabled {
+            Some(_) => format!("Demo page (browser): http://127.0.0.1:{}/demo/#token={token}\n ", config.server.listen.port()),
+            None => String::new(),
+        },
     )
 }
 

@@ -26,6 +26,7 @@ pub struct Config {
     pub routes: RoutesConfig,
     pub replay: ReplayConfig,
     pub api: ApiConfig,
+    pub demo: DemoConfig,
     pub log: LogConfig,
     /// The directory of the config file; relative paths in the config resolve against it.
     pub base_dir: PathBuf,
@@ -49,6 +50,29 @@ pub struct ServerConfig {
     pub max_payload_bytes: u64,
     /// Deadline for a graceful shutdown. Default 10 s.
     pub shutdown_grace: Duration,
+}
+
+/// The demo page at `/demo/`.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// `None`: no demo page. Default: on in the embedded mode only.
+    pub enabled: Option<DemoMode>,
+    /// The socket.io-client browser bundle the page loads, relative to the config file.
+    pub client_bundle: PathBuf,
+}
+
+impl DemoConfig {
+    /// Where `npm ci --prefix demo` puts the bundle.
+    pub const DEFAULT_BUNDLE: &str = "demo/node_modules/socket.io-client/dist/socket.io.min.js";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoMode {
+    /// Enabled by config: a missing bundle is a config error.
+    Required,
+    /// On by default (embedded mode): a missing bundle is a warning, and the page says how to
+    /// install it.
+    IfBundled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,7 +323,7 @@ impl Config {
     }
 
     fn read(root: &Value, base_dir: PathBuf, walk: &mut Walk) -> Self {
-        let top = walk.section(Some(root), "", &["server", "kafka", "redis", "auth", "routes", "replay", "api", "log"]);
+        let top = walk.section(Some(root), "", &["server", "kafka", "redis", "auth", "routes", "replay", "api", "demo", "log"]);
         let server = read_server(walk, top.raw("server"));
         let kafka = read_kafka(walk, top.raw("kafka"));
         let redis = read_redis(walk, top.raw("redis"));
@@ -307,13 +331,23 @@ impl Config {
         let routes = read_routes(walk, top.raw("routes"));
         let replay = read_replay(walk, top.raw("replay"));
         let api = read_api(walk, top.raw("api"));
+        let demo = read_demo(walk, top.raw("demo"), kafka.brokers == Brokers::Embedded);
         let log = read_log(walk, top.raw("log"));
-        let config = Config { server, kafka, redis, auth, routes, replay, api, log, base_dir };
+        let config = Config { server, kafka, redis, auth, routes, replay, api, demo, log, base_dir };
         config.check_cross_references(walk);
         config
     }
 
     fn check_cross_references(&self, walk: &mut Walk) {
+        if self.demo.enabled == Some(DemoMode::Required) && !self.resolve(&self.demo.client_bundle).is_file() {
+            walk.error(
+                "demo.client_bundle",
+                format!(
+                    "{} is not a readable file: install it with `npm ci --prefix demo`, or point this at socket.io.min.js",
+                    self.resolve(&self.demo.client_bundle).display()
+                ),
+            );
+        }
         let jwt = &self.auth.jwt;
         if !jwt.is_enabled() {
             match &self.auth.check {
@@ -720,6 +754,17 @@ fn read_api(walk: &mut Walk, v: Option<&Value>) -> ApiConfig {
     let rate_limit_per_sec = ranged(walk, &s, "rate_limit_per_sec", 100u32, 1..=1_000_000);
     let max_users_per_request = ranged(walk, &s, "max_users_per_request", 1000usize, 1..=100_000);
     ApiConfig { key, rate_limit_per_sec, max_users_per_request }
+}
+
+fn read_demo(walk: &mut Walk, v: Option<&Value>, embedded: bool) -> DemoConfig {
+    let s = walk.section(v, "demo", &["enabled", "client_bundle"]);
+    let enabled = match walk.opt::<bool>(&s, "enabled") {
+        Some(true) => Some(DemoMode::Required),
+        Some(false) => None,
+        None => embedded.then_some(DemoMode::IfBundled),
+    };
+    let client_bundle = walk.get::<String>(&s, "client_bundle", DemoConfig::DEFAULT_BUNDLE.into()).into();
+    DemoConfig { enabled, client_bundle }
 }
 
 fn read_log(walk: &mut Walk, v: Option<&Value>) -> LogConfig {

@@ -150,3 +150,23 @@ fn channel_pattern_renders_and_parses_user_ids() {
     assert!(ChannelPattern::parse("{user_id}{user_id}").is_err());
     assert!(ChannelPattern::parse("a*:{user_id}").is_err());
 }
+
+#[test]
+fn the_demo_page_defaults_to_the_embedded_mode_only() {
+    assert_eq!(parse(MINIMAL).unwrap().demo.enabled, Some(DemoMode::IfBundled), "embedded: on, a missing bundle only warns");
+    let production = format!("{MINIMAL}kafka: {{brokers: \"kafka:9092\"}}\n");
+    assert_eq!(parse(&production).unwrap().demo.enabled, None);
+    let opted_out = format!("{MINIMAL}demo: {{enabled: false}}\n");
+    assert_eq!(parse(&opted_out).unwrap().demo.enabled, None);
+}
+
+#[test]
+fn an_enabled_demo_needs_its_client_bundle() {
+    let missing = format!("{MINIMAL}demo: {{enabled: true, client_bundle: /nonexistent/socket.io.min.js}}\n");
+    assert_eq!(error_paths(&missing), ["demo.client_bundle"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("socket.io.min.js");
+    std::fs::write(&bundle, "/* bundle */").unwrap();
+    let present = format!("{MINIMAL}demo: {{enabled: true, client_bundle: {}}}\n", bundle.display());
+    assert_eq!(parse(&present).unwrap().demo.enabled, Some(DemoMode::Required));
+}

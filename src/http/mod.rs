@@ -1,6 +1,7 @@
 //! The HTTP surface: Socket.IO (as a layer), `/healthz`, `/readyz`, `/metrics`, and the
 //! publish API (`POST /api/publish`, with its OpenAPI description at `/api/openapi.yaml`).
 
+pub mod demo;
 pub mod publish;
 
 use std::sync::Arc;
@@ -29,8 +30,9 @@ pub struct HttpState {
 const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
 
 /// The router without Socket.IO, so tests can call it directly; the app adds the layer.
-/// `publish` is `None` when no API key is configured: the API does not exist then.
-pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>) -> Router {
+/// `publish` is `None` when no API key is configured, `demo` when the demo page is off: their
+/// routes do not exist then.
+pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>, demo: Option<Arc<demo::DemoPage>>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -41,6 +43,9 @@ pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>) -> Ro
             .route("/api/publish", post(publish::publish).with_state(api))
             .route("/api/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
             .layer(DefaultBodyLimit::max(1 << 20));
+    }
+    if let Some(demo) = demo {
+        router = router.merge(demo.routes());
     }
     router
 }
