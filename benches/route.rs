@@ -1,5 +1,7 @@
 //! Routing throughput on one core: records/second through the shipped example script
-//! (JSON -> Rhai -> JSON included) and through the default rule. Prints medians of 5 runs.
+//! (JSON -> Rhai -> JSON included) and through the default rule, plus the fixed cost of a
+//! script call (a script that returns `()`, with and without a value to convert), so the
+//! script's own share is visible. Prints medians of 5 runs.
 //!
 //! Run: `cargo bench --bench route`
 
@@ -7,6 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use herald::config::Config;
+use herald::route::script::{Limits, Script, engine};
 use herald::route::{Record, Router};
 
 const RECORDS: usize = 200_000;
@@ -27,30 +30,54 @@ fn main() {
         })
         .collect();
     println!("routing {RECORDS} records of {} bytes each, {RUNS} runs, one thread", values[0].len());
-    for (name, router) in [("script routes/user-notifications.rhai", &scripted), ("default rule (/userId)", &default_rule)] {
-        let mut rates = Vec::new();
-        for _ in 0..RUNS {
-            let mut out = Vec::with_capacity(512);
-            let started = Instant::now();
-            for i in 0..RECORDS {
-                let value = values[i % values.len()].as_bytes();
-                let record = Record {
-                    topic: "user-notifications",
-                    partition: 0,
-                    offset: i as i64,
-                    key: None,
-                    value: Some(value),
-                    timestamp_ms: Some(0),
-                    headers: &[],
-                };
-                router.route(&record, &mut out).expect("routes");
-                if out.len() == 512 {
-                    out.clear();
-                }
-            }
-            rates.push(RECORDS as f64 / started.elapsed().as_secs_f64());
-        }
-        rates.sort_by(f64::total_cmp);
-        println!("{name:<40} median {:>9.0} records/s  (min {:.0}, max {:.0})", rates[RUNS / 2], rates[0], rates[RUNS - 1]);
+    let limits = Limits { max_operations: 1_000_000, timeout: std::time::Duration::from_millis(50) };
+    let engine = engine(&limits);
+    let empty = Script::compile(&engine, Path::new("empty.rhai"), "fn route(record) { () }".into()).unwrap();
+    for (name, with_value) in [("empty script, no value (call overhead)", false), ("empty script (+ JSON -> Rhai of the value)", true)] {
+        let rate = median_rate(|i| {
+            let record = Record {
+                topic: "user-notifications",
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                value: with_value.then(|| values[i % values.len()].as_bytes()),
+                timestamp_ms: Some(0),
+                headers: &[],
+            };
+            let _ = std::hint::black_box(empty.call(&engine, &limits, &record).unwrap());
+        });
+        println!("{name:<44} median {rate:>9.0} records/s");
     }
+    for (name, router) in [("script routes/user-notifications.rhai", &scripted), ("default rule (/userId)", &default_rule)] {
+        let mut out = Vec::with_capacity(512);
+        let rate = median_rate(|i| {
+            let record = Record {
+                topic: "user-notifications",
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                value: Some(values[i % values.len()].as_bytes()),
+                timestamp_ms: Some(0),
+                headers: &[],
+            };
+            router.route(&record, &mut out).expect("routes");
+            if out.len() == 512 {
+                out.clear();
+            }
+        });
+        println!("{name:<44} median {rate:>9.0} records/s");
+    }
+}
+
+/// The median over RUNS runs of RECORDS calls of `f(i)`, in calls per second.
+fn median_rate(mut f: impl FnMut(usize)) -> f64 {
+    let mut rates: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let started = Instant::now();
+            (0..RECORDS).for_each(&mut f);
+            RECORDS as f64 / started.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[RUNS / 2]
 }

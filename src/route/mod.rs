@@ -2,6 +2,7 @@
 //! payload), by the topic's default rule or its Rhai script. It owns the per-topic rules and
 //! their hot reload; it does not read Kafka or talk to the bus.
 
+mod json;
 mod pointer;
 pub mod script;
 pub mod watch;
@@ -348,8 +349,8 @@ fn notification(item: Dynamic, event: &Arc<str>, record: &Record<'_>, timestamp_
                 event = name.into();
             }
             "payload" => {
-                let json = serde_json::to_string(&value).map_err(|e| format!("`payload` cannot be turned into JSON: {e}"))?;
-                payload = Some(RawValue::from_string(json).map_err(|e| e.to_string())?);
+                // Serialised straight into a RawValue: our own output needs no re-validation.
+                payload = Some(serde_json::value::to_raw_value(&value).map_err(|e| format!("`payload` cannot be turned into JSON: {e}"))?);
             }
             other => return Err(format!("unexpected key `{other}` in the returned map (expected user_id, event, payload)")),
         }

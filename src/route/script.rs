@@ -123,21 +123,24 @@ fn at(path: &Path, pos: Position) -> String {
 
 /// The `record` argument: topic, partition, offset, key, headers, timestamp, value.
 fn record_to_dynamic(record: &Record<'_>) -> Dynamic {
-    let mut map = Map::new();
-    map.insert("topic".into(), record.topic.into());
-    map.insert("partition".into(), (record.partition as i64).into());
-    map.insert("offset".into(), record.offset.into());
-    map.insert("key".into(), record.key.map(|k| Dynamic::from(String::from_utf8_lossy(k).into_owned())).unwrap_or(Dynamic::UNIT));
-    map.insert("timestamp".into(), record.timestamp_ms.map(Dynamic::from).unwrap_or(Dynamic::UNIT));
+    let key = record.key.map(|k| Dynamic::from(String::from_utf8_lossy(k).into_owned())).unwrap_or(Dynamic::UNIT);
     let headers: Map = record.headers.iter().map(|(k, v)| ((*k).into(), Dynamic::from(String::from_utf8_lossy(v).into_owned()))).collect();
-    map.insert("headers".into(), headers.into());
     let value = match record.value.map(std::str::from_utf8) {
         None => Dynamic::UNIT,
-        Some(Ok(text)) => serde_json::from_str::<Dynamic>(text).unwrap_or_else(|_| text.into()),
+        Some(Ok(text)) => super::json::to_dynamic(text).unwrap_or_else(|_| text.into()),
         Some(Err(_)) => Dynamic::from(String::from_utf8_lossy(record.value.unwrap_or_default()).into_owned()),
     };
-    map.insert("value".into(), value);
-    map.into()
+    // In key order, so the map is bulk-built rather than inserted into field by field.
+    let fields = [
+        ("headers", headers.into()),
+        ("key", key),
+        ("offset", record.offset.into()),
+        ("partition", (record.partition as i64).into()),
+        ("timestamp", record.timestamp_ms.map(Dynamic::from).unwrap_or(Dynamic::UNIT)),
+        ("topic", record.topic.into()),
+        ("value", value),
+    ];
+    Dynamic::from_map(fields.into_iter().map(|(name, field)| (name.into(), field)).collect::<Map>())
 }
 
 #[cfg(test)]
