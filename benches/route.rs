@@ -35,15 +35,7 @@ fn main() {
     let empty = Script::compile(&engine, Path::new("empty.rhai"), "fn route(record) { () }".into()).unwrap();
     for (name, with_value) in [("empty script, no value (call overhead)", false), ("empty script (+ JSON -> Rhai of the value)", true)] {
         let rate = median_rate(|i| {
-            let record = Record {
-                topic: "user-notifications",
-                partition: 0,
-                offset: i as i64,
-                key: None,
-                value: with_value.then(|| values[i % values.len()].as_bytes()),
-                timestamp_ms: Some(0),
-                headers: &[],
-            };
+            let record = record(i, with_value.then(|| values[i % values.len()].as_bytes()));
             let _ = std::hint::black_box(empty.call(&engine, &limits, &record).unwrap());
         });
         println!("{name:<44} median {rate:>9.0} records/s");
@@ -51,16 +43,7 @@ fn main() {
     for (name, router) in [("script routes/user-notifications.rhai", &scripted), ("default rule (/userId)", &default_rule)] {
         let mut out = Vec::with_capacity(512);
         let rate = median_rate(|i| {
-            let record = Record {
-                topic: "user-notifications",
-                partition: 0,
-                offset: i as i64,
-                key: None,
-                value: Some(values[i % values.len()].as_bytes()),
-                timestamp_ms: Some(0),
-                headers: &[],
-            };
-            router.route(&record, &mut out).expect("routes");
+            router.route(&record(i, Some(values[i % values.len()].as_bytes())), &mut out).expect("routes");
             if out.len() == 512 {
                 out.clear();
             }
@@ -80,4 +63,8 @@ fn median_rate(mut f: impl FnMut(usize)) -> f64 {
         .collect();
     rates.sort_by(f64::total_cmp);
     rates[RUNS / 2]
+}
+
+fn record(i: usize, value: Option<&[u8]>) -> Record<'_> {
+    Record { topic: "user-notifications", partition: 0, offset: i as i64, key: None, value, timestamp_ms: Some(0), headers: &[] }
 }
