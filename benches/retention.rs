@@ -1,8 +1,12 @@
-//! The cost of retention: bus publish throughput with `retain` off and on, against a real
-//! redis-server (started here on a free loopback port) and on the in-process bus.
+//! The cost of retention, and one Redis against a cluster: bus publish throughput with
+//! `retain` off and on, on the in-process bus, a real redis-server and a local three-master
+//! Redis Cluster with sharded Pub/Sub (all started here on free loopback ports).
 //! Prints medians of 5 runs and the ratio.
 //!
-//! Run: `cargo bench --bench retention` (needs `redis-server` on PATH).
+//! Run: `cargo bench --bench retention` (needs `redis-server` and `redis-cli` on PATH).
+
+#[path = "../tests/common/cluster.rs"]
+mod cluster;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -30,12 +34,15 @@ fn main() {
         .spawn()
         .expect("redis-server on PATH");
     std::thread::sleep(Duration::from_millis(300));
+    let cluster = cluster::RedisCluster::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         println!("publishing {NOTIFICATIONS} notifications in batches of {BATCH}, {RUNS} runs, medians");
-        for (name, redis_yaml) in
-            [("in-process bus", String::new()), ("Redis bus", format!("redis: {{url: \"redis://127.0.0.1:{port}\"}}\n"))]
-        {
+        for (name, redis_yaml) in [
+            ("in-process bus", String::new()),
+            ("Redis bus", format!("redis: {{url: \"redis://127.0.0.1:{port}\"}}\n")),
+            ("Redis Cluster (3 masters, sharded)", format!("redis: {{url: \"{}\"}}\n", cluster.url())),
+        ] {
             let yaml = format!("auth: {{jwt: {{secret: s}}}}\nreplay: {{history: 100}}\n{redis_yaml}");
             let config = Config::from_yaml(&yaml, Path::new(".").into(), &|_| None).unwrap();
             let metrics = Arc::new(Metrics::new(&[]));
@@ -55,7 +62,7 @@ fn main() {
                 runs.sort_by(f64::total_cmp);
                 rates[i] = runs[RUNS / 2];
             }
-            println!("{name:<16} retain off {:>9.0}/s   retain on {:>9.0}/s   ratio {:.2}", rates[0], rates[1], rates[1] / rates[0]);
+            println!("{name:<36} retain off {:>9.0}/s   retain on {:>9.0}/s   ratio {:.2}", rates[0], rates[1], rates[1] / rates[0]);
             bus.close().await;
         }
     });

@@ -33,7 +33,8 @@ pub struct BusError(pub String);
 
 pub enum Bus {
     Memory(memory::MemoryBus),
-    Redis(redis::RedisBus),
+    /// Boxed: far larger than the in-process bus, and there is one per instance.
+    Redis(Box<redis::RedisBus>),
 }
 
 impl Bus {
@@ -47,7 +48,7 @@ impl Bus {
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &config.redis {
             None => Bus::Memory(memory::MemoryBus::new(deliverer, &config.replay)),
-            Some(redis) => Bus::Redis(redis::RedisBus::start(redis, &config.replay, deliverer, metrics, cancel).await?),
+            Some(redis) => Bus::Redis(Box::new(redis::RedisBus::start(redis, &config.replay, deliverer, metrics, cancel).await?)),
         }))
     }
 

@@ -12,6 +12,7 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, StreamsInterface};
 use fred::prelude::{Builder, Config as FredConfig, ReconnectPolicy};
 use fred::types::{ClusterHash, CustomCommand};
+use futures::StreamExt as _;
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,17 +29,29 @@ use serde_json::value::RawValue;
 
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
+/// Sharded subscriptions go one slot per command; this many commands are in flight at once.
+const SLOTS_IN_FLIGHT: usize = 256;
 
 /// Stores a retained notification in the user's stream and publishes it, as one atomic step:
 /// a notification is never in the history and missing from the live stream, or the reverse.
 /// KEYS: stream, channel. ARGV: event, timestamp ms, payload JSON, max count, min id (age), ttl ms.
-const STORE_AND_PUBLISH: &str = r#"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3])
-redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-local message = '{"i":"' .. id .. '","e":' .. cjson.encode(ARGV[1]) .. ',"t":' .. ARGV[2] .. ',"p":' .. ARGV[3] .. '}'
-return {id, redis.call('PUBLISH', KEYS[2], message)}
-"#;
+macro_rules! store_then {
+    ($publish:literal) => {
+        concat!(
+            "local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3])\n",
+            "redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])\n",
+            "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n",
+            "local message = '{\"i\":\"' .. id .. '\",\"e\":' .. cjson.encode(ARGV[1]) .. ',\"t\":' .. ARGV[2] .. ',\"p\":' .. ARGV[3] .. '}'\n",
+            "return {id, redis.call('",
+            $publish,
+            "', KEYS[2], message)}\n"
+        )
+    };
+}
+const STORE_AND_PUBLISH: &str = store_then!("PUBLISH");
+/// The same for sharded Pub/Sub; the stream and channel share the user's hash tag, so both keys
+/// are in one slot as Redis Cluster requires of a script.
+const STORE_AND_SPUBLISH: &str = store_then!("SPUBLISH");
 
 /// After Redis comes back, every instance must re-subscribe its users before their channels
 /// have listeners again. Until this much time has passed since our own reconnection, "no
@@ -53,7 +66,10 @@ enum Op {
 pub struct RedisBus {
     publisher: Client,
     subscriber: SubscriberClient,
+    /// SSUBSCRIBE/SPUBLISH, with hash-tagged channel and stream names.
+    sharded: bool,
     pattern: ChannelPattern,
+    stream: ChannelPattern,
     replay: ReplayConfig,
     ops: mpsc::UnboundedSender<Op>,
     command_timeout: Duration,
@@ -97,10 +113,14 @@ impl RedisBus {
             warn!(url = %redact(&config.url), "Redis is not reachable yet; herald keeps retrying and stays unready until it is.");
         }
 
+        let sharded = config.sharded_pubsub;
+        let tagged = |p: &ChannelPattern| if sharded { p.hash_tagged() } else { p.clone() };
+        let (pattern, stream) = (tagged(&config.channel), tagged(&replay_config.stream));
         let (ops, ops_rx) = mpsc::unbounded_channel();
         let manager = SubscriptionManager {
             subscriber: subscriber.clone(),
-            pattern: config.channel.clone(),
+            sharded,
+            pattern: pattern.clone(),
             metrics: metrics.clone(),
             wanted: HashMap::new(),
             subscribed: HashSet::new(),
@@ -110,13 +130,15 @@ impl RedisBus {
         let connected_at = Arc::new(std::sync::Mutex::new(Instant::now()));
         let tasks = vec![
             tokio::spawn(manager.run(ops_rx, cancel.clone())),
-            tokio::spawn(receive(subscriber.clone(), config.channel.clone(), deliverer, metrics.clone(), cancel.clone())),
+            tokio::spawn(receive(subscriber.clone(), pattern.clone(), deliverer, metrics.clone(), cancel.clone())),
             tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), connected_at.clone(), metrics, cancel)),
         ];
         Ok(Self {
             publisher,
             subscriber,
-            pattern: config.channel.clone(),
+            sharded,
+            pattern,
+            stream,
             replay: replay_config.clone(),
             ops,
             command_timeout: timeout,
@@ -133,10 +155,11 @@ impl RedisBus {
             let channel = self.pattern.channel(&n.user_id);
             let queued: Result<(), _> = if n.retain {
                 // EVAL through `custom`: fred's pipelines have no Lua interface.
+                let script = if self.sharded { STORE_AND_SPUBLISH } else { STORE_AND_PUBLISH };
                 let args: Vec<String> = vec![
-                    STORE_AND_PUBLISH.to_owned(),
+                    script.to_owned(),
                     "2".to_owned(),
-                    self.replay.stream.channel(&n.user_id),
+                    self.stream.channel(&n.user_id),
                     channel,
                     n.event.to_string(),
                     n.timestamp_ms.to_string(),
@@ -145,7 +168,12 @@ impl RedisBus {
                     oldest_kept.to_string(),
                     self.replay.max_age.as_millis().to_string(),
                 ];
-                pipeline.custom(CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false), args).await
+                // Routed by the stream key: FirstKey would hash the script text (EVAL's first
+                // argument) and every call would bounce off a MOVED redirect on a cluster.
+                let slot = fred::util::redis_keyslot(args[2].as_bytes());
+                pipeline.custom(CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false), args).await
+            } else if self.sharded {
+                pipeline.spublish(channel, envelope::encode(n)).await
             } else {
                 pipeline.publish(channel, envelope::encode(n)).await
             };
@@ -174,7 +202,7 @@ impl RedisBus {
     }
 
     pub async fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> Result<History, BusError> {
-        let key = self.replay.stream.channel(user_id);
+        let key = self.stream.channel(user_id);
         let count = self.replay.history as u64 + 1;
         let entries: fred::types::Value = match since {
             Some(since) => self.publisher.xrange(key, since.to_string(), "+", Some(count)).await,
@@ -224,6 +252,7 @@ impl RedisBus {
 /// Keeps Redis subscriptions equal to the set of users with a socket here.
 struct SubscriptionManager {
     subscriber: SubscriberClient,
+    sharded: bool,
     pattern: ChannelPattern,
     metrics: Arc<Metrics>,
     /// Sockets per user on this instance, as told by acquire/release.
@@ -299,6 +328,27 @@ impl SubscriptionManager {
                 _ => {}
             }
         }
+        if self.sharded {
+            self.sync_sharded(subscribe, unsubscribe).await;
+        } else {
+            self.sync_classic(subscribe, unsubscribe).await;
+        }
+        self.metrics.subscriptions.set(self.subscribed.len() as f64);
+        for (user, tx) in std::mem::take(&mut self.waiters) {
+            if tx.is_closed() {
+                continue;
+            }
+            if self.subscribed.contains(&user) {
+                let _ = tx.send(());
+            } else {
+                self.waiters.push((user, tx));
+            }
+        }
+    }
+}
+
+impl SubscriptionManager {
+    async fn sync_classic(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>) {
         let mut sent = Vec::new();
         for chunk in subscribe.chunks(CHANNELS_PER_COMMAND) {
             let channels: Vec<String> = chunk.iter().map(|u| self.pattern.channel(u)).collect();
@@ -333,18 +383,64 @@ impl SubscriptionManager {
                 }
             }
         }
-        self.metrics.subscriptions.set(self.subscribed.len() as f64);
-        for (user, tx) in std::mem::take(&mut self.waiters) {
-            if tx.is_closed() {
-                continue;
+    }
+
+    /// Sharded channels are grouped by slot: one SSUBSCRIBE may only name channels of one slot,
+    /// and it goes to the shard owning that slot, so its confirming PING must go there too.
+    async fn sync_sharded(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>) {
+        let subscriber = &self.subscriber;
+        let pattern = &self.pattern;
+        let subscribed = futures::stream::iter(by_slot(pattern, subscribe))
+            .map(|(slot, users)| async move {
+                let channels: Vec<String> = users.iter().map(|u| pattern.channel(u)).collect();
+                let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
+                let result = match subscriber.ssubscribe(channels).await {
+                    Ok(()) => subscriber.custom::<fred::types::Value, Vec<String>>(ping, Vec::new()).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                (users, result)
+            })
+            .buffer_unordered(SLOTS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for (users, result) in subscribed {
+            match result {
+                Ok(()) => self.subscribed.extend(users),
+                Err(e) => {
+                    warn!(error = %e, channels = users.len(), "SSUBSCRIBE not confirmed; retrying.");
+                    self.dirty.extend(users);
+                }
             }
-            if self.subscribed.contains(&user) {
-                let _ = tx.send(());
-            } else {
-                self.waiters.push((user, tx));
+        }
+        let unsubscribed = futures::stream::iter(by_slot(pattern, unsubscribe))
+            .map(|(_, users)| async move {
+                let channels: Vec<String> = users.iter().map(|u| pattern.channel(u)).collect();
+                (subscriber.sunsubscribe(channels).await, users)
+            })
+            .buffer_unordered(SLOTS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for (result, users) in unsubscribed {
+            match result {
+                Ok(()) => users.iter().for_each(|u| {
+                    self.subscribed.remove(u);
+                }),
+                Err(e) => {
+                    warn!(error = %e, channels = users.len(), "SUNSUBSCRIBE failed; retrying.");
+                    self.dirty.extend(users);
+                }
             }
         }
     }
+}
+
+/// Users grouped by the cluster slot of their channel, at most CHANNELS_PER_COMMAND per group.
+fn by_slot(pattern: &ChannelPattern, users: Vec<String>) -> Vec<(u16, Vec<String>)> {
+    let mut slots: HashMap<u16, Vec<String>> = HashMap::new();
+    for user in users {
+        slots.entry(fred::util::redis_keyslot(pattern.channel(&user).as_bytes())).or_default().push(user);
+    }
+    slots.into_iter().flat_map(|(slot, users)| users.chunks(CHANNELS_PER_COMMAND).map(|c| (slot, c.to_vec())).collect::<Vec<_>>()).collect()
 }
 
 /// Pub/Sub messages -> the local sockets of the channel's user.

@@ -128,6 +128,21 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Pub/Sub messages buffered between fred and herald before some are lost. Default 65536.
     pub pubsub_buffer: usize,
+    /// SSUBSCRIBE/SPUBLISH instead of SUBSCRIBE/PUBLISH, with the user id as the hash tag of
+    /// its channel and stream, so a message only touches the shard that owns the user. Default:
+    /// on for a `redis-cluster://` URL, off otherwise.
+    pub sharded_pubsub: bool,
+}
+
+impl RedisConfig {
+    /// A `redis-cluster://` or `rediss-cluster://` URL.
+    pub fn is_cluster(&self) -> bool {
+        is_cluster_url(&self.url)
+    }
+}
+
+fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://")
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +298,17 @@ impl ChannelPattern {
         }
     }
 
+    /// The same pattern with the user id as the Redis Cluster hash tag (`herald:user:{u42}`),
+    /// so a user's channel and stream live in the same slot.
+    pub fn hash_tagged(&self) -> Self {
+        Self { prefix: format!("{}{{", self.prefix), suffix: format!("}}{}", self.suffix) }
+    }
+
+    /// Braces outside the placeholder, which would change the hash tag.
+    pub fn has_braces(&self) -> bool {
+        self.prefix.contains(['{', '}']) || self.suffix.contains(['{', '}'])
+    }
+
     /// The channel carrying one user's notifications.
     pub fn channel(&self, user_id: &str) -> String {
         let mut s = String::with_capacity(self.prefix.len() + user_id.len() + self.suffix.len());
@@ -339,6 +365,13 @@ impl Config {
     }
 
     fn check_cross_references(&self, walk: &mut Walk) {
+        if let Some(redis) = self.redis.as_ref().filter(|r| r.sharded_pubsub) {
+            for (path, pattern) in [("redis.channel", &redis.channel), ("replay.stream", &self.replay.stream)] {
+                if pattern.has_braces() {
+                    walk.error(path, "must not contain { or } besides {user_id} with redis.sharded_pubsub: the user id is the hash tag");
+                }
+            }
+        }
         if self.demo.enabled == Some(DemoMode::Required) && !self.resolve(&self.demo.client_bundle).is_file() {
             walk.error(
                 "demo.client_bundle",
@@ -574,12 +607,12 @@ fn parse_user_id(walk: &mut Walk, path: &str, value: &str) -> Option<UserIdSourc
 }
 
 fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
-    let s = walk.section(v, "redis", &["url", "channel", "command_timeout_ms", "pubsub_buffer"]);
+    let s = walk.section(v, "redis", &["url", "channel", "command_timeout_ms", "pubsub_buffer", "sharded_pubsub"]);
     let url = walk.opt::<String>(&s, "url").filter(|u| !u.trim().is_empty());
     if let Some(u) = &url
-        && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        && !(u.starts_with("redis://") || u.starts_with("rediss://") || is_cluster_url(u))
     {
-        walk.error(s.path("url"), "must start with redis:// or rediss://");
+        walk.error(s.path("url"), "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://");
     }
     let pattern: String = walk.get(&s, "channel", "herald:user:{user_id}".into());
     let channel = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
@@ -588,7 +621,8 @@ fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
     });
     let command_timeout = Duration::from_millis(ranged(walk, &s, "command_timeout_ms", 2000u64, 10..=600_000));
     let pubsub_buffer = ranged(walk, &s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
-    url.map(|url| RedisConfig { url, channel, command_timeout, pubsub_buffer })
+    let sharded_pubsub = walk.get(&s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));
+    url.map(|url| RedisConfig { url, channel, command_timeout, pubsub_buffer, sharded_pubsub })
 }
 
 fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {

@@ -170,3 +170,17 @@ fn an_enabled_demo_needs_its_client_bundle() {
     let present = format!("{MINIMAL}demo: {{enabled: true, client_bundle: {}}}\n", bundle.display());
     assert_eq!(parse(&present).unwrap().demo.enabled, Some(DemoMode::Required));
 }
+
+#[test]
+fn a_cluster_url_selects_sharded_pubsub_with_hash_tagged_names() {
+    let cluster = parse(&format!("{MINIMAL}redis: {{url: \"redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001\"}}\n")).unwrap();
+    let redis = cluster.redis.unwrap();
+    assert!(redis.is_cluster() && redis.sharded_pubsub);
+    assert_eq!(redis.channel.hash_tagged().channel("u42"), "herald:user:{u42}");
+    assert_eq!(redis.channel.hash_tagged().user_id("herald:user:{u42}"), Some("u42"));
+    let single = parse(&format!("{MINIMAL}redis: {{url: \"redis://127.0.0.1\"}}\n")).unwrap();
+    assert!(!single.redis.unwrap().sharded_pubsub, "classic Pub/Sub unless asked for");
+    let braces = format!("{MINIMAL}redis: {{url: \"redis://h\", sharded_pubsub: true, channel: \"n{{x}}:{{user_id}}\"}}\n");
+    assert_eq!(error_paths(&braces), ["redis.channel"], "braces would change the hash tag");
+    assert_eq!(error_paths(&format!("{MINIMAL}redis: {{url: \"http://h\"}}\n")), ["redis.url"]);
+}

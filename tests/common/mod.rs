@@ -17,6 +17,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+mod cluster;
+#[allow(unused_imports)] // only the cluster test uses it
+pub use cluster::RedisCluster;
+
 pub const SECRET: &str = "test-secret";
 pub const TOPIC: &str = "user-notifications";
 

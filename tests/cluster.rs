@@ -1,0 +1,88 @@
+//! Redis Cluster with sharded Pub/Sub: two instances on a local three-master cluster deliver
+//! every user's notifications (retained ones too, through the store-and-SPUBLISH script), and
+//! each user's channel lives only on the shard that owns its slot.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const USERS: usize = 24;
+const PER_USER: i64 = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_cluster_deliver_through_the_owning_shard_only() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let cluster = RedisCluster::start();
+    let yaml = config_yaml(&kafka, None, &format!("redis: {{url: \"{}\"}}", cluster.url()))
+        .replace("group_id: herald-test", "group_id: herald-test\n  topics: [{name: user-notifications, retain: true}]");
+    let (one, two) = (Herald::start(&yaml).await, Herald::start(&yaml).await);
+    // Both consume: whichever takes a record, the user's sockets may be on the other.
+    one.wait_assigned(2).await;
+    two.wait_assigned(2).await;
+
+    let mut c = Clients::start().await;
+    let users: Vec<String> = (0..USERS).map(|i| format!("cu{i}")).collect();
+    for (i, user) in users.iter().enumerate() {
+        c.connect_as(user, &[&one, &two][i % 2].url(), user).await;
+    }
+    for n in 0..PER_USER {
+        for user in &users {
+            kafka.notify(user, json!({"n": n})).await;
+        }
+    }
+    for user in &users {
+        eventually(Duration::from_secs(20), &format!("{PER_USER} notifications for {user}"), async || {
+            c.received(user, "notification").await.len() >= PER_USER as usize
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for user in &users {
+        let args = c.received_args(user, "notification").await;
+        let got: Vec<(String, i64)> =
+            args.iter().map(|a| (a[0]["userId"].as_str().unwrap().to_owned(), a[0]["body"]["n"].as_i64().unwrap())).collect();
+        let expected: Vec<(String, i64)> = (0..PER_USER).map(|n| (user.clone(), n)).collect();
+        assert_eq!(got, expected, "{user}: every notification once, in order, none of another user's");
+        assert!(args.iter().all(|a| a[1]["id"].is_string()), "{user}: retained notifications carry their stream id");
+    }
+
+    // Sharded: each channel is subscribed on exactly one node, the one that owns its slot, and
+    // nothing uses classic Pub/Sub.
+    let mut node_of_channel: HashMap<String, Vec<u16>> = HashMap::new();
+    for port in &cluster.ports {
+        for channel in cluster.cli(*port, &["pubsub", "shardchannels"]).lines().filter(|l| !l.is_empty()) {
+            node_of_channel.entry(channel.to_owned()).or_default().push(*port);
+        }
+        assert_eq!(cluster.cli(*port, &["pubsub", "channels"]).trim(), "", "no classic Pub/Sub channel on {port}");
+    }
+    for user in &users {
+        let channel = format!("herald:user:{{{user}}}");
+        let nodes = node_of_channel.get(&channel).unwrap_or_else(|| panic!("{channel} is subscribed nowhere: {node_of_channel:?}"));
+        assert_eq!(nodes.len(), 1, "{channel} lives on one shard: {nodes:?}");
+        // A keyed command answers MOVED on any node but the slot's owner.
+        let owner_reply = cluster.cli(nodes[0], &["exists", &channel]);
+        assert_eq!(owner_reply.trim(), "0", "{channel} is on the node that owns its slot, not {}: {owner_reply}", nodes[0]);
+    }
+    let shards_used: std::collections::HashSet<u16> = node_of_channel.values().flatten().copied().collect();
+    assert!(shards_used.len() >= 2, "{USERS} users spread over the shards: {shards_used:?}");
+
+    // The history lives in the same slot as the channel, so replay works on the cluster too.
+    let first_id = c.received_args("cu0", "notification").await[0][1]["id"].as_str().unwrap().to_owned();
+    c.close("cu0").await;
+    c.connect("cu0-again", &two.url(), json!({"auth": {"token": token("cu0"), "since": first_id}})).await.unwrap();
+    eventually(Duration::from_secs(10), "the replayed notifications", async || {
+        c.received("cu0-again", "notification").await.len() >= (PER_USER - 1) as usize
+    })
+    .await;
+    let replayed: Vec<i64> = c.received("cu0-again", "notification").await.iter().map(|p| p["body"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(replayed, (1..PER_USER).collect::<Vec<_>>());
+
+    c.stop().await;
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -1,0 +1,88 @@
+//! A local Redis Cluster of three masters (no replicas) on free loopback ports, for the
+//! sharded Pub/Sub test and the retention benchmark (which includes this file by path).
+//! Blocking on purpose: it is set up once, before anything runs against it.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts three `redis-server --cluster-enabled yes` (each with its cluster bus on another
+    /// free port), joins them with `redis-cli --cluster create`, and waits for `cluster_state:ok`.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let server = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let children = ports
+            .iter()
+            .map(|port| {
+                Command::new(&server)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-port", &free_port().to_string(), "--cluster-node-timeout", "5000"])
+                    .arg("--cluster-config-file")
+                    .arg(dir.path().join(format!("nodes-{port}.conf")))
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server must be installed (the README's test command installs it)")
+            })
+            .collect();
+        let cluster = RedisCluster { ports, children, _dir: dir };
+        wait_until("the cluster nodes to accept connections", || {
+            cluster.ports.iter().all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        });
+        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (it comes with redis-server)");
+        assert!(created.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&created.stdout));
+        wait_until("the cluster to be ok on every node", || {
+            cluster.ports.iter().all(|p| cluster.cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
+        });
+        cluster
+    }
+
+    /// The URL herald takes: every node, so it can start from any.
+    pub fn url(&self) -> String {
+        let others: Vec<String> = self.ports[1..].iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", self.ports[0], others.join("&"))
+    }
+
+    /// Runs one redis-cli command against one node; its stdout.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
