@@ -14,7 +14,11 @@ pub const OVERRIDES: &[(&str, &str)] = &[
     ("HERALD_API_KEY", "api.key"),
     ("HERALD_LOG_FORMAT", "log.format"),
     ("HERALD_LOG_LEVEL", "log.level"),
+    ("HERALD_DEMO", "demo.enabled"),
 ];
+
+/// Override targets that take `true` / `false` rather than text.
+const BOOLEAN_KEYS: &[&str] = &["demo.enabled"];
 
 /// Replaces `${NAME}` and `${NAME:-default}` in every string of the tree; `$${` stands for a
 /// literal `${`. An unset variable without a default is reported with the key's path.
@@ -75,7 +79,13 @@ fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
 pub fn apply_overrides(root: &mut Value, env: &dyn Fn(&str) -> Option<String>) {
     for (var, path) in OVERRIDES {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
-            set_path(root, path, Value::String(value));
+            let value = match value.as_str() {
+                "true" if BOOLEAN_KEYS.contains(path) => Value::Bool(true),
+                "false" if BOOLEAN_KEYS.contains(path) => Value::Bool(false),
+                // Anything else stays text, and a boolean key then reports a type error.
+                _ => Value::String(value),
+            };
+            set_path(root, path, value);
         }
     }
 }
@@ -135,5 +145,14 @@ mod tests {
         apply_overrides(&mut v, &env);
         assert_eq!(v["redis"]["url"], "redis://r:6379");
         assert_eq!(v["server"]["listen"], "0.0.0.0:1");
+    }
+
+    #[test]
+    fn boolean_overrides_become_booleans() {
+        for (text, expected) in [("true", json!(true)), ("false", json!(false)), ("yes", json!("yes"))] {
+            let mut v = json!({});
+            apply_overrides(&mut v, &|name| (name == "HERALD_DEMO").then(|| text.to_owned()));
+            assert_eq!(v["demo"]["enabled"], expected, "HERALD_DEMO={text}");
+        }
     }
 }
