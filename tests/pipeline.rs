@@ -240,3 +240,31 @@ async fn survives_a_redis_restart_without_losing_records() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// A client that vanishes without closing its connection (it stops reading, so it never answers
+/// a ping) is found by the heartbeat and cleaned up: socket, user and Redis subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_clean_up_half_open_connections() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let redis = Redis::start().await;
+    let h = Herald::start(&config_yaml(&kafka, Some(&redis), "  ping_interval_secs: 1\n  ping_timeout_secs: 1")).await;
+    let mut c = Clients::start().await;
+    c.connect_as("gone", &h.url(), "gone").await;
+    c.connect_as("here", &h.url(), "here").await;
+    eventually(Duration::from_secs(5), "both sockets counted", async || h.metric("herald_gateway_sockets").await == 2.0).await;
+    assert_eq!(h.metric("herald_bus_subscriptions").await, 2.0);
+
+    c.pause("gone").await;
+    // ping interval + timeout is 2 s; allow for a loaded machine.
+    eventually(Duration::from_secs(15), "the silent socket dropped", async || h.metric("herald_gateway_sockets").await == 1.0).await;
+    eventually(Duration::from_secs(5), "its user and subscription released", async || {
+        h.metric("herald_gateway_users").await == 1.0 && h.metric("herald_bus_subscriptions").await == 1.0
+    })
+    .await;
+    // The live client kept answering pings throughout and still gets its notifications.
+    kafka.notify("here", json!({"still": "connected"})).await;
+    assert_eq!(c.expect("here", "notification").await["body"]["still"], "connected");
+    c.stop().await;
+    h.shutdown().await;
+}
