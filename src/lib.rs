@@ -18,6 +18,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod replay;
 pub mod route;
 pub mod source;

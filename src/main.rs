@@ -109,6 +109,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(config: Config) -> anyhow::Result<()> {
     herald::telemetry::init(&config.log);
+    if let Some((before, after)) = herald::process::raise_open_file_limit() {
+        tracing::info!(before, after, "Raised the open-file limit (each socket is a file descriptor).");
+    }
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
         let embedded_banner = config.is_embedded().then(|| banner(&config));

@@ -40,8 +40,9 @@ async fn embedded_mode_end_to_end_then_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (port, kafka_port) = (free_port(), free_port());
     let config = write_config(dir.path(), port, kafka_port);
-    let mut child = Command::new(HERALD)
-        .arg("--config")
+    // Started with a low soft limit on open files, as many systems set by default.
+    let mut child = Command::new("sh")
+        .args(["-c", r#"ulimit -Sn 256 && exec "$0" "$@""#, HERALD, "--config"])
         .arg(&config)
         .env("TEST_SECRET", SECRET)
         .stdout(Stdio::piped())
@@ -51,6 +52,10 @@ async fn embedded_mode_end_to_end_then_sigterm() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&url).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let open_files: Vec<&str> = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
+    assert_eq!(open_files[3], open_files[4], "herald raised its soft open-file limit to the hard one: {open_files:?}");
+    assert_ne!(open_files[3], "256");
 
     let token = herald_output(&["token", "--user", "u42"], &config).await;
     assert!(token.status.success());
