@@ -4,7 +4,7 @@
 /// programs: a soft limit of 1024 (a common default) would otherwise cap an instance near a
 /// thousand connections however much the hard limit allows. Returns (before, after) when the
 /// limit was raised, `None` when it already was at the hard limit or cannot be read.
-pub fn raise_open_file_limit() -> Option<(u64, u64)> {
+pub fn raise_open_file_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
     unsafe {
@@ -13,6 +13,6 @@ pub fn raise_open_file_limit() -> Option<(u64, u64)> {
         }
         let before = limit.rlim_cur;
         limit.rlim_cur = limit.rlim_max;
-        (libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0).then_some((before as u64, limit.rlim_cur as u64))
+        (libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0).then_some((before, limit.rlim_cur))
     }
 }
