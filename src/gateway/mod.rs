@@ -38,6 +38,10 @@ impl Gateway {
             .ping_timeout(config.ping_timeout)
             .max_buffer_size(config.max_buffer_size)
             .max_payload(config.max_payload_bytes)
+            // The WebSocket limits default to 64 MiB a message: hold them to the same bound.
+            .ws_max_message_size(config.max_payload_bytes as usize)
+            .ws_max_frame_size(config.max_payload_bytes as usize)
+            .connect_timeout(config.connect_timeout)
             .build_layer();
         let presence = Arc::new(Presence::new(metrics.clone()));
         let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics);

@@ -2,6 +2,9 @@
 //! publish API (`POST /api/publish`, with its OpenAPI description at `/api/openapi.yaml`).
 
 pub mod publish;
+mod serve;
+
+pub use serve::serve;
 
 use std::sync::Arc;
 
