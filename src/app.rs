@@ -101,9 +101,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         .layer(http::cors(&config.auth.allowed_origins));
     let failed = CancellationToken::new();
     let server = {
-        let (stop, failed, header_timeout) = (stop_rest.clone(), failed.clone(), config.server.connect_timeout);
+        let (stop, failed, timeout) = (stop_rest.clone(), failed.clone(), config.server.connect_timeout);
         tokio::spawn(async move {
-            let result = http::serve(listener, app, header_timeout, stop).await;
+            let result = http::serve(listener, app, timeout, stop).await;
             failed.cancel();
             result
         })

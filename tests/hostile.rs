@@ -273,6 +273,15 @@ async fn http_garbage_is_closed_and_the_server_keeps_serving() {
             assert!(healthz(&h.url).await, "{name} (round {round}): /healthz failed afterwards");
         }
     }
+    // A request body that stops half way, on a live long-polling session: closed by the body
+    // deadline (the same 1 s), the session unaffected by the connection's end.
+    let session = polling_open(&reqwest::Client::new(), &h.url).await;
+    let path = session.strip_prefix(&h.url).unwrap();
+    let stalled = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n40{{\"tok");
+    let answer = send_raw(h.addr, stalled.as_bytes(), Duration::from_secs(10)).await.expect("a stalled body was left open");
+    let status = status_line(&answer);
+    assert!(status.is_empty() || status.starts_with("HTTP/1.1 4"), "stalled body: answered `{status}`");
+
     // A burst of them at once, bounded.
     let started = Instant::now();
     let burst: Vec<_> = (0..400u64)

@@ -49,7 +49,8 @@ pub struct ServerConfig {
     /// as one WebSocket message or frame. Default 100000.
     pub max_payload_bytes: u64,
     /// Time a new connection has to send its HTTP request headers, and a new Engine.IO session
-    /// to join the Socket.IO namespace, before it is closed. Default 10000 ms.
+    /// to join the Socket.IO namespace, before it is closed; also the longest a request body
+    /// may pause. Default 10000 ms.
     pub connect_timeout: Duration,
     /// Deadline for a graceful shutdown. Default 10 s.
     pub shutdown_grace: Duration,

@@ -1,8 +1,10 @@
 //! The accept loop: HTTP/1.1 connections (with upgrades, for WebSocket) served by the router,
-//! each with a deadline for its request headers. It does not know what the routes do.
+//! each with a deadline for its request headers and for each piece of a request body. It does
+//! not know what the routes do.
 //!
 //! `axum::serve` sets no timer on hyper, so hyper's header read timeout is off there: a client
 //! that connects and sends nothing, or half a request, holds its connection and a task forever.
+//! Nor does anything bound a body that stops arriving half way.
 
 use std::time::Duration;
 
@@ -15,12 +17,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+use tower_http::timeout::TimeoutBody;
 use tracing::{debug, warn};
 
 /// Serves `app` on `listener` until `stop` fires. A connection whose request headers have not
-/// all arrived `header_timeout` after it started waiting for them is closed. On `stop`, open
-/// connections finish their request in flight and close.
-pub async fn serve(listener: TcpListener, app: Router, header_timeout: Duration, stop: CancellationToken) -> std::io::Result<()> {
+/// all arrived `timeout` after it started waiting for them is closed, and so is one whose
+/// request body sends nothing for `timeout`. On `stop`, open connections finish their request
+/// in flight and close.
+pub async fn serve(listener: TcpListener, app: Router, timeout: Duration, stop: CancellationToken) -> std::io::Result<()> {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -35,12 +39,14 @@ pub async fn serve(listener: TcpListener, app: Router, header_timeout: Duration,
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone().map_request(|r: Request<Incoming>| r.map(Body::new)));
+        let service = TowerToHyperService::new(
+            app.clone().map_request(move |r: Request<Incoming>| r.map(|body| Body::new(TimeoutBody::new(timeout, body)))),
+        );
         let stop = stop.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             let mut conn = std::pin::pin!(conn);
