@@ -102,9 +102,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         .layer(http::cors(&config.auth.allowed_origins));
     let failed = CancellationToken::new();
     let server = {
-        let (stop, failed) = (stop_rest.clone(), failed.clone());
+        let (stop, failed, timeout) = (stop_rest.clone(), failed.clone(), config.server.connect_timeout);
         tokio::spawn(async move {
-            let result = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            let result = http::serve(listener, app, timeout, stop).await;
             failed.cancel();
             result
         })

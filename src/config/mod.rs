@@ -46,8 +46,13 @@ pub struct ServerConfig {
     /// grows only as it fills, so a large bound costs idle sockets nothing, and a burst of
     /// notifications to one user must fit in it.
     pub max_buffer_size: usize,
-    /// Largest incoming Engine.IO payload a client may send, in bytes. Default 100000.
+    /// Largest incoming Engine.IO payload a client may send, in bytes, over long-polling and
+    /// as one WebSocket message or frame. Default 100000.
     pub max_payload_bytes: u64,
+    /// Time a new connection has to send its HTTP request headers, and a new Engine.IO session
+    /// to join the Socket.IO namespace, before it is closed; also the longest a request body
+    /// may pause. Default 10000 ms.
+    pub connect_timeout: Duration,
     /// Deadline for a graceful shutdown. Default 10 s.
     pub shutdown_grace: Duration,
 }
@@ -432,7 +437,16 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
     let s = walk.section(
         v,
         "server",
-        &["listen", "event", "ping_interval_secs", "ping_timeout_secs", "max_buffer_size", "max_payload_bytes", "shutdown_grace_secs"],
+        &[
+            "listen",
+            "event",
+            "ping_interval_secs",
+            "ping_timeout_secs",
+            "max_buffer_size",
+            "max_payload_bytes",
+            "connect_timeout_ms",
+            "shutdown_grace_secs",
+        ],
     );
     let listen = read_addr(walk, &s, "listen", "0.0.0.0:3000");
     let event: String = walk.get(&s, "event", "notification".into());
@@ -441,8 +455,9 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
     let ping_timeout = secs(walk, &s, "ping_timeout_secs", 20, 1..=3600);
     let max_buffer_size = ranged(walk, &s, "max_buffer_size", 1024usize, 1..=1_000_000);
     let max_payload_bytes = ranged(walk, &s, "max_payload_bytes", 100_000u64, 64..=100_000_000);
+    let connect_timeout = Duration::from_millis(ranged(walk, &s, "connect_timeout_ms", 10_000u64, 100..=600_000));
     let shutdown_grace = secs(walk, &s, "shutdown_grace_secs", 10, 0..=3600);
-    ServerConfig { listen, event, ping_interval, ping_timeout, max_buffer_size, max_payload_bytes, shutdown_grace }
+    ServerConfig { listen, event, ping_interval, ping_timeout, max_buffer_size, max_payload_bytes, connect_timeout, shutdown_grace }
 }
 
 /// Socket.IO reserves these names on the client; a notification emitted under one never arrives.

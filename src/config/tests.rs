@@ -21,6 +21,7 @@ fn defaults_fill_a_minimal_config() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:3000");
     assert_eq!(c.server.event, "notification");
+    assert_eq!(c.server.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.kafka.brokers, Brokers::Embedded);
     assert_eq!(c.kafka.group_id, "herald");
     assert_eq!(c.kafka.topics.len(), 1);
@@ -95,6 +96,8 @@ fn invalid_yaml_is_reported() {
 #[test]
 fn out_of_range_values_are_refused() {
     assert_eq!(error_paths("server: {ping_interval_secs: 0}\nauth: {jwt: {secret: s}}"), ["server.ping_interval_secs"]);
+    assert_eq!(error_paths("server: {connect_timeout_ms: 5}\nauth: {jwt: {secret: s}}"), ["server.connect_timeout_ms"]);
+    assert_eq!(error_paths("server: {max_payload_bytes: 10}\nauth: {jwt: {secret: s}}"), ["server.max_payload_bytes"]);
     assert_eq!(error_paths("kafka: {max_batch: 0}\nauth: {jwt: {secret: s}}"), ["kafka.max_batch"]);
 }
 

@@ -38,6 +38,10 @@ impl Gateway {
             .ping_timeout(config.ping_timeout)
             .max_buffer_size(config.max_buffer_size)
             .max_payload(config.max_payload_bytes)
+            // The WebSocket limits default to 64 MiB a message: hold them to the same bound.
+            .ws_max_message_size(config.max_payload_bytes as usize)
+            .ws_max_frame_size(config.max_payload_bytes as usize)
+            .connect_timeout(config.connect_timeout)
             .build_layer();
         let presence = Arc::new(Presence::new(metrics.clone()));
         let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics);
@@ -47,35 +51,42 @@ impl Gateway {
     /// Starts accepting sockets on the default namespace. `refresh_event` is the event clients
     /// emit with a fresh token.
     pub fn open(&self, admission: Arc<Admission>, refresh_event: String) {
+        // The socket's handlers are registered by the middleware, once it admitted the socket:
+        // socketioxide sends CONNECT before it calls the connect handler, so an event a client
+        // sends as soon as it sees CONNECT could beat a handler registered there, and be
+        // dropped without an ack.
         let middleware = {
             let admission = admission.clone();
             move |s: SocketRef, TryData(auth): TryData<Value>| {
-                let admission = admission.clone();
-                async move { admission.admit(&s, auth.ok().as_ref()).await }
+                let (admission, refresh_event) = (admission.clone(), refresh_event.clone());
+                async move {
+                    admission.admit(&s, auth.ok().as_ref()).await?;
+                    register_handlers(&s, admission, refresh_event);
+                    Ok::<(), crate::auth::AuthError>(())
+                }
             }
         };
         let on_connect = move |socket: SocketRef| {
             let admission = admission.clone();
-            let refresh_event = refresh_event.clone();
-            async move {
-                let replay_admission = admission.clone();
-                let replay_socket = socket.clone();
-                tokio::spawn(async move { replay_admission.replay(&replay_socket).await });
-                socket.on_disconnect(async |s: SocketRef| {
-                    if let Some(m) = s.extensions.get::<Arc<admission::Membership>>() {
-                        m.leave();
-                    }
-                });
-                socket.on(refresh_event, move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-                    let admission = admission.clone();
-                    async move {
-                        let data = data.unwrap_or(Value::Null);
-                        let reply = lifetime::refresh(&s, &data, &admission.authenticator, &admission.lifetimes, &admission.metrics).await;
-                        let _ = ack.send(&reply);
-                    }
-                });
-            }
+            async move { admission.replay(&socket).await }
         };
         self.io.ns("/", on_connect.with(middleware));
     }
+}
+
+/// The handlers of an admitted socket: leaving its user's presence on disconnect, and token refresh.
+fn register_handlers(socket: &SocketRef, admission: Arc<Admission>, refresh_event: String) {
+    socket.on_disconnect(async |s: SocketRef| {
+        if let Some(m) = s.extensions.get::<Arc<admission::Membership>>() {
+            m.leave();
+        }
+    });
+    socket.on(refresh_event, move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+        let admission = admission.clone();
+        async move {
+            let data = data.unwrap_or(Value::Null);
+            let reply = lifetime::refresh(&s, &data, &admission.authenticator, &admission.lifetimes, &admission.metrics).await;
+            let _ = ack.send(&reply);
+        }
+    });
 }

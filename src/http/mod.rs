@@ -3,6 +3,9 @@
 
 pub mod demo;
 pub mod publish;
+mod serve;
+
+pub use serve::serve;
 
 use std::sync::Arc;
 

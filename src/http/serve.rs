@@ -1,0 +1,65 @@
+//! The accept loop: HTTP/1.1 connections (with upgrades, for WebSocket) served by the router,
+//! each with a deadline for its request headers and for each piece of a request body. It does
+//! not know what the routes do.
+//!
+//! `axum::serve` sets no timer on hyper, so hyper's header read timeout is off there: a client
+//! that connects and sends nothing, or half a request, holds its connection and a task forever.
+//! Nor does anything bound a body that stops arriving half way.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+use tower_http::timeout::TimeoutBody;
+use tracing::{debug, warn};
+
+/// Serves `app` on `listener` until `stop` fires. A connection whose request headers have not
+/// all arrived `timeout` after it started waiting for them is closed, and so is one whose
+/// request body sends nothing for `timeout`. On `stop`, open connections finish their request
+/// in flight and close.
+pub async fn serve(listener: TcpListener, app: Router, timeout: Duration, stop: CancellationToken) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    warn!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(
+            app.clone().map_request(move |r: Request<Incoming>| r.map(|body| Body::new(TimeoutBody::new(timeout, body)))),
+        );
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "Connection ended with an error.");
+            }
+        });
+    }
+}
