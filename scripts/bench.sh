@@ -40,52 +40,62 @@ start_herald() {
 
 bench() { "$BIN/herald-bench" run --brokers "$BROKER" --json "$OUT" "$@"; }
 
+# Every measurement gets a fresh broker (and Redis and herald): the mock cluster scans its log
+# linearly, so a broker that already holds hundreds of thousands of records slows down.
+fresh() { # fresh INSTANCES [redis]
+  cleanup
+  start_broker
+  local url=""
+  if [ "${2:-}" = redis ]; then start_redis; url="redis://127.0.0.1:$REDIS_PORT"; fi
+  SERVERS=(); HPIDS=()
+  for i in $(seq 1 "$1"); do
+    start_herald $((3100 + i)) "$url"; SERVERS+=("127.0.0.1:$((3100 + i))"); HPIDS+=("$LAST_PID")
+  done
+  [ "$1" -gt 1 ] && sleep 4 # every instance in the consumer group before the warm-up
+  PIDLIST=$(IFS=,; echo "${HPIDS[*]}")
+  return 0
+}
+
 case "$SCENARIO" in
   smoke)
-    start_broker; start_herald 3101
-    bench --label smoke --servers 127.0.0.1:3101 --pids "$LAST_PID" --users 50 --rates 200 --secs 2 --probe --strict
+    fresh 1
+    bench --label smoke --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 50 --rates 200 --secs 2 --probe --strict
     ;;
   memory)
-    start_broker
     for run in $(seq 1 "$RUNS"); do
       for n in 1000 10000 19000; do
-        start_herald 3101; pid=$LAST_PID
-        bench --label "memory-$n" --servers 127.0.0.1:3101 --pids "$pid" --users "$n" --idle-only --settle-secs 3
-        kill "$pid"; wait "$pid" 2>/dev/null || true
+        fresh 1
+        bench --label "memory-$n" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users "$n" --idle-only --settle-secs 3
       done
     done
     ;;
-  single)
-    start_broker
+  single|pair)
+    n=1; bus=""; [ "$SCENARIO" = pair ] && { n=2; bus=redis; }
     for run in $(seq 1 "$RUNS"); do
-      start_herald 3101; pid=$LAST_PID
-      bench --label single --servers 127.0.0.1:3101 --pids "$pid" --users 1000 --probe --rates 1000,5000,20000 --secs 5
-      bench --label single-max --servers 127.0.0.1:3101 --pids "$pid" --users 1000 --rates 0 --max-count 300000 --linger-ms 5
-      kill "$pid"; wait "$pid" 2>/dev/null || true
-    done
-    ;;
-  pair)
-    start_broker; start_redis
-    for run in $(seq 1 "$RUNS"); do
-      start_herald 3101 "redis://127.0.0.1:$REDIS_PORT"; a=$LAST_PID
-      start_herald 3102 "redis://127.0.0.1:$REDIS_PORT"; b=$LAST_PID
-      sleep 4 # both in the consumer group before the warm-up
-      bench --label pair --servers 127.0.0.1:3101 --pids "$a,$b" --users 1000 --probe --rates 1000,5000,20000 --secs 5
-      bench --label pair-max --servers 127.0.0.1:3101 --pids "$a,$b" --users 1000 --rates 0 --max-count 300000 --linger-ms 5
-      kill "$a" "$b"; wait "$a" "$b" 2>/dev/null || true
+      fresh $n $bus
+      bench --label "$SCENARIO" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --probe --rates 1000,5000,10000 --secs 5 --linger-ms 1
+      fresh $n $bus
+      bench --label "$SCENARIO-max" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
     done
     ;;
   five)
-    start_broker; start_redis
-    servers=(); pids=()
-    for i in 1 2 3 4 5; do
-      start_herald $((3100 + i)) "redis://127.0.0.1:$REDIS_PORT"; servers+=("127.0.0.1:$((3100 + i))"); pids+=("$LAST_PID")
-    done
-    sleep 4
     for run in $(seq 1 "$RUNS"); do
-      bench --label five --servers "$(IFS=,; echo "${servers[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --users 95000 \
+      fresh 5 redis
+      bench --label five --servers "$(IFS=,; echo "${SERVERS[*]}")" --pids "$PIDLIST" --users 95000 \
         --rates 10000 --secs 10 --settle-secs 5 --drain-secs 15
     done
+    ;;
+  profile)
+    # perf profile of both instances during an as-fast-as-possible pair run; then their loss counters.
+    fresh 2 redis
+    perf record -F 499 -g -o bench/perf.data -p "$PIDLIST" -- sleep 25 >/dev/null 2>&1 &
+    perf_pid=$!
+    bench --label profile-pair-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+    wait "$perf_pid" || true
+    for s in "${SERVERS[@]}"; do
+      curl -fs "http://$s/metrics" | grep -E '^herald_(bus_messages_lost|gateway_emit_failures|gateway_notifications_delivered|bus_notifications_(published|received)|records_dropped)' || true
+    done
+    perf report -i bench/perf.data --no-children --sort dso,symbol -g none --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -40 > bench/perf-top.txt || true
     ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 64 ;;
 esac
