@@ -38,6 +38,9 @@ impl Gateway {
             .ping_timeout(config.ping_timeout)
             .max_buffer_size(config.max_buffer_size)
             .max_payload(config.max_payload_bytes)
+            // Allocated per WebSocket up front; clients send little (pongs, refreshes), and a
+            // larger message is still read, in more chunks. 4096 by default.
+            .ws_read_buffer_size(1024)
             .build_layer();
         let presence = Arc::new(Presence::new(metrics.clone()));
         let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics);
