@@ -63,7 +63,7 @@ case "$SCENARIO" in
     ;;
   memory)
     for run in $(seq 1 "$RUNS"); do
-      for n in 1000 10000 19000; do
+      for n in ${SIZES:-1000 10000 19000}; do
         fresh 1
         bench --label "memory-$n" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users "$n" --idle-only --settle-secs 3
       done
