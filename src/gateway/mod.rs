@@ -42,6 +42,9 @@ impl Gateway {
             .ws_max_message_size(config.max_payload_bytes as usize)
             .ws_max_frame_size(config.max_payload_bytes as usize)
             .connect_timeout(config.connect_timeout)
+            // Allocated per WebSocket up front; clients send little (pongs, refreshes), and a
+            // larger message is still read, in more chunks. 4096 by default.
+            .ws_read_buffer_size(1024)
             .build_layer();
         let presence = Arc::new(Presence::new(metrics.clone()));
         let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics);

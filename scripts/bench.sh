@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
+#   scripts/bench.sh memory|single|pair|five|smoke [runs]   (results appended to bench/results.jsonl)
+# Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
+# do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)"
+BIN=target/release
+OUT=${OUT:-bench/results.jsonl}
+BROKER=127.0.0.1:19092
+REDIS_PORT=16390
+SCENARIO=${1:-smoke}
+RUNS=${2:-3}
+PIDS=()
+
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
+trap cleanup EXIT
+
+start_broker() {
+  "$BIN/herald-bench" broker --listen "$BROKER" --max-secs 3600 >/dev/null &
+  PIDS+=($!)
+  sleep 1
+}
+start_redis() {
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+  PIDS+=($!)
+  sleep 0.5
+}
+# start_herald PORT [redis]: prints the PID.
+start_herald() {
+  local port=$1 redis=${2:-}
+  HERALD_LISTEN=127.0.0.1:$port HERALD_KAFKA_BROKERS=$BROKER HERALD_REDIS_URL=$redis \
+    "$BIN/herald" -c bench/herald.yaml run >/dev/null 2>"bench/herald-$port.log" &
+  local pid=$!
+  PIDS+=($pid)
+  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  LAST_PID=$pid
+}
+
+bench() { "$BIN/herald-bench" run --brokers "$BROKER" --json "$OUT" "$@"; }
+
+# Every measurement gets a fresh broker (and Redis and herald): the mock cluster scans its log
+# linearly, so a broker that already holds hundreds of thousands of records slows down.
+fresh() { # fresh INSTANCES [redis]
+  cleanup
+  start_broker
+  local url=""
+  if [ "${2:-}" = redis ]; then start_redis; url="redis://127.0.0.1:$REDIS_PORT"; fi
+  SERVERS=(); HPIDS=()
+  for i in $(seq 1 "$1"); do
+    start_herald $((3100 + i)) "$url"; SERVERS+=("127.0.0.1:$((3100 + i))"); HPIDS+=("$LAST_PID")
+  done
+  [ "$1" -gt 1 ] && sleep 4 # every instance in the consumer group before the warm-up
+  PIDLIST=$(IFS=,; echo "${HPIDS[*]}")
+  return 0
+}
+
+case "$SCENARIO" in
+  smoke)
+    fresh 1
+    bench --label smoke --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 50 --rates 200 --secs 2 --probe --strict
+    ;;
+  memory)
+    for run in $(seq 1 "$RUNS"); do
+      for n in ${SIZES:-1000 10000 19000}; do
+        fresh 1
+        bench --label "memory-$n" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users "$n" --idle-only --settle-secs 3
+      done
+    done
+    ;;
+  single|pair)
+    n=1; bus=""; [ "$SCENARIO" = pair ] && { n=2; bus=redis; }
+    for run in $(seq 1 "$RUNS"); do
+      fresh $n $bus
+      bench --label "$SCENARIO" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --probe --rates 1000,5000,10000 --secs 5 --linger-ms 1
+      fresh $n $bus
+      bench --label "$SCENARIO-max" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+    done
+    ;;
+  five)
+    for run in $(seq 1 "$RUNS"); do
+      fresh 5 redis
+      bench --label five --servers "$(IFS=,; echo "${SERVERS[*]}")" --pids "$PIDLIST" --users 95000 \
+        --rates 10000 --secs 10 --settle-secs 5 --drain-secs 15
+    done
+    ;;
+  profile)
+    # perf profile of both instances during an as-fast-as-possible pair run; then their loss counters.
+    fresh 2 redis
+    perf record -F 499 -g -o bench/perf.data -p "$PIDLIST" -- sleep 25 >/dev/null 2>&1 &
+    perf_pid=$!
+    bench --label profile-pair-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+    wait "$perf_pid" || true
+    for s in "${SERVERS[@]}"; do
+      curl -fs "http://$s/metrics" | grep -E '^herald_(bus_messages_lost|gateway_emit_failures|gateway_notifications_delivered|bus_notifications_(published|received)|records_dropped)' || true
+    done
+    perf report -i bench/perf.data --no-children --sort dso,symbol -g none --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -40 > bench/perf-top.txt || true
+    ;;
+  *) echo "unknown scenario $SCENARIO" >&2; exit 64 ;;
+esac

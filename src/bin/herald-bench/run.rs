@@ -1,0 +1,522 @@
+//! The coordinator: spawns worker processes, measures herald's RSS and CPU through /proc,
+//! produces records at fixed rates, collects arrivals and reports.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::stats::{cpu_micros, now_us, percentiles, proc_cpu_micros, raise_fd_limit, rss_kib};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// herald Socket.IO addresses; connections are spread evenly over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:3000")]
+    servers: Vec<SocketAddr>,
+    /// herald process ids to measure, the first ones in the order of --servers; more may follow
+    /// (instances that only consume).
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Connections, one per distinct user (b0, b1, ...).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Most connections one worker process holds (each process may hold ~20,000 fds).
+    #[arg(long, default_value_t = 9500)]
+    per_worker: usize,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "herald-bench")]
+    topic: String,
+    /// Partitions of the topic (the warm-up sends one record to each).
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// herald's auth.jwt.secret (HS256).
+    #[arg(long, default_value = "bench-secret-not-for-production")]
+    secret: String,
+    /// Records per second of each phase; 0 = as fast as possible (--max-count records).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    rates: Vec<u64>,
+    /// Length of each fixed-rate phase.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    /// Records of an as-fast-as-possible phase.
+    #[arg(long, default_value_t = 200_000)]
+    max_count: u64,
+    /// Producer linger.ms (0: lowest latency; a few ms batch better at high rates).
+    #[arg(long, default_value_t = 0)]
+    linger_ms: u64,
+    /// Also consume the topic here, to time when a record becomes available to a consumer and
+    /// so estimate herald's own share of the latency.
+    #[arg(long)]
+    probe: bool,
+    /// Wait after connecting before reading RSS (lets allocations settle).
+    #[arg(long, default_value_t = 3)]
+    settle_secs: u64,
+    /// Longest wait for stragglers after the last record of a phase.
+    #[arg(long, default_value_t = 10)]
+    drain_secs: u64,
+    /// Skip the load phases (memory only).
+    #[arg(long)]
+    idle_only: bool,
+    /// A name for this run in the report.
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Append the report as one JSON line to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Exit non-zero unless every record of every phase was delivered exactly once.
+    #[arg(long)]
+    strict: bool,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    server: usize,
+}
+
+impl Worker {
+    async fn ask(&mut self, command: &str, answer: &str) -> anyhow::Result<u64> {
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await
+            .map_err(|_| anyhow::anyhow!("worker did not answer {command}"))??
+            .ok_or_else(|| anyhow::anyhow!("worker exited"))?;
+        let value = line.strip_prefix(answer).and_then(|v| v.trim().parse().ok());
+        value.ok_or_else(|| anyhow::anyhow!("unexpected worker answer {line:?}"))
+    }
+}
+
+/// Counts producer acknowledgements.
+#[derive(Default)]
+struct Acks {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Acks {}
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+struct Phase {
+    rate: u64,
+    first_seq: u64,
+    sent: u64,
+    send_secs: f64,
+    herald_cpu_us: u64,
+    bench_cpu_us: u64,
+    workers_cpu_us: u64,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    raise_fd_limit();
+    anyhow::ensure!(!args.servers.is_empty() && args.users > 0, "need --servers and --users");
+    anyhow::ensure!(args.pids.len() >= args.servers.len(), "give one --pids entry per server (and optionally more)");
+    let exe = std::env::current_exe()?;
+    let rss_before: Vec<Option<u64>> = args.pids.iter().map(|p| rss_kib(*p)).collect();
+
+    // Users spread over servers, each server's share over workers, each worker on its own
+    // source address so ephemeral ports never run out.
+    let mut workers = Vec::new();
+    let mut sockets_per_server = vec![0usize; args.servers.len()];
+    let started = Instant::now();
+    let mut next_user = 0;
+    for (s, server) in args.servers.iter().enumerate() {
+        let share = args.users / args.servers.len() + usize::from(s < args.users % args.servers.len());
+        let mut left = share;
+        while left > 0 {
+            let n = left.min(args.per_worker);
+            let bind = IpAddr::V4(Ipv4Addr::new(127, 0, (workers.len() / 250) as u8, (2 + workers.len() % 250) as u8));
+            let mut child = Command::new(&exe)
+                .args(["worker", "--server", &server.to_string(), "--bind", &bind.to_string()])
+                .args(["--first-user", &next_user.to_string(), "--users", &n.to_string(), "--secret", &args.secret])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdin = child.stdin.take().expect("piped");
+            let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            workers.push(Worker { child, stdin, lines, server: s });
+            next_user += n;
+            left -= n;
+        }
+    }
+    let mut connected = 0u64;
+    let mut failed = 0u64;
+    for w in &mut workers {
+        let line = tokio::time::timeout(Duration::from_secs(300), w.lines.next_line())
+            .await
+            .map_err(|_| anyhow::anyhow!("a worker did not get ready"))??
+            .ok_or_else(|| anyhow::anyhow!("a worker exited before it was ready"))?;
+        let parts: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        anyhow::ensure!(line.starts_with("ready") && parts.len() == 3, "unexpected worker line {line:?}");
+        connected += parts[0];
+        failed += parts[1];
+        sockets_per_server[w.server] += parts[0] as usize;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    println!("connected {connected} of {} sockets in {connect_secs:.1} s ({failed} failed)", args.users);
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let rss_after: Vec<Option<u64>> = args.pids.iter().map(|p| rss_kib(*p)).collect();
+    let mut rss = Vec::new();
+    for (i, pid) in args.pids.iter().enumerate() {
+        let sockets = sockets_per_server.get(i).copied().unwrap_or(0);
+        let (before, after) = (rss_before[i].unwrap_or(0), rss_after[i].unwrap_or(0));
+        let per_conn = if sockets > 0 { (after as f64 - before as f64) / sockets as f64 } else { 0.0 };
+        println!("herald pid {pid}: RSS {before} KiB -> {after} KiB with {sockets} sockets: {per_conn:.2} KiB per connection");
+        rss.push(json!({"pid": pid, "before_kib": before, "after_kib": after, "sockets": sockets, "per_conn_kib": per_conn}));
+    }
+
+    let mut report = json!({
+        "label": args.label, "users": args.users, "connected": connected, "connect_failed": failed,
+        "connect_secs": connect_secs, "rss": rss, "servers": args.servers.len(), "instances": args.pids.len(),
+    });
+    if !args.idle_only {
+        let phases = load(&args, &mut workers).await?;
+        report["phases"] = json!(phases);
+    }
+    for mut w in workers {
+        let _ = w.child.start_kill();
+        let _ = w.child.wait().await;
+    }
+    if let Some(path) = &args.json {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        writeln!(f, "{report}")?;
+    }
+    if args.strict {
+        let clean = report["phases"]
+            .as_array()
+            .map(|ps| ps.iter().all(|p| p["lost"] == 0 && p["duplicated"] == 0 && p["sent"] != 0))
+            .unwrap_or(true);
+        anyhow::ensure!(clean && failed == 0, "records were lost or duplicated, or connections failed");
+    }
+    Ok(())
+}
+
+/// Warm-up, the rate phases, then collecting every arrival from the workers.
+async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let producer: Arc<BaseProducer<Acks>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &args.brokers)
+            .set("linger.ms", args.linger_ms.to_string())
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.timeout.ms", "30000")
+            .create_with_context(Acks::default())?,
+    );
+    let stop_polling = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (producer, stop) = (producer.clone(), stop_polling.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                producer.poll(Duration::from_millis(50));
+            }
+        })
+    };
+    let probe = args.probe.then(|| Probe::start(&args.brokers, &args.topic)).transpose()?;
+    let users: Vec<String> = (0..args.users).map(|u| format!("b{u}")).collect();
+    let mut send_us: Vec<u64> = Vec::new();
+
+    // Warm-up: until one record per partition arrives, herald (auto.offset.reset=latest) may
+    // not have its partitions yet. Warm-up records are not counted in any phase.
+    let mut warmed = false;
+    for _round in 0..40 {
+        let base = total(workers, "count").await?;
+        let probe_base = probe.as_ref().map(|p| p.count());
+        for p in 0..args.partitions {
+            let seq = send_us.len() as u64;
+            send_us.push(now_us());
+            let user = &users[seq as usize % users.len()];
+            let value = payload(user, seq);
+            let _ = producer.send(BaseRecord::<str, str>::to(&args.topic).partition(p).key(user).payload(&value));
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let got = total(workers, "count").await? >= base + args.partitions as u64;
+            let probed = match (&probe, probe_base) {
+                (Some(p), Some(b)) => p.count() >= b + args.partitions as u64,
+                _ => true,
+            };
+            if got && probed {
+                warmed = true;
+                break;
+            }
+        }
+        if warmed {
+            break;
+        }
+    }
+    anyhow::ensure!(warmed, "warm-up failed: records do not reach the clients (is herald consuming {}?)", args.topic);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut phases = Vec::new();
+    for &rate in &args.rates {
+        let count = if rate == 0 { args.max_count } else { rate * args.secs };
+        let first_seq = send_us.len() as u64;
+        let received_before = total(workers, "count").await?;
+        let herald_before: u64 = args.pids.iter().filter_map(|p| proc_cpu_micros(*p)).sum();
+        let bench_before = cpu_micros();
+        let workers_before = total(workers, "cpu").await?;
+        let t0 = Instant::now();
+        // Sending runs on a thread of its own; times are written into a buffer handed back.
+        let (producer2, topic, users2) = (producer.clone(), args.topic.clone(), users.clone());
+        let times = tokio::task::spawn_blocking(move || send_phase(&producer2, &topic, &users2, first_seq, count, rate)).await?;
+        let send_secs = t0.elapsed().as_secs_f64();
+        let sent = times.len() as u64;
+        send_us.extend(times);
+        // Drain: until every record of the phase arrived, or nothing new for --drain-secs.
+        let mut last = received_before;
+        let mut last_change = Instant::now();
+        let hard_deadline = Instant::now() + Duration::from_secs(args.drain_secs * 6);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = total(workers, "count").await?;
+            if now >= received_before + sent || Instant::now() > hard_deadline {
+                break;
+            }
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            } else if last_change.elapsed() > Duration::from_secs(args.drain_secs) {
+                break;
+            }
+        }
+        let herald_after: u64 = args.pids.iter().filter_map(|p| proc_cpu_micros(*p)).sum();
+        let workers_after = total(workers, "cpu").await?;
+        phases.push(Phase {
+            rate,
+            first_seq,
+            sent,
+            send_secs,
+            herald_cpu_us: herald_after.saturating_sub(herald_before),
+            bench_cpu_us: cpu_micros().saturating_sub(bench_before),
+            workers_cpu_us: workers_after.saturating_sub(workers_before),
+        });
+        println!("phase rate={rate}: sent {sent} in {send_secs:.2} s");
+    }
+    producer.flush(Duration::from_secs(10))?;
+    stop_polling.store(true, Ordering::Relaxed);
+    let _ = poller.join();
+    let probe_times = probe.map(Probe::stop).unwrap_or_default();
+
+    // Collect arrivals.
+    let mut arrivals: Vec<(u64, u64)> = Vec::new();
+    let mut workers_cpu_total = 0;
+    for w in workers.iter_mut() {
+        w.stdin.write_all(b"stop\n").await?;
+        w.stdin.flush().await?;
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), w.lines.next_line())
+                .await
+                .map_err(|_| anyhow::anyhow!("worker did not hand its arrivals"))??
+                .ok_or_else(|| anyhow::anyhow!("worker exited early"))?;
+            let mut parts = line.split_whitespace();
+            match parts.next() {
+                Some("d") => {
+                    let seq = parts.next().and_then(|v| v.parse().ok());
+                    let at = parts.next().and_then(|v| v.parse().ok());
+                    if let (Some(seq), Some(at)) = (seq, at) {
+                        arrivals.push((seq, at));
+                    }
+                }
+                Some("end") => {
+                    workers_cpu_total += parts.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    let acks = producer.context();
+    let acked_failed = acks.failed.load(Ordering::Relaxed);
+    println!(
+        "producer: {} acknowledged, {acked_failed} failed; workers used {:.2} s CPU in all",
+        acks.ok.load(Ordering::Relaxed),
+        workers_cpu_total as f64 / 1e6
+    );
+
+    let mut out = Vec::new();
+    for phase in &phases {
+        let range = phase.first_seq..phase.first_seq + phase.sent;
+        let mut seen: HashMap<u64, u64> = HashMap::with_capacity(phase.sent as usize);
+        let mut deliveries = 0u64;
+        let mut e2e = Vec::with_capacity(phase.sent as usize);
+        let mut share = Vec::new();
+        let mut last_rx = 0u64;
+        for &(seq, at) in arrivals.iter().filter(|(s, _)| range.contains(s)) {
+            deliveries += 1;
+            if seen.insert(seq, at).is_some() {
+                continue;
+            }
+            last_rx = last_rx.max(at);
+            e2e.push(at as i64 - send_us[seq as usize] as i64);
+            if let Some(consumed) = probe_times.get(&seq) {
+                share.push(at as i64 - *consumed as i64);
+            }
+        }
+        let unique = seen.len() as u64;
+        let first_send = send_us.get(phase.first_seq as usize).copied().unwrap_or(0);
+        let span_secs = (last_rx.saturating_sub(first_send)) as f64 / 1e6;
+        let rate_delivered = if span_secs > 0.0 { unique as f64 / span_secs } else { 0.0 };
+        let e2e = percentiles(&mut e2e);
+        let share_p = percentiles(&mut share);
+        let cpu_per = if unique > 0 { phase.herald_cpu_us as f64 / unique as f64 } else { 0.0 };
+        println!(
+            "rate {:>6}/s: sent {} delivered {} lost {} duplicated {} | {:.0} delivered/s | e2e us p50 {} p90 {} p99 {} max {}{} | herald CPU {:.2} s = {:.2} us/notification | bench CPU {:.2} s, workers {:.2} s",
+            phase.rate,
+            phase.sent,
+            unique,
+            phase.sent.saturating_sub(unique),
+            deliveries - unique,
+            rate_delivered,
+            e2e[0],
+            e2e[1],
+            e2e[2],
+            e2e[3],
+            if share.is_empty() {
+                String::new()
+            } else {
+                format!(" | after consume us p50 {} p90 {} p99 {} max {}", share_p[0], share_p[1], share_p[2], share_p[3])
+            },
+            phase.herald_cpu_us as f64 / 1e6,
+            cpu_per,
+            phase.bench_cpu_us as f64 / 1e6,
+            phase.workers_cpu_us as f64 / 1e6,
+        );
+        out.push(json!({
+            "rate": phase.rate, "sent": phase.sent, "delivered": unique, "lost": phase.sent.saturating_sub(unique),
+            "duplicated": deliveries - unique, "send_secs": phase.send_secs, "delivered_per_sec": rate_delivered,
+            "e2e_us": e2e, "share_us": if share.is_empty() { serde_json::Value::Null } else { json!(share_p) },
+            "herald_cpu_us": phase.herald_cpu_us, "herald_cpu_us_per_delivered": cpu_per,
+            "bench_cpu_us": phase.bench_cpu_us, "workers_cpu_us": phase.workers_cpu_us,
+            "producer_failed": acked_failed,
+        }));
+    }
+    Ok(out)
+}
+
+fn payload(user: &str, seq: u64) -> String {
+    format!("{{\"userId\":\"{user}\",\"seq\":{seq},\"ts\":{}}}", now_us())
+}
+
+/// Sends `count` records at `rate` per second (0: as fast as the producer takes them), user
+/// `seq % users`, keyed by user; returns each record's send time.
+fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], first_seq: u64, count: u64, rate: u64) -> Vec<u64> {
+    let mut times = Vec::with_capacity(count as usize);
+    let start = Instant::now();
+    let time_limit = Duration::from_secs(if rate == 0 { 120 } else { count / rate.max(1) * 3 + 30 });
+    let mut seq = first_seq;
+    while seq < first_seq + count && start.elapsed() < time_limit {
+        if rate > 0 {
+            let due = Duration::from_secs_f64((seq - first_seq) as f64 / rate as f64);
+            let elapsed = start.elapsed();
+            if due > elapsed {
+                std::thread::sleep((due - elapsed).min(Duration::from_micros(500)));
+                continue;
+            }
+        }
+        let user = &users[seq as usize % users.len()];
+        let value = payload(user, seq);
+        let sent_at = now_us();
+        let mut record = BaseRecord::<str, str>::to(topic).key(user).payload(&value);
+        let mut tries = 0;
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) if tries < 1000 => {
+                    record = back;
+                    tries += 1;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err(_) => break,
+            }
+        }
+        times.push(sent_at);
+        seq += 1;
+    }
+    times
+}
+
+/// A consumer of our own, in its own group, with the fetch settings of bench/herald.yaml: when a record reaches
+/// it is about when it reaches herald's consumer.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    times: Arc<Mutex<HashMap<u64, u64>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Probe {
+    fn start(brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("herald-bench-probe-{}", std::process::id()))
+            .set("auto.offset.reset", "latest")
+            .set("fetch.wait.max.ms", "5")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let times = Arc::new(Mutex::new(HashMap::new()));
+        let thread = {
+            let (stop, times) = (stop.clone(), times.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(3600);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                        let at = now_us();
+                        let seq = m.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|t| {
+                            let start = t.find("\"seq\":")? + 6;
+                            let rest = &t[start..];
+                            rest[..rest.find(',').unwrap_or(rest.len())].parse::<u64>().ok()
+                        });
+                        if let (Some(seq), Ok(mut times)) = (seq, times.lock()) {
+                            times.insert(seq, at);
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Self { stop, times, thread })
+    }
+
+    fn count(&self) -> u64 {
+        self.times.lock().map(|t| t.len() as u64).unwrap_or(0)
+    }
+
+    fn stop(self) -> HashMap<u64, u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        std::mem::take(&mut *self.times.lock().expect("probe lock"))
+    }
+}
+
+/// Sum of one numeric answer over all workers.
+async fn total(workers: &mut [Worker], command: &str) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for w in workers.iter_mut() {
+        sum += w.ask(command, command).await?;
+    }
+    Ok(sum)
+}

@@ -1,0 +1,195 @@
+//! A client process: holds Socket.IO connections for a range of users and records when each
+//! notification arrives. Spawned by `run`; it speaks a line protocol on stdin/stdout.
+//!
+//! Only the part of Engine.IO v4 / Socket.IO v5 that herald's clients use over WebSocket:
+//! the open packet `0{...}`, CONNECT `40{"token":...}`, its answer `40{...}` or `44{...}`,
+//! ping `2` / pong `3`, and events `42["notification",{...}]`.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{cpu_micros, now_us, raise_fd_limit};
+
+pub struct WorkerArgs {
+    pub server: SocketAddr,
+    pub bind: IpAddr,
+    pub first_user: usize,
+    pub users: usize,
+    pub secret: String,
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+}
+
+/// One received notification: its sequence number and when it arrived (unix microseconds).
+type Arrival = (u64, u64);
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let failures = Arc::new(AtomicU64::new(0));
+    let connected = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", args.server);
+    let mut tasks = Vec::with_capacity(args.users);
+    for i in 0..args.users {
+        let user = format!("b{}", args.first_user + i);
+        let token = token(&args.secret, &user)?;
+        let (url, gate, received, stop) = (url.clone(), gate.clone(), received.clone(), stop.clone());
+        let (failures, connected) = (failures.clone(), connected.clone());
+        let (server, bind, timeout) = (args.server, args.bind, args.connect_timeout);
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.ok();
+            let ws = match tokio::time::timeout(timeout, open(server, bind, &url, &token)).await {
+                Ok(Ok(ws)) => ws,
+                Ok(Err(e)) => {
+                    if failures.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("herald-bench worker: {user}: {e:#}");
+                    }
+                    return Vec::new();
+                }
+                Err(_) => {
+                    if failures.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("herald-bench worker: {user}: connect timed out");
+                    }
+                    return Vec::new();
+                }
+            };
+            drop(permit);
+            connected.fetch_add(1, Ordering::Relaxed);
+            listen(ws, received, stop).await
+        }));
+    }
+    // Ready once every connection attempt is over (bounded by the connect timeout each).
+    let deadline = Instant::now() + args.connect_timeout * 4 + Duration::from_secs(60);
+    while (connected.load(Ordering::Relaxed) + failures.load(Ordering::Relaxed)) < args.users as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    say(&format!("ready {} {} {}", connected.load(Ordering::Relaxed), failures.load(Ordering::Relaxed), started.elapsed().as_millis()));
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(l)) => l,
+            _ => break, // The coordinator is gone: stop.
+        };
+        match line.trim() {
+            "count" => say(&format!("count {}", received.load(Ordering::Relaxed))),
+            "cpu" => say(&format!("cpu {}", cpu_micros())),
+            "stop" => break,
+            other => eprintln!("herald-bench worker: unknown command {other:?}"),
+        }
+    }
+    stop.cancel();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for task in tasks {
+        if let Ok(arrivals) = task.await {
+            for (seq, at) in arrivals {
+                writeln!(out, "d {seq} {at}")?;
+            }
+        }
+    }
+    writeln!(out, "end {}", cpu_micros())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// An HS256 token for `user`, valid for a day (herald's default algorithm and claim).
+fn token(secret: &str, user: &str) -> anyhow::Result<String> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({"sub": user, "iat": now, "exp": now + 86_400});
+    Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))?)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connects from `bind`, upgrades to WebSocket, and completes the Socket.IO CONNECT.
+async fn open(server: SocketAddr, bind: IpAddr, url: &str, token: &str) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(bind, 0))?;
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    // Small buffers: the client side holds tens of thousands of these.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let mut sent_connect = false;
+    for _ in 0..16 {
+        let Some(message) = ws.next().await else { anyhow::bail!("closed during the handshake") };
+        let Message::Text(text) = message? else { continue };
+        if text.starts_with('0') && !sent_connect {
+            ws.send(Message::text(format!("40{{\"token\":\"{token}\"}}"))).await?;
+            sent_connect = true;
+        } else if text.starts_with("40") {
+            return Ok(ws);
+        } else if text.starts_with("44") {
+            anyhow::bail!("connect_error: {text}");
+        } else if text.as_str() == "2" {
+            ws.send(Message::text("3")).await?;
+        }
+    }
+    anyhow::bail!("no CONNECT answer")
+}
+
+/// Answers pings and records notifications until `stop`.
+async fn listen(mut ws: Ws, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Arrival> {
+    let mut arrivals = Vec::new();
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = ws.next() => m,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+            _ => break,
+        };
+        if text.as_str() == "2" {
+            if ws.send(Message::text("3")).await.is_err() {
+                break;
+            }
+        } else if text.starts_with("42")
+            && let Some(seq) = field(&text, "\"seq\":")
+        {
+            arrivals.push((seq, now_us()));
+            received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ = ws.close(None).await;
+    arrivals
+}
+
+/// The unsigned integer after `key` in `text`.
+fn field(text: &str, key: &str) -> Option<u64> {
+    let start = text.find(key)? + key.len();
+    let digits: &str = &text[start..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_sequence_number() {
+        assert_eq!(super::field(r#"42["notification",{"userId":"b1","seq":17,"ts":5}]"#, "\"seq\":"), Some(17));
+        assert_eq!(super::field(r#"42["notification",{}]"#, "\"seq\":"), None);
+    }
+}
