@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|single|pair|five|smoke [runs]   (results appended to bench/results.jsonl)
+#   scripts/bench.sh memory|single|pair|pair-max|five|smoke|profile [runs]   (results appended to bench/results.jsonl)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
 set -euo pipefail
@@ -36,6 +36,13 @@ start_herald() {
   PIDS+=($pid)
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   LAST_PID=$pid
+}
+
+# Where notifications went, per instance: published, received, delivered, and every loss counter.
+loss_counters() {
+  for s in "${SERVERS[@]}"; do
+    curl -fs "http://$s/metrics" | grep -E '^herald_(bus_messages_lost|gateway_emit_failures|gateway_notifications_delivered|bus_notifications_(published|received)|records_dropped)' | sed "s/^/$s /" || true
+  done
 }
 
 bench() { "$BIN/herald-bench" run --brokers "$BROKER" --json "$OUT" "$@"; }
@@ -78,6 +85,14 @@ case "$SCENARIO" in
       bench --label "$SCENARIO-max" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
     done
     ;;
+  pair-max)
+    # Only the burst of the pair scenario: 200,000 records as fast as they go, 2 instances + Redis.
+    for run in $(seq 1 "$RUNS"); do
+      fresh 2 redis
+      bench --label pair-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+      loss_counters
+    done
+    ;;
   five)
     for run in $(seq 1 "$RUNS"); do
       fresh 5 redis
@@ -92,9 +107,7 @@ case "$SCENARIO" in
     perf_pid=$!
     bench --label profile-pair-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
     wait "$perf_pid" || true
-    for s in "${SERVERS[@]}"; do
-      curl -fs "http://$s/metrics" | grep -E '^herald_(bus_messages_lost|gateway_emit_failures|gateway_notifications_delivered|bus_notifications_(published|received)|records_dropped)' || true
-    done
+    loss_counters
     perf report -i bench/perf.data --no-children --sort dso,symbol -g none --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -40 > bench/perf-top.txt || true
     ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 64 ;;

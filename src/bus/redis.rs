@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, StreamsInterface};
 use fred::prelude::{Builder, Config as FredConfig, ReconnectPolicy};
-use fred::types::{ClusterHash, CustomCommand};
+use fred::types::{ClusterHash, CustomCommand, Message};
 use futures::StreamExt as _;
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -29,6 +29,11 @@ use serde_json::value::RawValue;
 
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
+/// Event buffer of the publishing client, which subscribes to nothing.
+const PUBLISHER_EVENT_BUFFER: usize = 32;
+/// Messages queued per delivery worker: a burst waits here, in memory taken only as it fills,
+/// rather than overflow the Redis client's fixed buffer.
+const WORKER_QUEUE: usize = 1 << 16;
 /// Sharded subscriptions go one slot per command; this many commands are in flight at once.
 const SLOTS_IN_FLIGHT: usize = 256;
 
@@ -93,8 +98,9 @@ impl RedisBus {
             .with_performance_config(|p| {
                 // Without a deadline a command issued during an outage waits forever.
                 p.default_command_timeout = timeout;
-                // fred's default of 32 silently drops Pub/Sub messages under load.
-                p.broadcast_channel_capacity = config.pubsub_buffer;
+                // The publisher receives no messages: fred's small default for its event
+                // channels (each channel preallocates every slot) is plenty.
+                p.broadcast_channel_capacity = PUBLISHER_EVENT_BUFFER;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = timeout;
@@ -102,6 +108,8 @@ impl RedisBus {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
         let publisher = builder.build()?;
+        // fred's default of 32 silently drops Pub/Sub messages under load.
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = config.pubsub_buffer);
         let subscriber = builder.build_subscriber_client()?;
         publisher.connect();
         subscriber.connect();
@@ -444,6 +452,11 @@ fn by_slot(pattern: &ChannelPattern, users: Vec<String>) -> Vec<(u16, Vec<String
 }
 
 /// Pub/Sub messages -> the local sockets of the channel's user.
+///
+/// fred's reader hands every message to a fixed-size buffer and never waits: whatever this side
+/// has not taken when it is full is lost. So this loop only takes messages and passes each to
+/// a delivery worker chosen by its user (one per core; one user always goes to the same worker,
+/// which keeps a user's notifications in order), and the decoding and emitting happen there.
 async fn receive(
     subscriber: SubscriberClient,
     pattern: ChannelPattern,
@@ -452,42 +465,71 @@ async fn receive(
     cancel: CancellationToken,
 ) {
     let mut messages = subscriber.message_rx();
-    loop {
-        let message = tokio::select! {
-            _ = cancel.cancelled() => return,
-            m = messages.recv() => m,
-        };
-        match message {
-            Ok(message) => {
-                let Some(user_id) = pattern.user_id(&message.channel) else { continue };
-                let Some(bytes) = message.value.as_bytes() else {
-                    metrics.bus_decode_failures.increment(1);
-                    continue;
-                };
-                match envelope::decode(bytes) {
-                    Ok(env) => {
-                        metrics.received.increment(1);
-                        match env.id.as_deref().map(str::parse::<NotificationId>) {
-                            Some(Ok(id)) => {
-                                let item = Retained { id, event: env.event.into_owned(), payload: env.payload.to_owned() };
-                                deliverer.deliver_retained(user_id, item, env.timestamp_ms);
-                            }
-                            _ => {
-                                deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms).await;
-                            }
-                        }
+    let worker_count = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let workers: Vec<mpsc::Sender<Message>> = (0..worker_count)
+        .map(|_| {
+            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+            tokio::spawn(deliver_messages(rx, pattern.clone(), deliverer.clone(), metrics.clone()));
+            tx
+        })
+        .collect();
+    // On a thread of its own: as a task it waits its turn behind the delivery workers, and a
+    // burst then overflows fred's buffer while the workers' queues still have room.
+    let drain = std::thread::Builder::new().name("herald-bus-drain".into()).spawn(move || {
+        loop {
+            match messages.blocking_recv() {
+                Ok(message) => {
+                    let Some(user_id) = pattern.user_id(&message.channel) else { continue };
+                    if workers[worker_of(user_id, worker_count)].blocking_send(message).is_err() {
+                        return;
                     }
-                    Err(e) => {
-                        metrics.bus_decode_failures.increment(1);
-                        debug!(channel = %&*message.channel, error = %e, "Ignored a bus message that is not a herald envelope.");
+                }
+                Err(RecvError::Lagged(lost)) => {
+                    metrics.bus_lagged.increment(lost);
+                    warn!(lost, "Fell behind the Redis Pub/Sub buffer; messages were lost (raise redis.pubsub_buffer).");
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    if let Err(e) = drain {
+        warn!(error = %e, "Cannot start the bus drain thread; no notification from Redis will be delivered.");
+        return;
+    }
+    // The thread ends when fred closes its channel (on quit) or the workers are gone.
+    cancel.cancelled().await;
+}
+
+fn worker_of(user_id: &str, workers: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(user_id) as usize % workers
+}
+
+/// One delivery worker: decodes its messages and emits them to the user's local sockets.
+async fn deliver_messages(mut messages: mpsc::Receiver<Message>, pattern: ChannelPattern, deliverer: Deliverer, metrics: Arc<Metrics>) {
+    while let Some(message) = messages.recv().await {
+        let Some(user_id) = pattern.user_id(&message.channel) else { continue };
+        let Some(bytes) = message.value.as_bytes() else {
+            metrics.bus_decode_failures.increment(1);
+            continue;
+        };
+        match envelope::decode(bytes) {
+            Ok(env) => {
+                metrics.received.increment(1);
+                match env.id.as_deref().map(str::parse::<NotificationId>) {
+                    Some(Ok(id)) => {
+                        let item = Retained { id, event: env.event.into_owned(), payload: env.payload.to_owned() };
+                        deliverer.deliver_retained(user_id, item, env.timestamp_ms);
+                    }
+                    _ => {
+                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms).await;
                     }
                 }
             }
-            Err(RecvError::Lagged(lost)) => {
-                metrics.bus_lagged.increment(lost);
-                warn!(lost, "Fell behind the Redis Pub/Sub buffer; messages were lost (raise redis.pubsub_buffer).");
+            Err(e) => {
+                metrics.bus_decode_failures.increment(1);
+                debug!(channel = %&*message.channel, error = %e, "Ignored a bus message that is not a herald envelope.");
             }
-            Err(RecvError::Closed) => return,
         }
     }
 }
