@@ -150,3 +150,14 @@ fn channel_pattern_renders_and_parses_user_ids() {
     assert!(ChannelPattern::parse("{user_id}{user_id}").is_err());
     assert!(ChannelPattern::parse("a*:{user_id}").is_err());
 }
+
+#[test]
+fn slow_client_policy_defaults_to_drop_and_refuses_unknown_words() {
+    assert_eq!(parse(MINIMAL).unwrap().server.slow_client, SlowClient::Drop);
+    let c = parse("server: {slow_client: disconnect}\nauth: {jwt: {secret: s}}").unwrap();
+    assert_eq!(c.server.slow_client, SlowClient::Disconnect);
+    let errs = parse("server: {slow_client: kick}\nauth: {jwt: {secret: s}}").unwrap_err();
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!(errs.0[0].path, "server.slow_client");
+    assert!(errs.0[0].message.contains("`drop` or `disconnect`"), "{errs}");
+}

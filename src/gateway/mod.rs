@@ -40,7 +40,7 @@ impl Gateway {
             .max_payload(config.max_payload_bytes)
             .build_layer();
         let presence = Arc::new(Presence::new(metrics.clone()));
-        let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics);
+        let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics, config.slow_client);
         Self { layer, io, presence, deliverer }
     }
 
