@@ -98,8 +98,9 @@ impl Deliverer {
 }
 
 /// The disconnect packet needs room in the socket's full buffer: try again as the client
-/// drains it, for as long as a heartbeat cycle could take. A client that reads nothing at all
-/// is closed by the Engine.IO heartbeat instead (its ping cannot be queued or is not answered).
+/// drains it, for up to a minute. A client that reads nothing at all is left to the Engine.IO
+/// heartbeat (socketioxide offers no way to close one socket's connection with a full buffer);
+/// it is out of its user's room, so it gets nothing more meanwhile.
 async fn disconnect_when_room(socket: socketioxide::extract::SocketRef) {
     for _ in 0..600 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
