@@ -2,7 +2,9 @@
 # Runs herald's whole test suite on a fresh machine, installing what the tests need first:
 # redis-server and chromium (Debian packages), and the npm packages the integration tests drive
 # (socket.io-client, playwright-core) and the demo page serves, from the committed lockfiles.
+# Then a short fuzzing run of each fuzz target (installing cargo-fuzz if missing).
 # Usage: scripts/test.sh [cargo test args]
+# HERALD_FUZZ_SECS=N sets the seconds per fuzz target (default 20; 0 skips fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,3 +31,17 @@ fi
 
 # A hard bound, so a hung test fails the run instead of holding CI until its own deadline.
 timeout --signal=KILL 1800 cargo test --locked --lib --bins --tests "$@"
+
+# Short fuzzing runs: record routing and config parsing must never panic (see fuzz/ and the
+# README for a longer run). cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable
+# toolchain accept them. No sanitizer (safe Rust; it mainly slows the build) and 16 codegen
+# units keep the build short.
+fuzz_secs="${HERALD_FUZZ_SECS:-20}"
+if [ "$fuzz_secs" -gt 0 ]; then
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
+  for target in route_record config_yaml; do
+    mkdir -p "fuzz/corpus/$target"
+    RUSTC_BOOTSTRAP=1 timeout --signal=KILL 900 cargo fuzz run --sanitizer none --codegen-units 16 "$target" \
+      "fuzz/corpus/$target" "fuzz/seeds/$target" -- -max_total_time="$fuzz_secs"
+  done
+fi

@@ -5,7 +5,8 @@
 //! instead of looking names up per record.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -92,6 +93,8 @@ pub const DELIVERY_LATENCY: &str = "herald_delivery_latency_seconds";
 pub const RECORDS_CONSUMED: &str = "herald_source_records_consumed_total";
 pub const RECORDS_DROPPED: &str = "herald_records_dropped_total";
 pub const KAFKA_CONNECTED: &str = "herald_source_kafka_connected";
+pub const KAFKA_RECONNECTS: &str = "herald_source_kafka_reconnects_total";
+pub const KAFKA_DISCONNECTED: &str = "herald_source_kafka_disconnected_seconds_total";
 pub const COMMIT_FAILURES: &str = "herald_source_commit_failures_total";
 pub const ASSIGNED_PARTITIONS: &str = "herald_source_assigned_partitions";
 pub const PUBLISHED: &str = "herald_bus_notifications_published_total";
@@ -101,6 +104,7 @@ pub const BUS_LAGGED: &str = "herald_bus_messages_lost_total";
 pub const BUS_DECODE_FAILURES: &str = "herald_bus_decode_failures_total";
 pub const REDIS_CONNECTED: &str = "herald_bus_redis_connected";
 pub const REDIS_RECONNECTS: &str = "herald_bus_redis_reconnects_total";
+pub const REDIS_DISCONNECTED: &str = "herald_bus_redis_disconnected_seconds_total";
 pub const SUBSCRIPTIONS: &str = "herald_bus_subscriptions";
 pub const BUILD_INFO: &str = "herald_build_info";
 pub const ROUTE_RELOADS: &str = "herald_route_reloads_total";
@@ -109,6 +113,7 @@ pub const JWKS_FETCHES: &str = "herald_auth_jwks_fetches_total";
 pub const EXPIRED_DISCONNECTS: &str = "herald_gateway_expired_disconnects_total";
 pub const TOKEN_REFRESHES: &str = "herald_gateway_token_refreshes_total";
 pub const LIMIT_EVICTIONS: &str = "herald_gateway_limit_evictions_total";
+pub const SLOW_CLIENT_DISCONNECTS: &str = "herald_gateway_slow_client_disconnects_total";
 pub const DEAD_LETTERED: &str = "herald_source_dead_lettered_total";
 pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
 pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
@@ -126,6 +131,8 @@ pub const ALL_NAMES: &[&str] = &[
     RECORDS_CONSUMED,
     RECORDS_DROPPED,
     KAFKA_CONNECTED,
+    KAFKA_RECONNECTS,
+    KAFKA_DISCONNECTED,
     COMMIT_FAILURES,
     ASSIGNED_PARTITIONS,
     PUBLISHED,
@@ -135,6 +142,7 @@ pub const ALL_NAMES: &[&str] = &[
     BUS_DECODE_FAILURES,
     REDIS_CONNECTED,
     REDIS_RECONNECTS,
+    REDIS_DISCONNECTED,
     SUBSCRIPTIONS,
     BUILD_INFO,
     ROUTE_RELOADS,
@@ -144,6 +152,7 @@ pub const ALL_NAMES: &[&str] = &[
     EXPIRED_DISCONNECTS,
     TOKEN_REFRESHES,
     LIMIT_EVICTIONS,
+    SLOW_CLIENT_DISCONNECTS,
     REPLAYED,
     RETAINED_OFFLINE,
     DEAD_LETTERED,
@@ -165,7 +174,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     records_consumed: HashMap<String, Counter>,
     dropped: HashMap<DropReason, Counter>,
-    pub kafka_connected: Gauge,
+    /// Kafka reachability: `herald_source_kafka_connected`, reconnects, time disconnected.
+    pub kafka: Outage,
     pub commit_failures: Counter,
     pub assigned_partitions: Gauge,
     pub published: Counter,
@@ -173,13 +183,16 @@ pub struct Metrics {
     pub received: Counter,
     pub bus_lagged: Counter,
     pub bus_decode_failures: Counter,
-    pub redis_connected: Gauge,
+    /// Redis connection: `herald_bus_redis_connected` and time disconnected (reconnects are
+    /// counted from the client's own events, in `redis_reconnects`).
+    pub redis: Outage,
     pub redis_reconnects: Counter,
     pub subscriptions: Gauge,
     reloads_applied: Counter,
     reloads_rejected: Counter,
     pub expired_disconnects: Counter,
     pub limit_evictions: Counter,
+    pub slow_client_disconnects: Counter,
     pub replayed: Counter,
     pub retained_offline: Counter,
 }
@@ -212,6 +225,16 @@ impl Metrics {
         describe(r, BUS_DECODE_FAILURES, Unit::Count, "Bus messages that were not herald envelopes.", Kind::Counter);
         describe(r, REDIS_CONNECTED, Unit::Count, "1 while Redis is connected (absent without Redis).", Kind::Gauge);
         describe(r, REDIS_RECONNECTS, Unit::Count, "Redis reconnections.", Kind::Counter);
+        describe(r, REDIS_DISCONNECTED, Unit::Seconds, "Whole seconds Redis was disconnected since it was first connected.", Kind::Counter);
+        describe(r, KAFKA_RECONNECTS, Unit::Count, "Times the Kafka cluster answered again after an outage.", Kind::Counter);
+        describe(r, KAFKA_DISCONNECTED, Unit::Seconds, "Whole seconds the Kafka cluster did not answer since it first did.", Kind::Counter);
+        describe(
+            r,
+            SLOW_CLIENT_DISCONNECTS,
+            Unit::Count,
+            "Sockets disconnected because their send buffer was full (server.slow_client: disconnect).",
+            Kind::Counter,
+        );
         describe(r, SUBSCRIPTIONS, Unit::Count, "Per-user bus channels this instance is subscribed to.", Kind::Gauge);
         describe(r, ROUTE_RELOADS, Unit::Count, "Route script reloads, by result (applied, rejected).", Kind::Counter);
         describe(
@@ -259,7 +282,7 @@ impl Metrics {
             delivery_latency: r.register_histogram(&Key::from_name(DELIVERY_LATENCY), &META),
             records_consumed: topics.iter().map(|t| (t.clone(), counter(RECORDS_CONSUMED, vec![Label::new("topic", t.clone())]))).collect(),
             dropped: DropReason::ALL.iter().map(|d| (*d, counter(RECORDS_DROPPED, vec![Label::new("reason", d.as_str())]))).collect(),
-            kafka_connected: gauge(KAFKA_CONNECTED),
+            kafka: Outage::new(gauge(KAFKA_CONNECTED), counter(KAFKA_DISCONNECTED, vec![]), Some(counter(KAFKA_RECONNECTS, vec![]))),
             commit_failures: counter(COMMIT_FAILURES, vec![]),
             assigned_partitions: gauge(ASSIGNED_PARTITIONS),
             published: counter(PUBLISHED, vec![]),
@@ -267,13 +290,14 @@ impl Metrics {
             received: counter(RECEIVED, vec![]),
             bus_lagged: counter(BUS_LAGGED, vec![]),
             bus_decode_failures: counter(BUS_DECODE_FAILURES, vec![]),
-            redis_connected: gauge(REDIS_CONNECTED),
+            redis: Outage::new(gauge(REDIS_CONNECTED), counter(REDIS_DISCONNECTED, vec![]), None),
             redis_reconnects: counter(REDIS_RECONNECTS, vec![]),
             subscriptions: gauge(SUBSCRIPTIONS),
             reloads_applied: counter(ROUTE_RELOADS, vec![Label::new("result", "applied")]),
             reloads_rejected: counter(ROUTE_RELOADS, vec![Label::new("result", "rejected")]),
             expired_disconnects: counter(EXPIRED_DISCONNECTS, vec![]),
             limit_evictions: counter(LIMIT_EVICTIONS, vec![]),
+            slow_client_disconnects: counter(SLOW_CLIENT_DISCONNECTS, vec![]),
             replayed: counter(REPLAYED, vec![]),
             retained_offline: counter(RETAINED_OFFLINE, vec![]),
             recorder,
@@ -348,6 +372,59 @@ impl Metrics {
     pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 }
 
+/// One dependency's connection as the metrics show it: an up gauge, the time spent disconnected
+/// (a counter of whole seconds; the fraction is carried to the next observation), and
+/// optionally the recoveries. Outages count only once the dependency was first up, so a slow
+/// start is not reported as an outage.
+pub struct Outage {
+    up: Gauge,
+    disconnected_secs: Counter,
+    recoveries: Option<Counter>,
+    state: Mutex<OutageState>,
+}
+
+#[derive(Default)]
+struct OutageState {
+    was_up: bool,
+    down_since: Option<Instant>,
+    carried: Duration,
+}
+
+impl Outage {
+    fn new(up: Gauge, disconnected_secs: Counter, recoveries: Option<Counter>) -> Self {
+        Self { up, disconnected_secs, recoveries, state: Mutex::default() }
+    }
+
+    /// Records the connection state seen now; call it on every check, up or down, so the time
+    /// disconnected grows during an outage, not only when it ends.
+    pub fn observe(&self, up: bool) {
+        self.observe_at(up, Instant::now());
+    }
+
+    fn observe_at(&self, up: bool, now: Instant) {
+        self.up.set(if up { 1.0 } else { 0.0 });
+        let Ok(mut s) = self.state.lock() else { return };
+        if let Some(since) = s.down_since.take() {
+            s.carried += now.saturating_duration_since(since);
+            let whole = s.carried.as_secs();
+            if whole > 0 {
+                self.disconnected_secs.increment(whole);
+                s.carried -= Duration::from_secs(whole);
+            }
+            if up {
+                if let Some(r) = &self.recoveries {
+                    r.increment(1);
+                }
+            } else {
+                s.down_since = Some(now);
+            }
+        } else if !up && s.was_up {
+            s.down_since = Some(now);
+        }
+        s.was_up |= up;
+    }
+}
+
 static META: Metadata<'static> = Metadata::new("herald", Level::INFO, Some(module_path!()));
 
 enum Kind {
@@ -388,6 +465,28 @@ mod tests {
         for reason in DropReason::ALL {
             assert!(readme.contains(&format!("`{}`", reason.as_str())), "README.md does not document drop reason {}", reason.as_str());
         }
+    }
+
+    #[test]
+    fn an_outage_counts_its_seconds_while_it_lasts_and_one_recovery_when_it_ends() {
+        let m = Metrics::new(&[]);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        m.kafka.observe_at(false, at(0)); // before the first connection: not an outage
+        m.kafka.observe_at(true, at(5_000));
+        m.kafka.observe_at(false, at(6_000));
+        m.kafka.observe_at(false, at(7_600));
+        let text = m.render();
+        assert!(text.contains("herald_source_kafka_connected 0"), "{text}");
+        assert!(text.contains("herald_source_kafka_disconnected_seconds_total 1"), "{text}");
+        assert!(text.contains("herald_source_kafka_reconnects_total 0"), "{text}");
+        m.kafka.observe_at(true, at(9_200)); // 3.2 s down in all: 3 whole seconds, 0.2 carried
+        m.kafka.observe_at(false, at(10_000));
+        m.kafka.observe_at(true, at(10_900)); // 0.9 s more: 1.1 s carried, 1 more second
+        let text = m.render();
+        assert!(text.contains("herald_source_kafka_connected 1"), "{text}");
+        assert!(text.contains("herald_source_kafka_disconnected_seconds_total 4"), "{text}");
+        assert!(text.contains("herald_source_kafka_reconnects_total 2"), "{text}");
     }
 
     #[test]

@@ -131,7 +131,13 @@ async fn a_rolling_restart_loses_nothing_for_users_on_the_surviving_instance() {
 /// The broker goes away and comes back: readiness says so, consumption waits, and every record
 /// produced around the outage is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passes alone (cargo test --test faults -- --ignored); flaky beside the other tests on 2 cores: open work in the reliability issue"]
+// Still ignored. Suspected cause of the earlier failures, fixed in tests/common: records held
+// in the test producer during the outage timed out (message.timeout.ms 10 s) while librdkafka's
+// reconnect backoff had grown to 10 s. But one run alone after that fix hung for 14 minutes
+// with no `eventually` firing: the test thread parked in block_on, one tokio worker inside the
+// herald consumer's rdkafka poll_event, and the embedded broker's thread already gone. Root
+// cause not found yet: open work in the reliability issue.
+#[ignore = "hung once for 14 min (see the comment above); flaky beside the other tests on 2 cores"]
 async fn a_kafka_outage_pauses_consumption_and_loses_nothing() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
@@ -159,6 +165,12 @@ async fn a_kafka_outage_pauses_consumption_and_loses_nothing() {
     };
     tokio::join!(sends, restore);
     h.wait_ready().await;
+    // The metrics show the outage: the gauge is back, one reconnect, its seconds counted.
+    eventually(Duration::from_secs(15), "the reconnect to show", async || {
+        h.metric("herald_source_kafka_connected").await == 1.0 && h.metric("herald_source_kafka_reconnects_total").await >= 1.0
+    })
+    .await;
+    assert!(h.metric("herald_source_kafka_disconnected_seconds_total").await >= 1.0, "the outage lasted over 2 s");
     for n in 20..30 {
         kafka.produce_to(TOPIC, Some(0), None, record(n).as_bytes()).await;
     }
@@ -204,21 +216,21 @@ async fn a_rebalance_when_an_instance_joins_loses_nothing() {
     one.shutdown().await;
 }
 
-/// A client that stops reading fills its own bounded buffer; emits to it then fail and are
-/// counted, while another user's socket keeps receiving everything.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_client_does_not_hold_up_others() {
-    init_logs();
+/// Starts one instance with a 32-packet socket buffer and `slow_client: <policy>`, a stalled
+/// client and a healthy one; floods the stalled one with 200 notifications of 64 KiB (12 MiB:
+/// more than the kernel's socket buffers and its 32 packets) while the healthy one gets 50.
+/// Returns the instance and the clients once the healthy one got all 50.
+async fn stall_one_client(policy: &str) -> (Kafka, Herald, Clients) {
     let kafka = Kafka::start(&[TOPIC]).await;
+    // A short heartbeat, so a connection that cannot take the disconnect packet closes soon.
+    let extra = format!("  max_buffer_size: 32\n  slow_client: {policy}\n  ping_interval_secs: 2\n  ping_timeout_secs: 2");
     let h =
-        Herald::start(&config_yaml(&kafka, None, "").replace("shutdown_grace_secs: 5", "shutdown_grace_secs: 5\n  max_buffer_size: 32"))
-            .await;
+        Herald::start(&config_yaml(&kafka, None, "").replace("shutdown_grace_secs: 5", &format!("shutdown_grace_secs: 5\n{extra}"))).await;
     let mut c = Clients::start().await;
     c.connect_as("stuck", &h.url(), "stuck").await;
     c.connect_as("fine", &h.url(), "fine").await;
     c.pause("stuck").await;
 
-    // 12 MiB for the stalled client: more than the kernel's socket buffers and its 32 packets.
     let filler = "x".repeat(64 * 1024);
     for n in 0..200 {
         kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "stuck", "n": n, "filler": filler}).to_string().as_bytes()).await;
@@ -232,9 +244,87 @@ async fn a_stalled_client_does_not_hold_up_others() {
         c.received("fine", "notification").await.len() == N
     })
     .await;
+    let got: Vec<i64> = c.received("fine", "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
+    assert_eq!(got, (0..N as i64).collect::<Vec<_>>(), "the healthy client got everything, in order");
+    (kafka, h, c)
+}
+
+/// `slow_client: drop`: emits to the stalled client fail and are counted; it is not
+/// disconnected by the policy, and another user's socket keeps receiving everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_hold_up_others() {
+    init_logs();
+    let (_kafka, h, c) = stall_one_client("drop").await;
     let failures = h.metric("herald_gateway_emit_failures_total").await;
-    eprintln!("stalled client: 200 notifications of 64 KiB to it, {failures} refused by its full buffer; the other client got {N} of {N}");
+    eprintln!("stalled client (drop): 200 notifications of 64 KiB to it, {failures} refused by its full buffer; the other got all");
     assert!(failures > 0.0, "the stalled socket's bounded buffer filled up");
+    assert_eq!(h.metric("herald_gateway_slow_client_disconnects_total").await, 0.0);
     c.stop().await;
+    h.shutdown().await;
+}
+
+/// `slow_client: disconnect`: the stalled client is taken out of delivery when its buffer is
+/// full (counted once; no further emits to it fail), while another user's socket keeps
+/// receiving everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_disconnected_under_the_disconnect_policy() {
+    init_logs();
+    let (kafka, h, mut c) = stall_one_client("disconnect").await;
+    assert_eq!(h.metric("herald_gateway_slow_client_disconnects_total").await, 1.0, "one stalled socket, disconnected once");
+    let failures = h.metric("herald_gateway_emit_failures_total").await;
+    // Once out of its user's room, the socket is not emitted to again: more records for that
+    // user fail nowhere (the user may still count as present until the connection closes).
+    for n in 200..210 {
+        kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "stuck", "n": n}).to_string().as_bytes()).await;
+    }
+    kafka.produce_to(TOPIC, Some(1), None, json!({"userId": "fine", "n": 50}).to_string().as_bytes()).await;
+    eventually(Duration::from_secs(15), "the healthy client's next record", async || c.received("fine", "notification").await.len() == 51)
+        .await;
+    assert_eq!(h.metric("herald_gateway_emit_failures_total").await, failures, "no emit to the removed socket");
+    // Not asserted: that the stalled connection closes soon. socketioxide 0.18.9 has no public
+    // way to close one socket's connection while its buffer is full (the disconnect packet needs
+    // a free slot, retried in the background); the Engine.IO heartbeat closed it within 30 s in
+    // some runs and not in others (2 of 3 full runs of this file).
+    c.stop().await;
+    h.shutdown().await;
+}
+
+/// Redis stops and comes back: the metrics show the outage (connected gauge, seconds
+/// disconnected growing while it lasts, a reconnect) and readiness follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_shows_in_the_metrics_and_readiness() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let mut redis = Redis::start().await;
+    let h = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
+    h.wait_ready().await;
+    assert_eq!(h.metric("herald_bus_redis_connected").await, 1.0);
+    assert_eq!(h.metric("herald_bus_redis_disconnected_seconds_total").await, 0.0);
+    let reconnects = h.metric("herald_bus_redis_reconnects_total").await;
+
+    redis.stop();
+    let readyz = format!("{}/readyz", h.url());
+    eventually(Duration::from_secs(15), "the outage to show", async || h.metric("herald_bus_redis_connected").await == 0.0).await;
+    eventually(Duration::from_secs(15), "readiness to drop", async || {
+        reqwest::get(&readyz).await.map(|r| r.status() == 503).unwrap_or(false)
+    })
+    .await;
+    // The time disconnected grows during the outage, not only once it ends.
+    eventually(Duration::from_secs(15), "two seconds of outage counted", async || {
+        h.metric("herald_bus_redis_disconnected_seconds_total").await >= 2.0
+    })
+    .await;
+
+    redis.restart().await;
+    h.wait_ready().await;
+    eventually(Duration::from_secs(15), "the reconnect to show", async || {
+        h.metric("herald_bus_redis_connected").await == 1.0 && h.metric("herald_bus_redis_reconnects_total").await > reconnects
+    })
+    .await;
+    let outage = h.metric("herald_bus_redis_disconnected_seconds_total").await;
+    assert!(outage >= 2.0, "{outage} s");
+    // Once connected again, the counter stops.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(h.metric("herald_bus_redis_disconnected_seconds_total").await <= outage + 1.0, "carried fraction at most");
     h.shutdown().await;
 }

@@ -558,7 +558,7 @@ async fn watch_connection(
             }
         }
         let up = publisher.is_connected() && subscriber.is_connected();
-        metrics.redis_connected.set(if up { 1.0 } else { 0.0 });
+        metrics.redis.observe(up);
         if was_up != Some(up) {
             if up {
                 info!("Redis connected.");

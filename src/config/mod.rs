@@ -46,6 +46,8 @@ pub struct ServerConfig {
     /// grows only as it fills, so a large bound costs idle sockets nothing, and a burst of
     /// notifications to one user must fit in it.
     pub max_buffer_size: usize,
+    /// What happens to a socket whose buffer is full. Default `drop`.
+    pub slow_client: SlowClient,
     /// Largest incoming Engine.IO payload a client may send, in bytes, over long-polling and
     /// as one WebSocket message or frame. Default 100000.
     pub max_payload_bytes: u64,
@@ -78,6 +80,15 @@ pub enum DemoMode {
     /// On by default (embedded mode): a missing bundle is a warning, and the page says how to
     /// install it.
     IfBundled,
+}
+
+/// What herald does with a socket whose send buffer (`max_buffer_size`) is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowClient {
+    /// The notification is not sent to that socket (counted); the socket stays.
+    Drop,
+    /// The socket leaves its user's room at once and is disconnected (counted).
+    Disconnect,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -446,6 +457,7 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
             "max_payload_bytes",
             "connect_timeout_ms",
             "shutdown_grace_secs",
+            "slow_client",
         ],
     );
     let listen = read_addr(walk, &s, "listen", "0.0.0.0:3000");
@@ -457,7 +469,8 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
     let max_payload_bytes = ranged(walk, &s, "max_payload_bytes", 100_000u64, 64..=100_000_000);
     let connect_timeout = Duration::from_millis(ranged(walk, &s, "connect_timeout_ms", 10_000u64, 100..=600_000));
     let shutdown_grace = secs(walk, &s, "shutdown_grace_secs", 10, 0..=3600);
-    ServerConfig { listen, event, ping_interval, ping_timeout, max_buffer_size, max_payload_bytes, connect_timeout, shutdown_grace }
+    let slow_client = one_of(walk, &s, "slow_client", &[("drop", SlowClient::Drop), ("disconnect", SlowClient::Disconnect)]);
+    ServerConfig { listen, event, ping_interval, ping_timeout, max_buffer_size, slow_client, max_payload_bytes, connect_timeout, shutdown_grace }
 }
 
 /// Socket.IO reserves these names on the client; a notification emitted under one never arrives.
@@ -653,14 +666,12 @@ fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {
     let refresh_event: String = walk.get(&s, "refresh_event", "auth_refresh".into());
     check_event_name(walk, &s.path("refresh_event"), &refresh_event);
     let max_sockets_per_user = walk.get(&s, "max_sockets_per_user", 0u32);
-    let per_user_limit = match walk.get::<String>(&s, "per_user_limit", "refuse_new".into()).as_str() {
-        "refuse_new" => PerUserLimit::RefuseNew,
-        "disconnect_oldest" => PerUserLimit::DisconnectOldest,
-        other => {
-            walk.error(s.path("per_user_limit"), format!("expected `refuse_new` or `disconnect_oldest`, found `{other}`"));
-            PerUserLimit::RefuseNew
-        }
-    };
+    let per_user_limit = one_of(
+        walk,
+        &s,
+        "per_user_limit",
+        &[("refuse_new", PerUserLimit::RefuseNew), ("disconnect_oldest", PerUserLimit::DisconnectOldest)],
+    );
     let max_sockets = walk.get(&s, "max_sockets", 0u32);
     let allowed_origins: Vec<String> = walk.get(&s, "allowed_origins", Vec::new());
     for (i, origin) in allowed_origins.iter().enumerate() {
@@ -855,6 +866,17 @@ where
         walk.error(s.path(key), format!("must be between {} and {}, found {value}", range.start(), range.end()));
         default
     }
+}
+
+/// Reads a key whose value is one of a few words; the first choice is the default.
+fn one_of<T: Copy>(walk: &mut Walk, s: &Section<'_>, key: &str, choices: &[(&str, T)]) -> T {
+    let found: String = walk.get(s, key, choices[0].0.into());
+    if let Some((_, value)) = choices.iter().find(|(word, _)| *word == found) {
+        return *value;
+    }
+    let expected: Vec<String> = choices.iter().map(|(word, _)| format!("`{word}`")).collect();
+    walk.error(s.path(key), format!("expected {}, found `{found}`", expected.join(" or ")));
+    choices[0].1
 }
 
 fn secs(walk: &mut Walk, s: &Section<'_>, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {

@@ -187,3 +187,14 @@ fn a_cluster_url_selects_sharded_pubsub_with_hash_tagged_names() {
     assert_eq!(error_paths(&braces), ["redis.channel"], "braces would change the hash tag");
     assert_eq!(error_paths(&format!("{MINIMAL}redis: {{url: \"http://h\"}}\n")), ["redis.url"]);
 }
+
+#[test]
+fn slow_client_policy_defaults_to_drop_and_refuses_unknown_words() {
+    assert_eq!(parse(MINIMAL).unwrap().server.slow_client, SlowClient::Drop);
+    let c = parse("server: {slow_client: disconnect}\nauth: {jwt: {secret: s}}").unwrap();
+    assert_eq!(c.server.slow_client, SlowClient::Disconnect);
+    let errs = parse("server: {slow_client: kick}\nauth: {jwt: {secret: s}}").unwrap_err();
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert_eq!(errs.0[0].path, "server.slow_client");
+    assert!(errs.0[0].message.contains("`drop` or `disconnect`"), "{errs}");
+}

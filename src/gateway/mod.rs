@@ -47,7 +47,7 @@ impl Gateway {
             .ws_read_buffer_size(1024)
             .build_layer();
         let presence = Arc::new(Presence::new(metrics.clone()));
-        let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics);
+        let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics, config.slow_client);
         Self { layer, io, presence, deliverer }
     }
 

@@ -251,8 +251,9 @@ impl KafkaSource {
                     _ => break,
                 }
             }
-            self.health.connected.store(true, Ordering::Relaxed);
-            self.metrics.kafka_connected.set(1.0);
+            if !self.health.connected.swap(true, Ordering::Relaxed) {
+                self.metrics.kafka.observe(true);
+            }
 
             notifications.clear();
             for m in &messages {
@@ -378,7 +379,7 @@ async fn probe_connection(
         let t = topic.clone();
         let up = tokio::task::spawn_blocking(move || c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok()).await.unwrap_or(false);
         health.connected.store(up, Ordering::Relaxed);
-        metrics.kafka_connected.set(if up { 1.0 } else { 0.0 });
+        metrics.kafka.observe(up);
         if was != Some(up) {
             if up {
                 info!("Kafka reachable.");

@@ -134,7 +134,11 @@ impl Kafka {
         let producer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", broker.address().to_string())
             .set("linger.ms", "0")
-            .set("message.timeout.ms", "10000")
+            // Outage tests hold records in the producer while the broker is down: give them
+            // time, and retry connecting every half second at most (librdkafka's default backoff
+            // grows to 10 s, as long as the old message timeout, which made produce fail).
+            .set("message.timeout.ms", "30000")
+            .set("reconnect.backoff.max.ms", "500")
             .create()
             .unwrap();
         Kafka { broker, producer }
@@ -180,6 +184,7 @@ kafka:
     auto.offset.reset: earliest
     session.timeout.ms: "3000"
     heartbeat.interval.ms: "500"
+    reconnect.backoff.max.ms: "500"
 {redis}auth:
   jwt:
     secret: {SECRET}
