@@ -131,13 +131,12 @@ async fn a_rolling_restart_loses_nothing_for_users_on_the_surviving_instance() {
 /// The broker goes away and comes back: readiness says so, consumption waits, and every record
 /// produced around the outage is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// Still ignored. Suspected cause of the earlier failures, fixed in tests/common: records held
-// in the test producer during the outage timed out (message.timeout.ms 10 s) while librdkafka's
-// reconnect backoff had grown to 10 s. But one run alone after that fix hung for 14 minutes
-// with no `eventually` firing: the test thread parked in block_on, one tokio worker inside the
-// herald consumer's rdkafka poll_event, and the embedded broker's thread already gone. Root
-// cause not found yet: open work in the reliability issue.
-#[ignore = "hung once for 14 min (see the comment above); flaky beside the other tests on 2 cores"]
+// The hang seen before (14 min) is fixed: the readiness probe's blocking call could hold the
+// consumer's last reference and close it on the blocking pool, which runtime shutdown waits for.
+// Still ignored because of its timing: alone it passes in about 7 s (9 of 10 runs, the tenth
+// waited over 20 s for readiness); beside other tests, librdkafka took about 55 s to rejoin the
+// group after the mock broker came back, close to any bound we would dare to set in CI.
+#[ignore = "passes alone (cargo test --test faults -- --ignored); recovery after the outage takes up to a minute beside other tests"]
 async fn a_kafka_outage_pauses_consumption_and_loses_nothing() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
@@ -164,7 +163,12 @@ async fn a_kafka_outage_pauses_consumption_and_loses_nothing() {
         kafka.broker.set_up(true);
     };
     tokio::join!(sends, restore);
-    h.wait_ready().await;
+    // librdkafka reconnects with a growing backoff, and the readiness probe runs every 2 s.
+    let readyz = format!("{}/readyz", h.url());
+    eventually(Duration::from_secs(60), "readiness to return after the outage", async || {
+        reqwest::get(&readyz).await.map(|r| r.status() == 200).unwrap_or(false)
+    })
+    .await;
     // The metrics show the outage: the gauge is back, one reconnect, its seconds counted.
     eventually(Duration::from_secs(15), "the reconnect to show", async || {
         h.metric("herald_source_kafka_connected").await == 1.0 && h.metric("herald_source_kafka_reconnects_total").await >= 1.0
@@ -182,7 +186,6 @@ async fn a_kafka_outage_pauses_consumption_and_loses_nothing() {
 
 /// A third instance joins mid-stream: the rebalance moves partitions and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passed alone, but hung once beside the other tests (shutdown of three instances): open work in the reliability issue"]
 async fn a_rebalance_when_an_instance_joins_loses_nothing() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;

@@ -470,7 +470,17 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
     let connect_timeout = Duration::from_millis(ranged(walk, &s, "connect_timeout_ms", 10_000u64, 100..=600_000));
     let shutdown_grace = secs(walk, &s, "shutdown_grace_secs", 10, 0..=3600);
     let slow_client = one_of(walk, &s, "slow_client", &[("drop", SlowClient::Drop), ("disconnect", SlowClient::Disconnect)]);
-    ServerConfig { listen, event, ping_interval, ping_timeout, max_buffer_size, slow_client, max_payload_bytes, connect_timeout, shutdown_grace }
+    ServerConfig {
+        listen,
+        event,
+        ping_interval,
+        ping_timeout,
+        max_buffer_size,
+        slow_client,
+        max_payload_bytes,
+        connect_timeout,
+        shutdown_grace,
+    }
 }
 
 /// Socket.IO reserves these names on the client; a notification emitted under one never arrives.

@@ -74,8 +74,10 @@ impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(_) = rebalance {
             // Everything stored so far was delivered to the bus: commit it before the partitions
-            // move, so their next owner does not deliver it again.
-            match consumer.commit_consumer_state(CommitMode::Sync) {
+            // move, so their next owner does not deliver it again. Async: this callback runs
+            // inside the consumer's poll on a runtime worker, and a synchronous commit to an
+            // unreachable coordinator would hold that worker (and the whole source) hostage.
+            match consumer.commit_consumer_state(CommitMode::Async) {
                 Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
                 Err(e) => {
                     self.metrics.commit_failures.increment(1);
@@ -192,10 +194,13 @@ impl KafkaSource {
         let consumer = self.consumer;
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new().name("herald-kafka-close".into()).spawn(move || {
-            // Closing happens in the drop of the last reference: make sure it is this one, not a
-            // probe call still finishing on the blocking pool (which runtime shutdown awaits).
+            // Closing happens in the drop of the last reference: it must be this one, never a
+            // probe call still finishing on the blocking pool, whose drop would then block
+            // there (with the broker gone, for ever) and hold up runtime shutdown. So wait for
+            // the probe's reference however long its call takes: this thread is waited for
+            // only until the deadline below.
             let mut consumer = consumer;
-            for _ in 0..100 {
+            loop {
                 match Arc::try_unwrap(consumer) {
                     Ok(sole) => {
                         consumer = Arc::new(sole);
@@ -377,7 +382,18 @@ async fn probe_connection(
     loop {
         let c = consumer.clone();
         let t = topic.clone();
-        let up = tokio::task::spawn_blocking(move || c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok()).await.unwrap_or(false);
+        let up = tokio::task::spawn_blocking(move || {
+            let up = c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok();
+            // If the source finished meanwhile, this is the last reference, and dropping it closes
+            // the consumer: a blocking call that, with the broker gone, never returns. Never on
+            // the blocking pool, which runtime shutdown waits for: on a thread nobody joins.
+            if let Some(last) = Arc::into_inner(c) {
+                let _ = std::thread::Builder::new().name("herald-kafka-close".into()).spawn(move || drop(last));
+            }
+            up
+        })
+        .await
+        .unwrap_or(false);
         health.connected.store(up, Ordering::Relaxed);
         metrics.kafka.observe(up);
         if was != Some(up) {
