@@ -20,7 +20,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inli
 
 /// The page with its settings filled in, and the client bundle read once at start-up.
 pub struct DemoPage {
-    html: String,
+    html: Bytes,
     /// `None` when the bundle is not installed: the page then says how to install it.
     client_bundle: Option<Bytes>,
 }
@@ -47,7 +47,7 @@ impl DemoPage {
         });
         // JSON inside <script>: escape `<` so no value can close the element.
         let settings = settings.to_string().replace('<', "\\u003c");
-        Some(Arc::new(Self { html: PAGE.replace("{{SETTINGS}}", &settings), client_bundle }))
+        Some(Arc::new(Self { html: Bytes::from(PAGE.replace("{{SETTINGS}}", &settings)), client_bundle }))
     }
 
     pub fn routes(self: Arc<Self>) -> Router {
@@ -55,7 +55,7 @@ impl DemoPage {
         let bundle = self;
         Router::new()
             .route("/demo", get(|| async { Redirect::permanent("/demo/") }))
-            .route("/demo/", get(move || async move { respond("text/html; charset=utf-8", Bytes::from(page.html.clone())) }))
+            .route("/demo/", get(move || async move { respond("text/html; charset=utf-8", page.html.clone()) }))
             .route("/demo/demo.js", get(|| async { respond("text/javascript; charset=utf-8", Bytes::from_static(SCRIPT.as_bytes())) }))
             .route(
                 "/demo/socket.io.min.js",
