@@ -78,8 +78,9 @@ pub struct RedisBus {
     replay: ReplayConfig,
     ops: mpsc::UnboundedSender<Op>,
     command_timeout: Duration,
-    /// When the publisher last (re)connected; see [`RESUBSCRIBE_SETTLE`].
-    connected_at: Arc<std::sync::Mutex<Instant>>,
+    /// When the publisher last reconnected; see [`RESUBSCRIBE_SETTLE`]. A connection made during
+    /// start-up does not count: Redis did not just lose the other instances' subscriptions.
+    reconnected_at: Arc<std::sync::Mutex<Option<Instant>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -135,11 +136,11 @@ impl RedisBus {
             dirty: HashSet::new(),
             waiters: Vec::new(),
         };
-        let connected_at = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let reconnected_at = Arc::new(std::sync::Mutex::new(None));
         let tasks = vec![
             tokio::spawn(manager.run(ops_rx, cancel.clone())),
             tokio::spawn(receive(subscriber.clone(), pattern.clone(), deliverer, metrics.clone(), cancel.clone())),
-            tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), connected_at.clone(), metrics, cancel)),
+            tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), reconnected_at.clone(), metrics, cancel)),
         ];
         Ok(Self {
             publisher,
@@ -150,7 +151,7 @@ impl RedisBus {
             replay: replay_config.clone(),
             ops,
             command_timeout: timeout,
-            connected_at,
+            reconnected_at,
             tasks,
         })
     }
@@ -203,10 +204,10 @@ impl RedisBus {
         Ok(out)
     }
 
-    /// True for a while after (re)connecting to Redis: other instances may not have
-    /// re-subscribed their users yet, so "no subscriber" may not mean "offline".
+    /// True for a while after reconnecting to Redis: other instances may not have re-subscribed
+    /// their users yet, so "no subscriber" may not mean "offline".
     pub fn settling(&self) -> bool {
-        self.connected_at.lock().map(|t| t.elapsed() < RESUBSCRIBE_SETTLE).unwrap_or(false)
+        self.reconnected_at.lock().ok().and_then(|t| *t).is_some_and(|t| t.elapsed() < RESUBSCRIBE_SETTLE)
     }
 
     pub async fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> Result<History, BusError> {
@@ -537,7 +538,7 @@ async fn deliver_messages(mut messages: mpsc::Receiver<Message>, pattern: Channe
 async fn watch_connection(
     publisher: Client,
     subscriber: SubscriberClient,
-    connected_at: Arc<std::sync::Mutex<Instant>>,
+    reconnected_at: Arc<std::sync::Mutex<Option<Instant>>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -552,8 +553,8 @@ async fn watch_connection(
                 if matches!(event, Err(RecvError::Closed)) {
                     return;
                 }
-                if let Ok(mut t) = connected_at.lock() {
-                    *t = Instant::now();
+                if let Ok(mut t) = reconnected_at.lock() {
+                    *t = Some(Instant::now());
                 }
             }
         }

@@ -322,24 +322,50 @@ impl KafkaSource {
         }
     }
 
-    /// Retries a transient bus failure with backoff until it clears (or `abort` fires): the
-    /// partition waits, nothing is skipped.
+    /// Publishes the batch, holding the partition until the bus takes it (or `abort` fires):
+    /// nothing is skipped.
+    ///
+    /// Right after a Redis reconnect, "no subscriber" may only mean "not re-subscribed yet", so
+    /// while the bus is settling the notifications that reached nobody are published again.
+    /// Only those: the others reached an instance already, and stored ones wait in the history.
     async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
+        let mut published = self.publish_until_taken(batch, abort).await?;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let unheard: Vec<usize> = (0..batch.len()).filter(|&i| published[i].receivers == 0 && !published[i].stored).collect();
+            if unheard.is_empty() || !self.bus.settling() {
+                return Some(published);
+            }
+            self.metrics.publish_retries.increment(1);
+            debug!(
+                notifications = unheard.len(),
+                retry_in_ms = delay.as_millis() as u64,
+                "No subscriber yet while instances re-subscribe after a Redis reconnect; publishing again."
+            );
+            tokio::select! {
+                _ = abort.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
+            let again: Vec<Notification> = unheard.iter().map(|&i| batch[i].clone()).collect();
+            let results = self.publish_until_taken(&again, abort).await?;
+            for (i, result) in unheard.into_iter().zip(results) {
+                published[i] = result;
+            }
+        }
+    }
+
+    /// Retries a bus failure with backoff until it clears, or `abort` fires.
+    async fn publish_until_taken(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
         let mut delay = Duration::from_millis(50);
         loop {
             let error = match self.bus.publish(batch).await {
-                // Right after a Redis reconnect, "no subscriber" may only mean "not re-subscribed
-                // yet": retry instead of dropping as offline. Not for batches with retained
-                // notifications: those are stored already, and storing again would duplicate them.
-                Ok(published) if self.bus.settling() && !batch.iter().any(|n| n.retain) && published.iter().any(|p| p.receivers == 0) => {
-                    "a user's channel has no subscriber while instances re-subscribe after a Redis reconnect".to_owned()
-                }
                 Ok(published) => return Some(published),
-                Err(e) => e.to_string(),
+                Err(e) => e,
             };
             self.metrics.publish_retries.increment(1);
             warn!(
-                error,
+                error = %error,
                 notifications = batch.len(),
                 retry_in_ms = delay.as_millis() as u64,
                 "Bus publish not done; holding consumption and retrying."
