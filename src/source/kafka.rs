@@ -32,6 +32,10 @@ const DEFAULT_OPTIONS: &[(&str, &str)] = &[
     // A crashed instance's partitions move within seconds, not the 45 s default.
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "1000"),
+    // A broker that stops answering without closing the connection (a restart behind a proxy, a
+    // network partition) is given up on after 10 s, not librdkafka's 60 s: until then the
+    // requests queued on that connection, offset commits and readiness probes included, wait.
+    ("socket.timeout.ms", "10000"),
     // Offsets are committed in the background from what herald stored, every second.
     ("auto.commit.interval.ms", "1000"),
 ];
