@@ -78,6 +78,7 @@ fn notification(user: usize, retain: bool) -> Notification {
         event: "notification".into(),
         payload: RawValue::from_string(payload).unwrap(),
         timestamp_ms: 0,
+        consumed_us: 0,
         retain,
     }
 }

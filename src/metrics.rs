@@ -90,6 +90,7 @@ pub const AUTH_REJECTIONS: &str = "herald_gateway_auth_rejections_total";
 pub const DELIVERED: &str = "herald_gateway_notifications_delivered_total";
 pub const EMIT_FAILURES: &str = "herald_gateway_emit_failures_total";
 pub const DELIVERY_LATENCY: &str = "herald_delivery_latency_seconds";
+pub const PIPELINE_LATENCY: &str = "herald_pipeline_latency_seconds";
 pub const RECORDS_CONSUMED: &str = "herald_source_records_consumed_total";
 pub const RECORDS_DROPPED: &str = "herald_records_dropped_total";
 pub const KAFKA_CONNECTED: &str = "herald_source_kafka_connected";
@@ -119,6 +120,9 @@ pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
 pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
 pub const ROUTE_SCRIPT_ERRORS: &str = "herald_route_script_errors_total";
 
+/// The histograms among them: Prometheus shows only their `_bucket`, `_sum` and `_count` series.
+pub const HISTOGRAMS: &[&str] = &[DELIVERY_LATENCY, PIPELINE_LATENCY];
+
 /// Every metric name, for documentation checks.
 pub const ALL_NAMES: &[&str] = &[
     SOCKETS,
@@ -128,6 +132,7 @@ pub const ALL_NAMES: &[&str] = &[
     DELIVERED,
     EMIT_FAILURES,
     DELIVERY_LATENCY,
+    PIPELINE_LATENCY,
     RECORDS_CONSUMED,
     RECORDS_DROPPED,
     KAFKA_CONNECTED,
@@ -160,6 +165,9 @@ pub const ALL_NAMES: &[&str] = &[
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Buckets for herald's own share, in seconds: fine below a few milliseconds, where it should be.
+const PIPELINE_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 /// Handles to every metric of one running herald.
 pub struct Metrics {
@@ -172,6 +180,7 @@ pub struct Metrics {
     pub delivered: Counter,
     pub emit_failures: Counter,
     pub delivery_latency: Histogram,
+    pub pipeline_latency: Histogram,
     records_consumed: HashMap<String, Counter>,
     dropped: HashMap<DropReason, Counter>,
     /// Kafka reachability: `herald_source_kafka_connected`, reconnects, time disconnected.
@@ -202,6 +211,7 @@ impl Metrics {
     pub fn new(topics: &[String]) -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PIPELINE_LATENCY.into()), PIPELINE_BUCKETS))
             .expect("static buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
@@ -213,6 +223,13 @@ impl Metrics {
         describe(r, DELIVERED, Unit::Count, "Notifications emitted to sockets (one per socket).", Kind::Counter);
         describe(r, EMIT_FAILURES, Unit::Count, "Emits that failed (socket buffer full or closed).", Kind::Counter);
         describe(r, DELIVERY_LATENCY, Unit::Seconds, "From the Kafka record timestamp to the emit on this instance.", Kind::Histogram);
+        describe(
+            r,
+            PIPELINE_LATENCY,
+            Unit::Seconds,
+            "herald's own share: from the consuming instance taking the record (or the publish API accepting it) to the emit on this instance.",
+            Kind::Histogram,
+        );
         describe(r, RECORDS_CONSUMED, Unit::Count, "Kafka records consumed, by topic.", Kind::Counter);
         describe(r, RECORDS_DROPPED, Unit::Count, "Records or notifications not delivered to the bus, by reason.", Kind::Counter);
         describe(r, KAFKA_CONNECTED, Unit::Count, "1 while the Kafka cluster answers, else 0.", Kind::Gauge);
@@ -280,6 +297,7 @@ impl Metrics {
             delivered: counter(DELIVERED, vec![]),
             emit_failures: counter(EMIT_FAILURES, vec![]),
             delivery_latency: r.register_histogram(&Key::from_name(DELIVERY_LATENCY), &META),
+            pipeline_latency: r.register_histogram(&Key::from_name(PIPELINE_LATENCY), &META),
             records_consumed: topics.iter().map(|t| (t.clone(), counter(RECORDS_CONSUMED, vec![Label::new("topic", t.clone())]))).collect(),
             dropped: DropReason::ALL.iter().map(|d| (*d, counter(RECORDS_DROPPED, vec![Label::new("reason", d.as_str())]))).collect(),
             kafka: Outage::new(gauge(KAFKA_CONNECTED), counter(KAFKA_DISCONNECTED, vec![]), Some(counter(KAFKA_RECONNECTS, vec![]))),

@@ -5,11 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use herald::metrics::{ALL_NAMES, DELIVERY_LATENCY};
+use herald::metrics::{ALL_NAMES, DELIVERY_LATENCY, HISTOGRAMS};
 use serde_json::Value;
 
-/// herald's histograms: Prometheus only has their `_bucket`, `_sum` and `_count` series.
-const HISTOGRAMS: &[&str] = &[DELIVERY_LATENCY];
 const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
 
 fn read(path: &str) -> String {

@@ -48,6 +48,10 @@ async fn delivers_across_instances_to_every_socket_of_the_user_only() {
     assert_eq!(two.metric("herald_gateway_notifications_delivered_total").await, 1.0);
     assert_eq!(two.metric("herald_gateway_users").await, 2.0);
     assert_eq!(two.metric("herald_bus_subscriptions").await, 2.0, "one channel per user with a socket here");
+    // herald's own latency share is timed from the consume on instance 1, carried over Redis.
+    assert_eq!(two.metric("herald_pipeline_latency_seconds_count").await, 1.0, "timed across instances");
+    let share = two.metric("herald_pipeline_latency_seconds_sum").await;
+    assert!(share > 0.0 && share < 5.0, "consume -> emit on another instance took {share} s");
 
     // The last socket of a user leaving unsubscribes its channel: alice's records stop
     // reaching instance 2 (and count as offline there is no one left anywhere).

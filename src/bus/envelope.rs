@@ -1,5 +1,7 @@
-//! The wire form of a notification on the bus: `{"e":event,"t":timestamp_ms,"p":payload}`,
-//! with `"i":id` first for retained notifications (added by the Redis store script).
+//! The wire form of a notification on the bus: `{"e":event,"t":timestamp_ms,"c":consumed_us,"p":payload}`,
+//! with `"i":id` first for retained notifications (added by the Redis store script). `"c"` (when
+//! the record was taken from Kafka, for herald's own latency) is optional, as for any publisher
+//! other than herald.
 //!
 //! JSON so that operators can read it with `redis-cli subscribe` and other services can publish
 //! to a user's channel; the payload is spliced in as raw text and read back borrowed, so it is
@@ -18,6 +20,8 @@ pub struct Envelope<'a> {
     pub event: Cow<'a, str>,
     #[serde(rename = "t", default)]
     pub timestamp_ms: i64,
+    #[serde(rename = "c", default)]
+    pub consumed_us: i64,
     #[serde(rename = "p", borrow)]
     pub payload: &'a RawValue,
     /// The id in the user's history, for retained notifications.
@@ -33,6 +37,10 @@ pub fn encode(n: &Notification) -> String {
     out.push_str(&serde_json::to_string(&*n.event).expect("a string always serialises"));
     out.push_str(",\"t\":");
     out.push_str(itoa::Buffer::new().format(n.timestamp_ms));
+    if n.consumed_us > 0 {
+        out.push_str(",\"c\":");
+        out.push_str(itoa::Buffer::new().format(n.consumed_us));
+    }
     out.push_str(",\"p\":");
     out.push_str(payload);
     out.push('}');
@@ -54,16 +62,19 @@ mod tests {
             event: "no\"tif".into(),
             payload: RawValue::from_string(r#"{"a": [1, 2], "b":"é"}"#.into()).unwrap(),
             timestamp_ms: 1_700_000_000_123,
+            consumed_us: 1_700_000_000_123_456,
             retain: false,
         };
         let wire = encode(&n);
         let env = decode(wire.as_bytes()).unwrap();
         assert_eq!(env.event, "no\"tif");
         assert_eq!(env.timestamp_ms, 1_700_000_000_123);
+        assert_eq!(env.consumed_us, 1_700_000_000_123_456);
         assert_eq!(env.payload.get(), r#"{"a": [1, 2], "b":"é"}"#);
         assert_eq!(env.id, None);
         let with_id = decode(br#"{"i":"17-2","e":"n","t":1,"p":{}}"#).unwrap();
         assert_eq!(with_id.id.as_deref(), Some("17-2"));
+        assert_eq!(with_id.consumed_us, 0, "optional, for publishers other than herald");
     }
 
     #[test]

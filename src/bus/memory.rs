@@ -24,9 +24,12 @@ impl MemoryBus {
             let published = if n.retain {
                 let id = self.history.append(&n.user_id, &n.event, &n.payload, crate::route::now_ms().max(0) as u64);
                 let item = Retained { id, event: n.event.to_string(), payload: n.payload.clone() };
-                Published { receivers: self.deliverer.deliver_retained(&n.user_id, item, n.timestamp_ms), stored: true }
+                Published { receivers: self.deliverer.deliver_retained(&n.user_id, item, n.timestamp_ms, n.consumed_us), stored: true }
             } else {
-                Published { receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.timestamp_ms).await, stored: false }
+                Published {
+                    receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us).await,
+                    stored: false,
+                }
             };
             out.push(published);
         }

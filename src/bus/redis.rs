@@ -39,14 +39,15 @@ const SLOTS_IN_FLIGHT: usize = 256;
 
 /// Stores a retained notification in the user's stream and publishes it, as one atomic step:
 /// a notification is never in the history and missing from the live stream, or the reverse.
-/// KEYS: stream, channel. ARGV: event, timestamp ms, payload JSON, max count, min id (age), ttl ms.
+/// KEYS: stream, channel. ARGV: event, timestamp ms, payload JSON, max count, min id (age), ttl ms,
+/// consumed us (live message only: the history keeps what a replay needs).
 macro_rules! store_then {
     ($publish:literal) => {
         concat!(
             "local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3])\n",
             "redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])\n",
             "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n",
-            "local message = '{\"i\":\"' .. id .. '\",\"e\":' .. cjson.encode(ARGV[1]) .. ',\"t\":' .. ARGV[2] .. ',\"p\":' .. ARGV[3] .. '}'\n",
+            "local message = '{\"i\":\"' .. id .. '\",\"e\":' .. cjson.encode(ARGV[1]) .. ',\"t\":' .. ARGV[2] .. ',\"c\":' .. ARGV[7] .. ',\"p\":' .. ARGV[3] .. '}'\n",
             "return {id, redis.call('",
             $publish,
             "', KEYS[2], message)}\n"
@@ -176,6 +177,7 @@ impl RedisBus {
                     self.replay.history.to_string(),
                     oldest_kept.to_string(),
                     self.replay.max_age.as_millis().to_string(),
+                    n.consumed_us.to_string(),
                 ];
                 // Routed by the stream key: FirstKey would hash the script text (EVAL's first
                 // argument) and every call would bounce off a MOVED redirect on a cluster.
@@ -520,10 +522,10 @@ async fn deliver_messages(mut messages: mpsc::Receiver<Message>, pattern: Channe
                 match env.id.as_deref().map(str::parse::<NotificationId>) {
                     Some(Ok(id)) => {
                         let item = Retained { id, event: env.event.into_owned(), payload: env.payload.to_owned() };
-                        deliverer.deliver_retained(user_id, item, env.timestamp_ms);
+                        deliverer.deliver_retained(user_id, item, env.timestamp_ms, env.consumed_us);
                     }
                     _ => {
-                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms).await;
+                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, env.consumed_us).await;
                     }
                 }
             }

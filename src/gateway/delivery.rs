@@ -10,7 +10,7 @@ use super::presence::Presence;
 use crate::config::SlowClient;
 use crate::metrics::Metrics;
 use crate::replay::{ReplayGate, Retained};
-use crate::route::now_ms;
+use crate::route::now_us;
 
 /// Emits notifications to the sockets of this instance. Cheap to clone.
 #[derive(Clone)]
@@ -28,7 +28,7 @@ impl Deliverer {
 
     /// Emits `event` with `payload` to every socket of `user_id` here; returns how many sockets
     /// it reached. With `slow_client: drop` the packet is encoded once for all of them.
-    pub async fn deliver(&self, user_id: &str, event: &str, payload: &RawValue, timestamp_ms: i64) -> usize {
+    pub async fn deliver(&self, user_id: &str, event: &str, payload: &RawValue, timestamp_ms: i64, consumed_us: i64) -> usize {
         let sockets = self.presence.sockets_of(user_id) as usize;
         if sockets == 0 {
             return 0;
@@ -48,8 +48,7 @@ impl Deliverer {
             self.metrics.emit_failures.increment(failed as u64);
         }
         self.metrics.delivered.increment(reached as u64);
-        let latency_ms = (now_ms() - timestamp_ms).max(0);
-        self.metrics.delivery_latency.record(latency_ms as f64 / 1000.0);
+        self.record_latency(timestamp_ms, consumed_us);
         reached
     }
 
@@ -79,7 +78,7 @@ impl Deliverer {
     /// Emits a retained notification (with its id as a second argument) to every socket of the
     /// user here, through each socket's replay gate, so a socket in the middle of a replay gets
     /// it afterwards, once.
-    pub fn deliver_retained(&self, user_id: &str, item: Retained, timestamp_ms: i64) -> usize {
+    pub fn deliver_retained(&self, user_id: &str, item: Retained, timestamp_ms: i64, consumed_us: i64) -> usize {
         if self.presence.sockets_of(user_id) == 0 {
             return 0;
         }
@@ -92,8 +91,17 @@ impl Deliverer {
             }
         }
         self.metrics.delivered.increment(reached as u64);
-        self.metrics.delivery_latency.record((now_ms() - timestamp_ms).max(0) as f64 / 1000.0);
+        self.record_latency(timestamp_ms, consumed_us);
         reached
+    }
+
+    /// End to end since the record was produced, and herald's own share since it was consumed.
+    fn record_latency(&self, produced_ms: i64, consumed_us: i64) {
+        let now = now_us();
+        self.metrics.delivery_latency.record((now / 1000 - produced_ms).max(0) as f64 / 1e3);
+        if consumed_us > 0 {
+            self.metrics.pipeline_latency.record((now - consumed_us).max(0) as f64 / 1e6);
+        }
     }
 }
 

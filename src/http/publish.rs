@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::user_id_from_json;
 use crate::bus::Bus;
 use crate::config::ApiConfig;
-use crate::route::{Notification, now_ms};
+use crate::route::{Notification, now_ms, now_us};
 
 pub struct PublishApi {
     key_digest: [u8; 32],
@@ -91,6 +91,7 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
         None => api.default_event.clone(),
     };
     let timestamp_ms = now_ms();
+    let consumed_us = now_us();
     let batch: Vec<Notification> = users
         .into_iter()
         .map(|user_id| Notification {
@@ -98,6 +99,7 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
             event: event.clone(),
             payload: request.payload.clone(),
             timestamp_ms,
+            consumed_us,
             retain: request.retain,
         })
         .collect();

@@ -43,6 +43,9 @@ pub struct Notification {
     pub payload: Box<RawValue>,
     /// When the record was produced, for the end-to-end latency histogram.
     pub timestamp_ms: i64,
+    /// When herald took the record from Kafka (or the publish API accepted it), microseconds
+    /// since the epoch, for the histogram of herald's own latency; 0 if unknown.
+    pub consumed_us: i64,
     /// Keep it in the user's history for replay (the topic has `retain: true`).
     pub retain: bool,
 }
@@ -291,7 +294,7 @@ fn route_by_default(
             })?
         }
     };
-    out.push(Notification { user_id, event: event.clone(), payload: raw.to_owned(), timestamp_ms, retain: false });
+    out.push(Notification { user_id, event: event.clone(), payload: raw.to_owned(), timestamp_ms, consumed_us: 0, retain: false });
     Ok(())
 }
 
@@ -361,11 +364,17 @@ fn notification(item: Dynamic, event: &Arc<str>, record: &Record<'_>, timestamp_
         // Without a payload the record value is passed through as it is.
         None => parse_value(record).map_err(|e| format!("no `payload` given and {e}"))?.to_owned(),
     };
-    Ok(Notification { user_id, event, payload, timestamp_ms, retain: false })
+    Ok(Notification { user_id, event, payload, timestamp_ms, consumed_us: 0, retain: false })
 }
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Wall-clock microseconds since the epoch: instances on one host share this clock, so a time
+/// taken by one and read by another measures the hop between them.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use super::dead_letter::DeadLetter;
 use crate::bus::{Bus, Published};
 use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
-use crate::route::{Notification, Record, Router};
+use crate::route::{Notification, Record, Router, now_us};
 use crate::throttle::{Throttle, Verdict};
 
 /// Settings herald applies unless `kafka.options` says otherwise.
@@ -264,6 +264,8 @@ impl KafkaSource {
                 self.metrics.kafka.observe(true);
             }
 
+            // The moment herald took these records: where its own share of the latency starts.
+            let taken_us = now_us();
             notifications.clear();
             for m in &messages {
                 self.metrics.consumed(m.topic());
@@ -307,6 +309,9 @@ impl KafkaSource {
                 }
             }
 
+            for n in &mut notifications {
+                n.consumed_us = taken_us;
+            }
             if !notifications.is_empty() {
                 let Some(published) = self.publish_with_retry(&notifications, abort).await else {
                     // Aborted while the bus was down: leave the offsets unstored.

@@ -7,6 +7,7 @@
 //! report (and appends it as one JSON line to `--json`). See docs/benchmarks.md.
 
 mod run;
+mod share;
 mod stats;
 mod worker;
 

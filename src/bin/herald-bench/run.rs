@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::share;
 use crate::stats::{cpu_micros, now_us, percentiles, proc_cpu_micros, raise_fd_limit, rss_kib};
 
 #[derive(clap::Args)]
@@ -127,6 +128,8 @@ struct Phase {
     herald_cpu_us: u64,
     bench_cpu_us: u64,
     workers_cpu_us: u64,
+    /// herald's own latency histogram over the phase, summed over the servers.
+    share: share::Buckets,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -279,6 +282,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         let herald_before: u64 = args.pids.iter().filter_map(|p| proc_cpu_micros(*p)).sum();
         let bench_before = cpu_micros();
         let workers_before = total(workers, "cpu").await?;
+        let share_before = share::scrape(&args.servers).await;
         let t0 = Instant::now();
         // Sending runs on a thread of its own; times are written into a buffer handed back.
         let (producer2, topic, users2) = (producer.clone(), args.topic.clone(), users.clone());
@@ -305,6 +309,13 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         }
         let herald_after: u64 = args.pids.iter().filter_map(|p| proc_cpu_micros(*p)).sum();
         let workers_after = total(workers, "cpu").await?;
+        let share = match (share_before, share::scrape(&args.servers).await) {
+            (Ok(before), Ok(after)) => share::since(&before, &after),
+            (Err(e), _) | (_, Err(e)) => {
+                println!("herald's latency histogram not read: {e}");
+                Vec::new()
+            }
+        };
         phases.push(Phase {
             rate,
             first_seq,
@@ -313,6 +324,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             herald_cpu_us: herald_after.saturating_sub(herald_before),
             bench_cpu_us: cpu_micros().saturating_sub(bench_before),
             workers_cpu_us: workers_after.saturating_sub(workers_before),
+            share,
         });
         println!("phase rate={rate}: sent {sent} in {send_secs:.2} s");
     }
@@ -383,8 +395,14 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         let e2e = percentiles(&mut e2e);
         let share_p = percentiles(&mut share);
         let cpu_per = if unique > 0 { phase.herald_cpu_us as f64 / unique as f64 } else { 0.0 };
+        let herald_share: Option<[f64; 3]> = [0.5, 0.9, 0.99]
+            .map(|q| share::quantile(&phase.share, q).map(|s| s * 1e6))
+            .into_iter()
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| [v[0], v[1], v[2]]);
+        let within_2ms = share::fraction_within(&phase.share, 0.002);
         println!(
-            "rate {:>6}/s: sent {} delivered {} lost {} duplicated {} | {:.0} delivered/s | e2e us p50 {} p90 {} p99 {} max {}{} | herald CPU {:.2} s = {:.2} us/notification | bench CPU {:.2} s, workers {:.2} s",
+            "rate {:>6}/s: sent {} delivered {} lost {} duplicated {} | {:.0} delivered/s | e2e us p50 {} p90 {} p99 {} max {}{}{} | herald CPU {:.2} s = {:.2} us/notification | bench CPU {:.2} s, workers {:.2} s",
             phase.rate,
             phase.sent,
             unique,
@@ -400,6 +418,16 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             } else {
                 format!(" | after consume us p50 {} p90 {} p99 {} max {}", share_p[0], share_p[1], share_p[2], share_p[3])
             },
+            match (herald_share, within_2ms) {
+                (Some(s), Some(w)) => format!(
+                    " | herald share (consume -> emit) us p50 {:.0} p90 {:.0} p99 {:.0}, {:.2}% within 2 ms",
+                    s[0],
+                    s[1],
+                    s[2],
+                    w * 100.0
+                ),
+                _ => String::new(),
+            },
             phase.herald_cpu_us as f64 / 1e6,
             cpu_per,
             phase.bench_cpu_us as f64 / 1e6,
@@ -409,6 +437,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             "rate": phase.rate, "sent": phase.sent, "delivered": unique, "lost": phase.sent.saturating_sub(unique),
             "duplicated": deliveries - unique, "send_secs": phase.send_secs, "delivered_per_sec": rate_delivered,
             "e2e_us": e2e, "share_us": if share.is_empty() { serde_json::Value::Null } else { json!(share_p) },
+            "herald_share_us": herald_share, "herald_share_within_2ms": within_2ms,
             "herald_cpu_us": phase.herald_cpu_us, "herald_cpu_us_per_delivered": cpu_per,
             "bench_cpu_us": phase.bench_cpu_us, "workers_cpu_us": phase.workers_cpu_us,
             "producer_failed": acked_failed,
