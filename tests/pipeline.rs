@@ -124,6 +124,8 @@ async fn offline_users_and_bad_records_are_counted_and_skipped() {
     })
     .await;
     assert_eq!(h.metric("herald_bus_notifications_published_total").await, 2.0);
+    // Only a Redis reconnect opens the window in which "no subscriber" is retried, not start-up.
+    assert_eq!(h.metric("herald_bus_publish_retries_total").await, 0.0, "offline is offline from the start");
     for (reason, n) in [("bad_json", 1.0), ("empty", 1.0), ("no_user_id", 1.0), ("bad_user_id", 1.0), ("offline", 1.0)] {
         assert_eq!(h.metric(&format!("herald_records_dropped_total{{reason=\"{reason}\"}}")).await, n, "{reason}");
     }
@@ -202,53 +204,6 @@ async fn polling_upgrade_and_token_fallbacks_work_on_the_in_process_bus() {
     .await;
     c.stop().await;
     h.shutdown().await;
-}
-
-/// After Redis restarts, instances re-subscribe by themselves and delivery resumes; records
-/// produced while Redis was down wait in Kafka and are delivered, not skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn survives_a_redis_restart_without_losing_records() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
-    let mut redis = Redis::start().await;
-    // A short command deadline, so the outage outlasts it and publishing has to retry.
-    let yaml = config_yaml(&kafka, Some(&redis), "").replace("\"}\n", "\", command_timeout_ms: 300}\n");
-    let one = Herald::start(&yaml).await;
-    let two = Herald::start(&yaml.replace("group_id: herald-test", "group_id: herald-test\n  topics: [elsewhere]")).await;
-    one.wait_assigned(4).await;
-    two.wait_assigned(4).await;
-    let mut c = Clients::start().await;
-    c.connect_as("frank", &two.url(), "frank").await;
-    kafka.notify("frank", json!({"n": 0})).await;
-    assert_eq!(c.expect("frank", "notification").await["body"]["n"], 0);
-
-    redis.stop();
-    eventually(Duration::from_secs(10), "readiness to drop while Redis is down", async || {
-        reqwest::get(format!("{}/readyz", one.url())).await.map(|r| r.status().as_u16() == 503).unwrap_or(false)
-    })
-    .await;
-    for n in 1..=3 {
-        kafka.produce_to(TOPIC, Some(1), Some("frank"), json!({"userId": "frank", "body": {"n": n}}).to_string().as_bytes()).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    redis.restart().await;
-    one.wait_ready().await;
-    two.wait_ready().await;
-
-    // At-least-once: a duplicate may show up, but the first sighting of each is in order.
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let n = c.expect("frank", "notification").await["body"]["n"].as_i64().unwrap();
-        if n > 0 && !seen.contains(&n) {
-            seen.push(n);
-        }
-    }
-    assert_eq!(seen, [1, 2, 3], "in order, none lost");
-    assert!(one.metric("herald_bus_publish_retries_total").await >= 1.0, "the outage was retried, not skipped");
-    assert!(two.metric("herald_bus_redis_reconnects_total").await >= 1.0);
-    c.stop().await;
-    one.shutdown().await;
-    two.shutdown().await;
 }
 
 /// A client that vanishes without closing its connection (it stops reading, so it never answers

@@ -68,6 +68,8 @@ async fn a_client_cut_every_few_seconds_misses_nothing_across_instances() {
     c.connect("gus", &two.url(), flaky(&token("gus"))).await.unwrap();
     cut_while_flowing(&kafka, &mut c, "gus", "gus", 120).await;
     assert!(two.metric("herald_replay_notifications_replayed_total").await > 0.0);
+    // The store script carries the consume time too: retained notifications are timed across instances.
+    assert!(two.metric("herald_pipeline_latency_seconds_count").await > 0.0);
     c.stop().await;
     one.shutdown().await;
     two.shutdown().await;

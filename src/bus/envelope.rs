@@ -20,13 +20,21 @@ pub struct Envelope<'a> {
     pub event: Cow<'a, str>,
     #[serde(rename = "t", default)]
     pub timestamp_ms: i64,
-    #[serde(rename = "c", default)]
-    pub consumed_us: i64,
+    /// Read leniently: another publisher's `"c"` of any type must not make the message unreadable.
+    #[serde(rename = "c", default, borrow)]
+    consumed: Option<&'a RawValue>,
     #[serde(rename = "p", borrow)]
     pub payload: &'a RawValue,
     /// The id in the user's history, for retained notifications.
     #[serde(rename = "i", default, borrow)]
     pub id: Option<Cow<'a, str>>,
+}
+
+impl Envelope<'_> {
+    /// When herald took the record, in microseconds since the epoch; 0 if absent or not an integer.
+    pub fn consumed_us(&self) -> i64 {
+        self.consumed.and_then(|c| c.get().parse().ok()).unwrap_or(0)
+    }
 }
 
 pub fn encode(n: &Notification) -> String {
@@ -69,12 +77,14 @@ mod tests {
         let env = decode(wire.as_bytes()).unwrap();
         assert_eq!(env.event, "no\"tif");
         assert_eq!(env.timestamp_ms, 1_700_000_000_123);
-        assert_eq!(env.consumed_us, 1_700_000_000_123_456);
+        assert_eq!(env.consumed_us(), 1_700_000_000_123_456);
         assert_eq!(env.payload.get(), r#"{"a": [1, 2], "b":"é"}"#);
         assert_eq!(env.id, None);
         let with_id = decode(br#"{"i":"17-2","e":"n","t":1,"p":{}}"#).unwrap();
         assert_eq!(with_id.id.as_deref(), Some("17-2"));
-        assert_eq!(with_id.consumed_us, 0, "optional, for publishers other than herald");
+        assert_eq!(with_id.consumed_us(), 0, "optional, for publishers other than herald");
+        let foreign = decode(br#"{"e":"n","c":"yesterday","p":{}}"#).unwrap();
+        assert_eq!(foreign.consumed_us(), 0, "another publisher's `c` is ignored, not an error");
     }
 
     #[test]

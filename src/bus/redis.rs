@@ -61,7 +61,8 @@ const STORE_AND_SPUBLISH: &str = store_then!("SPUBLISH");
 
 /// After Redis comes back, every instance must re-subscribe its users before their channels
 /// have listeners again. Until this much time has passed since our own reconnection, "no
-/// subscriber" is taken as "not re-subscribed yet" and the batch is retried, not dropped.
+/// subscriber" is taken as "not re-subscribed yet": those notifications are published again,
+/// not dropped.
 const RESUBSCRIBE_SETTLE: Duration = Duration::from_secs(5);
 
 enum Op {
@@ -202,6 +203,10 @@ impl RedisBus {
                 value.as_i64().unwrap_or(0)
             };
             out.push(Published { receivers: receivers.max(0) as usize, stored: n.retain });
+        }
+        // Callers match results to notifications by position.
+        if out.len() != batch.len() {
+            return Err(BusError(format!("{} replies to {} publishes", out.len(), batch.len())));
         }
         Ok(out)
     }
@@ -519,13 +524,14 @@ async fn deliver_messages(mut messages: mpsc::Receiver<Message>, pattern: Channe
         match envelope::decode(bytes) {
             Ok(env) => {
                 metrics.received.increment(1);
+                let consumed_us = env.consumed_us();
                 match env.id.as_deref().map(str::parse::<NotificationId>) {
                     Some(Ok(id)) => {
                         let item = Retained { id, event: env.event.into_owned(), payload: env.payload.to_owned() };
-                        deliverer.deliver_retained(user_id, item, env.timestamp_ms, env.consumed_us);
+                        deliverer.deliver_retained(user_id, item, env.timestamp_ms, consumed_us);
                     }
                     _ => {
-                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, env.consumed_us).await;
+                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, consumed_us).await;
                     }
                 }
             }

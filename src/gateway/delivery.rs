@@ -96,10 +96,13 @@ impl Deliverer {
     }
 
     /// End to end since the record was produced, and herald's own share since it was consumed.
+    /// A consume time more than an hour away is not herald's (another publisher's `"c"` in other
+    /// units): it is left out rather than skew the histogram.
     fn record_latency(&self, produced_ms: i64, consumed_us: i64) {
+        const PLAUSIBLE_US: i64 = 3_600_000_000;
         let now = now_us();
         self.metrics.delivery_latency.record((now / 1000 - produced_ms).max(0) as f64 / 1e3);
-        if consumed_us > 0 {
+        if consumed_us > 0 && (now - consumed_us).abs() < PLAUSIBLE_US {
             self.metrics.pipeline_latency.record((now - consumed_us).max(0) as f64 / 1e6);
         }
     }

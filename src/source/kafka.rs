@@ -32,9 +32,9 @@ const DEFAULT_OPTIONS: &[(&str, &str)] = &[
     // A crashed instance's partitions move within seconds, not the 45 s default.
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "1000"),
-    // A broker that stops answering without closing the connection (a restart behind a proxy, a
-    // network partition) is given up on after 10 s, not librdkafka's 60 s: until then the
-    // requests queued on that connection, offset commits and readiness probes included, wait.
+    // A request a broker never answers (a restart behind a proxy, a network partition) is given
+    // up on after 10 s, not librdkafka's 60 s: until then what waits behind it (a group rejoin,
+    // offset commits, readiness probes) waits too.
     ("socket.timeout.ms", "10000"),
     // Offsets are committed in the background from what herald stored, every second.
     ("auto.commit.interval.ms", "1000"),
@@ -336,12 +336,14 @@ impl KafkaSource {
     ///
     /// Right after a Redis reconnect, "no subscriber" may only mean "not re-subscribed yet", so
     /// while the bus is settling the notifications that reached nobody are published again.
-    /// Only those: the others reached an instance already, and stored ones wait in the history.
+    /// Only those: the others reached an instance already. Stored (retained) ones are not: a
+    /// repeat would come after newer ones and the socket's replay gate would drop it; they wait in
+    /// the history for the client's next reconnect with `since`.
     async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
         let mut published = self.publish_until_taken(batch, abort).await?;
         let mut delay = Duration::from_millis(50);
         loop {
-            let unheard: Vec<usize> = (0..batch.len()).filter(|&i| published[i].receivers == 0 && !published[i].stored).collect();
+            let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0 && !p.stored).map(|(i, _)| i).collect();
             if unheard.is_empty() || !self.bus.settling() {
                 return Some(published);
             }

@@ -250,6 +250,48 @@ impl Herald {
     }
 }
 
+/// The built `herald` binary running `yaml`, for what only a real process shows (signals).
+pub struct HeraldProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl HeraldProcess {
+    pub async fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("--config")
+            .arg(&config)
+            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&url).await;
+        Self { child, _dir: dir, url }
+    }
+
+    pub async fn wait_assigned(&self, n: usize) {
+        eventually(Duration::from_secs(20), &format!("{n} partitions assigned"), async || {
+            scrape(&self.url, "herald_source_assigned_partitions").await == n as f64
+        })
+        .await;
+    }
+
+    /// Sends SIGTERM, as an orchestrator does, and waits for the process to exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("herald exits after SIGTERM").unwrap()
+    }
+}
+
 /// Waits until the herald at `base_url` answers `/readyz` with 200.
 pub async fn wait_ready(base_url: &str) {
     let url = format!("{base_url}/readyz");
