@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::replay::NotificationId;
 use crate::route::Notification;
 
 #[derive(Debug, Deserialize)]
@@ -38,9 +39,23 @@ impl Envelope<'_> {
 }
 
 pub fn encode(n: &Notification) -> String {
+    encode_with(n, None)
+}
+
+/// The live message of a notification already stored in the user's history as `id`, as the
+/// store script publishes it.
+pub fn encode_stored(n: &Notification, id: NotificationId) -> String {
+    encode_with(n, Some(id))
+}
+
+fn encode_with(n: &Notification, id: Option<NotificationId>) -> String {
     let payload = n.payload.get();
-    let mut out = String::with_capacity(payload.len() + n.event.len() + 40);
-    out.push_str("{\"e\":");
+    let mut out = String::with_capacity(payload.len() + n.event.len() + 80);
+    out.push('{');
+    if let Some(id) = id {
+        out.push_str(&format!("\"i\":\"{id}\","));
+    }
+    out.push_str("\"e\":");
     // Event names come from config or scripts and may need escaping.
     out.push_str(&serde_json::to_string(&*n.event).expect("a string always serialises"));
     out.push_str(",\"t\":");
@@ -80,6 +95,9 @@ mod tests {
         assert_eq!(env.consumed_us(), 1_700_000_000_123_456);
         assert_eq!(env.payload.get(), r#"{"a": [1, 2], "b":"é"}"#);
         assert_eq!(env.id, None);
+        let stored = encode_stored(&n, NotificationId { ms: 17, seq: 2 });
+        let env = decode(stored.as_bytes()).unwrap();
+        assert_eq!((env.id.as_deref(), env.payload.get()), (Some("17-2"), r#"{"a": [1, 2], "b":"é"}"#));
         let with_id = decode(br#"{"i":"17-2","e":"n","t":1,"p":{}}"#).unwrap();
         assert_eq!(with_id.id.as_deref(), Some("17-2"));
         assert_eq!(with_id.consumed_us(), 0, "optional, for publishers other than herald");

@@ -24,16 +24,26 @@ impl MemoryBus {
             let published = if n.retain {
                 let id = self.history.append(&n.user_id, &n.event, &n.payload, crate::route::now_ms().max(0) as u64);
                 let item = Retained { id, event: n.event.to_string(), payload: n.payload.clone() };
-                Published { receivers: self.deliverer.deliver_retained(&n.user_id, item, n.timestamp_ms, n.consumed_us), stored: true }
+                Published { receivers: self.deliverer.deliver_retained(&n.user_id, item, n.timestamp_ms, n.consumed_us), stored: Some(id) }
             } else {
                 Published {
                     receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us).await,
-                    stored: false,
+                    stored: None,
                 }
             };
             out.push(published);
         }
         out
+    }
+
+    pub fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Vec<usize> {
+        stored
+            .iter()
+            .map(|(n, id)| {
+                let item = Retained { id: *id, event: n.event.to_string(), payload: n.payload.clone() };
+                self.deliverer.deliver_retained(&n.user_id, item, n.timestamp_ms, n.consumed_us)
+            })
+            .collect()
     }
 
     pub fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> History {

@@ -21,8 +21,8 @@ use crate::route::Notification;
 pub struct Published {
     /// Instances (Redis) or sockets (in-process) it reached; 0: its user has no socket anywhere.
     pub receivers: usize,
-    /// It was stored in the user's history for replay.
-    pub stored: bool,
+    /// Its id in the user's history, when it was stored there for replay.
+    pub stored: Option<NotificationId>,
 }
 
 /// A bus failure that may clear by itself (Redis down, timed out). The caller keeps the
@@ -57,6 +57,15 @@ impl Bus {
         match self {
             Bus::Memory(b) => Ok(b.publish(batch).await),
             Bus::Redis(b) => b.publish(batch).await,
+        }
+    }
+
+    /// Publishes stored notifications again, live only (the history has them already); returns
+    /// how many instances (or sockets) each reached.
+    pub async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.publish_live(stored)),
+            Bus::Redis(b) => b.publish_live(stored).await,
         }
     }
 

@@ -194,21 +194,44 @@ impl RedisBus {
         let mut out = Vec::with_capacity(batch.len());
         for (n, result) in batch.iter().zip(pipeline.try_all::<fred::types::Value>().await) {
             let value = result.map_err(|e| BusError(e.to_string()))?;
-            let receivers = if n.retain {
+            let (receivers, stored) = if n.retain {
                 match value {
-                    fred::types::Value::Array(parts) => parts.get(1).and_then(|v| v.as_i64()).unwrap_or(0),
+                    fred::types::Value::Array(parts) => {
+                        let id = parts.first().and_then(|v| v.as_string()).and_then(|id| id.parse::<NotificationId>().ok());
+                        let Some(id) = id else {
+                            return Err(BusError(format!("unexpected id from the store script: {:?}", parts.first())));
+                        };
+                        (parts.get(1).and_then(|v| v.as_i64()).unwrap_or(0), Some(id))
+                    }
                     other => return Err(BusError(format!("unexpected reply from the store script: {other:?}"))),
                 }
             } else {
-                value.as_i64().unwrap_or(0)
+                (value.as_i64().unwrap_or(0), None)
             };
-            out.push(Published { receivers: receivers.max(0) as usize, stored: n.retain });
+            out.push(Published { receivers: receivers.max(0) as usize, stored });
         }
         // Callers match results to notifications by position.
         if out.len() != batch.len() {
             return Err(BusError(format!("{} replies to {} publishes", out.len(), batch.len())));
         }
         Ok(out)
+    }
+
+    /// The live message of stored notifications again, with their ids, without storing them again.
+    pub async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {
+        let pipeline = self.publisher.pipeline();
+        for (n, id) in stored {
+            let channel = self.pattern.channel(&n.user_id);
+            let message = envelope::encode_stored(n, *id);
+            let queued: Result<(), _> =
+                if self.sharded { pipeline.spublish(channel, message).await } else { pipeline.publish(channel, message).await };
+            queued.map_err(|e| BusError(e.to_string()))?;
+        }
+        let replies = pipeline.try_all::<i64>().await;
+        if replies.len() != stored.len() {
+            return Err(BusError(format!("{} replies to {} publishes", replies.len(), stored.len())));
+        }
+        replies.into_iter().map(|r| r.map(|n| n.max(0) as usize).map_err(|e| BusError(e.to_string()))).collect()
     }
 
     /// True for a while after reconnecting to Redis: other instances may not have re-subscribed

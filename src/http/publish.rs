@@ -106,7 +106,7 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
     match api.bus.publish(&batch).await {
         Ok(published) => {
             let delivered = published.iter().filter(|p| p.receivers > 0).count();
-            let stored = published.iter().filter(|p| p.stored).count();
+            let stored = published.iter().filter(|p| p.stored.is_some()).count();
             (StatusCode::OK, Json(json!({"published": batch.len(), "online": delivered, "stored": stored}))).into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),

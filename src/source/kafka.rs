@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::dead_letter::DeadLetter;
-use crate::bus::{Bus, Published};
+use crate::bus::{Bus, BusError, Published};
 use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
+use crate::replay::NotificationId;
 use crate::route::{Notification, Record, Router, now_us};
 use crate::throttle::{Throttle, Verdict};
 
@@ -319,8 +320,8 @@ impl KafkaSource {
                 };
                 self.metrics.published.increment(notifications.len() as u64);
                 // A retained notification for an offline user waits in the history: not a drop.
-                let offline = published.iter().filter(|p| p.receivers == 0 && !p.stored).count();
-                let kept = published.iter().filter(|p| p.receivers == 0 && p.stored).count();
+                let offline = published.iter().filter(|p| p.receivers == 0 && p.stored.is_none()).count();
+                let kept = published.iter().filter(|p| p.receivers == 0 && p.stored.is_some()).count();
                 self.metrics.retained_offline.increment(kept as u64);
                 if offline > 0 {
                     self.metrics.dropped(DropReason::Offline, offline as u64);
@@ -335,15 +336,15 @@ impl KafkaSource {
     /// nothing is skipped.
     ///
     /// Right after a Redis reconnect, "no subscriber" may only mean "not re-subscribed yet", so
-    /// while the bus is settling the notifications that reached nobody are published again.
-    /// Only those: the others reached an instance already. Stored (retained) ones are not: a
-    /// repeat would come after newer ones and the socket's replay gate would drop it; they wait in
-    /// the history for the client's next reconnect with `since`.
+    /// while the bus is settling the notifications that reached nobody are published again. Only
+    /// those: the others reached an instance already. Stored (retained) ones go out live only,
+    /// with their history id: stored again they would be duplicated in the history, and a
+    /// socket's replay gate drops an id it has already passed.
     async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
-        let mut published = self.publish_until_taken(batch, abort).await?;
+        let mut published = self.until_taken(batch.len(), abort, || self.bus.publish(batch)).await?;
         let mut delay = Duration::from_millis(50);
         loop {
-            let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0 && !p.stored).map(|(i, _)| i).collect();
+            let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0).map(|(i, _)| i).collect();
             if unheard.is_empty() || !self.bus.settling() {
                 return Some(published);
             }
@@ -358,26 +359,41 @@ impl KafkaSource {
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(1));
-            let again: Vec<Notification> = unheard.iter().map(|&i| batch[i].clone()).collect();
-            let results = self.publish_until_taken(&again, abort).await?;
-            for (i, result) in unheard.into_iter().zip(results) {
-                published[i] = result;
+            let (stored, plain): (Vec<usize>, Vec<usize>) = unheard.into_iter().partition(|&i| published[i].stored.is_some());
+            if !plain.is_empty() {
+                let again: Vec<Notification> = plain.iter().map(|&i| batch[i].clone()).collect();
+                let results = self.until_taken(again.len(), abort, || self.bus.publish(&again)).await?;
+                for (i, result) in plain.into_iter().zip(results) {
+                    published[i] = result;
+                }
+            }
+            if !stored.is_empty() {
+                let again: Vec<(Notification, NotificationId)> =
+                    stored.iter().filter_map(|&i| Some((batch[i].clone(), published[i].stored?))).collect();
+                let reached = self.until_taken(again.len(), abort, || self.bus.publish_live(&again)).await?;
+                for (i, receivers) in stored.into_iter().zip(reached) {
+                    published[i].receivers = receivers;
+                }
             }
         }
     }
 
-    /// Retries a bus failure with backoff until it clears, or `abort` fires.
-    async fn publish_until_taken(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
+    /// Retries a bus operation on `count` notifications with backoff until it succeeds, or
+    /// `abort` fires.
+    async fn until_taken<T, F>(&self, count: usize, abort: &CancellationToken, mut attempt: impl FnMut() -> F) -> Option<T>
+    where
+        F: Future<Output = Result<T, BusError>>,
+    {
         let mut delay = Duration::from_millis(50);
         loop {
-            let error = match self.bus.publish(batch).await {
-                Ok(published) => return Some(published),
+            let error = match attempt().await {
+                Ok(done) => return Some(done),
                 Err(e) => e,
             };
             self.metrics.publish_retries.increment(1);
             warn!(
                 error = %error,
-                notifications = batch.len(),
+                notifications = count,
                 retry_in_ms = delay.as_millis() as u64,
                 "Bus publish not done; holding consumption and retrying."
             );
