@@ -102,9 +102,11 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         .layer(http::cors(&config.auth.allowed_origins));
     let failed = CancellationToken::new();
     let server = {
-        let (stop, failed, timeout) = (stop_rest.clone(), failed.clone(), config.server.connect_timeout);
+        let (stop, failed, timeout, write_timeout) =
+            (stop_rest.clone(), failed.clone(), config.server.connect_timeout, config.server.write_timeout);
+        let write_timeouts = metrics.write_timeouts.clone();
         tokio::spawn(async move {
-            let result = http::serve(listener, app, timeout, stop).await;
+            let result = http::serve(listener, app, timeout, write_timeout, write_timeouts, stop).await;
             failed.cancel();
             result
         })

@@ -115,6 +115,7 @@ pub const EXPIRED_DISCONNECTS: &str = "herald_gateway_expired_disconnects_total"
 pub const TOKEN_REFRESHES: &str = "herald_gateway_token_refreshes_total";
 pub const LIMIT_EVICTIONS: &str = "herald_gateway_limit_evictions_total";
 pub const SLOW_CLIENT_DISCONNECTS: &str = "herald_gateway_slow_client_disconnects_total";
+pub const WRITE_TIMEOUTS: &str = "herald_gateway_write_timeouts_total";
 pub const DEAD_LETTERED: &str = "herald_source_dead_lettered_total";
 pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
 pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
@@ -158,6 +159,7 @@ pub const ALL_NAMES: &[&str] = &[
     TOKEN_REFRESHES,
     LIMIT_EVICTIONS,
     SLOW_CLIENT_DISCONNECTS,
+    WRITE_TIMEOUTS,
     REPLAYED,
     RETAINED_OFFLINE,
     DEAD_LETTERED,
@@ -202,6 +204,7 @@ pub struct Metrics {
     pub expired_disconnects: Counter,
     pub limit_evictions: Counter,
     pub slow_client_disconnects: Counter,
+    pub write_timeouts: Counter,
     pub replayed: Counter,
     pub retained_offline: Counter,
 }
@@ -250,6 +253,13 @@ impl Metrics {
             SLOW_CLIENT_DISCONNECTS,
             Unit::Count,
             "Sockets disconnected because their send buffer was full (server.slow_client: disconnect).",
+            Kind::Counter,
+        );
+        describe(
+            r,
+            WRITE_TIMEOUTS,
+            Unit::Count,
+            "Connections closed because the client accepted no data for server.write_timeout_ms.",
             Kind::Counter,
         );
         describe(r, SUBSCRIPTIONS, Unit::Count, "Per-user bus channels this instance is subscribed to.", Kind::Gauge);
@@ -316,6 +326,7 @@ impl Metrics {
             expired_disconnects: counter(EXPIRED_DISCONNECTS, vec![]),
             limit_evictions: counter(LIMIT_EVICTIONS, vec![]),
             slow_client_disconnects: counter(SLOW_CLIENT_DISCONNECTS, vec![]),
+            write_timeouts: counter(WRITE_TIMEOUTS, vec![]),
             replayed: counter(REPLAYED, vec![]),
             retained_offline: counter(RETAINED_OFFLINE, vec![]),
             recorder,

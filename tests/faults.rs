@@ -291,8 +291,8 @@ async fn a_rebalance_when_an_instance_joins_loses_nothing() {
 /// Returns the instance and the clients once the healthy one got all 50.
 async fn stall_one_client(policy: &str) -> (Kafka, Herald, Clients) {
     let kafka = Kafka::start(&[TOPIC]).await;
-    // A short heartbeat, so a connection that cannot take the disconnect packet closes soon.
-    let extra = format!("  max_buffer_size: 32\n  slow_client: {policy}\n  ping_interval_secs: 2\n  ping_timeout_secs: 2");
+    // A short write timeout, so the stalled connection is closed within the test.
+    let extra = format!("  max_buffer_size: 32\n  slow_client: {policy}\n  write_timeout_ms: 2000");
     let h =
         Herald::start(&config_yaml(&kafka, None, "").replace("shutdown_grace_secs: 5", &format!("shutdown_grace_secs: 5\n{extra}"))).await;
     let mut c = Clients::start().await;
@@ -318,6 +318,14 @@ async fn stall_one_client(policy: &str) -> (Kafka, Herald, Clients) {
     (kafka, h, c)
 }
 
+/// The stalled connection is closed, with its socket and its user; the healthy socket stays.
+async fn the_stalled_connection_closes(h: &Herald) {
+    eventually(Duration::from_secs(15), "the stalled connection to be closed", async || {
+        h.metric("herald_gateway_sockets").await == 1.0 && h.metric("herald_gateway_users").await == 1.0
+    })
+    .await;
+}
+
 /// `slow_client: drop`: emits to the stalled client fail and are counted; it is not
 /// disconnected by the policy, and another user's socket keeps receiving everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,6 +336,9 @@ async fn a_stalled_client_does_not_hold_up_others() {
     eprintln!("stalled client (drop): 200 notifications of 64 KiB to it, {failures} refused by its full buffer; the other got all");
     assert!(failures > 0.0, "the stalled socket's bounded buffer filled up");
     assert_eq!(h.metric("herald_gateway_slow_client_disconnects_total").await, 0.0);
+    // The client accepts no data for `write_timeout_ms`: only that closes its connection here.
+    the_stalled_connection_closes(&h).await;
+    assert_eq!(h.metric("herald_gateway_write_timeouts_total").await, 1.0);
     c.stop().await;
     h.shutdown().await;
 }
@@ -350,10 +361,9 @@ async fn a_stalled_client_is_disconnected_under_the_disconnect_policy() {
     eventually(Duration::from_secs(15), "the healthy client's next record", async || c.received("fine", "notification").await.len() == 51)
         .await;
     assert_eq!(h.metric("herald_gateway_emit_failures_total").await, failures, "no emit to the removed socket");
-    // Not asserted: that the stalled connection closes soon. socketioxide 0.18.9 has no public
-    // way to close one socket's connection while its buffer is full (the disconnect packet needs
-    // a free slot, retried in the background); the Engine.IO heartbeat closed it within 30 s in
-    // some runs and not in others (2 of 3 full runs of this file).
+    // The disconnect packet, retried as the buffer drains, or else the write timeout.
+    the_stalled_connection_closes(&h).await;
+    assert!(h.metric("herald_gateway_write_timeouts_total").await <= 1.0);
     c.stop().await;
     h.shutdown().await;
 }

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// to join the Socket.IO namespace, before it is closed; also the longest a request body
     /// may pause. Default 10000 ms.
     pub connect_timeout: Duration,
+    /// A connection whose client accepts no data for this long while herald has some to send
+    /// (it stopped reading) is closed. Default 30000 ms.
+    pub write_timeout: Duration,
     /// Deadline for a graceful shutdown. Default 10 s.
     pub shutdown_grace: Duration,
 }
@@ -456,6 +459,7 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
             "max_buffer_size",
             "max_payload_bytes",
             "connect_timeout_ms",
+            "write_timeout_ms",
             "shutdown_grace_secs",
             "slow_client",
         ],
@@ -468,6 +472,7 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
     let max_buffer_size = ranged(walk, &s, "max_buffer_size", 1024usize, 1..=1_000_000);
     let max_payload_bytes = ranged(walk, &s, "max_payload_bytes", 100_000u64, 64..=100_000_000);
     let connect_timeout = Duration::from_millis(ranged(walk, &s, "connect_timeout_ms", 10_000u64, 100..=600_000));
+    let write_timeout = Duration::from_millis(ranged(walk, &s, "write_timeout_ms", 30_000u64, 100..=3_600_000));
     let shutdown_grace = secs(walk, &s, "shutdown_grace_secs", 10, 0..=3600);
     let slow_client = one_of(walk, &s, "slow_client", &[("drop", SlowClient::Drop), ("disconnect", SlowClient::Disconnect)]);
     ServerConfig {
@@ -479,6 +484,7 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
         slow_client,
         max_payload_bytes,
         connect_timeout,
+        write_timeout,
         shutdown_grace,
     }
 }

@@ -22,6 +22,7 @@ fn defaults_fill_a_minimal_config() {
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:3000");
     assert_eq!(c.server.event, "notification");
     assert_eq!(c.server.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(30));
     assert_eq!(c.kafka.brokers, Brokers::Embedded);
     assert_eq!(c.kafka.group_id, "herald");
     assert_eq!(c.kafka.topics.len(), 1);
@@ -97,6 +98,7 @@ fn invalid_yaml_is_reported() {
 fn out_of_range_values_are_refused() {
     assert_eq!(error_paths("server: {ping_interval_secs: 0}\nauth: {jwt: {secret: s}}"), ["server.ping_interval_secs"]);
     assert_eq!(error_paths("server: {connect_timeout_ms: 5}\nauth: {jwt: {secret: s}}"), ["server.connect_timeout_ms"]);
+    assert_eq!(error_paths("server: {write_timeout_ms: 0}\nauth: {jwt: {secret: s}}"), ["server.write_timeout_ms"]);
     assert_eq!(error_paths("server: {max_payload_bytes: 10}\nauth: {jwt: {secret: s}}"), ["server.max_payload_bytes"]);
     assert_eq!(error_paths("kafka: {max_batch: 0}\nauth: {jwt: {secret: s}}"), ["kafka.max_batch"]);
 }

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod publish;
 mod serve;
+mod stall;
 
 pub use serve::serve;
 

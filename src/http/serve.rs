@@ -20,11 +20,21 @@ use tower::ServiceExt as _;
 use tower_http::timeout::TimeoutBody;
 use tracing::{debug, warn};
 
+use super::stall::WriteDeadline;
+
 /// Serves `app` on `listener` until `stop` fires. A connection whose request headers have not
 /// all arrived `timeout` after it started waiting for them is closed, and so is one whose
-/// request body sends nothing for `timeout`. On `stop`, open connections finish their request
-/// in flight and close.
-pub async fn serve(listener: TcpListener, app: Router, timeout: Duration, stop: CancellationToken) -> std::io::Result<()> {
+/// request body sends nothing for `timeout`, and one whose client accepts no data for
+/// `write_timeout` while herald has some to send. On `stop`, open connections finish their
+/// request in flight and close.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    timeout: Duration,
+    write_timeout: Duration,
+    write_timeouts: metrics::Counter,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -42,6 +52,7 @@ pub async fn serve(listener: TcpListener, app: Router, timeout: Duration, stop: 
         let service = TowerToHyperService::new(
             app.clone().map_request(move |r: Request<Incoming>| r.map(|body| Body::new(TimeoutBody::new(timeout, body)))),
         );
+        let stream = WriteDeadline::new(stream, write_timeout, write_timeouts.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
