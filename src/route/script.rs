@@ -55,7 +55,15 @@ pub fn engine(limits: &Limits) -> Engine {
             }
             None
         });
+    // Native helpers for what every route does and Rhai's interpreter does slowly, key by key.
+    engine.register_fn("remove_keys_starting_with", remove_keys_starting_with);
     engine
+}
+
+/// `map.remove_keys_starting_with("_")`: drops internal fields in one native pass, where a
+/// `for key in map.keys()` loop costs an interpreted call or two per key.
+fn remove_keys_starting_with(map: &mut Map, prefix: &str) {
+    map.retain(|key, _| !key.starts_with(prefix));
 }
 
 /// A compiled route script.
@@ -168,6 +176,13 @@ mod tests {
         assert_eq!(out.into_string().unwrap(), "t/1/2/k/3/[1, 2]");
         let raw = run("fn route(r) { r.value }", b"not json").unwrap();
         assert_eq!(raw.into_string().unwrap(), "not json");
+    }
+
+    #[test]
+    fn removes_keys_by_prefix_natively() {
+        let out = run(r#"fn route(r) { let v = r.value; v.remove_keys_starting_with("_"); v }"#, br#"{"_a":1,"b":{"_c":2},"_":3}"#);
+        let map = out.unwrap().cast::<Map>();
+        assert_eq!(map.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["b"], "top level only");
     }
 
     #[test]
