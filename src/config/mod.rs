@@ -55,8 +55,8 @@ pub struct ServerConfig {
     /// to join the Socket.IO namespace, before it is closed; also the longest a request body
     /// may pause. Default 10000 ms.
     pub connect_timeout: Duration,
-    /// A connection whose client accepts no data for this long while herald has some to send
-    /// (it stopped reading) is closed. Default 30000 ms.
+    /// A connection on which herald could write nothing for this long (the client stopped
+    /// reading and the buffers are full) is closed. Default 30000 ms.
     pub write_timeout: Duration,
     /// Deadline for a graceful shutdown. Default 10 s.
     pub shutdown_grace: Duration,

@@ -73,17 +73,46 @@ pub fn history_after(since: Option<NotificationId>, mut inclusive: Vec<Retained>
 }
 
 /// Per-socket replay gate: while a replay runs, live retained notifications wait in `pending`;
-/// afterwards each is emitted only if newer than the last id the socket got.
+/// afterwards each is emitted unless the replay covered it or it was just emitted.
 #[derive(Default)]
 pub struct ReplayGate {
     state: Mutex<GateState>,
 }
 
+/// Live ids a gate remembers: enough to recognise a notification published again right after a
+/// Redis reconnect, which follows its first copy within a second.
+const RECENT_LIVE: usize = 8;
+
 #[derive(Default)]
 struct GateState {
     replaying: bool,
-    last_id: Option<NotificationId>,
+    /// The newest id the replay emitted: a live copy of it or of anything older is a duplicate.
+    replayed_up_to: Option<NotificationId>,
+    /// The last live ids emitted (the default id marks an empty slot). An older id not among
+    /// them was never sent live (it reached no instance the first time) and goes out late
+    /// rather than not at all.
+    recent: [NotificationId; RECENT_LIVE],
+    next: usize,
     pending: Vec<Retained>,
+}
+
+impl GateState {
+    fn admit_replayed(&mut self, id: NotificationId) -> bool {
+        if self.replayed_up_to.is_some_and(|last| id <= last) {
+            return false;
+        }
+        self.replayed_up_to = Some(id);
+        true
+    }
+
+    fn admit_live(&mut self, id: NotificationId) -> bool {
+        if self.replayed_up_to.is_some_and(|last| id <= last) || self.recent.contains(&id) {
+            return false;
+        }
+        self.recent[self.next] = id;
+        self.next = (self.next + 1) % RECENT_LIVE;
+        true
+    }
 }
 
 impl ReplayGate {
@@ -97,15 +126,17 @@ impl ReplayGate {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.replaying {
             s.pending.push(item);
-        } else {
-            emit_if_newer(&mut s, socket, &item);
+        } else if s.admit_live(item.id) {
+            emit(socket, &item);
         }
     }
 
     /// Emits a replayed notification (history order).
     pub fn replay(&self, socket: &SocketRef, item: &Retained) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        emit_if_newer(&mut s, socket, item);
+        if s.admit_replayed(item.id) {
+            emit(socket, item);
+        }
     }
 
     /// Ends the replay: what arrived live meanwhile follows, minus what the replay covered.
@@ -114,17 +145,15 @@ impl ReplayGate {
         let mut pending = std::mem::take(&mut s.pending);
         pending.sort_by_key(|r| r.id);
         for item in &pending {
-            emit_if_newer(&mut s, socket, item);
+            if s.admit_live(item.id) {
+                emit(socket, item);
+            }
         }
         s.replaying = false;
     }
 }
 
-fn emit_if_newer(s: &mut GateState, socket: &SocketRef, item: &Retained) {
-    if s.last_id.is_some_and(|last| item.id <= last) {
-        return;
-    }
-    s.last_id = Some(item.id);
+fn emit(socket: &SocketRef, item: &Retained) {
     // A full buffer drops it like any emit; the client can still recover it with `since`.
     let _ = socket.emit(item.event.as_str(), &(&*item.payload, meta(item.id)));
 }
@@ -144,6 +173,21 @@ mod tests {
 
     fn item(ms: u64) -> Retained {
         Retained { id: id(ms, 0), event: "n".into(), payload: RawValue::from_string("1".into()).unwrap() }
+    }
+
+    #[test]
+    fn the_gate_drops_duplicates_but_not_a_late_first_copy() {
+        let mut s = GateState::default();
+        assert!(s.admit_replayed(id(5, 0)) && s.admit_replayed(id(6, 0)));
+        assert!(!s.admit_live(id(6, 0)), "a live copy of a replayed one");
+        assert!(s.admit_live(id(11, 0)));
+        assert!(!s.admit_live(id(11, 0)), "published again after a reconnect, already sent");
+        assert!(s.admit_live(id(10, 0)), "reached no instance the first time: goes out late");
+        assert!(!s.admit_live(id(10, 0)));
+        for ms in 12..12 + RECENT_LIVE as u64 {
+            assert!(s.admit_live(id(ms, 0)));
+        }
+        assert!(!s.admit_live(id(6, 0)), "replayed ones stay covered");
     }
 
     #[test]
