@@ -338,8 +338,8 @@ impl KafkaSource {
     /// Right after a Redis reconnect, "no subscriber" may only mean "not re-subscribed yet", so
     /// while the bus is settling the notifications that reached nobody are published again. Only
     /// those: the others reached an instance already. Stored (retained) ones go out live only,
-    /// with their history id: stored again they would be duplicated in the history, and a
-    /// socket's replay gate drops an id it has already passed.
+    /// with their history id: stored again they would be duplicated in the history, and the
+    /// id lets each socket's replay gate drop a copy it already has.
     async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
         let mut published = self.until_taken(batch.len(), abort, || self.bus.publish(batch)).await?;
         let mut delay = Duration::from_millis(50);
@@ -354,9 +354,8 @@ impl KafkaSource {
                 retry_in_ms = delay.as_millis() as u64,
                 "No subscriber yet while instances re-subscribe after a Redis reconnect; publishing again."
             );
-            tokio::select! {
-                _ = abort.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
+            if !sleep_unless_aborted(abort, delay).await {
+                return None;
             }
             delay = (delay * 2).min(Duration::from_secs(1));
             let (stored, plain): (Vec<usize>, Vec<usize>) = unheard.into_iter().partition(|&i| published[i].stored.is_some());
@@ -397,9 +396,8 @@ impl KafkaSource {
                 retry_in_ms = delay.as_millis() as u64,
                 "Bus publish not done; holding consumption and retrying."
             );
-            tokio::select! {
-                _ = abort.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
+            if !sleep_unless_aborted(abort, delay).await {
+                return None;
             }
             delay = (delay * 2).min(Duration::from_secs(2));
         }
@@ -419,6 +417,14 @@ impl KafkaSource {
                 debug!(topic, partition, offset, error = %e, "Could not store an offset.");
             }
         }
+    }
+}
+
+/// Waits `delay`; false, at once, if `abort` fires first.
+async fn sleep_unless_aborted(abort: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = abort.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 
