@@ -271,6 +271,9 @@ pub struct RoutesConfig {
     pub script_max_operations: u64,
     /// Quiet time after a change to a script before it is reloaded. Default 200 ms.
     pub reload_debounce: Duration,
+    /// Threads that route a large batch in parallel; 0 = one per core, 1 = route on the
+    /// consumer's own task. Default 0.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -797,13 +800,14 @@ impl JwtConfig {
 }
 
 fn read_routes(walk: &mut Walk, v: Option<&Value>) -> RoutesConfig {
-    let s = walk.section(v, "routes", &["user_id", "script_timeout_ms", "script_max_operations", "reload_debounce_ms"]);
+    let s = walk.section(v, "routes", &["user_id", "script_timeout_ms", "script_max_operations", "reload_debounce_ms", "threads"]);
     let raw: String = walk.get(&s, "user_id", "/userId".into());
     let user_id = parse_user_id(walk, &s.path("user_id"), &raw).unwrap_or(UserIdSource::Pointer("/userId".into()));
     let script_timeout = Duration::from_millis(ranged(walk, &s, "script_timeout_ms", 50u64, 1..=60_000));
     let script_max_operations = ranged(walk, &s, "script_max_operations", 1_000_000u64, 1_000..=1_000_000_000);
     let reload_debounce = Duration::from_millis(ranged(walk, &s, "reload_debounce_ms", 200u64, 10..=60_000));
-    RoutesConfig { user_id, script_timeout, script_max_operations, reload_debounce }
+    let threads = ranged(walk, &s, "threads", 0usize, 0..=256);
+    RoutesConfig { user_id, script_timeout, script_max_operations, reload_debounce, threads }
 }
 
 fn read_replay(walk: &mut Walk, v: Option<&Value>) -> ReplayConfig {

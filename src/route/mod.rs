@@ -9,9 +9,10 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use rayon::prelude::*;
 use rhai::{Dynamic, Engine};
 use serde_json::value::RawValue;
 use tracing::{info, warn};
@@ -99,6 +100,13 @@ pub enum ReloadOutcome {
     Rejected { applied: Vec<String>, errors: Vec<String> },
 }
 
+/// The records of a batch that produced no notification: their index in the batch, and why.
+pub type Failures = Vec<(usize, RouteError)>;
+
+/// A batch is split across threads only in parts of at least this many records: smaller parts
+/// would spend more on hand-offs than they save.
+const MIN_RECORDS_PER_THREAD: usize = 64;
+
 pub struct Router {
     table: ArcSwap<Table>,
     /// Topics whose notifications are retained for replay.
@@ -109,6 +117,10 @@ pub struct Router {
     default_event: Arc<str>,
     fallback_user_id: UserIdSource,
     metrics: Option<Arc<Metrics>>,
+    /// How many threads route a large batch (`routes.threads`, 0 resolved to the core count).
+    threads: usize,
+    /// Their pool, started by the first batch large enough to split (never for a dry run).
+    pool: OnceLock<Option<rayon::ThreadPool>>,
 }
 
 impl Router {
@@ -151,6 +163,11 @@ impl Router {
             default_event,
             fallback_user_id: config.routes.user_id.clone(),
             metrics,
+            threads: match config.routes.threads {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            },
+            pool: OnceLock::new(),
         })
     }
 
@@ -222,14 +239,69 @@ impl Router {
         outcome
     }
 
-    /// Routes one record. Appends its notifications to `out` (so a batch reuses one buffer).
+    /// Routes one record. Appends its notifications to `out` (so a batch reuses one buffer); a
+    /// record that fails appends nothing, even if its script returned some good items first.
     pub fn route(&self, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
         let first = out.len();
-        self.route_by_rule(record, out)?;
+        if let Err(e) = self.route_by_rule(record, out) {
+            out.truncate(first);
+            return Err(e);
+        }
         if self.retained.contains(record.topic) {
             out[first..].iter_mut().for_each(|n| n.retain = true);
         }
         Ok(())
+    }
+
+    /// Routes a batch, appending its notifications to `out` in record order, and returns the
+    /// records that produced none, by index. A batch large enough is split into contiguous
+    /// parts routed on several threads (`routes.threads`), so scripts are not limited to one
+    /// core; the result is the same as routing one record after another.
+    pub fn route_batch(&self, records: &[Record<'_>], out: &mut Vec<Notification>) -> Failures {
+        let parts = self.threads.min(records.len() / MIN_RECORDS_PER_THREAD);
+        let part = records.len().div_ceil(parts.max(1));
+        let pool = match parts > 1 {
+            true => self.pool.get_or_init(|| self.start_pool()).as_ref(),
+            false => None,
+        };
+        let Some(pool) = pool else {
+            return self.route_each(records, 0, out);
+        };
+        if let Some(m) = &self.metrics {
+            m.route_split_batches.increment(1);
+        }
+        let parts: Vec<(Vec<Notification>, Failures)> = pool.install(|| {
+            records
+                .par_chunks(part)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    let mut notifications = Vec::with_capacity(chunk.len());
+                    let failed = self.route_each(chunk, i * part, &mut notifications);
+                    (notifications, failed)
+                })
+                .collect()
+        });
+        let mut failed = Vec::new();
+        for (notifications, part_failed) in parts {
+            out.extend(notifications);
+            failed.extend(part_failed);
+        }
+        failed
+    }
+
+    fn route_each(&self, records: &[Record<'_>], first_index: usize, out: &mut Vec<Notification>) -> Failures {
+        let mut failed = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            if let Err(e) = self.route(record, out) {
+                failed.push((first_index + i, e));
+            }
+        }
+        failed
+    }
+
+    fn start_pool(&self) -> Option<rayon::ThreadPool> {
+        let built = rayon::ThreadPoolBuilder::new().num_threads(self.threads).thread_name(|i| format!("herald-route-{i}")).build();
+        built.inspect_err(|e| warn!(error = %e, "Could not start the routing threads; routing on the consumer's task.")).ok()
     }
 
     fn route_by_rule(&self, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
@@ -520,6 +592,76 @@ mod script_tests {
             assert!(e.detail.contains(expected), "{source}: {}", e.detail);
             assert_eq!(e.script.as_deref(), Some("t.rhai"));
         }
+        // A failing record adds nothing, not even the good items before the bad one.
+        let (r, _d) = scripted("fn route(r) { [#{ user_id: \"a\" }, 7] }");
+        let mut out = Vec::new();
+        let record = Record { topic: "t", partition: 0, offset: 1, key: None, value: Some(b"{}"), timestamp_ms: None, headers: &[] };
+        assert!(r.route(&record, &mut out).is_err());
+        assert!(out.is_empty(), "{:?}", summary(&out));
+    }
+
+    #[test]
+    fn a_batch_routed_on_several_threads_equals_routing_one_by_one() {
+        // Records that notify one user, two users, nobody (filtered), or fail (a throw, or a
+        // value that is not JSON and so reaches the script as a string without `kind`), so
+        // both the notifications and the failures must stay in order.
+        let source = r#"fn route(r) {
+            let v = r.value;
+            if v.kind == "skip" { return (); }
+            if v.kind == "fail" { throw "failing on purpose"; }
+            if v.kind == "two" { return [#{ user_id: v.u, payload: r.offset }, #{ user_id: v.u + "-b", payload: r.offset }]; }
+            #{ user_id: v.u, payload: r.offset }
+        }"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.rhai"), source).unwrap();
+        let router_with = |threads: usize| {
+            let yaml =
+                format!("auth: {{jwt: {{secret: s}}}}\nkafka: {{topics: [{{name: t, script: t.rhai}}]}}\nroutes: {{threads: {threads}}}");
+            Router::new(&Config::from_yaml(&yaml, dir.path().into(), &|_| None).unwrap(), None).unwrap()
+        };
+        let values: Vec<String> = (0..1000)
+            .map(|i| match i % 7 {
+                0 => r#"{"kind":"skip"}"#.to_owned(),
+                3 => r#"{"kind":"fail"}"#.to_owned(),
+                5 => "not json".to_owned(),
+                6 => format!(r#"{{"kind":"two","u":"u{i}"}}"#),
+                _ => format!(r#"{{"kind":"one","u":"u{i}"}}"#),
+            })
+            .collect();
+        let records: Vec<Record<'_>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                topic: "t",
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                value: Some(v.as_bytes()),
+                timestamp_ms: Some(1),
+                headers: &[],
+            })
+            .collect();
+        let failures = |failed: Failures| failed.into_iter().map(|(i, e)| (i, e.reason)).collect::<Vec<_>>();
+
+        let (one, many) = (router_with(1), router_with(4));
+        let (mut expected, mut got) = (Vec::new(), Vec::new());
+        let expected_failed = failures(one.route_batch(&records, &mut expected));
+        let got_failed = failures(many.route_batch(&records, &mut got));
+        assert!(many.pool.get().is_some_and(Option::is_some), "1000 records on 4 threads are split");
+        assert!(one.pool.get().is_none(), "one thread never starts a pool");
+        assert_eq!(summary(&got), summary(&expected));
+        assert_eq!(got_failed, expected_failed);
+        // And both agree with what the script says, record by record.
+        assert_eq!(expected.len(), (0..1000).map(|i| [0, 1, 1, 0, 1, 0, 2][i % 7]).sum::<usize>());
+        assert_eq!(expected[0].user_id, "u1");
+        assert_eq!(expected_failed.len(), (0..1000).filter(|i| [0, 3, 5].contains(&(i % 7))).count());
+        assert_eq!(expected_failed[..3], [(0, DropReason::Filtered), (3, DropReason::ScriptError), (5, DropReason::ScriptError)]);
+
+        // A small batch is routed on the calling thread.
+        let small = router_with(4);
+        let mut out = Vec::new();
+        small.route_batch(&records[..100], &mut out);
+        assert!(small.pool.get().is_none(), "100 records are below two parts of {MIN_RECORDS_PER_THREAD}");
     }
 
     #[test]

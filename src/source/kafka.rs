@@ -268,45 +268,50 @@ impl KafkaSource {
             // The moment herald took these records: where its own share of the latency starts.
             let taken_us = now_us();
             notifications.clear();
-            for m in &messages {
-                self.metrics.consumed(m.topic());
-                let headers: Vec<(&str, &[u8])> = match m.headers() {
-                    Some(h) => h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect(),
-                    None => Vec::new(),
-                };
-                let record = Record {
-                    topic: m.topic(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key(),
-                    value: m.payload(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    headers: &headers,
-                };
-                if let Err(e) = self.router.route(&record, &mut notifications) {
-                    self.metrics.dropped(e.reason, 1);
-                    if let (Some(script), DropReason::ScriptError) = (&e.script, e.reason) {
-                        self.metrics.script_error(script);
+            let headers: Vec<Vec<(&str, &[u8])>> = messages
+                .iter()
+                .map(|m| m.headers().map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect()).unwrap_or_default())
+                .collect();
+            let records: Vec<Record<'_>> = messages
+                .iter()
+                .zip(&headers)
+                .map(|(m, headers)| {
+                    self.metrics.consumed(m.topic());
+                    Record {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key(),
+                        value: m.payload(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        headers,
                     }
-                    if e.reason == DropReason::Filtered {
-                        continue;
+                })
+                .collect();
+            for (index, e) in self.router.route_batch(&records, &mut notifications) {
+                let record = &records[index];
+                self.metrics.dropped(e.reason, 1);
+                if let (Some(script), DropReason::ScriptError) = (&e.script, e.reason) {
+                    self.metrics.script_error(script);
+                }
+                if e.reason == DropReason::Filtered {
+                    continue;
+                }
+                match BAD_RECORD_LOG.check() {
+                    Verdict::Log => {
+                        warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, "Skipped a record.")
                     }
-                    match BAD_RECORD_LOG.check() {
-                        Verdict::Log => {
-                            warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, "Skipped a record.")
-                        }
-                        Verdict::LogAfterSuppressing(n) => {
-                            warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, suppressed = n, "Skipped a record (and {n} more not logged).")
-                        }
-                        Verdict::Suppress => {}
+                    Verdict::LogAfterSuppressing(n) => {
+                        warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, suppressed = n, "Skipped a record (and {n} more not logged).")
                     }
-                    if let Some(dlq) = &self.dead_letter {
-                        let sent = dlq.send(&record, &e).await;
-                        if let Err(why) = &sent {
-                            warn!(topic = record.topic, partition = record.partition, offset = record.offset, error = %why, "Could not produce a record to the dead-letter topic.");
-                        }
-                        self.metrics.dead_lettered(sent.is_ok());
+                    Verdict::Suppress => {}
+                }
+                if let Some(dlq) = &self.dead_letter {
+                    let sent = dlq.send(record, &e).await;
+                    if let Err(why) = &sent {
+                        warn!(topic = record.topic, partition = record.partition, offset = record.offset, error = %why, "Could not produce a record to the dead-letter topic.");
                     }
+                    self.metrics.dead_lettered(sent.is_ok());
                 }
             }
 
