@@ -33,9 +33,10 @@ RUN mkdir -p src benches \
 
 COPY src ./src
 COPY benches ./benches
-# The demo page is compiled in (include_str!); its socket.io-client bundle comes from the
-# demo-bundle stage below.
+# Compiled in with include_str!: the demo page (its socket.io-client bundle comes from the
+# demo-bundle stage below) and the publish API's OpenAPI description.
 COPY demo/index.html demo/demo.js ./demo/
+COPY docs/openapi.yaml ./docs/
 # COPY keeps the files' original mtimes, which can be older than the stub build: touch them so
 # cargo sees the crate as changed and does not ship the stub binary.
 RUN touch src/main.rs src/lib.rs \

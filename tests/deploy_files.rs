@@ -179,3 +179,52 @@ fn dockerfile_stubs_every_bench_target() {
         assert!(dockerfile.contains(&format!("benches/{bench}.rs")), "Dockerfile has no stub for bench `{bench}`");
     }
 }
+
+/// Every file the code compiles in (`include_str!`, `include_bytes!`) reaches the builder stage:
+/// copied by a `COPY` there and not kept out by `.dockerignore`, or `docker build` fails.
+#[test]
+fn dockerfile_copies_every_file_compiled_in() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = read("Dockerfile").replace("\\\n", " ");
+    let builder = dockerfile.split("\nFROM ").find(|stage| stage.contains(" AS builder")).expect("a builder stage");
+    let copied: Vec<String> = builder
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("COPY "))
+        .filter(|args| !args.contains("--from"))
+        .flat_map(|args| {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            words[..words.len() - 1].iter().map(|w| w.trim_end_matches('/').to_owned()).collect::<Vec<_>>()
+        })
+        .collect();
+    let ignored: Vec<String> =
+        read(".dockerignore").lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+
+    let mut included = Vec::new();
+    let mut sources = vec![root.join("src")];
+    while let Some(path) = sources.pop() {
+        if path.is_dir() {
+            sources.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let calls = ["include_str!(\"", "include_bytes!(\""];
+            for rest in calls.iter().flat_map(|call| text.split(call).skip(1)) {
+                let relative = rest.split('"').next().unwrap();
+                let resolved = path.parent().unwrap().join(relative);
+                let resolved = resolved.canonicalize().unwrap_or_else(|e| panic!("{}: {relative}: {e}", path.display()));
+                included.push(resolved.strip_prefix(root.canonicalize().unwrap()).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(included.iter().any(|p| p == "docs/openapi.yaml"), "found: {included:?}");
+    for file in &included {
+        assert!(copied.iter().any(|c| file == c || file.starts_with(&format!("{c}/"))), "the builder stage does not COPY {file}");
+        let kept_out = ignored.iter().find(|pattern| {
+            let pattern = pattern.trim_start_matches("**/").trim_start_matches('/');
+            match pattern.strip_prefix('*') {
+                Some(suffix) => file.ends_with(suffix),
+                None => file == pattern.trim_end_matches('/') || file.starts_with(pattern) || file.contains(&format!("/{pattern}")),
+            }
+        });
+        assert!(kept_out.is_none(), ".dockerignore keeps {file} out of the build ({kept_out:?})");
+    }
+}
