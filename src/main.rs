@@ -13,7 +13,13 @@ use herald::route::{Record, Router};
 const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Real-time notification gateway: Kafka -> route -> Redis Pub/Sub -> Socket.IO")]
+#[command(
+    name = "herald",
+    version,
+    about = "Real-time notification gateway: Kafka -> route -> Redis Pub/Sub -> Socket.IO",
+    after_help = "Exit codes: 0 success (including a graceful shutdown on SIGTERM/SIGINT), 1 a runtime failure, \
+                  2 a command-line usage error, 78 an invalid configuration (nothing started, no port bound)."
+)]
 struct Cli {
     /// Path of the YAML configuration.
     #[arg(long, short, global = true, env = "HERALD_CONFIG", default_value = "config.yaml")]

@@ -114,8 +114,11 @@ async fn version_and_help_name_every_subcommand() {
     let out = Command::new(HERALD).arg("--version").output().await.unwrap();
     assert!(String::from_utf8(out.stdout).unwrap().starts_with("herald "));
     let help = String::from_utf8(Command::new(HERALD).arg("--help").output().await.unwrap().stdout).unwrap();
-    for sub in ["run", "check-config", "token", "produce"] {
-        assert!(help.contains(sub), "{sub} missing from --help");
+    for sub in ["run", "check-config", "token", "route", "produce"] {
+        assert!(help.lines().any(|l| l.trim_start().starts_with(&format!("{sub} "))), "{sub} missing from --help:\n{help}");
+    }
+    for code in ["0 success", "1 a runtime failure", "2 a command-line usage error", "78 an invalid configuration"] {
+        assert!(help.contains(code), "exit code `{code}` missing from --help:\n{help}");
     }
 }
 
@@ -193,4 +196,61 @@ async fn route_dry_run_prints_what_a_record_becomes() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("script_error") && stderr.contains("user-notifications.rhai:"), "{stderr}");
+}
+
+/// `log.format: json`: one JSON object per line; the line about a skipped record names its
+/// topic, partition and offset; no token and no payload content appear at info level or above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_records_and_show_no_token_or_payload() {
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_yaml(&kafka, None, "log: {format: json, level: info}")).unwrap();
+    let port = free_port();
+    let mut child = Command::new(HERALD)
+        .arg("--config")
+        .arg(&config)
+        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await.unwrap();
+        text
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url).await;
+
+    let mut c = Clients::start().await;
+    c.connect_as("ann", &url, "ann").await;
+    kafka.produce(TOPIC, None, b"not json, payload-marker-1").await;
+    kafka.notify("ann", json!({"secret": "payload-marker-2"})).await;
+    assert_eq!(c.expect("ann", "notification").await["body"]["secret"], "payload-marker-2");
+    eventually(Duration::from_secs(10), "the bad record counted", async || {
+        scrape(&url, "herald_records_dropped_total{reason=\"bad_json\"}").await == 1.0
+    })
+    .await;
+    c.stop().await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap().success());
+    let logs = logs.await.unwrap();
+
+    let lines: Vec<serde_json::Value> =
+        logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    assert!(lines.len() >= 3, "start-up, the skipped record and shutdown are logged:\n{logs}");
+    let skipped = lines.iter().find(|l| l["message"] == "Skipped a record.").unwrap_or_else(|| panic!("no skipped record in:\n{logs}"));
+    assert_eq!(skipped["level"], "WARN");
+    assert_eq!(skipped["topic"], TOPIC);
+    assert!(skipped["partition"].is_i64() && skipped["offset"].is_i64(), "{skipped}");
+    assert_eq!(skipped["reason"], "bad_json");
+    let token = token("ann");
+    for secret in ["payload-marker-1", "payload-marker-2", token.as_str(), SECRET] {
+        assert!(!logs.contains(secret), "`{secret}` appears in the logs:\n{logs}");
+    }
 }

@@ -1,7 +1,7 @@
 //! The Kafka consumer: records in, routed batches out to the bus, offsets stored only after the
 //! bus accepted the batch (at-least-once).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -319,7 +319,7 @@ impl KafkaSource {
                 n.consumed_us = taken_us;
             }
             if !notifications.is_empty() {
-                let Some(published) = self.publish_with_retry(&notifications, abort).await else {
+                let Some(published) = self.publish_with_retry(&notifications, Held(&messages), abort).await else {
                     // Aborted while the bus was down: leave the offsets unstored.
                     return Ok(());
                 };
@@ -345,8 +345,8 @@ impl KafkaSource {
     /// those: the others reached an instance already. Stored (retained) ones go out live only,
     /// with their history id: stored again they would be duplicated in the history, and the
     /// id lets each socket's replay gate drop a copy it already has.
-    async fn publish_with_retry(&self, batch: &[Notification], abort: &CancellationToken) -> Option<Vec<Published>> {
-        let mut published = self.until_taken(batch.len(), abort, || self.bus.publish(batch)).await?;
+    async fn publish_with_retry(&self, batch: &[Notification], held: Held<'_>, abort: &CancellationToken) -> Option<Vec<Published>> {
+        let mut published = self.until_taken(batch.len(), held, abort, || self.bus.publish(batch)).await?;
         let mut delay = Duration::from_millis(50);
         loop {
             let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0).map(|(i, _)| i).collect();
@@ -355,6 +355,7 @@ impl KafkaSource {
             }
             self.metrics.publish_retries.increment(1);
             debug!(
+                records = %held,
                 notifications = unheard.len(),
                 retry_in_ms = delay.as_millis() as u64,
                 "No subscriber yet while instances re-subscribe after a Redis reconnect; publishing again."
@@ -366,7 +367,7 @@ impl KafkaSource {
             let (stored, plain): (Vec<usize>, Vec<usize>) = unheard.into_iter().partition(|&i| published[i].stored.is_some());
             if !plain.is_empty() {
                 let again: Vec<Notification> = plain.iter().map(|&i| batch[i].clone()).collect();
-                let results = self.until_taken(again.len(), abort, || self.bus.publish(&again)).await?;
+                let results = self.until_taken(again.len(), held, abort, || self.bus.publish(&again)).await?;
                 for (i, result) in plain.into_iter().zip(results) {
                     published[i] = result;
                 }
@@ -374,7 +375,7 @@ impl KafkaSource {
             if !stored.is_empty() {
                 let again: Vec<(Notification, NotificationId)> =
                     stored.iter().filter_map(|&i| Some((batch[i].clone(), published[i].stored?))).collect();
-                let reached = self.until_taken(again.len(), abort, || self.bus.publish_live(&again)).await?;
+                let reached = self.until_taken(again.len(), held, abort, || self.bus.publish_live(&again)).await?;
                 for (i, receivers) in stored.into_iter().zip(reached) {
                     published[i].receivers = receivers;
                 }
@@ -383,8 +384,8 @@ impl KafkaSource {
     }
 
     /// Retries a bus operation on `count` notifications with backoff until it succeeds, or
-    /// `abort` fires.
-    async fn until_taken<T, F>(&self, count: usize, abort: &CancellationToken, mut attempt: impl FnMut() -> F) -> Option<T>
+    /// `abort` fires. `held` names the records whose offsets wait for it, for the log.
+    async fn until_taken<T, F>(&self, count: usize, held: Held<'_>, abort: &CancellationToken, mut attempt: impl FnMut() -> F) -> Option<T>
     where
         F: Future<Output = Result<T, BusError>>,
     {
@@ -397,6 +398,7 @@ impl KafkaSource {
             self.metrics.publish_retries.increment(1);
             warn!(
                 error = %error,
+                records = %held,
                 notifications = count,
                 retry_in_ms = delay.as_millis() as u64,
                 "Bus publish not done; holding consumption and retrying."
@@ -409,12 +411,7 @@ impl KafkaSource {
     }
 
     fn store_offsets(&self, messages: &[BorrowedMessage<'_>]) {
-        let mut last: HashMap<(&str, i32), i64> = HashMap::new();
-        for m in messages {
-            let e = last.entry((m.topic(), m.partition())).or_insert(m.offset());
-            *e = (*e).max(m.offset());
-        }
-        for ((topic, partition), offset) in last {
+        for ((topic, partition), (_, offset)) in offset_ranges(messages) {
             if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
                 // After a rebalance took the partition away; its new owner re-reads from the
                 // last commit, which is a duplicate, never a loss.
@@ -422,6 +419,30 @@ impl KafkaSource {
                 debug!(topic, partition, offset, error = %e, "Could not store an offset.");
             }
         }
+    }
+}
+
+/// The first and last offset of each partition in a batch.
+fn offset_ranges<'a>(messages: &'a [BorrowedMessage<'_>]) -> BTreeMap<(&'a str, i32), (i64, i64)> {
+    let mut ranges = BTreeMap::new();
+    for m in messages {
+        let (first, last) = ranges.entry((m.topic(), m.partition())).or_insert((m.offset(), m.offset()));
+        (*first, *last) = ((*first).min(m.offset()), (*last).max(m.offset()));
+    }
+    ranges
+}
+
+/// The records a publish holds, shown in logs as `topic/partition@first..=last, ...`.
+#[derive(Clone, Copy)]
+struct Held<'a>(&'a [BorrowedMessage<'a>]);
+
+impl std::fmt::Display for Held<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, ((topic, partition), (first, last))) in offset_ranges(self.0).into_iter().enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{topic}/{partition}@{first}..={last}")?;
+        }
+        Ok(())
     }
 }
 
