@@ -228,3 +228,22 @@ fn dockerfile_copies_every_file_compiled_in() {
         assert!(kept_out.is_none(), ".dockerignore keeps {file} out of the build ({kept_out:?})");
     }
 }
+
+/// The builder compiles the dependencies from the manifest alone before it copies the sources,
+/// so that layer is reused until Cargo.lock changes; the runtime image carries the config and
+/// the route scripts in /etc/herald, where the README says to mount your own.
+#[test]
+fn dockerfile_caches_dependencies_and_ships_config_and_routes() {
+    let dockerfile = read("Dockerfile").replace("\\\n", " ");
+    let builder = dockerfile.split("\nFROM ").find(|stage| stage.contains(" AS builder")).expect("a builder stage");
+    let position = |needle: &str| builder.find(needle).unwrap_or_else(|| panic!("the builder stage has no `{needle}`"));
+    let manifest = position("COPY Cargo.toml Cargo.lock");
+    let sources = position("COPY src ");
+    let first_build = position("cargo build --release --locked");
+    assert!(manifest < first_build && first_build < sources, "dependencies are built before the sources are copied");
+    let runtime = dockerfile.rsplit_once("\nFROM ").unwrap().1;
+    assert!(runtime.contains("COPY config.yaml /etc/herald/config.yaml"), "the runtime image has no config");
+    assert!(runtime.contains("COPY routes /etc/herald/routes"), "the runtime image has no route scripts");
+    assert!(runtime.contains("HERALD_CONFIG=/etc/herald/config.yaml"), "subcommands find the config");
+    assert!(read("README.md").contains("/etc/herald"), "the README says where to mount config and routes");
+}
