@@ -18,8 +18,8 @@ async fn two_instances_on_a_cluster_deliver_through_the_owning_shard_only() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
     let cluster = RedisCluster::start();
-    let yaml = config_yaml(&kafka, None, &format!("redis: {{url: \"{}\"}}", cluster.url()))
-        .replace("group_id: herald-test", "group_id: herald-test\n  topics: [{name: user-notifications, retain: true}]");
+    let yaml = config_yaml(&kafka, None, &format!("redis: {{url: \"{}\"}}", cluster.url()));
+    let yaml = with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]");
     let (one, two) = (Herald::start(&yaml).await, Herald::start(&yaml).await);
     // Both consume: whichever takes a record, the user's sockets may be on the other.
     one.wait_assigned(2).await;

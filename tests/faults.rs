@@ -20,9 +20,9 @@ type HostileRecord<'a> = (&'a str, Option<&'a [u8]>, Vec<u8>);
 async fn hostile_records_are_skipped_counted_and_dead_lettered() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC, "by-key", "dead-letters"]).await;
-    let yaml = config_yaml(&kafka, None, "").replace(
-        "group_id: herald-test",
-        "group_id: herald-test\n  dead_letter_topic: dead-letters\n  topics: [user-notifications, {name: by-key, user_id: key}]",
+    let yaml = with_kafka(
+        &config_yaml(&kafka, None, ""),
+        "dead_letter_topic: dead-letters\ntopics: [user-notifications, {name: by-key, user_id: key}]",
     );
     let h = Herald::start(&yaml).await;
     let mut c = Clients::start().await;
@@ -153,8 +153,8 @@ async fn redis_restart_mid_stream(retain: bool) {
     let yaml = config_yaml(&kafka, Some(&redis), "").replace("\"}\n", "\", command_timeout_ms: 300}\n");
     let topics = if retain { "[{name: user-notifications, retain: true}]" } else { "[user-notifications]" };
     // Only `one` consumes the topic; the socket is on `two`: every record crosses Redis.
-    let one = Herald::start(&yaml.replace("group_id: herald-test", &format!("group_id: herald-test\n  topics: {topics}"))).await;
-    let two = Herald::start(&yaml.replace("group_id: herald-test", "group_id: herald-test\n  topics: [elsewhere]")).await;
+    let one = Herald::start(&with_kafka(&yaml, &format!("topics: {topics}"))).await;
+    let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;
     one.wait_assigned(4).await;
     two.wait_assigned(4).await;
     let mut c = Clients::start().await;

@@ -20,10 +20,7 @@ async fn delivers_across_instances_to_every_socket_of_the_user_only() {
     // Instance 1 consumes the topic; instance 2 is in the same group but only consumes another
     // topic, so every record of `user-notifications` is consumed on instance 1.
     let one = Herald::start(&config_yaml(&kafka, Some(&redis), "")).await;
-    let two = Herald::start(
-        &config_yaml(&kafka, Some(&redis), "").replace("group_id: herald-test", "group_id: herald-test\n  topics: [elsewhere]"),
-    )
-    .await;
+    let two = Herald::start(&with_kafka(&config_yaml(&kafka, Some(&redis), ""), "topics: [elsewhere]")).await;
 
     one.wait_assigned(4).await;
     two.wait_assigned(4).await;

@@ -10,8 +10,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn retained(kafka: &Kafka, redis: Option<&Redis>, replay: &str) -> String {
-    config_yaml(kafka, redis, &format!("replay: {{{replay}}}"))
-        .replace("group_id: herald-test", "group_id: herald-test\n  topics: [{name: user-notifications, retain: true}]")
+    with_kafka(&config_yaml(kafka, redis, &format!("replay: {{{replay}}}")), "topics: [{name: user-notifications, retain: true}]")
 }
 
 fn flaky(token: &str) -> Value {

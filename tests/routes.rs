@@ -15,9 +15,9 @@ const SCRIPT_V2: &str = r#"fn route(r) { #{ user_id: r.value.to, payload: #{ n: 
 fn routes_yaml(kafka: &Kafka, dir: &Path) -> String {
     std::fs::write(dir.join("scripted.rhai"), SCRIPT_V1).unwrap();
     std::fs::write(dir.join("loop.rhai"), "fn route(r) { loop { } }").unwrap();
-    config_yaml(kafka, None, "routes: {script_timeout_ms: 20, reload_debounce_ms: 100}").replace(
-        "group_id: herald-test",
-        "group_id: herald-test\n  topics: [{name: scripted, script: scripted.rhai}, {name: looping, script: loop.rhai}]",
+    with_kafka(
+        &config_yaml(kafka, None, "routes: {script_timeout_ms: 20, reload_debounce_ms: 100}"),
+        "topics: [{name: scripted, script: scripted.rhai}, {name: looping, script: loop.rhai}]",
     )
 }
 
@@ -130,10 +130,7 @@ async fn a_backlog_is_routed_on_several_threads_and_stays_in_order() {
     std::fs::write(dir.path().join("scripted.rhai"), SCRIPT_V1).unwrap();
     let kafka = Kafka::start(&["scripted", "elsewhere"]).await;
     let redis = Redis::start().await;
-    let with_topics = |topics: &str| {
-        config_yaml(&kafka, Some(&redis), "routes: {threads: 2}")
-            .replace("group_id: herald-test", &format!("group_id: herald-test\n  topics: [{topics}]"))
-    };
+    let with_topics = |topics: &str| with_kafka(&config_yaml(&kafka, Some(&redis), "routes: {threads: 2}"), &format!("topics: [{topics}]"));
     // The sockets live on an instance that consumes another topic, so the backlog waits in
     // Kafka until the routing instance starts, and reaches the users over Redis.
     let gateway = Herald::start_in(&with_topics("elsewhere"), dir.path()).await;

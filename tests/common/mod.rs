@@ -196,6 +196,13 @@ server:
     )
 }
 
+/// `yaml` (from [`config_yaml`]) with more keys in its `kafka` section, e.g.
+/// `"topics: [elsewhere]"`: the instance consumes those topics instead of the default one.
+pub fn with_kafka(yaml: &str, keys: &str) -> String {
+    let keys: String = keys.lines().map(|line| format!("\n  {line}")).collect();
+    yaml.replacen("group_id: herald-test", &format!("group_id: herald-test{keys}"), 1)
+}
+
 pub struct Herald {
     pub running: Option<herald::app::Running>,
     pub addr: SocketAddr,
