@@ -174,7 +174,11 @@ impl Running {
 
     /// Phased shutdown within the grace period: stop fetching, let the records in hand reach
     /// the bus and commit their offsets, close the sockets, then stop serving.
+    /// An error if a component had stopped on its own (the process then exits 1), else the
+    /// source's own result.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        // Read before shutting down, which stops the server and so fires `failed` too.
+        let failed_on_its_own = self.failed.is_cancelled();
         let deadline = tokio::time::Instant::now() + self.grace;
         info!(grace_secs = self.grace.as_secs(), "Shutting down: no more records are fetched.");
         self.stop_source.cancel();
@@ -194,12 +198,19 @@ impl Running {
             warn!("Sockets did not all close in time.");
         }
         self.stop_rest.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
+        let server_result = tokio::time::timeout(Duration::from_secs(2), self.server).await;
         self.bus.close().await;
         info!("herald stopped.");
-        match source_result {
-            Ok(r) => r,
-            Err(e) => Err(anyhow::anyhow!("the Kafka source task panicked: {e}")),
+        source_result.map_err(|e| anyhow::anyhow!("the Kafka source task panicked: {e}"))??;
+        match server_result {
+            Ok(Ok(Err(e))) => return Err(anyhow::Error::new(e).context("the HTTP server failed")),
+            Ok(Err(e)) => anyhow::bail!("the HTTP server task panicked: {e}"),
+            // Served until told to stop, or still closing connections: neither is a failure.
+            Ok(Ok(Ok(()))) | Err(_) => {}
         }
+        if failed_on_its_own {
+            anyhow::bail!("a component stopped on its own (the log above says which)");
+        }
+        Ok(())
     }
 }

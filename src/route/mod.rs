@@ -242,8 +242,59 @@ impl Router {
     /// Routes one record. Appends its notifications to `out` (so a batch reuses one buffer); a
     /// record that fails appends nothing, even if its script returned some good items first.
     pub fn route(&self, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
+        self.route_with(&self.table.load(), record, out)
+    }
+
+    /// Routes a batch, appending its notifications to `out` in record order, and returns the
+    /// records that produced none, by index. A batch large enough is split into contiguous
+    /// parts routed on several threads (`routes.threads`), so scripts are not limited to one
+    /// core; the result is the same as routing one record after another. The whole batch is
+    /// routed by one version of the rules: a reload that lands meanwhile applies from the next.
+    pub fn route_batch(&self, records: &[Record<'_>], out: &mut Vec<Notification>) -> Failures {
+        let table = self.table.load_full();
+        let parts = self.threads.min(records.len() / MIN_RECORDS_PER_THREAD);
+        let pool = if parts > 1 { self.pool.get_or_init(|| self.start_pool()).as_ref() } else { None };
+        let Some(pool) = pool else {
+            return self.route_each(&table, records, 0, out);
+        };
+        if let Some(m) = &self.metrics {
+            m.route_split_batches.increment(1);
+        }
+        // Even parts: the first `extra` ones take one record more, so none is under the minimum.
+        let (base, extra) = (records.len() / parts, records.len() % parts);
+        let start = |part: usize| part * base + part.min(extra);
+        let routed: Vec<(Vec<Notification>, Failures)> = pool.install(|| {
+            (0..parts)
+                .into_par_iter()
+                .map(|part| {
+                    let (first, end) = (start(part), start(part + 1));
+                    let mut notifications = Vec::with_capacity(end - first);
+                    let failed = self.route_each(&table, &records[first..end], first, &mut notifications);
+                    (notifications, failed)
+                })
+                .collect()
+        });
+        let mut failed = Vec::new();
+        for (notifications, part_failed) in routed {
+            out.extend(notifications);
+            failed.extend(part_failed);
+        }
+        failed
+    }
+
+    fn route_each(&self, table: &Table, records: &[Record<'_>], first_index: usize, out: &mut Vec<Notification>) -> Failures {
+        let mut failed = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            if let Err(e) = self.route_with(table, record, out) {
+                failed.push((first_index + i, e));
+            }
+        }
+        failed
+    }
+
+    fn route_with(&self, table: &Table, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
         let first = out.len();
-        if let Err(e) = self.route_by_rule(record, out) {
+        if let Err(e) = self.route_by_rule(table, record, out) {
             out.truncate(first);
             return Err(e);
         }
@@ -253,59 +304,12 @@ impl Router {
         Ok(())
     }
 
-    /// Routes a batch, appending its notifications to `out` in record order, and returns the
-    /// records that produced none, by index. A batch large enough is split into contiguous
-    /// parts routed on several threads (`routes.threads`), so scripts are not limited to one
-    /// core; the result is the same as routing one record after another.
-    pub fn route_batch(&self, records: &[Record<'_>], out: &mut Vec<Notification>) -> Failures {
-        let parts = self.threads.min(records.len() / MIN_RECORDS_PER_THREAD);
-        let part = records.len().div_ceil(parts.max(1));
-        let pool = match parts > 1 {
-            true => self.pool.get_or_init(|| self.start_pool()).as_ref(),
-            false => None,
-        };
-        let Some(pool) = pool else {
-            return self.route_each(records, 0, out);
-        };
-        if let Some(m) = &self.metrics {
-            m.route_split_batches.increment(1);
-        }
-        let parts: Vec<(Vec<Notification>, Failures)> = pool.install(|| {
-            records
-                .par_chunks(part)
-                .enumerate()
-                .map(|(i, chunk)| {
-                    let mut notifications = Vec::with_capacity(chunk.len());
-                    let failed = self.route_each(chunk, i * part, &mut notifications);
-                    (notifications, failed)
-                })
-                .collect()
-        });
-        let mut failed = Vec::new();
-        for (notifications, part_failed) in parts {
-            out.extend(notifications);
-            failed.extend(part_failed);
-        }
-        failed
-    }
-
-    fn route_each(&self, records: &[Record<'_>], first_index: usize, out: &mut Vec<Notification>) -> Failures {
-        let mut failed = Vec::new();
-        for (i, record) in records.iter().enumerate() {
-            if let Err(e) = self.route(record, out) {
-                failed.push((first_index + i, e));
-            }
-        }
-        failed
-    }
-
     fn start_pool(&self) -> Option<rayon::ThreadPool> {
         let built = rayon::ThreadPoolBuilder::new().num_threads(self.threads).thread_name(|i| format!("herald-route-{i}")).build();
         built.inspect_err(|e| warn!(error = %e, "Could not start the routing threads; routing on the consumer's task.")).ok()
     }
 
-    fn route_by_rule(&self, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
-        let table = self.table.load();
+    fn route_by_rule(&self, table: &Table, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
         let fallback;
         let rule = match table.rules.get(record.topic) {
             Some(rule) => rule,
@@ -619,7 +623,9 @@ mod script_tests {
                 format!("auth: {{jwt: {{secret: s}}}}\nkafka: {{topics: [{{name: t, script: t.rhai}}]}}\nroutes: {{threads: {threads}}}");
             Router::new(&Config::from_yaml(&yaml, dir.path().into(), &|_| None).unwrap(), None).unwrap()
         };
-        let values: Vec<String> = (0..1000)
+        // Not a multiple of the thread count: the parts are uneven (251, 250, 250, 250).
+        const RECORDS: usize = 1001;
+        let values: Vec<String> = (0..RECORDS)
             .map(|i| match i % 7 {
                 0 => r#"{"kind":"skip"}"#.to_owned(),
                 3 => r#"{"kind":"fail"}"#.to_owned(),
@@ -647,14 +653,14 @@ mod script_tests {
         let (mut expected, mut got) = (Vec::new(), Vec::new());
         let expected_failed = failures(one.route_batch(&records, &mut expected));
         let got_failed = failures(many.route_batch(&records, &mut got));
-        assert!(many.pool.get().is_some_and(Option::is_some), "1000 records on 4 threads are split");
+        assert!(many.pool.get().is_some_and(Option::is_some), "{RECORDS} records on 4 threads are split");
         assert!(one.pool.get().is_none(), "one thread never starts a pool");
         assert_eq!(summary(&got), summary(&expected));
         assert_eq!(got_failed, expected_failed);
         // And both agree with what the script says, record by record.
-        assert_eq!(expected.len(), (0..1000).map(|i| [0, 1, 1, 0, 1, 0, 2][i % 7]).sum::<usize>());
+        assert_eq!(expected.len(), (0..RECORDS).map(|i| [0, 1, 1, 0, 1, 0, 2][i % 7]).sum::<usize>());
         assert_eq!(expected[0].user_id, "u1");
-        assert_eq!(expected_failed.len(), (0..1000).filter(|i| [0, 3, 5].contains(&(i % 7))).count());
+        assert_eq!(expected_failed.len(), (0..RECORDS).filter(|i| [0, 3, 5].contains(&(i % 7))).count());
         assert_eq!(expected_failed[..3], [(0, DropReason::Filtered), (3, DropReason::ScriptError), (5, DropReason::ScriptError)]);
 
         // A small batch is routed on the calling thread.

@@ -268,6 +268,9 @@ impl KafkaSource {
             // The moment herald took these records: where its own share of the latency starts.
             let taken_us = now_us();
             notifications.clear();
+            for m in &messages {
+                self.metrics.consumed(m.topic());
+            }
             let headers: Vec<Vec<(&str, &[u8])>> = messages
                 .iter()
                 .map(|m| m.headers().map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect()).unwrap_or_default())
@@ -275,17 +278,14 @@ impl KafkaSource {
             let records: Vec<Record<'_>> = messages
                 .iter()
                 .zip(&headers)
-                .map(|(m, headers)| {
-                    self.metrics.consumed(m.topic());
-                    Record {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key(),
-                        value: m.payload(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        headers,
-                    }
+                .map(|(m, headers)| Record {
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key(),
+                    value: m.payload(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    headers,
                 })
                 .collect();
             for (index, e) in self.router.route_batch(&records, &mut notifications) {
@@ -411,7 +411,7 @@ impl KafkaSource {
     }
 
     fn store_offsets(&self, messages: &[BorrowedMessage<'_>]) {
-        for ((topic, partition), (_, offset)) in offset_ranges(messages) {
+        for ((topic, partition), (_, offset)) in offset_ranges(positions(messages)) {
             if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
                 // After a rebalance took the partition away; its new owner re-reads from the
                 // last commit, which is a duplicate, never a loss.
@@ -422,27 +422,37 @@ impl KafkaSource {
     }
 }
 
+/// Where each message of a batch sits: topic, partition, offset.
+fn positions<'a>(messages: &'a [BorrowedMessage<'_>]) -> impl Iterator<Item = (&'a str, i32, i64)> {
+    messages.iter().map(|m| (m.topic(), m.partition(), m.offset()))
+}
+
+type OffsetRanges<'a> = BTreeMap<(&'a str, i32), (i64, i64)>;
+
 /// The first and last offset of each partition in a batch.
-fn offset_ranges<'a>(messages: &'a [BorrowedMessage<'_>]) -> BTreeMap<(&'a str, i32), (i64, i64)> {
+fn offset_ranges<'a>(positions: impl Iterator<Item = (&'a str, i32, i64)>) -> OffsetRanges<'a> {
     let mut ranges = BTreeMap::new();
-    for m in messages {
-        let (first, last) = ranges.entry((m.topic(), m.partition())).or_insert((m.offset(), m.offset()));
-        (*first, *last) = ((*first).min(m.offset()), (*last).max(m.offset()));
+    for (topic, partition, offset) in positions {
+        let (first, last) = ranges.entry((topic, partition)).or_insert((offset, offset));
+        (*first, *last) = ((*first).min(offset), (*last).max(offset));
     }
     ranges
 }
 
-/// The records a publish holds, shown in logs as `topic/partition@first..=last, ...`.
+/// `topic/partition@first..=last, ...`, as logs name a batch's records.
+fn describe_ranges(ranges: &OffsetRanges<'_>) -> String {
+    let described: Vec<String> =
+        ranges.iter().map(|((topic, partition), (first, last))| format!("{topic}/{partition}@{first}..={last}")).collect();
+    described.join(", ")
+}
+
+/// The records a publish holds, for its log lines (described only when a line is written).
 #[derive(Clone, Copy)]
 struct Held<'a>(&'a [BorrowedMessage<'a>]);
 
 impl std::fmt::Display for Held<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, ((topic, partition), (first, last))) in offset_ranges(self.0).into_iter().enumerate() {
-            let separator = if i == 0 { "" } else { ", " };
-            write!(f, "{separator}{topic}/{partition}@{first}..={last}")?;
-        }
-        Ok(())
+        f.write_str(&describe_ranges(&offset_ranges(positions(self.0))))
     }
 }
 
@@ -493,5 +503,19 @@ async fn probe_connection(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_described_by_its_offset_range_per_partition() {
+        let batch = [("t", 1, 7), ("t", 0, 3), ("t", 1, 5), ("u", 0, 9), ("t", 1, 6), ("t", 0, 4)];
+        let ranges = offset_ranges(batch.into_iter());
+        assert_eq!(ranges[&("t", 1)], (5, 7), "first and last, whatever the arrival order");
+        assert_eq!(describe_ranges(&ranges), "t/0@3..=4, t/1@5..=7, u/0@9..=9");
+        assert_eq!(describe_ranges(&offset_ranges(std::iter::empty())), "");
     }
 }
