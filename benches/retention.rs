@@ -80,5 +80,6 @@ fn notification(user: usize, retain: bool) -> Notification {
         timestamp_ms: 0,
         consumed_us: 0,
         retain,
+        origin: None,
     }
 }

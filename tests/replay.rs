@@ -125,3 +125,42 @@ async fn an_overflowed_history_is_reported_and_the_rest_replayed() {
     c.stop().await;
     h.shutdown().await;
 }
+
+/// A batch published again after a failed attempt (`publish_again`) may hold retained
+/// notifications that attempt stored already: they are found by their origin and keep their
+/// first id, so the history has each once. A first attempt never searches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_store_keeps_one_copy_in_the_history() {
+    use herald::bus::Bus;
+    use herald::route::Notification;
+
+    let redis = Redis::start().await;
+    let yaml = format!("auth: {{jwt: {{secret: s}}}}\nredis: {{url: \"{}\"}}\n", redis.url());
+    let config = herald::config::Config::from_yaml(&yaml, std::path::Path::new(".").into(), &|_| None).unwrap();
+    let metrics = std::sync::Arc::new(herald::metrics::Metrics::new(&[]));
+    let gateway = herald::gateway::Gateway::new(&config.server, metrics.clone());
+    let bus = Bus::start(&config, gateway.deliverer.clone(), metrics, tokio_util::sync::CancellationToken::new()).await.unwrap();
+    let notification = |n: i64, origin: &str| Notification {
+        user_id: "rita".into(),
+        event: "notification".into(),
+        payload: serde_json::value::RawValue::from_string(json!({"n": n}).to_string()).unwrap(),
+        timestamp_ms: 1,
+        consumed_us: 0,
+        retain: true,
+        origin: Some(origin.into()),
+    };
+    let (first, second) = (notification(1, "t/0/5/0"), notification(2, "t/0/6/0"));
+
+    // The first attempt stored `first`, then failed before `second` (its reply was lost).
+    let stored = bus.publish(std::slice::from_ref(&first)).await.unwrap()[0].stored.unwrap();
+    let again = bus.publish_again(&[first.clone(), second.clone()]).await.unwrap();
+    assert_eq!(again[0].stored, Some(stored), "found by its origin, under its first id");
+    assert!(again[1].stored.is_some_and(|id| id > stored), "the one not stored yet is stored now");
+    let ns = |h: herald::replay::History| h.items.iter().map(|r| r.payload.get().to_owned()).collect::<Vec<_>>();
+    assert_eq!(ns(bus.history("rita", None, 10).await.unwrap()), [r#"{"n":1}"#, r#"{"n":2}"#], "each once, in order");
+
+    // A first attempt does not search: the same origin published anew is a new entry.
+    bus.publish(std::slice::from_ref(&first)).await.unwrap();
+    assert_eq!(bus.history("rita", None, 10).await.unwrap().items.len(), 3);
+    bus.close().await;
+}

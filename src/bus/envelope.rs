@@ -87,6 +87,7 @@ mod tests {
             timestamp_ms: 1_700_000_000_123,
             consumed_us: 1_700_000_000_123_456,
             retain: false,
+            origin: None,
         };
         let wire = encode(&n);
         let env = decode(wire.as_bytes()).unwrap();

@@ -60,6 +60,16 @@ impl Bus {
         }
     }
 
+    /// Publishes a batch again after a failed attempt, which may have stored some of its
+    /// retained notifications already: those are found in the history by their origin and go
+    /// out live with their first id, not stored twice. The in-process bus cannot fail halfway.
+    pub async fn publish_again(&self, batch: &[Notification]) -> Result<Vec<Published>, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.publish(batch).await),
+            Bus::Redis(b) => b.publish_again(batch).await,
+        }
+    }
+
     /// Publishes stored notifications again, live only (the history has them already); returns
     /// how many instances (or sockets) each reached.
     pub async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {

@@ -40,13 +40,35 @@ const SLOTS_IN_FLIGHT: usize = 256;
 /// Stores a retained notification in the user's stream and publishes it, as one atomic step:
 /// a notification is never in the history and missing from the live stream, or the reverse.
 /// KEYS: stream, channel. ARGV: event, timestamp ms, payload JSON, max count, min id (age), ttl ms,
-/// consumed us (live message only: the history keeps what a replay needs).
+/// consumed us (live message only: the history keeps what a replay needs), origin (`''` for
+/// none), `'1'` when this is a retry.
+///
+/// A retry first looks for the origin among the entries kept: an earlier attempt may have stored
+/// the notification and lost only its reply. If found, it is published again with its first id
+/// (which each socket's replay gate recognises) and not stored twice. First attempts skip the
+/// search, so it costs nothing on the normal path.
 macro_rules! store_then {
     ($publish:literal) => {
         concat!(
-            "local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3])\n",
-            "redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])\n",
-            "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n",
+            "local id\n",
+            "if ARGV[9] == '1' and ARGV[8] ~= '' then\n",
+            "  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[4])) do\n",
+            "    local fields = entry[2]\n",
+            "    for i = 1, #fields, 2 do\n",
+            "      if fields[i] == 'o' and fields[i + 1] == ARGV[8] then id = entry[1] end\n",
+            "    end\n",
+            "    if id then break end\n",
+            "  end\n",
+            "end\n",
+            "if not id then\n",
+            "  if ARGV[8] == '' then\n",
+            "    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3])\n",
+            "  else\n",
+            "    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3], 'o', ARGV[8])\n",
+            "  end\n",
+            "  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])\n",
+            "  redis.call('PEXPIRE', KEYS[1], ARGV[6])\n",
+            "end\n",
             "local message = '{\"i\":\"' .. id .. '\",\"e\":' .. cjson.encode(ARGV[1]) .. ',\"t\":' .. ARGV[2] .. ',\"c\":' .. ARGV[7] .. ',\"p\":' .. ARGV[3] .. '}'\n",
             "return {id, redis.call('",
             $publish,
@@ -159,6 +181,16 @@ impl RedisBus {
     }
 
     pub async fn publish(&self, batch: &[Notification]) -> Result<Vec<Published>, BusError> {
+        self.publish_batch(batch, false).await
+    }
+
+    /// [`Self::publish`] for a batch an earlier attempt may have partly done: retained
+    /// notifications already in the history are found by their origin, not stored again.
+    pub async fn publish_again(&self, batch: &[Notification]) -> Result<Vec<Published>, BusError> {
+        self.publish_batch(batch, true).await
+    }
+
+    async fn publish_batch(&self, batch: &[Notification], retry: bool) -> Result<Vec<Published>, BusError> {
         let pipeline = self.publisher.pipeline();
         let now = crate::route::now_ms().max(0) as u64;
         let oldest_kept = now.saturating_sub(self.replay.max_age.as_millis() as u64);
@@ -179,6 +211,8 @@ impl RedisBus {
                     oldest_kept.to_string(),
                     self.replay.max_age.as_millis().to_string(),
                     n.consumed_us.to_string(),
+                    n.origin.as_deref().unwrap_or_default().to_owned(),
+                    if retry { "1" } else { "0" }.to_owned(),
                 ];
                 // Routed by the stream key: FirstKey would hash the script text (EVAL's first
                 // argument) and every call would bounce off a MOVED redirect on a cluster.

@@ -101,6 +101,7 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
             timestamp_ms,
             consumed_us,
             retain: request.retain,
+            origin: None,
         })
         .collect();
     match api.bus.publish(&batch).await {

@@ -49,6 +49,10 @@ pub struct Notification {
     pub consumed_us: i64,
     /// Keep it in the user's history for replay (the topic has `retain: true`).
     pub retain: bool,
+    /// For a retained notification routed from a record: `topic/partition/offset/index`, kept
+    /// with it in the history, so a store retried after a lost reply finds it there instead of
+    /// storing it twice. None from the publish API, whose requests have no such identity.
+    pub origin: Option<Box<str>>,
 }
 
 /// Why a record produced no notification. Permanent: the record is counted and skipped.
@@ -299,7 +303,10 @@ impl Router {
             return Err(e);
         }
         if self.retained.contains(record.topic) {
-            out[first..].iter_mut().for_each(|n| n.retain = true);
+            for (i, n) in out[first..].iter_mut().enumerate() {
+                n.retain = true;
+                n.origin = Some(format!("{}/{}/{}/{i}", record.topic, record.partition, record.offset).into());
+            }
         }
         Ok(())
     }
@@ -370,7 +377,15 @@ fn route_by_default(
             })?
         }
     };
-    out.push(Notification { user_id, event: event.clone(), payload: raw.to_owned(), timestamp_ms, consumed_us: 0, retain: false });
+    out.push(Notification {
+        user_id,
+        event: event.clone(),
+        payload: raw.to_owned(),
+        timestamp_ms,
+        consumed_us: 0,
+        retain: false,
+        origin: None,
+    });
     Ok(())
 }
 
@@ -440,7 +455,7 @@ fn notification(item: Dynamic, event: &Arc<str>, record: &Record<'_>, timestamp_
         // Without a payload the record value is passed through as it is.
         None => parse_value(record).map_err(|e| format!("no `payload` given and {e}"))?.to_owned(),
     };
-    Ok(Notification { user_id, event, payload, timestamp_ms, consumed_us: 0, retain: false })
+    Ok(Notification { user_id, event, payload, timestamp_ms, consumed_us: 0, retain: false, origin: None })
 }
 
 pub fn now_ms() -> i64 {
@@ -499,6 +514,16 @@ mod tests {
         assert_eq!(e.reason, DropReason::NoUserId);
         let e = route(&r, record("t", Some(&[0xff, 0xfe]), br#"{"x":1}"#)).unwrap_err();
         assert_eq!(e.reason, DropReason::BadUserId);
+    }
+
+    #[test]
+    fn retained_notifications_carry_their_origin() {
+        let r = router("kafka: {topics: [{name: t, retain: true}, u]}");
+        let n = route(&r, record("t", None, br#"{"userId":"a"}"#)).unwrap();
+        assert!(n[0].retain);
+        assert_eq!(n[0].origin.as_deref(), Some("t/0/7/0"), "topic/partition/offset/index");
+        let n = route(&r, record("u", None, br#"{"userId":"a"}"#)).unwrap();
+        assert!(!n[0].retain && n[0].origin.is_none());
     }
 
     #[test]

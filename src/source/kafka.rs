@@ -346,7 +346,13 @@ impl KafkaSource {
     /// with their history id: stored again they would be duplicated in the history, and the
     /// id lets each socket's replay gate drop a copy it already has.
     async fn publish_with_retry(&self, batch: &[Notification], held: Held<'_>, abort: &CancellationToken) -> Option<Vec<Published>> {
-        let mut published = self.until_taken(batch.len(), held, abort, || self.bus.publish(batch)).await?;
+        // After a failed attempt, which may have stored part of the batch, `publish_again`.
+        let mut tried = false;
+        let attempt = || {
+            let again = std::mem::replace(&mut tried, true);
+            async move { if again { self.bus.publish_again(batch).await } else { self.bus.publish(batch).await } }
+        };
+        let mut published = self.until_taken(batch.len(), held, abort, attempt).await?;
         let mut delay = Duration::from_millis(50);
         loop {
             let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0).map(|(i, _)| i).collect();
