@@ -128,7 +128,8 @@ async fn an_overflowed_history_is_reported_and_the_rest_replayed() {
 
 /// A batch published again after a failed attempt (`publish_again`) may hold retained
 /// notifications that attempt stored already: they are found by their origin and keep their
-/// first id, so the history has each once. A first attempt never searches.
+/// first id, so the history has each once. A first attempt never searches. The store script is
+/// called by its SHA1 and loaded again when Redis has lost it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_store_keeps_one_copy_in_the_history() {
     use herald::bus::Bus;
@@ -162,5 +163,15 @@ async fn a_retried_store_keeps_one_copy_in_the_history() {
     // A first attempt does not search: the same origin published anew is a new entry.
     bus.publish(std::slice::from_ref(&first)).await.unwrap();
     assert_eq!(bus.history("rita", None, 10).await.unwrap().items.len(), 3);
+
+    // The script is called by its SHA1. A Redis that lost it (as a restart does) answers
+    // NOSCRIPT: that attempt fails and loads it, and the retry goes through.
+    let flushed = std::process::Command::new("redis-cli").args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"]).output().unwrap();
+    assert!(flushed.status.success(), "{flushed:?}");
+    let third = notification(3, "t/0/7/0");
+    let error = bus.publish(std::slice::from_ref(&third)).await.unwrap_err();
+    assert!(error.to_string().contains("no store script"), "{error}");
+    assert!(bus.publish_again(std::slice::from_ref(&third)).await.unwrap()[0].stored.is_some());
+    assert_eq!(bus.history("rita", None, 10).await.unwrap().items.len(), 4, "stored once");
     bus.close().await;
 }

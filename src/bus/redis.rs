@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, StreamsInterface};
+use fred::interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface, StreamsInterface};
 use fred::prelude::{Builder, Config as FredConfig, ReconnectPolicy};
 use fred::types::{ClusterHash, CustomCommand, Message};
 use futures::StreamExt as _;
@@ -97,6 +97,9 @@ pub struct RedisBus {
     subscriber: SubscriberClient,
     /// SSUBSCRIBE/SPUBLISH, with hash-tagged channel and stream names.
     sharded: bool,
+    /// The store script for this mode, called by its SHA1 (EVALSHA) rather than sending its
+    /// kilobyte of text, for Redis to hash, with every retained notification.
+    store: StoreScript,
     pattern: ChannelPattern,
     stream: ChannelPattern,
     replay: ReplayConfig,
@@ -147,6 +150,10 @@ impl RedisBus {
         }
 
         let sharded = config.sharded_pubsub;
+        let store = StoreScript::new(if sharded { STORE_AND_SPUBLISH } else { STORE_AND_PUBLISH });
+        if publisher.is_connected() {
+            store.load(&publisher).await;
+        }
         let tagged = |p: &ChannelPattern| if sharded { p.hash_tagged() } else { p.clone() };
         let (pattern, stream) = (tagged(&config.channel), tagged(&replay_config.stream));
         let (ops, ops_rx) = mpsc::unbounded_channel();
@@ -164,12 +171,13 @@ impl RedisBus {
         let tasks = vec![
             tokio::spawn(manager.run(ops_rx, cancel.clone())),
             tokio::spawn(receive(subscriber.clone(), pattern.clone(), deliverer, metrics.clone(), cancel.clone())),
-            tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), reconnected_at.clone(), metrics, cancel)),
+            tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), store.clone(), reconnected_at.clone(), metrics, cancel)),
         ];
         Ok(Self {
             publisher,
             subscriber,
             sharded,
+            store,
             pattern,
             stream,
             replay: replay_config.clone(),
@@ -197,10 +205,9 @@ impl RedisBus {
         for n in batch {
             let channel = self.pattern.channel(&n.user_id);
             let queued: Result<(), _> = if n.retain {
-                // EVAL through `custom`: fred's pipelines have no Lua interface.
-                let script = if self.sharded { STORE_AND_SPUBLISH } else { STORE_AND_PUBLISH };
+                // EVALSHA through `custom`: fred's pipelines have no Lua interface.
                 let args: Vec<String> = vec![
-                    script.to_owned(),
+                    self.store.sha.clone(),
                     "2".to_owned(),
                     self.stream.channel(&n.user_id),
                     channel,
@@ -214,10 +221,10 @@ impl RedisBus {
                     n.origin.as_deref().unwrap_or_default().to_owned(),
                     if retry { "1" } else { "0" }.to_owned(),
                 ];
-                // Routed by the stream key: FirstKey would hash the script text (EVAL's first
+                // Routed by the stream key: FirstKey would hash the script's SHA1 (EVALSHA's first
                 // argument) and every call would bounce off a MOVED redirect on a cluster.
                 let slot = fred::util::redis_keyslot(args[2].as_bytes());
-                pipeline.custom(CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false), args).await
+                pipeline.custom(CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false), args).await
             } else if self.sharded {
                 pipeline.spublish(channel, envelope::encode(n)).await
             } else {
@@ -227,7 +234,16 @@ impl RedisBus {
         }
         let mut out = Vec::with_capacity(batch.len());
         for (n, result) in batch.iter().zip(pipeline.try_all::<fred::types::Value>().await) {
-            let value = result.map_err(|e| BusError(e.to_string()))?;
+            let value = match result {
+                Ok(value) => value,
+                // A restarted (or failed-over) Redis has an empty script cache; the reconnect
+                // usually reloads it first, and this covers a publish that got there before.
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    self.store.load(&self.publisher).await;
+                    return Err(BusError("Redis had no store script (restarted?); loaded it again".into()));
+                }
+                Err(e) => return Err(BusError(e.to_string())),
+            };
             let (receivers, stored) = if n.retain {
                 match value {
                     fred::types::Value::Array(parts) => {
@@ -603,6 +619,7 @@ async fn deliver_messages(mut messages: mpsc::Receiver<Message>, pattern: Channe
 async fn watch_connection(
     publisher: Client,
     subscriber: SubscriberClient,
+    store: StoreScript,
     reconnected_at: Arc<std::sync::Mutex<Option<Instant>>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -621,6 +638,7 @@ async fn watch_connection(
                 if let Ok(mut t) = reconnected_at.lock() {
                     *t = Some(Instant::now());
                 }
+                store.load(&publisher).await;
             }
         }
         let up = publisher.is_connected() && subscriber.is_connected();
@@ -632,6 +650,28 @@ async fn watch_connection(
                 warn!("Redis disconnected; publishing waits and retries.");
             }
             was_up = Some(up);
+        }
+    }
+}
+
+/// A Lua script called by its SHA1, and loaded into Redis (every primary of a cluster) at
+/// start-up, after each reconnect, and whenever Redis answers NOSCRIPT.
+#[derive(Clone)]
+struct StoreScript {
+    text: &'static str,
+    sha: String,
+}
+
+impl StoreScript {
+    fn new(text: &'static str) -> Self {
+        Self { text, sha: fred::util::sha1_hash(text) }
+    }
+
+    async fn load(&self, publisher: &Client) {
+        let loaded: Result<(), _> =
+            if publisher.is_clustered() { publisher.script_load_cluster(self.text).await } else { publisher.script_load(self.text).await };
+        if let Err(e) = loaded {
+            debug!(error = %e, "Could not load the store script yet; the next reconnect or NOSCRIPT loads it.");
         }
     }
 }
