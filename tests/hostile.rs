@@ -344,16 +344,19 @@ async fn thousands_of_connections_opened_and_dropped_leave_nothing_behind() {
     h.serves_a_real_client(&mut c, "before", 1).await;
     eventually(Duration::from_secs(10), "no socket before the storm", async || sockets(&h.url).await == 0.0).await;
     let rss_before = h.rss_kib();
-    // The allocator keeps much of what a storm freed (here RSS levels off about 55 MiB up after
-    // two storms). Later storms must reuse it: a third one adding as much again would mean
-    // state kept per connection (4 KiB each would already be 8 MiB).
+    // The allocator keeps much of what a storm freed (here RSS levels off about 45 MiB up after
+    // two storms). Later storms must reuse it: state kept per connection would add as much with
+    // every storm (4 KiB each is 8 MiB). One storm alone added 2-5 MiB, and once 9.9 MiB with
+    // the other test binaries running, so the limit is on the mean of the third and fourth.
     storm(&h).await;
     storm(&h).await;
     let rss_after_two = h.rss_kib();
     storm(&h).await;
-    let third = h.rss_kib().saturating_sub(rss_after_two);
-    eprintln!("RSS {rss_before} KiB before, {rss_after_two} KiB after two storms, the third added {third} KiB");
-    assert!(third < 8 * 1024, "a third storm grew RSS by {third} KiB");
+    let rss_after_three = h.rss_kib();
+    storm(&h).await;
+    let (third, fourth) = (rss_after_three.saturating_sub(rss_after_two), h.rss_kib().saturating_sub(rss_after_three));
+    eprintln!("RSS {rss_before} KiB before, {rss_after_two} KiB after two storms, then +{third} KiB and +{fourth} KiB");
+    assert!((third + fourth) / 2 < 8 * 1024, "storms three and four grew RSS by {third} and {fourth} KiB");
     h.still_serves_then_stop(c, rss_before, 2 * RSS_GROWTH_LIMIT_KIB).await;
 }
 

@@ -60,13 +60,14 @@ impl Bus {
         }
     }
 
-    /// Publishes a batch again after a failed attempt, which may have stored some of its
-    /// retained notifications already: those are found in the history by their origin and go
-    /// out live with their first id, not stored twice. The in-process bus cannot fail halfway.
-    pub async fn publish_again(&self, batch: &[Notification]) -> Result<Vec<Published>, BusError> {
+    /// Publishes a batch again after an attempt begun at `first_attempt_ms` failed, which may
+    /// have stored some of its retained notifications already: those are found in the history
+    /// (same origin and payload) and go out live with their first id, not stored twice. The
+    /// in-process bus cannot fail halfway.
+    pub async fn publish_again(&self, batch: &[Notification], first_attempt_ms: i64) -> Result<Vec<Published>, BusError> {
         match self {
             Bus::Memory(b) => Ok(b.publish(batch).await),
-            Bus::Redis(b) => b.publish_again(batch).await,
+            Bus::Redis(b) => b.publish_again(batch, first_attempt_ms).await,
         }
     }
 

@@ -27,6 +27,9 @@ use crate::replay::{History, NotificationId, Retained, history_after};
 use crate::route::Notification;
 use serde_json::value::RawValue;
 
+/// How far Redis's clock (stream ids) may be behind ours, for the retry search of the store
+/// script: entries stored by a failed attempt are looked for from its start minus this.
+const CLOCK_SKEW_MS: i64 = 60_000;
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 /// Event buffer of the publishing client, which subscribes to nothing.
@@ -41,23 +44,23 @@ const SLOTS_IN_FLIGHT: usize = 256;
 /// a notification is never in the history and missing from the live stream, or the reverse.
 /// KEYS: stream, channel. ARGV: event, timestamp ms, payload JSON, max count, min id (age), ttl ms,
 /// consumed us (live message only: the history keeps what a replay needs), origin (`''` for
-/// none), `'1'` when this is a retry.
+/// none), and for a retry the id the first attempt could not have stored before (else `''`).
 ///
-/// A retry first looks for the origin among the entries kept: an earlier attempt may have stored
-/// the notification and lost only its reply. If found, it is published again with its first id
-/// (which each socket's replay gate recognises) and not stored twice. First attempts skip the
-/// search, so it costs nothing on the normal path.
+/// A retry first looks among the entries since then for one with the same origin and payload:
+/// an earlier attempt may have stored the notification and lost only its reply. If found, it is
+/// published again with its first id (which each socket's replay gate recognises) and not stored
+/// twice. First attempts skip the search, so it costs nothing on the normal path.
 macro_rules! store_then {
     ($publish:literal) => {
         concat!(
             "local id\n",
-            "if ARGV[9] == '1' and ARGV[8] ~= '' then\n",
-            "  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[4])) do\n",
-            "    local fields = entry[2]\n",
+            "if ARGV[9] ~= '' and ARGV[8] ~= '' then\n",
+            "  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', ARGV[9], 'COUNT', ARGV[4])) do\n",
+            "    local fields, origin, payload = entry[2], nil, nil\n",
             "    for i = 1, #fields, 2 do\n",
-            "      if fields[i] == 'o' and fields[i + 1] == ARGV[8] then id = entry[1] end\n",
+            "      if fields[i] == 'o' then origin = fields[i + 1] elseif fields[i] == 'p' then payload = fields[i + 1] end\n",
             "    end\n",
-            "    if id then break end\n",
+            "    if origin == ARGV[8] and payload == ARGV[3] then id = entry[1] break end\n",
             "  end\n",
             "end\n",
             "if not id then\n",
@@ -135,7 +138,12 @@ impl RedisBus {
                 c.internal_command_timeout = timeout;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        // No resending by fred after a dropped connection: a store script that ran but lost its
+        // reply would run again and store twice. herald retries itself, with `publish_again`.
+        builder.with_connection_config(|c| c.max_command_attempts = 1);
         let publisher = builder.build()?;
+        let default_attempts = fred::types::config::ConnectionConfig::default().max_command_attempts;
+        builder.with_connection_config(|c| c.max_command_attempts = default_attempts);
         // fred's default of 32 silently drops Pub/Sub messages under load.
         builder.with_performance_config(|p| p.broadcast_channel_capacity = config.pubsub_buffer);
         let subscriber = builder.build_subscriber_client()?;
@@ -152,7 +160,7 @@ impl RedisBus {
         let sharded = config.sharded_pubsub;
         let store = StoreScript::new(if sharded { STORE_AND_SPUBLISH } else { STORE_AND_PUBLISH });
         if publisher.is_connected() {
-            store.load(&publisher).await;
+            store.load_or_warn(&publisher).await;
         }
         let tagged = |p: &ChannelPattern| if sharded { p.hash_tagged() } else { p.clone() };
         let (pattern, stream) = (tagged(&config.channel), tagged(&replay_config.stream));
@@ -189,16 +197,62 @@ impl RedisBus {
     }
 
     pub async fn publish(&self, batch: &[Notification]) -> Result<Vec<Published>, BusError> {
-        self.publish_batch(batch, false).await
+        self.publish_batch(batch, None).await
     }
 
-    /// [`Self::publish`] for a batch an earlier attempt may have partly done: retained
-    /// notifications already in the history are found by their origin, not stored again.
-    pub async fn publish_again(&self, batch: &[Notification]) -> Result<Vec<Published>, BusError> {
-        self.publish_batch(batch, true).await
+    /// [`Self::publish`] for a batch an attempt begun at `first_attempt_ms` may have partly
+    /// done: retained notifications it stored are found in the history, not stored again.
+    pub async fn publish_again(&self, batch: &[Notification], first_attempt_ms: i64) -> Result<Vec<Published>, BusError> {
+        // What that attempt stored has an id from Redis's clock: allow for the two clocks to differ.
+        let since = (first_attempt_ms - CLOCK_SKEW_MS).max(0);
+        self.publish_batch(batch, Some(since)).await
     }
 
-    async fn publish_batch(&self, batch: &[Notification], retry: bool) -> Result<Vec<Published>, BusError> {
+    async fn publish_batch(&self, batch: &[Notification], retry_since_ms: Option<i64>) -> Result<Vec<Published>, BusError> {
+        let mut replies = self.send(batch, retry_since_ms).await?;
+        // A restarted (or failed-over) Redis has an empty script cache. The reconnect usually
+        // reloads it first; these commands got there before, never ran, and are sent once more.
+        let missing: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(e) if e.details().starts_with("NOSCRIPT")))
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            self.store.load(&self.publisher).await.map_err(|e| BusError(format!("Redis lost the store script and cannot load it: {e}")))?;
+            let again: Vec<Notification> = missing.iter().map(|&i| batch[i].clone()).collect();
+            for (i, reply) in missing.into_iter().zip(self.send(&again, retry_since_ms).await?) {
+                replies[i] = reply;
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for (n, reply) in batch.iter().zip(replies) {
+            let value = reply.map_err(|e| BusError(e.to_string()))?;
+            let (receivers, stored) = if n.retain {
+                match value {
+                    fred::types::Value::Array(parts) => {
+                        let id = parts.first().and_then(|v| v.as_string()).and_then(|id| id.parse::<NotificationId>().ok());
+                        let Some(id) = id else {
+                            return Err(BusError(format!("unexpected id from the store script: {:?}", parts.first())));
+                        };
+                        (parts.get(1).and_then(|v| v.as_i64()).unwrap_or(0), Some(id))
+                    }
+                    other => return Err(BusError(format!("unexpected reply from the store script: {other:?}"))),
+                }
+            } else {
+                (value.as_i64().unwrap_or(0), None)
+            };
+            out.push(Published { receivers: receivers.max(0) as usize, stored });
+        }
+        Ok(out)
+    }
+
+    /// One pipeline for the batch: each notification's reply, in order.
+    async fn send(
+        &self,
+        batch: &[Notification],
+        retry_since_ms: Option<i64>,
+    ) -> Result<Vec<Result<fred::types::Value, fred::error::Error>>, BusError> {
         let pipeline = self.publisher.pipeline();
         let now = crate::route::now_ms().max(0) as u64;
         let oldest_kept = now.saturating_sub(self.replay.max_age.as_millis() as u64);
@@ -219,7 +273,7 @@ impl RedisBus {
                     self.replay.max_age.as_millis().to_string(),
                     n.consumed_us.to_string(),
                     n.origin.as_deref().unwrap_or_default().to_owned(),
-                    if retry { "1" } else { "0" }.to_owned(),
+                    retry_since_ms.map(|ms| ms.to_string()).unwrap_or_default(),
                 ];
                 // Routed by the stream key: FirstKey would hash the script's SHA1 (EVALSHA's first
                 // argument) and every call would bounce off a MOVED redirect on a cluster.
@@ -232,39 +286,12 @@ impl RedisBus {
             };
             queued.map_err(|e| BusError(e.to_string()))?;
         }
-        let mut out = Vec::with_capacity(batch.len());
-        for (n, result) in batch.iter().zip(pipeline.try_all::<fred::types::Value>().await) {
-            let value = match result {
-                Ok(value) => value,
-                // A restarted (or failed-over) Redis has an empty script cache; the reconnect
-                // usually reloads it first, and this covers a publish that got there before.
-                Err(e) if e.details().starts_with("NOSCRIPT") => {
-                    self.store.load(&self.publisher).await;
-                    return Err(BusError("Redis had no store script (restarted?); loaded it again".into()));
-                }
-                Err(e) => return Err(BusError(e.to_string())),
-            };
-            let (receivers, stored) = if n.retain {
-                match value {
-                    fred::types::Value::Array(parts) => {
-                        let id = parts.first().and_then(|v| v.as_string()).and_then(|id| id.parse::<NotificationId>().ok());
-                        let Some(id) = id else {
-                            return Err(BusError(format!("unexpected id from the store script: {:?}", parts.first())));
-                        };
-                        (parts.get(1).and_then(|v| v.as_i64()).unwrap_or(0), Some(id))
-                    }
-                    other => return Err(BusError(format!("unexpected reply from the store script: {other:?}"))),
-                }
-            } else {
-                (value.as_i64().unwrap_or(0), None)
-            };
-            out.push(Published { receivers: receivers.max(0) as usize, stored });
-        }
+        let replies = pipeline.try_all::<fred::types::Value>().await;
         // Callers match results to notifications by position.
-        if out.len() != batch.len() {
-            return Err(BusError(format!("{} replies to {} publishes", out.len(), batch.len())));
+        if replies.len() != batch.len() {
+            return Err(BusError(format!("{} replies to {} publishes", replies.len(), batch.len())));
         }
-        Ok(out)
+        Ok(replies)
     }
 
     /// The live message of stored notifications again, with their ids, without storing them again.
@@ -638,7 +665,7 @@ async fn watch_connection(
                 if let Ok(mut t) = reconnected_at.lock() {
                     *t = Some(Instant::now());
                 }
-                store.load(&publisher).await;
+                store.load_or_warn(&publisher).await;
             }
         }
         let up = publisher.is_connected() && subscriber.is_connected();
@@ -667,12 +694,17 @@ impl StoreScript {
         Self { text, sha: fred::util::sha1_hash(text) }
     }
 
-    async fn load(&self, publisher: &Client) {
-        let loaded: Result<(), _> =
-            if publisher.is_clustered() { publisher.script_load_cluster(self.text).await } else { publisher.script_load(self.text).await };
-        if let Err(e) = loaded {
-            debug!(error = %e, "Could not load the store script yet; the next reconnect or NOSCRIPT loads it.");
+    /// [`Self::load`] at start-up and reconnects; failing there is not fatal (a NOSCRIPT reply
+    /// tries again), but it is shown, as a Redis ACL without `script|load` would keep failing.
+    async fn load_or_warn(&self, publisher: &Client) {
+        if let Err(e) = self.load(publisher).await {
+            warn!(error = %e, "Could not load the store script into Redis; publishing retained notifications will retry it.");
         }
+    }
+
+    /// Loads it on the server, or on every primary of a cluster.
+    async fn load(&self, publisher: &Client) -> Result<(), fred::error::Error> {
+        publisher.script_load_cluster(self.text).await
     }
 }
 

@@ -630,6 +630,17 @@ mod script_tests {
     }
 
     #[test]
+    fn each_notification_of_a_retained_record_has_its_own_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.rhai"), r#"fn route(r) { [#{ user_id: "a" }, #{ user_id: "b" }] }"#).unwrap();
+        let yaml = "auth: {jwt: {secret: s}}\nkafka: {topics: [{name: t, script: t.rhai, retain: true}]}";
+        let r = Router::new(&Config::from_yaml(yaml, dir.path().into(), &|_| None).unwrap(), None).unwrap();
+        let n = route(&r, "{}").unwrap();
+        let origins: Vec<_> = n.iter().map(|n| n.origin.as_deref()).collect();
+        assert_eq!(origins, [Some("t/0/1/0"), Some("t/0/1/1")]);
+    }
+
+    #[test]
     fn a_batch_routed_on_several_threads_equals_routing_one_by_one() {
         // Records that notify one user, two users, nobody (filtered), or fail (a throw, or a
         // value that is not JSON and so reaches the script as a string without `kind`), so

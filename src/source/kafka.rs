@@ -21,7 +21,7 @@ use crate::bus::{Bus, BusError, Published};
 use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
 use crate::replay::NotificationId;
-use crate::route::{Notification, Record, Router, now_us};
+use crate::route::{Notification, Record, Router, now_ms, now_us};
 use crate::throttle::{Throttle, Verdict};
 
 /// Settings herald applies unless `kafka.options` says otherwise.
@@ -347,10 +347,11 @@ impl KafkaSource {
     /// id lets each socket's replay gate drop a copy it already has.
     async fn publish_with_retry(&self, batch: &[Notification], held: Held<'_>, abort: &CancellationToken) -> Option<Vec<Published>> {
         // After a failed attempt, which may have stored part of the batch, `publish_again`.
+        let first_attempt_ms = now_ms();
         let mut tried = false;
         let attempt = || {
             let again = std::mem::replace(&mut tried, true);
-            async move { if again { self.bus.publish_again(batch).await } else { self.bus.publish(batch).await } }
+            async move { if again { self.bus.publish_again(batch, first_attempt_ms).await } else { self.bus.publish(batch).await } }
         };
         let mut published = self.until_taken(batch.len(), held, abort, attempt).await?;
         let mut delay = Duration::from_millis(50);
