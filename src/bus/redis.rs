@@ -320,9 +320,11 @@ impl RedisBus {
     pub async fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> Result<History, BusError> {
         let key = self.stream.channel(user_id);
         let count = self.replay.history as u64 + 1;
+        // Reads are safe to resend after a dropped connection, unlike the publisher's writes.
+        let reader = self.publisher.with_options(&fred::types::config::Options { max_attempts: Some(3), ..Default::default() });
         let entries: fred::types::Value = match since {
-            Some(since) => self.publisher.xrange(key, since.to_string(), "+", Some(count)).await,
-            None if last_n > 0 => self.publisher.xrevrange(key, "+", "-", Some(last_n as u64)).await,
+            Some(since) => reader.xrange(key, since.to_string(), "+", Some(count)).await,
+            None if last_n > 0 => reader.xrevrange(key, "+", "-", Some(last_n as u64)).await,
             None => return Ok(History::default()),
         }
         .map_err(|e| BusError(e.to_string()))?;
