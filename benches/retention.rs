@@ -54,7 +54,8 @@ fn main() {
                 for run in runs.iter_mut() {
                     let started = Instant::now();
                     for chunk in 0..NOTIFICATIONS / BATCH {
-                        let batch: Vec<Notification> = (0..BATCH).map(|j| notification((chunk * BATCH + j) % 1000, retain)).collect();
+                        let batch: Vec<Notification> =
+                            (0..BATCH).map(|j| notification(chunk * BATCH + j, retain)).collect();
                         bus.publish(&batch).await.expect("publish");
                     }
                     *run = (NOTIFICATIONS / BATCH * BATCH) as f64 / started.elapsed().as_secs_f64();
@@ -70,7 +71,10 @@ fn main() {
     let _ = redis.wait();
 }
 
-fn notification(user: usize, retain: bool) -> Notification {
+/// The `n`th notification, for one of 1000 users; retained ones carry an origin as the Kafka
+/// source gives them, which their history entry keeps.
+fn notification(n: usize, retain: bool) -> Notification {
+    let user = n % 1000;
     let payload =
         format!(r#"{{"userId":"user-{user}","type":"order.shipped","body":{{"orderId":{user},"carrier":"DHL","eta":"2026-11-27"}}}}"#);
     Notification {
@@ -80,6 +84,6 @@ fn notification(user: usize, retain: bool) -> Notification {
         timestamp_ms: 0,
         consumed_us: 0,
         retain,
-        origin: None,
+        origin: retain.then(|| format!("user-notifications/{}/{n}/0", n % 4).into()),
     }
 }
