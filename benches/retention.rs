@@ -54,8 +54,7 @@ fn main() {
                 for run in runs.iter_mut() {
                     let started = Instant::now();
                     for chunk in 0..NOTIFICATIONS / BATCH {
-                        let batch: Vec<Notification> =
-                            (0..BATCH).map(|j| notification(chunk * BATCH + j, retain)).collect();
+                        let batch: Vec<Notification> = (0..BATCH).map(|j| notification(chunk * BATCH + j, retain)).collect();
                         bus.publish(&batch).await.expect("publish");
                     }
                     *run = (NOTIFICATIONS / BATCH * BATCH) as f64 / started.elapsed().as_secs_f64();
