@@ -203,28 +203,8 @@ async fn route_dry_run_prints_what_a_record_becomes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_name_records_and_show_no_token_or_payload() {
     let kafka = Kafka::start(&[TOPIC]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, config_yaml(&kafka, None, "log: {format: json, level: info}")).unwrap();
-    let port = free_port();
-    let mut child = Command::new(HERALD)
-        .arg("--config")
-        .arg(&config)
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = tokio::spawn(async move {
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await.unwrap();
-        text
-    });
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url).await;
+    let (herald, logs) = HeraldProcess::start_capturing_logs(&config_yaml(&kafka, None, "log: {format: json, level: info}")).await;
+    let url = herald.url.clone();
 
     let mut c = Clients::start().await;
     c.connect_as("ann", &url, "ann").await;
@@ -236,9 +216,7 @@ async fn json_logs_name_records_and_show_no_token_or_payload() {
     })
     .await;
     c.stop().await;
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    assert!(tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap().success());
+    assert!(herald.terminate().await.success());
     let logs = logs.await.unwrap();
 
     let lines: Vec<serde_json::Value> =

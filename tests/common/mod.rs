@@ -257,7 +257,7 @@ impl Herald {
     }
 }
 
-/// The built `herald` binary running `yaml`, for what only a real process shows (signals).
+/// The built `herald` binary running `yaml`, for what only a real process shows (signals, logs).
 pub struct HeraldProcess {
     child: Child,
     _dir: tempfile::TempDir,
@@ -266,6 +266,23 @@ pub struct HeraldProcess {
 
 impl HeraldProcess {
     pub async fn start(yaml: &str) -> Self {
+        Self::spawn(yaml, Stdio::null()).await
+    }
+
+    /// [`Self::start`], with herald's own log level (no `RUST_LOG` from the test's environment)
+    /// and its stderr collected: the task ends with all of it once the process exits.
+    pub async fn start_capturing_logs(yaml: &str) -> (Self, tokio::task::JoinHandle<String>) {
+        let mut process = Self::spawn(yaml, Stdio::piped()).await;
+        let mut stderr = process.child.stderr.take().unwrap();
+        let logs = tokio::spawn(async move {
+            let mut text = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await.unwrap();
+            text
+        });
+        (process, logs)
+    }
+
+    async fn spawn(yaml: &str, stderr: Stdio) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -274,8 +291,9 @@ impl HeraldProcess {
             .arg("--config")
             .arg(&config)
             .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
