@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use herald::bus::Bus;
 use herald::config::Config;
-use herald::gateway::Gateway;
+use herald::gateway::Deliverer;
 use herald::metrics::Metrics;
 use herald::route::Notification;
 use serde_json::value::RawValue;
@@ -46,8 +46,8 @@ fn main() {
             let yaml = format!("auth: {{jwt: {{secret: s}}}}\nreplay: {{history: 100}}\n{redis_yaml}");
             let config = Config::from_yaml(&yaml, Path::new(".").into(), &|_| None).unwrap();
             let metrics = Arc::new(Metrics::new(&[]));
-            let gateway = Gateway::new(&config.server, metrics.clone());
-            let bus = Bus::start(&config, gateway.deliverer.clone(), metrics, CancellationToken::new()).await.unwrap();
+            let deliverer = Deliverer::without_sockets(metrics.clone());
+            let bus = Bus::start(&config, deliverer, metrics, CancellationToken::new()).await.unwrap();
             let mut rates = [0.0; 2];
             for (i, retain) in [false, true].into_iter().enumerate() {
                 let mut runs: Vec<f64> = (0..RUNS).map(|_| 0.0).collect();

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::{Brokers, Config};
-use crate::gateway::{Admission, Gateway, Lifetimes, Limits};
+use crate::gateway::{self, Admission, Deliverer, Gateway, Lifetimes, Limits, Presence};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::route::Router;
@@ -25,7 +25,7 @@ pub struct Running {
     local_addr: SocketAddr,
     kafka_bootstrap: String,
     metrics: Arc<Metrics>,
-    io: socketioxide::SocketIo,
+    gateway: gateway::Server,
     bus: Arc<Bus>,
     grace: Duration,
     /// Stops fetching from Kafka.
@@ -69,20 +69,22 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     };
 
     let stop_rest = CancellationToken::new();
-    let gateway = Gateway::new(&config.server, metrics.clone());
-    let bus = Bus::start(&config, gateway.deliverer.clone(), metrics.clone(), stop_rest.clone()).await?;
+    let presence = Arc::new(Presence::new(metrics.clone()));
+    let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client);
+    let bus = Bus::start(&config, deliverer, metrics.clone(), stop_rest.clone()).await?;
     authenticator.start(stop_rest.clone());
-    let lifetimes = Lifetimes::start(gateway.io.clone(), config.auth.expired_event.clone(), metrics.clone(), stop_rest.clone());
+    let lifetimes = Lifetimes::start(config.auth.expired_event.clone(), metrics.clone(), stop_rest.clone());
     let admission = Admission {
         authenticator,
         bus: bus.clone(),
-        presence: gateway.presence.clone(),
+        presence,
         metrics: metrics.clone(),
         lifetimes,
         limits: Limits::new(&config.auth),
         replay: config.replay.clone(),
+        refresh_event: config.auth.refresh_event.clone(),
     };
-    gateway.open(Arc::new(admission), config.auth.refresh_event.clone());
+    let gateway = Gateway::start(&config.server, &config.auth, admission).server;
 
     let router = Arc::new(Router::new(&config, Some(metrics.clone()))?);
     for topic in &config.kafka.topics {
@@ -97,16 +99,16 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let publish_api =
         config.api.key.as_deref().map(|key| Arc::new(http::publish::PublishApi::new(&config.api, key, bus.clone(), &config.server.event)));
     let demo = http::demo::DemoPage::load(&config);
-    let app = http::router(HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone() }, publish_api, demo)
-        .layer(gateway.layer)
-        .layer(http::cors(&config.auth.allowed_origins));
+    let state = HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone(), gateway: gateway.clone() };
+    let app = http::router(state, publish_api, demo).layer(http::cors(&config.auth.allowed_origins));
+    let mounts = vec![gateway.mount()];
     let failed = CancellationToken::new();
     let server = {
         let (stop, failed, timeout, write_timeout) =
             (stop_rest.clone(), failed.clone(), config.server.connect_timeout, config.server.write_timeout);
         let write_timeouts = metrics.write_timeouts.clone();
         tokio::spawn(async move {
-            let result = http::serve(listener, app, timeout, write_timeout, write_timeouts, stop).await;
+            let result = http::serve(listener, app, mounts, timeout, write_timeout, write_timeouts, stop).await;
             failed.cancel();
             result
         })
@@ -140,7 +142,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         local_addr,
         kafka_bootstrap,
         metrics,
-        io: gateway.io,
+        gateway,
         bus,
         grace: config.server.shutdown_grace,
         stop_source,
@@ -194,7 +196,7 @@ impl Running {
         };
         info!("Closing sockets.");
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(500));
-        if tokio::time::timeout(remaining, self.io.close()).await.is_err() {
+        if tokio::time::timeout(remaining, self.gateway.close_all()).await.is_err() {
             warn!("Sockets did not all close in time.");
         }
         self.stop_rest.cancel();

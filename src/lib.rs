@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod process;
 pub mod replay;
 pub mod route;
+pub mod socketio;
 pub mod source;
 pub mod telemetry;
 pub mod throttle;

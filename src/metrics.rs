@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::socketio::{ProtocolError, Stats};
+
 /// Why a record (or one notification routed from it) was not delivered to the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -117,6 +119,10 @@ pub const TOKEN_REFRESHES: &str = "herald_gateway_token_refreshes_total";
 pub const LIMIT_EVICTIONS: &str = "herald_gateway_limit_evictions_total";
 pub const SLOW_CLIENT_DISCONNECTS: &str = "herald_gateway_slow_client_disconnects_total";
 pub const WRITE_TIMEOUTS: &str = "herald_gateway_write_timeouts_total";
+pub const PROTOCOL_ERRORS: &str = "herald_gateway_protocol_errors_total";
+pub const SESSIONS_OPENED: &str = "herald_gateway_sessions_opened_total";
+pub const UPGRADES: &str = "herald_gateway_upgrades_total";
+pub const PING_TIMEOUTS: &str = "herald_gateway_ping_timeouts_total";
 pub const DEAD_LETTERED: &str = "herald_source_dead_lettered_total";
 pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
 pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
@@ -162,6 +168,10 @@ pub const ALL_NAMES: &[&str] = &[
     LIMIT_EVICTIONS,
     SLOW_CLIENT_DISCONNECTS,
     WRITE_TIMEOUTS,
+    PROTOCOL_ERRORS,
+    SESSIONS_OPENED,
+    UPGRADES,
+    PING_TIMEOUTS,
     REPLAYED,
     RETAINED_OFFLINE,
     DEAD_LETTERED,
@@ -210,6 +220,20 @@ pub struct Metrics {
     pub write_timeouts: Counter,
     pub replayed: Counter,
     pub retained_offline: Counter,
+    /// The transport's counters, copied from its [`Stats`] at each scrape.
+    transport: TransportCounters,
+}
+
+/// The Socket.IO transport keeps plain atomics ([`Stats`]); these follow them.
+struct TransportCounters {
+    protocol_errors: Vec<(ProtocolError, Counter)>,
+    opened_websocket: Counter,
+    opened_polling: Counter,
+    upgrades: Counter,
+    ping_timeouts: Counter,
+    /// The figures last copied, so `write_timeouts` (also counted by the HTTP server) gets
+    /// increments rather than a value.
+    last: Mutex<[u64; 5 + ProtocolError::ALL.len()]>,
 }
 
 impl Metrics {
@@ -265,6 +289,16 @@ impl Metrics {
             "Connections closed because the client accepted no data for server.write_timeout_ms.",
             Kind::Counter,
         );
+        describe(
+            r,
+            PROTOCOL_ERRORS,
+            Unit::Count,
+            "Connections or sessions closed because the client broke HTTP, WebSocket, Engine.IO or Socket.IO rules, by kind.",
+            Kind::Counter,
+        );
+        describe(r, SESSIONS_OPENED, Unit::Count, "Engine.IO sessions opened, by first transport (websocket, polling).", Kind::Counter);
+        describe(r, UPGRADES, Unit::Count, "Long-polling sessions upgraded to WebSocket.", Kind::Counter);
+        describe(r, PING_TIMEOUTS, Unit::Count, "Sessions closed because the client missed a heartbeat.", Kind::Counter);
         describe(r, SUBSCRIPTIONS, Unit::Count, "Per-user bus channels this instance is subscribed to.", Kind::Gauge);
         describe(r, ROUTE_RELOADS, Unit::Count, "Route script reloads, by result (applied, rejected).", Kind::Counter);
         describe(r, ROUTE_SPLIT_BATCHES, Unit::Count, "Batches routed in parts on several threads (routes.threads).", Kind::Counter);
@@ -334,6 +368,17 @@ impl Metrics {
             write_timeouts: counter(WRITE_TIMEOUTS, vec![]),
             replayed: counter(REPLAYED, vec![]),
             retained_offline: counter(RETAINED_OFFLINE, vec![]),
+            transport: TransportCounters {
+                protocol_errors: ProtocolError::ALL
+                    .iter()
+                    .map(|k| (*k, counter(PROTOCOL_ERRORS, vec![Label::new("kind", k.label())])))
+                    .collect(),
+                opened_websocket: counter(SESSIONS_OPENED, vec![Label::new("transport", "websocket")]),
+                opened_polling: counter(SESSIONS_OPENED, vec![Label::new("transport", "polling")]),
+                upgrades: counter(UPGRADES, vec![]),
+                ping_timeouts: counter(PING_TIMEOUTS, vec![]),
+                last: Mutex::new([0; 5 + ProtocolError::ALL.len()]),
+            },
             recorder,
             handle,
         }
@@ -395,6 +440,24 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.handle.render()
+    }
+
+    /// Brings the transport's counters up to `stats` (call before rendering).
+    pub fn observe_transport(&self, stats: &Stats) {
+        let t = &self.transport;
+        let (websocket, polling) = stats.opened_sessions();
+        let mut now = [0u64; 5 + ProtocolError::ALL.len()];
+        now[..5].copy_from_slice(&[websocket, polling, stats.upgrades(), stats.ping_timeouts(), stats.write_timeouts()]);
+        for (i, (kind, _)) in t.protocol_errors.iter().enumerate() {
+            now[5 + i] = stats.protocol_errors(*kind);
+        }
+        let mut last = t.last.lock().unwrap_or_else(|p| p.into_inner());
+        let fixed = [&t.opened_websocket, &t.opened_polling, &t.upgrades, &t.ping_timeouts, &self.write_timeouts];
+        let counters = fixed.into_iter().chain(t.protocol_errors.iter().map(|(_, c)| c));
+        for ((counter, now), last) in counters.zip(now).zip(last.iter_mut()) {
+            counter.increment(now.saturating_sub(*last));
+            *last = now;
+        }
     }
 
     /// Drains histogram buffers; run every few seconds so memory stays flat between scrapes.

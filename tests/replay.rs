@@ -139,8 +139,8 @@ async fn a_retried_store_keeps_one_copy_in_the_history() {
     let yaml = format!("auth: {{jwt: {{secret: s}}}}\nredis: {{url: \"{}\"}}\n", redis.url());
     let config = herald::config::Config::from_yaml(&yaml, std::path::Path::new(".").into(), &|_| None).unwrap();
     let metrics = std::sync::Arc::new(herald::metrics::Metrics::new(&[]));
-    let gateway = herald::gateway::Gateway::new(&config.server, metrics.clone());
-    let bus = Bus::start(&config, gateway.deliverer.clone(), metrics, tokio_util::sync::CancellationToken::new()).await.unwrap();
+    let deliverer = herald::gateway::Deliverer::without_sockets(metrics.clone());
+    let bus = Bus::start(&config, deliverer, metrics, tokio_util::sync::CancellationToken::new()).await.unwrap();
     let notification = |n: i64, origin: &str| Notification {
         user_id: "rita".into(),
         event: "notification".into(),

@@ -5,7 +5,7 @@ use super::Published;
 use crate::config::ReplayConfig;
 use crate::gateway::Deliverer;
 use crate::replay::memory::MemoryHistory;
-use crate::replay::{History, NotificationId, Retained};
+use crate::replay::{History, NotificationId};
 use crate::route::Notification;
 
 pub struct MemoryBus {
@@ -23,11 +23,11 @@ impl MemoryBus {
         for n in batch {
             let published = if n.retain {
                 let id = self.history.append(&n.user_id, &n.event, &n.payload, crate::route::now_ms().max(0) as u64);
-                let item = Retained { id, event: n.event.to_string(), payload: n.payload.clone() };
-                Published { receivers: self.deliverer.deliver_retained(&n.user_id, item, n.timestamp_ms, n.consumed_us), stored: Some(id) }
+                let receivers = self.deliverer.deliver_retained(&n.user_id, id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us);
+                Published { receivers, stored: Some(id) }
             } else {
                 Published {
-                    receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us).await,
+                    receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us),
                     stored: None,
                 }
             };
@@ -39,10 +39,7 @@ impl MemoryBus {
     pub fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Vec<usize> {
         stored
             .iter()
-            .map(|(n, id)| {
-                let item = Retained { id: *id, event: n.event.to_string(), payload: n.payload.clone() };
-                self.deliverer.deliver_retained(&n.user_id, item, n.timestamp_ms, n.consumed_us)
-            })
+            .map(|(n, id)| self.deliverer.deliver_retained(&n.user_id, *id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us))
             .collect()
     }
 

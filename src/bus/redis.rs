@@ -629,11 +629,10 @@ async fn deliver_messages(mut messages: mpsc::Receiver<Message>, pattern: Channe
                 let consumed_us = env.consumed_us();
                 match env.id.as_deref().map(str::parse::<NotificationId>) {
                     Some(Ok(id)) => {
-                        let item = Retained { id, event: env.event.into_owned(), payload: env.payload.to_owned() };
-                        deliverer.deliver_retained(user_id, item, env.timestamp_ms, consumed_us);
+                        deliverer.deliver_retained(user_id, id, &env.event, env.payload, env.timestamp_ms, consumed_us);
                     }
                     _ => {
-                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, consumed_us).await;
+                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, consumed_us);
                     }
                 }
             }

@@ -1,22 +1,22 @@
 //! Who may connect: checks the origin and the connection limits, reads the token from the
-//! handshake, authenticates it, and makes the socket a member of its user's room and bus
-//! subscription for as long as it lives.
+//! handshake, authenticates it, and makes the socket a member of its user's presence and bus
+//! subscription; then replays what a reconnecting client missed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use serde_json::Value;
-use socketioxide::extract::SocketRef;
+use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::lifetime::Lifetimes;
-use super::presence::Presence;
-use crate::auth::{AuthError, Authenticator, Identity};
+use super::member::{Client, Member};
+use super::presence::{Entry, Presence};
+use crate::auth::{AuthError, Authenticator};
 use crate::bus::Bus;
 use crate::config::{AuthConfig, PerUserLimit, ReplayConfig};
 use crate::metrics::Metrics;
-use crate::replay::{NotificationId, ReplayGate};
+use crate::replay::{self, NotificationId};
+use crate::socketio::{Handshake, event_frame};
 
 pub struct Admission {
     pub authenticator: Authenticator,
@@ -26,11 +26,9 @@ pub struct Admission {
     pub lifetimes: Lifetimes,
     pub limits: Limits,
     pub replay: ReplayConfig,
+    /// The event clients emit with a fresh token.
+    pub refresh_event: String,
 }
-
-/// The `since` a client sent in its handshake: replay what it missed after this id.
-#[derive(Clone, Copy)]
-pub struct ReplaySince(pub Option<NotificationId>);
 
 /// Connection limits, from `auth.*`.
 pub struct Limits {
@@ -51,156 +49,120 @@ impl Limits {
     }
 }
 
-/// When a socket connected, to find a user's oldest socket.
-#[derive(Clone, Copy)]
-pub struct ConnectedAt(pub Instant);
-
 impl Admission {
     /// Runs before the socket is told it is connected: an `Err` becomes its `connect_error`.
-    pub async fn admit(&self, socket: &SocketRef, auth: Option<&Value>) -> Result<(), AuthError> {
-        let result = self.try_admit(socket, auth).await;
-        if let Err(e) = result {
+    pub async fn admit(&self, socket: &Client, auth: Option<&RawValue>) -> Result<Arc<Member>, AuthError> {
+        let auth: Option<Value> = auth.and_then(|a| serde_json::from_str(a.get()).ok());
+        let result = self.try_admit(socket, auth.as_ref()).await;
+        if let Err(e) = &result {
             self.metrics.auth_rejected(e.rejection());
-            debug!(sid = %socket.id, reason = %e, "Refused a connection.");
+            debug!(sid = socket.id(), reason = %e, "Refused a connection.");
         }
         result
     }
 
-    async fn try_admit(&self, socket: &SocketRef, auth: Option<&Value>) -> Result<(), AuthError> {
-        let parts = socket.req_parts();
+    async fn try_admit(&self, socket: &Client, auth: Option<&Value>) -> Result<Arc<Member>, AuthError> {
+        let handshake = socket.handshake();
         if !self.limits.allowed_origins.is_empty()
-            && let Some(origin) = parts.headers.get(http::header::ORIGIN)
-            && !self.limits.allowed_origins.iter().any(|o| o.as_bytes() == origin.as_bytes())
+            && let Some(origin) = handshake.header("origin")
+            && !self.limits.allowed_origins.iter().any(|o| o == origin)
         {
             return Err(AuthError::OriginNotAllowed);
         }
         if self.limits.max_sockets > 0 && self.presence.sockets() >= self.limits.max_sockets as usize {
             return Err(AuthError::TooManyConnections);
         }
-        let token = token(auth, parts).ok_or(AuthError::MissingToken)?;
+        let token = token(auth, handshake).ok_or(AuthError::MissingToken)?;
         let identity = self.authenticator.authenticate(&token).await?;
-        let user_id = identity.user_id.clone();
-        let per_user = self.limits.max_sockets_per_user;
-        let refuse_over = (per_user > 0 && self.limits.per_user_limit == PerUserLimit::RefuseNew).then_some(per_user);
-        if !self.presence.try_add(&user_id, refuse_over) {
-            return Err(AuthError::TooManyConnections);
-        }
-        // Closed until the replay in `on_connect` is done: live retained notifications wait.
-        socket.extensions.insert(Arc::new(ReplayGate::closed()));
         let since = auth.and_then(|a| a.get("since")).and_then(|s| match s {
             Value::String(s) => s.parse::<NotificationId>().ok(),
             Value::Number(n) => n.as_u64().map(|ms| NotificationId { ms, seq: 0 }),
             _ => None,
         });
-        socket.extensions.insert(ReplaySince(since));
-        socket.join(user_id.clone());
-        let membership = Membership::join(user_id.clone(), self.bus.clone(), self.presence.clone()).await;
-        socket.extensions.insert(Arc::new(membership));
-        socket.extensions.insert(ConnectedAt(Instant::now()));
-        self.lifetimes.track(socket.id, &identity);
-        socket.extensions.insert(identity);
+        let user: Arc<str> = identity.user_id.as_str().into();
+        let member = Arc::new(Member::new(user.clone(), identity.expires_at, since));
+        let per_user = self.limits.max_sockets_per_user;
+        let refuse_over = (per_user > 0 && self.limits.per_user_limit == PerUserLimit::RefuseNew).then_some(per_user);
+        if !self.presence.try_add(&user, Entry { socket: socket.clone(), member: member.clone() }, refuse_over) {
+            return Err(AuthError::TooManyConnections);
+        }
+        // Before the client hears it is connected, this instance receives its notifications.
+        self.bus.acquire(&user).await;
+        self.lifetimes.track(socket, identity.expires_at);
         if per_user > 0 && self.limits.per_user_limit == PerUserLimit::DisconnectOldest {
-            self.evict_oldest_over(socket, &user_id, per_user as usize);
+            self.evict_oldest_over(&member, per_user as usize);
         }
         self.metrics.connections.increment(1);
-        Ok(())
+        Ok(member)
     }
 
     /// Runs right after the client is told it is connected: sends what it missed (after its
     /// `since`, or the last few by config), then opens its gate to live notifications.
-    pub async fn replay(&self, socket: &SocketRef) {
-        let Some(gate) = socket.extensions.get::<Arc<ReplayGate>>() else { return };
-        let since = socket.extensions.get::<ReplaySince>().and_then(|s| s.0);
+    pub async fn replay(&self, socket: &Client, member: &Member) {
+        let since = member.since;
         if since.is_some() || self.replay.last_without_since > 0 {
-            let user_id = identity_of(socket).map(|i| i.user_id).unwrap_or_default();
-            match self.bus.history(&user_id, since, self.replay.last_without_since).await {
+            match self.bus.history(&member.user, since, self.replay.last_without_since).await {
                 Ok(history) => {
                     if history.gap {
-                        let _ = socket.emit(self.replay.gap_event.as_str(), &serde_json::json!({"since": since.map(|s| s.to_string())}));
+                        let gap = serde_json::json!({"since": since.map(|s| s.to_string())}).to_string();
+                        let _ = socket.emit(&self.replay.gap_event, &[&raw(gap)]);
                     }
                     self.metrics.replayed.increment(history.items.len() as u64);
                     for item in &history.items {
-                        gate.replay(socket, item);
+                        member.gate.replay(item.id, || {
+                            let meta = raw(replay::meta(item.id).to_string());
+                            // A full buffer drops it like any emit; the client can still recover it with `since`.
+                            let _ = socket.send(&event_frame(socket.namespace(), &item.event, &[&item.payload, &meta]));
+                        });
                     }
                 }
                 Err(e) => {
                     // Without the history the client cannot know what it missed: say so.
                     tracing::warn!(error = %e, "Could not read the replay history.");
-                    let _ = socket.emit(
-                        self.replay.gap_event.as_str(),
-                        &serde_json::json!({"since": since.map(|s| s.to_string()), "error": "history unavailable"}),
-                    );
+                    let gap = serde_json::json!({"since": since.map(|s| s.to_string()), "error": "history unavailable"});
+                    let _ = socket.emit(&self.replay.gap_event, &[&raw(gap.to_string())]);
                 }
             }
         }
-        gate.open(socket);
+        member.gate.open(|frame| {
+            let _ = socket.send(frame);
+        });
     }
 
     /// Disconnects the user's oldest sockets until at most `max` remain (counting the new one).
-    fn evict_oldest_over(&self, newest: &SocketRef, user_id: &str, max: usize) {
-        let mut sockets: Vec<_> = newest.within(user_id.to_owned()).sockets().into_iter().filter(|s| s.id != newest.id).collect();
-        let excess = (sockets.len() + 1).saturating_sub(max);
-        sockets.sort_by_key(|s| s.extensions.get::<ConnectedAt>().map(|c| c.0));
-        for old in sockets.into_iter().take(excess) {
-            debug!(sid = %old.id, "Disconnecting the user's oldest socket (auth.max_sockets_per_user).");
+    fn evict_oldest_over(&self, newest: &Member, max: usize) {
+        let mut others: Vec<Entry> =
+            self.presence.sockets_snapshot(&newest.user).into_iter().filter(|e| !std::ptr::eq(&*e.member, newest)).collect();
+        let excess = (others.len() + 1).saturating_sub(max);
+        others.sort_by_key(|e| e.member.connected_at);
+        for old in others.into_iter().take(excess) {
+            debug!(sid = old.socket.id(), "Disconnecting the user's oldest socket (auth.max_sockets_per_user).");
             self.metrics.limit_evictions.increment(1);
-            let _ = old.disconnect();
+            old.member.leave(&self.presence, &self.bus);
+            old.socket.disconnect();
         }
     }
 }
 
+fn raw(json: String) -> Box<RawValue> {
+    RawValue::from_string(json).expect("serde_json writes valid JSON")
+}
+
 /// The token from, in order: the handshake `auth.token`, an `Authorization: Bearer` header,
 /// or a `token` query parameter.
-fn token(auth: Option<&Value>, parts: &http::request::Parts) -> Option<String> {
+fn token(auth: Option<&Value>, handshake: &Handshake) -> Option<String> {
     if let Some(t) = auth.and_then(|a| a.get("token")).and_then(Value::as_str).filter(|t| !t.is_empty()) {
         return Some(t.to_owned());
     }
-    if let Some(t) = parts
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
+    if let Some(t) = handshake
+        .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
     {
         return Some(t.to_owned());
     }
-    let query = parts.uri.query()?;
-    form_urlencoded::parse(query.as_bytes()).find(|(k, v)| k == "token" && !v.is_empty()).map(|(_, v)| v.into_owned())
-}
-
-/// A socket's share of its user's presence and bus subscription. Leaving happens once: on
-/// disconnect, or when the socket is dropped after a failed handshake.
-pub struct Membership {
-    user_id: String,
-    bus: Arc<Bus>,
-    presence: Arc<Presence>,
-    left: AtomicBool,
-}
-
-impl Membership {
-    async fn join(user_id: String, bus: Arc<Bus>, presence: Arc<Presence>) -> Self {
-        bus.acquire(&user_id).await;
-        Self { user_id, bus, presence, left: AtomicBool::new(false) }
-    }
-
-    pub fn leave(&self) {
-        if !self.left.swap(true, Ordering::AcqRel) {
-            self.presence.remove(&self.user_id);
-            self.bus.release(&self.user_id);
-        }
-    }
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        self.leave();
-    }
-}
-
-/// The identity a socket connected (or last refreshed) with, from its extensions.
-pub fn identity_of(socket: &SocketRef) -> Option<Identity> {
-    socket.extensions.get::<Identity>()
+    handshake.query_param("token").filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -208,21 +170,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parts(uri: &str, auth_header: Option<&str>) -> http::request::Parts {
-        let mut b = http::Request::builder().uri(uri);
-        if let Some(h) = auth_header {
-            b = b.header("authorization", h);
-        }
-        b.body(()).unwrap().into_parts().0
+    fn handshake(query: &str, auth_header: Option<&str>) -> Handshake {
+        let headers = auth_header.map(|h| ("authorization", Box::<str>::from(h))).into_iter().collect();
+        Handshake { query: query.into(), headers }
     }
 
     #[test]
     fn token_sources_in_order() {
         let auth = json!({"token": "from-auth"});
-        assert_eq!(token(Some(&auth), &parts("/?token=q", Some("Bearer h"))).as_deref(), Some("from-auth"));
-        assert_eq!(token(None, &parts("/?token=q", Some("Bearer h"))).as_deref(), Some("h"));
-        assert_eq!(token(Some(&json!({"token": ""})), &parts("/?EIO=4&token=a%2Bb", None)).as_deref(), Some("a+b"));
-        assert_eq!(token(Some(&json!("just a string")), &parts("/", Some("Basic x"))), None);
-        assert_eq!(token(None, &parts("/?token=", None)), None);
+        assert_eq!(token(Some(&auth), &handshake("token=q", Some("Bearer h"))).as_deref(), Some("from-auth"));
+        assert_eq!(token(None, &handshake("token=q", Some("Bearer h"))).as_deref(), Some("h"));
+        assert_eq!(token(Some(&json!({"token": ""})), &handshake("EIO=4&token=a%2Bb", None)).as_deref(), Some("a+b"));
+        assert_eq!(token(Some(&json!("just a string")), &handshake("", Some("Basic x"))), None);
+        assert_eq!(token(None, &handshake("token=", None)), None);
     }
 }

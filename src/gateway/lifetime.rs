@@ -3,57 +3,75 @@
 //! of the same user.
 //!
 //! One task watches every socket's deadline through a min-heap, instead of a timer per socket:
-//! connections stay cheap, and a refresh simply pushes a later deadline.
+//! connections stay cheap, and a refresh simply pushes a later deadline. The heap holds weak
+//! references, and drops those of sockets gone when it has grown past twice the live ones.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use socketioxide::SocketIo;
-use socketioxide::extract::SocketRef;
-use socketioxide::socket::Sid;
+use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::admission::identity_of;
-use crate::auth::{AuthError, Authenticator, Identity};
+use super::admission::Admission;
+use super::member::Client;
+use crate::auth::{AuthError, Authenticator};
 use crate::metrics::Metrics;
+use crate::socketio::Socket;
+
+/// A deadline: `exp` in seconds, and the socket it is for.
+struct Deadline(u64, Weak<Socket<Admission>>);
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Deadline {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
 
 /// Hands socket deadlines to the expiry task.
 #[derive(Clone)]
 pub struct Lifetimes {
-    deadlines: mpsc::UnboundedSender<(u64, Sid)>,
+    deadlines: mpsc::UnboundedSender<Deadline>,
 }
 
 impl Lifetimes {
-    /// Starts the expiry task for `io`'s sockets.
-    pub fn start(io: SocketIo, expired_event: String, metrics: Arc<Metrics>, cancel: CancellationToken) -> Self {
+    /// Starts the expiry task.
+    pub fn start(expired_event: String, metrics: Arc<Metrics>, cancel: CancellationToken) -> Self {
         let (deadlines, rx) = mpsc::unbounded_channel();
-        tokio::spawn(expire(io, rx, expired_event, metrics, cancel));
+        tokio::spawn(expire(rx, expired_event, metrics, cancel));
         Self { deadlines }
     }
 
     /// Watches the socket until its token's `exp` (no `exp`, no deadline).
-    pub fn track(&self, sid: Sid, identity: &Identity) {
-        if let Some(exp) = identity.expires_at {
-            let _ = self.deadlines.send((exp, sid));
+    pub fn track(&self, socket: &Client, expires_at: Option<u64>) {
+        if let Some(exp) = expires_at {
+            let _ = self.deadlines.send(Deadline(exp, Arc::downgrade(socket)));
         }
     }
 }
 
-async fn expire(
-    io: SocketIo,
-    mut deadlines: mpsc::UnboundedReceiver<(u64, Sid)>,
-    event: String,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
-    let mut heap: BinaryHeap<Reverse<(u64, Sid)>> = BinaryHeap::new();
+async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let mut heap: BinaryHeap<Reverse<Deadline>> = BinaryHeap::new();
+    // Entries of sockets gone are dropped when the heap outgrows this (amortised: it doubles).
+    let mut compact_at = 1024;
+    let reason = RawValue::from_string(r#"{"reason":"token expired"}"#.into()).expect("valid JSON");
     loop {
-        let next = heap.peek().map(|Reverse((exp, _))| *exp);
+        let next = heap.peek().map(|Reverse(d)| d.0);
         let sleep = match next {
             Some(exp) => Duration::from_millis((exp * 1000).saturating_sub(now_ms())),
             None => Duration::from_secs(3600),
@@ -61,25 +79,28 @@ async fn expire(
         tokio::select! {
             _ = cancel.cancelled() => return,
             d = deadlines.recv() => match d {
-                Some(d) => heap.push(Reverse(d)),
+                Some(d) => {
+                    heap.push(Reverse(d));
+                    if heap.len() > compact_at {
+                        heap.retain(|Reverse(d)| d.1.strong_count() > 0);
+                        compact_at = (2 * heap.len()).max(1024);
+                    }
+                }
                 None => return,
             },
             _ = tokio::time::sleep(sleep), if next.is_some() => {
                 let now_secs = now_ms() / 1000;
-                while let Some(Reverse((exp, sid))) = heap.peek().copied() {
-                    if exp > now_secs {
-                        break;
-                    }
-                    heap.pop();
-                    let Some(socket) = io.get_socket(sid) else { continue };
+                while heap.peek().is_some_and(|Reverse(d)| d.0 <= now_secs) {
+                    let Some(Reverse(Deadline(_, socket))) = heap.pop() else { break };
+                    let Some(socket) = socket.upgrade().filter(|s| s.is_connected()) else { continue };
                     // A refresh moved the deadline: a later entry stands for it.
-                    if identity_of(&socket).and_then(|i| i.expires_at).is_some_and(|current| current > now_secs) {
+                    if socket.data().and_then(|m| m.expires_at()).is_some_and(|current| current > now_secs) {
                         continue;
                     }
-                    debug!(sid = %sid, "Token expired; disconnecting.");
+                    debug!(sid = socket.id(), "Token expired; disconnecting.");
                     metrics.expired_disconnects.increment(1);
-                    let _ = socket.emit(event.as_str(), &json!({"reason": "token expired"}));
-                    let _ = socket.disconnect();
+                    let _ = socket.emit(&event, &[&reason]);
+                    socket.disconnect();
                 }
             }
         }
@@ -92,24 +113,22 @@ fn now_ms() -> u64 {
 
 /// Handles `auth_refresh`: the data is the new token, or `{token}`. Acks `{ok: true,
 /// expires_at}` or `{ok: false, error}`.
-pub async fn refresh(socket: &SocketRef, data: &Value, authenticator: &Authenticator, lifetimes: &Lifetimes, metrics: &Metrics) -> Value {
+pub async fn refresh(socket: &Client, data: &Value, authenticator: &Authenticator, lifetimes: &Lifetimes, metrics: &Metrics) -> Value {
     let token = data.as_str().or_else(|| data.get("token").and_then(Value::as_str)).unwrap_or_default();
-    let result = match (authenticator.authenticate(token).await, identity_of(socket)) {
-        (Ok(new), Some(current)) if new.user_id == current.user_id => Ok(new),
-        (Ok(_), _) => Err("token belongs to another user".to_owned()),
-        (Err(e), _) => Err(match e {
-            AuthError::MissingToken => "missing token".to_owned(),
-            other => other.to_string(),
-        }),
+    let Some(member) = socket.data() else { return serde_json::json!({"ok": false, "error": "not connected"}) };
+    let result = match authenticator.authenticate(token).await {
+        Ok(new) if *new.user_id == *member.user => Ok(new),
+        Ok(_) => Err("token belongs to another user".to_owned()),
+        Err(AuthError::MissingToken) => Err("missing token".to_owned()),
+        Err(other) => Err(other.to_string()),
     };
     metrics.token_refresh(result.is_ok());
     match result {
         Ok(identity) => {
-            let expires_at = identity.expires_at;
-            lifetimes.track(socket.id, &identity);
-            socket.extensions.insert(identity);
-            json!({"ok": true, "expires_at": expires_at})
+            member.set_expires_at(identity.expires_at);
+            lifetimes.track(socket, identity.expires_at);
+            serde_json::json!({"ok": true, "expires_at": identity.expires_at})
         }
-        Err(error) => json!({"ok": false, "error": error}),
+        Err(error) => serde_json::json!({"ok": false, "error": error}),
     }
 }

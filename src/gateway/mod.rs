@@ -1,95 +1,97 @@
-//! The Socket.IO gateway: accepts authenticated sockets, puts each in its user's room, and emits
+//! The Socket.IO gateway: accepts authenticated sockets, indexes them by user, and emits
 //! notifications to them. It does not know where notifications come from.
+//!
+//! The transport is herald's own ([`crate::socketio`]); this module is its [`Handler`]: what
+//! happens when a socket connects, sends an event, and leaves.
 
 mod admission;
 mod delivery;
 mod lifetime;
+mod member;
 mod presence;
 
 use std::sync::Arc;
 
 use serde_json::Value;
-use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, SocketRef, TryData};
-use socketioxide::handler::ConnectHandler;
-use socketioxide::layer::SocketIoLayer;
+use serde_json::value::RawValue;
 
-pub use admission::{Admission, Limits, identity_of};
+pub use admission::{Admission, Limits};
 pub use delivery::Deliverer;
 pub use lifetime::Lifetimes;
-pub use presence::Presence;
+pub use member::{Client, Member};
+pub use presence::{Entry, Presence};
 
-use crate::config::ServerConfig;
-use crate::metrics::Metrics;
+use crate::config::{AuthConfig, ServerConfig};
+use crate::socketio::{self, DisconnectReason, Event, Handler, SocketRef};
 
-/// The Socket.IO server before it accepts anyone: its tower layer, its handle, and the
-/// presence table and deliverer that the bus needs.
+/// herald's Socket.IO server.
+pub type Server = socketio::Server<Admission>;
+
+/// The running Socket.IO server.
 pub struct Gateway {
-    pub layer: SocketIoLayer,
-    pub io: SocketIo,
-    pub presence: Arc<Presence>,
-    pub deliverer: Deliverer,
+    pub server: Server,
 }
 
 impl Gateway {
-    pub fn new(config: &ServerConfig, metrics: Arc<Metrics>) -> Self {
-        let (layer, io) = SocketIo::builder()
-            .ping_interval(config.ping_interval)
-            .ping_timeout(config.ping_timeout)
-            .max_buffer_size(config.max_buffer_size)
-            .max_payload(config.max_payload_bytes)
-            // The WebSocket limits default to 64 MiB a message: hold them to the same bound.
-            .ws_max_message_size(config.max_payload_bytes as usize)
-            .ws_max_frame_size(config.max_payload_bytes as usize)
-            .connect_timeout(config.connect_timeout)
-            // Allocated per WebSocket up front; clients send little (pongs, refreshes), and a
-            // larger message is still read, in more chunks. 4096 by default.
-            .ws_read_buffer_size(1024)
-            .build_layer();
-        let presence = Arc::new(Presence::new(metrics.clone()));
-        let deliverer = Deliverer::new(io.clone(), presence.clone(), metrics, config.slow_client);
-        Self { layer, io, presence, deliverer }
-    }
-
-    /// Starts accepting sockets on the default namespace. `refresh_event` is the event clients
-    /// emit with a fresh token.
-    pub fn open(&self, admission: Arc<Admission>, refresh_event: String) {
-        // The socket's handlers are registered by the middleware, once it admitted the socket:
-        // socketioxide sends CONNECT before it calls the connect handler, so an event a client
-        // sends as soon as it sees CONNECT could beat a handler registered there, and be
-        // dropped without an ack.
-        let middleware = {
-            let admission = admission.clone();
-            move |s: SocketRef, TryData(auth): TryData<Value>| {
-                let (admission, refresh_event) = (admission.clone(), refresh_event.clone());
-                async move {
-                    admission.admit(&s, auth.ok().as_ref()).await?;
-                    register_handlers(&s, admission, refresh_event);
-                    Ok::<(), crate::auth::AuthError>(())
-                }
-            }
-        };
-        let on_connect = move |socket: SocketRef| {
-            let admission = admission.clone();
-            async move { admission.replay(&socket).await }
-        };
-        self.io.ns("/", on_connect.with(middleware));
+    /// Starts accepting sockets on the default namespace, as `admission` decides.
+    pub fn start(server: &ServerConfig, auth: &AuthConfig, admission: Admission) -> Self {
+        Self { server: socketio::Server::start(options(server, auth), Arc::new(admission)) }
     }
 }
 
-/// The handlers of an admitted socket: leaving its user's presence on disconnect, and token refresh.
-fn register_handlers(socket: &SocketRef, admission: Arc<Admission>, refresh_event: String) {
-    socket.on_disconnect(async |s: SocketRef| {
-        if let Some(m) = s.extensions.get::<Arc<admission::Membership>>() {
-            m.leave();
+/// The transport's settings, from `server.*` and `auth.allowed_origins`.
+pub fn options(server: &ServerConfig, auth: &AuthConfig) -> socketio::Options {
+    socketio::Options {
+        engine: socketio::engine::Options {
+            path: "/socket.io/".into(),
+            ping_interval: server.ping_interval,
+            ping_timeout: server.ping_timeout,
+            max_payload: server.max_payload_bytes as usize,
+            max_queue: server.max_buffer_size,
+            join_timeout: Some(server.connect_timeout),
+            write_timeout: server.write_timeout,
+            request_timeout: server.connect_timeout,
+            handshake_headers: vec!["origin", "authorization"],
+            allowed_origins: auth.allowed_origins.clone(),
+        },
+        namespaces: vec!["/".into()],
+    }
+}
+
+impl Handler for Admission {
+    type Data = Arc<Member>;
+
+    async fn connect(self: Arc<Self>, socket: SocketRef<Self>, auth: Option<Box<RawValue>>) -> Result<Arc<Member>, String> {
+        self.admit(&socket, auth.as_deref()).await.map_err(|e| e.to_string())
+    }
+
+    fn connected(self: &Arc<Self>, socket: &SocketRef<Self>) {
+        let Some(member) = socket.data().cloned() else { return };
+        let (admission, socket) = (self.clone(), socket.clone());
+        tokio::spawn(async move { admission.replay(&socket, &member).await });
+    }
+
+    fn event(self: &Arc<Self>, socket: &SocketRef<Self>, event: Event<'_, Self>) {
+        if event.name != self.refresh_event {
+            return;
         }
-    });
-    socket.on(refresh_event, move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-        let admission = admission.clone();
-        async move {
-            let data = data.unwrap_or(Value::Null);
-            let reply = lifetime::refresh(&s, &data, &admission.authenticator, &admission.lifetimes, &admission.metrics).await;
-            let _ = ack.send(&reply);
+        let Some(ack) = event.ack else { return };
+        // Binary refreshes carry no token.
+        let data = match (event.args.first(), event.attachments.is_empty()) {
+            (Some(arg), true) => serde_json::from_str(arg.get()).unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        let (admission, socket) = (self.clone(), socket.clone());
+        tokio::spawn(async move {
+            let reply = lifetime::refresh(&socket, &data, &admission.authenticator, &admission.lifetimes, &admission.metrics).await;
+            let reply = RawValue::from_string(reply.to_string()).expect("valid JSON");
+            let _ = ack.send(&[&reply]);
+        });
+    }
+
+    fn disconnected(self: &Arc<Self>, socket: &SocketRef<Self>, _reason: DisconnectReason) {
+        if let Some(member) = socket.data() {
+            member.leave(&self.presence, &self.bus);
         }
-    });
+    }
 }

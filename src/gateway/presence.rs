@@ -1,36 +1,49 @@
-//! Who is connected to this instance: sockets per user, and the gauges that show it.
+//! Who is connected to this instance: each user's sockets (the index deliveries read), and the
+//! gauges that show it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
+use super::member::{Client, Member};
 use crate::metrics::Metrics;
 
-/// Local socket counts per user. The count is what a delivery reports as "sockets reached" and
-/// what the in-process bus uses to tell an offline user from an online one.
-pub struct Presence {
-    users: DashMap<String, u32>,
+/// One socket of a user: where to send, and herald's state for it.
+#[derive(Clone)]
+pub struct Entry {
+    pub socket: Client,
+    pub member: Arc<Member>,
+}
+
+/// The sockets of each user on this instance. A user's count is what a delivery reports as
+/// "sockets reached" and what the in-process bus uses to tell an offline user from an online
+/// one. Generic over what is kept per socket, for its tests.
+pub struct Presence<T = Entry> {
+    users: DashMap<Arc<str>, Vec<T>, foldhash::fast::RandomState>,
     sockets: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
-impl Presence {
+impl<T: Clone> Presence<T> {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { users: DashMap::new(), sockets: AtomicUsize::new(0), metrics }
+        Self { users: DashMap::with_hasher(Default::default()), sockets: AtomicUsize::new(0), metrics }
     }
 
-    /// Records one more socket for `user_id` unless it already has `max` (checked and added
-    /// under one lock, so two simultaneous connects cannot both slip under the limit).
-    pub fn try_add(&self, user_id: &str, max: Option<u32>) -> bool {
+    /// Adds a socket to `user` unless the user already has `max` (checked and added under one
+    /// lock, so two simultaneous connects cannot both slip under the limit).
+    pub fn try_add(&self, user: &Arc<str>, socket: T, max: Option<u32>) -> bool {
         {
-            let mut entry = self.users.entry(user_id.to_owned()).or_insert(0);
-            if max.is_some_and(|m| *entry >= m) {
-                drop(entry);
-                self.users.remove_if(user_id, |_, c| *c == 0);
+            let mut sockets = self.users.entry(user.clone()).or_default();
+            if max.is_some_and(|m| sockets.len() >= m as usize) {
+                let empty = sockets.is_empty();
+                drop(sockets);
+                if empty {
+                    self.users.remove_if(user, |_, s| s.is_empty());
+                }
                 return false;
             }
-            *entry += 1;
+            sockets.push(socket);
         }
         self.sockets.fetch_add(1, Ordering::Relaxed);
         self.metrics.sockets.increment(1.0);
@@ -38,25 +51,45 @@ impl Presence {
         true
     }
 
-    /// Records one socket fewer; returns how many the user still has here.
-    pub fn remove(&self, user_id: &str) -> u32 {
-        let left = match self.users.get_mut(user_id) {
-            Some(mut entry) => {
-                *entry = entry.saturating_sub(1);
-                *entry
+    /// Removes the socket of `user` that `is_it` picks; returns whether it was there.
+    pub fn remove(&self, user: &str, is_it: impl Fn(&T) -> bool) -> bool {
+        let removed = match self.users.get_mut(user) {
+            Some(mut sockets) => {
+                let before = sockets.len();
+                sockets.retain(|s| !is_it(s));
+                before != sockets.len()
             }
-            None => return 0,
+            None => false,
         };
-        // Re-check under the shard lock: another socket of the user may have connected meanwhile.
-        self.users.remove_if(user_id, |_, count| *count == 0);
-        self.sockets.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.sockets.decrement(1.0);
-        self.metrics.users.set(self.users.len() as f64);
-        left
+        // Re-checked under the shard lock: another socket of the user may have come meanwhile.
+        self.users.remove_if(user, |_, s| s.is_empty());
+        if removed {
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.sockets.decrement(1.0);
+            self.metrics.users.set(self.users.len() as f64);
+        }
+        removed
     }
 
-    pub fn sockets_of(&self, user_id: &str) -> u32 {
-        self.users.get(user_id).map(|c| *c).unwrap_or(0)
+    pub fn sockets_of(&self, user_id: &str) -> usize {
+        self.users.get(user_id).map_or(0, |s| s.len())
+    }
+
+    /// Runs `f` on each socket of the user, under the index's read lock (so `f` must not connect
+    /// or disconnect anyone); returns how many there were.
+    pub fn each_socket(&self, user_id: &str, f: impl FnMut(&T)) -> usize {
+        match self.users.get(user_id) {
+            Some(sockets) => {
+                sockets.iter().for_each(f);
+                sockets.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// A copy of the user's sockets, for work that may disconnect some.
+    pub fn sockets_snapshot(&self, user_id: &str) -> Vec<T> {
+        self.users.get(user_id).map(|s| s.clone()).unwrap_or_default()
     }
 
     pub fn users(&self) -> usize {
@@ -69,30 +102,41 @@ impl Presence {
     }
 }
 
+impl Presence<Entry> {
+    /// Removes `member`'s socket.
+    pub fn leave(&self, member: &Member) -> bool {
+        self.remove(&member.user, |e| std::ptr::eq(&*e.member, member))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn counts_sockets_per_user() {
-        let p = Presence::new(Arc::new(Metrics::new(&[])));
-        assert!(p.try_add("a", None));
+        let p = Presence::<u32>::new(Arc::new(Metrics::new(&[])));
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        assert!(p.try_add(&a, 1, None));
         assert_eq!(p.sockets_of("a"), 1);
-        assert!(p.try_add("a", None));
+        assert!(p.try_add(&a, 2, None));
         assert_eq!(p.sockets_of("a"), 2);
-        assert!(p.try_add("b", None));
-        assert_eq!(p.sockets_of("b"), 1);
+        assert!(p.try_add(&b, 3, None));
         assert_eq!(p.users(), 2);
-        assert_eq!(p.remove("a"), 1);
-        assert_eq!(p.sockets_of("a"), 1);
-        assert_eq!(p.remove("a"), 0);
+        let mut seen = Vec::new();
+        assert_eq!(p.each_socket("a", |s| seen.push(*s)), 2);
+        assert_eq!(seen, [1, 2]);
+        assert!(p.remove("a", |s| *s == 1));
+        assert!(!p.remove("a", |s| *s == 1), "once");
+        assert_eq!(p.sockets_snapshot("a"), [2]);
+        assert!(p.remove("a", |s| *s == 2));
         assert_eq!(p.sockets_of("a"), 0);
         assert_eq!(p.users(), 1);
-        assert_eq!(p.remove("nobody"), 0);
+        assert!(!p.remove("nobody", |_| true));
         assert_eq!(p.sockets(), 1);
-        assert!(p.try_add("b", Some(2)));
-        assert!(!p.try_add("b", Some(2)), "at the limit");
-        assert!(!p.try_add("c", Some(0)));
+        assert!(p.try_add(&b, 4, Some(2)));
+        assert!(!p.try_add(&b, 5, Some(2)), "at the limit");
+        assert!(!p.try_add(&c, 6, Some(0)));
         assert_eq!(p.sockets_of("c"), 0);
         assert_eq!(p.users(), 1, "a refused user leaves no empty entry");
     }

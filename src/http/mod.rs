@@ -1,7 +1,10 @@
-//! The HTTP surface: Socket.IO (as a layer), `/healthz`, `/readyz`, `/metrics`, and the
-//! publish API (`POST /api/publish`, with its OpenAPI description at `/api/openapi.yaml`).
+//! The HTTP surface: `/healthz`, `/readyz`, `/metrics`, the publish API (`POST /api/publish`,
+//! with its OpenAPI description at `/api/openapi.yaml`) and the demo page. Socket.IO requests
+//! are served by the transport's own front ([`serve`]); those that reach hyper on a connection
+//! it already serves are passed to the transport by [`engine_route`].
 
 pub mod demo;
+mod engine_route;
 pub mod publish;
 mod serve;
 mod stall;
@@ -20,6 +23,7 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::bus::Bus;
+use crate::gateway;
 use crate::metrics::Metrics;
 use crate::source::kafka::KafkaHealth;
 
@@ -28,6 +32,7 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub kafka: Arc<KafkaHealth>,
     pub bus: Arc<Bus>,
+    pub gateway: gateway::Server,
 }
 
 /// The OpenAPI description of the publish API.
@@ -41,6 +46,7 @@ pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>, demo:
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(engine_route::router(state.gateway.mount()))
         .with_state(state);
     if let Some(api) = publish {
         router = router
@@ -77,5 +83,6 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    s.metrics.observe_transport(s.gateway.stats());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }

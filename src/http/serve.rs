@@ -1,11 +1,13 @@
-//! The accept loop: HTTP/1.1 connections (with upgrades, for WebSocket) served by the router,
-//! each with a deadline for its request headers and for each piece of a request body. It does
-//! not know what the routes do.
+//! The accept loop: each connection is served by the Socket.IO transport's own front while its
+//! requests are for the transport's path, and by hyper (the router) from the first request for
+//! another path on, with a deadline for its request headers and for each piece of a request
+//! body. It does not know what the routes do.
 //!
 //! `axum::serve` sets no timer on hyper, so hyper's header read timeout is off there: a client
 //! that connects and sends nothing, or half a request, holds its connection and a task forever.
 //! Nor does anything bound a body that stops arriving half way.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -21,20 +23,23 @@ use tower_http::timeout::TimeoutBody;
 use tracing::{debug, warn};
 
 use super::stall::WriteDeadline;
+use crate::socketio::{self, Mount, Served};
 
-/// Serves `app` on `listener` until `stop` fires. A connection whose request headers have not
-/// all arrived `timeout` after it started waiting for them is closed, and so is one whose
-/// request body sends nothing for `timeout`, and one whose client accepts no data for
-/// `write_timeout` while herald has some to send. On `stop`, open connections finish their
-/// request in flight and close.
+/// Serves `app` and the transport's `mounts` on `listener` until `stop` fires. A connection
+/// whose request headers have not all arrived `timeout` after it started waiting for them is
+/// closed, and so is one whose request body sends nothing for `timeout`, and one whose client
+/// accepts no data for `write_timeout` while herald has some to send. On `stop`, open hyper
+/// connections finish their request in flight and close.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    mounts: Vec<Arc<dyn Mount>>,
     timeout: Duration,
     write_timeout: Duration,
     write_timeouts: metrics::Counter,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let mounts: Arc<[Arc<dyn Mount>]> = mounts.into();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -49,12 +54,13 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            app.clone().map_request(move |r: Request<Incoming>| r.map(|body| Body::new(TimeoutBody::new(timeout, body)))),
-        );
-        let stream = WriteDeadline::new(stream, write_timeout, write_timeouts.clone());
-        let stop = stop.clone();
+        let (app, mounts, stop, write_timeouts) = (app.clone(), mounts.clone(), stop.clone(), write_timeouts.clone());
         tokio::spawn(async move {
+            let Served::Handoff(handoff) = socketio::serve(stream, &mounts).await else { return };
+            let service = TowerToHyperService::new(
+                app.map_request(move |r: Request<Incoming>| r.map(|body| Body::new(TimeoutBody::new(timeout, body)))),
+            );
+            let stream = WriteDeadline::new(handoff, write_timeout, write_timeouts);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)

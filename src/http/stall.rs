@@ -41,6 +41,19 @@ impl Cut for tokio::net::TcpStream {
     }
 }
 
+impl Cut for crate::socketio::Handoff {
+    fn cut(&self) {
+        self.stream().cut();
+    }
+}
+
+impl<S> WriteDeadline<S> {
+    /// The stream it guards.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S: Cut> WriteDeadline<S> {
     pub fn new(inner: S, limit: Duration, expired: Counter) -> Self {
         Self { inner, limit, expired, stalled: None, cut: false }

@@ -14,7 +14,6 @@ use std::sync::Mutex;
 
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use socketioxide::extract::SocketRef;
 
 /// A notification's position in its user's history: `<ms>-<seq>`, the form of a Redis stream
 /// id, increasing per user.
@@ -73,30 +72,29 @@ pub fn history_after(since: Option<NotificationId>, mut inclusive: Vec<Retained>
 }
 
 /// Per-socket replay gate: while a replay runs, live retained notifications wait in `pending`;
-/// afterwards each is emitted unless the replay covered it or it was just emitted.
-#[derive(Default)]
-pub struct ReplayGate {
-    state: Mutex<GateState>,
+/// afterwards each is sent unless the replay covered it or it was just sent. It decides and
+/// orders; sending is the caller's (`send` runs under the gate's lock, so sends stay in order).
+pub struct ReplayGate<T> {
+    state: Mutex<GateState<T>>,
 }
 
 /// Live ids a gate remembers: enough to recognise a notification published again right after a
 /// Redis reconnect, which follows its first copy within a second.
 const RECENT_LIVE: usize = 8;
 
-#[derive(Default)]
-struct GateState {
+struct GateState<T> {
     replaying: bool,
-    /// The newest id the replay emitted: a live copy of it or of anything older is a duplicate.
+    /// The newest id the replay sent: a live copy of it or of anything older is a duplicate.
     replayed_up_to: Option<NotificationId>,
-    /// The last live ids emitted (the default id marks an empty slot). An older id not among
-    /// them was never sent live (it reached no instance the first time) and goes out late
-    /// rather than not at all.
+    /// The last live ids sent (the default id marks an empty slot). An older id not among them
+    /// was never sent live (it reached no instance the first time) and goes out late rather
+    /// than not at all.
     recent: [NotificationId; RECENT_LIVE],
     next: usize,
-    pending: Vec<Retained>,
+    pending: Vec<(NotificationId, T)>,
 }
 
-impl GateState {
+impl<T> GateState<T> {
     fn admit_replayed(&mut self, id: NotificationId) -> bool {
         if self.replayed_up_to.is_some_and(|last| id <= last) {
             return false;
@@ -115,47 +113,53 @@ impl GateState {
     }
 }
 
-impl ReplayGate {
+impl<T> ReplayGate<T> {
     /// A gate that holds live notifications until [`ReplayGate::open`].
     pub fn closed() -> Self {
-        Self { state: Mutex::new(GateState { replaying: true, ..Default::default() }) }
+        let state = GateState {
+            replaying: true,
+            replayed_up_to: None,
+            recent: [NotificationId::default(); RECENT_LIVE],
+            next: 0,
+            pending: Vec::new(),
+        };
+        Self { state: Mutex::new(state) }
     }
 
-    /// A live retained notification for this socket: emitted now, or after the replay.
-    pub fn offer(&self, socket: &SocketRef, item: Retained) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live retained notification `id`: sent now, or after the replay; never twice.
+    pub fn offer(&self, id: NotificationId, item: T, send: impl FnOnce(&T)) {
+        let mut s = self.lock();
         if s.replaying {
-            s.pending.push(item);
-        } else if s.admit_live(item.id) {
-            emit(socket, &item);
+            s.pending.push((id, item));
+        } else if s.admit_live(id) {
+            send(&item);
         }
     }
 
-    /// Emits a replayed notification (history order).
-    pub fn replay(&self, socket: &SocketRef, item: &Retained) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.admit_replayed(item.id) {
-            emit(socket, item);
+    /// A replayed notification `id` (history order): sent unless already covered.
+    pub fn replay(&self, id: NotificationId, send: impl FnOnce()) {
+        let mut s = self.lock();
+        if s.admit_replayed(id) {
+            send();
         }
     }
 
     /// Ends the replay: what arrived live meanwhile follows, minus what the replay covered.
-    pub fn open(&self, socket: &SocketRef) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn open(&self, mut send: impl FnMut(&T)) {
+        let mut s = self.lock();
         let mut pending = std::mem::take(&mut s.pending);
-        pending.sort_by_key(|r| r.id);
-        for item in &pending {
-            if s.admit_live(item.id) {
-                emit(socket, item);
+        pending.sort_by_key(|(id, _)| *id);
+        for (id, item) in &pending {
+            if s.admit_live(*id) {
+                send(item);
             }
         }
         s.replaying = false;
     }
-}
-
-fn emit(socket: &SocketRef, item: &Retained) {
-    // A full buffer drops it like any emit; the client can still recover it with `since`.
-    let _ = socket.emit(item.event.as_str(), &(&*item.payload, meta(item.id)));
 }
 
 /// The second argument of a retained notification: `{ id }`.
@@ -177,7 +181,8 @@ mod tests {
 
     #[test]
     fn the_gate_drops_duplicates_but_not_a_late_first_copy() {
-        let mut s = GateState::default();
+        let gate = ReplayGate::<()>::closed();
+        let mut s = gate.lock();
         assert!(s.admit_replayed(id(5, 0)) && s.admit_replayed(id(6, 0)));
         assert!(!s.admit_live(id(6, 0)), "a live copy of a replayed one");
         assert!(s.admit_live(id(11, 0)));
@@ -188,6 +193,21 @@ mod tests {
             assert!(s.admit_live(id(ms, 0)));
         }
         assert!(!s.admit_live(id(6, 0)), "replayed ones stay covered");
+    }
+
+    #[test]
+    fn the_gate_holds_live_ones_until_the_replay_ends_then_sends_each_once() {
+        let gate = ReplayGate::closed();
+        let sent = std::cell::RefCell::new(Vec::new());
+        gate.offer(id(7, 0), 7, |n| sent.borrow_mut().push(*n));
+        gate.offer(id(5, 0), 5, |n| sent.borrow_mut().push(*n));
+        assert!(sent.borrow().is_empty(), "held while replaying");
+        gate.replay(id(5, 0), || sent.borrow_mut().push(50));
+        gate.open(|n| sent.borrow_mut().push(*n));
+        assert_eq!(*sent.borrow(), [50, 7], "5 came in the replay; 7 after it");
+        gate.offer(id(8, 0), 8, |n| sent.borrow_mut().push(*n));
+        gate.offer(id(8, 0), 8, |n| sent.borrow_mut().push(*n));
+        assert_eq!(*sent.borrow(), [50, 7, 8], "a live one goes at once, once");
     }
 
     #[test]

@@ -1,0 +1,255 @@
+//! WebSocket frames (RFC 6455, section 5) parsed from and written into buffers the caller owns:
+//! no buffer of its own, so a connection keeps only the bytes of a frame that is not complete.
+
+use std::fmt;
+
+/// Frame types (RFC 6455 section 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => Self::Continuation,
+            0x1 => Self::Text,
+            0x2 => Self::Binary,
+            0x8 => Self::Close,
+            0x9 => Self::Ping,
+            0xA => Self::Pong,
+            _ => return None,
+        })
+    }
+
+    fn bits(self) -> u8 {
+        match self {
+            Self::Continuation => 0x0,
+            Self::Text => 0x1,
+            Self::Binary => 0x2,
+            Self::Close => 0x8,
+            Self::Ping => 0x9,
+            Self::Pong => 0xA,
+        }
+    }
+
+    pub fn is_control(self) -> bool {
+        matches!(self, Self::Close | Self::Ping | Self::Pong)
+    }
+}
+
+/// A client frame's header: everything before its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub opcode: OpCode,
+    pub mask: [u8; 4],
+    /// Payload length in bytes.
+    pub len: usize,
+    /// Header length in bytes: the payload starts here.
+    pub header_len: usize,
+}
+
+/// Why a client frame is refused; each closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// RSV1-3 set without a negotiated extension.
+    ReservedBits,
+    UnknownOpcode,
+    /// A client frame must be masked (section 5.1).
+    Unmasked,
+    /// A control frame longer than 125 bytes, or fragmented (section 5.5).
+    BadControl,
+    /// Longer than the largest message allowed.
+    TooLarge,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ReservedBits => "reserved bits set",
+            Self::UnknownOpcode => "unknown opcode",
+            Self::Unmasked => "unmasked client frame",
+            Self::BadControl => "bad control frame",
+            Self::TooLarge => "frame too large",
+        })
+    }
+}
+
+/// Parses a client frame header from the start of `buf`: `Ok(None)` when more bytes are needed.
+/// A payload longer than `max_len` is refused from its header alone, before any of it is read.
+pub fn parse_header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameError> {
+    let [b0, b1, ..] = *buf else { return Ok(None) };
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::ReservedBits);
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::UnknownOpcode)?;
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Unmasked);
+    }
+    let (len, len_bytes) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (u16::from_be_bytes([b[0], b[1]]) as u64, 2),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => (u64::from_be_bytes(b.try_into().expect("8 bytes")), 8),
+            None => return Ok(None),
+        },
+        short => (short as u64, 0),
+    };
+    if opcode.is_control() && (!fin || len > 125) {
+        return Err(FrameError::BadControl);
+    }
+    if len > max_len as u64 {
+        return Err(FrameError::TooLarge);
+    }
+    let mask_at = 2 + len_bytes;
+    let Some(mask) = buf.get(mask_at..mask_at + 4) else { return Ok(None) };
+    Ok(Some(Header { fin, opcode, mask: mask.try_into().expect("4 bytes"), len: len as usize, header_len: mask_at + 4 }))
+}
+
+/// Unmasks (or masks: it is its own inverse) `payload` in place.
+pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let v = u32::from_ne_bytes((&*chunk).try_into().expect("4 bytes")) ^ word;
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i];
+    }
+}
+
+/// The longest server frame header: 2 bytes and a 64-bit length.
+pub const MAX_HEADER: usize = 10;
+
+/// Writes the header of an unmasked, final server frame with a `len`-byte payload into `out`;
+/// returns how many bytes it used.
+pub fn write_header(out: &mut [u8; MAX_HEADER], opcode: OpCode, len: usize) -> usize {
+    out[0] = 0x80 | opcode.bits();
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if len <= u16::MAX as usize {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// How long the header of a `len`-byte server frame is.
+pub fn header_len(len: usize) -> usize {
+    if len < 126 {
+        2
+    } else if len <= u16::MAX as usize {
+        4
+    } else {
+        10
+    }
+}
+
+/// Close codes herald sends (RFC 6455 section 7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// A whole close frame with `code` and no reason.
+pub fn close_frame(code: u16) -> [u8; 4] {
+    let c = code.to_be_bytes();
+    [0x88, 2, c[0], c[1]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame, masked with `mask`, as a browser sends it.
+    fn client_frame(fin: bool, opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut header = [0u8; MAX_HEADER];
+        let n = write_header(&mut header, opcode, payload.len());
+        let mut out = header[..n].to_vec();
+        if !fin {
+            out[0] &= 0x7F;
+        }
+        out[1] |= 0x80;
+        out.extend_from_slice(&mask);
+        let mut body = payload.to_vec();
+        unmask(&mut body, mask);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn parses_every_length_form_and_unmasks() {
+        for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let frame = client_frame(true, OpCode::Binary, &payload, [1, 2, 3, 4]);
+            let h = parse_header(&frame, 1 << 20).unwrap().unwrap();
+            assert_eq!((h.fin, h.opcode, h.len), (true, OpCode::Binary, len));
+            assert_eq!(h.header_len + len, frame.len());
+            let mut body = frame[h.header_len..].to_vec();
+            unmask(&mut body, h.mask);
+            assert_eq!(body, payload, "len {len}");
+            // Every strict prefix of the header asks for more.
+            for cut in 0..h.header_len {
+                assert_eq!(parse_header(&frame[..cut], 1 << 20), Ok(None), "len {len}, cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_a_client_must_not_send() {
+        let good = client_frame(true, OpCode::Text, b"hi", [9, 9, 9, 9]);
+        let mut unmasked = good.clone();
+        unmasked[1] &= 0x7F;
+        assert_eq!(parse_header(&unmasked, 100), Err(FrameError::Unmasked));
+        let mut rsv = good.clone();
+        rsv[0] |= 0x40;
+        assert_eq!(parse_header(&rsv, 100), Err(FrameError::ReservedBits));
+        let mut op = good.clone();
+        op[0] = 0x83;
+        assert_eq!(parse_header(&op, 100), Err(FrameError::UnknownOpcode));
+        let fragmented_ping = client_frame(false, OpCode::Ping, b"", [0; 4]);
+        assert_eq!(parse_header(&fragmented_ping, 100), Err(FrameError::BadControl));
+        let long_ping = client_frame(true, OpCode::Ping, &[0; 126], [0; 4]);
+        assert_eq!(parse_header(&long_ping, 1000), Err(FrameError::BadControl));
+        let big = client_frame(true, OpCode::Binary, &[0; 101], [0; 4]);
+        assert_eq!(parse_header(&big, 100), Err(FrameError::TooLarge));
+        // A 64-bit length beyond any limit is refused from the first ten bytes.
+        let mut huge = vec![0x82, 0xFF];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(parse_header(&huge, 1 << 30), Err(FrameError::TooLarge));
+    }
+
+    #[test]
+    fn server_headers() {
+        let mut h = [0u8; MAX_HEADER];
+        let mut header = |opcode, len| {
+            let n = write_header(&mut h, opcode, len);
+            h[..n].to_vec()
+        };
+        assert_eq!(header(OpCode::Text, 1), [0x81, 1]);
+        assert_eq!(header(OpCode::Text, 200), [0x81, 126, 0, 200]);
+        assert_eq!(header(OpCode::Binary, 1 << 16), [0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        for len in [0, 125, 126, 65_535, 65_536] {
+            assert_eq!(header_len(len), write_header(&mut h, OpCode::Text, len));
+        }
+        assert_eq!(close_frame(close_code::GOING_AWAY), [0x88, 2, 0x03, 0xE9]);
+    }
+}

@@ -1,0 +1,169 @@
+//! The heartbeat: one task and a timer wheel for every session's pings, ping timeouts and join
+//! timeout, instead of a timer (and a task to poll it) per session.
+//!
+//! A session is in the wheel once per pending visit, as a weak reference: a closed session
+//! costs nothing but its slot until its visit comes round.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::session::{CloseReason, PING, Session};
+use super::{Handler, Options, Shared};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Visit {
+    /// Time to send a ping.
+    Ping,
+    /// The pong for the last ping is due.
+    PongDue,
+    /// The layer above must have joined the session by now.
+    JoinDue,
+}
+
+struct Entry<H: Handler> {
+    session: Weak<Session<H>>,
+    due_ms: u64,
+    visit: Visit,
+}
+
+pub(crate) struct Wheel<H: Handler> {
+    started: Instant,
+    tick_ms: u64,
+    slots: Mutex<Vec<Vec<Entry<H>>>>,
+    ping_interval_ms: u64,
+    ping_timeout_ms: u64,
+    join_timeout_ms: Option<u64>,
+}
+
+impl<H: Handler> Wheel<H> {
+    pub(super) fn new(options: &Options) -> Self {
+        let ms = |d: Duration| d.as_millis().max(1) as u64;
+        let (interval, timeout) = (ms(options.ping_interval), ms(options.ping_timeout));
+        let join = options.join_timeout.map(ms);
+        // Fine enough that a visit is at most a fortieth of the shortest period late (between 5
+        // and 250 ms), with slots for the longest period so most visits are due when reached.
+        let shortest = interval.min(timeout).min(join.unwrap_or(u64::MAX));
+        let tick_ms = (shortest / 40).clamp(5, 250);
+        let longest = interval.max(timeout).max(join.unwrap_or(0));
+        let slots = (longest / tick_ms + 2) as usize;
+        Self {
+            started: Instant::now(),
+            tick_ms,
+            slots: Mutex::new((0..slots).map(|_| Vec::new()).collect()),
+            ping_interval_ms: interval,
+            ping_timeout_ms: timeout,
+            join_timeout_ms: join,
+        }
+    }
+
+    /// Milliseconds since the engine started: the wheel's clock.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn schedule(&self, session: &Arc<Session<H>>, due_ms: u64, visit: Visit) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let n = slots.len() as u64;
+        // Never into a slot the task may have passed already this tick.
+        let tick = due_ms.div_ceil(self.tick_ms).max(self.now_ms() / self.tick_ms + 1);
+        let slot = (tick % n) as usize;
+        slots[slot].push(Entry { session: Arc::downgrade(session), due_ms, visit });
+    }
+
+    /// A new session: its first ping after one interval, and its join deadline.
+    pub(super) fn opened(&self, session: &Arc<Session<H>>) {
+        let now = self.now_ms();
+        session.last_pong_ms.store(now, std::sync::atomic::Ordering::Release);
+        self.schedule(session, now + self.ping_interval_ms, Visit::Ping);
+        if let Some(join) = self.join_timeout_ms {
+            self.schedule(session, now + join, Visit::JoinDue);
+        }
+    }
+
+    /// Takes every entry due by `now_ms` from the slots the clock passed since `last_tick`.
+    fn due(&self, last_tick: &mut u64, now_ms: u64) -> Vec<Entry<H>> {
+        let mut due = Vec::new();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let n = slots.len() as u64;
+        let now_tick = now_ms / self.tick_ms;
+        // After a long stall, one turn of the wheel covers every slot.
+        let first = (*last_tick + 1).max(now_tick.saturating_sub(n - 1));
+        for tick in first..=now_tick {
+            let slot = &mut slots[(tick % n) as usize];
+            let mut i = 0;
+            while i < slot.len() {
+                if slot[i].due_ms <= now_ms {
+                    due.push(slot.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if slot.is_empty() {
+                *slot = Vec::new();
+            }
+        }
+        *last_tick = now_tick;
+        due
+    }
+
+    /// Visits a session whose `visit` was due at `due_ms`. Deadlines run from when a visit was
+    /// due, not from when the tick got to it, so the wheel's granularity never lengthens them.
+    fn visit(&self, session: &Arc<Session<H>>, visit: Visit, due_ms: u64, now_ms: u64) {
+        if session.is_closed() {
+            return;
+        }
+        match visit {
+            Visit::Ping => {
+                session.set_awaiting_pong(due_ms);
+                if session.send_control(&PING).is_ok() {
+                    self.schedule(session, due_ms + self.ping_timeout_ms, Visit::PongDue);
+                }
+            }
+            Visit::PongDue if session.awaiting_pong() => session.close(CloseReason::PingTimeout),
+            Visit::PongDue => {
+                // Engine.IO pings again one interval after the pong.
+                let pong = session.last_pong_ms.load(std::sync::atomic::Ordering::Acquire);
+                self.schedule(session, (pong + self.ping_interval_ms).max(now_ms), Visit::Ping);
+            }
+            Visit::JoinDue if !session.joined() => session.close(CloseReason::JoinTimeout),
+            Visit::JoinDue => {}
+        }
+    }
+}
+
+/// The heartbeat task: ends when the engine is gone.
+pub(super) async fn run<H: Handler>(engine: Weak<Shared<H>>) {
+    let tick = match engine.upgrade() {
+        Some(e) => Duration::from_millis(e.wheel.tick_ms),
+        None => return,
+    };
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = 0;
+    loop {
+        interval.tick().await;
+        let Some(engine) = engine.upgrade() else { return };
+        let now = engine.wheel.now_ms();
+        for entry in engine.wheel.due(&mut last_tick, now) {
+            if let Some(session) = entry.session.upgrade() {
+                engine.wheel.visit(&session, entry.visit, entry.due_ms, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_follows_the_shortest_period() {
+        let fast = Options { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() };
+        let w = Wheel::<crate::socketio::engine::tests::Nothing>::new(&fast);
+        assert_eq!(w.tick_ms, 5);
+        let slow = Options::default();
+        let w = Wheel::<crate::socketio::engine::tests::Nothing>::new(&slow);
+        assert_eq!(w.tick_ms, 250);
+        assert_eq!(w.slots.lock().unwrap().len(), 25_000 / 250 + 2);
+    }
+}

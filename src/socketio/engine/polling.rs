@@ -1,0 +1,132 @@
+//! The HTTP long-polling transport: the handshake's open packet, a GET that waits for packets
+//! (one at a time per session), and a POST that carries the client's packets.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::http::Response;
+use super::packet::{self, Packet};
+use super::session::{CLOSE, CloseReason, Frame, NOOP, Session, Sid, Transport};
+use super::stats::ProtocolError;
+use super::{Handler, Options, Shared};
+
+/// `0{"sid":...,"upgrades":[...],"pingInterval":...,"pingTimeout":...,"maxPayload":...}`.
+pub(super) fn open_packet(options: &Options, sid: Sid, upgrades: bool) -> Frame {
+    Frame::text(|b| {
+        let upgrades = if upgrades { r#"["websocket"]"# } else { "[]" };
+        let json = format!(
+            r#"0{{"sid":"{sid}","upgrades":{upgrades},"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
+            options.ping_interval.as_millis(),
+            options.ping_timeout.as_millis(),
+            options.max_payload
+        );
+        b.extend_from_slice(json.as_bytes());
+    })
+}
+
+pub(super) const TEXT: &str = "text/plain; charset=UTF-8";
+
+/// A new session over long-polling: the response carries its open packet.
+pub(super) fn handshake<H: Handler>(engine: &Arc<Shared<H>>, handshake: super::Handshake) -> Response {
+    let session = Session::new(engine, Transport::Polling, handshake);
+    let open = open_packet(&engine.options, session.sid, true);
+    engine.sessions.insert(session.sid, session.clone());
+    engine.stats.opened(false);
+    engine.wheel.opened(&session);
+    engine.handler.opened(&session);
+    // Whatever the layer above sent on opening follows in the next poll.
+    Response::new(200, TEXT, Bytes::copy_from_slice(open.packet()))
+}
+
+/// A GET: what is queued, or the next packets as they come (a ping comes every interval, so
+/// the wait is bounded).
+pub(super) async fn poll<H: Handler>(session: &Arc<Session<H>>) -> Result<Response, ProtocolError> {
+    {
+        let mut out = session.lock();
+        if out.polling_get {
+            drop(out);
+            // Two polls at once: the client is broken or hostile; the session ends.
+            session.close(CloseReason::ProtocolError);
+            return Err(ProtocolError::OverlappingPoll);
+        }
+        out.polling_get = true;
+    }
+    loop {
+        let notified = session.wake.notified();
+        {
+            let mut out = session.lock();
+            let closing = out.closing;
+            let upgraded = out.transport == Transport::WebSocket;
+            if Session::<H>::has_queued(&out) || closing.is_some() || upgraded {
+                out.polling_get = false;
+                let mut body = if upgraded { Vec::new() } else { Session::<H>::take_polling_payload(&mut out) };
+                if let Some(reason) = closing
+                    && !upgraded
+                {
+                    if !body.is_empty() {
+                        body.push(packet::SEPARATOR);
+                    }
+                    // The client asked to close: its poll just ends. Otherwise it is told.
+                    let goodbye = if reason == CloseReason::ClientClose { &NOOP } else { &CLOSE };
+                    body.extend_from_slice(goodbye.packet());
+                }
+                if body.is_empty() {
+                    // Upgraded meanwhile: a noop ends this poll.
+                    body.extend_from_slice(NOOP.packet());
+                }
+                return Ok(Response::new(200, TEXT, body));
+            }
+        }
+        notified.await;
+    }
+}
+
+/// A POST: the client's packets, handled in order. The payload is refused whole if any
+/// packet cannot be read.
+pub(super) fn post<H: Handler>(engine: &Shared<H>, session: &Arc<Session<H>>, body: &[u8]) -> Result<Response, ProtocolError> {
+    let packets = match packet::parse_payload(body) {
+        Ok(p) => p,
+        Err(packet::PacketError::BadUtf8) => return Err(ProtocolError::BadUtf8),
+        Err(_) => return Err(ProtocolError::BadEnginePacket),
+    };
+    for p in packets {
+        if session.is_closed() {
+            break;
+        }
+        match p {
+            Packet::Pong(_) => {
+                session.pong(engine.wheel.now_ms());
+            }
+            Packet::Text(t) => engine.handler.text(session, t),
+            Packet::Binary(b) => engine.handler.binary(session, &b),
+            Packet::Close => close_after_poll(session),
+            Packet::Noop => {}
+            // In v4 only the server pings.
+            Packet::Ping(_) | Packet::Upgrade => return Err(ProtocolError::BadEnginePacket),
+        }
+    }
+    Ok(Response::new(200, "text/html", "ok"))
+}
+
+/// How long a client's close waits for the poll it may have in flight on another connection.
+const CLOSE_GRACE_MS: u64 = 100;
+
+/// A client closing over long-polling: its waiting GET ends with a noop. Its GET and this POST
+/// travel on two connections and may arrive in either order, so a GET that is not there yet
+/// gets a moment to arrive and be answered, instead of finding no session.
+fn close_after_poll<H: Handler>(session: &Arc<Session<H>>) {
+    if session.lock().polling_get {
+        return session.close(CloseReason::ClientClose);
+    }
+    let session = session.clone();
+    tokio::spawn(async move {
+        for _ in 0..CLOSE_GRACE_MS / 5 {
+            if session.lock().polling_get {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        session.close(CloseReason::ClientClose);
+    });
+}

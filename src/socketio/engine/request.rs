@@ -1,0 +1,294 @@
+//! Routes one Engine.IO HTTP request: a new session (long-polling or WebSocket), a poll, a
+//! POST of packets, or an upgrade; and the errors Engine.IO defines for the rest, checked in
+//! the reference server's order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use super::http::{Method, Mount, Reply, Request, Response};
+use super::session::{CloseReason, Session, Sid, Transport};
+use super::stats::{ProtocolError, Stats};
+use super::websocket::{self, Upgrade};
+use super::{Engine, Handler, Handshake, Shared};
+
+/// How long a GET that arrives while a WebSocket probe is under way may wait for the upgrade
+/// to finish (it is refused then) before it is answered with a noop.
+const UPGRADE_HOLD: Duration = Duration::from_millis(100);
+
+/// The Engine.IO error answers: code and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EioError {
+    UnknownTransport,
+    UnknownSid,
+    BadHandshakeMethod,
+    BadRequest,
+    UnsupportedProtocolVersion,
+}
+
+impl EioError {
+    fn code_and_message(self) -> (u8, &'static str) {
+        match self {
+            Self::UnknownTransport => (0, "Transport unknown"),
+            Self::UnknownSid => (1, "Session ID unknown"),
+            Self::BadHandshakeMethod => (2, "Bad handshake method"),
+            Self::BadRequest => (3, "Bad request"),
+            Self::UnsupportedProtocolVersion => (5, "Unsupported protocol version"),
+        }
+    }
+
+    fn response(self) -> Response {
+        let (code, message) = self.code_and_message();
+        Response::new(400, "application/json", format!(r#"{{"code":{code},"message":"{message}"}}"#))
+    }
+}
+
+struct Query<'a> {
+    eio: Option<&'a str>,
+    transport: Option<&'a str>,
+    sid: Option<&'a str>,
+}
+
+fn query(q: &str) -> Query<'_> {
+    let mut out = Query { eio: None, transport: None, sid: None };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "EIO" => out.eio = Some(v),
+            "transport" => out.transport = Some(v),
+            "sid" => out.sid = Some(v),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl<H: Handler> Engine<H> {
+    async fn route(&self, request: Request, body: Bytes) -> Reply {
+        let engine = &self.shared;
+        let cors = cors_headers(&engine.options.allowed_origins, request.header("origin"));
+        if request.method == Method::Options {
+            let mut r = Response::new(204, "text/plain", Bytes::new());
+            r.headers.clear();
+            r.headers.extend(cors);
+            r.headers.push(("Access-Control-Allow-Methods", "GET, POST, OPTIONS".into()));
+            if let Some(h) = request.header("access-control-request-headers") {
+                r.headers.push(("Access-Control-Allow-Headers", h.to_owned()));
+                r.headers.push(("Vary", "Access-Control-Request-Headers".into()));
+            }
+            return Reply::Response(r);
+        }
+        match self.route_request(request, body).await {
+            Reply::Response(mut r) => {
+                r.headers.extend(cors);
+                r.headers.push(("Cache-Control", "no-store".into()));
+                Reply::Response(r)
+            }
+            upgrade => upgrade,
+        }
+    }
+
+    async fn route_request(&self, request: Request, body: Bytes) -> Reply {
+        let engine = &self.shared;
+        let q = query(&request.query);
+        let websocket = match q.transport {
+            Some("polling") => false,
+            Some("websocket") => true,
+            _ => return refuse(engine, EioError::UnknownTransport),
+        };
+        if let Some(sid) = q.sid {
+            let Some(session) = Sid::parse(sid).and_then(|sid| engine.sessions.get(&sid).map(|s| s.value().clone())) else {
+                return refuse(engine, EioError::UnknownSid);
+            };
+            if session.heartbeat_expired(engine.wheel.now_ms(), engine.options.ping_timeout) {
+                // The heartbeat task may not have run yet: a dead session is dead now.
+                session.close(CloseReason::PingTimeout);
+                return refuse(engine, EioError::UnknownSid);
+            }
+            if websocket {
+                return match accept_key(&request) {
+                    Some(accept) => {
+                        Reply::Upgrade { accept, upgrade: Upgrade { sid: Some(session.sid()), handshake: Handshake::default() } }
+                    }
+                    None => refuse(engine, EioError::BadRequest),
+                };
+            }
+            return self.polling(session, request.method, &request, body).await;
+        }
+        if request.method != Method::Get {
+            return refuse(engine, EioError::BadHandshakeMethod);
+        }
+        let accept = if websocket {
+            match accept_key(&request) {
+                Some(accept) => Some(accept),
+                None => return refuse(engine, EioError::BadRequest),
+            }
+        } else {
+            None
+        };
+        if q.eio != Some("4") {
+            return refuse(engine, EioError::UnsupportedProtocolVersion);
+        }
+        if engine.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return Reply::Response(Response::new(503, "text/plain", "shutting down\n"));
+        }
+        let handshake = handshake(&engine.options.handshake_headers, &request);
+        match accept {
+            Some(accept) => Reply::Upgrade { accept, upgrade: Upgrade { sid: None, handshake } },
+            None => Reply::Response(super::polling::handshake(engine, handshake)),
+        }
+    }
+
+    async fn polling(&self, session: Arc<Session<H>>, method: Method, request: &Request, body: Bytes) -> Reply {
+        let engine = &self.shared;
+        let (transport, probing) = {
+            let out = session.lock();
+            (out.transport, out.probing)
+        };
+        match transport {
+            Transport::WebSocket => return refuse(engine, EioError::BadRequest),
+            Transport::Upgrading | Transport::Polling if probing && method == Method::Get => {
+                // A client that sent its upgrade does not poll: wait a moment to tell which it is.
+                let upgraded = tokio::time::timeout(UPGRADE_HOLD, async {
+                    loop {
+                        let notified = session.upgraded.notified();
+                        if session.lock().transport == Transport::WebSocket {
+                            return;
+                        }
+                        notified.await;
+                    }
+                })
+                .await
+                .is_ok();
+                if upgraded {
+                    return refuse(engine, EioError::BadRequest);
+                }
+            }
+            _ => {}
+        }
+        let result = match method {
+            Method::Get => super::polling::poll(&session).await,
+            Method::Post if request.header("content-type").is_some_and(|t| t.starts_with("application/octet-stream")) => {
+                session.close(CloseReason::ProtocolError);
+                Err(ProtocolError::BadEnginePacket)
+            }
+            Method::Post => super::polling::post(engine, &session, &body),
+            _ => return Reply::Response(Response::new(400, "text/plain", Bytes::new())),
+        };
+        match result {
+            Ok(r) => Reply::Response(r),
+            Err(e) => {
+                engine.stats.protocol_error(e);
+                session.close(CloseReason::ProtocolError);
+                Reply::Response(Response::new(400, "text/plain", Bytes::new()))
+            }
+        }
+    }
+}
+
+fn refuse<H: Handler>(engine: &Shared<H>, error: EioError) -> Reply {
+    engine.stats.protocol_error(ProtocolError::BadHandshake);
+    Reply::Response(error.response())
+}
+
+/// `Access-Control-Allow-Origin` for a request from `origin`: `*` when any origin is allowed,
+/// else the origin itself if it is listed.
+fn cors_headers(allowed: &[String], origin: Option<&str>) -> Vec<(&'static str, String)> {
+    if allowed.is_empty() {
+        return vec![("Access-Control-Allow-Origin", "*".into())];
+    }
+    match origin {
+        Some(o) if allowed.iter().any(|a| a == o) => vec![("Access-Control-Allow-Origin", o.to_owned()), ("Vary", "Origin".into())],
+        _ => vec![("Vary", "Origin".into())],
+    }
+}
+
+/// The `Sec-WebSocket-Accept` for a valid upgrade request, `None` if it is not one.
+fn accept_key(request: &Request) -> Option<String> {
+    let upgrade = request.header("upgrade")?;
+    let connection = request.header("connection")?;
+    if request.method != Method::Get
+        || !upgrade.eq_ignore_ascii_case("websocket")
+        || !connection.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        || request.header("sec-websocket-version") != Some("13")
+    {
+        return None;
+    }
+    let key = request.header("sec-websocket-key")?.trim();
+    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+fn handshake(wanted: &[&'static str], request: &Request) -> Handshake {
+    let headers = wanted.iter().filter_map(|name| request.header(name).map(|v| (*name, Box::<str>::from(v)))).collect();
+    Handshake { query: request.query.clone(), headers }
+}
+
+impl<H: Handler> Mount for Engine<H> {
+    fn path(&self) -> &str {
+        &self.shared.options.path
+    }
+
+    fn headers_wanted(&self) -> &[&'static str] {
+        &self.shared.options.handshake_headers
+    }
+
+    fn max_payload(&self) -> usize {
+        self.shared.options.max_payload
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.shared.options.request_timeout
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.shared.options.ping_interval + self.shared.options.ping_timeout
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.shared.options.write_timeout
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    fn handle(&self, request: Request, body: Bytes) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
+        Box::pin(self.route(request, body))
+    }
+
+    fn accept_websocket(&self, upgrade: Upgrade, stream: TcpStream, leftover: Bytes) {
+        tokio::spawn(websocket::run(self.shared.clone(), upgrade, stream, leftover));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_query_engine_io_needs() {
+        let q = query("EIO=4&transport=polling&t=x&sid=abc");
+        assert_eq!((q.eio, q.transport, q.sid), (Some("4"), Some("polling"), Some("abc")));
+        let q = query("");
+        assert_eq!((q.eio, q.transport, q.sid), (None, None, None));
+    }
+
+    #[test]
+    fn error_bodies_are_engine_io_s() {
+        let r = EioError::UnknownTransport.response();
+        assert_eq!((r.status, &r.body[..]), (400, &br#"{"code":0,"message":"Transport unknown"}"#[..]));
+        assert_eq!(EioError::UnsupportedProtocolVersion.response().body, &br#"{"code":5,"message":"Unsupported protocol version"}"#[..]);
+    }
+
+    #[test]
+    fn cors_follows_the_allowed_origins() {
+        assert_eq!(cors_headers(&[], Some("http://a")), vec![("Access-Control-Allow-Origin", "*".to_owned())]);
+        let allowed = vec!["http://a".to_owned()];
+        assert_eq!(cors_headers(&allowed, Some("http://a"))[0], ("Access-Control-Allow-Origin", "http://a".to_owned()));
+        assert!(cors_headers(&allowed, Some("http://b")).iter().all(|(n, _)| *n != "Access-Control-Allow-Origin"));
+    }
+}

@@ -1,0 +1,534 @@
+//! One Engine.IO session: its id, the write side of its transport (frames queued for a
+//! WebSocket, or packets waiting for the next long-polling GET), its heartbeat state, and the
+//! layer above's state. Sends come from any thread and are written at once when the socket
+//! has room: no task is woken for a frame the kernel takes.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::frame::{self, OpCode};
+use super::packet::{self, SEPARATOR};
+use super::{Handler, Handshake, Shared};
+
+/// A session id: 20 characters of URL-safe base64 (120 random bits), kept inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sid([u8; 20]);
+
+impl Sid {
+    pub fn random() -> Self {
+        let mut raw = [0u8; 15];
+        getrandom::fill(&mut raw).expect("the OS random source");
+        let mut out = [0u8; 20];
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_slice(raw, &mut out).expect("15 bytes are 20 characters");
+        Self(out)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let bytes: [u8; 20] = s.as_bytes().try_into().ok()?;
+        bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_').then_some(Self(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("base64 is ASCII")
+    }
+}
+
+impl fmt::Display for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sid({})", self.as_str())
+    }
+}
+
+/// One encoded Engine.IO packet, shared by every session it goes to: a WebSocket frame whose
+/// payload is the packet as long-polling sends it. Cloning it copies no bytes.
+#[derive(Clone)]
+pub struct Frame {
+    bytes: Bytes,
+    header: u8,
+    binary: bool,
+}
+
+impl Frame {
+    /// A text packet whose text `write` appends (type digit included).
+    pub fn text(write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        Self::build(OpCode::Text, write)
+    }
+
+    /// A binary message.
+    pub fn binary(data: &[u8]) -> Self {
+        Self::build(OpCode::Binary, |out| out.extend_from_slice(data))
+    }
+
+    fn build(opcode: OpCode, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.resize(frame::MAX_HEADER, 0);
+        write(&mut buf);
+        let len = buf.len() - frame::MAX_HEADER;
+        let mut header = [0u8; frame::MAX_HEADER];
+        let n = frame::write_header(&mut header, opcode, len);
+        let start = frame::MAX_HEADER - n;
+        buf[start..frame::MAX_HEADER].copy_from_slice(&header[..n]);
+        Self { bytes: Bytes::from(buf).slice(start..), header: n as u8, binary: opcode == OpCode::Binary }
+    }
+
+    /// A frame from static bytes (a packet herald sends often, like a ping).
+    pub const fn from_static(ws_frame: &'static [u8], header: u8) -> Self {
+        Self { bytes: Bytes::from_static(ws_frame), header, binary: false }
+    }
+
+    /// A frame already encoded, with a `header`-byte WebSocket header.
+    pub(super) fn from_ws_bytes(bytes: Bytes, header: u8) -> Self {
+        Self { bytes, header, binary: false }
+    }
+
+    /// The whole WebSocket frame.
+    pub fn ws(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The packet as long-polling carries it (binary still raw).
+    pub fn packet(&self) -> &[u8] {
+        &self.bytes[self.header as usize..]
+    }
+
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Frame({:?})", String::from_utf8_lossy(self.packet()))
+    }
+}
+
+pub(super) static PING: Frame = Frame::from_static(b"\x81\x012", 2);
+pub(super) static PONG_PROBE: Frame = Frame::from_static(b"\x81\x063probe", 2);
+pub(super) static NOOP: Frame = Frame::from_static(b"\x81\x016", 2);
+pub(super) static CLOSE: Frame = Frame::from_static(b"\x81\x011", 2);
+
+/// Why a send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The session's queue holds `max_queue` frames: the client reads too slowly.
+    #[error("the session's send queue is full")]
+    Full,
+    #[error("the session is closed")]
+    Closed,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the transport (or the connection dropped).
+    TransportClose,
+    /// The client sent a close packet.
+    ClientClose,
+    PingTimeout,
+    /// The layer above never joined it in time.
+    JoinTimeout,
+    /// The client sent something the protocol does not allow.
+    ProtocolError,
+    /// The client took no data for the write timeout.
+    WriteTimeout,
+    /// The layer above closed it.
+    ServerClose,
+    ServerShutdown,
+}
+
+impl CloseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TransportClose => "transport close",
+            Self::ClientClose => "client close",
+            Self::PingTimeout => "ping timeout",
+            Self::JoinTimeout => "join timeout",
+            Self::ProtocolError => "protocol error",
+            Self::WriteTimeout => "write timeout",
+            Self::ServerClose => "server close",
+            Self::ServerShutdown => "server shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transport {
+    Polling,
+    /// A WebSocket probe succeeded; polling still carries packets until the client's upgrade.
+    Upgrading,
+    WebSocket,
+}
+
+/// The write side, under the session's lock.
+pub(super) struct Outbox {
+    pub(super) transport: Transport,
+    /// WebSocket: frames not yet written, the first one `written` bytes in. Polling: packets
+    /// for the next GET. Allocated only while it holds something.
+    queue: VecDeque<Frame>,
+    written: usize,
+    /// A long-polling GET is waiting for packets.
+    pub(super) polling_get: bool,
+    /// A WebSocket carrying this session's id is open, to probe an upgrade.
+    pub(super) probing: bool,
+    /// Closing: no more sends; the transport flushes, says goodbye and ends.
+    pub(super) closing: Option<CloseReason>,
+}
+
+/// The heartbeat: a ping went out and its pong has not come back.
+const AWAITING_PONG: u8 = 1;
+/// The layer above joined the session (for the join timeout).
+const JOINED: u8 = 2;
+
+pub struct Session<H: Handler> {
+    pub(super) sid: Sid,
+    pub(super) engine: Weak<Shared<H>>,
+    /// The WebSocket, once there is one (at once, or after the upgrade); set once.
+    pub(super) ws: OnceLock<TcpStream>,
+    pub(super) out: Mutex<Outbox>,
+    /// Wakes the WebSocket task (frames to flush, or closing) or the waiting long-polling GET.
+    pub(super) wake: Notify,
+    flags: AtomicU8,
+    /// Milliseconds since the engine started at the last pong, and at the last ping.
+    pub(super) last_pong_ms: AtomicU64,
+    pub(super) last_ping_ms: AtomicU64,
+    /// Notified when an upgrade to WebSocket completes.
+    pub(super) upgraded: Notify,
+    closed: AtomicBool,
+    /// Notified once the transport has finished (see [`Session::finished`]).
+    done: Notify,
+    done_flag: AtomicBool,
+    max_queue: usize,
+    handshake: Handshake,
+    state: H::State,
+}
+
+impl<H: Handler> Session<H> {
+    pub(super) fn new(shared: &Arc<Shared<H>>, transport: Transport, handshake: Handshake) -> Arc<Self> {
+        Arc::new(Self {
+            sid: Sid::random(),
+            engine: Arc::downgrade(shared),
+            ws: OnceLock::new(),
+            out: Mutex::new(Outbox { transport, queue: VecDeque::new(), written: 0, polling_get: false, probing: false, closing: None }),
+            wake: Notify::new(),
+            flags: AtomicU8::new(0),
+            last_pong_ms: AtomicU64::new(0),
+            last_ping_ms: AtomicU64::new(0),
+            upgraded: Notify::new(),
+            closed: AtomicBool::new(false),
+            done: Notify::new(),
+            done_flag: AtomicBool::new(false),
+            max_queue: shared.options.max_queue,
+            handshake,
+            state: shared.handler.state(),
+        })
+    }
+
+    pub fn sid(&self) -> Sid {
+        self.sid
+    }
+
+    pub fn handshake(&self) -> &Handshake {
+        &self.handshake
+    }
+
+    pub fn state(&self) -> &H::State {
+        &self.state
+    }
+
+    /// The transport's name, as Engine.IO names it.
+    pub fn transport(&self) -> &'static str {
+        match self.lock().transport {
+            Transport::WebSocket => "websocket",
+            Transport::Polling | Transport::Upgrading => "polling",
+        }
+    }
+
+    /// Marks the session as joined by the layer above (it is no longer subject to the join
+    /// timeout).
+    pub fn mark_joined(&self) {
+        self.flags.fetch_or(JOINED, Ordering::AcqRel);
+    }
+
+    pub(super) fn joined(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & JOINED != 0
+    }
+
+    pub(super) fn set_awaiting_pong(&self, now_ms: u64) {
+        self.last_ping_ms.store(now_ms, Ordering::Release);
+        self.flags.fetch_or(AWAITING_PONG, Ordering::AcqRel);
+    }
+
+    /// A ping went unanswered for longer than `timeout` (the heartbeat task may not have
+    /// noticed yet).
+    pub(super) fn heartbeat_expired(&self, now_ms: u64, timeout: std::time::Duration) -> bool {
+        self.awaiting_pong() && now_ms >= self.last_ping_ms.load(Ordering::Acquire) + timeout.as_millis() as u64
+    }
+
+    /// The pong arrived: returns whether one was awaited.
+    pub(super) fn pong(&self, now_ms: u64) -> bool {
+        self.last_pong_ms.store(now_ms, Ordering::Release);
+        self.flags.fetch_and(!AWAITING_PONG, Ordering::AcqRel) & AWAITING_PONG != 0
+    }
+
+    pub(super) fn awaiting_pong(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & AWAITING_PONG != 0
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Outbox> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one frame: written at once if the WebSocket has room, else queued. Fails when the
+    /// queue already holds `max_queue` frames, or the session is closing.
+    pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
+        self.push(frame, false)
+    }
+
+    /// Sends, ignoring the queue bound (pings, replies the protocol owes).
+    pub(super) fn send_control(&self, frame: &Frame) -> Result<(), SendError> {
+        self.push(frame, true)
+    }
+
+    /// Sends a packet the protocol owes the client (a CONNECT reply, a DISCONNECT), even past
+    /// the queue bound.
+    pub fn send_control_frame(&self, frame: &Frame) -> Result<(), SendError> {
+        self.push(frame, true)
+    }
+
+    /// Runs `f` with the engine's handler, if the engine still exists.
+    pub fn with_handler<T>(&self, f: impl FnOnce(&H) -> T) -> Option<T> {
+        self.engine.upgrade().map(|e| f(&e.handler))
+    }
+
+    /// The largest message the client may send.
+    pub fn max_payload(&self) -> usize {
+        self.engine.upgrade().map_or(0, |e| e.options.max_payload)
+    }
+
+    /// Counts a protocol error of the layer above and ends the session.
+    pub fn protocol_error(self: &Arc<Self>, kind: super::ProtocolError) {
+        if let Some(e) = self.engine.upgrade() {
+            e.stats.protocol_error(kind);
+        }
+        self.close(CloseReason::ProtocolError);
+    }
+
+    fn push(&self, frame: &Frame, control: bool) -> Result<(), SendError> {
+        let mut out = self.lock();
+        if out.closing.is_some() {
+            return Err(SendError::Closed);
+        }
+        if !control && out.queue.len() >= self.max_queue {
+            return Err(SendError::Full);
+        }
+        match out.transport {
+            Transport::WebSocket if out.queue.is_empty() => {
+                let Some(stream) = self.ws.get() else { return Err(SendError::Closed) };
+                let bytes = frame.ws();
+                match stream.try_write(bytes) {
+                    Ok(n) if n == bytes.len() => return Ok(()),
+                    Ok(n) => {
+                        out.queue.push_back(frame.clone());
+                        out.written = n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        out.queue.push_back(frame.clone());
+                        out.written = 0;
+                    }
+                    Err(_) => {
+                        // The connection is gone; the task sees it too and closes the session.
+                        drop(out);
+                        self.wake.notify_one();
+                        return Err(SendError::Closed);
+                    }
+                }
+                drop(out);
+                // The task waits for room and writes the rest.
+                self.wake.notify_one();
+            }
+            Transport::WebSocket => out.queue.push_back(frame.clone()),
+            Transport::Polling | Transport::Upgrading => {
+                out.queue.push_back(frame.clone());
+                let waiting = out.polling_get;
+                drop(out);
+                if waiting {
+                    self.wake.notify_one();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes queued frames to the WebSocket, many per system call. `Ok(true)` once the queue
+    /// is empty, `Ok(false)` when the socket has no room left.
+    pub(super) fn flush(&self, out: &mut Outbox) -> io::Result<bool> {
+        let Some(stream) = self.ws.get() else { return Ok(true) };
+        while !out.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut n = 0;
+            for (i, f) in out.queue.iter().take(slices.len()).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &f.ws()[out.written..] } else { f.ws() });
+                n += 1;
+            }
+            match stream.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut written) => {
+                    while written > 0 {
+                        let left = out.queue[0].ws().len() - out.written;
+                        if written >= left {
+                            written -= left;
+                            out.queue.pop_front();
+                            out.written = 0;
+                        } else {
+                            out.written += written;
+                            written = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        // An idle session keeps no queue.
+        out.queue = VecDeque::new();
+        Ok(true)
+    }
+
+    pub(super) fn has_queued(out: &Outbox) -> bool {
+        !out.queue.is_empty()
+    }
+
+    /// Takes the packets for a long-polling response, as one payload.
+    pub(super) fn take_polling_payload(out: &mut Outbox) -> Vec<u8> {
+        let mut body = Vec::with_capacity(out.queue.iter().map(|f| f.packet().len() + 1).sum());
+        for (i, f) in out.queue.drain(..).enumerate() {
+            if i > 0 {
+                body.push(SEPARATOR);
+            }
+            if f.is_binary() {
+                packet::write_binary_for_polling(&mut body, f.packet());
+            } else {
+                body.extend_from_slice(f.packet());
+            }
+        }
+        out.queue = VecDeque::new();
+        body
+    }
+
+    /// Moves what polling had queued onto the WebSocket: the upgrade is complete.
+    pub(super) fn switch_to_websocket(&self, stream: TcpStream) -> io::Result<()> {
+        let _ = self.ws.set(stream);
+        let mut out = self.lock();
+        out.transport = Transport::WebSocket;
+        out.written = 0;
+        // Noops were for the polls the upgrade ended; the WebSocket does not need them.
+        out.queue.retain(|f| f.packet() != NOOP.packet());
+        let waiting = out.polling_get;
+        self.flush(&mut out)?;
+        drop(out);
+        self.upgraded.notify_waiters();
+        if waiting {
+            // The last poll ends (empty) so the client's polling transport can close.
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Closes the session: the layer above is told at once; the transport flushes what is
+    /// queued, says goodbye (a close frame, or a close packet) and ends. Idempotent.
+    pub fn close(self: &Arc<Self>, reason: CloseReason) {
+        {
+            let mut out = self.lock();
+            if out.closing.is_none() {
+                out.closing = Some(reason);
+            }
+        }
+        self.wake.notify_one();
+        self.closed_once(reason);
+    }
+
+    /// Removes the session from the engine and tells the layer above, the first time only.
+    pub(super) fn closed_once(self: &Arc<Self>, reason: CloseReason) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        {
+            let mut out = self.lock();
+            if out.closing.is_none() {
+                out.closing = Some(reason);
+            }
+        }
+        if let Some(engine) = self.engine.upgrade() {
+            engine.sessions.remove(&self.sid);
+            engine.stats.session_closed(reason);
+            engine.handler.closed(self, reason);
+        }
+        // A polling session has no task to finish: it is done when closed.
+        if self.ws.get().is_none() {
+            self.mark_finished();
+        }
+        self.wake.notify_one();
+    }
+
+    pub(super) fn mark_finished(&self) {
+        self.done_flag.store(true, Ordering::Release);
+        self.done.notify_waiters();
+    }
+
+    /// Resolves once the session's transport has finished (its goodbye written or given up).
+    pub async fn finished(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.done_flag.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_both_forms() {
+        let f = Frame::text(|b| b.extend_from_slice(b"4hello"));
+        assert_eq!(f.ws(), b"\x81\x064hello");
+        assert_eq!(f.packet(), b"4hello");
+        let long = Frame::text(|b| b.resize(b.len() + 300, b'x'));
+        assert_eq!(&long.ws()[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(long.packet().len(), 300);
+        let bin = Frame::binary(&[1, 2, 3]);
+        assert_eq!((bin.ws(), bin.packet(), bin.is_binary()), (&[0x82, 3, 1, 2, 3][..], &[1, 2, 3][..], true));
+        assert_eq!(PING.packet(), b"2");
+        assert_eq!(PONG_PROBE.packet(), b"3probe");
+    }
+
+    #[test]
+    fn sids_are_random_and_parse_back() {
+        let (a, b) = (Sid::random(), Sid::random());
+        assert_ne!(a, b);
+        assert_eq!(Sid::parse(a.as_str()), Some(a));
+        assert_eq!(Sid::parse("short"), None);
+        assert_eq!(Sid::parse("AAAAAAAAAAAAAAAAAAA="), None);
+    }
+}

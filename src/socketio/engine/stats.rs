@@ -1,0 +1,110 @@
+//! Counters an embedding application can export: sessions by transport, sessions closed by
+//! reason, and protocol errors by kind. Plain atomics, read at scrape time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::session::CloseReason;
+
+/// What a client did wrong; each closes its connection or session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Not HTTP, or an HTTP request herald cannot serve (bad head, bad body, too large).
+    BadHttp,
+    /// A query Engine.IO does not accept: unknown transport, missing or unknown sid, `EIO` not 4.
+    BadHandshake,
+    /// A WebSocket frame breaking RFC 6455: unmasked, reserved bits, bad control frame, bad
+    /// fragmentation.
+    BadFrame,
+    /// A message, frame or request body over the payload limit.
+    TooLarge,
+    /// Text that is not UTF-8.
+    BadUtf8,
+    /// An Engine.IO packet that cannot be read, or is not allowed then.
+    BadEnginePacket,
+    /// A Socket.IO packet that cannot be read, or is not allowed then.
+    BadSocketPacket,
+    /// A second long-polling GET while one is waiting.
+    OverlappingPoll,
+}
+
+impl ProtocolError {
+    pub const ALL: [ProtocolError; 8] = [
+        Self::BadHttp,
+        Self::BadHandshake,
+        Self::BadFrame,
+        Self::TooLarge,
+        Self::BadUtf8,
+        Self::BadEnginePacket,
+        Self::BadSocketPacket,
+        Self::OverlappingPoll,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadHttp => "bad_http",
+            Self::BadHandshake => "bad_handshake",
+            Self::BadFrame => "bad_frame",
+            Self::TooLarge => "too_large",
+            Self::BadUtf8 => "bad_utf8",
+            Self::BadEnginePacket => "bad_engine_packet",
+            Self::BadSocketPacket => "bad_socket_packet",
+            Self::OverlappingPoll => "overlapping_poll",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Stats {
+    protocol_errors: [AtomicU64; ProtocolError::ALL.len()],
+    opened_websocket: AtomicU64,
+    opened_polling: AtomicU64,
+    upgrades: AtomicU64,
+    ping_timeouts: AtomicU64,
+    write_timeouts: AtomicU64,
+}
+
+impl Stats {
+    pub fn protocol_error(&self, e: ProtocolError) {
+        self.protocol_errors[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn protocol_errors(&self, e: ProtocolError) -> u64 {
+        self.protocol_errors[e as usize].load(Ordering::Relaxed)
+    }
+
+    pub(super) fn opened(&self, websocket: bool) {
+        let counter = if websocket { &self.opened_websocket } else { &self.opened_polling };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn upgraded(&self) {
+        self.upgrades.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn session_closed(&self, reason: CloseReason) {
+        match reason {
+            CloseReason::PingTimeout => self.ping_timeouts.fetch_add(1, Ordering::Relaxed),
+            CloseReason::WriteTimeout => self.write_timeouts.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// Sessions opened over WebSocket directly, and over long-polling.
+    pub fn opened_sessions(&self) -> (u64, u64) {
+        (self.opened_websocket.load(Ordering::Relaxed), self.opened_polling.load(Ordering::Relaxed))
+    }
+
+    /// Long-polling sessions upgraded to WebSocket.
+    pub fn upgrades(&self) -> u64 {
+        self.upgrades.load(Ordering::Relaxed)
+    }
+
+    pub fn ping_timeouts(&self) -> u64 {
+        self.ping_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Connections cut because the client took no data for the write timeout.
+    pub fn write_timeouts(&self) -> u64 {
+        self.write_timeouts.load(Ordering::Relaxed)
+    }
+}

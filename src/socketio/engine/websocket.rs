@@ -1,0 +1,482 @@
+//! The WebSocket transport: one task per connection that reads client frames through a buffer
+//! shared by every connection on its thread, keeps only the bytes of an unfinished frame, and
+//! writes queued frames when the socket has room again. Sends normally bypass it (see
+//! [`Session::send`]).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+use super::frame::{self, FrameError, OpCode, close_code};
+use super::packet::{self, Packet};
+use super::session::{CloseReason, Frame, NOOP, PONG_PROBE, Session, Transport};
+use super::stats::ProtocolError;
+use super::{Handler, Handshake, Shared};
+
+/// Reads per wake-up before other connections get their turn.
+const READS_PER_WAKE: usize = 4;
+/// How long a probing WebSocket may take to send its upgrade packet.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// What the HTTP front learnt from an upgrade request.
+pub struct Upgrade {
+    /// The long-polling session to upgrade; `None` opens a new session over WebSocket.
+    pub(super) sid: Option<super::Sid>,
+    pub(super) handshake: Handshake,
+}
+
+/// Runs an accepted WebSocket (its 101 already written) until it ends.
+pub(super) async fn run<H: Handler>(engine: Arc<Shared<H>>, upgrade: Upgrade, stream: TcpStream, leftover: Bytes) {
+    match upgrade.sid {
+        None => {
+            if engine.closing.load(std::sync::atomic::Ordering::Acquire) {
+                let _ = stream.try_write(&frame::close_frame(close_code::GOING_AWAY));
+                return;
+            }
+            let session = Session::new(&engine, Transport::WebSocket, upgrade.handshake);
+            let _ = session.ws.set(stream);
+            let open = super::polling::open_packet(&engine.options, session.sid, false);
+            engine.sessions.insert(session.sid, session.clone());
+            engine.stats.opened(true);
+            engine.wheel.opened(&session);
+            if session.send_control(&open).is_err() {
+                return;
+            }
+            engine.handler.opened(&session);
+            Connection::new(engine, session, None).run(leftover).await;
+        }
+        Some(sid) => {
+            let session = engine.sessions.get(&sid).map(|s| s.value().clone()).filter(|s| {
+                let mut out = s.lock();
+                let free = out.transport == Transport::Polling && !out.probing;
+                out.probing |= free;
+                free
+            });
+            match session {
+                Some(session) => {
+                    Connection::new(engine, session.clone(), Some(stream)).run(leftover).await;
+                    session.lock().probing = false;
+                }
+                // Probed, upgrading or upgraded already: this connection is closed, the session untouched.
+                _ => {
+                    let _ = stream.try_write(&frame::close_frame(close_code::NORMAL));
+                    shutdown_and_drain(&stream).await;
+                }
+            }
+        }
+    }
+}
+
+/// A fragmented message being put together.
+struct Fragments {
+    opcode: OpCode,
+    data: Vec<u8>,
+}
+
+/// Why reading stopped.
+enum Stop {
+    /// The client sent a close frame: it gets one back.
+    CloseFrame,
+    /// The connection ended or failed, or the session must close for `reason`.
+    Closed(CloseReason),
+    /// The client broke the protocol.
+    Protocol(ProtocolError, u16),
+}
+
+struct Connection<H: Handler> {
+    engine: Arc<Shared<H>>,
+    session: Arc<Session<H>>,
+    /// The stream while it still probes an upgrade; then it lives in the session.
+    probing: Option<TcpStream>,
+    /// The bytes of a frame not yet complete.
+    carry: Vec<u8>,
+    fragments: Option<Box<Fragments>>,
+    stop: Option<Stop>,
+}
+
+impl<H: Handler> Connection<H> {
+    fn new(engine: Arc<Shared<H>>, session: Arc<Session<H>>, probing: Option<TcpStream>) -> Self {
+        Self { engine, session, probing, carry: Vec::new(), fragments: None, stop: None }
+    }
+
+    fn stream(&self) -> &TcpStream {
+        match &self.probing {
+            Some(s) => s,
+            None => self.session.ws.get().expect("a WebSocket session has its stream"),
+        }
+    }
+
+    async fn run(mut self, leftover: Bytes) {
+        if !leftover.is_empty() {
+            self.carry.extend_from_slice(&leftover);
+            self.process_carry();
+        }
+        if self.probing.is_some() {
+            match tokio::time::timeout(UPGRADE_TIMEOUT, self.serve()).await {
+                Ok(()) => {}
+                Err(_) => self.stop = Some(Stop::Closed(CloseReason::TransportClose)),
+            }
+            if self.probing.is_some() {
+                // The probe failed or timed out: only this connection ends, the session polls on.
+                let stream = self.probing.take().expect("probing");
+                let _ = stream.try_write(&frame::close_frame(close_code::NORMAL));
+                return;
+            }
+        }
+        self.serve().await;
+        self.finish().await;
+    }
+
+    /// Reads and writes until the connection stops or the session closes.
+    async fn serve(&mut self) {
+        let mut stall: Option<Pin<Box<Sleep>>> = None;
+        while self.stop.is_none() {
+            let (queued, closing) = if self.probing.is_some() {
+                (false, false)
+            } else {
+                let out = self.session.lock();
+                (Session::<H>::has_queued(&out), out.closing.is_some())
+            };
+            if closing {
+                return;
+            }
+            let interest = if queued { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if !queued {
+                stall = None;
+            } else if stall.is_none() {
+                stall = Some(Box::pin(tokio::time::sleep(self.engine.options.write_timeout)));
+            }
+            // While probing, the session's wake-ups belong to its long-polling GET.
+            let probing = self.probing.is_some();
+            let wake = async { if probing { std::future::pending().await } else { self.session.wake.notified().await } };
+            tokio::select! {
+                biased;
+                _ = wake => {}
+                ready = self.stream().ready(interest) => match ready {
+                    Ok(ready) => {
+                        if ready.is_writable() && queued && self.flush_queue() {
+                            stall = None;
+                        }
+                        if ready.is_readable() || ready.is_read_closed() {
+                            self.read();
+                        }
+                    }
+                    Err(_) => self.stop = Some(Stop::Closed(CloseReason::TransportClose)),
+                },
+                _ = async { stall.as_mut().expect("armed").await }, if stall.is_some() => {
+                    self.stop = Some(Stop::Closed(CloseReason::WriteTimeout));
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued; returns whether any of it went out.
+    fn flush_queue(&mut self) -> bool {
+        let mut out = self.session.lock();
+        let before = Session::<H>::has_queued(&out);
+        match self.session.flush(&mut out) {
+            Ok(empty) => empty || !before,
+            Err(_) => {
+                drop(out);
+                self.stop = Some(Stop::Closed(CloseReason::TransportClose));
+                false
+            }
+        }
+    }
+
+    /// Reads what the socket has, into the thread's buffer, and handles every whole frame.
+    fn read(&mut self) {
+        super::with_scratch(|scratch| {
+            for _ in 0..READS_PER_WAKE {
+                if self.stop.is_some() {
+                    return;
+                }
+                let n = match self.stream().try_read(scratch) {
+                    Ok(0) => return self.stop = Some(Stop::Closed(CloseReason::TransportClose)),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(_) => return self.stop = Some(Stop::Closed(CloseReason::TransportClose)),
+                };
+                if self.carry.is_empty() {
+                    let used = self.process(&mut scratch[..n]);
+                    if used < n && self.stop.is_none() {
+                        self.keep_partial(&scratch[used..n]);
+                    }
+                } else {
+                    self.carry.extend_from_slice(&scratch[..n]);
+                    self.process_carry();
+                }
+                if n < scratch.len() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn process_carry(&mut self) {
+        let mut carry = std::mem::take(&mut self.carry);
+        let used = self.process(&mut carry);
+        if self.stop.is_none() && used < carry.len() {
+            carry.drain(..used);
+            self.carry = carry;
+        }
+    }
+
+    /// Keeps an unfinished frame, with room for all of it once its header is known.
+    fn keep_partial(&mut self, bytes: &[u8]) {
+        let whole = match frame::parse_header(bytes, self.engine.options.max_payload) {
+            Ok(Some(h)) => h.header_len + h.len,
+            _ => bytes.len(),
+        };
+        self.carry.reserve_exact(whole);
+        self.carry.extend_from_slice(bytes);
+    }
+
+    /// Handles the whole frames at the start of `buf` (unmasking them in place); returns the
+    /// bytes used.
+    fn process(&mut self, buf: &mut [u8]) -> usize {
+        let mut at = 0;
+        while self.stop.is_none() {
+            let header = match frame::parse_header(&buf[at..], self.engine.options.max_payload) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    let (kind, code) = match e {
+                        FrameError::TooLarge => (ProtocolError::TooLarge, close_code::TOO_BIG),
+                        _ => (ProtocolError::BadFrame, close_code::PROTOCOL_ERROR),
+                    };
+                    self.stop = Some(Stop::Protocol(kind, code));
+                    break;
+                }
+            };
+            let end = at + header.header_len + header.len;
+            if buf.len() < end {
+                break;
+            }
+            let payload = &mut buf[at + header.header_len..end];
+            frame::unmask(payload, header.mask);
+            self.on_frame(header, payload);
+            at = end;
+        }
+        at
+    }
+
+    fn on_frame(&mut self, header: frame::Header, payload: &[u8]) {
+        let max = self.engine.options.max_payload;
+        match header.opcode {
+            OpCode::Ping => {
+                let pong = Frame::build_control(OpCode::Pong, payload);
+                self.write_control(&pong);
+            }
+            OpCode::Pong => {}
+            OpCode::Close => self.stop = Some(Stop::CloseFrame),
+            OpCode::Text | OpCode::Binary if self.fragments.is_some() => {
+                self.stop = Some(Stop::Protocol(ProtocolError::BadFrame, close_code::PROTOCOL_ERROR));
+            }
+            OpCode::Text | OpCode::Binary if header.fin => self.on_message(header.opcode, payload),
+            OpCode::Text | OpCode::Binary => {
+                self.fragments = Some(Box::new(Fragments { opcode: header.opcode, data: payload.to_vec() }));
+            }
+            OpCode::Continuation => {
+                let Some(f) = self.fragments.as_mut() else {
+                    return self.stop = Some(Stop::Protocol(ProtocolError::BadFrame, close_code::PROTOCOL_ERROR));
+                };
+                if f.data.len() + payload.len() > max {
+                    return self.stop = Some(Stop::Protocol(ProtocolError::TooLarge, close_code::TOO_BIG));
+                }
+                f.data.extend_from_slice(payload);
+                if header.fin {
+                    let f = self.fragments.take().expect("checked above");
+                    self.on_message(f.opcode, &f.data);
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, opcode: OpCode, payload: &[u8]) {
+        if opcode == OpCode::Binary {
+            if self.probing.is_some() {
+                return self.stop = Some(Stop::Protocol(ProtocolError::BadEnginePacket, close_code::PROTOCOL_ERROR));
+            }
+            self.engine.handler.binary(&self.session, payload);
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return self.stop = Some(Stop::Protocol(ProtocolError::BadUtf8, close_code::INVALID_DATA));
+        };
+        let packet = match packet::parse_text(text) {
+            Ok(p) => p,
+            Err(_) => return self.stop = Some(Stop::Protocol(ProtocolError::BadEnginePacket, close_code::PROTOCOL_ERROR)),
+        };
+        if self.probing.is_some() {
+            return self.on_probe_packet(packet);
+        }
+        match packet {
+            Packet::Pong(_) => {
+                self.session.pong(self.engine.wheel.now_ms());
+            }
+            Packet::Text(t) => self.engine.handler.text(&self.session, t),
+            Packet::Close => self.stop = Some(Stop::Closed(CloseReason::ClientClose)),
+            Packet::Noop => {}
+            // In v4 only the server pings; an upgrade packet belongs to a probe.
+            Packet::Ping(_) | Packet::Upgrade | Packet::Binary(_) => {
+                self.stop = Some(Stop::Protocol(ProtocolError::BadEnginePacket, close_code::PROTOCOL_ERROR));
+            }
+        }
+    }
+
+    /// The upgrade dance on a probing connection: `2probe` -> `3probe`, then `5` moves the
+    /// session over.
+    fn on_probe_packet(&mut self, packet: Packet<'_>) {
+        match packet {
+            Packet::Ping("probe") => {
+                {
+                    let mut out = self.session.lock();
+                    if out.transport != Transport::Polling || out.closing.is_some() {
+                        drop(out);
+                        return self.stop = Some(Stop::Protocol(ProtocolError::BadHandshake, close_code::PROTOCOL_ERROR));
+                    }
+                    out.transport = Transport::Upgrading;
+                }
+                self.write_control(&PONG_PROBE);
+                // A waiting poll returns, so the client can pause its polling transport.
+                let _ = self.session.send_control(&NOOP);
+            }
+            Packet::Upgrade if self.session.lock().transport == Transport::Upgrading => {
+                let stream = self.probing.take().expect("probing");
+                if self.session.switch_to_websocket(stream).is_err() {
+                    self.stop = Some(Stop::Closed(CloseReason::TransportClose));
+                }
+                self.engine.stats.upgraded();
+            }
+            Packet::Noop => {}
+            _ => self.stop = Some(Stop::Protocol(ProtocolError::BadEnginePacket, close_code::PROTOCOL_ERROR)),
+        }
+    }
+
+    /// Writes a control frame the protocol owes the client: at once while probing, else
+    /// through the session.
+    fn write_control(&mut self, frame: &Frame) {
+        match &self.probing {
+            Some(s) => {
+                if s.try_write(frame.ws()).map_or(true, |n| n < frame.ws().len()) {
+                    self.stop = Some(Stop::Closed(CloseReason::TransportClose));
+                }
+            }
+            None => {
+                let _ = self.session.send_control(frame);
+            }
+        }
+    }
+
+    /// Ends the session (if it is not already) and the connection: what is queued, then a
+    /// close frame, then the stream is shut and drained so nothing written is lost to a reset.
+    async fn finish(mut self) {
+        let (reason, code) = match self.stop.take() {
+            Some(Stop::Protocol(kind, code)) => {
+                self.engine.stats.protocol_error(kind);
+                (CloseReason::ProtocolError, code)
+            }
+            Some(Stop::CloseFrame) => (CloseReason::ClientClose, close_code::NORMAL),
+            Some(Stop::Closed(reason)) => (reason, close_code::NORMAL),
+            None => {
+                let reason = self.session.lock().closing.unwrap_or(CloseReason::ServerClose);
+                let code = if reason == CloseReason::ServerShutdown { close_code::GOING_AWAY } else { close_code::NORMAL };
+                (reason, code)
+            }
+        };
+        self.session.closed_once(reason);
+        let stream = self.session.ws.get().expect("a WebSocket session has its stream");
+        if !matches!(reason, CloseReason::TransportClose | CloseReason::WriteTimeout) {
+            let deadline = tokio::time::Instant::now() + self.engine.options.write_timeout.min(LINGER * 5);
+            let _ = tokio::time::timeout_at(deadline, async {
+                loop {
+                    let done = {
+                        let mut out = self.session.lock();
+                        self.session.flush(&mut out)
+                    };
+                    match done {
+                        Ok(true) => break,
+                        // While the client's data is discarded, a client blocked sending to
+                        // us can go on to read what we send.
+                        Ok(false) => match stream.ready(Interest::READABLE | Interest::WRITABLE).await {
+                            Ok(ready) if ready.is_readable() => discard(stream),
+                            Ok(_) => {}
+                            Err(_) => return,
+                        },
+                        Err(_) => return,
+                    }
+                }
+                let _ = write_all(stream, &frame::close_frame(code)).await;
+            })
+            .await;
+        }
+        shutdown_and_drain(stream).await;
+        self.session.mark_finished();
+    }
+}
+
+impl Frame {
+    /// A control frame (ping, pong) with `payload`.
+    fn build_control(opcode: OpCode, payload: &[u8]) -> Frame {
+        let mut header = [0u8; frame::MAX_HEADER];
+        let n = frame::write_header(&mut header, opcode, payload.len());
+        let mut bytes = header[..n].to_vec();
+        bytes.extend_from_slice(payload);
+        Frame::from_ws_bytes(Bytes::from(bytes), n as u8)
+    }
+}
+
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and drops what the client has sent.
+fn discard(stream: &TcpStream) {
+    super::with_scratch(|scratch| {
+        for _ in 0..READS_PER_WAKE {
+            if !matches!(stream.try_read(scratch), Ok(n) if n > 0) {
+                return;
+            }
+        }
+    });
+}
+
+/// Sends FIN after everything written, then reads until the client closes (or briefly), so
+/// that unread client bytes do not make the kernel reset the connection and drop our last frames.
+async fn shutdown_and_drain(stream: &TcpStream) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+    // SAFETY: the descriptor belongs to this open stream; shutdown(2) does not close it.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    let _ = tokio::time::timeout(LINGER, async {
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            let done = super::with_scratch(|scratch| match stream.try_read(scratch) {
+                Ok(n) => n == 0,
+                Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+            });
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+}

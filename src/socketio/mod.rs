@@ -1,0 +1,102 @@
+//! A Socket.IO v5 server on an Engine.IO v4 transport of its own ([`engine`]), built to hold
+//! idle connections cheaply and to encode a packet once for all its recipients. It knows
+//! nothing of herald: the gateway implements [`Handler`] and sends [`Frame`]s.
+//!
+//! What it serves: namespaces from a fixed list, CONNECT with an `auth` payload (accepted or
+//! refused with `CONNECT_ERROR {message}`), events and acks both ways, binary attachments,
+//! DISCONNECT both ways. What it leaves out: rooms and broadcasting (the application keeps
+//! its own index of sockets), acks the server waits for, and Engine.IO v3.
+
+pub mod engine;
+mod packet;
+mod socket;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+pub use engine::http::{Handoff, Served, serve};
+pub use engine::{CloseReason, Frame, Handshake, Mount, ProtocolError, SendError, Stats};
+pub use socket::{AckSender, DisconnectReason, Event, Socket, SocketRef, event_frame};
+
+use socket::Layer;
+
+/// What the application does with sockets. Calls other than the [`Handler::connect`] future run
+/// on the connection's task and must not block.
+pub trait Handler: Sized + Send + Sync + 'static {
+    /// What the application keeps per socket, from its connect.
+    type Data: Send + Sync + 'static;
+
+    /// A client asks to join a namespace, with its CONNECT payload (`auth`, if any). `Ok`: the
+    /// socket is connected and the client told so; `Err(message)`: it gets CONNECT_ERROR
+    /// `{"message": message}`. Emits to the socket before it resolves are sent after CONNECT.
+    fn connect(
+        self: Arc<Self>,
+        socket: SocketRef<Self>,
+        auth: Option<Box<RawValue>>,
+    ) -> impl Future<Output = Result<Self::Data, String>> + Send + 'static;
+
+    /// Right after the client was told it is connected.
+    fn connected(self: &Arc<Self>, _socket: &SocketRef<Self>) {}
+
+    /// An event from a connected socket.
+    fn event(self: &Arc<Self>, socket: &SocketRef<Self>, event: Event<'_, Self>);
+
+    /// The socket left, for any reason; called once for every socket whose connect succeeded.
+    fn disconnected(self: &Arc<Self>, socket: &SocketRef<Self>, reason: DisconnectReason);
+}
+
+/// Socket.IO settings on top of the Engine.IO ones. `engine.join_timeout` is Socket.IO's
+/// `connectTimeout`: a session that joins no namespace by then is closed.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub engine: engine::Options,
+    /// The namespaces that exist; a CONNECT to any other gets `Invalid namespace`.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { engine: engine::Options::default(), namespaces: vec!["/".into()] }
+    }
+}
+
+/// The server: mount [`Server::mount`] on the HTTP front.
+pub struct Server<H: Handler> {
+    engine: engine::Engine<Layer<H>>,
+}
+
+impl<H: Handler> Clone for Server<H> {
+    fn clone(&self) -> Self {
+        Self { engine: self.engine.clone() }
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// Starts the server's heartbeat on the current runtime.
+    pub fn start(options: Options, handler: Arc<H>) -> Self {
+        let layer = Layer::new(handler, options.namespaces);
+        Self { engine: engine::Engine::start(options.engine, layer) }
+    }
+
+    /// The engine, to mount on the HTTP front at its path.
+    pub fn mount(&self) -> Arc<dyn Mount> {
+        Arc::new(self.engine.clone())
+    }
+
+    pub fn stats(&self) -> &Stats {
+        self.engine.stats()
+    }
+
+    /// Open Engine.IO sessions (with or without a socket).
+    pub fn sessions(&self) -> usize {
+        self.engine.sessions()
+    }
+
+    /// Closes every connection as a server going away (no Socket.IO DISCONNECT: clients
+    /// reconnect, elsewhere); resolves once each has said goodbye.
+    pub async fn close_all(&self) {
+        self.engine.close_all().await
+    }
+}

@@ -1,0 +1,412 @@
+//! Sockets: the Socket.IO layer over Engine.IO sessions. Reads each session's packets (joining
+//! binary attachments to their packet), connects sockets to namespaces through the
+//! application's [`Handler`], and writes their packets.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::Handler;
+use super::engine::{self, CloseReason, Frame, Handshake, ProtocolError, SendError, Session, Sid};
+use super::packet::{self, Kind};
+
+pub type SocketRef<H> = Arc<Socket<H>>;
+
+const CONNECTING: u8 = 0;
+const CONNECTED: u8 = 1;
+const GONE: u8 = 2;
+
+/// One client's membership of one namespace.
+pub struct Socket<H: Handler> {
+    id: Sid,
+    namespace: Arc<str>,
+    session: Arc<Session<Layer<H>>>,
+    data: OnceLock<H::Data>,
+    state: AtomicU8,
+    /// What was sent before the CONNECT reply went out; it follows that reply.
+    early: Mutex<Vec<Frame>>,
+}
+
+/// Why a socket left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client left the namespace (DISCONNECT).
+    ClientDisconnect,
+    /// The server disconnected it ([`Socket::disconnect`]).
+    ServerDisconnect,
+    /// Its Engine.IO session ended.
+    Transport(CloseReason),
+}
+
+impl<H: Handler> Socket<H> {
+    /// The socket's id, as the client got it in the CONNECT reply.
+    pub fn id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// What the application's connect returned; `None` until it did.
+    pub fn data(&self) -> Option<&H::Data> {
+        self.data.get()
+    }
+
+    /// What the client sent when it opened its session (query, kept headers).
+    pub fn handshake(&self) -> &Handshake {
+        self.session.handshake()
+    }
+
+    /// `websocket` or `polling`.
+    pub fn transport(&self) -> &'static str {
+        self.session.transport()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CONNECTED
+    }
+
+    /// Sends a packet encoded once for many sockets ([`event_frame`]); it must be for this
+    /// socket's namespace.
+    pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
+        match self.state.load(Ordering::Acquire) {
+            CONNECTED => self.session.send(frame),
+            GONE => Err(SendError::Closed),
+            _ => self.send_early(std::slice::from_ref(frame)),
+        }
+    }
+
+    fn send_all(&self, frames: &[Frame]) -> Result<(), SendError> {
+        match self.state.load(Ordering::Acquire) {
+            CONNECTED => frames.iter().try_for_each(|f| self.session.send(f)),
+            GONE => Err(SendError::Closed),
+            _ => self.send_early(frames),
+        }
+    }
+
+    /// Holds frames until the CONNECT reply is out (re-checked under the lock the connect
+    /// takes to send them).
+    fn send_early(&self, frames: &[Frame]) -> Result<(), SendError> {
+        let mut early = lock(&self.early);
+        match self.state.load(Ordering::Acquire) {
+            CONNECTED => {
+                drop(early);
+                frames.iter().try_for_each(|f| self.session.send(f))
+            }
+            GONE => Err(SendError::Closed),
+            _ => {
+                early.extend_from_slice(frames);
+                Ok(())
+            }
+        }
+    }
+
+    /// Emits `event` with `args` (JSON values).
+    pub fn emit(&self, event: &str, args: &[&RawValue]) -> Result<(), SendError> {
+        self.send(&event_frame(&self.namespace, event, args))
+    }
+
+    /// Emits `event` whose `args` hold `{"_placeholder":true,"num":i}` for each attachment.
+    pub fn emit_binary(&self, event: &str, args: &[&RawValue], attachments: &[Bytes]) -> Result<(), SendError> {
+        let mut json = Vec::new();
+        packet::write_event_array(&mut json, event, args);
+        self.send_all(&binary_frames(Kind::BinaryEvent, &self.namespace, None, &json, attachments))
+    }
+
+    /// Leaves the namespace from the server side: the client gets DISCONNECT (it will not
+    /// reconnect on its own), the application [`Handler::disconnected`]. The last socket of
+    /// a session takes the session with it.
+    pub fn disconnect(self: &Arc<Self>) {
+        if self.state.swap(GONE, Ordering::AcqRel) != CONNECTED {
+            return;
+        }
+        let frame = Frame::text(|b| {
+            b.push(b'4');
+            packet::write(b, Kind::Disconnect, 0, &self.namespace, None, b"");
+        });
+        // Owed even to a client whose queue is full, so it knows not to reconnect.
+        let _ = self.session.send_control_frame(&frame);
+        let left = self.session.state().remove(self);
+        self.session.with_handler(|layer| layer.handler.disconnected(self, DisconnectReason::ServerDisconnect));
+        if left == 0 {
+            self.session.close(CloseReason::ServerClose);
+        }
+    }
+
+    /// Connect succeeded: CONNECT goes out, then what was sent meanwhile.
+    fn connect_succeeded(self: &Arc<Self>, handler: &Arc<H>) -> bool {
+        let reply = Frame::text(|b| {
+            b.push(b'4');
+            let json = format!(r#"{{"sid":"{}"}}"#, self.id);
+            packet::write(b, Kind::Connect, 0, &self.namespace, None, json.as_bytes());
+        });
+        {
+            let mut early = lock(&self.early);
+            if self.state.compare_exchange(CONNECTING, CONNECTED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                return false;
+            }
+            let _ = self.session.send_control_frame(&reply);
+            for f in early.drain(..) {
+                let _ = self.session.send(&f);
+            }
+            *early = Vec::new();
+        }
+        self.session.mark_joined();
+        handler.connected(self);
+        true
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An event as one packet for every socket of `namespace` it goes to.
+pub fn event_frame(namespace: &str, event: &str, args: &[&RawValue]) -> Frame {
+    Frame::text(|b| {
+        b.push(b'4');
+        packet::write(b, Kind::Event, 0, namespace, None, b"");
+        packet::write_event_array(b, event, args);
+    })
+}
+
+/// A binary event or ack: its text packet, then one binary message per attachment.
+fn binary_frames(kind: Kind, namespace: &str, id: Option<i64>, json: &[u8], attachments: &[Bytes]) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(attachments.len() + 1);
+    frames.push(Frame::text(|b| {
+        b.push(b'4');
+        packet::write(b, kind, attachments.len(), namespace, id, json);
+    }));
+    frames.extend(attachments.iter().map(|a| Frame::binary(a)));
+    frames
+}
+
+/// An event a client emitted, borrowed from the message it came in.
+pub struct Event<'a, H: Handler> {
+    pub name: &'a str,
+    /// Its arguments, as JSON text (binary ones are `{"_placeholder":true,"num":i}`).
+    pub args: Vec<&'a RawValue>,
+    pub attachments: &'a [Bytes],
+    /// Set when the client asked for an acknowledgement.
+    pub ack: Option<AckSender<H>>,
+}
+
+/// Answers an event's acknowledgement request, once.
+pub struct AckSender<H: Handler> {
+    socket: SocketRef<H>,
+    id: i64,
+}
+
+impl<H: Handler> AckSender<H> {
+    pub fn send(self, args: &[&RawValue]) -> Result<(), SendError> {
+        let frame = Frame::text(|b| {
+            b.push(b'4');
+            packet::write(b, Kind::Ack, 0, &self.socket.namespace, Some(self.id), b"");
+            packet::write_array(b, args);
+        });
+        self.socket.send(&frame)
+    }
+
+    /// An ack whose `args` hold a placeholder for each attachment.
+    pub fn send_binary(self, args: &[&RawValue], attachments: &[Bytes]) -> Result<(), SendError> {
+        let mut json = Vec::new();
+        packet::write_array(&mut json, args);
+        self.socket.send_all(&binary_frames(Kind::BinaryAck, &self.socket.namespace, Some(self.id), &json, attachments))
+    }
+}
+
+/// A binary packet whose attachments are still arriving.
+struct PendingBinary {
+    text: String,
+    expected: usize,
+    attachments: Vec<Bytes>,
+    bytes: usize,
+}
+
+/// The Socket.IO state of one Engine.IO session.
+pub struct Connection<H: Handler> {
+    inner: Mutex<ConnectionState<H>>,
+}
+
+struct ConnectionState<H: Handler> {
+    sockets: Vec<SocketRef<H>>,
+    binary: Option<Box<PendingBinary>>,
+}
+
+impl<H: Handler> Default for ConnectionState<H> {
+    fn default() -> Self {
+        Self { sockets: Vec::new(), binary: None }
+    }
+}
+
+impl<H: Handler> Connection<H> {
+    fn lock(&self) -> MutexGuard<'_, ConnectionState<H>> {
+        lock(&self.inner)
+    }
+
+    /// Removes `socket`; returns how many remain.
+    fn remove(&self, socket: &Socket<H>) -> usize {
+        let mut state = self.lock();
+        state.sockets.retain(|s| !std::ptr::eq(&**s, socket));
+        state.sockets.len()
+    }
+
+    fn find(&self, namespace: &str) -> Option<SocketRef<H>> {
+        self.lock().sockets.iter().find(|s| &*s.namespace == namespace).cloned()
+    }
+}
+
+/// The Socket.IO layer, as the engine's handler.
+pub struct Layer<H: Handler> {
+    pub(super) handler: Arc<H>,
+    namespaces: Vec<Arc<str>>,
+}
+
+impl<H: Handler> Layer<H> {
+    pub(super) fn new(handler: Arc<H>, namespaces: Vec<String>) -> Self {
+        Self { handler, namespaces: namespaces.into_iter().map(Arc::from).collect() }
+    }
+
+    fn dispatch(&self, session: &Arc<Session<Self>>, p: &packet::Packet<'_>, attachments: &[Bytes]) {
+        let connection = session.state();
+        match p.kind {
+            Kind::Connect => self.connect(session, p),
+            Kind::ConnectError => session.protocol_error(ProtocolError::BadSocketPacket),
+            Kind::Disconnect => match connection.find(p.namespace) {
+                Some(socket) => {
+                    connection.remove(&socket);
+                    if socket.state.swap(GONE, Ordering::AcqRel) == CONNECTED {
+                        self.handler.disconnected(&socket, DisconnectReason::ClientDisconnect);
+                    }
+                }
+                None => session.protocol_error(ProtocolError::BadSocketPacket),
+            },
+            Kind::Event | Kind::BinaryEvent => {
+                let Some(socket) = connection.find(p.namespace).filter(|s| s.is_connected()) else {
+                    return session.protocol_error(ProtocolError::BadSocketPacket);
+                };
+                let (name, args) = packet::event_parts(p.payload.expect("an event has a payload"));
+                let ack = p.id.map(|id| AckSender { socket: socket.clone(), id });
+                self.handler.event(&socket, Event { name: &name, args, attachments, ack });
+            }
+            // The server sends no events that wait for an ack: an ack is read and dropped.
+            Kind::Ack | Kind::BinaryAck => {
+                if !connection.find(p.namespace).is_some_and(|s| s.is_connected()) {
+                    session.protocol_error(ProtocolError::BadSocketPacket);
+                }
+            }
+        }
+    }
+
+    fn connect(&self, session: &Arc<Session<Self>>, p: &packet::Packet<'_>) {
+        let Some(namespace) = self.namespaces.iter().find(|n| ***n == *p.namespace) else {
+            let refusal = connect_error(p.namespace, "Invalid namespace");
+            let _ = session.send_control_frame(&refusal);
+            return;
+        };
+        let socket = {
+            let mut state = session.state().lock();
+            if state.sockets.iter().any(|s| s.namespace == *namespace) {
+                drop(state);
+                return session.protocol_error(ProtocolError::BadSocketPacket);
+            }
+            let socket = Arc::new(Socket {
+                id: Sid::random(),
+                namespace: namespace.clone(),
+                session: session.clone(),
+                data: OnceLock::new(),
+                state: AtomicU8::new(CONNECTING),
+                early: Mutex::new(Vec::new()),
+            });
+            state.sockets.push(socket.clone());
+            socket
+        };
+        let auth = p.payload.map(|a| a.to_owned());
+        let handler = self.handler.clone();
+        tokio::spawn(async move {
+            match H::connect(handler.clone(), socket.clone(), auth).await {
+                Ok(data) => {
+                    let _ = socket.data.set(data);
+                    if !socket.connect_succeeded(&handler) {
+                        // The session ended while the application was deciding.
+                        handler.disconnected(&socket, DisconnectReason::Transport(CloseReason::TransportClose));
+                    }
+                }
+                Err(message) => {
+                    socket.state.store(GONE, Ordering::Release);
+                    socket.session.state().remove(&socket);
+                    let _ = socket.session.send_control_frame(&connect_error(&socket.namespace, &message));
+                }
+            }
+        });
+    }
+}
+
+/// `CONNECT_ERROR` with `{"message": message}`.
+fn connect_error(namespace: &str, message: &str) -> Frame {
+    let json = serde_json::json!({ "message": message }).to_string();
+    Frame::text(|b| {
+        b.push(b'4');
+        packet::write(b, Kind::ConnectError, 0, namespace, None, json.as_bytes());
+    })
+}
+
+impl<H: Handler> engine::Handler for Layer<H> {
+    type State = Connection<H>;
+
+    fn state(&self) -> Connection<H> {
+        Connection { inner: Mutex::new(ConnectionState::default()) }
+    }
+
+    fn text(&self, session: &Arc<Session<Self>>, text: &str) {
+        if session.state().lock().binary.is_some() {
+            // Attachments were announced: only binary messages may come now.
+            return session.protocol_error(ProtocolError::BadSocketPacket);
+        }
+        let Ok(p) = packet::parse(text) else { return session.protocol_error(ProtocolError::BadSocketPacket) };
+        if p.attachments > 0 {
+            session.state().lock().binary =
+                Some(Box::new(PendingBinary { text: text.to_owned(), expected: p.attachments, attachments: Vec::new(), bytes: 0 }));
+            return;
+        }
+        self.dispatch(session, &p, &[]);
+    }
+
+    fn binary(&self, session: &Arc<Session<Self>>, data: &[u8]) {
+        let complete = {
+            let mut state = session.state().lock();
+            let Some(pending) = state.binary.as_mut() else {
+                drop(state);
+                return session.protocol_error(ProtocolError::BadSocketPacket);
+            };
+            pending.bytes += data.len();
+            if pending.bytes > session.max_payload() {
+                drop(state);
+                return session.protocol_error(ProtocolError::TooLarge);
+            }
+            pending.attachments.push(Bytes::copy_from_slice(data));
+            if pending.attachments.len() < pending.expected {
+                return;
+            }
+            state.binary.take().expect("checked above")
+        };
+        match packet::parse(&complete.text) {
+            Ok(p) => self.dispatch(session, &p, &complete.attachments),
+            Err(_) => session.protocol_error(ProtocolError::BadSocketPacket),
+        }
+    }
+
+    fn closed(&self, session: &Arc<Session<Self>>, reason: CloseReason) {
+        let sockets = std::mem::take(&mut session.state().lock().sockets);
+        for socket in sockets {
+            if socket.state.swap(GONE, Ordering::AcqRel) == CONNECTED {
+                self.handler.disconnected(&socket, DisconnectReason::Transport(reason));
+            }
+            lock(&socket.early).clear();
+        }
+        session.state().lock().binary = None;
+    }
+}
