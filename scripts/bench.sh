@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|single|pair|pair-max|five|smoke|profile [runs]   (results appended to bench/results.jsonl)
+#   scripts/bench.sh memory|single|single-max|pair|pair-max|five|smoke|profile [runs]   (results appended to bench/results.jsonl)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
 set -euo pipefail
@@ -41,7 +41,7 @@ start_herald() {
 # Where notifications went, per instance: published, received, delivered, and every loss counter.
 loss_counters() {
   for s in "${SERVERS[@]}"; do
-    curl -fs "http://$s/metrics" | grep -E '^herald_(bus_messages_lost|gateway_emit_failures|gateway_notifications_delivered|bus_notifications_(published|received)|records_dropped)' | sed "s/^/$s /" || true
+    curl -fs "http://$s/metrics" | grep -E '^herald_(bus_messages_lost|gateway_emit_failures|gateway_notifications_delivered|gateway_websocket_|bus_notifications_(published|received)|records_dropped)' | sed "s/^/$s /" || true
   done
 }
 
@@ -85,6 +85,14 @@ case "$SCENARIO" in
       bench --label "$SCENARIO-max" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
     done
     ;;
+  single-max)
+    # Only the burst of the single scenario: 200,000 records as fast as they go, in-process bus.
+    for run in $(seq 1 "$RUNS"); do
+      fresh 1
+      bench --label single-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+      loss_counters
+    done
+    ;;
   pair-max)
     # Only the burst of the pair scenario: 200,000 records as fast as they go, 2 instances + Redis.
     for run in $(seq 1 "$RUNS"); do
@@ -100,15 +108,16 @@ case "$SCENARIO" in
         --rates 10000 --secs 10 --settle-secs 5 --drain-secs 15
     done
     ;;
-  profile)
-    # perf profile of both instances during an as-fast-as-possible pair run; then their loss counters.
-    fresh 2 redis
-    perf record -F 499 -g -o bench/perf.data -p "$PIDLIST" -- sleep 25 >/dev/null 2>&1 &
+  profile|profile-single)
+    # perf profile during an as-fast-as-possible run (pair: both instances and Redis; single: one
+    # instance, in-process bus); then the loss counters.
+    if [ "$SCENARIO" = profile ]; then fresh 2 redis; label=profile-pair-max; else fresh 1; label=profile-single-max; fi
+    perf record -F ${PERF_HZ:-499} -g -o bench/perf.data -p "$PIDLIST" -- sleep 25 >/dev/null 2>&1 &
     perf_pid=$!
-    bench --label profile-pair-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+    bench --label "$label" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
     wait "$perf_pid" || true
     loss_counters
-    perf report -i bench/perf.data --no-children --sort dso,symbol -g none --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -40 > bench/perf-top.txt || true
+    perf report -i bench/perf.data --no-children --sort dso,symbol -g none --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -40 > "bench/perf-top-$label.txt" || true
     ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 64 ;;
 esac

@@ -123,6 +123,8 @@ pub const PROTOCOL_ERRORS: &str = "herald_gateway_protocol_errors_total";
 pub const SESSIONS_OPENED: &str = "herald_gateway_sessions_opened_total";
 pub const UPGRADES: &str = "herald_gateway_upgrades_total";
 pub const PING_TIMEOUTS: &str = "herald_gateway_ping_timeouts_total";
+pub const WEBSOCKET_WRITES: &str = "herald_gateway_websocket_writes_total";
+pub const WEBSOCKET_FRAMES: &str = "herald_gateway_websocket_frames_written_total";
 pub const DEAD_LETTERED: &str = "herald_source_dead_lettered_total";
 pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
 pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
@@ -172,6 +174,8 @@ pub const ALL_NAMES: &[&str] = &[
     SESSIONS_OPENED,
     UPGRADES,
     PING_TIMEOUTS,
+    WEBSOCKET_WRITES,
+    WEBSOCKET_FRAMES,
     REPLAYED,
     RETAINED_OFFLINE,
     DEAD_LETTERED,
@@ -224,6 +228,9 @@ pub struct Metrics {
     transport: TransportCounters,
 }
 
+/// The transport counters other than the protocol errors.
+const FIXED_TRANSPORT: usize = 7;
+
 /// The Socket.IO transport keeps plain atomics ([`Stats`]); these follow them.
 struct TransportCounters {
     protocol_errors: Vec<(ProtocolError, Counter)>,
@@ -231,9 +238,11 @@ struct TransportCounters {
     opened_polling: Counter,
     upgrades: Counter,
     ping_timeouts: Counter,
+    websocket_writes: Counter,
+    websocket_frames: Counter,
     /// The figures last copied, so `write_timeouts` (also counted by the HTTP server) gets
     /// increments rather than a value.
-    last: Mutex<[u64; 5 + ProtocolError::ALL.len()]>,
+    last: Mutex<[u64; FIXED_TRANSPORT + ProtocolError::ALL.len()]>,
 }
 
 impl Metrics {
@@ -299,6 +308,14 @@ impl Metrics {
         describe(r, SESSIONS_OPENED, Unit::Count, "Engine.IO sessions opened, by first transport (websocket, polling).", Kind::Counter);
         describe(r, UPGRADES, Unit::Count, "Long-polling sessions upgraded to WebSocket.", Kind::Counter);
         describe(r, PING_TIMEOUTS, Unit::Count, "Sessions closed because the client missed a heartbeat.", Kind::Counter);
+        describe(r, WEBSOCKET_WRITES, Unit::Count, "Writes (system calls) to WebSocket connections.", Kind::Counter);
+        describe(
+            r,
+            WEBSOCKET_FRAMES,
+            Unit::Count,
+            "WebSocket frames those writes completed (several per write under load).",
+            Kind::Counter,
+        );
         describe(r, SUBSCRIPTIONS, Unit::Count, "Per-user bus channels this instance is subscribed to.", Kind::Gauge);
         describe(r, ROUTE_RELOADS, Unit::Count, "Route script reloads, by result (applied, rejected).", Kind::Counter);
         describe(r, ROUTE_SPLIT_BATCHES, Unit::Count, "Batches routed in parts on several threads (routes.threads).", Kind::Counter);
@@ -377,7 +394,9 @@ impl Metrics {
                 opened_polling: counter(SESSIONS_OPENED, vec![Label::new("transport", "polling")]),
                 upgrades: counter(UPGRADES, vec![]),
                 ping_timeouts: counter(PING_TIMEOUTS, vec![]),
-                last: Mutex::new([0; 5 + ProtocolError::ALL.len()]),
+                websocket_writes: counter(WEBSOCKET_WRITES, vec![]),
+                websocket_frames: counter(WEBSOCKET_FRAMES, vec![]),
+                last: Mutex::new([0; FIXED_TRANSPORT + ProtocolError::ALL.len()]),
             },
             recorder,
             handle,
@@ -446,13 +465,30 @@ impl Metrics {
     pub fn observe_transport(&self, stats: &Stats) {
         let t = &self.transport;
         let (websocket, polling) = stats.opened_sessions();
-        let mut now = [0u64; 5 + ProtocolError::ALL.len()];
-        now[..5].copy_from_slice(&[websocket, polling, stats.upgrades(), stats.ping_timeouts(), stats.write_timeouts()]);
+        let (writes, frames) = stats.writes();
+        let mut now = [0u64; FIXED_TRANSPORT + ProtocolError::ALL.len()];
+        now[..FIXED_TRANSPORT].copy_from_slice(&[
+            websocket,
+            polling,
+            stats.upgrades(),
+            stats.ping_timeouts(),
+            stats.write_timeouts(),
+            writes,
+            frames,
+        ]);
         for (i, (kind, _)) in t.protocol_errors.iter().enumerate() {
-            now[5 + i] = stats.protocol_errors(*kind);
+            now[FIXED_TRANSPORT + i] = stats.protocol_errors(*kind);
         }
         let mut last = t.last.lock().unwrap_or_else(|p| p.into_inner());
-        let fixed = [&t.opened_websocket, &t.opened_polling, &t.upgrades, &t.ping_timeouts, &self.write_timeouts];
+        let fixed = [
+            &t.opened_websocket,
+            &t.opened_polling,
+            &t.upgrades,
+            &t.ping_timeouts,
+            &self.write_timeouts,
+            &t.websocket_writes,
+            &t.websocket_frames,
+        ];
         let counters = fixed.into_iter().chain(t.protocol_errors.iter().map(|(_, c)| c));
         for ((counter, now), last) in counters.zip(now).zip(last.iter_mut()) {
             counter.increment(now.saturating_sub(*last));

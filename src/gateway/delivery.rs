@@ -38,20 +38,23 @@ impl Deliverer {
     /// Emits `event` with `payload` to every socket of `user_id` here; returns how many sockets
     /// it reached.
     pub fn deliver(&self, user_id: &str, event: &str, payload: &RawValue, timestamp_ms: i64, consumed_us: i64) -> usize {
-        if self.presence.sockets_of(user_id) == 0 {
-            return 0;
-        }
-        let frame = event_frame(NAMESPACE, event, &[payload]);
+        let mut frame = None;
         let (mut reached, mut failed) = (0, 0);
         let mut slow: Vec<Client> = Vec::new();
-        self.presence.each_socket(user_id, |e| match e.socket.send(&frame) {
-            Ok(()) => reached += 1,
-            Err(SendError::Full) if self.slow_client == SlowClient::Disconnect => {
-                failed += 1;
-                slow.push(e.socket.clone());
+        let sockets = self.presence.each_socket(user_id, |e| {
+            let frame = frame.get_or_insert_with(|| event_frame(NAMESPACE, event, &[payload]));
+            match e.socket.send(frame) {
+                Ok(()) => reached += 1,
+                Err(SendError::Full) if self.slow_client == SlowClient::Disconnect => {
+                    failed += 1;
+                    slow.push(e.socket.clone());
+                }
+                Err(_) => failed += 1,
             }
-            Err(_) => failed += 1,
         });
+        if sockets == 0 {
+            return 0;
+        }
         self.disconnect_slow(slow);
         self.finish(reached, failed, timestamp_ms, consumed_us)
     }
@@ -68,14 +71,14 @@ impl Deliverer {
         timestamp_ms: i64,
         consumed_us: i64,
     ) -> usize {
-        if self.presence.sockets_of(user_id) == 0 {
-            return 0;
-        }
-        let meta = RawValue::from_string(replay::meta(id).to_string()).expect("valid JSON");
-        let frame = event_frame(NAMESPACE, event, &[payload, &meta]);
-        let (mut reached, mut failed) = (0usize, 0usize);
+        let mut frame = None;
+        let mut failed = 0usize;
         let mut slow: Vec<Client> = Vec::new();
-        self.presence.each_socket(user_id, |e| {
+        let sockets = self.presence.each_socket(user_id, |e| {
+            let frame = frame.get_or_insert_with(|| {
+                let meta = RawValue::from_string(replay::meta(id).to_string()).expect("valid JSON");
+                event_frame(NAMESPACE, event, &[payload, &meta])
+            });
             e.member.gate.offer(id, frame.clone(), |frame| match e.socket.send(frame) {
                 Ok(()) => {}
                 Err(SendError::Full) if self.slow_client == SlowClient::Disconnect => {
@@ -84,10 +87,12 @@ impl Deliverer {
                 }
                 Err(_) => failed += 1,
             });
-            reached += 1;
         });
+        if sockets == 0 {
+            return 0;
+        }
         self.disconnect_slow(slow);
-        self.finish(reached.saturating_sub(failed), failed, timestamp_ms, consumed_us)
+        self.finish(sockets.saturating_sub(failed), failed, timestamp_ms, consumed_us)
     }
 
     fn finish(&self, reached: usize, failed: usize, timestamp_ms: i64, consumed_us: i64) -> usize {

@@ -2,6 +2,7 @@
 //! to the other, heartbeats, payload limits. The layer above (Socket.IO, or the conformance echo)
 //! sees sessions that open, carry text and binary messages both ways, and close.
 
+mod flusher;
 pub mod frame;
 mod heartbeat;
 pub mod http;
@@ -115,6 +116,7 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) sessions: DashMap<Sid, Arc<Session<H>>>,
     pub(crate) wheel: Wheel<H>,
     pub(crate) stats: Stats,
+    pub(crate) flusher: Arc<flusher::Flusher<H>>,
     /// Set by [`Engine::close_all`]: no new sessions.
     pub(crate) closing: std::sync::atomic::AtomicBool,
 }
@@ -123,9 +125,17 @@ impl<H: Handler> Engine<H> {
     /// Creates the engine and starts its heartbeat task on the current runtime.
     pub fn start(options: Options, handler: H) -> Self {
         let wheel = Wheel::new(&options);
-        let shared =
-            Arc::new(Shared { options, handler, sessions: DashMap::new(), wheel, stats: Stats::default(), closing: Default::default() });
+        let shared = Arc::new(Shared {
+            options,
+            handler,
+            sessions: DashMap::new(),
+            wheel,
+            stats: Stats::default(),
+            flusher: Arc::new(flusher::Flusher::new()),
+            closing: Default::default(),
+        });
         tokio::spawn(heartbeat::run(Arc::downgrade(&shared)));
+        tokio::spawn(flusher::run(shared.flusher.clone()));
         Self { shared }
     }
 
@@ -175,7 +185,8 @@ fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
 impl<H: Handler> Drop for Shared<H> {
     fn drop(&mut self) {
         // Sessions hold no reference back to the engine, so this runs once the last front and
-        // the heartbeat task let go; nothing to tear down but the table.
+        // the heartbeat task let go.
+        self.flusher.stop();
         self.sessions.clear();
     }
 }

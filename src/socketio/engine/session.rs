@@ -7,12 +7,12 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 
-use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::flusher::Flusher;
 use super::frame::{self, OpCode};
 use super::packet::{self, SEPARATOR};
 use super::{Handler, Handshake, Shared};
@@ -54,12 +54,18 @@ impl fmt::Debug for Sid {
 }
 
 /// One encoded Engine.IO packet, shared by every session it goes to: a WebSocket frame whose
-/// payload is the packet as long-polling sends it. Cloning it copies no bytes.
+/// payload is the packet as long-polling sends it. One allocation, of its exact size; cloning
+/// it copies no bytes.
 #[derive(Clone)]
 pub struct Frame {
-    bytes: Bytes,
+    bytes: Arc<[u8]>,
     header: u8,
     binary: bool,
+}
+
+thread_local! {
+    /// Where frames are written before their exact size is known.
+    static BUILD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Frame {
@@ -73,26 +79,28 @@ impl Frame {
         Self::build(OpCode::Binary, |out| out.extend_from_slice(data))
     }
 
+    /// A control frame (ping, pong) with `payload`.
+    pub(super) fn control(opcode: OpCode, payload: &[u8]) -> Self {
+        Self { binary: false, ..Self::build(opcode, |out| out.extend_from_slice(payload)) }
+    }
+
     fn build(opcode: OpCode, write: impl FnOnce(&mut Vec<u8>)) -> Self {
-        let mut buf = Vec::with_capacity(64);
-        buf.resize(frame::MAX_HEADER, 0);
-        write(&mut buf);
-        let len = buf.len() - frame::MAX_HEADER;
-        let mut header = [0u8; frame::MAX_HEADER];
-        let n = frame::write_header(&mut header, opcode, len);
-        let start = frame::MAX_HEADER - n;
-        buf[start..frame::MAX_HEADER].copy_from_slice(&header[..n]);
-        Self { bytes: Bytes::from(buf).slice(start..), header: n as u8, binary: opcode == OpCode::Binary }
-    }
-
-    /// A frame from static bytes (a packet herald sends often, like a ping).
-    pub const fn from_static(ws_frame: &'static [u8], header: u8) -> Self {
-        Self { bytes: Bytes::from_static(ws_frame), header, binary: false }
-    }
-
-    /// A frame already encoded, with a `header`-byte WebSocket header.
-    pub(super) fn from_ws_bytes(bytes: Bytes, header: u8) -> Self {
-        Self { bytes, header, binary: false }
+        BUILD.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.resize(frame::MAX_HEADER, 0);
+            write(buf);
+            let len = buf.len() - frame::MAX_HEADER;
+            let mut header = [0u8; frame::MAX_HEADER];
+            let n = frame::write_header(&mut header, opcode, len);
+            let start = frame::MAX_HEADER - n;
+            buf[start..frame::MAX_HEADER].copy_from_slice(&header[..n]);
+            let frame = Self { bytes: Arc::from(&buf[start..]), header: n as u8, binary: opcode == OpCode::Binary };
+            // A large message does not keep its buffer on the thread.
+            if buf.capacity() > 64 * 1024 {
+                *buf = Vec::new();
+            }
+            frame
+        })
     }
 
     /// The whole WebSocket frame.
@@ -116,10 +124,21 @@ impl fmt::Debug for Frame {
     }
 }
 
-pub(super) static PING: Frame = Frame::from_static(b"\x81\x012", 2);
-pub(super) static PONG_PROBE: Frame = Frame::from_static(b"\x81\x063probe", 2);
-pub(super) static NOOP: Frame = Frame::from_static(b"\x81\x016", 2);
-pub(super) static CLOSE: Frame = Frame::from_static(b"\x81\x011", 2);
+/// Packets the engine sends often, built once.
+pub(super) static PING: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.push(b'2')));
+pub(super) static PONG_PROBE: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.extend_from_slice(b"3probe")));
+pub(super) static NOOP: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.push(b'6')));
+pub(super) static CLOSE: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.push(b'1')));
+
+/// What a flush left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flushed {
+    Empty,
+    /// The socket has no room for the rest; `progress` if some went out first.
+    Partial {
+        progress: bool,
+    },
+}
 
 /// Why a send failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -186,6 +205,10 @@ pub(super) struct Outbox {
     pub(super) probing: bool,
     /// Closing: no more sends; the transport flushes, says goodbye and ends.
     pub(super) closing: Option<CloseReason>,
+    /// WebSocket: marked for the flusher's next round.
+    marked: bool,
+    /// WebSocket: the socket had no room; its task writes the queue when it has.
+    pub(super) stalled: bool,
 }
 
 /// The heartbeat: a ping went out and its pong has not come back.
@@ -199,6 +222,8 @@ pub struct Session<H: Handler> {
     /// The WebSocket, once there is one (at once, or after the upgrade); set once.
     pub(super) ws: OnceLock<TcpStream>,
     pub(super) out: Mutex<Outbox>,
+    flusher: Arc<Flusher<H>>,
+    writes: Arc<super::stats::WriteCounts>,
     /// Wakes the WebSocket task (frames to flush, or closing) or the waiting long-polling GET.
     pub(super) wake: Notify,
     flags: AtomicU8,
@@ -222,7 +247,18 @@ impl<H: Handler> Session<H> {
             sid: Sid::random(),
             engine: Arc::downgrade(shared),
             ws: OnceLock::new(),
-            out: Mutex::new(Outbox { transport, queue: VecDeque::new(), written: 0, polling_get: false, probing: false, closing: None }),
+            out: Mutex::new(Outbox {
+                transport,
+                queue: VecDeque::new(),
+                written: 0,
+                polling_get: false,
+                probing: false,
+                closing: None,
+                marked: false,
+                stalled: false,
+            }),
+            flusher: shared.flusher.clone(),
+            writes: shared.stats.writes.clone(),
             wake: Notify::new(),
             flags: AtomicU8::new(0),
             last_pong_ms: AtomicU64::new(0),
@@ -296,20 +332,21 @@ impl<H: Handler> Session<H> {
         self.out.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends one frame: written at once if the WebSocket has room, else queued. Fails when the
-    /// queue already holds `max_queue` frames, or the session is closing.
-    pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
+    /// Sends one frame: queued, and written with the others queued meanwhile by the flusher
+    /// (or the GET that takes it). Fails when the queue already holds `max_queue` frames, or
+    /// the session is closing.
+    pub fn send(self: &Arc<Self>, frame: &Frame) -> Result<(), SendError> {
         self.push(frame, false)
     }
 
     /// Sends, ignoring the queue bound (pings, replies the protocol owes).
-    pub(super) fn send_control(&self, frame: &Frame) -> Result<(), SendError> {
+    pub(super) fn send_control(self: &Arc<Self>, frame: &Frame) -> Result<(), SendError> {
         self.push(frame, true)
     }
 
     /// Sends a packet the protocol owes the client (a CONNECT reply, a DISCONNECT), even past
     /// the queue bound.
-    pub fn send_control_frame(&self, frame: &Frame) -> Result<(), SendError> {
+    pub fn send_control_frame(self: &Arc<Self>, frame: &Frame) -> Result<(), SendError> {
         self.push(frame, true)
     }
 
@@ -331,7 +368,7 @@ impl<H: Handler> Session<H> {
         self.close(CloseReason::ProtocolError);
     }
 
-    fn push(&self, frame: &Frame, control: bool) -> Result<(), SendError> {
+    fn push(self: &Arc<Self>, frame: &Frame, control: bool) -> Result<(), SendError> {
         let mut out = self.lock();
         if out.closing.is_some() {
             return Err(SendError::Closed);
@@ -339,34 +376,17 @@ impl<H: Handler> Session<H> {
         if !control && out.queue.len() >= self.max_queue {
             return Err(SendError::Full);
         }
+        out.queue.push_back(frame.clone());
         match out.transport {
-            Transport::WebSocket if out.queue.is_empty() => {
-                let Some(stream) = self.ws.get() else { return Err(SendError::Closed) };
-                let bytes = frame.ws();
-                match stream.try_write(bytes) {
-                    Ok(n) if n == bytes.len() => return Ok(()),
-                    Ok(n) => {
-                        out.queue.push_back(frame.clone());
-                        out.written = n;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        out.queue.push_back(frame.clone());
-                        out.written = 0;
-                    }
-                    Err(_) => {
-                        // The connection is gone; the task sees it too and closes the session.
-                        drop(out);
-                        self.wake.notify_one();
-                        return Err(SendError::Closed);
-                    }
-                }
+            Transport::WebSocket => {
+                let mark = !out.marked && !out.stalled;
+                out.marked |= mark;
                 drop(out);
-                // The task waits for room and writes the rest.
-                self.wake.notify_one();
+                if mark {
+                    self.flusher.mark(self.clone());
+                }
             }
-            Transport::WebSocket => out.queue.push_back(frame.clone()),
             Transport::Polling | Transport::Upgrading => {
-                out.queue.push_back(frame.clone());
                 let waiting = out.polling_get;
                 drop(out);
                 if waiting {
@@ -377,10 +397,33 @@ impl<H: Handler> Session<H> {
         Ok(())
     }
 
-    /// Writes queued frames to the WebSocket, many per system call. `Ok(true)` once the queue
-    /// is empty, `Ok(false)` when the socket has no room left.
-    pub(super) fn flush(&self, out: &mut Outbox) -> io::Result<bool> {
-        let Some(stream) = self.ws.get() else { return Ok(true) };
+    /// The flusher's visit: writes the queue; if the socket has no room, its task takes over.
+    pub(super) fn flush_marked(&self) {
+        let mut out = self.lock();
+        out.marked = false;
+        if out.stalled || out.transport != Transport::WebSocket {
+            return;
+        }
+        match self.flush(&mut out) {
+            Ok(Flushed::Empty) => {}
+            Ok(Flushed::Partial { .. }) => {
+                out.stalled = true;
+                drop(out);
+                self.wake.notify_one();
+            }
+            Err(_) => {
+                // The connection is gone; the task sees it too and closes the session.
+                drop(out);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Writes queued frames to the WebSocket, many per system call, until the queue is empty
+    /// or the socket has no room.
+    pub(super) fn flush(&self, out: &mut Outbox) -> io::Result<Flushed> {
+        let Some(stream) = self.ws.get() else { return Ok(Flushed::Empty) };
+        let mut progress = false;
         while !out.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); 64];
             let mut n = 0;
@@ -391,29 +434,39 @@ impl<H: Handler> Session<H> {
             match stream.try_write_vectored(&slices[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut written) => {
+                    progress = true;
+                    let mut frames = 0;
                     while written > 0 {
                         let left = out.queue[0].ws().len() - out.written;
                         if written >= left {
                             written -= left;
                             out.queue.pop_front();
                             out.written = 0;
+                            frames += 1;
                         } else {
                             out.written += written;
                             written = 0;
                         }
                     }
+                    self.writes.wrote(frames);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partial { progress }),
                 Err(e) => return Err(e),
             }
         }
         // An idle session keeps no queue.
         out.queue = VecDeque::new();
-        Ok(true)
+        out.stalled = false;
+        Ok(Flushed::Empty)
     }
 
     pub(super) fn has_queued(out: &Outbox) -> bool {
         !out.queue.is_empty()
+    }
+
+    /// Whether the WebSocket task must wait for room to write the queue.
+    pub(super) fn is_stalled(out: &Outbox) -> bool {
+        out.stalled
     }
 
     /// Takes the packets for a long-polling response, as one payload.
@@ -442,10 +495,11 @@ impl<H: Handler> Session<H> {
         // Noops were for the polls the upgrade ended; the WebSocket does not need them.
         out.queue.retain(|f| f.packet() != NOOP.packet());
         let waiting = out.polling_get;
-        self.flush(&mut out)?;
+        let flushed = self.flush(&mut out)?;
+        out.stalled = flushed != Flushed::Empty;
         drop(out);
         self.upgraded.notify_waiters();
-        if waiting {
+        if waiting || flushed != Flushed::Empty {
             // The last poll ends (empty) so the client's polling transport can close.
             self.wake.notify_one();
         }

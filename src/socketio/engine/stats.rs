@@ -61,6 +61,23 @@ pub struct Stats {
     upgrades: AtomicU64,
     ping_timeouts: AtomicU64,
     write_timeouts: AtomicU64,
+    /// Shared with every session, which counts its writes here.
+    pub(super) writes: std::sync::Arc<WriteCounts>,
+}
+
+/// WebSocket writes (system calls) and the frames they completed: frames per write is how much
+/// sending in the background saves.
+#[derive(Default)]
+pub struct WriteCounts {
+    writes: AtomicU64,
+    frames: AtomicU64,
+}
+
+impl WriteCounts {
+    pub(super) fn wrote(&self, frames: usize) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.frames.fetch_add(frames as u64, Ordering::Relaxed);
+    }
 }
 
 impl Stats {
@@ -87,6 +104,11 @@ impl Stats {
             CloseReason::WriteTimeout => self.write_timeouts.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
+    }
+
+    /// WebSocket writes (system calls), and the frames they completed.
+    pub fn writes(&self) -> (u64, u64) {
+        (self.writes.writes.load(Ordering::Relaxed), self.writes.frames.load(Ordering::Relaxed))
     }
 
     /// Sessions opened over WebSocket directly, and over long-polling.

@@ -15,7 +15,7 @@ use tokio::time::Sleep;
 
 use super::frame::{self, FrameError, OpCode, close_code};
 use super::packet::{self, Packet};
-use super::session::{CloseReason, Frame, NOOP, PONG_PROBE, Session, Transport};
+use super::session::{CloseReason, Flushed, Frame, NOOP, PONG_PROBE, Session, Transport};
 use super::stats::ProtocolError;
 use super::{Handler, Handshake, Shared};
 
@@ -143,7 +143,7 @@ impl<H: Handler> Connection<H> {
                 (false, false)
             } else {
                 let out = self.session.lock();
-                (Session::<H>::has_queued(&out), out.closing.is_some())
+                (Session::<H>::is_stalled(&out), out.closing.is_some())
             };
             if closing {
                 return;
@@ -178,12 +178,13 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    /// Writes what is queued; returns whether any of it went out.
+    /// Writes what is queued; returns whether any of it went out (which restarts the write
+    /// timeout).
     fn flush_queue(&mut self) -> bool {
         let mut out = self.session.lock();
-        let before = Session::<H>::has_queued(&out);
         match self.session.flush(&mut out) {
-            Ok(empty) => empty || !before,
+            Ok(Flushed::Empty) | Ok(Flushed::Partial { progress: true }) => true,
+            Ok(Flushed::Partial { progress: false }) => false,
             Err(_) => {
                 drop(out);
                 self.stop = Some(Stop::Closed(CloseReason::TransportClose));
@@ -273,7 +274,7 @@ impl<H: Handler> Connection<H> {
         let max = self.engine.options.max_payload;
         match header.opcode {
             OpCode::Ping => {
-                let pong = Frame::build_control(OpCode::Pong, payload);
+                let pong = Frame::control(OpCode::Pong, payload);
                 self.write_control(&pong);
             }
             OpCode::Pong => {}
@@ -404,10 +405,10 @@ impl<H: Handler> Connection<H> {
                         self.session.flush(&mut out)
                     };
                     match done {
-                        Ok(true) => break,
+                        Ok(Flushed::Empty) => break,
                         // While the client's data is discarded, a client blocked sending to
                         // us can go on to read what we send.
-                        Ok(false) => match stream.ready(Interest::READABLE | Interest::WRITABLE).await {
+                        Ok(Flushed::Partial { .. }) => match stream.ready(Interest::READABLE | Interest::WRITABLE).await {
                             Ok(ready) if ready.is_readable() => discard(stream),
                             Ok(_) => {}
                             Err(_) => return,
@@ -421,17 +422,6 @@ impl<H: Handler> Connection<H> {
         }
         shutdown_and_drain(stream).await;
         self.session.mark_finished();
-    }
-}
-
-impl Frame {
-    /// A control frame (ping, pong) with `payload`.
-    fn build_control(opcode: OpCode, payload: &[u8]) -> Frame {
-        let mut header = [0u8; frame::MAX_HEADER];
-        let n = frame::write_header(&mut header, opcode, payload.len());
-        let mut bytes = header[..n].to_vec();
-        bytes.extend_from_slice(payload);
-        Frame::from_ws_bytes(Bytes::from(bytes), n as u8)
     }
 }
 

@@ -1,0 +1,64 @@
+//! Writes queued WebSocket frames in the background, many per system call. A send only queues
+//! its frame and marks its session; one task writes each marked session's queue with one
+//! `writev`. The more frames a session gets between two of its visits, the more share a system
+//! call, so the cost per frame falls as the rate rises (a group commit); when idle, a frame
+//! waits for one task wake-up.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::Handler;
+use super::session::Session;
+
+pub(crate) struct Flusher<H: Handler> {
+    marked: Mutex<Vec<Arc<Session<H>>>>,
+    wake: Notify,
+    stopped: AtomicBool,
+}
+
+impl<H: Handler> Flusher<H> {
+    pub(super) fn new() -> Self {
+        Self { marked: Mutex::new(Vec::new()), wake: Notify::new(), stopped: AtomicBool::new(false) }
+    }
+
+    /// `session` has frames to write (it marks itself once until its visit).
+    pub(super) fn mark(&self, session: Arc<Session<H>>) {
+        let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        let first = marked.is_empty();
+        marked.push(session);
+        drop(marked);
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Ends the task.
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// The flushing task.
+pub(super) async fn run<H: Handler>(flusher: Arc<Flusher<H>>) {
+    let mut batch = Vec::new();
+    loop {
+        flusher.wake.notified().await;
+        if flusher.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        loop {
+            std::mem::swap(&mut batch, &mut *flusher.marked.lock().unwrap_or_else(|p| p.into_inner()));
+            if batch.is_empty() {
+                break;
+            }
+            for session in batch.drain(..) {
+                session.flush_marked();
+            }
+            // Let the senders run: what they queue meanwhile goes out in the next round.
+            tokio::task::yield_now().await;
+        }
+    }
+}
