@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|single|single-max|pair|pair-max|five|smoke|profile [runs]   (results appended to bench/results.jsonl)
+#   scripts/bench.sh memory|memory-polling|single|single-max|pair|pair-max|five|smoke|profile|profile-single [runs]   (results appended to bench/results.jsonl)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
 set -euo pipefail
@@ -73,6 +73,16 @@ case "$SCENARIO" in
       for n in ${SIZES:-1000 10000 19000}; do
         fresh 1
         bench --label "memory-$n" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users "$n" --idle-only --settle-secs 3
+      done
+    done
+    ;;
+  memory-polling)
+    # Idle long-polling sessions: each holds two connections (a waiting GET, a keep-alive for
+    # POSTs), so at most ~9,000 per herald process (20,000 open files).
+    for run in $(seq 1 "$RUNS"); do
+      for n in ${SIZES:-1000 5000}; do
+        fresh 1
+        bench --label "memory-polling-$n" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users "$n" --idle-only --settle-secs 3 --polling --per-worker 4500
       done
     done
     ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs herald's whole test suite on a fresh machine, installing what the tests need first:
-# redis-server and chromium (Debian packages), and the npm packages the integration tests drive
-# (socket.io-client, playwright-core) and the demo page serves, from the committed lockfiles.
+# redis-server and chromium (Debian packages), the npm packages the integration tests drive
+# (socket.io-client, playwright-core) and the demo page serves, from the committed lockfiles,
+# and python-socketio's client (PyPI, pinned) in a virtualenv under tests/client/.venv.
 # Then a short fuzzing run of each fuzz target (installing cargo-fuzz if missing).
 # Usage: scripts/test.sh [cargo test args]
 # HERALD_FUZZ_SECS=N sets the seconds per fuzz target (default 20; 0 skips fuzzing).
@@ -27,6 +28,8 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-ser
 fi
 
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
+[ -x tests/client/.venv/bin/python ] || python3 -m venv tests/client/.venv
+tests/client/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/client/requirements.txt
 (cd demo && npm ci --no-audit --no-fund --loglevel=error)
 
 # A hard bound, so a hung test fails the run instead of holding CI until its own deadline.

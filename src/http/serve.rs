@@ -57,26 +57,37 @@ pub async fn serve(
         let (app, mounts, stop, write_timeouts) = (app.clone(), mounts.clone(), stop.clone(), write_timeouts.clone());
         tokio::spawn(async move {
             let Served::Handoff(handoff) = socketio::serve(stream, &mounts).await else { return };
-            let service = TowerToHyperService::new(
-                app.map_request(move |r: Request<Incoming>| r.map(|body| Body::new(TimeoutBody::new(timeout, body)))),
-            );
+            // Boxed: hyper's connection is large, and most connections never need it.
             let stream = WriteDeadline::new(handoff, write_timeout, write_timeouts);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "Connection ended with an error.");
-            }
+            Box::pin(serve_with_hyper(stream, app, timeout, stop, peer)).await;
         });
+    }
+}
+
+/// Serves a connection the transport's front handed on, with hyper and the router.
+async fn serve_with_hyper(
+    stream: WriteDeadline<socketio::Handoff>,
+    app: Router,
+    timeout: Duration,
+    stop: CancellationToken,
+    peer: std::net::SocketAddr,
+) {
+    let service =
+        TowerToHyperService::new(app.map_request(move |r: Request<Incoming>| r.map(|body| Body::new(TimeoutBody::new(timeout, body)))));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "Connection ended with an error.");
     }
 }

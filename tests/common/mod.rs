@@ -355,14 +355,30 @@ impl Clients {
     pub async fn start() -> Self {
         let dir = client_dir();
         assert!(dir.join("node_modules/socket.io-client").exists(), "run `npm ci` in tests/client (the README's test command does)");
-        let mut child = Command::new("node")
-            .arg(dir.join("driver.mjs"))
+        let mut node = Command::new("node");
+        node.arg(dir.join("driver.mjs"));
+        Self::spawn(node).await
+    }
+
+    /// python-socketio's client, driven through `tests/client/python_client.py` with the same
+    /// commands.
+    pub async fn start_python() -> Self {
+        let dir = client_dir();
+        let python = dir.join(".venv/bin/python");
+        assert!(python.exists(), "create tests/client/.venv from requirements.txt (the README's test command does)");
+        let mut command = Command::new(python);
+        command.arg(dir.join("python_client.py"));
+        Self::spawn(command).await
+    }
+
+    async fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("node must be installed");
+            .expect("the client driver's interpreter must be installed");
         let stdin = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (tx, events) = mpsc::unbounded_channel();

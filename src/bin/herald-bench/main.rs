@@ -6,6 +6,7 @@
 //! processes that hold the Socket.IO connections, produces records at fixed rates, and prints a
 //! report (and appends it as one JSON line to `--json`). See docs/benchmarks.md.
 
+mod polling;
 mod run;
 mod share;
 mod stats;
@@ -55,13 +56,16 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 20)]
         connect_timeout_secs: u64,
+        /// Long-polling instead of WebSocket.
+        #[arg(long)]
+        polling: bool,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Worker { server, bind, first_user, users, secret, concurrency, connect_timeout_secs } => {
+        Command::Worker { server, bind, first_user, users, secret, concurrency, connect_timeout_secs, polling } => {
             // Two threads: the worker must not need more than its share of the two cores.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(worker::run(worker::WorkerArgs {
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
                 secret,
                 concurrency,
                 connect_timeout: Duration::from_secs(connect_timeout_secs),
+                polling,
             }))
         }
         Command::Broker { listen, topic, partitions, max_secs } => {

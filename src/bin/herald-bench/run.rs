@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// Skip the load phases (memory only).
     #[arg(long)]
     idle_only: bool,
+    /// Clients use long-polling (a GET always waiting, POSTs on a second connection) instead
+    /// of WebSocket; each then holds two connections, so --per-worker should be halved.
+    #[arg(long)]
+    polling: bool,
     /// A name for this run in the report.
     #[arg(long, default_value = "run")]
     label: String,
@@ -154,6 +158,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let mut child = Command::new(&exe)
                 .args(["worker", "--server", &server.to_string(), "--bind", &bind.to_string()])
                 .args(["--first-user", &next_user.to_string(), "--users", &n.to_string(), "--secret", &args.secret])
+                .args(args.polling.then_some("--polling"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)

@@ -1,9 +1,9 @@
 //! A client process: holds Socket.IO connections for a range of users and records when each
 //! notification arrives. Spawned by `run`; it speaks a line protocol on stdin/stdout.
 //!
-//! Only the part of Engine.IO v4 / Socket.IO v5 that herald's clients use over WebSocket:
-//! the open packet `0{...}`, CONNECT `40{"token":...}`, its answer `40{...}` or `44{...}`,
-//! ping `2` / pong `3`, and events `42["notification",{...}]`.
+//! Only the part of Engine.IO v4 / Socket.IO v5 that herald's clients use, over WebSocket (or
+//! long-polling, in `polling.rs`): the open packet `0{...}`, CONNECT `40{"token":...}`, its
+//! answer `40{...}` or `44{...}`, ping `2` / pong `3`, and events `42["notification",{...}]`.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -29,10 +29,17 @@ pub struct WorkerArgs {
     pub secret: String,
     pub concurrency: usize,
     pub connect_timeout: Duration,
+    pub polling: bool,
 }
 
 /// One received notification: its sequence number and when it arrived (unix microseconds).
-type Arrival = (u64, u64);
+pub type Arrival = (u64, u64);
+
+/// A connected client, over either transport.
+enum Client {
+    WebSocket(Ws),
+    Polling(crate::polling::Session),
+}
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     raise_fd_limit();
@@ -49,11 +56,18 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let token = token(&args.secret, &user)?;
         let (url, gate, received, stop) = (url.clone(), gate.clone(), received.clone(), stop.clone());
         let (failures, connected) = (failures.clone(), connected.clone());
-        let (server, bind, timeout) = (args.server, args.bind, args.connect_timeout);
+        let (server, bind, timeout, polling) = (args.server, args.bind, args.connect_timeout, args.polling);
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.ok();
-            let ws = match tokio::time::timeout(timeout, open(server, bind, &url, &token)).await {
-                Ok(Ok(ws)) => ws,
+            let opened = async {
+                if polling {
+                    crate::polling::open(server, bind, &token).await.map(Client::Polling)
+                } else {
+                    open(server, bind, &url, &token).await.map(Client::WebSocket)
+                }
+            };
+            let client = match tokio::time::timeout(timeout, opened).await {
+                Ok(Ok(client)) => client,
                 Ok(Err(e)) => {
                     if failures.fetch_add(1, Ordering::Relaxed) < 3 {
                         eprintln!("herald-bench worker: {user}: {e:#}");
@@ -69,7 +83,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             };
             drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
-            listen(ws, received, stop).await
+            match client {
+                Client::WebSocket(ws) => listen(ws, received, stop).await,
+                Client::Polling(session) => crate::polling::listen(session, received, stop).await,
+            }
         }));
     }
     // Ready once every connection attempt is over (bounded by the connect timeout each).
@@ -178,7 +195,7 @@ async fn listen(mut ws: Ws, received: Arc<AtomicU64>, stop: CancellationToken) -
 }
 
 /// The unsigned integer after `key` in `text`.
-fn field(text: &str, key: &str) -> Option<u64> {
+pub fn field(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
     let digits: &str = &text[start..];
     let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());

@@ -189,14 +189,13 @@ enum Head {
 /// connection becomes a WebSocket, or a request for another path arrives.
 pub async fn serve(stream: TcpStream, mounts: &[Arc<dyn Mount>]) -> Served {
     let Some(first) = mounts.first() else { return Served::Handoff(Handoff::new(stream, Bytes::new())) };
-    let (request_timeout, idle_timeout, write_timeout) = (first.request_timeout(), first.idle_timeout(), first.write_timeout());
-    let handshake_headers: Vec<&'static str> = mounts.iter().flat_map(|m| m.headers_wanted().iter().copied()).collect();
+    let (request_timeout, idle_timeout) = (first.request_timeout(), first.idle_timeout());
     let mut buf: Vec<u8> = Vec::new();
     let mut first_request = true;
     loop {
         let wait = if first_request || !buf.is_empty() { request_timeout } else { idle_timeout };
         first_request = false;
-        let head = match tokio::time::timeout(wait, read_head(&stream, &mut buf, &handshake_headers)).await {
+        let head = match tokio::time::timeout(wait, read_head(&stream, &mut buf, mounts)).await {
             Ok(head) => head,
             // A half-sent head gets the same end as silence: the connection is closed.
             Err(_) => Head::Gone,
@@ -206,7 +205,9 @@ pub async fn serve(stream: TcpStream, mounts: &[Arc<dyn Mount>]) -> Served {
             Head::Gone => return Served::Done,
             Head::Refused(status) => {
                 first.stats().protocol_error(ProtocolError::BadHttp);
-                let _ = write_response(&stream, &Response::new(status, "text/plain", "bad request\n"), false, write_timeout).await;
+                let _ =
+                    Box::pin(write_response(&stream, &Response::new(status, "text/plain", "bad request\n"), false, first.write_timeout()))
+                        .await;
                 return Served::Done;
             }
         };
@@ -214,45 +215,69 @@ pub async fn serve(stream: TcpStream, mounts: &[Arc<dyn Mount>]) -> Served {
             return Served::Handoff(Handoff::new(stream, Bytes::from(buf)));
         };
         buf.drain(..head_len);
-        let body = match read_body(&stream, &mut buf, &request, mount.max_payload(), request_timeout).await {
-            Ok(body) => body,
-            Err(status) => {
-                mount.stats().protocol_error(if status == 413 { ProtocolError::TooLarge } else { ProtocolError::BadHttp });
-                if status != 0 {
-                    let _ = write_response(&stream, &Response::new(status, "text/plain", "bad request\n"), false, write_timeout).await;
-                }
+        // Boxed: an idle connection's task holds only the wait for the next head.
+        match Box::pin(exchange(&stream, &mut buf, &**mount, request)).await {
+            Next::Request => {}
+            Next::Close => return Served::Done,
+            Next::WebSocket(upgrade) => {
+                mount.accept_websocket(upgrade, stream, Bytes::from(buf));
                 return Served::Done;
             }
-        };
+        }
         if buf.is_empty() {
             // An idle connection keeps no buffer.
             buf = Vec::new();
         }
-        let keep_alive = request.keep_alive;
-        match mount.handle(request, body).await {
-            Reply::Response(response) => {
-                if write_response(&stream, &response, keep_alive, write_timeout).await.is_err() || !keep_alive {
-                    return Served::Done;
-                }
+    }
+}
+
+/// What a connection does after a request.
+enum Next {
+    /// Wait for the next one.
+    Request,
+    Close,
+    /// It is a WebSocket now (its 101 written).
+    WebSocket(Upgrade),
+}
+
+/// Reads a request's body, has `mount` answer it, and writes the answer.
+async fn exchange(stream: &TcpStream, buf: &mut Vec<u8>, mount: &dyn Mount, request: Request) -> Next {
+    let write_timeout = mount.write_timeout();
+    let body = match read_body(stream, buf, &request, mount.max_payload(), mount.request_timeout()).await {
+        Ok(body) => body,
+        Err(status) => {
+            mount.stats().protocol_error(if status == 413 { ProtocolError::TooLarge } else { ProtocolError::BadHttp });
+            if status != 0 {
+                let _ = write_response(stream, &Response::new(status, "text/plain", "bad request\n"), false, write_timeout).await;
             }
-            Reply::Upgrade { accept, upgrade } => {
-                let head = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                );
-                if write_all(&stream, &[IoSlice::new(head.as_bytes())], write_timeout).await.is_ok() {
-                    mount.accept_websocket(upgrade, stream, Bytes::from(buf));
-                }
-                return Served::Done;
+            return Next::Close;
+        }
+    };
+    let keep_alive = request.keep_alive;
+    match mount.handle(request, body).await {
+        Reply::Response(response) => {
+            if write_response(stream, &response, keep_alive, write_timeout).await.is_err() || !keep_alive {
+                return Next::Close;
+            }
+            Next::Request
+        }
+        Reply::Upgrade { accept, upgrade } => {
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            match write_all(stream, &[IoSlice::new(head.as_bytes())], write_timeout).await {
+                Ok(()) => Next::WebSocket(upgrade),
+                Err(_) => Next::Close,
             }
         }
     }
 }
 
 /// Reads until `buf` holds a whole request head.
-async fn read_head(stream: &TcpStream, buf: &mut Vec<u8>, handshake_headers: &[&str]) -> Head {
+async fn read_head(stream: &TcpStream, buf: &mut Vec<u8>, mounts: &[Arc<dyn Mount>]) -> Head {
     loop {
         if !buf.is_empty() {
-            match parse_head(buf, handshake_headers) {
+            match parse_head(buf, &|name| mounts.iter().any(|m| m.headers_wanted().contains(&name))) {
                 Ok(Some((request, len))) => return Head::Request(request, len),
                 Ok(None) if buf.len() >= MAX_HEAD => return Head::Refused(431),
                 Ok(None) => {}
@@ -270,7 +295,8 @@ async fn read_head(stream: &TcpStream, buf: &mut Vec<u8>, handshake_headers: &[&
 /// shared buffer) onto `buf`.
 async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
     loop {
-        stream.readable().await?;
+        // Polled by hand: smaller than the `readable()` future, for a connection that idles here.
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
         let read = super::with_scratch(|scratch| {
             let room = limit.saturating_sub(buf.len()).clamp(1, scratch.len());
             match stream.try_read(&mut scratch[..room]) {
@@ -288,7 +314,8 @@ async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) -> io::R
     }
 }
 
-fn parse_head(buf: &[u8], handshake_headers: &[&str]) -> Result<Option<(Request, usize)>, u16> {
+/// Parses a request head; `keep` says which headers, beyond those Engine.IO reads, to keep.
+fn parse_head(buf: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Option<(Request, usize)>, u16> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -310,7 +337,7 @@ fn parse_head(buf: &[u8], handshake_headers: &[&str]) -> Result<Option<(Request,
     let mut connection_keep_alive = false;
     for h in req.headers.iter() {
         let name = h.name.to_ascii_lowercase();
-        if !wanted(&name, handshake_headers) {
+        if !wanted(&name, &[]) && !keep(&name) {
             continue;
         }
         let Ok(value) = std::str::from_utf8(h.value) else { return Err(400) };
@@ -414,20 +441,34 @@ mod tests {
     #[test]
     fn parses_what_engine_io_needs() {
         let raw = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nOrigin: http://a\r\nAuthorization: Bearer t\r\nX-Other: y\r\n\r\nextra";
-        let (r, len) = parse_head(raw, &["authorization"]).unwrap().unwrap();
+        let (r, len) = parse_head(raw, &|n| n == "authorization").unwrap().unwrap();
         assert_eq!(len, raw.len() - 5);
         assert_eq!((r.method, &*r.path, &*r.query, r.keep_alive), (Method::Get, "/socket.io/", "EIO=4&transport=polling", true));
         assert_eq!(r.header("origin"), Some("http://a"));
         assert_eq!(r.header("authorization"), Some("Bearer t"));
         assert_eq!(r.header("x-other"), None, "not kept");
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost:", &[]).unwrap().map(|r| r.1), None, "partial");
-        let (r, _) = parse_head(b"POST /x HTTP/1.0\r\n\r\n", &[]).unwrap().unwrap();
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost:", &|_| false).unwrap().map(|r| r.1), None, "partial");
+        let (r, _) = parse_head(b"POST /x HTTP/1.0\r\n\r\n", &|_| false).unwrap().unwrap();
         assert!(!r.keep_alive, "HTTP/1.0 closes by default");
-        let (r, _) = parse_head(b"GET /x HTTP/1.1\r\nConnection: Upgrade, close\r\n\r\n", &[]).unwrap().unwrap();
+        let (r, _) = parse_head(b"GET /x HTTP/1.1\r\nConnection: Upgrade, close\r\n\r\n", &|_| false).unwrap().unwrap();
         assert!(!r.keep_alive);
-        assert_eq!(parse_head(b"GARBAGE\r\n\r\n", &[]).unwrap_err(), 400);
-        assert_eq!(parse_head(b"GET / HTTP/9.9\r\n\r\n", &[]).unwrap_err(), 400);
+        assert_eq!(parse_head(b"GARBAGE\r\n\r\n", &|_| false).unwrap_err(), 400);
+        assert_eq!(parse_head(b"GET / HTTP/9.9\r\n\r\n", &|_| false).unwrap_err(), 400);
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", (0..100).map(|i| format!("X-{i}: v\r\n")).collect::<String>());
-        assert_eq!(parse_head(many.as_bytes(), &[]).unwrap_err(), 431);
+        assert_eq!(parse_head(many.as_bytes(), &|_| false).unwrap_err(), 431);
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Every connection the front serves holds one such task while it waits for a request
+    /// (measured 504 bytes): requests, bodies and writes live in boxes of their own.
+    #[tokio::test]
+    async fn an_idle_connection_s_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mounts: Vec<std::sync::Arc<dyn super::Mount>> = Vec::new();
+        let serve = super::serve(stream, &mounts);
+        assert!(std::mem::size_of_val(&serve) <= 576, "{} bytes", std::mem::size_of_val(&serve));
     }
 }

@@ -53,7 +53,7 @@ pub(super) async fn poll<H: Handler>(session: &Arc<Session<H>>) -> Result<Respon
         out.polling_get = true;
     }
     loop {
-        let notified = session.wake.notified();
+        let notified = session.poll_waiter.notified();
         {
             let mut out = session.lock();
             let closing = out.closing;

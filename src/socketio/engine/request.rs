@@ -153,7 +153,7 @@ impl<H: Handler> Engine<H> {
             Transport::WebSocket => return refuse(engine, EioError::BadRequest),
             Transport::Upgrading | Transport::Polling if probing && method == Method::Get => {
                 // A client that sent its upgrade does not poll: wait a moment to tell which it is.
-                let upgraded = tokio::time::timeout(UPGRADE_HOLD, async {
+                let upgraded = Box::pin(tokio::time::timeout(UPGRADE_HOLD, async {
                     loop {
                         let notified = session.upgraded.notified();
                         if session.lock().transport == Transport::WebSocket {
@@ -161,7 +161,7 @@ impl<H: Handler> Engine<H> {
                         }
                         notified.await;
                     }
-                })
+                }))
                 .await
                 .is_ok();
                 if upgraded {
@@ -261,7 +261,7 @@ impl<H: Handler> Mount for Engine<H> {
     }
 
     fn accept_websocket(&self, upgrade: Upgrade, stream: TcpStream, leftover: Bytes) {
-        tokio::spawn(websocket::run(self.shared.clone(), upgrade, stream, leftover));
+        websocket::accept(self.shared.clone(), upgrade, stream, leftover);
     }
 }
 

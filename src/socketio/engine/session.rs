@@ -9,6 +9,7 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 
+use futures::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -224,8 +225,12 @@ pub struct Session<H: Handler> {
     pub(super) out: Mutex<Outbox>,
     flusher: Arc<Flusher<H>>,
     writes: Arc<super::stats::WriteCounts>,
-    /// Wakes the WebSocket task (frames to flush, or closing) or the waiting long-polling GET.
-    pub(super) wake: Notify,
+    /// Wakes the WebSocket task (the socket has no room, or the session is closing): a flag and
+    /// its waker, smaller to wait on than a `Notify`.
+    task_woken: AtomicBool,
+    task: AtomicWaker,
+    /// Wakes the waiting long-polling GET.
+    pub(super) poll_waiter: Notify,
     flags: AtomicU8,
     /// Milliseconds since the engine started at the last pong, and at the last ping.
     pub(super) last_pong_ms: AtomicU64,
@@ -259,7 +264,9 @@ impl<H: Handler> Session<H> {
             }),
             flusher: shared.flusher.clone(),
             writes: shared.stats.writes.clone(),
-            wake: Notify::new(),
+            task_woken: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+            poll_waiter: Notify::new(),
             flags: AtomicU8::new(0),
             last_pong_ms: AtomicU64::new(0),
             last_ping_ms: AtomicU64::new(0),
@@ -275,6 +282,22 @@ impl<H: Handler> Session<H> {
 
     pub fn sid(&self) -> Sid {
         self.sid
+    }
+
+    /// Wakes whoever waits on the session: its WebSocket task, or its long-polling GET.
+    pub(super) fn wake(&self) {
+        self.task_woken.store(true, Ordering::Release);
+        self.task.wake();
+        self.poll_waiter.notify_one();
+    }
+
+    /// Ready once [`Session::wake`] was called since the last time it was.
+    pub(super) fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.task_woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.task.register(cx.waker());
+        if self.task_woken.swap(false, Ordering::AcqRel) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
     }
 
     pub fn handshake(&self) -> &Handshake {
@@ -390,7 +413,7 @@ impl<H: Handler> Session<H> {
                 let waiting = out.polling_get;
                 drop(out);
                 if waiting {
-                    self.wake.notify_one();
+                    self.wake();
                 }
             }
         }
@@ -409,12 +432,12 @@ impl<H: Handler> Session<H> {
             Ok(Flushed::Partial { .. }) => {
                 out.stalled = true;
                 drop(out);
-                self.wake.notify_one();
+                self.wake();
             }
             Err(_) => {
                 // The connection is gone; the task sees it too and closes the session.
                 drop(out);
-                self.wake.notify_one();
+                self.wake();
             }
         }
     }
@@ -501,7 +524,7 @@ impl<H: Handler> Session<H> {
         self.upgraded.notify_waiters();
         if waiting || flushed != Flushed::Empty {
             // The last poll ends (empty) so the client's polling transport can close.
-            self.wake.notify_one();
+            self.wake();
         }
         Ok(())
     }
@@ -515,7 +538,7 @@ impl<H: Handler> Session<H> {
                 out.closing = Some(reason);
             }
         }
-        self.wake.notify_one();
+        self.wake();
         self.closed_once(reason);
     }
 
@@ -539,7 +562,7 @@ impl<H: Handler> Session<H> {
         if self.ws.get().is_none() {
             self.mark_finished();
         }
-        self.wake.notify_one();
+        self.wake();
     }
 
     pub(super) fn mark_finished(&self) {

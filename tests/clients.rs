@@ -1,0 +1,77 @@
+//! The real clients herald supports, over every transport they use, against a running herald:
+//! each connects, receives notifications, and refreshes its token over the open socket.
+//! npm `socket.io-client` v4 over WebSocket, over long-polling and with its default (polling,
+//! then the upgrade); PyPI `python-socketio` over long-polling and over WebSocket. The browser
+//! client is in `tests/demo.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Connects `id` as user `id` over `transports`, checks the transport it ends up on, and runs
+/// the checks every client must pass.
+async fn serves(c: &mut Clients, h: &Herald, kafka: &Kafka, id: &str, transports: serde_json::Value, ends_on: &str) {
+    let first = token_with(json!({"sub": id, "exp": jsonwebtoken::get_current_timestamp() + 600}));
+    let upgrades = transports.as_array().is_some_and(|t| t.len() > 1);
+    let options = json!({"auth": {"token": first}, "transports": transports});
+    let connected_on = c.connect(id, &h.url(), options).await.unwrap_or_else(|e| panic!("{id}: refused: {e}"));
+    // With the default, the upgrade may finish before or after the socket connects.
+    if upgrades && connected_on == "polling" {
+        assert_eq!(c.upgraded(id).await.as_deref(), Some(ends_on), "{id}: upgraded");
+    } else {
+        assert_eq!(connected_on, ends_on, "{id}: the transport it connected on");
+    }
+    kafka.notify(id, json!({"n": 1})).await;
+    assert_eq!(c.expect(id, "notification").await["body"]["n"], 1, "{id}");
+
+    let fresh = jsonwebtoken::get_current_timestamp() + 7200;
+    c.emit_with_ack(id, "auth_refresh", json!({"token": token_with(json!({"sub": id, "exp": fresh}))})).await;
+    assert_eq!(c.expect_ack(id, "auth_refresh").await, json!({"ok": true, "expires_at": fresh}), "{id}: refreshed");
+    c.emit_with_ack(id, "auth_refresh", json!({"token": token("someone-else")})).await;
+    assert_eq!(c.expect_ack(id, "auth_refresh").await["ok"], false, "{id}: another user's token is refused");
+
+    for n in 2..=4 {
+        kafka.notify(id, json!({"n": n})).await;
+    }
+    for n in 2..=4 {
+        assert_eq!(c.expect(id, "notification").await["body"]["n"], n, "{id}: in order after the refresh");
+    }
+    c.close(id).await;
+    assert!(c.disconnected(id, Duration::from_secs(10)).await.is_some(), "{id}: closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_over_websocket_long_polling_and_the_upgrade() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let h = Herald::start(&config_yaml(&kafka, None, "")).await;
+    h.wait_assigned(4).await;
+    let mut c = Clients::start().await;
+    serves(&mut c, &h, &kafka, "js-websocket", json!(["websocket"]), "websocket").await;
+    serves(&mut c, &h, &kafka, "js-polling", json!(["polling"]), "polling").await;
+    // socket.io-client's default: long-polling first, then the upgrade.
+    serves(&mut c, &h, &kafka, "js-default", json!(["polling", "websocket"]), "websocket").await;
+    assert_eq!(h.metric("herald_gateway_upgrades_total").await, 1.0, "the default went through the upgrade");
+    assert_eq!(h.metric("herald_gateway_sessions_opened_total{transport=\"polling\"}").await, 2.0);
+    assert_eq!(h.metric("herald_gateway_sessions_opened_total{transport=\"websocket\"}").await, 1.0);
+    c.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_socketio_over_long_polling_and_websocket() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let h = Herald::start(&config_yaml(&kafka, None, "")).await;
+    h.wait_assigned(4).await;
+    let mut c = Clients::start_python().await;
+    serves(&mut c, &h, &kafka, "py-polling", json!(["polling"]), "polling").await;
+    serves(&mut c, &h, &kafka, "py-websocket", json!(["websocket"]), "websocket").await;
+    // And a refusal reaches it as socket.io's connect_error.
+    assert_eq!(c.connect("py-refused", &h.url(), json!({"auth": {"token": "junk"}})).await, Err("invalid token".into()));
+    c.stop().await;
+    h.shutdown().await;
+}
