@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-polling|single|single-max|pair|pair-max|five|smoke|profile|profile-single [runs]   (results appended to bench/results.jsonl)
+#   scripts/bench.sh memory|memory-polling|single|single-max|pair|pair-max|five|smoke|profile|profile-single [runs]
+# (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"
 BIN=target/release
+# The herald under test; another build can be measured with this tree's herald-bench
+# (HERALD=../other/target/release/herald), as docs/benchmarks.md's before/after rows were.
+HERALD=${HERALD:-$BIN/herald}
 OUT=${OUT:-bench/results.jsonl}
 BROKER=127.0.0.1:19092
 REDIS_PORT=16390
@@ -31,7 +35,7 @@ start_redis() {
 start_herald() {
   local port=$1 redis=${2:-}
   HERALD_LISTEN=127.0.0.1:$port HERALD_KAFKA_BROKERS=$BROKER HERALD_REDIS_URL=$redis \
-    "$BIN/herald" -c bench/herald.yaml run >/dev/null 2>"bench/herald-$port.log" &
+    "$HERALD" -c bench/herald.yaml run >/dev/null 2>"bench/herald-$port.log" &
   local pid=$!
   PIDS+=($pid)
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -411,9 +411,10 @@ impl Metrics {
         self.auth_rejections[&reason].increment(1);
     }
 
-    pub fn consumed(&self, topic: &str) {
+    /// `n` records consumed from `topic`.
+    pub fn consumed(&self, topic: &str, n: u64) {
         if let Some(c) = self.records_consumed.get(topic) {
-            c.increment(1);
+            c.increment(n);
         }
     }
 
@@ -629,8 +630,8 @@ mod tests {
     fn counters_move() {
         let m = Metrics::new(&["t".into()]);
         m.dropped(DropReason::BadJson, 2);
-        m.consumed("t");
-        m.consumed("unknown-topic");
+        m.consumed("t", 1);
+        m.consumed("unknown-topic", 1);
         let text = m.render();
         assert!(text.contains("herald_records_dropped_total{reason=\"bad_json\"} 2"), "{text}");
         assert!(text.contains("herald_source_records_consumed_total{topic=\"t\"} 1"), "{text}");

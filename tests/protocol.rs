@@ -627,4 +627,27 @@ async fn a_client_that_floods_without_reading_is_bounded_and_others_are_served()
     // The flooder is still served once it reads again.
     flood.send(Message::text("4again")).await.unwrap();
     assert_eq!(next_text(&mut flood).await, "4again");
+
+    // Pings the server must answer, from a client that reads none of the pongs: the answers
+    // may pass the queue's bound, but only by a little; then the client is cut off.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    let upgrade = "GET /flood/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    raw.write_all(upgrade.as_bytes()).await.unwrap();
+    let ping = client_frame(0x89, &[7; 125]);
+    let started = Instant::now();
+    let mut cut = false;
+    for _ in 0..200_000 {
+        if raw.write_all(&ping).await.is_err() {
+            cut = true;
+            break;
+        }
+        if engine.stats().write_timeouts() > 0 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the ping flood was never cut off");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert_eq!(engine.stats().write_timeouts(), 1);
 }

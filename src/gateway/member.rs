@@ -23,6 +23,8 @@ pub struct Member {
     pub connected_at: Instant,
     /// The `since` it connected with: replay what it missed after this id.
     pub since: Option<NotificationId>,
+    /// A token refresh is being checked: one at a time, so a client cannot pile them up.
+    pub refreshing: AtomicBool,
     left: AtomicBool,
 }
 
@@ -34,6 +36,7 @@ impl Member {
             gate: ReplayGate::closed(),
             connected_at: Instant::now(),
             since,
+            refreshing: AtomicBool::new(false),
             left: AtomicBool::new(false),
         }
     }

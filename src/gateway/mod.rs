@@ -11,6 +11,7 @@ mod member;
 mod presence;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -81,9 +82,16 @@ impl Handler for Admission {
             (Some(arg), true) => serde_json::from_str(arg.get()).unwrap_or(Value::Null),
             _ => Value::Null,
         };
+        let Some(member) = socket.data().cloned() else { return };
+        if member.refreshing.swap(true, Ordering::AcqRel) {
+            let busy = RawValue::from_string(r#"{"ok":false,"error":"refresh in progress"}"#.into()).expect("valid JSON");
+            let _ = ack.send(&[&busy]);
+            return;
+        }
         let (admission, socket) = (self.clone(), socket.clone());
         tokio::spawn(async move {
             let reply = lifetime::refresh(&socket, &data, &admission.authenticator, &admission.lifetimes, &admission.metrics).await;
+            member.refreshing.store(false, Ordering::Release);
             let reply = RawValue::from_string(reply.to_string()).expect("valid JSON");
             let _ = ack.send(&[&reply]);
         });

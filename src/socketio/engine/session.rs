@@ -131,6 +131,10 @@ pub(super) static PONG_PROBE: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b|
 pub(super) static NOOP: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.push(b'6')));
 pub(super) static CLOSE: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.push(b'1')));
 
+/// Frames past `max_queue` kept for what the protocol owes a client (pings, a CONNECT reply, a
+/// DISCONNECT): enough for those, not for a client that floods requests for answers.
+const CONTROL_ROOM: usize = 32;
+
 /// What a flush left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Flushed {
@@ -396,7 +400,14 @@ impl<H: Handler> Session<H> {
         if out.closing.is_some() {
             return Err(SendError::Closed);
         }
-        if !control && out.queue.len() >= self.max_queue {
+        let bound = if control { self.max_queue + CONTROL_ROOM } else { self.max_queue };
+        if out.queue.len() >= bound {
+            if control {
+                // Even the room kept for what the protocol owes is full: a client that asks for
+                // answers (pongs, refusals) and reads none of them is cut off.
+                drop(out);
+                self.close(CloseReason::WriteTimeout);
+            }
             return Err(SendError::Full);
         }
         out.queue.push_back(frame.clone());
