@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::now_us;
@@ -28,8 +28,7 @@ struct Conn {
 
 impl Conn {
     async fn open(server: SocketAddr, bind: IpAddr) -> anyhow::Result<Self> {
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(bind, 0))?;
+        let socket = crate::stats::client_socket(bind)?;
         let stream = socket.connect(server).await?;
         stream.set_nodelay(true)?;
         Ok(Self { stream, buf: Vec::new() })

@@ -60,6 +60,27 @@ pub fn percentiles(values: &mut [i64]) -> [i64; 4] {
     [at(0.50), at(0.90), at(0.99), values[values.len() - 1]]
 }
 
+/// A client socket bound to `bind` whose port the kernel picks at connect time, by the whole
+/// address pair (`IP_BIND_ADDRESS_NO_PORT`): consecutive runs from one source address do not run
+/// out of ports while the last run's connections linger in TIME_WAIT.
+pub fn client_socket(bind: std::net::IpAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    use std::os::fd::AsRawFd;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `on` for the given length on this open socket.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket.bind(std::net::SocketAddr::new(bind, 0))?;
+    Ok(socket)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

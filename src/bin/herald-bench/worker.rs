@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -141,8 +140,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Connects from `bind`, upgrades to WebSocket, and completes the Socket.IO CONNECT.
 async fn open(server: SocketAddr, bind: IpAddr, url: &str, token: &str) -> anyhow::Result<Ws> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(bind, 0))?;
+    let socket = crate::stats::client_socket(bind)?;
     let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
     // Small buffers: the client side holds tens of thousands of these.
