@@ -290,6 +290,7 @@ async fn expired_tokens_disconnect_unless_refreshed_by_the_same_user() {
     let mut c = Clients::start().await;
     let soon = |user: &str| token_with(json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 2}));
     c.connect("lapses", &h.url(), json!({"auth": {"token": soon("pat")}})).await.unwrap();
+    c.connect("lapses-polling", &h.url(), json!({"auth": {"token": soon("pat")}, "transports": ["polling"]})).await.unwrap();
     c.connect("refreshes", &h.url(), json!({"auth": {"token": soon("pat")}})).await.unwrap();
     c.connect("hijacks", &h.url(), json!({"auth": {"token": soon("pat")}})).await.unwrap();
 
@@ -301,12 +302,15 @@ async fn expired_tokens_disconnect_unless_refreshed_by_the_same_user() {
     assert_eq!(c.expect_ack("hijacks", "auth_refresh").await, json!({"ok": false, "error": "token belongs to another user"}));
 
     assert_eq!(c.expect("lapses", "auth_expired").await, json!({"reason": "token expired"}));
-    assert!(c.disconnected("lapses", Duration::from_secs(5)).await.is_some());
+    // Told by a DISCONNECT, over either transport: the client does not reconnect on its own.
+    assert_eq!(c.disconnected("lapses", Duration::from_secs(5)).await.as_deref(), Some("io server disconnect"));
+    assert_eq!(c.expect("lapses-polling", "auth_expired").await, json!({"reason": "token expired"}));
+    assert_eq!(c.disconnected("lapses-polling", Duration::from_secs(5)).await.as_deref(), Some("io server disconnect"));
     assert!(c.disconnected("hijacks", Duration::from_secs(5)).await.is_some());
     // The refreshed socket outlives its first token and still receives.
     kafka.notify("pat", json!({"still": "here"})).await;
     assert_eq!(c.expect("refreshes", "notification").await["body"], json!({"still": "here"}));
-    assert_eq!(h.metric("herald_gateway_expired_disconnects_total").await, 2.0);
+    assert_eq!(h.metric("herald_gateway_expired_disconnects_total").await, 3.0);
     c.stop().await;
     h.shutdown().await;
 }

@@ -464,6 +464,46 @@ async fn malformed_packets_over_websocket_close_only_their_socket() {
     witness_still_served_then_stop(h, &kafka, c).await;
 }
 
+/// A masked client text frame.
+fn client_text_frame(text: &str) -> Vec<u8> {
+    let mask = [3u8, 1, 4, 1];
+    let mut out = vec![0x81];
+    match text.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_after_the_packet_that_ended_a_session_is_read() {
+    let kafka = Kafka::start(&[TOPIC]).await;
+    let (h, mut c) = herald_with_witness(&kafka, "  connect_timeout_ms: 1000").await;
+    // A broken packet, then a good CONNECT, in one write: the second must not connect a socket
+    // to the session the first one ended.
+    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
+    let upgrade = "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let both = [client_text_frame("4x"), client_text_frame(&format!("40{}", json!({"token": token("mallory")})))].concat();
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    tcp.write_all(&both).await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the connection was not closed");
+    assert!(!String::from_utf8_lossy(&sink).contains("40{\"sid\""), "a socket was connected: {:?}", String::from_utf8_lossy(&sink));
+    // A sentinel connects after it: had the CONNECT been read, it would have been accepted first.
+    c.connect_as("sentinel", &h.url(), "mallory").await;
+    assert_eq!(h.metric("herald_gateway_connections_total").await, 2.0, "only the witness and the sentinel were accepted");
+    eventually(Duration::from_secs(5), "the witness and the sentinel", async || h.metric(SOCKETS).await == 2.0).await;
+    c.close("sentinel").await;
+    witness_still_served_then_stop(h, &kafka, c).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packets_over_long_polling_end_only_their_session() {
     let kafka = Kafka::start(&[TOPIC]).await;

@@ -88,7 +88,6 @@ impl Admission {
         }
         // Before the client hears it is connected, this instance receives its notifications.
         self.bus.acquire(&user).await;
-        self.lifetimes.track(socket, identity.expires_at);
         if per_user > 0 && self.limits.per_user_limit == PerUserLimit::DisconnectOldest {
             self.evict_oldest_over(&member, per_user as usize);
         }
@@ -99,6 +98,9 @@ impl Admission {
     /// Runs right after the client is told it is connected: sends what it missed (after its
     /// `since`, or the last few by config), then opens its gate to live notifications.
     pub async fn replay(&self, socket: &Client, member: &Member) {
+        // Watched from now on: a deadline that passes while the socket is still connecting
+        // would find it not connected yet.
+        self.lifetimes.track(socket, member.expires_at());
         let since = member.since;
         if since.is_some() || self.replay.last_without_since > 0 {
             match self.bus.history(&member.user, since, self.replay.last_without_since).await {

@@ -79,7 +79,7 @@ impl Deliverer {
                 let meta = RawValue::from_string(replay::meta(id).to_string()).expect("valid JSON");
                 event_frame(NAMESPACE, event, &[payload, &meta])
             });
-            e.member.gate.offer(id, frame.clone(), |frame| match e.socket.send(frame) {
+            let held = e.member.gate.offer(id, frame.clone(), |frame| match e.socket.send(frame) {
                 Ok(()) => {}
                 Err(SendError::Full) if self.slow_client == SlowClient::Disconnect => {
                     failed += 1;
@@ -87,6 +87,9 @@ impl Deliverer {
                 }
                 Err(_) => failed += 1,
             });
+            if !held {
+                failed += 1;
+            }
         });
         if sockets == 0 {
             return 0;

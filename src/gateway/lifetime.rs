@@ -3,8 +3,9 @@
 //! of the same user.
 //!
 //! One task watches every socket's deadline through a min-heap, instead of a timer per socket:
-//! connections stay cheap, and a refresh simply pushes a later deadline. The heap holds weak
-//! references, and drops those of sockets gone when it has grown past twice the live ones.
+//! connections stay cheap. A socket has one entry: when it comes due after a refresh, it is
+//! put back for the new `exp`. The heap holds weak references, and drops those of sockets gone
+//! when it has doubled since it last did.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -73,7 +74,7 @@ async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String,
     loop {
         let next = heap.peek().map(|Reverse(d)| d.0);
         let sleep = match next {
-            Some(exp) => Duration::from_millis((exp * 1000).saturating_sub(now_ms())),
+            Some(exp) => Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms())),
             None => Duration::from_secs(3600),
         };
         tokio::select! {
@@ -91,11 +92,16 @@ async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String,
             _ = tokio::time::sleep(sleep), if next.is_some() => {
                 let now_secs = now_ms() / 1000;
                 while heap.peek().is_some_and(|Reverse(d)| d.0 <= now_secs) {
-                    let Some(Reverse(Deadline(_, socket))) = heap.pop() else { break };
-                    let Some(socket) = socket.upgrade().filter(|s| s.is_connected()) else { continue };
-                    // A refresh moved the deadline: a later entry stands for it.
-                    if socket.data().and_then(|m| m.expires_at()).is_some_and(|current| current > now_secs) {
-                        continue;
+                    let Some(Reverse(Deadline(_, weak))) = heap.pop() else { break };
+                    let Some(socket) = weak.upgrade().filter(|s| s.is_connected()) else { continue };
+                    // A refresh moved the deadline: this entry now stands for the new one.
+                    match socket.data().and_then(|m| m.expires_at()) {
+                        Some(current) if current > now_secs => {
+                            heap.push(Reverse(Deadline(current, weak)));
+                            continue;
+                        }
+                        None => continue,
+                        Some(_) => {}
                     }
                     debug!(sid = socket.id(), "Token expired; disconnecting.");
                     metrics.expired_disconnects.increment(1);
@@ -125,8 +131,17 @@ pub async fn refresh(socket: &Client, data: &Value, authenticator: &Authenticato
     metrics.token_refresh(result.is_ok());
     match result {
         Ok(identity) => {
+            // The socket's entry is re-armed for a later `exp` when it comes due; a new entry is
+            // needed only for an earlier one (or a first one), so refreshes do not pile entries up.
+            let earlier = match (member.expires_at(), identity.expires_at) {
+                (Some(old), Some(new)) => new < old,
+                (None, Some(_)) => true,
+                _ => false,
+            };
             member.set_expires_at(identity.expires_at);
-            lifetimes.track(socket, identity.expires_at);
+            if earlier {
+                lifetimes.track(socket, identity.expires_at);
+            }
             serde_json::json!({"ok": true, "expires_at": identity.expires_at})
         }
         Err(error) => serde_json::json!({"ok": false, "error": error}),

@@ -50,6 +50,7 @@ pub fn options(server: &ServerConfig, auth: &AuthConfig) -> socketio::Options {
             max_payload: server.max_payload_bytes as usize,
             max_queue: server.max_buffer_size,
             join_timeout: Some(server.connect_timeout),
+            upgrade_timeout: std::time::Duration::from_secs(10),
             write_timeout: server.write_timeout,
             request_timeout: server.connect_timeout,
             handshake_headers: vec!["origin", "authorization"],

@@ -78,6 +78,9 @@ pub struct ReplayGate<T> {
     state: Mutex<GateState<T>>,
 }
 
+/// Live retained notifications a gate holds while its replay runs.
+pub const MAX_PENDING: usize = 1024;
+
 /// Live ids a gate remembers: enough to recognise a notification published again right after a
 /// Redis reconnect, which follows its first copy within a second.
 const RECENT_LIVE: usize = 8;
@@ -130,14 +133,20 @@ impl<T> ReplayGate<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A live retained notification `id`: sent now, or after the replay; never twice.
-    pub fn offer(&self, id: NotificationId, item: T, send: impl FnOnce(&T)) {
+    /// A live retained notification `id`: sent now, or after the replay; never twice. `false`
+    /// when it was dropped: more than [`MAX_PENDING`] arrived during the replay (the client
+    /// still finds it in the history with `since`).
+    pub fn offer(&self, id: NotificationId, item: T, send: impl FnOnce(&T)) -> bool {
         let mut s = self.lock();
         if s.replaying {
+            if s.pending.len() >= MAX_PENDING {
+                return false;
+            }
             s.pending.push((id, item));
         } else if s.admit_live(id) {
             send(&item);
         }
+        true
     }
 
     /// A replayed notification `id` (history order): sent unless already covered.

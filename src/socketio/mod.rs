@@ -22,8 +22,9 @@ pub use socket::{AckSender, DisconnectReason, Event, Socket, SocketRef, event_fr
 
 use socket::Layer;
 
-/// What the application does with sockets. Calls other than the [`Handler::connect`] future run
-/// on the connection's task and must not block.
+/// What the application does with sockets. The calls come from the connection's task, the
+/// heartbeat, or whichever thread ended the socket; none may block (work that waits belongs in
+/// a task of its own).
 pub trait Handler: Sized + Send + Sync + 'static {
     /// What the application keeps per socket, from its connect.
     type Data: Send + Sync + 'static;

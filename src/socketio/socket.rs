@@ -97,6 +97,7 @@ impl<H: Handler> Socket<H> {
                 frames.iter().try_for_each(|f| self.session.send(f))
             }
             GONE => Err(SendError::Closed),
+            _ if early.len() + frames.len() > self.session.max_queue() => Err(SendError::Full),
             _ => {
                 early.extend_from_slice(frames);
                 Ok(())
@@ -118,10 +119,19 @@ impl<H: Handler> Socket<H> {
 
     /// Leaves the namespace from the server side: the client gets DISCONNECT (it will not
     /// reconnect on its own), the application [`Handler::disconnected`]. The last socket of
-    /// a session takes the session with it.
+    /// a session takes the session with it. A socket still connecting gets CONNECT_ERROR
+    /// `disconnected` instead, and its connect ends as if the session had closed.
     pub fn disconnect(self: &Arc<Self>) {
-        if self.state.swap(GONE, Ordering::AcqRel) != CONNECTED {
-            return;
+        match self.state.compare_exchange(CONNECTED, GONE, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {}
+            Err(CONNECTING) => {
+                if self.state.compare_exchange(CONNECTING, GONE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    self.session.state().remove(self);
+                    let _ = self.session.send_control_frame(&connect_error(&self.namespace, "disconnected"));
+                }
+                return;
+            }
+            Err(_) => return,
         }
         let frame = Frame::text(|b| {
             b.push(b'4');
@@ -144,15 +154,19 @@ impl<H: Handler> Socket<H> {
             packet::write(b, Kind::Connect, 0, &self.namespace, None, json.as_bytes());
         });
         {
+            // The reply, then what was sent meanwhile; only then do sends go straight to the
+            // session (they wait on this lock until then).
             let mut early = lock(&self.early);
-            if self.state.compare_exchange(CONNECTING, CONNECTED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            if self.state.load(Ordering::Acquire) != CONNECTING || self.session.send_control_frame(&reply).is_err() {
                 return false;
             }
-            let _ = self.session.send_control_frame(&reply);
             for f in early.drain(..) {
                 let _ = self.session.send(&f);
             }
             *early = Vec::new();
+            if self.state.compare_exchange(CONNECTING, CONNECTED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                return false;
+            }
         }
         self.session.mark_joined();
         handler.connected(self);
@@ -234,11 +248,13 @@ pub struct Connection<H: Handler> {
 struct ConnectionState<H: Handler> {
     sockets: Vec<SocketRef<H>>,
     binary: Option<Box<PendingBinary>>,
+    /// The session ended: no socket joins it any more.
+    closed: bool,
 }
 
 impl<H: Handler> Default for ConnectionState<H> {
     fn default() -> Self {
-        Self { sockets: Vec::new(), binary: None }
+        Self { sockets: Vec::new(), binary: None, closed: false }
     }
 }
 
@@ -309,6 +325,9 @@ impl<H: Handler> Layer<H> {
         };
         let socket = {
             let mut state = session.state().lock();
+            if state.closed {
+                return;
+            }
             if state.sockets.iter().any(|s| s.namespace == *namespace) {
                 drop(state);
                 return session.protocol_error(ProtocolError::BadSocketPacket);
@@ -362,6 +381,10 @@ impl<H: Handler> engine::Handler for Layer<H> {
     }
 
     fn text(&self, session: &Arc<Session<Self>>, text: &str) {
+        if session.is_closed() {
+            // What followed the packet that ended the session is not read.
+            return;
+        }
         if session.state().lock().binary.is_some() {
             // Attachments were announced: only binary messages may come now.
             return session.protocol_error(ProtocolError::BadSocketPacket);
@@ -376,6 +399,9 @@ impl<H: Handler> engine::Handler for Layer<H> {
     }
 
     fn binary(&self, session: &Arc<Session<Self>>, data: &[u8]) {
+        if session.is_closed() {
+            return;
+        }
         let complete = {
             let mut state = session.state().lock();
             let Some(pending) = state.binary.as_mut() else {
@@ -400,13 +426,16 @@ impl<H: Handler> engine::Handler for Layer<H> {
     }
 
     fn closed(&self, session: &Arc<Session<Self>>, reason: CloseReason) {
-        let sockets = std::mem::take(&mut session.state().lock().sockets);
+        let sockets = {
+            let mut state = session.state().lock();
+            state.closed = true;
+            state.binary = None;
+            std::mem::take(&mut state.sockets)
+        };
         for socket in sockets {
             if socket.state.swap(GONE, Ordering::AcqRel) == CONNECTED {
                 self.handler.disconnected(&socket, DisconnectReason::Transport(reason));
             }
-            lock(&socket.early).clear();
         }
-        session.state().lock().binary = None;
     }
 }

@@ -58,7 +58,9 @@ pub(super) async fn run<H: Handler>(flusher: Arc<Flusher<H>>) {
                 session.flush_marked();
             }
             // Let the senders run: what they queue meanwhile goes out in the next round.
-            tokio::task::yield_now().await;
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
         }
     }
 }

@@ -51,11 +51,22 @@ impl Request {
         self.headers.iter().find(|(n, _)| &**n == name).map(|(_, v)| &**v)
     }
 
+    /// The body's length: digits only, and every copy of the header the same (RFC 9112 6.3),
+    /// so that no proxy in front can read the request another way.
     fn content_length(&self) -> Result<usize, ()> {
-        match self.header("content-length") {
-            None => Ok(0),
-            Some(v) => v.trim().parse().map_err(|_| ()),
+        let mut length = None;
+        for (_, v) in self.headers.iter().filter(|(n, _)| &**n == "content-length") {
+            let v = v.trim();
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(());
+            }
+            let n: usize = v.parse().map_err(|_| ())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
         }
+        Ok(length.unwrap_or(0))
     }
 }
 
@@ -454,6 +465,12 @@ mod tests {
         assert!(!r.keep_alive);
         assert_eq!(parse_head(b"GARBAGE\r\n\r\n", &|_| false).unwrap_err(), 400);
         assert_eq!(parse_head(b"GET / HTTP/9.9\r\n\r\n", &|_| false).unwrap_err(), 400);
+        let length = |head: &[u8]| parse_head(head, &|_| false).unwrap().unwrap().0.content_length();
+        assert_eq!(length(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"), Ok(12));
+        assert_eq!(length(b"POST / HTTP/1.1\r\n\r\n"), Ok(0));
+        assert_eq!(length(b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"), Err(()));
+        assert_eq!(length(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"), Err(()));
+        assert_eq!(length(b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n"), Ok(5));
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", (0..100).map(|i| format!("X-{i}: v\r\n")).collect::<String>());
         assert_eq!(parse_head(many.as_bytes(), &|_| false).unwrap_err(), 431);
     }

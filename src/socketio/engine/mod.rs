@@ -37,13 +37,17 @@ pub struct Options {
     pub max_queue: usize,
     /// A session the layer above has not marked joined by then is closed.
     pub join_timeout: Option<Duration>,
+    /// A WebSocket probing an upgrade must complete it in this time, or it is closed (the
+    /// session polls on).
+    pub upgrade_timeout: Duration,
     /// A client that takes no data for this long while some waits is cut off.
     pub write_timeout: Duration,
     /// Time a connection has to send a request's headers, or to resume a paused request body.
     pub request_timeout: Duration,
     /// Request headers kept in the [`Handshake`], lower case.
     pub handshake_headers: Vec<&'static str>,
-    /// `Origin`s allowed to open sessions and to read polling responses; empty allows any.
+    /// `Origin`s whose pages may read polling responses (CORS); empty allows any. Refusing
+    /// sessions by origin is the layer above's decision (the `Origin` is in the handshake).
     pub allowed_origins: Vec<String>,
 }
 
@@ -56,6 +60,7 @@ impl Default for Options {
             max_payload: 1_000_000,
             max_queue: 1024,
             join_timeout: None,
+            upgrade_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             handshake_headers: Vec::new(),
@@ -184,8 +189,8 @@ fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
 
 impl<H: Handler> Drop for Shared<H> {
     fn drop(&mut self) {
-        // Sessions hold no reference back to the engine, so this runs once the last front and
-        // the heartbeat task let go.
+        // Sessions hold no strong reference back to the engine, so this runs once the engine's
+        // handles, the fronts and the WebSocket tasks have let go.
         self.flusher.stop();
         self.sessions.clear();
     }

@@ -35,6 +35,10 @@ pub(super) fn handshake<H: Handler>(engine: &Arc<Shared<H>>, handshake: super::H
     engine.stats.opened(false);
     engine.wheel.opened(&session);
     engine.handler.opened(&session);
+    if engine.closing.load(std::sync::atomic::Ordering::Acquire) {
+        // `close_all` may have listed the sessions before this one was in the table.
+        session.close(CloseReason::ServerShutdown);
+    }
     // Whatever the layer above sent on opening follows in the next poll.
     Response::new(200, TEXT, Bytes::copy_from_slice(open.packet()))
 }
@@ -52,28 +56,41 @@ pub(super) async fn poll<H: Handler>(session: &Arc<Session<H>>) -> Result<Respon
         }
         out.polling_get = true;
     }
+    // A poll dropped unanswered (its client went away while hyper served it) is no longer
+    // waiting: the next one is not an overlap.
+    struct Waiting<'a, H: Handler>(&'a Session<H>);
+    impl<H: Handler> Drop for Waiting<'_, H> {
+        fn drop(&mut self) {
+            self.0.lock().polling_get = false;
+        }
+    }
+    let _waiting = Waiting(session);
     loop {
         let notified = session.poll_waiter.notified();
         {
             let mut out = session.lock();
             let closing = out.closing;
             let upgraded = out.transport == Transport::WebSocket;
-            if Session::<H>::has_queued(&out) || closing.is_some() || upgraded {
+            let queued = Session::<H>::has_queued(&out);
+            if queued || closing.is_some() || upgraded {
                 out.polling_get = false;
                 let mut body = if upgraded { Vec::new() } else { Session::<H>::take_polling_payload(&mut out) };
-                if let Some(reason) = closing
-                    && !upgraded
-                {
-                    if !body.is_empty() {
-                        body.push(packet::SEPARATOR);
-                    }
+                // The goodbye goes alone, after what was queued (a DISCONNECT, say): a client
+                // handles Socket.IO packets a tick late, and a close packet in the same payload
+                // would end its transport before it read them.
+                let goodbye = closing.filter(|_| !upgraded && !queued);
+                if let Some(reason) = goodbye {
                     // The client asked to close: its poll just ends. Otherwise it is told.
-                    let goodbye = if reason == CloseReason::ClientClose { &NOOP } else { &CLOSE };
-                    body.extend_from_slice(goodbye.packet());
+                    body.extend_from_slice(if reason == CloseReason::ClientClose { NOOP.packet() } else { CLOSE.packet() });
                 }
                 if body.is_empty() {
                     // Upgraded meanwhile: a noop ends this poll.
                     body.extend_from_slice(NOOP.packet());
+                }
+                drop(out);
+                if goodbye.is_some() {
+                    // The goodbye is collected: the session can go.
+                    session.forget();
                 }
                 return Ok(Response::new(200, TEXT, body));
             }
@@ -100,7 +117,11 @@ pub(super) fn post<H: Handler>(engine: &Shared<H>, session: &Arc<Session<H>>, bo
             }
             Packet::Text(t) => engine.handler.text(session, t),
             Packet::Binary(b) => engine.handler.binary(session, &b),
-            Packet::Close => close_after_poll(session),
+            Packet::Close => {
+                // Nothing after a close packet is read.
+                close_after_poll(session);
+                break;
+            }
             Packet::Noop => {}
             // In v4 only the server pings.
             Packet::Ping(_) | Packet::Upgrade => return Err(ProtocolError::BadEnginePacket),

@@ -104,6 +104,10 @@ impl<H: Handler> Engine<H> {
             let Some(session) = Sid::parse(sid).and_then(|sid| engine.sessions.get(&sid).map(|s| s.value().clone())) else {
                 return refuse(engine, EioError::UnknownSid);
             };
+            if session.is_closed() && request.method != Method::Get {
+                // Closed, kept only for its goodbye to be polled.
+                return refuse(engine, EioError::UnknownSid);
+            }
             if session.heartbeat_expired(engine.wheel.now_ms(), engine.options.ping_timeout) {
                 // The heartbeat task may not have run yet: a dead session is dead now.
                 session.close(CloseReason::PingTimeout);

@@ -1,7 +1,7 @@
 //! One Engine.IO session: its id, the write side of its transport (frames queued for a
 //! WebSocket, or packets waiting for the next long-polling GET), its heartbeat state, and the
-//! layer above's state. Sends come from any thread and are written at once when the socket
-//! has room: no task is woken for a frame the kernel takes.
+//! layer above's state. Sends come from any thread: they queue the frame and mark the session
+//! for the flusher (WebSocket) or wake the waiting GET (long-polling).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -169,6 +169,9 @@ pub enum CloseReason {
     ProtocolError,
     /// The client took no data for the write timeout.
     WriteTimeout,
+    /// The client asked for more answers (pongs, refusals) than it read, past the room kept
+    /// for them.
+    Flood,
     /// The layer above closed it.
     ServerClose,
     ServerShutdown,
@@ -183,6 +186,7 @@ impl CloseReason {
             Self::JoinTimeout => "join timeout",
             Self::ProtocolError => "protocol error",
             Self::WriteTimeout => "write timeout",
+            Self::Flood => "flood",
             Self::ServerClose => "server close",
             Self::ServerShutdown => "server shutdown",
         }
@@ -382,6 +386,18 @@ impl<H: Handler> Session<H> {
         self.engine.upgrade().map(|e| f(&e.handler))
     }
 
+    /// Frames its queue holds before sends to it fail.
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
+
+    /// Drops the session from the engine's table (a long-polling client collected its goodbye).
+    pub(super) fn forget(self: &Arc<Self>) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.sessions.remove_if(&self.sid, |_, s| Arc::ptr_eq(s, self));
+        }
+    }
+
     /// The largest message the client may send.
     pub fn max_payload(&self) -> usize {
         self.engine.upgrade().map_or(0, |e| e.options.max_payload)
@@ -404,9 +420,11 @@ impl<H: Handler> Session<H> {
         if out.queue.len() >= bound {
             if control {
                 // Even the room kept for what the protocol owes is full: a client that asks for
-                // answers (pongs, refusals) and reads none of them is cut off.
+                // answers (pongs, refusals) and reads none of them is cut off. From a task of
+                // its own: the sender may hold locks the close path takes.
                 drop(out);
-                self.close(CloseReason::WriteTimeout);
+                let session = self.clone();
+                tokio::spawn(async move { session.close(CloseReason::Flood) });
             }
             return Err(SendError::Full);
         }
@@ -565,7 +583,19 @@ impl<H: Handler> Session<H> {
             }
         }
         if let Some(engine) = self.engine.upgrade() {
-            engine.sessions.remove(&self.sid);
+            if self.ws.get().is_none() && reason == CloseReason::ServerClose {
+                // A long-polling client collects what the server said last (a DISCONNECT) with
+                // its next GET: the session stays findable for that poll, or for a ping timeout.
+                let (session, engine_weak, grace) = (self.clone(), self.engine.clone(), engine.options.ping_timeout);
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if let Some(engine) = engine_weak.upgrade() {
+                        engine.sessions.remove_if(&session.sid, |_, s| Arc::ptr_eq(s, &session));
+                    }
+                });
+            } else {
+                engine.sessions.remove(&self.sid);
+            }
             engine.stats.session_closed(reason);
             engine.handler.closed(self, reason);
         }

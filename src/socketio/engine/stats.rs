@@ -25,10 +25,12 @@ pub enum ProtocolError {
     BadSocketPacket,
     /// A second long-polling GET while one is waiting.
     OverlappingPoll,
+    /// Requests for answers (pings, CONNECTs) faster than the client reads them.
+    Flood,
 }
 
 impl ProtocolError {
-    pub const ALL: [ProtocolError; 8] = [
+    pub const ALL: [ProtocolError; 9] = [
         Self::BadHttp,
         Self::BadHandshake,
         Self::BadFrame,
@@ -37,6 +39,7 @@ impl ProtocolError {
         Self::BadEnginePacket,
         Self::BadSocketPacket,
         Self::OverlappingPoll,
+        Self::Flood,
     ];
 
     pub fn label(self) -> &'static str {
@@ -49,6 +52,7 @@ impl ProtocolError {
             Self::BadEnginePacket => "bad_engine_packet",
             Self::BadSocketPacket => "bad_socket_packet",
             Self::OverlappingPoll => "overlapping_poll",
+            Self::Flood => "flood",
         }
     }
 }
@@ -102,6 +106,7 @@ impl Stats {
         match reason {
             CloseReason::PingTimeout => self.ping_timeouts.fetch_add(1, Ordering::Relaxed),
             CloseReason::WriteTimeout => self.write_timeouts.fetch_add(1, Ordering::Relaxed),
+            CloseReason::Flood => self.protocol_errors[ProtocolError::Flood as usize].fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
     }

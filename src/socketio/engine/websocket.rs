@@ -23,8 +23,6 @@ use super::{Handler, Handshake, Shared};
 
 /// Reads per wake-up before other connections get their turn.
 const READS_PER_WAKE: usize = 4;
-/// How long a probing WebSocket may take to send its upgrade packet.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -54,6 +52,10 @@ pub(super) fn accept<H: Handler>(engine: Arc<Shared<H>>, upgrade: Upgrade, strea
                 return;
             }
             engine.handler.opened(&session);
+            if engine.closing.load(std::sync::atomic::Ordering::Acquire) {
+                // `close_all` may have listed the sessions before this one was in the table.
+                session.close(CloseReason::ServerShutdown);
+            }
             Connection::new(engine, session, None)
         }
         Some(sid) => {
@@ -134,12 +136,20 @@ impl<H: Handler> Connection<H> {
     async fn run(mut self) {
         // The cold paths are boxed, so that an open connection's task holds only `serve`.
         if self.probing.is_some() {
-            let probed = Box::pin(tokio::time::timeout(UPGRADE_TIMEOUT, self.serve())).await;
+            // Only the probe is timed: `serve` returns as soon as the upgrade is done.
+            let probed = Box::pin(tokio::time::timeout(self.engine.options.upgrade_timeout, self.serve())).await;
             if probed.is_err() {
                 self.stop = Some(Stop::Closed(CloseReason::TransportClose));
             }
             let failed = self.probing.take();
-            self.session.lock().probing = false;
+            {
+                let mut out = self.session.lock();
+                out.probing = false;
+                if failed.is_some() && out.transport == Transport::Upgrading {
+                    // Probed but never upgraded: the session polls on, and may probe again.
+                    out.transport = Transport::Polling;
+                }
+            }
             if let Some(stream) = failed {
                 // The probe failed or timed out: only this connection ends, the session polls on.
                 let _ = stream.try_write(&frame::close_frame(close_code::NORMAL));
@@ -155,7 +165,12 @@ impl<H: Handler> Connection<H> {
     /// an idle connection's task small.
     async fn serve(&mut self) {
         let mut stall: Option<Pin<Box<Sleep>>> = None;
+        let began_probing = self.probing.is_some();
         while self.stop.is_none() {
+            if began_probing && self.probing.is_none() {
+                // Upgraded: the caller serves on, without the probe's deadline.
+                return;
+            }
             let (stalled, closing) = if self.probing.is_some() {
                 (false, false)
             } else {
@@ -256,13 +271,15 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    /// Keeps an unfinished frame, with room for all of it once its header is known.
+    /// Keeps an unfinished frame, with room for the rest of it once its header is known, up to
+    /// a read's worth more: a header announcing a large frame does not allocate it before its
+    /// bytes come.
     fn keep_partial(&mut self, bytes: &[u8]) {
         let whole = match frame::parse_header(bytes, self.engine.options.max_payload) {
             Ok(Some(h)) => h.header_len + h.len,
             _ => bytes.len(),
         };
-        self.carry.reserve_exact(whole);
+        self.carry.reserve_exact(whole.min(bytes.len() + 64 * 1024));
         self.carry.extend_from_slice(bytes);
     }
 
