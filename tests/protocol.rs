@@ -581,6 +581,36 @@ async fn socket_io_works_over_long_polling_binary_included() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sent_the_moment_connect_arrives_is_handled() {
+    // A client may answer the CONNECT reply at once; the server must already read it as
+    // connected (an event it reads as "before CONNECT" would close the connection).
+    let s = Arc::new(Server::start().await);
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut ws = sio_connected(&s, "").await;
+                ws.send(Message::text(format!(r#"42{i}["message-with-ack",{i}]"#))).await.unwrap();
+                // The `auth` event the fixture emits on connect may come before or after it.
+                let ack = format!("43{i}[{i}]");
+                for _ in 0..2 {
+                    let got = next_text_answering_pings(&mut ws).await;
+                    if got == ack {
+                        return;
+                    }
+                    assert_eq!(got, r#"42["auth",{}]"#, "socket {i}");
+                }
+                panic!("socket {i}: no ack");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(s.errors(ProtocolError::BadSocketPacket, true), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_socket_io_packets_close_the_connection_and_are_counted() {
     let s = Server::start().await;
     let cases: [(&str, Vec<Message>); 8] = [

@@ -69,6 +69,20 @@ impl<H: Handler> Socket<H> {
         self.state.load(Ordering::Acquire) == CONNECTED
     }
 
+    /// Whether a packet the client sent may be read as from a connected socket. The CONNECT
+    /// reply goes out a moment before the state says so (under the `early` lock), and a client
+    /// may answer it at once: waiting for that lock closes the gap.
+    fn accepts_packets(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            CONNECTED => true,
+            CONNECTING => {
+                drop(lock(&self.early));
+                self.is_connected()
+            }
+            _ => false,
+        }
+    }
+
     /// Sends a packet encoded once for many sockets ([`event_frame`]); it must be for this
     /// socket's namespace.
     pub fn send(&self, frame: &Frame) -> Result<(), SendError> {
@@ -167,8 +181,8 @@ impl<H: Handler> Socket<H> {
             if self.state.compare_exchange(CONNECTING, CONNECTED, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 return false;
             }
+            self.session.mark_joined();
         }
-        self.session.mark_joined();
         handler.connected(self);
         true
     }
@@ -301,7 +315,7 @@ impl<H: Handler> Layer<H> {
                 None => session.protocol_error(ProtocolError::BadSocketPacket),
             },
             Kind::Event | Kind::BinaryEvent => {
-                let Some(socket) = connection.find(p.namespace).filter(|s| s.is_connected()) else {
+                let Some(socket) = connection.find(p.namespace).filter(|s| s.accepts_packets()) else {
                     return session.protocol_error(ProtocolError::BadSocketPacket);
                 };
                 let (name, args) = packet::event_parts(p.payload.expect("an event has a payload"));
@@ -310,7 +324,7 @@ impl<H: Handler> Layer<H> {
             }
             // The server sends no events that wait for an ack: an ack is read and dropped.
             Kind::Ack | Kind::BinaryAck => {
-                if !connection.find(p.namespace).is_some_and(|s| s.is_connected()) {
+                if !connection.find(p.namespace).is_some_and(|s| s.accepts_packets()) {
                     session.protocol_error(ProtocolError::BadSocketPacket);
                 }
             }
