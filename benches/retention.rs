@@ -5,7 +5,9 @@
 //!
 //! Run: `cargo bench --bench retention` (needs `redis-server` and `redis-cli` on PATH).
 
+// The failover helpers are for the tests.
 #[path = "../tests/common/cluster.rs"]
+#[allow(dead_code)]
 mod cluster;
 
 use std::net::TcpListener;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs herald's whole test suite on a fresh machine, installing what the tests need first:
-# redis-server and chromium (Debian packages), the npm packages the integration tests drive
+# redis-server, redis-sentinel and chromium (Debian packages), the npm packages the integration tests drive
 # (socket.io-client, playwright-core) and the demo page serves, from the committed lockfiles,
 # and python-socketio's client (PyPI, pinned) in a virtualenv under tests/client/.venv.
 # Then a short fuzzing run of each fuzz target (installing cargo-fuzz if missing).
@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The Sentinel failover test runs real Sentinels.
+command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # The demo page's end-to-end test drives Debian's Chromium (playwright-core never downloads one).
 [ -x "${HERALD_TEST_CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
@@ -23,9 +25,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # The integration tests start their own private redis-server processes; stop the system one
 # that the Debian package may have started, so it holds no port and no memory.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
-  systemctl stop redis-server || true
-fi
+for service in redis-server redis-sentinel; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl stop "$service" || true
+  fi
+done
 
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
 [ -x tests/client/.venv/bin/python ] || python3 -m venv tests/client/.venv

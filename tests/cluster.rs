@@ -86,3 +86,51 @@ async fn two_instances_on_a_cluster_deliver_through_the_owning_shard_only() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// Three masters with a replica each: the master holding a user's slot is killed mid-stream,
+/// its replica takes over, and the user, connected throughout to the other instance, misses
+/// nothing; retained notifications are all in the history afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_failover_loses_nothing() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let mut cluster = RedisCluster::start_with(1, 1000);
+    let redis = format!("redis: {{url: \"{}\", command_timeout_ms: 500}}\nreplay: {{history: 1000}}\n", cluster.url());
+    let yaml = config_yaml(&kafka, None, &redis);
+    // Only `one` consumes the topic; the socket is on `two`: every record crosses Redis.
+    let one = Herald::start(&with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]")).await;
+    let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;
+    one.wait_assigned(4).await;
+    two.wait_assigned(4).await;
+    let mut c = Clients::start().await;
+    c.connect_as("frank", &two.url(), "frank").await;
+    let ask = cluster.ports[0];
+    let victim = cluster.master_of(ask, "herald:user:{frank}").expect("the slot has a master");
+    let survivor = *cluster.ports.iter().find(|p| **p != victim).unwrap();
+
+    const N: i64 = 150;
+    for n in 0..N {
+        kafka.produce_to(TOPIC, Some(1), Some("frank"), json!({"userId": "frank", "n": n}).to_string().as_bytes()).await;
+        if n == N / 5 {
+            cluster.kill(victim);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cluster.master_of(survivor, "herald:user:{frank}").is_some_and(|m| m != victim) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took over the slot of {victim} in 30 s; the cluster as {survivor} sees it:\n{}",
+            cluster.cli(survivor, &["cluster", "nodes"])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, _, lost) = report(&mut c, "frank", N, "cluster failover").await;
+    assert_eq!(lost, 0);
+    c.connect("replayer", &two.url(), json!({"auth": {"token": token("frank"), "since": "0-0"}})).await.unwrap();
+    let (_, _, lost) = report(&mut c, "replayer", N, "the history after the cluster failover").await;
+    assert_eq!(lost, 0, "notifications missing from the history");
+    c.stop().await;
+    one.shutdown().await;
+    two.shutdown().await;
+}

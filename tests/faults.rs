@@ -84,21 +84,6 @@ async fn hostile_records_are_skipped_counted_and_dead_lettered() {
     h.shutdown().await;
 }
 
-/// Waits until socket `id` has seen every `n` in `0..produced`, then prints and returns how
-/// many were delivered, duplicated and lost.
-async fn report(c: &mut Clients, id: &str, produced: i64, what: &str) -> (usize, usize, usize) {
-    eventually(Duration::from_secs(30), "every record to arrive", async || {
-        let got = c.received(id, "notification").await;
-        (0..produced).all(|n| got.iter().any(|p| p["n"] == n))
-    })
-    .await;
-    let got: Vec<i64> = c.received(id, "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
-    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
-    let (delivered, duplicated, lost) = (got.len(), got.len() - distinct.len(), produced as usize - distinct.len());
-    eprintln!("{what}: produced {produced}, delivered {delivered}, duplicated {duplicated}, lost {lost}");
-    (delivered, duplicated, lost)
-}
-
 /// One of two instances, a real process, gets SIGTERM mid-stream (a rolling restart): it commits
 /// and leaves, the survivor takes over its partitions and the user on the survivor misses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,15 +165,7 @@ async fn redis_restart_mid_stream(retain: bool) {
     let what = if retain { "redis restart, retained" } else { "redis restart" };
     let (_, _, lost) = report(&mut c, "frank", N, what).await;
     assert_eq!(lost, 0);
-    // At-least-once: a duplicate may show up, but the first sightings are in order.
-    let mut first_seen = Vec::new();
-    for p in c.received("frank", "notification").await {
-        let n = p["n"].as_i64().unwrap();
-        if !first_seen.contains(&n) {
-            first_seen.push(n);
-        }
-    }
-    assert!(first_seen.windows(2).all(|w| w[0] < w[1]), "in order: {first_seen:?}");
+    assert_first_seen_in_order(&mut c, "frank").await;
     assert!(one.metric("herald_bus_publish_retries_total").await >= 1.0, "the outage was retried, not skipped");
     assert!(two.metric("herald_bus_redis_reconnects_total").await >= 1.0);
     c.stop().await;

@@ -2,6 +2,7 @@
 //! every problem at once, each with its path. Reading the file lives here; using it does not.
 
 mod env;
+mod redis_url;
 mod walk;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use env::OVERRIDES as ENV_OVERRIDES;
+pub use redis_url::{RedisAddress, RedisTarget};
 pub use walk::{ConfigError, ConfigErrors};
 use walk::{Section, Walk, kind};
 
@@ -151,17 +153,19 @@ pub struct RedisConfig {
     /// its channel and stream, so a message only touches the shard that owns the user. Default:
     /// on for a `redis-cluster://` URL, off otherwise.
     pub sharded_pubsub: bool,
+    /// Where herald's own subscriber connects: the URL read, unless it is a cluster's.
+    pub address: Option<RedisAddress>,
 }
 
 impl RedisConfig {
-    /// A `redis-cluster://` or `rediss-cluster://` URL.
+    /// A `redis-cluster://` URL.
     pub fn is_cluster(&self) -> bool {
         is_cluster_url(&self.url)
     }
 }
 
 fn is_cluster_url(url: &str) -> bool {
-    url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://")
+    url.starts_with("redis-cluster://")
 }
 
 #[derive(Debug, Clone)]
@@ -657,10 +661,20 @@ fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
     let s = walk.section(v, "redis", &["url", "channel", "command_timeout_ms", "pubsub_buffer", "sharded_pubsub"]);
     let url = walk.opt::<String>(&s, "url").filter(|u| !u.trim().is_empty());
     if let Some(u) = &url
-        && !(u.starts_with("redis://") || u.starts_with("rediss://") || is_cluster_url(u))
+        && !(u.starts_with("redis://") || u.starts_with("redis-sentinel://") || is_cluster_url(u))
     {
-        walk.error(s.path("url"), "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://");
+        walk.error(s.path("url"), "must start with redis://, redis-sentinel:// or redis-cluster:// (TLS is not supported yet)");
     }
+    let address = match &url {
+        Some(u) if u.starts_with("redis://") || u.starts_with("redis-sentinel://") => match RedisAddress::parse(u) {
+            Ok(a) => Some(a),
+            Err(why) => {
+                walk.error(s.path("url"), why);
+                None
+            }
+        },
+        _ => None,
+    };
     let pattern: String = walk.get(&s, "channel", "herald:user:{user_id}".into());
     let channel = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
         walk.error(s.path("channel"), why);
@@ -669,7 +683,7 @@ fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
     let command_timeout = Duration::from_millis(ranged(walk, &s, "command_timeout_ms", 2000u64, 10..=600_000));
     let pubsub_buffer = ranged(walk, &s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
     let sharded_pubsub = walk.get(&s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));
-    url.map(|url| RedisConfig { url, channel, command_timeout, pubsub_buffer, sharded_pubsub })
+    url.map(|url| RedisConfig { url, channel, command_timeout, pubsub_buffer, sharded_pubsub, address })
 }
 
 fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {

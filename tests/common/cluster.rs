@@ -1,5 +1,6 @@
-//! A local Redis Cluster of three masters (no replicas) on free loopback ports, for the
-//! sharded Pub/Sub test and the retention benchmark (which includes this file by path).
+//! A local Redis Cluster of three masters (optionally with a replica each) on free loopback
+//! ports, for the sharded Pub/Sub and failover tests and the retention benchmark (which
+//! includes this file by path).
 //! Blocking on purpose: it is set up once, before anything runs against it.
 
 use std::net::{TcpListener, TcpStream};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub struct RedisCluster {
     pub ports: Vec<u16>,
-    children: Vec<Child>,
+    children: Vec<Option<Child>>,
     _dir: tempfile::TempDir,
 }
 
@@ -16,15 +17,28 @@ impl RedisCluster {
     /// Starts three `redis-server --cluster-enabled yes` (each with its cluster bus on another
     /// free port), joins them with `redis-cli --cluster create`, and waits for `cluster_state:ok`.
     pub fn start() -> Self {
+        Self::start_with(0, 5000)
+    }
+
+    /// Three masters with `replicas` replicas each; a master unreachable for `node_timeout_ms`
+    /// is failed over to its replica.
+    pub fn start_with(replicas: usize, node_timeout_ms: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
         let server = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let children = ports
             .iter()
             .map(|port| {
                 Command::new(&server)
                     .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                    .args(["--cluster-enabled", "yes", "--cluster-port", &free_port().to_string(), "--cluster-node-timeout", "5000"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &free_port().to_string(),
+                        "--cluster-node-timeout",
+                        &node_timeout_ms.to_string(),
+                    ])
                     .arg("--cluster-config-file")
                     .arg(dir.path().join(format!("nodes-{port}.conf")))
                     .arg("--dir")
@@ -32,6 +46,7 @@ impl RedisCluster {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
+                    .map(Some)
                     .expect("redis-server must be installed (the README's test command installs it)")
             })
             .collect();
@@ -43,14 +58,50 @@ impl RedisCluster {
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed (it comes with redis-server)");
         assert!(created.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&created.stdout));
         wait_until("the cluster to be ok on every node", || {
             cluster.ports.iter().all(|p| cluster.cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
         });
+        wait_until("every replica to be in sync with its master", || {
+            cluster.ports.iter().all(|p| {
+                let info = cluster.cli(*p, &["info", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
         cluster
+    }
+
+    /// The port of the master that owns `key`'s slot, as node `ask` sees it (none while a
+    /// failover is under way).
+    pub fn master_of(&self, ask: u16, key: &str) -> Option<u16> {
+        let slot: u16 = self.cli(ask, &["cluster", "keyslot", key]).trim().parse().unwrap();
+        for line in self.cli(ask, &["cluster", "nodes"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
+                None => range.parse::<u16>().is_ok_and(|s| s == slot),
+            });
+            if owns {
+                let port = fields[1].split('@').next().unwrap().rsplit(':').next().unwrap();
+                return port.parse().ok();
+            }
+        }
+        None
+    }
+
+    /// Kills the node on `port` (SIGKILL, as a crash).
+    pub fn kill(&mut self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).expect("a node of this cluster");
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The URL herald takes: every node, so it can start from any.
@@ -68,7 +119,7 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        for child in self.children.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -114,7 +114,7 @@ impl Drop for Redis {
     }
 }
 
-fn redis_server() -> PathBuf {
+pub fn redis_server() -> PathBuf {
     std::env::var_os("REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("redis-server"))
 }
 
@@ -518,4 +518,32 @@ impl Clients {
         let _ = self.send(json!({"op": "exit"})).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
     }
+}
+
+/// Waits for every record `0..produced` (payload field `n`) on socket `id`, then prints and
+/// returns (delivered, duplicated, lost).
+pub async fn report(c: &mut Clients, id: &str, produced: i64, what: &str) -> (usize, usize, usize) {
+    eventually(Duration::from_secs(60), "every record to arrive", async || {
+        let got = c.received(id, "notification").await;
+        (0..produced).all(|n| got.iter().any(|p| p["n"] == n))
+    })
+    .await;
+    let got: Vec<i64> = c.received(id, "notification").await.iter().map(|p| p["n"].as_i64().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
+    let (delivered, duplicated, lost) = (got.len(), got.len() - distinct.len(), produced as usize - distinct.len());
+    eprintln!("{what}: produced {produced}, delivered {delivered}, duplicated {duplicated}, lost {lost}");
+    (delivered, duplicated, lost)
+}
+
+/// At-least-once: a duplicate may show up, but the first sighting of each `n` on socket `id`
+/// comes in order.
+pub async fn assert_first_seen_in_order(c: &mut Clients, id: &str) {
+    let mut first_seen = Vec::new();
+    for p in c.received(id, "notification").await {
+        let n = p["n"].as_i64().unwrap();
+        if !first_seen.contains(&n) {
+            first_seen.push(n);
+        }
+    }
+    assert!(first_seen.windows(2).all(|w| w[0] < w[1]), "in order: {first_seen:?}");
 }

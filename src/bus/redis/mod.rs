@@ -1,26 +1,41 @@
 //! Redis Pub/Sub bus: one channel per user, subscribed while the user has a socket here.
 //!
-//! Three tasks: the subscription manager (the only writer of SUBSCRIBE/UNSUBSCRIBE, so the
-//! order of a user's joins and leaves is kept), the receiver (Pub/Sub messages -> local
-//! sockets), and a connection watcher for readiness. Publishing pipelines a whole batch.
+//! Subscribing: on one server or a Sentinel-watched master, herald's own subscriber connection
+//! (`subscriber.rs`, the only writer of SUBSCRIBE/UNSUBSCRIBE, so the order of a user's joins
+//! and leaves is kept); on a cluster, fred's subscriber client, with a subscription manager and
+//! a receiver here. Either hands messages to delivery workers (one user always to the same
+//! one, which keeps a user's notifications in order). Publishing pipelines a whole batch
+//! through fred; a connection watcher reports readiness.
 
-use std::collections::{HashMap, HashSet};
+mod address;
+mod interest;
+mod publisher;
+mod resp;
+mod subscriber;
+
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface, StreamsInterface};
 use fred::prelude::{Builder, Config as FredConfig, ReconnectPolicy};
-use fred::types::{ClusterHash, CustomCommand, Message};
+use fred::types::{ClusterHash, CustomCommand};
 use futures::StreamExt as _;
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use interest::{Interest, Op};
+use resp::Frame;
+
 use super::envelope;
 use super::{BusError, Published};
-use crate::config::{ChannelPattern, RedisConfig, ReplayConfig};
+use crate::config::{ChannelPattern, RedisAddress, RedisConfig, RedisTarget, ReplayConfig};
 use crate::gateway::Deliverer;
 use crate::metrics::Metrics;
 use crate::replay::{History, NotificationId, Retained, history_after};
@@ -34,9 +49,6 @@ const CLOCK_SKEW_MS: i64 = 60_000;
 const CHANNELS_PER_COMMAND: usize = 1000;
 /// Event buffer of the publishing client, which subscribes to nothing.
 const PUBLISHER_EVENT_BUFFER: usize = 32;
-/// Messages queued per delivery worker: a burst waits here, in memory taken only as it fills,
-/// rather than overflow the Redis client's fixed buffer.
-const WORKER_QUEUE: usize = 1 << 16;
 /// Sharded subscriptions go one slot per command; this many commands are in flight at once.
 const SLOTS_IN_FLIGHT: usize = 256;
 
@@ -90,14 +102,64 @@ const STORE_AND_SPUBLISH: &str = store_then!("SPUBLISH");
 /// not dropped.
 const RESUBSCRIBE_SETTLE: Duration = Duration::from_secs(5);
 
-enum Op {
-    Acquire(String, oneshot::Sender<()>),
-    Release(String),
+/// One Pub/Sub message, as read off the connection: its channel and the envelope.
+struct Pushed {
+    channel: Bytes,
+    payload: Bytes,
+}
+
+/// A delivery worker's queue, bounded in messages: a burst waits here, in memory taken only as
+/// it fills.
+#[derive(Clone)]
+struct WorkerQueue {
+    batches: mpsc::UnboundedSender<Vec<Pushed>>,
+    room: Arc<tokio::sync::Semaphore>,
+    capacity: usize,
+}
+
+impl WorkerQueue {
+    /// Queues `batch`, waiting up to `patience` for room (the reader meanwhile stops reading, and
+    /// Redis holds what follows). `Ok(false)`: no room came, the batch is dropped (the caller
+    /// counts it). `Err`: the worker is gone.
+    async fn send(&self, batch: Vec<Pushed>, patience: Duration) -> Result<bool, ()> {
+        let needed = batch.len().min(self.capacity) as u32;
+        match tokio::time::timeout(patience, self.room.acquire_many(needed)).await {
+            Ok(Ok(permit)) => permit.forget(),
+            Ok(Err(_)) => return Err(()),
+            Err(_) => return Ok(false),
+        }
+        self.batches.send(batch).map(|()| true).map_err(drop)
+    }
+
+    /// Gives back the room of a batch the worker is done with.
+    fn done(&self, delivered: usize) {
+        self.room.add_permits(delivered.min(self.capacity));
+    }
+}
+
+/// Who holds the subscriptions.
+enum Subscriber {
+    /// herald's own connection: whether it is up.
+    Own(Arc<AtomicBool>),
+    /// fred's subscriber client (Redis Cluster).
+    Fred(SubscriberClient),
+}
+
+impl Subscriber {
+    fn is_connected(&self) -> bool {
+        match self {
+            Subscriber::Own(up) => up.load(Ordering::Acquire),
+            Subscriber::Fred(client) => client.is_connected(),
+        }
+    }
 }
 
 pub struct RedisBus {
+    /// fred: history reads, the store script's loading, and on a cluster all publishing.
     publisher: Client,
-    subscriber: SubscriberClient,
+    /// herald's own publishing connection, on one server or a Sentinel-watched master.
+    own_publisher: Option<publisher::Publisher>,
+    subscriber: Arc<Subscriber>,
     /// SSUBSCRIBE/SPUBLISH, with hash-tagged channel and stream names.
     sharded: bool,
     /// The store script for this mode, called by its SHA1 (EVALSHA) rather than sending its
@@ -122,7 +184,20 @@ impl RedisBus {
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let fred_config = FredConfig::from_url(&config.url).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        // herald's own subscriber for one server or a Sentinel set; fred's on a cluster.
+        let own = config.address.clone();
+        let fred_config = match &own {
+            Some(RedisAddress { target: RedisTarget::Sentinel { sentinels, master }, username, password }) => FredConfig {
+                server: fred::types::config::ServerConfig::Sentinel {
+                    hosts: sentinels.iter().map(|(h, p)| fred::types::config::Server::new(h.as_str(), *p)).collect(),
+                    service_name: master.clone(),
+                },
+                username: username.clone(),
+                password: password.clone(),
+                ..FredConfig::default()
+            },
+            _ => FredConfig::from_url(&config.url).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
+        };
         let mut builder = Builder::from_config(fred_config);
         let timeout = config.command_timeout;
         builder
@@ -142,47 +217,79 @@ impl RedisBus {
         // reply would run again and store twice. herald retries itself, with `publish_again`.
         builder.with_connection_config(|c| c.max_command_attempts = 1);
         let publisher = builder.build()?;
-        let default_attempts = fred::types::config::ConnectionConfig::default().max_command_attempts;
-        builder.with_connection_config(|c| c.max_command_attempts = default_attempts);
-        // fred's default of 32 silently drops Pub/Sub messages under load.
-        builder.with_performance_config(|p| p.broadcast_channel_capacity = config.pubsub_buffer);
-        let subscriber = builder.build_subscriber_client()?;
         publisher.connect();
-        subscriber.connect();
-        let (first, second) = tokio::join!(
-            tokio::time::timeout(timeout, publisher.wait_for_connect()),
-            tokio::time::timeout(timeout, subscriber.wait_for_connect())
-        );
-        if !matches!((first, second), (Ok(Ok(())), Ok(Ok(())))) {
+
+        let sharded = config.sharded_pubsub;
+        let tagged = |p: &ChannelPattern| if sharded { p.hash_tagged() } else { p.clone() };
+        let (pattern, stream) = (tagged(&config.channel), tagged(&replay_config.stream));
+        let (ops, ops_rx) = mpsc::unbounded_channel();
+        let workers = delivery_workers(config.pubsub_buffer, &pattern, &deliverer, &metrics);
+        let mut tasks = Vec::new();
+        let subscriber = match own {
+            Some(address) => {
+                let up = Arc::new(AtomicBool::new(false));
+                let subscriptions = subscriber::Subscriptions {
+                    address,
+                    sharded,
+                    pattern: pattern.clone(),
+                    timeout,
+                    metrics: metrics.clone(),
+                    workers,
+                    connected: up.clone(),
+                    interest: Interest::default(),
+                };
+                tasks.push(tokio::spawn(subscriptions.run(ops_rx, cancel.clone())));
+                Subscriber::Own(up)
+            }
+            None => {
+                let default_attempts = fred::types::config::ConnectionConfig::default().max_command_attempts;
+                builder.with_connection_config(|c| c.max_command_attempts = default_attempts);
+                // fred's default of 32 silently drops Pub/Sub messages under load.
+                builder.with_performance_config(|p| p.broadcast_channel_capacity = config.pubsub_buffer);
+                let client = builder.build_subscriber_client()?;
+                client.connect();
+                let manager = SubscriptionManager {
+                    subscriber: client.clone(),
+                    sharded,
+                    pattern: pattern.clone(),
+                    metrics: metrics.clone(),
+                    interest: Interest::default(),
+                };
+                tasks.push(tokio::spawn(manager.run(ops_rx, cancel.clone())));
+                tasks.push(tokio::spawn(receive(client.clone(), pattern.clone(), workers, metrics.clone(), cancel.clone())));
+                Subscriber::Fred(client)
+            }
+        };
+        let subscriber = Arc::new(subscriber);
+        let own_publisher = config.address.clone().map(|a| publisher::Publisher::new(a, timeout));
+        let connected = async {
+            let publisher_up = tokio::time::timeout(timeout, publisher.wait_for_connect()).await;
+            let deadline = Instant::now() + timeout;
+            while !subscriber.is_connected() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            matches!(publisher_up, Ok(Ok(()))) && subscriber.is_connected()
+        };
+        if !connected.await {
             warn!(url = %redact(&config.url), "Redis is not reachable yet; herald keeps retrying and stays unready until it is.");
         }
 
-        let sharded = config.sharded_pubsub;
         let store = StoreScript::new(if sharded { STORE_AND_SPUBLISH } else { STORE_AND_PUBLISH });
         if publisher.is_connected() {
             store.load_or_warn(&publisher).await;
         }
-        let tagged = |p: &ChannelPattern| if sharded { p.hash_tagged() } else { p.clone() };
-        let (pattern, stream) = (tagged(&config.channel), tagged(&replay_config.stream));
-        let (ops, ops_rx) = mpsc::unbounded_channel();
-        let manager = SubscriptionManager {
-            subscriber: subscriber.clone(),
-            sharded,
-            pattern: pattern.clone(),
-            metrics: metrics.clone(),
-            wanted: HashMap::new(),
-            subscribed: HashSet::new(),
-            dirty: HashSet::new(),
-            waiters: Vec::new(),
-        };
         let reconnected_at = Arc::new(std::sync::Mutex::new(None));
-        let tasks = vec![
-            tokio::spawn(manager.run(ops_rx, cancel.clone())),
-            tokio::spawn(receive(subscriber.clone(), pattern.clone(), deliverer, metrics.clone(), cancel.clone())),
-            tokio::spawn(watch_connection(publisher.clone(), subscriber.clone(), store.clone(), reconnected_at.clone(), metrics, cancel)),
-        ];
+        tasks.push(tokio::spawn(watch_connection(
+            publisher.clone(),
+            subscriber.clone(),
+            store.clone(),
+            reconnected_at.clone(),
+            metrics,
+            cancel,
+        )));
         Ok(Self {
             publisher,
+            own_publisher,
             subscriber,
             sharded,
             store,
@@ -212,12 +319,8 @@ impl RedisBus {
         let mut replies = self.send(batch, retry_since_ms).await?;
         // A restarted (or failed-over) Redis has an empty script cache. The reconnect usually
         // reloads it first; these commands got there before, never ran, and are sent once more.
-        let missing: Vec<usize> = replies
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| matches!(r, Err(e) if e.details().starts_with("NOSCRIPT")))
-            .map(|(i, _)| i)
-            .collect();
+        let missing: Vec<usize> =
+            replies.iter().enumerate().filter(|(_, r)| matches!(r, Err(e) if e.starts_with("NOSCRIPT"))).map(|(i, _)| i).collect();
         if !missing.is_empty() {
             self.store.load(&self.publisher).await.map_err(|e| BusError(format!("Redis lost the store script and cannot load it: {e}")))?;
             let again: Vec<Notification> = missing.iter().map(|&i| batch[i].clone()).collect();
@@ -227,94 +330,132 @@ impl RedisBus {
         }
         let mut out = Vec::with_capacity(batch.len());
         for (n, reply) in batch.iter().zip(replies) {
-            let value = reply.map_err(|e| BusError(e.to_string()))?;
+            let value = reply.map_err(BusError)?;
             let (receivers, stored) = if n.retain {
                 match value {
-                    fred::types::Value::Array(parts) => {
-                        let id = parts.first().and_then(|v| v.as_string()).and_then(|id| id.parse::<NotificationId>().ok());
+                    Frame::Array(Some(parts)) => {
+                        let id = parts.first().and_then(Frame::as_str).and_then(|id| id.parse::<NotificationId>().ok());
                         let Some(id) = id else {
                             return Err(BusError(format!("unexpected id from the store script: {:?}", parts.first())));
                         };
-                        (parts.get(1).and_then(|v| v.as_i64()).unwrap_or(0), Some(id))
+                        (integer(parts.get(1)), Some(id))
                     }
                     other => return Err(BusError(format!("unexpected reply from the store script: {other:?}"))),
                 }
             } else {
-                (value.as_i64().unwrap_or(0), None)
+                (integer(Some(&value)), None)
             };
-            out.push(Published { receivers: receivers.max(0) as usize, stored });
+            out.push(Published { receivers, stored });
         }
         Ok(out)
     }
 
-    /// One pipeline for the batch: each notification's reply, in order.
-    async fn send(
-        &self,
-        batch: &[Notification],
-        retry_since_ms: Option<i64>,
-    ) -> Result<Vec<Result<fred::types::Value, fred::error::Error>>, BusError> {
-        let pipeline = self.publisher.pipeline();
+    /// One pipeline for the batch: each notification's reply, in order (error replies as `Err`).
+    async fn send(&self, batch: &[Notification], retry_since_ms: Option<i64>) -> Result<Vec<Result<Frame, String>>, BusError> {
         let now = crate::route::now_ms().max(0) as u64;
         let oldest_kept = now.saturating_sub(self.replay.max_age.as_millis() as u64);
-        for n in batch {
+        let commands = batch.iter().map(|n| {
             let channel = self.pattern.channel(&n.user_id);
-            let queued: Result<(), _> = if n.retain {
-                // EVALSHA through `custom`: fred's pipelines have no Lua interface.
-                let args: Vec<String> = vec![
-                    self.store.sha.clone(),
-                    "2".to_owned(),
-                    self.stream.channel(&n.user_id),
-                    channel,
-                    n.event.to_string(),
-                    n.timestamp_ms.to_string(),
-                    n.payload.get().to_owned(),
-                    self.replay.history.to_string(),
-                    oldest_kept.to_string(),
-                    self.replay.max_age.as_millis().to_string(),
-                    n.consumed_us.to_string(),
-                    n.origin.as_deref().unwrap_or_default().to_owned(),
-                    retry_since_ms.map(|ms| ms.to_string()).unwrap_or_default(),
+            if n.retain {
+                let args: Vec<Vec<u8>> = vec![
+                    b"EVALSHA".to_vec(),
+                    self.store.sha.clone().into_bytes(),
+                    b"2".to_vec(),
+                    self.stream.channel(&n.user_id).into_bytes(),
+                    channel.into_bytes(),
+                    n.event.as_bytes().to_vec(),
+                    n.timestamp_ms.to_string().into_bytes(),
+                    n.payload.get().as_bytes().to_vec(),
+                    self.replay.history.to_string().into_bytes(),
+                    oldest_kept.to_string().into_bytes(),
+                    self.replay.max_age.as_millis().to_string().into_bytes(),
+                    n.consumed_us.to_string().into_bytes(),
+                    n.origin.as_deref().unwrap_or_default().as_bytes().to_vec(),
+                    retry_since_ms.map(|ms| ms.to_string()).unwrap_or_default().into_bytes(),
                 ];
-                // Routed by the stream key: FirstKey would hash the script's SHA1 (EVALSHA's first
-                // argument) and every call would bounce off a MOVED redirect on a cluster.
-                let slot = fred::util::redis_keyslot(args[2].as_bytes());
-                pipeline.custom(CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false), args).await
-            } else if self.sharded {
-                pipeline.spublish(channel, envelope::encode(n)).await
+                args
             } else {
-                pipeline.publish(channel, envelope::encode(n)).await
-            };
-            queued.map_err(|e| BusError(e.to_string()))?;
-        }
-        let replies = pipeline.try_all::<fred::types::Value>().await;
+                vec![self.publish_verb().to_vec(), channel.into_bytes(), envelope::encode(n).into_bytes()]
+            }
+        });
+        self.pipeline(commands.collect(), batch.len()).await
+    }
+
+    fn publish_verb(&self) -> &'static [u8] {
+        if self.sharded { b"SPUBLISH" } else { b"PUBLISH" }
+    }
+
+    /// Sends commands (each its arguments, the command name first) in one pipeline, through
+    /// herald's own connection or, on a cluster, through fred (which routes each by its slot).
+    async fn pipeline(&self, commands: Vec<Vec<Vec<u8>>>, expected: usize) -> Result<Vec<Result<Frame, String>>, BusError> {
+        let replies = match &self.own_publisher {
+            Some(publisher) => {
+                let mut pipeline = publisher::Pipeline::default();
+                for args in &commands {
+                    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    pipeline.push(&args);
+                }
+                let frames = publisher.send(&pipeline).await.map_err(BusError)?;
+                frames
+                    .into_iter()
+                    .map(|f| match f {
+                        Frame::Error(e) => Err(String::from_utf8_lossy(&e).into_owned()),
+                        other => Ok(other),
+                    })
+                    .collect::<Vec<_>>()
+            }
+            None => self.fred_pipeline(commands).await?,
+        };
         // Callers match results to notifications by position.
-        if replies.len() != batch.len() {
-            return Err(BusError(format!("{} replies to {} publishes", replies.len(), batch.len())));
+        if replies.len() != expected {
+            return Err(BusError(format!("{} replies to {} commands", replies.len(), expected)));
         }
         Ok(replies)
     }
 
-    /// The live message of stored notifications again, with their ids, without storing them again.
-    pub async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {
+    async fn fred_pipeline(&self, commands: Vec<Vec<Vec<u8>>>) -> Result<Vec<Result<Frame, String>>, BusError> {
         let pipeline = self.publisher.pipeline();
-        for (n, id) in stored {
-            let channel = self.pattern.channel(&n.user_id);
-            let message = envelope::encode_stored(n, *id);
-            let queued: Result<(), _> =
-                if self.sharded { pipeline.spublish(channel, message).await } else { pipeline.publish(channel, message).await };
+        for mut args in commands {
+            let name = args.remove(0);
+            let args: Vec<Bytes> = args.into_iter().map(Bytes::from).collect();
+            let queued: Result<(), _> = match name.as_slice() {
+                b"EVALSHA" => {
+                    // Routed by the stream key: FirstKey would hash the script's SHA1 (EVALSHA's
+                    // first argument) and every call would bounce off a MOVED redirect on a cluster.
+                    let slot = fred::util::redis_keyslot(&args[2]);
+                    pipeline.custom(CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false), args).await
+                }
+                b"SPUBLISH" => pipeline.spublish(String::from_utf8_lossy(&args[0]).into_owned(), Bytes::clone(&args[1])).await,
+                _ => pipeline.publish(String::from_utf8_lossy(&args[0]).into_owned(), Bytes::clone(&args[1])).await,
+            };
             queued.map_err(|e| BusError(e.to_string()))?;
         }
-        let replies = pipeline.try_all::<i64>().await;
-        if replies.len() != stored.len() {
-            return Err(BusError(format!("{} replies to {} publishes", replies.len(), stored.len())));
-        }
-        replies.into_iter().map(|r| r.map(|n| n.max(0) as usize).map_err(|e| BusError(e.to_string()))).collect()
+        let replies = pipeline.try_all::<fred::types::Value>().await;
+        Ok(replies.into_iter().map(|r| r.map(frame_of).map_err(|e| e.to_string())).collect())
+    }
+
+    /// The live message of stored notifications again, with their ids, without storing them again.
+    pub async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {
+        let commands = stored
+            .iter()
+            .map(|(n, id)| {
+                vec![
+                    self.publish_verb().to_vec(),
+                    self.pattern.channel(&n.user_id).into_bytes(),
+                    envelope::encode_stored(n, *id).into_bytes(),
+                ]
+            })
+            .collect();
+        let replies = self.pipeline(commands, stored.len()).await?;
+        replies.into_iter().map(|r| r.map(|f| integer(Some(&f))).map_err(BusError)).collect()
     }
 
     /// True for a while after reconnecting to Redis: other instances may not have re-subscribed
     /// their users yet, so "no subscriber" may not mean "offline".
     pub fn settling(&self) -> bool {
-        self.reconnected_at.lock().ok().and_then(|t| *t).is_some_and(|t| t.elapsed() < RESUBSCRIBE_SETTLE)
+        let fred = self.reconnected_at.lock().ok().and_then(|t| *t);
+        let own = self.own_publisher.as_ref().and_then(|p| p.reconnected_at());
+        [fred, own].into_iter().flatten().any(|t| t.elapsed() < RESUBSCRIBE_SETTLE)
     }
 
     pub async fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> Result<History, BusError> {
@@ -360,7 +501,9 @@ impl RedisBus {
             task.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = self.subscriber.quit().await;
+            if let Subscriber::Fred(client) = &*self.subscriber {
+                let _ = client.quit().await;
+            }
             let _ = self.publisher.quit().await;
         })
         .await;
@@ -373,14 +516,7 @@ struct SubscriptionManager {
     sharded: bool,
     pattern: ChannelPattern,
     metrics: Arc<Metrics>,
-    /// Sockets per user on this instance, as told by acquire/release.
-    wanted: HashMap<String, u32>,
-    /// Users whose channel Redis has confirmed.
-    subscribed: HashSet<String>,
-    /// Users whose subscription may differ from what is wanted.
-    dirty: HashSet<String>,
-    /// Connects waiting for their user's subscription to be confirmed.
-    waiters: Vec<(String, oneshot::Sender<()>)>,
+    interest: Interest,
 }
 
 impl SubscriptionManager {
@@ -392,10 +528,10 @@ impl SubscriptionManager {
                 _ = cancel.cancelled() => return,
                 op = ops.recv() => {
                     let Some(op) = op else { return };
-                    self.apply(op);
+                    self.interest.apply(op);
                     // Take everything queued meanwhile: a connect storm becomes a few commands.
                     while let Ok(op) = ops.try_recv() {
-                        self.apply(op);
+                        self.interest.apply(op);
                     }
                 }
                 event = reconnects.recv() => {
@@ -403,65 +539,25 @@ impl SubscriptionManager {
                         return;
                     }
                     // A new connection has no subscriptions: redo them all.
-                    info!(channels = self.wanted.len(), "Redis subscriber reconnected; re-subscribing.");
+                    info!(channels = self.interest.wanted.len(), "Redis subscriber reconnected; re-subscribing.");
                     self.metrics.redis_reconnects.increment(1);
-                    self.subscribed.clear();
-                    self.dirty.extend(self.wanted.keys().cloned());
+                    self.interest.reset();
                 }
-                _ = retry.tick(), if !self.dirty.is_empty() => {}
+                _ = retry.tick(), if !self.interest.dirty.is_empty() => {}
             }
             self.sync().await;
         }
     }
 
-    fn apply(&mut self, op: Op) {
-        match op {
-            Op::Acquire(user, tx) => {
-                *self.wanted.entry(user.clone()).or_insert(0) += 1;
-                if self.subscribed.contains(&user) {
-                    let _ = tx.send(());
-                } else {
-                    self.dirty.insert(user.clone());
-                    self.waiters.push((user, tx));
-                }
-            }
-            Op::Release(user) => {
-                if let Some(count) = self.wanted.get_mut(&user) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.wanted.remove(&user);
-                        self.dirty.insert(user);
-                    }
-                }
-            }
-        }
-    }
-
     async fn sync(&mut self) {
-        let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
-        for user in self.dirty.drain() {
-            match (self.wanted.contains_key(&user), self.subscribed.contains(&user)) {
-                (true, false) => subscribe.push(user),
-                (false, true) => unsubscribe.push(user),
-                _ => {}
-            }
-        }
+        let (subscribe, unsubscribe) = self.interest.changes();
         if self.sharded {
             self.sync_sharded(subscribe, unsubscribe).await;
         } else {
             self.sync_classic(subscribe, unsubscribe).await;
         }
-        self.metrics.subscriptions.set(self.subscribed.len() as f64);
-        for (user, tx) in std::mem::take(&mut self.waiters) {
-            if tx.is_closed() {
-                continue;
-            }
-            if self.subscribed.contains(&user) {
-                let _ = tx.send(());
-            } else {
-                self.waiters.push((user, tx));
-            }
-        }
+        self.metrics.subscriptions.set(self.interest.subscribed.len() as f64);
+        self.interest.answer_waiters();
     }
 }
 
@@ -474,7 +570,7 @@ impl SubscriptionManager {
                 Ok(()) => sent.extend_from_slice(chunk),
                 Err(e) => {
                     warn!(error = %e, channels = chunk.len(), "SUBSCRIBE failed; retrying.");
-                    self.dirty.extend(chunk.iter().cloned());
+                    self.interest.dirty.extend(chunk.iter().cloned());
                 }
             }
         }
@@ -482,11 +578,11 @@ impl SubscriptionManager {
             let channels: Vec<String> = chunk.iter().map(|u| self.pattern.channel(u)).collect();
             match self.subscriber.unsubscribe(channels).await {
                 Ok(()) => chunk.iter().for_each(|u| {
-                    self.subscribed.remove(u);
+                    self.interest.subscribed.remove(u);
                 }),
                 Err(e) => {
                     warn!(error = %e, channels = chunk.len(), "UNSUBSCRIBE failed; retrying.");
-                    self.dirty.extend(chunk.iter().cloned());
+                    self.interest.dirty.extend(chunk.iter().cloned());
                 }
             }
         }
@@ -494,10 +590,10 @@ impl SubscriptionManager {
             // fred returns from SUBSCRIBE once the command is written; Redis answers commands in
             // order, so the PING's reply proves the subscriptions before it are live.
             match self.subscriber.ping::<fred::types::Value>(None).await {
-                Ok(_) => self.subscribed.extend(sent),
+                Ok(_) => self.interest.subscribed.extend(sent),
                 Err(e) => {
                     warn!(error = %e, "Subscription not confirmed; retrying.");
-                    self.dirty.extend(sent);
+                    self.interest.dirty.extend(sent);
                 }
             }
         }
@@ -523,10 +619,10 @@ impl SubscriptionManager {
             .await;
         for (users, result) in subscribed {
             match result {
-                Ok(()) => self.subscribed.extend(users),
+                Ok(()) => self.interest.subscribed.extend(users),
                 Err(e) => {
                     warn!(error = %e, channels = users.len(), "SSUBSCRIBE not confirmed; retrying.");
-                    self.dirty.extend(users);
+                    self.interest.dirty.extend(users);
                 }
             }
         }
@@ -541,11 +637,11 @@ impl SubscriptionManager {
         for (result, users) in unsubscribed {
             match result {
                 Ok(()) => users.iter().for_each(|u| {
-                    self.subscribed.remove(u);
+                    self.interest.subscribed.remove(u);
                 }),
                 Err(e) => {
                     warn!(error = %e, channels = users.len(), "SUNSUBSCRIBE failed; retrying.");
-                    self.dirty.extend(users);
+                    self.interest.dirty.extend(users);
                 }
             }
         }
@@ -561,28 +657,33 @@ fn by_slot(pattern: &ChannelPattern, users: Vec<String>) -> Vec<(u16, Vec<String
     slots.into_iter().flat_map(|(slot, users)| users.chunks(CHANNELS_PER_COMMAND).map(|c| (slot, c.to_vec())).collect::<Vec<_>>()).collect()
 }
 
-/// Pub/Sub messages -> the local sockets of the channel's user.
+/// The delivery workers (one per core, at most 8), each queueing at most `capacity` messages.
+fn delivery_workers(capacity: usize, pattern: &ChannelPattern, deliverer: &Deliverer, metrics: &Arc<Metrics>) -> Vec<WorkerQueue> {
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    (0..count)
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let queue = WorkerQueue { batches: tx, room: Arc::new(tokio::sync::Semaphore::new(capacity)), capacity };
+            tokio::spawn(deliver_messages(rx, queue.clone(), pattern.clone(), deliverer.clone(), metrics.clone()));
+            queue
+        })
+        .collect()
+}
+
+/// fred's Pub/Sub messages (Redis Cluster) -> the delivery workers.
 ///
 /// fred's reader hands every message to a fixed-size buffer and never waits: whatever this side
-/// has not taken when it is full is lost. So this loop only takes messages and passes each to
-/// a delivery worker chosen by its user (one per core; one user always goes to the same worker,
-/// which keeps a user's notifications in order), and the decoding and emitting happen there.
+/// has not taken when it is full is lost (and counted). So this loop only takes messages and
+/// passes each to its user's worker, where the decoding and emitting happen.
 async fn receive(
     subscriber: SubscriberClient,
     pattern: ChannelPattern,
-    deliverer: Deliverer,
+    workers: Vec<WorkerQueue>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let mut messages = subscriber.message_rx();
-    let worker_count = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let workers: Vec<mpsc::Sender<Message>> = (0..worker_count)
-        .map(|_| {
-            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-            tokio::spawn(deliver_messages(rx, pattern.clone(), deliverer.clone(), metrics.clone()));
-            tx
-        })
-        .collect();
+    let runtime = tokio::runtime::Handle::current();
     // On a thread of its own: as a task it waits its turn behind the delivery workers, and a
     // burst then overflows fred's buffer while the workers' queues still have room.
     let drain = std::thread::Builder::new().name("herald-bus-drain".into()).spawn(move || {
@@ -590,8 +691,17 @@ async fn receive(
             match messages.blocking_recv() {
                 Ok(message) => {
                     let Some(user_id) = pattern.user_id(&message.channel) else { continue };
-                    if workers[worker_of(user_id, worker_count)].blocking_send(message).is_err() {
-                        return;
+                    let worker = worker_of(user_id, workers.len());
+                    let Some(payload) = message.value.as_bytes().map(Bytes::copy_from_slice) else {
+                        metrics.bus_decode_failures.increment(1);
+                        continue;
+                    };
+                    let pushed = Pushed { channel: message.channel.into_inner(), payload };
+                    // fred's buffer is behind this thread: waiting here only moves the loss there.
+                    match runtime.block_on(workers[worker].send(vec![pushed], Duration::ZERO)) {
+                        Ok(true) => {}
+                        Ok(false) => metrics.bus_lagged.increment(1),
+                        Err(()) => return,
                     }
                 }
                 Err(RecvError::Lagged(lost)) => {
@@ -616,37 +726,43 @@ fn worker_of(user_id: &str, workers: usize) -> usize {
 }
 
 /// One delivery worker: decodes its messages and emits them to the user's local sockets.
-async fn deliver_messages(mut messages: mpsc::Receiver<Message>, pattern: ChannelPattern, deliverer: Deliverer, metrics: Arc<Metrics>) {
-    while let Some(message) = messages.recv().await {
-        let Some(user_id) = pattern.user_id(&message.channel) else { continue };
-        let Some(bytes) = message.value.as_bytes() else {
-            metrics.bus_decode_failures.increment(1);
-            continue;
-        };
-        match envelope::decode(bytes) {
-            Ok(env) => {
-                metrics.received.increment(1);
-                let consumed_us = env.consumed_us();
-                match env.id.as_deref().map(str::parse::<NotificationId>) {
-                    Some(Ok(id)) => {
-                        deliverer.deliver_retained(user_id, id, &env.event, env.payload, env.timestamp_ms, consumed_us);
-                    }
-                    _ => {
-                        deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, consumed_us);
+async fn deliver_messages(
+    mut batches: mpsc::UnboundedReceiver<Vec<Pushed>>,
+    queue: WorkerQueue,
+    pattern: ChannelPattern,
+    deliverer: Deliverer,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(batch) = batches.recv().await {
+        let count = batch.len();
+        for message in batch {
+            let Some(user_id) = std::str::from_utf8(&message.channel).ok().and_then(|c| pattern.user_id(c)) else { continue };
+            match envelope::decode(&message.payload) {
+                Ok(env) => {
+                    metrics.received.increment(1);
+                    let consumed_us = env.consumed_us();
+                    match env.id.as_deref().map(str::parse::<NotificationId>) {
+                        Some(Ok(id)) => {
+                            deliverer.deliver_retained(user_id, id, &env.event, env.payload, env.timestamp_ms, consumed_us);
+                        }
+                        _ => {
+                            deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, consumed_us);
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                metrics.bus_decode_failures.increment(1);
-                debug!(channel = %&*message.channel, error = %e, "Ignored a bus message that is not a herald envelope.");
+                Err(e) => {
+                    metrics.bus_decode_failures.increment(1);
+                    debug!(channel = %String::from_utf8_lossy(&message.channel), error = %e, "Ignored a bus message that is not a herald envelope.");
+                }
             }
         }
+        queue.done(count);
     }
 }
 
 async fn watch_connection(
     publisher: Client,
-    subscriber: SubscriberClient,
+    subscriber: Arc<Subscriber>,
     store: StoreScript,
     reconnected_at: Arc<std::sync::Mutex<Option<Instant>>>,
     metrics: Arc<Metrics>,
@@ -706,6 +822,29 @@ impl StoreScript {
     /// Loads it on the server, or on every primary of a cluster.
     async fn load(&self, publisher: &Client) -> Result<(), fred::error::Error> {
         publisher.script_load_cluster(self.text).await
+    }
+}
+
+/// An integer reply as a count (0 for anything else, or a negative).
+fn integer(frame: Option<&Frame>) -> usize {
+    match frame {
+        Some(Frame::Integer(n)) => (*n).max(0) as usize,
+        _ => 0,
+    }
+}
+
+/// A reply fred read, in the form herald's own connections read.
+fn frame_of(value: fred::types::Value) -> Frame {
+    use fred::types::Value;
+    match value {
+        Value::Integer(n) => Frame::Integer(n),
+        Value::Boolean(b) => Frame::Integer(b as i64),
+        Value::Null => Frame::Bulk(None),
+        Value::Array(items) => Frame::Array(Some(items.into_iter().map(frame_of).collect())),
+        Value::Bytes(b) => Frame::Bulk(Some(b)),
+        Value::String(s) => Frame::Bulk(Some(s.into_inner())),
+        Value::Double(d) => Frame::Bulk(Some(Bytes::from(d.to_string()))),
+        other => Frame::Bulk(other.as_bytes().map(Bytes::copy_from_slice)),
     }
 }
 

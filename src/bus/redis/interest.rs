@@ -1,0 +1,107 @@
+//! The users this instance wants Pub/Sub channels for, and what Redis has confirmed: the state
+//! both subscribers (herald's own and fred's, on a cluster) keep in step with joins and leaves.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio::sync::oneshot;
+
+/// A join or leave of one socket of a user.
+pub enum Op {
+    Acquire(String, oneshot::Sender<()>),
+    Release(String),
+}
+
+#[derive(Default)]
+pub struct Interest {
+    /// Sockets per user on this instance, as told by acquire/release.
+    pub wanted: HashMap<String, u32>,
+    /// Users whose channel Redis has confirmed.
+    pub subscribed: HashSet<String>,
+    /// Users whose subscription may differ from what is wanted.
+    pub dirty: HashSet<String>,
+    /// Connects waiting for their user's subscription to be confirmed.
+    waiters: Vec<(String, oneshot::Sender<()>)>,
+}
+
+impl Interest {
+    pub fn apply(&mut self, op: Op) {
+        match op {
+            Op::Acquire(user, tx) => {
+                *self.wanted.entry(user.clone()).or_insert(0) += 1;
+                if self.subscribed.contains(&user) {
+                    let _ = tx.send(());
+                } else {
+                    self.dirty.insert(user.clone());
+                    self.waiters.push((user, tx));
+                }
+            }
+            Op::Release(user) => {
+                if let Some(count) = self.wanted.get_mut(&user) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.wanted.remove(&user);
+                        self.dirty.insert(user);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new connection has no subscriptions: every wanted one is to be made again.
+    pub fn reset(&mut self) {
+        self.subscribed.clear();
+        self.dirty.extend(self.wanted.keys().cloned());
+    }
+
+    /// The users to subscribe and to unsubscribe now, from what changed.
+    pub fn changes(&mut self) -> (Vec<String>, Vec<String>) {
+        let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
+        for user in self.dirty.drain() {
+            match (self.wanted.contains_key(&user), self.subscribed.contains(&user)) {
+                (true, false) => subscribe.push(user),
+                (false, true) => unsubscribe.push(user),
+                _ => {}
+            }
+        }
+        (subscribe, unsubscribe)
+    }
+
+    /// Lets the connects through whose user is subscribed now.
+    pub fn answer_waiters(&mut self) {
+        for (user, tx) in std::mem::take(&mut self.waiters) {
+            if tx.is_closed() {
+                continue;
+            }
+            if self.subscribed.contains(&user) {
+                let _ = tx.send(());
+            } else {
+                self.waiters.push((user, tx));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_leave_unsubscribes_and_a_join_waits_for_confirmation() {
+        let mut i = Interest::default();
+        let (tx, mut rx) = oneshot::channel();
+        i.apply(Op::Acquire("u".into(), tx));
+        i.apply(Op::Acquire("u".into(), oneshot::channel().0));
+        assert_eq!(i.changes(), (vec!["u".to_owned()], vec![]));
+        i.answer_waiters();
+        assert!(rx.try_recv().is_err(), "not confirmed yet");
+        i.subscribed.insert("u".into());
+        i.answer_waiters();
+        assert!(rx.try_recv().is_ok());
+        i.apply(Op::Release("u".into()));
+        assert_eq!(i.changes(), (vec![], vec![]), "one socket is left");
+        i.apply(Op::Release("u".into()));
+        assert_eq!(i.changes(), (vec![], vec!["u".to_owned()]));
+        i.reset();
+        assert_eq!(i.changes(), (vec![], vec![]), "nothing wanted after the reset");
+    }
+}

@@ -1,0 +1,225 @@
+//! RESP2 as far as herald's own Redis connections need it: commands written into a buffer, and
+//! replies and Pub/Sub messages read out of one without copying their strings.
+
+use bytes::{Bytes, BytesMut};
+
+/// The longest string herald accepts from Redis (its own limit is 512 MiB; a notification is
+/// far smaller, and a corrupt length must not make herald allocate it).
+const MAX_BULK: usize = 64 << 20;
+/// The most elements of one array: Pub/Sub messages have 3 or 4, replies herald asks for few.
+const MAX_ARRAY: usize = 1 << 16;
+/// Nesting herald's replies never exceed.
+const MAX_DEPTH: usize = 4;
+
+/// One reply or push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Simple(Bytes),
+    Error(Bytes),
+    Integer(i64),
+    /// `None`: the null bulk string.
+    Bulk(Option<Bytes>),
+    /// `None`: the null array.
+    Array(Option<Vec<Frame>>),
+}
+
+impl Frame {
+    /// The bytes of a simple or bulk string.
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match self {
+            Frame::Simple(b) | Frame::Bulk(Some(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        self.as_bytes().and_then(|b| std::str::from_utf8(b).ok())
+    }
+}
+
+/// What Redis sent cannot be RESP2: the connection is unusable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a RESP2 reply from Redis: {0}")]
+pub struct ProtocolError(&'static str);
+
+/// Appends a command (an array of bulk strings) to `out`.
+pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    header(out, b'*', args.len());
+    for arg in args {
+        header(out, b'$', arg.len());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn header(out: &mut Vec<u8>, kind: u8, len: usize) {
+    out.push(kind);
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Takes the first complete frame off `buf`; `Ok(None)` while it is still incomplete.
+pub fn take(buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+    let Some(len) = measure(buf, 0, 0)? else { return Ok(None) };
+    let chunk = buf.split_to(len).freeze();
+    let (frame, used) = build(&chunk, 0);
+    debug_assert_eq!(used, len);
+    Ok(Some(frame))
+}
+
+/// The line starting at `at`, without its CRLF, and where the next one starts.
+fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = buf.get(at..)?;
+    let end = memchr::memchr(b'\n', rest)?;
+    let text = rest[..end].strip_suffix(b"\r")?;
+    Some((text, at + end + 1))
+}
+
+fn number(text: &[u8]) -> Result<i64, ProtocolError> {
+    std::str::from_utf8(text).ok().and_then(|s| s.parse().ok()).ok_or(ProtocolError("bad number"))
+}
+
+/// The length of the complete frame at `at`, checking it on the way; `None` if incomplete.
+fn measure(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ProtocolError> {
+    let Some(&kind) = buf.get(at) else { return Ok(None) };
+    let Some((text, next)) = line(buf, at + 1) else {
+        // A line far longer than any herald reads has no end coming.
+        return if buf.len() - at > MAX_BULK { Err(ProtocolError("line too long")) } else { Ok(None) };
+    };
+    match kind {
+        b'+' | b'-' => Ok(Some(next - at)),
+        b':' => number(text).map(|_| Some(next - at)),
+        b'$' => match number(text)? {
+            -1 => Ok(Some(next - at)),
+            n if n < 0 || n as usize > MAX_BULK => Err(ProtocolError("bad bulk length")),
+            n => {
+                let end = next + n as usize + 2;
+                match buf.get(end - 2..end) {
+                    None => Ok(None),
+                    Some(b"\r\n") => Ok(Some(end - at)),
+                    Some(_) => Err(ProtocolError("bulk string not followed by CRLF")),
+                }
+            }
+        },
+        b'*' => match number(text)? {
+            -1 => Ok(Some(next - at)),
+            n if n < 0 || n as usize > MAX_ARRAY => Err(ProtocolError("bad array length")),
+            _ if depth >= MAX_DEPTH => Err(ProtocolError("nested too deep")),
+            n => {
+                let mut end = next;
+                for _ in 0..n {
+                    match measure(buf, end, depth + 1)? {
+                        Some(len) => end += len,
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some(end - at))
+            }
+        },
+        _ => Err(ProtocolError("unknown type byte")),
+    }
+}
+
+/// Builds the frame at `at` of a chunk [`measure`] checked whole; returns it and its length.
+fn build(chunk: &Bytes, at: usize) -> (Frame, usize) {
+    let (text, next) = line(chunk, at).map(|(t, n)| (&t[1..], n)).expect("measured");
+    let n = || number(text).expect("measured");
+    match chunk[at] {
+        b'+' => (Frame::Simple(chunk.slice(at + 1..next - 2)), next - at),
+        b'-' => (Frame::Error(chunk.slice(at + 1..next - 2)), next - at),
+        b':' => (Frame::Integer(n()), next - at),
+        b'$' => match n() {
+            -1 => (Frame::Bulk(None), next - at),
+            len => {
+                let end = next + len as usize;
+                (Frame::Bulk(Some(chunk.slice(next..end))), end + 2 - at)
+            }
+        },
+        _ => match n() {
+            -1 => (Frame::Array(None), next - at),
+            len => {
+                let mut items = Vec::with_capacity(len as usize);
+                let mut end = next;
+                for _ in 0..len {
+                    let (item, used) = build(chunk, end);
+                    items.push(item);
+                    end += used;
+                }
+                (Frame::Array(Some(items)), end - at)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(input: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(f) = take(&mut buf)? {
+            out.push(f);
+        }
+        assert!(buf.is_empty(), "left over: {buf:?}");
+        Ok(out)
+    }
+
+    fn bulk(s: &str) -> Frame {
+        Frame::Bulk(Some(Bytes::copy_from_slice(s.as_bytes())))
+    }
+
+    #[test]
+    fn commands_are_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        command(&mut out, &[b"PUBLISH", b"herald:user:u1", b"{}"]);
+        assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$14\r\nherald:user:u1\r\n$2\r\n{}\r\n");
+    }
+
+    #[test]
+    fn every_kind_of_frame_is_read() {
+        let frames = all(b"+OK\r\n-ERR no\r\n:42\r\n$-1\r\n*-1\r\n$0\r\n\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\na\r\nbc\r\n").unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                Frame::Simple(Bytes::from_static(b"OK")),
+                Frame::Error(Bytes::from_static(b"ERR no")),
+                Frame::Integer(42),
+                Frame::Bulk(None),
+                Frame::Array(None),
+                bulk(""),
+                Frame::Array(Some(vec![bulk("message"), bulk("ch"), bulk("a\r\nbc")])),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_frame_split_anywhere_waits_for_the_rest() {
+        let whole = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n:7\r\n";
+        for cut in 0..whole.len() {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            let first = take(&mut buf).unwrap();
+            if cut < whole.len() - 4 {
+                assert_eq!(first, None, "cut at {cut}");
+                assert_eq!(buf.len(), cut, "nothing consumed at {cut}");
+            }
+            buf.extend_from_slice(&whole[cut..]);
+            let mut frames: Vec<Frame> = first.into_iter().collect();
+            while let Some(f) = take(&mut buf).unwrap() {
+                frames.push(f);
+            }
+            assert_eq!(frames.len(), 2, "cut at {cut}");
+            assert_eq!(frames[1], Frame::Integer(7));
+        }
+    }
+
+    #[test]
+    fn what_is_not_resp2_is_an_error() {
+        for bad in [&b"?x\r\n"[..], b":x\r\n", b"$-2\r\n", b"$3\r\nabcde\r\n", b"*99999999\r\n", b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"] {
+            assert!(all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut huge = BytesMut::from(&b"+"[..]);
+        huge.extend_from_slice(&vec![b'a'; MAX_BULK + 2]);
+        assert!(take(&mut huge).is_err(), "a line with no end in sight");
+    }
+}

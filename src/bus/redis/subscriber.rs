@@ -1,0 +1,260 @@
+//! herald's own subscriber connection, for one Redis server or a Sentinel-watched master: it
+//! keeps the subscriptions equal to the users with a socket here, and hands what arrives to the
+//! delivery workers in batches, read straight out of its read buffer.
+//!
+//! Backpressure before loss: when a worker's queue (`redis.pubsub_buffer` messages) is full it
+//! stops reading, and Redis holds what follows in the connection's output buffer. Only when no
+//! room comes within `redis.command_timeout_ms` is that batch dropped, and counted in
+//! `herald_bus_messages_lost_total`: memory stays bounded on both sides (Redis's own
+//! `client-output-buffer-limit pubsub` would otherwise close the connection, losing more, and
+//! uncounted). A client library's fixed message buffer lost whole bursts here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::address;
+use super::interest::{Interest, Op};
+use super::resp::{self, Frame};
+use super::{CHANNELS_PER_COMMAND, Pushed, WorkerQueue, worker_of};
+use crate::config::{ChannelPattern, RedisAddress};
+use crate::metrics::Metrics;
+
+/// Reads this large at most at once; the buffer grows only for a message larger than this.
+const READ_CHUNK: usize = 64 << 10;
+/// A connection silent this long is asked for a PING.
+const IDLE_PING: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+pub struct Subscriptions {
+    pub(super) address: RedisAddress,
+    pub(super) sharded: bool,
+    pub(super) pattern: ChannelPattern,
+    pub(super) timeout: Duration,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) workers: Vec<WorkerQueue>,
+    pub(super) connected: Arc<AtomicBool>,
+    pub(super) interest: Interest,
+}
+
+enum Ended {
+    Cancelled,
+    Lost(String),
+}
+
+impl Subscriptions {
+    /// Connects, subscribes and reads until cancelled, reconnecting with a backoff.
+    pub async fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>, cancel: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        let mut connections = 0u64;
+        loop {
+            let (address, timeout) = (self.address.clone(), self.timeout);
+            let connecting = async move { address::connect(&address, timeout).await };
+            tokio::pin!(connecting);
+            // Joins and leaves keep coming while there is no connection.
+            let stream = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    result = &mut connecting => break result,
+                    op = ops.recv() => match op {
+                        Some(op) => self.interest.apply(op),
+                        None => return,
+                    },
+                }
+            };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "Redis subscriber cannot connect; retrying.");
+                    if !self.pause(backoff, &mut ops, &cancel).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            connections += 1;
+            if connections > 1 {
+                info!(channels = self.interest.wanted.len(), "Redis subscriber reconnected; re-subscribing.");
+                self.metrics.redis_reconnects.increment(1);
+            }
+            // A new connection has no subscriptions: redo them all.
+            self.interest.reset();
+            self.connected.store(true, Ordering::Release);
+            let ended = self.serve(stream, &mut ops, &cancel).await;
+            self.connected.store(false, Ordering::Release);
+            self.metrics.subscriptions.set(0.0);
+            match ended {
+                Ended::Cancelled => return,
+                Ended::Lost(why) => warn!(error = %why, "Redis subscriber connection lost; reconnecting."),
+            }
+        }
+    }
+
+    /// Sleeps `pause` while still taking joins and leaves; false when cancelled.
+    async fn pause(&mut self, pause: Duration, ops: &mut mpsc::UnboundedReceiver<Op>, cancel: &CancellationToken) -> bool {
+        let sleep = tokio::time::sleep(pause);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = &mut sleep => return true,
+                op = ops.recv() => match op {
+                    Some(op) => self.interest.apply(op),
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    async fn serve(&mut self, stream: TcpStream, ops: &mut mpsc::UnboundedReceiver<Op>, cancel: &CancellationToken) -> Ended {
+        let (mut reader, mut writer) = stream.into_split();
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let (mut last_read, mut ping_sent) = (Instant::now(), None::<Instant>);
+        loop {
+            if let Err(e) = self.write_changes(&mut writer).await {
+                return Ended::Lost(e);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ended::Cancelled,
+                op = ops.recv() => {
+                    let Some(op) = op else { return Ended::Cancelled };
+                    self.interest.apply(op);
+                    // Take everything queued meanwhile: a connect storm becomes a few commands.
+                    while let Ok(op) = ops.try_recv() {
+                        self.interest.apply(op);
+                    }
+                }
+                read = read_more(&mut reader, &mut buf) => {
+                    match read {
+                        Ok(0) => return Ended::Lost("closed by Redis".into()),
+                        Ok(_) => {}
+                        Err(e) => return Ended::Lost(e.to_string()),
+                    }
+                    (last_read, ping_sent) = (Instant::now(), None);
+                    if let Err(e) = self.take_frames(&mut buf).await {
+                        return Ended::Lost(e);
+                    }
+                }
+                _ = tick.tick() => {
+                    match ping_sent {
+                        Some(at) if at.elapsed() > self.timeout => return Ended::Lost("no answer to PING".into()),
+                        None if last_read.elapsed() > IDLE_PING => {
+                            let mut out = Vec::new();
+                            resp::command(&mut out, &[b"PING"]);
+                            if let Err(e) = writer.write_all(&out).await {
+                                return Ended::Lost(e.to_string());
+                            }
+                            ping_sent = Some(Instant::now());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every complete frame in `buf`: messages to the workers (waiting while their queues are
+    /// full), subscription confirmations to the waiting connects.
+    async fn take_frames(&mut self, buf: &mut BytesMut) -> Result<(), String> {
+        let mut batches: Vec<Vec<Pushed>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
+        while let Some(frame) = resp::take(buf).map_err(|e| e.to_string())? {
+            let Frame::Array(Some(parts)) = frame else {
+                if let Frame::Error(e) = frame {
+                    // A refused SUBSCRIBE names no channel: try every unconfirmed one again.
+                    warn!(error = %String::from_utf8_lossy(&e), "Redis refused a subscriber command; retrying.");
+                    self.interest.dirty.extend(self.interest.wanted.keys().filter(|u| !self.interest.subscribed.contains(*u)).cloned());
+                }
+                continue;
+            };
+            let kind = parts.first().and_then(Frame::as_bytes).map(|b| b.as_ref());
+            match (kind, parts.get(1).and_then(Frame::as_bytes), parts.get(2).and_then(Frame::as_bytes)) {
+                (Some(b"message" | b"smessage"), Some(channel), Some(payload)) => {
+                    let Some(user) = std::str::from_utf8(channel).ok().and_then(|c| self.pattern.user_id(c)) else { continue };
+                    let worker = worker_of(user, self.workers.len());
+                    batches[worker].push(Pushed { channel: channel.clone(), payload: payload.clone() });
+                }
+                (Some(b"subscribe" | b"ssubscribe"), Some(channel), _) => self.confirmed(channel, true),
+                (Some(b"unsubscribe" | b"sunsubscribe"), Some(channel), _) => self.confirmed(channel, false),
+                _ => {}
+            }
+        }
+        for (worker, batch) in self.workers.iter().zip(batches) {
+            if batch.is_empty() {
+                continue;
+            }
+            let count = batch.len() as u64;
+            match worker.send(batch, self.timeout).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.metrics.bus_lagged.increment(count);
+                    warn!(
+                        lost = count,
+                        "Delivery fell behind Redis Pub/Sub for longer than redis.command_timeout_ms; messages were dropped."
+                    );
+                }
+                Err(()) => return Err("the delivery workers are gone".into()),
+            }
+        }
+        self.interest.answer_waiters();
+        Ok(())
+    }
+
+    fn confirmed(&mut self, channel: &Bytes, subscribed: bool) {
+        let Some(user) = std::str::from_utf8(channel).ok().and_then(|c| self.pattern.user_id(c)) else { return };
+        if subscribed {
+            self.interest.subscribed.insert(user.to_owned());
+        } else {
+            self.interest.subscribed.remove(user);
+        }
+        // A join or leave since the command went out is done by the next one.
+        if self.interest.wanted.contains_key(user) != subscribed {
+            self.interest.dirty.insert(user.to_owned());
+        }
+        self.metrics.subscriptions.set(self.interest.subscribed.len() as f64);
+    }
+
+    /// SUBSCRIBE / UNSUBSCRIBE (or the sharded forms) for what changed, in one write.
+    async fn write_changes(&mut self, writer: &mut OwnedWriteHalf) -> Result<(), String> {
+        if self.interest.dirty.is_empty() {
+            return Ok(());
+        }
+        let (subscribe, unsubscribe) = self.interest.changes();
+        let channels = |users: Vec<String>| -> Vec<String> { users.iter().map(|u| self.pattern.channel(u)).collect() };
+        let (subscribe, unsubscribe) = (channels(subscribe), channels(unsubscribe));
+        let (sub, unsub): (&[u8], &[u8]) = if self.sharded { (b"SSUBSCRIBE", b"SUNSUBSCRIBE") } else { (b"SUBSCRIBE", b"UNSUBSCRIBE") };
+        let mut out = Vec::new();
+        for (verb, channels) in [(sub, &subscribe), (unsub, &unsubscribe)] {
+            // Sharded channels of one command must share a slot; one standalone server has all
+            // slots, but a channel per command keeps the rule without computing slots.
+            let per_command = if self.sharded { 1 } else { CHANNELS_PER_COMMAND };
+            for chunk in channels.chunks(per_command) {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+                args.push(verb);
+                args.extend(chunk.iter().map(|c| c.as_bytes()));
+                resp::command(&mut out, &args);
+            }
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        writer.write_all(&out).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Reads what is there into `buf`, at most [`READ_CHUNK`] at a time.
+async fn read_more(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(READ_CHUNK);
+    reader.read_buf(buf).await
+}
