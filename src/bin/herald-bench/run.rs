@@ -130,6 +130,8 @@ struct Phase {
     sent: u64,
     send_secs: f64,
     herald_cpu_us: u64,
+    /// The same per herald PID, in `--pids` order.
+    herald_cpu_us_by_pid: Vec<u64>,
     bench_cpu_us: u64,
     workers_cpu_us: u64,
     /// herald's own latency histogram over the phase, summed over the servers.
@@ -284,7 +286,8 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         let count = if rate == 0 { args.max_count } else { rate * args.secs };
         let first_seq = send_us.len() as u64;
         let received_before = total(workers, "count").await?;
-        let herald_before: u64 = args.pids.iter().filter_map(|p| proc_cpu_micros(*p)).sum();
+        let before_by_pid: Vec<u64> = args.pids.iter().map(|p| proc_cpu_micros(*p).unwrap_or(0)).collect();
+        let herald_before: u64 = before_by_pid.iter().sum();
         let bench_before = cpu_micros();
         let workers_before = total(workers, "cpu").await?;
         let share_before = share::scrape(&args.servers).await;
@@ -312,7 +315,8 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
                 break;
             }
         }
-        let herald_after: u64 = args.pids.iter().filter_map(|p| proc_cpu_micros(*p)).sum();
+        let after_by_pid: Vec<u64> = args.pids.iter().map(|p| proc_cpu_micros(*p).unwrap_or(0)).collect();
+        let herald_after: u64 = after_by_pid.iter().sum();
         let workers_after = total(workers, "cpu").await?;
         let share = match (share_before, share::scrape(&args.servers).await) {
             (Ok(before), Ok(after)) => share::since(&before, &after),
@@ -327,6 +331,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             sent,
             send_secs,
             herald_cpu_us: herald_after.saturating_sub(herald_before),
+            herald_cpu_us_by_pid: after_by_pid.iter().zip(&before_by_pid).map(|(a, b)| a.saturating_sub(*b)).collect(),
             bench_cpu_us: cpu_micros().saturating_sub(bench_before),
             workers_cpu_us: workers_after.saturating_sub(workers_before),
             share,
@@ -443,7 +448,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             "duplicated": deliveries - unique, "send_secs": phase.send_secs, "delivered_per_sec": rate_delivered,
             "e2e_us": e2e, "share_us": if share.is_empty() { serde_json::Value::Null } else { json!(share_p) },
             "herald_share_us": herald_share, "herald_share_within_2ms": within_2ms,
-            "herald_cpu_us": phase.herald_cpu_us, "herald_cpu_us_per_delivered": cpu_per,
+            "herald_cpu_us": phase.herald_cpu_us, "herald_cpu_us_by_pid": phase.herald_cpu_us_by_pid, "herald_cpu_us_per_delivered": cpu_per,
             "bench_cpu_us": phase.bench_cpu_us, "workers_cpu_us": phase.workers_cpu_us,
             "producer_failed": acked_failed,
         }));

@@ -223,7 +223,6 @@ impl RedisBus {
         let tagged = |p: &ChannelPattern| if sharded { p.hash_tagged() } else { p.clone() };
         let (pattern, stream) = (tagged(&config.channel), tagged(&replay_config.stream));
         let (ops, ops_rx) = mpsc::unbounded_channel();
-        let workers = delivery_workers(config.pubsub_buffer, &pattern, &deliverer, &metrics);
         let mut tasks = Vec::new();
         let subscriber = match own {
             Some(address) => {
@@ -234,7 +233,7 @@ impl RedisBus {
                     pattern: pattern.clone(),
                     timeout,
                     metrics: metrics.clone(),
-                    workers,
+                    deliverer: deliverer.clone(),
                     connected: up.clone(),
                     interest: Interest::default(),
                 };
@@ -256,6 +255,7 @@ impl RedisBus {
                     interest: Interest::default(),
                 };
                 tasks.push(tokio::spawn(manager.run(ops_rx, cancel.clone())));
+                let workers = delivery_workers(config.pubsub_buffer, &pattern, &deliverer, &metrics);
                 tasks.push(tokio::spawn(receive(client.clone(), pattern.clone(), workers, metrics.clone(), cancel.clone())));
                 Subscriber::Fred(client)
             }
@@ -725,7 +725,7 @@ fn worker_of(user_id: &str, workers: usize) -> usize {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(user_id) as usize % workers
 }
 
-/// One delivery worker: decodes its messages and emits them to the user's local sockets.
+/// One delivery worker (Redis Cluster): decodes its messages and emits them.
 async fn deliver_messages(
     mut batches: mpsc::UnboundedReceiver<Vec<Pushed>>,
     queue: WorkerQueue,
@@ -736,27 +736,28 @@ async fn deliver_messages(
     while let Some(batch) = batches.recv().await {
         let count = batch.len();
         for message in batch {
-            let Some(user_id) = std::str::from_utf8(&message.channel).ok().and_then(|c| pattern.user_id(c)) else { continue };
-            match envelope::decode(&message.payload) {
-                Ok(env) => {
-                    metrics.received.increment(1);
-                    let consumed_us = env.consumed_us();
-                    match env.id.as_deref().map(str::parse::<NotificationId>) {
-                        Some(Ok(id)) => {
-                            deliverer.deliver_retained(user_id, id, &env.event, env.payload, env.timestamp_ms, consumed_us);
-                        }
-                        _ => {
-                            deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, consumed_us);
-                        }
-                    }
-                }
-                Err(e) => {
-                    metrics.bus_decode_failures.increment(1);
-                    debug!(channel = %String::from_utf8_lossy(&message.channel), error = %e, "Ignored a bus message that is not a herald envelope.");
-                }
-            }
+            deliver_one(&pattern, &deliverer, &metrics, &message.channel, &message.payload);
         }
         queue.done(count);
+    }
+}
+
+/// Decodes one bus message and emits it to its user's local sockets.
+fn deliver_one(pattern: &ChannelPattern, deliverer: &Deliverer, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
+    let Some(user_id) = std::str::from_utf8(channel).ok().and_then(|c| pattern.user_id(c)) else { return };
+    match envelope::decode(payload) {
+        Ok(env) => {
+            metrics.received.increment(1);
+            let consumed_us = env.consumed_us();
+            match env.id.as_deref().map(str::parse::<NotificationId>) {
+                Some(Ok(id)) => deliverer.deliver_retained(user_id, id, &env.event, env.payload, env.timestamp_ms, consumed_us),
+                _ => deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, consumed_us),
+            };
+        }
+        Err(e) => {
+            metrics.bus_decode_failures.increment(1);
+            debug!(channel = %String::from_utf8_lossy(channel), error = %e, "Ignored a bus message that is not a herald envelope.");
+        }
     }
 }
 

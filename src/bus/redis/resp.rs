@@ -67,6 +67,45 @@ pub fn take(buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
     Ok(Some(frame))
 }
 
+/// Where a Pub/Sub message at the start of a buffer lies: `[message|smessage, channel, payload]`.
+pub struct MessageSpan {
+    pub channel: std::ops::Range<usize>,
+    pub payload: std::ops::Range<usize>,
+    /// Its whole length, to advance past it.
+    pub len: usize,
+}
+
+/// The Pub/Sub message at the start of `buf`, if that is what is there and it is complete;
+/// anything else (another reply, an incomplete message) is `None`, for [`take`] to read.
+pub fn message_at(buf: &[u8]) -> Option<MessageSpan> {
+    const HEAD: &[u8] = b"*3\r\n$";
+    const MESSAGE: &[u8] = b"7\r\nmessage\r\n";
+    const SMESSAGE: &[u8] = b"8\r\nsmessage\r\n";
+    let rest = buf.strip_prefix(HEAD)?;
+    let at = HEAD.len()
+        + if rest.starts_with(MESSAGE) {
+            MESSAGE.len()
+        } else if rest.starts_with(SMESSAGE) {
+            SMESSAGE.len()
+        } else {
+            return None;
+        };
+    let channel = bulk_at(buf, at)?;
+    let payload = bulk_at(buf, channel.end + 2)?;
+    Some(MessageSpan { len: payload.end + 2, channel, payload })
+}
+
+/// The bytes of the complete bulk string at `at`.
+fn bulk_at(buf: &[u8], at: usize) -> Option<std::ops::Range<usize>> {
+    if buf.get(at) != Some(&b'$') {
+        return None;
+    }
+    let (text, start) = line(buf, at + 1)?;
+    let len: usize = std::str::from_utf8(text).ok()?.parse().ok()?;
+    let end = start.checked_add(len)?;
+    (buf.get(end..end + 2)? == b"\r\n").then_some(start..end)
+}
+
 /// The line starting at `at`, without its CRLF, and where the next one starts.
 fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let rest = buf.get(at..)?;
@@ -210,6 +249,19 @@ mod tests {
             }
             assert_eq!(frames.len(), 2, "cut at {cut}");
             assert_eq!(frames[1], Frame::Integer(7));
+        }
+    }
+
+    #[test]
+    fn messages_are_found_in_place_and_anything_else_is_left_to_take() {
+        let buf = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\na\r\nbc\r\n:1\r\n";
+        let m = message_at(buf).unwrap();
+        assert_eq!((&buf[m.channel.clone()], &buf[m.payload.clone()]), (&b"ch"[..], &b"a\r\nbc"[..]));
+        assert_eq!(&buf[m.len..], b":1\r\n");
+        let s = b"*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$0\r\n\r\n";
+        assert_eq!(message_at(s).unwrap().len, s.len());
+        for other in [&b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"[..], b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nab", b":1\r\n", b""] {
+            assert!(message_at(other).is_none(), "{:?}", String::from_utf8_lossy(other));
         }
     }
 

@@ -1,19 +1,19 @@
 //! herald's own subscriber connection, for one Redis server or a Sentinel-watched master: it
-//! keeps the subscriptions equal to the users with a socket here, and hands what arrives to the
-//! delivery workers in batches, read straight out of its read buffer.
+//! keeps the subscriptions equal to the users with a socket here, and delivers each message the
+//! moment it is read, straight out of the read buffer (no queue, no hand-off to another task:
+//! both cost more than the delivery itself).
 //!
-//! Backpressure before loss: when a worker's queue (`redis.pubsub_buffer` messages) is full it
-//! stops reading, and Redis holds what follows in the connection's output buffer. Only when no
-//! room comes within `redis.command_timeout_ms` is that batch dropped, and counted in
-//! `herald_bus_messages_lost_total`: memory stays bounded on both sides (Redis's own
-//! `client-output-buffer-limit pubsub` would otherwise close the connection, losing more, and
-//! uncounted). A client library's fixed message buffer lost whole bursts here.
+//! Nothing is lost to a buffer: while herald delivers, it does not read, and what Redis sends
+//! meanwhile waits in the socket and in the connection's output buffer on the Redis side
+//! (bounded there by Redis's `client-output-buffer-limit pubsub`; a connection Redis closes for
+//! it is logged and counted as a reconnect). A client library's fixed message buffer lost whole
+//! bursts here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -24,8 +24,9 @@ use tracing::{info, warn};
 use super::address;
 use super::interest::{Interest, Op};
 use super::resp::{self, Frame};
-use super::{CHANNELS_PER_COMMAND, Pushed, WorkerQueue, worker_of};
+use super::{CHANNELS_PER_COMMAND, deliver_one};
 use crate::config::{ChannelPattern, RedisAddress};
+use crate::gateway::Deliverer;
 use crate::metrics::Metrics;
 
 /// Reads this large at most at once; the buffer grows only for a message larger than this.
@@ -41,7 +42,7 @@ pub struct Subscriptions {
     pub(super) pattern: ChannelPattern,
     pub(super) timeout: Duration,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) workers: Vec<WorkerQueue>,
+    pub(super) deliverer: Deliverer,
     pub(super) connected: Arc<AtomicBool>,
     pub(super) interest: Interest,
 }
@@ -143,7 +144,7 @@ impl Subscriptions {
                         Err(e) => return Ended::Lost(e.to_string()),
                     }
                     (last_read, ping_sent) = (Instant::now(), None);
-                    if let Err(e) = self.take_frames(&mut buf).await {
+                    if let Err(e) = self.take_frames(&mut buf) {
                         return Ended::Lost(e);
                     }
                 }
@@ -165,46 +166,31 @@ impl Subscriptions {
         }
     }
 
-    /// Every complete frame in `buf`: messages to the workers (waiting while their queues are
-    /// full), subscription confirmations to the waiting connects.
-    async fn take_frames(&mut self, buf: &mut BytesMut) -> Result<(), String> {
-        let mut batches: Vec<Vec<Pushed>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
-        while let Some(frame) = resp::take(buf).map_err(|e| e.to_string())? {
+    /// Every complete frame in `buf`: messages delivered, subscription confirmations noted.
+    fn take_frames(&mut self, buf: &mut BytesMut) -> Result<(), String> {
+        loop {
+            // Messages, nearly all of what arrives, are read without building a frame.
+            if let Some(m) = resp::message_at(buf) {
+                deliver_one(&self.pattern, &self.deliverer, &self.metrics, &buf[m.channel], &buf[m.payload]);
+                buf.advance(m.len);
+                continue;
+            }
+            let Some(frame) = resp::take(buf).map_err(|e| e.to_string())? else { break };
             let Frame::Array(Some(parts)) = frame else {
                 if let Frame::Error(e) = frame {
                     // A refused SUBSCRIBE names no channel: try every unconfirmed one again.
                     warn!(error = %String::from_utf8_lossy(&e), "Redis refused a subscriber command; retrying.");
-                    self.interest.dirty.extend(self.interest.wanted.keys().filter(|u| !self.interest.subscribed.contains(*u)).cloned());
+                    let unconfirmed: Vec<String> =
+                        self.interest.wanted.keys().filter(|u| !self.interest.subscribed.contains(*u)).cloned().collect();
+                    self.interest.dirty.extend(unconfirmed);
                 }
                 continue;
             };
             let kind = parts.first().and_then(Frame::as_bytes).map(|b| b.as_ref());
-            match (kind, parts.get(1).and_then(Frame::as_bytes), parts.get(2).and_then(Frame::as_bytes)) {
-                (Some(b"message" | b"smessage"), Some(channel), Some(payload)) => {
-                    let Some(user) = std::str::from_utf8(channel).ok().and_then(|c| self.pattern.user_id(c)) else { continue };
-                    let worker = worker_of(user, self.workers.len());
-                    batches[worker].push(Pushed { channel: channel.clone(), payload: payload.clone() });
-                }
-                (Some(b"subscribe" | b"ssubscribe"), Some(channel), _) => self.confirmed(channel, true),
-                (Some(b"unsubscribe" | b"sunsubscribe"), Some(channel), _) => self.confirmed(channel, false),
+            match (kind, parts.get(1).and_then(Frame::as_bytes)) {
+                (Some(b"subscribe" | b"ssubscribe"), Some(channel)) => self.confirmed(channel, true),
+                (Some(b"unsubscribe" | b"sunsubscribe"), Some(channel)) => self.confirmed(channel, false),
                 _ => {}
-            }
-        }
-        for (worker, batch) in self.workers.iter().zip(batches) {
-            if batch.is_empty() {
-                continue;
-            }
-            let count = batch.len() as u64;
-            match worker.send(batch, self.timeout).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.metrics.bus_lagged.increment(count);
-                    warn!(
-                        lost = count,
-                        "Delivery fell behind Redis Pub/Sub for longer than redis.command_timeout_ms; messages were dropped."
-                    );
-                }
-                Err(()) => return Err("the delivery workers are gone".into()),
             }
         }
         self.interest.answer_waiters();
