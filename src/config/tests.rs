@@ -191,6 +191,21 @@ fn a_cluster_url_selects_sharded_pubsub_with_hash_tagged_names() {
 }
 
 #[test]
+fn a_sentinel_url_is_read_and_tls_or_a_broken_url_is_refused_by_path() {
+    let c = parse(&format!("{MINIMAL}redis: {{url: \"redis-sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster\"}}\n")).unwrap();
+    let redis = c.redis.unwrap();
+    assert!(!redis.is_cluster() && !redis.sharded_pubsub);
+    match redis.address.unwrap().target {
+        RedisTarget::Sentinel { sentinels, master } => assert_eq!((sentinels.len(), master.as_str()), (2, "mymaster")),
+        other => panic!("{other:?}"),
+    }
+    assert!(parse(&format!("{MINIMAL}redis: {{url: \"redis-cluster://h:1\"}}\n")).unwrap().redis.unwrap().address.is_none());
+    for url in ["rediss://h:6379", "redis-sentinel://h:1,h:2", "redis://h:port"] {
+        assert_eq!(error_paths(&format!("{MINIMAL}redis: {{url: \"{url}\"}}\n")), ["redis.url"], "{url}");
+    }
+}
+
+#[test]
 fn slow_client_policy_defaults_to_drop_and_refuses_unknown_words() {
     assert_eq!(parse(MINIMAL).unwrap().server.slow_client, SlowClient::Drop);
     let c = parse("server: {slow_client: disconnect}\nauth: {jwt: {secret: s}}").unwrap();

@@ -59,13 +59,16 @@ enum Command {
         /// Long-polling instead of WebSocket.
         #[arg(long)]
         polling: bool,
+        /// The last this many of its users connect and never read.
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Worker { server, bind, first_user, users, secret, concurrency, connect_timeout_secs, polling } => {
+        Command::Worker { server, bind, first_user, users, secret, concurrency, connect_timeout_secs, polling, stalled } => {
             // Two threads: the worker must not need more than its share of the two cores.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(worker::run(worker::WorkerArgs {
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 connect_timeout: Duration::from_secs(connect_timeout_secs),
                 polling,
+                stalled,
             }))
         }
         Command::Broker { listen, topic, partitions, max_secs } => {

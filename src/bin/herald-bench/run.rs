@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// of WebSocket; each then holds two connections, so --per-worker should be halved.
     #[arg(long)]
     polling: bool,
+    /// The last this many users connect and then never read (an overload: their notifications
+    /// pile up in herald's per-socket queues and are dropped there). Not counted as lost.
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
     /// A name for this run in the report.
     #[arg(long, default_value = "run")]
     label: String,
@@ -161,6 +165,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .args(["worker", "--server", &server.to_string(), "--bind", &bind.to_string()])
                 .args(["--first-user", &next_user.to_string(), "--users", &n.to_string(), "--secret", &args.secret])
                 .args(args.polling.then_some("--polling"))
+                .args(["--stalled", &stalled_in(next_user, n, args.users, args.stalled).to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -204,6 +209,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     if !args.idle_only {
         let phases = load(&args, &mut workers).await?;
+        // After the load: what herald holds now (bounded queues, whatever stalled clients do).
+        let end: Vec<u64> = args.pids.iter().map(|p| rss_kib(*p).unwrap_or(0)).collect();
+        report["rss_end_kib"] = json!(end);
         report["phases"] = json!(phases);
     }
     for mut w in workers {
@@ -298,6 +306,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         let send_secs = t0.elapsed().as_secs_f64();
         let sent = times.len() as u64;
         send_us.extend(times);
+        let expected = sent - to_stalled(first_seq, sent, args.users, args.stalled);
         // Drain: until every record of the phase arrived, or nothing new for --drain-secs.
         let mut last = received_before;
         let mut last_change = Instant::now();
@@ -305,7 +314,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let now = total(workers, "count").await?;
-            if now >= received_before + sent || Instant::now() > hard_deadline {
+            if now >= received_before + expected || Instant::now() > hard_deadline {
                 break;
             }
             if now != last {
@@ -399,6 +408,8 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             }
         }
         let unique = seen.len() as u64;
+        let stalled_sent = to_stalled(phase.first_seq, phase.sent, args.users, args.stalled);
+        let expected = phase.sent - stalled_sent;
         let first_send = send_us.get(phase.first_seq as usize).copied().unwrap_or(0);
         let span_secs = (last_rx.saturating_sub(first_send)) as f64 / 1e6;
         let rate_delivered = if span_secs > 0.0 { unique as f64 / span_secs } else { 0.0 };
@@ -416,7 +427,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             phase.rate,
             phase.sent,
             unique,
-            phase.sent.saturating_sub(unique),
+            expected.saturating_sub(unique),
             deliveries - unique,
             rate_delivered,
             e2e[0],
@@ -444,7 +455,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             phase.workers_cpu_us as f64 / 1e6,
         );
         out.push(json!({
-            "rate": phase.rate, "sent": phase.sent, "delivered": unique, "lost": phase.sent.saturating_sub(unique),
+            "rate": phase.rate, "sent": phase.sent, "delivered": unique, "lost": expected.saturating_sub(unique), "to_stalled": stalled_sent,
             "duplicated": deliveries - unique, "send_secs": phase.send_secs, "delivered_per_sec": rate_delivered,
             "e2e_us": e2e, "share_us": if share.is_empty() { serde_json::Value::Null } else { json!(share_p) },
             "herald_share_us": herald_share, "herald_share_within_2ms": within_2ms,
@@ -462,6 +473,22 @@ fn payload(user: &str, seq: u64) -> String {
 
 /// Sends `count` records at `rate` per second (0: as fast as the producer takes them), user
 /// `seq % users`, keyed by user; returns each record's send time.
+/// How many of the users `first..first + n` are stalled (the last `stalled` of `users`).
+fn stalled_in(first: usize, n: usize, users: usize, stalled: usize) -> usize {
+    let from = users.saturating_sub(stalled);
+    (first + n).saturating_sub(from.max(first)).min(n)
+}
+
+/// How many of the records `first_seq..first_seq + count` go to a stalled user (record `seq` goes
+/// to user `seq % users`).
+fn to_stalled(first_seq: u64, count: u64, users: usize, stalled: usize) -> u64 {
+    if stalled == 0 || users == 0 {
+        return 0;
+    }
+    let from = users.saturating_sub(stalled) as u64;
+    (first_seq..first_seq + count).filter(|seq| seq % users as u64 >= from).count() as u64
+}
+
 fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], first_seq: u64, count: u64, rate: u64) -> Vec<u64> {
     let mut times = Vec::with_capacity(count as usize);
     let start = Instant::now();
@@ -558,4 +585,19 @@ async fn total(workers: &mut [Worker], command: &str) -> anyhow::Result<u64> {
         sum += w.ask(command, command).await?;
     }
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stalled_users_are_the_last_ones() {
+        assert_eq!(stalled_in(0, 500, 1000, 100), 0);
+        assert_eq!(stalled_in(500, 500, 1000, 100), 100);
+        assert_eq!(stalled_in(850, 100, 1000, 100), 50);
+        assert_eq!(to_stalled(0, 1000, 1000, 100), 100);
+        assert_eq!(to_stalled(0, 200_000, 1000, 0), 0);
+        assert_eq!(to_stalled(950, 10, 1000, 100), 10);
+    }
 }

@@ -29,6 +29,8 @@ pub struct WorkerArgs {
     pub concurrency: usize,
     pub connect_timeout: Duration,
     pub polling: bool,
+    /// The last this many users connect and then never read.
+    pub stalled: usize,
 }
 
 /// One received notification: its sequence number and when it arrived (unix microseconds).
@@ -56,6 +58,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let (url, gate, received, stop) = (url.clone(), gate.clone(), received.clone(), stop.clone());
         let (failures, connected) = (failures.clone(), connected.clone());
         let (server, bind, timeout, polling) = (args.server, args.bind, args.connect_timeout, args.polling);
+        let stalls = i >= args.users.saturating_sub(args.stalled);
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.ok();
             let opened = async {
@@ -83,6 +86,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
             match client {
+                // Holds the connection and reads nothing: herald's queue for it fills up.
+                Client::WebSocket(ws) if stalls => {
+                    stop.cancelled().await;
+                    drop(ws);
+                    Vec::new()
+                }
                 Client::WebSocket(ws) => listen(ws, received, stop).await,
                 Client::Polling(session) => crate::polling::listen(session, received, stop).await,
             }
