@@ -12,13 +12,14 @@ use serde_json::json;
 
 const USERS: usize = 24;
 const PER_USER: i64 = 5;
+const API_KEY: &str = "cluster-test-api-key-0123";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_a_cluster_deliver_through_the_owning_shard_only() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
     let cluster = RedisCluster::start();
-    let yaml = config_yaml(&kafka, None, &format!("redis: {{url: \"{}\"}}", cluster.url()));
+    let yaml = config_yaml(&kafka, None, &format!("redis: {{url: \"{}\"}}\napi: {{key: {API_KEY}}}", cluster.url()));
     let yaml = with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]");
     let (one, two) = (Herald::start(&yaml).await, Herald::start(&yaml).await);
     // Both consume: whichever takes a record, the user's sockets may be on the other.
@@ -70,6 +71,23 @@ async fn two_instances_on_a_cluster_deliver_through_the_owning_shard_only() {
     }
     let shards_used: std::collections::HashSet<u16> = node_of_channel.values().flatten().copied().collect();
     assert!(shards_used.len() >= 2, "{USERS} users spread over the shards: {shards_used:?}");
+
+    // Presence asks each shard for its users' channels (SHARDNUMSUB, one command per slot).
+    let mut asked: Vec<serde_json::Value> = users.iter().map(|u| json!(u)).collect();
+    asked.push(json!("nobody"));
+    let presence: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/presence", one.url()))
+        .bearer_auth(API_KEY)
+        .json(&json!({"user_ids": asked}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(presence["online"], USERS, "{presence}");
+    assert!(users.iter().all(|u| presence["users"][u]["instances"] == 1), "one instance holds each user: {presence}");
+    assert_eq!(presence["users"]["nobody"]["online"], false);
 
     // The history lives in the same slot as the channel, so replay works on the cluster too.
     let first_id = c.received_args("cu0", "notification").await[0][1]["id"].as_str().unwrap().to_owned();

@@ -43,6 +43,11 @@ impl MemoryBus {
             .collect()
     }
 
+    /// 1 for a user with a socket here (the only instance), else 0.
+    pub fn presence(&self, users: &[String]) -> Vec<usize> {
+        users.iter().map(|u| usize::from(self.deliverer.sockets_of(u) > 0)).collect()
+    }
+
     pub fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> History {
         self.history.after(user_id, since, last_n)
     }

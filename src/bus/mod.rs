@@ -88,6 +88,15 @@ impl Bus {
         }
     }
 
+    /// For each user, how many instances hold a socket of theirs (0: offline), cluster-wide,
+    /// in one Redis round trip (one per shard on a cluster).
+    pub async fn presence(&self, users: &[String]) -> Result<Vec<usize>, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.presence(users)),
+            Bus::Redis(b) => b.presence(users).await,
+        }
+    }
+
     /// See [`redis::RedisBus::settling`]; the in-process bus never settles.
     pub fn settling(&self) -> bool {
         match self {

@@ -35,6 +35,11 @@ impl Deliverer {
         Self::new(Arc::new(Presence::new(metrics.clone())), metrics, SlowClient::Drop)
     }
 
+    /// How many sockets `user_id` has on this instance.
+    pub fn sockets_of(&self, user_id: &str) -> usize {
+        self.presence.sockets_of(user_id)
+    }
+
     /// Emits `event` with `payload` to every socket of `user_id` here; returns how many sockets
     /// it reached.
     pub fn deliver(&self, user_id: &str, event: &str, payload: &RawValue, timestamp_ms: i64, consumed_us: i64) -> usize {

@@ -1,10 +1,11 @@
-//! The HTTP surface: `/healthz`, `/readyz`, `/metrics`, the publish API (`POST /api/publish`,
-//! with its OpenAPI description at `/api/openapi.yaml`) and the demo page. Socket.IO requests
+//! The HTTP surface: `/healthz`, `/readyz`, `/metrics`, the API (`POST /api/publish`,
+//! `POST /api/presence`, with their OpenAPI description at `/api/openapi.yaml`) and the demo page. Socket.IO requests
 //! are served by the transport's own front ([`serve`]); those that reach hyper on a connection
 //! it already serves are passed to the transport by [`engine_route`].
 
 pub mod demo;
 mod engine_route;
+mod presence;
 pub mod publish;
 mod serve;
 mod stall;
@@ -50,7 +51,8 @@ pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>, demo:
         .with_state(state);
     if let Some(api) = publish {
         router = router
-            .route("/api/publish", post(publish::publish).with_state(api))
+            .route("/api/publish", post(publish::publish).with_state(api.clone()))
+            .route("/api/presence", post(presence::presence).with_state(api))
             .route("/api/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
             .layer(DefaultBodyLimit::max(1 << 20));
     }

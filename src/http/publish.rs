@@ -50,6 +50,26 @@ impl PublishApi {
         }
     }
 
+    /// The API key and the rate limit, for every API route: the response to send instead, if
+    /// the request may not go on.
+    pub(super) fn refused(&self, headers: &HeaderMap) -> Option<Response> {
+        if !self.authorized(headers) {
+            return Some(error(StatusCode::UNAUTHORIZED, "missing or wrong API key"));
+        }
+        if !self.bucket.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Some(error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"));
+        }
+        None
+    }
+
+    pub(super) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub(super) fn max_users(&self) -> usize {
+        self.max_users
+    }
+
     /// Compares digests so the time taken says nothing about how much of the key matched.
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let presented = headers
@@ -64,11 +84,8 @@ impl PublishApi {
 }
 
 pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !api.authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
-    }
-    if !api.bucket.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+    if let Some(refusal) = api.refused(&headers) {
+        return refusal;
     }
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -114,7 +131,7 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 

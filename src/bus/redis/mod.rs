@@ -450,6 +450,58 @@ impl RedisBus {
         replies.into_iter().map(|r| r.map(|f| integer(Some(&f))).map_err(BusError)).collect()
     }
 
+    /// Subscribers per user channel: each instance holding a user's sockets subscribes once.
+    /// `PUBSUB NUMSUB` (or `SHARDNUMSUB`) names every channel in one command; on a cluster one
+    /// command per slot, each to the shard owning it, all in one pipeline.
+    pub async fn presence(&self, users: &[String]) -> Result<Vec<usize>, BusError> {
+        let sub: &[u8] = if self.sharded { b"SHARDNUMSUB" } else { b"NUMSUB" };
+        let channels: Vec<String> = users.iter().map(|u| self.pattern.channel(u)).collect();
+        let groups: Vec<(u16, Vec<usize>)> = if self.own_publisher.is_some() || !self.sharded {
+            vec![(0, (0..users.len()).collect())]
+        } else {
+            let mut by_slot: HashMap<u16, Vec<usize>> = HashMap::new();
+            for (i, channel) in channels.iter().enumerate() {
+                by_slot.entry(fred::util::redis_keyslot(channel.as_bytes())).or_default().push(i);
+            }
+            by_slot.into_iter().collect()
+        };
+        let mut counts = vec![0usize; users.len()];
+        let replies = match &self.own_publisher {
+            Some(_) => {
+                let mut args = vec![b"PUBSUB".to_vec(), sub.to_vec()];
+                args.extend(channels.iter().map(|c| c.as_bytes().to_vec()));
+                self.pipeline(vec![args], 1).await?
+            }
+            None => {
+                let pipeline = self.publisher.pipeline();
+                for (slot, members) in &groups {
+                    let mut args: Vec<String> = vec![String::from_utf8_lossy(sub).into_owned()];
+                    args.extend(members.iter().map(|&i| channels[i].clone()));
+                    let hash = if self.sharded { ClusterHash::Custom(*slot) } else { ClusterHash::Random };
+                    pipeline
+                        .custom::<(), _>(CustomCommand::new_static("PUBSUB", hash, false), args)
+                        .await
+                        .map_err(|e| BusError(e.to_string()))?;
+                }
+                let replies = pipeline.try_all::<fred::types::Value>().await;
+                replies.into_iter().map(|r| r.map(frame_of).map_err(|e| e.to_string())).collect()
+            }
+        };
+        if replies.len() != groups.len() {
+            return Err(BusError(format!("{} replies to {} PUBSUB commands", replies.len(), groups.len())));
+        }
+        for ((_, members), reply) in groups.iter().zip(replies) {
+            // [channel, count, channel, count, ...], in the order asked.
+            let Frame::Array(Some(items)) = reply.map_err(BusError)? else {
+                return Err(BusError("unexpected PUBSUB reply".into()));
+            };
+            for (&i, pair) in members.iter().zip(items.chunks(2)) {
+                counts[i] = integer(pair.get(1));
+            }
+        }
+        Ok(counts)
+    }
+
     /// True for a while after reconnecting to Redis: other instances may not have re-subscribed
     /// their users yet, so "no subscriber" may not mean "offline".
     pub fn settling(&self) -> bool {
