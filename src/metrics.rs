@@ -126,6 +126,7 @@ pub const PING_TIMEOUTS: &str = "herald_gateway_ping_timeouts_total";
 pub const WEBSOCKET_WRITES: &str = "herald_gateway_websocket_writes_total";
 pub const WEBSOCKET_FRAMES: &str = "herald_gateway_websocket_frames_written_total";
 pub const DEAD_LETTERED: &str = "herald_source_dead_lettered_total";
+pub const HANDED_OFF: &str = "herald_source_offline_handed_off_total";
 pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
 pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
 pub const ROUTE_SCRIPT_ERRORS: &str = "herald_route_script_errors_total";
@@ -179,6 +180,7 @@ pub const ALL_NAMES: &[&str] = &[
     REPLAYED,
     RETAINED_OFFLINE,
     DEAD_LETTERED,
+    HANDED_OFF,
 ];
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
@@ -224,6 +226,7 @@ pub struct Metrics {
     pub write_timeouts: Counter,
     pub replayed: Counter,
     pub retained_offline: Counter,
+    pub handed_off: Counter,
     /// The transport's counters, copied from its [`Stats`] at each scrape.
     transport: TransportCounters,
 }
@@ -344,6 +347,7 @@ impl Metrics {
             Kind::Counter,
         );
         describe(r, DEAD_LETTERED, Unit::Count, "Records produced to the dead-letter topic, by result (ok, failed).", Kind::Counter);
+        describe(r, HANDED_OFF, Unit::Count, "Notifications for offline users produced to kafka.offline_topic.", Kind::Counter);
         describe(r, REPLAYED, Unit::Count, "Retained notifications sent to reconnecting sockets.", Kind::Counter);
         describe(r, RETAINED_OFFLINE, Unit::Count, "Retained notifications stored for a user with no socket anywhere.", Kind::Counter);
         describe(r, BUILD_INFO, Unit::Count, "Always 1; the version label names the build.", Kind::Gauge);
@@ -385,6 +389,7 @@ impl Metrics {
             write_timeouts: counter(WRITE_TIMEOUTS, vec![]),
             replayed: counter(REPLAYED, vec![]),
             retained_offline: counter(RETAINED_OFFLINE, vec![]),
+            handed_off: counter(HANDED_OFF, vec![]),
             transport: TransportCounters {
                 protocol_errors: ProtocolError::ALL
                     .iter()

@@ -117,6 +117,9 @@ pub struct KafkaConfig {
     pub max_batch: usize,
     /// Where records that fail permanently are produced; `None` only counts and logs them.
     pub dead_letter_topic: Option<String>,
+    /// Where notifications for users with no socket on any instance are produced (for a push,
+    /// e-mail or SMS worker); `None` only counts them as dropped (`offline`).
+    pub offline_topic: Option<String>,
     pub embedded: EmbeddedKafkaConfig,
 }
 
@@ -508,7 +511,11 @@ fn check_event_name(walk: &mut Walk, path: &str, event: &str) {
 }
 
 fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
-    let s = walk.section(v, "kafka", &["brokers", "group_id", "topics", "options", "max_batch", "dead_letter_topic", "embedded"]);
+    let s = walk.section(
+        v,
+        "kafka",
+        &["brokers", "group_id", "topics", "options", "max_batch", "dead_letter_topic", "offline_topic", "embedded"],
+    );
     let brokers = match s.raw("brokers") {
         None => Brokers::Embedded,
         Some(Value::String(b)) if b.trim() == "embedded" => Brokers::Embedded,
@@ -593,16 +600,9 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
         listen: read_addr(walk, &e, "listen", "127.0.0.1:9092"),
         partitions: ranged(walk, &e, "partitions", 4i32, 1..=1000),
     };
-    let dead_letter_topic = walk.opt::<String>(&s, "dead_letter_topic").filter(|t| !t.is_empty());
-    if let Some(t) = &dead_letter_topic {
-        if let Err(why) = check_topic_name(t) {
-            walk.error(s.path("dead_letter_topic"), why);
-        }
-        if topics.iter().any(|c| &c.name == t) {
-            walk.error(s.path("dead_letter_topic"), "must not be one of the consumed topics");
-        }
-    }
-    KafkaConfig { brokers, group_id, topics, options, max_batch, dead_letter_topic, embedded }
+    let dead_letter_topic = output_topic(walk, &s, "dead_letter_topic", &topics);
+    let offline_topic = output_topic(walk, &s, "offline_topic", &topics);
+    KafkaConfig { brokers, group_id, topics, options, max_batch, dead_letter_topic, offline_topic, embedded }
 }
 
 fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> {
@@ -655,6 +655,18 @@ fn parse_user_id(walk: &mut Walk, path: &str, value: &str) -> Option<UserIdSourc
         walk.error(path, format!("expected `key` or a JSON pointer such as `/userId`, found `{value}`"));
         None
     }
+}
+
+/// A topic herald produces to: a valid name, and not one it consumes.
+fn output_topic(walk: &mut Walk, s: &Section, key: &str, consumed: &[TopicConfig]) -> Option<String> {
+    let topic = walk.opt::<String>(s, key).filter(|t| !t.is_empty())?;
+    if let Err(why) = check_topic_name(&topic) {
+        walk.error(s.path(key), why);
+    }
+    if consumed.iter().any(|c| c.name == topic) {
+        walk.error(s.path(key), "must not be one of the consumed topics");
+    }
+    Some(topic)
 }
 
 fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {

@@ -215,3 +215,12 @@ fn slow_client_policy_defaults_to_drop_and_refuses_unknown_words() {
     assert_eq!(errs.0[0].path, "server.slow_client");
     assert!(errs.0[0].message.contains("`drop` or `disconnect`"), "{errs}");
 }
+
+#[test]
+fn output_topics_must_be_valid_and_not_consumed() {
+    let c = parse(&format!("{MINIMAL}kafka: {{offline_topic: herald-offline, dead_letter_topic: dlq}}\n")).unwrap();
+    assert_eq!((c.kafka.offline_topic.as_deref(), c.kafka.dead_letter_topic.as_deref()), (Some("herald-offline"), Some("dlq")));
+    assert_eq!(parse(MINIMAL).unwrap().kafka.offline_topic, None);
+    let bad = format!("{MINIMAL}kafka: {{offline_topic: user-notifications, dead_letter_topic: \"no spaces\"}}\n");
+    assert_eq!(error_paths(&bad), ["kafka.dead_letter_topic", "kafka.offline_topic"]);
+}

@@ -114,6 +114,9 @@ pub struct Router {
     table: ArcSwap<Table>,
     /// Topics whose notifications are retained for replay.
     retained: std::collections::HashSet<String>,
+    /// Every notification carries its origin (for the offline hand-off's headers), not only
+    /// retained ones.
+    all_origins: bool,
     sources: Vec<ScriptSource>,
     engine: Engine,
     limits: Limits,
@@ -160,6 +163,7 @@ impl Router {
         Ok(Self {
             table: ArcSwap::from_pointee(Table { rules }),
             retained: config.kafka.topics.iter().filter(|t| t.retain).map(|t| t.name.clone()).collect(),
+            all_origins: config.kafka.offline_topic.is_some(),
             sources,
             engine,
             limits,
@@ -304,9 +308,10 @@ impl Router {
             out.truncate(first);
             return Err(e);
         }
-        if self.retained.contains(record.topic) {
+        let retain = self.retained.contains(record.topic);
+        if retain || self.all_origins {
             for (i, n) in out[first..].iter_mut().enumerate() {
-                n.retain = true;
+                n.retain = retain;
                 n.origin = Some(format!("{}/{}/{}/{i}", record.topic, record.partition, record.offset).into());
             }
         }

@@ -21,15 +21,8 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn new(topic: &str, bootstrap: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new();
-        for (k, v) in options.iter().filter(|(k, _)| SHARED_PREFIXES.iter().any(|p| k.starts_with(p))) {
-            config.set(k, v);
-        }
-        let producer = config
-            .set("bootstrap.servers", bootstrap)
-            .set("message.timeout.ms", "10000")
-            .create()
-            .map_err(|e| anyhow::anyhow!("kafka.dead_letter_topic: cannot create the producer: {e}"))?;
+        let producer =
+            producer_for(bootstrap, options).map_err(|e| anyhow::anyhow!("kafka.dead_letter_topic: cannot create the producer: {e}"))?;
         Ok(Self { topic: topic.to_owned(), producer })
     }
 
@@ -51,6 +44,15 @@ impl DeadLetter {
         }
         self.producer.send(out, Duration::from_secs(10)).await.map(|_| ()).map_err(|(e, _)| e.to_string())
     }
+}
+
+/// A producer with the consumer's security and client settings, acks awaited within 10 s.
+pub fn producer_for(bootstrap: &str, options: &BTreeMap<String, String>) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    let mut config = ClientConfig::new();
+    for (k, v) in options.iter().filter(|(k, _)| SHARED_PREFIXES.iter().any(|p| k.starts_with(p))) {
+        config.set(k, v);
+    }
+    config.set("bootstrap.servers", bootstrap).set("message.timeout.ms", "10000").create()
 }
 
 fn truncate(s: &str, max: usize) -> &str {

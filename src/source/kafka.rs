@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::dead_letter::DeadLetter;
+use super::offline::OfflineHandOff;
 use crate::bus::{Bus, BusError, Published};
 use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
@@ -130,6 +131,7 @@ pub struct KafkaSource {
     max_batch: usize,
     topics: Vec<String>,
     dead_letter: Option<DeadLetter>,
+    offline: Option<OfflineHandOff>,
 }
 
 impl KafkaSource {
@@ -170,6 +172,7 @@ impl KafkaSource {
                 .as_deref()
                 .map(|t| DeadLetter::new(t, bootstrap, &config.kafka.options))
                 .transpose()?,
+            offline: config.kafka.offline_topic.as_deref().map(|t| OfflineHandOff::new(t, bootstrap, &config.kafka.options)).transpose()?,
         })
     }
 
@@ -332,6 +335,18 @@ impl KafkaSource {
                 if offline > 0 {
                     self.metrics.dropped(DropReason::Offline, offline as u64);
                 }
+                // Handed off before the offsets are stored: at least once. Retained ones too (they
+                // also wait in the history).
+                if let Some(hand_off) = &self.offline {
+                    let unheard: Vec<&Notification> =
+                        notifications.iter().zip(&published).filter(|(_, p)| p.receivers == 0).map(|(n, _)| n).collect();
+                    if !unheard.is_empty() {
+                        if self.hand_off(hand_off, &unheard, Held(&messages), abort).await.is_none() {
+                            return Ok(());
+                        }
+                        self.metrics.handed_off.increment(unheard.len() as u64);
+                    }
+                }
             }
             self.store_offsets(&messages);
             messages.clear();
@@ -411,6 +426,29 @@ impl KafkaSource {
                 retry_in_ms = delay.as_millis() as u64,
                 "Bus publish not done; holding consumption and retrying."
             );
+            if !sleep_unless_aborted(abort, delay).await {
+                return None;
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Produces to the offline topic until every notification is acknowledged (or `abort`).
+    async fn hand_off(
+        &self,
+        hand_off: &OfflineHandOff,
+        unheard: &[&Notification],
+        held: Held<'_>,
+        abort: &CancellationToken,
+    ) -> Option<()> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match hand_off.send(unheard).await {
+                Ok(()) => return Some(()),
+                Err(e) => {
+                    warn!(error = %e, records = %held, notifications = unheard.len(), "Offline hand-off not acknowledged; holding consumption and retrying.")
+                }
+            }
             if !sleep_unless_aborted(abort, delay).await {
                 return None;
             }

@@ -4,3 +4,4 @@
 pub mod dead_letter;
 pub mod embedded;
 pub mod kafka;
+mod offline;

@@ -1,0 +1,50 @@
+//! The offline hand-off: notifications whose user had no socket on any instance are produced to
+//! `kafka.offline_topic`, for a push, e-mail or SMS worker, before their records' offsets are
+//! committed (at least once).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::dead_letter::producer_for;
+use crate::route::Notification;
+
+pub struct OfflineHandOff {
+    topic: String,
+    producer: FutureProducer,
+}
+
+impl OfflineHandOff {
+    pub fn new(topic: &str, bootstrap: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let producer =
+            producer_for(bootstrap, options).map_err(|e| anyhow::anyhow!("kafka.offline_topic: cannot create the producer: {e}"))?;
+        Ok(Self { topic: topic.to_owned(), producer })
+    }
+
+    /// Produces each notification, keyed by its user: `{"user_id","event","payload","timestamp_ms"}`
+    /// with `herald-source-topic`, `-partition`, `-offset` headers from its origin. Waits for
+    /// every ack; `Err` when any failed (the caller sends them all again: a duplicate is
+    /// allowed, a gap is not).
+    pub async fn send(&self, notifications: &[&Notification]) -> Result<(), String> {
+        let sends = notifications.iter().map(|n| async move {
+            let value = serde_json::json!({
+                "user_id": n.user_id, "event": &*n.event, "payload": &n.payload, "timestamp_ms": n.timestamp_ms,
+            })
+            .to_string();
+            let mut headers = OwnedHeaders::new();
+            // `topic/partition/offset/index`; the topic may contain neither `/` nor anything odd.
+            let mut parts = n.origin.as_deref().unwrap_or_default().rsplitn(4, '/');
+            let (_index, offset, partition, topic) = (parts.next(), parts.next(), parts.next(), parts.next());
+            for (key, value) in [("herald-source-topic", topic), ("herald-source-partition", partition), ("herald-source-offset", offset)] {
+                if let Some(v) = value {
+                    headers = headers.insert(Header { key, value: Some(v) });
+                }
+            }
+            let record = FutureRecord::<str, str>::to(&self.topic).key(&n.user_id).payload(&value).headers(headers);
+            self.producer.send(record, Duration::from_secs(10)).await.map(drop).map_err(|(e, _)| e.to_string())
+        });
+        futures::future::join_all(sends).await.into_iter().collect()
+    }
+}
