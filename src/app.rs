@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::{Brokers, Config};
+use crate::gateway::receipts::Receipts;
 use crate::gateway::{self, Admission, Deliverer, Gateway, Lifetimes, Limits, Presence};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -46,8 +47,13 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&topics));
     // The embedded broker also holds the dead-letter topic, so it can be read back.
-    let broker_topics: Vec<String> =
-        topics.iter().cloned().chain(config.kafka.dead_letter_topic.clone()).chain(config.kafka.offline_topic.clone()).collect();
+    let broker_topics: Vec<String> = topics
+        .iter()
+        .cloned()
+        .chain(config.kafka.dead_letter_topic.clone())
+        .chain(config.kafka.offline_topic.clone())
+        .chain(config.kafka.receipts_topic.clone())
+        .collect();
     let authenticator = Authenticator::new(&config, Some(metrics.clone()))?;
     let listener = match listener {
         Some(l) => l,
@@ -84,6 +90,15 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
         limits: Limits::new(&config.auth),
         replay: config.replay.clone(),
         refresh_event: config.auth.refresh_event.clone(),
+        receipts: config
+            .kafka
+            .receipts_topic
+            .as_deref()
+            .map(|t| {
+                Receipts::new(t, &config.server.receipt_event, config.server.receipts_per_sec, &kafka_bootstrap, &config.kafka.options)
+            })
+            .transpose()?
+            .map(Arc::new),
     };
     let gateway = Gateway::start(&config.server, &config.auth, admission).server;
 

@@ -127,6 +127,7 @@ pub const WEBSOCKET_WRITES: &str = "herald_gateway_websocket_writes_total";
 pub const WEBSOCKET_FRAMES: &str = "herald_gateway_websocket_frames_written_total";
 pub const DEAD_LETTERED: &str = "herald_source_dead_lettered_total";
 pub const HANDED_OFF: &str = "herald_source_offline_handed_off_total";
+pub const RECEIPTS: &str = "herald_gateway_receipts_total";
 pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
 pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
 pub const ROUTE_SCRIPT_ERRORS: &str = "herald_route_script_errors_total";
@@ -181,6 +182,7 @@ pub const ALL_NAMES: &[&str] = &[
     RETAINED_OFFLINE,
     DEAD_LETTERED,
     HANDED_OFF,
+    RECEIPTS,
 ];
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
@@ -348,6 +350,7 @@ impl Metrics {
         );
         describe(r, DEAD_LETTERED, Unit::Count, "Records produced to the dead-letter topic, by result (ok, failed).", Kind::Counter);
         describe(r, HANDED_OFF, Unit::Count, "Notifications for offline users produced to kafka.offline_topic.", Kind::Counter);
+        describe(r, RECEIPTS, Unit::Count, "Receipts from clients, by result (ok, invalid, rate_limited, failed).", Kind::Counter);
         describe(r, REPLAYED, Unit::Count, "Retained notifications sent to reconnecting sockets.", Kind::Counter);
         describe(r, RETAINED_OFFLINE, Unit::Count, "Retained notifications stored for a user with no socket anywhere.", Kind::Counter);
         describe(r, BUILD_INFO, Unit::Count, "Always 1; the version label names the build.", Kind::Gauge);
@@ -433,6 +436,10 @@ impl Metrics {
 
     pub fn jwks_fetch(&self, ok: bool) {
         self.labelled(JWKS_FETCHES, "result", if ok { "ok" } else { "error" }).increment(1);
+    }
+
+    pub fn receipt(&self, result: &'static str) {
+        self.labelled(RECEIPTS, "result", result).increment(1);
     }
 
     pub fn dead_lettered(&self, ok: bool) {
@@ -591,7 +598,7 @@ mod tests {
         let text = m.render();
         // These carry a label only known at the first event (a route's file, a check's result),
         // so they appear then; every other series is there from the start.
-        let on_first_event = [ROUTE_SCRIPT_ERRORS, AUTH_CHECKS, JWKS_FETCHES, TOKEN_REFRESHES, DEAD_LETTERED];
+        let on_first_event = [ROUTE_SCRIPT_ERRORS, AUTH_CHECKS, JWKS_FETCHES, TOKEN_REFRESHES, DEAD_LETTERED, RECEIPTS];
         let missing: Vec<_> =
             ALL_NAMES.iter().filter(|name| !on_first_event.contains(name) && !text.contains(&format!("\n{name}"))).collect();
         assert!(missing.is_empty(), "{missing:?} missing from:\n{text}");

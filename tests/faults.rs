@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::json;
 
@@ -61,13 +60,7 @@ async fn hostile_records_are_skipped_counted_and_dead_lettered() {
     assert_eq!(h.metric("herald_source_dead_lettered_total{result=\"ok\"}").await, 7.0);
 
     // The dead-letter topic holds each record with headers naming the error and its origin.
-    let reader: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka.address())
-        .set("group.id", "dead-letter-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&["dead-letters"]).unwrap();
+    let reader = topic_reader(&kafka, "dead-letter-reader", "dead-letters");
     let mut reasons = BTreeMap::new();
     while reasons.values().sum::<usize>() < 7 {
         let m = tokio::time::timeout(Duration::from_secs(15), reader.recv()).await.expect("dead letters").unwrap();

@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::{Value, json};
 
@@ -37,13 +36,7 @@ async fn notifications_of_offline_users_are_handed_off_and_only_those() {
         assert_eq!(lost, 0);
     }
 
-    let reader: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka.address())
-        .set("group.id", "offline-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&["offline"]).unwrap();
+    let reader = topic_reader(&kafka, "offline-reader", "offline");
     let mut got = BTreeSet::new();
     while got.len() < 2 * N as usize {
         let m = tokio::time::timeout(Duration::from_secs(15), reader.recv()).await.expect("offline notifications").unwrap();

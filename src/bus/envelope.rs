@@ -29,6 +29,10 @@ pub struct Envelope<'a> {
     /// The id in the user's history, for retained notifications.
     #[serde(rename = "i", default, borrow)]
     pub id: Option<Cow<'a, str>>,
+    /// Where a live notification came from (`topic/partition/offset/index`), when herald was
+    /// asked to keep it: its id for receipts.
+    #[serde(rename = "o", default, borrow)]
+    pub origin: Option<Cow<'a, str>>,
 }
 
 impl Envelope<'_> {
@@ -63,6 +67,12 @@ fn encode_with(n: &Notification, id: Option<NotificationId>) -> String {
     if n.consumed_us > 0 {
         out.push_str(",\"c\":");
         out.push_str(itoa::Buffer::new().format(n.consumed_us));
+    }
+    if id.is_none()
+        && let Some(origin) = &n.origin
+    {
+        out.push_str(",\"o\":");
+        out.push_str(&serde_json::to_string(&**origin).expect("a string always serialises"));
     }
     out.push_str(",\"p\":");
     out.push_str(payload);
@@ -102,6 +112,8 @@ mod tests {
         let with_id = decode(br#"{"i":"17-2","e":"n","t":1,"p":{}}"#).unwrap();
         assert_eq!(with_id.id.as_deref(), Some("17-2"));
         assert_eq!(with_id.consumed_us(), 0, "optional, for publishers other than herald");
+        let with_origin = Notification { origin: Some("t/1/2/0".into()), ..n };
+        assert_eq!(decode(encode(&with_origin).as_bytes()).unwrap().origin.as_deref(), Some("t/1/2/0"));
         let foreign = decode(br#"{"e":"n","c":"yesterday","p":{}}"#).unwrap();
         assert_eq!(foreign.consumed_us(), 0, "another publisher's `c` is ignored, not an error");
     }

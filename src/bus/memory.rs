@@ -27,7 +27,7 @@ impl MemoryBus {
                 Published { receivers, stored: Some(id) }
             } else {
                 Published {
-                    receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us),
+                    receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.origin.as_deref(), n.timestamp_ms, n.consumed_us),
                     stored: None,
                 }
             };

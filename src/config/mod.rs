@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Deadline for a graceful shutdown. Default 10 s.
     pub shutdown_grace: Duration,
+    /// Event clients emit to acknowledge a notification (`{id, state}`). Default `receipt`.
+    pub receipt_event: String,
+    /// Receipts one socket may send per second (bursts of as many). Default 10.
+    pub receipts_per_sec: u32,
 }
 
 /// The demo page at `/demo/`.
@@ -120,6 +124,8 @@ pub struct KafkaConfig {
     /// Where notifications for users with no socket on any instance are produced (for a push,
     /// e-mail or SMS worker); `None` only counts them as dropped (`offline`).
     pub offline_topic: Option<String>,
+    /// Where clients' receipts (delivered, read) are produced; `None`: receipts are refused.
+    pub receipts_topic: Option<String>,
     pub embedded: EmbeddedKafkaConfig,
 }
 
@@ -472,6 +478,8 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
             "write_timeout_ms",
             "shutdown_grace_secs",
             "slow_client",
+            "receipt_event",
+            "receipts_per_sec",
         ],
     );
     let listen = read_addr(walk, &s, "listen", "0.0.0.0:3000");
@@ -485,7 +493,12 @@ fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
     let write_timeout = Duration::from_millis(ranged(walk, &s, "write_timeout_ms", 30_000u64, 100..=3_600_000));
     let shutdown_grace = secs(walk, &s, "shutdown_grace_secs", 10, 0..=3600);
     let slow_client = one_of(walk, &s, "slow_client", &[("drop", SlowClient::Drop), ("disconnect", SlowClient::Disconnect)]);
+    let receipt_event: String = walk.get(&s, "receipt_event", "receipt".into());
+    check_event_name(walk, &s.path("receipt_event"), &receipt_event);
+    let receipts_per_sec = ranged(walk, &s, "receipts_per_sec", 10u32, 1..=10_000);
     ServerConfig {
+        receipt_event,
+        receipts_per_sec,
         listen,
         event,
         ping_interval,
@@ -514,7 +527,7 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
     let s = walk.section(
         v,
         "kafka",
-        &["brokers", "group_id", "topics", "options", "max_batch", "dead_letter_topic", "offline_topic", "embedded"],
+        &["brokers", "group_id", "topics", "options", "max_batch", "dead_letter_topic", "offline_topic", "receipts_topic", "embedded"],
     );
     let brokers = match s.raw("brokers") {
         None => Brokers::Embedded,
@@ -602,7 +615,8 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
     };
     let dead_letter_topic = output_topic(walk, &s, "dead_letter_topic", &topics);
     let offline_topic = output_topic(walk, &s, "offline_topic", &topics);
-    KafkaConfig { brokers, group_id, topics, options, max_batch, dead_letter_topic, offline_topic, embedded }
+    let receipts_topic = output_topic(walk, &s, "receipts_topic", &topics);
+    KafkaConfig { brokers, group_id, topics, options, max_batch, dead_letter_topic, offline_topic, receipts_topic, embedded }
 }
 
 fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> {

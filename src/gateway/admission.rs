@@ -28,6 +28,8 @@ pub struct Admission {
     pub replay: ReplayConfig,
     /// The event clients emit with a fresh token.
     pub refresh_event: String,
+    /// Where clients' receipts go; `None` without `kafka.receipts_topic`.
+    pub receipts: Option<Arc<super::receipts::Receipts>>,
 }
 
 /// Connection limits, from `auth.*`.

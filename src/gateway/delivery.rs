@@ -40,14 +40,21 @@ impl Deliverer {
         self.presence.sockets_of(user_id)
     }
 
-    /// Emits `event` with `payload` to every socket of `user_id` here; returns how many sockets
+    /// Emits `event` with `payload` to every socket of `user_id` here (and `{"id": id}` as the
+    /// second argument, when the notification has one for receipts); returns how many sockets
     /// it reached.
-    pub fn deliver(&self, user_id: &str, event: &str, payload: &RawValue, timestamp_ms: i64, consumed_us: i64) -> usize {
+    pub fn deliver(&self, user_id: &str, event: &str, payload: &RawValue, id: Option<&str>, timestamp_ms: i64, consumed_us: i64) -> usize {
         let mut frame = None;
         let (mut reached, mut failed) = (0, 0);
         let mut slow: Vec<Client> = Vec::new();
         let sockets = self.presence.each_socket(user_id, |e| {
-            let frame = frame.get_or_insert_with(|| event_frame(NAMESPACE, event, &[payload]));
+            let frame = frame.get_or_insert_with(|| match id {
+                Some(id) => {
+                    let meta = RawValue::from_string(serde_json::json!({ "id": id }).to_string()).expect("valid JSON");
+                    event_frame(NAMESPACE, event, &[payload, &meta])
+                }
+                None => event_frame(NAMESPACE, event, &[payload]),
+            });
             match e.socket.send(frame) {
                 Ok(()) => reached += 1,
                 Err(SendError::Full) if self.slow_client == SlowClient::Disconnect => {

@@ -25,6 +25,8 @@ pub struct Member {
     pub since: Option<NotificationId>,
     /// A token refresh is being checked: one at a time, so a client cannot pile them up.
     pub refreshing: AtomicBool,
+    /// Receipts sent in the current second (see `receipts::take`).
+    pub receipts_window: AtomicU64,
     left: AtomicBool,
 }
 
@@ -37,6 +39,7 @@ impl Member {
             connected_at: Instant::now(),
             since,
             refreshing: AtomicBool::new(false),
+            receipts_window: AtomicU64::new(0),
             left: AtomicBool::new(false),
         }
     }

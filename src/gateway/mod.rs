@@ -9,6 +9,7 @@ mod delivery;
 mod lifetime;
 mod member;
 mod presence;
+pub mod receipts;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -60,6 +61,35 @@ pub fn options(server: &ServerConfig, auth: &AuthConfig) -> socketio::Options {
     }
 }
 
+impl Admission {
+    /// A client's receipt: recorded in Kafka, under the socket's own user, then acked.
+    fn receipt(self: &Arc<Self>, socket: &SocketRef<Self>, event: Event<'_, Self>) {
+        let (Some(receipts), Some(member)) = (self.receipts.clone(), socket.data().cloned()) else { return };
+        let data = match (event.args.first(), event.attachments.is_empty()) {
+            (Some(arg), true) => serde_json::from_str(arg.get()).unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        let (ack, socket, metrics) = (event.ack, socket.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let result = receipts.record(&member.user, socket.id(), &member.receipts_window, &data).await;
+            metrics.receipt(match &result {
+                Ok(()) => "ok",
+                Err(receipts::Refused::Failed(_)) => "failed",
+                Err(receipts::Refused::RateLimited) => "rate_limited",
+                Err(receipts::Refused::Invalid(_)) => "invalid",
+            });
+            let reply = match result {
+                Ok(()) => serde_json::json!({"ok": true}),
+                Err(why) => serde_json::json!({"ok": false, "error": why.message()}),
+            };
+            if let Some(ack) = ack {
+                let reply = RawValue::from_string(reply.to_string()).expect("valid JSON");
+                let _ = ack.send(&[&reply]);
+            }
+        });
+    }
+}
+
 impl Handler for Admission {
     type Data = Arc<Member>;
 
@@ -74,6 +104,11 @@ impl Handler for Admission {
     }
 
     fn event(self: &Arc<Self>, socket: &SocketRef<Self>, event: Event<'_, Self>) {
+        if let Some(receipts) = &self.receipts
+            && event.name == receipts.event
+        {
+            return self.receipt(socket, event);
+        }
         if event.name != self.refresh_event {
             return;
         }

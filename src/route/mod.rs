@@ -114,8 +114,8 @@ pub struct Router {
     table: ArcSwap<Table>,
     /// Topics whose notifications are retained for replay.
     retained: std::collections::HashSet<String>,
-    /// Every notification carries its origin (for the offline hand-off's headers), not only
-    /// retained ones.
+    /// Every notification carries its origin (the offline hand-off's headers, the id receipts
+    /// name), not only retained ones.
     all_origins: bool,
     sources: Vec<ScriptSource>,
     engine: Engine,
@@ -163,7 +163,7 @@ impl Router {
         Ok(Self {
             table: ArcSwap::from_pointee(Table { rules }),
             retained: config.kafka.topics.iter().filter(|t| t.retain).map(|t| t.name.clone()).collect(),
-            all_origins: config.kafka.offline_topic.is_some(),
+            all_origins: config.kafka.offline_topic.is_some() || config.kafka.receipts_topic.is_some(),
             sources,
             engine,
             limits,

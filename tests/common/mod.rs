@@ -547,3 +547,16 @@ pub async fn assert_first_seen_in_order(c: &mut Clients, id: &str) {
     }
     assert!(first_seen.windows(2).all(|w| w[0] < w[1]), "in order: {first_seen:?}");
 }
+
+/// A consumer of `topic` from its start, in a group of its own: what herald produced there.
+pub fn topic_reader(kafka: &Kafka, group: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let reader: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.address())
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    reader
+}

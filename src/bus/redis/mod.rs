@@ -803,7 +803,7 @@ fn deliver_one(pattern: &ChannelPattern, deliverer: &Deliverer, metrics: &Metric
             let consumed_us = env.consumed_us();
             match env.id.as_deref().map(str::parse::<NotificationId>) {
                 Some(Ok(id)) => deliverer.deliver_retained(user_id, id, &env.event, env.payload, env.timestamp_ms, consumed_us),
-                _ => deliverer.deliver(user_id, &env.event, env.payload, env.timestamp_ms, consumed_us),
+                _ => deliverer.deliver(user_id, &env.event, env.payload, env.origin.as_deref(), env.timestamp_ms, consumed_us),
             };
         }
         Err(e) => {
