@@ -47,13 +47,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&topics));
     // The embedded broker also holds the dead-letter topic, so it can be read back.
-    let broker_topics: Vec<String> = topics
-        .iter()
-        .cloned()
-        .chain(config.kafka.dead_letter_topic.clone())
-        .chain(config.kafka.offline_topic.clone())
-        .chain(config.kafka.receipts_topic.clone())
-        .collect();
+    let broker_topics: Vec<String> = topics.iter().cloned().chain(config.kafka.output_topics()).collect();
     let authenticator = Authenticator::new(&config, Some(metrics.clone()))?;
     let listener = match listener {
         Some(l) => l,

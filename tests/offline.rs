@@ -14,13 +14,18 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_of_offline_users_are_handed_off_and_only_those() {
     init_logs();
-    let kafka = Kafka::start(&[TOPIC, "offline"]).await;
+    let kafka = Kafka::start(&[TOPIC, "vip", "offline", "vip-offline"]).await;
     let redis = Redis::start().await;
-    let yaml = with_kafka(&config_yaml(&kafka, Some(&redis), ""), "offline_topic: offline");
+    // A global offline topic, and one of its own for `vip`.
+    let yaml = with_kafka(
+        &config_yaml(&kafka, Some(&redis), ""),
+        "offline_topic: offline\ntopics: [user-notifications, {name: vip, offline_topic: vip-offline}]",
+    );
     let (one, two) = (Herald::start(&yaml).await, Herald::start(&yaml).await);
-    // Both consume: a record for a user connected to the other instance crosses Redis.
-    one.wait_assigned(2).await;
-    two.wait_assigned(2).await;
+    // Both consume (4 partitions each of the 8): a record for a user connected to the other
+    // instance crosses Redis.
+    one.wait_assigned(4).await;
+    two.wait_assigned(4).await;
     let mut c = Clients::start().await;
     c.connect_as("ann", &one.url(), "ann").await;
     c.connect_as("bob", &two.url(), "bob").await;
@@ -34,6 +39,9 @@ async fn notifications_of_offline_users_are_handed_off_and_only_those() {
     for user in ["ann", "bob"] {
         let (_, _, lost) = report(&mut c, user, N, user).await;
         assert_eq!(lost, 0);
+    }
+    for (user, n) in [("ann", 100), ("fay", 101)] {
+        kafka.produce_to("vip", Some(0), Some(user), json!({"userId": user, "n": n}).to_string().as_bytes()).await;
     }
 
     let reader = topic_reader(&kafka, "offline-reader", "offline");
@@ -66,9 +74,21 @@ async fn notifications_of_offline_users_are_handed_off_and_only_those() {
             break;
         }
     }
+    // `vip` has its own: the offline users' records are there, the connected one's is not.
+    let vip = topic_reader(&kafka, "vip-reader", "vip-offline");
+    kafka.produce_to("vip", Some(0), Some("gus"), json!({"userId": "gus", "n": 102}).to_string().as_bytes()).await;
+    let mut vip_got = Vec::new();
+    while vip_got.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(15), vip.recv()).await.expect("vip's offline notifications").unwrap();
+        let value: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        vip_got.push((value["user_id"].as_str().unwrap().to_owned(), value["payload"]["n"].as_i64().unwrap()));
+    }
+    vip_got.sort();
+    assert_eq!(vip_got, [("fay".to_owned(), 101), ("gus".to_owned(), 102)]);
+    // Counted: cal's and dee's, eve, fay and gus (at least once: a redelivery may add more).
     let handed_off =
         one.metric("herald_source_offline_handed_off_total").await + two.metric("herald_source_offline_handed_off_total").await;
-    assert!(handed_off >= (2 * N + 1) as f64, "{handed_off}");
+    assert!(handed_off >= (2 * N + 3) as f64, "{handed_off}");
     c.stop().await;
     one.shutdown().await;
     two.shutdown().await;

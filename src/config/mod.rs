@@ -129,6 +129,23 @@ pub struct KafkaConfig {
     pub embedded: EmbeddedKafkaConfig,
 }
 
+impl KafkaConfig {
+    /// Where the offline notifications of consumed `topic` go: its own, else the global one.
+    pub fn offline_topic_for(&self, topic: &str) -> Option<&str> {
+        self.topics.iter().find(|t| t.name == topic).and_then(|t| t.offline_topic.as_deref()).or(self.offline_topic.as_deref())
+    }
+
+    /// Every topic herald produces to (dead letters, offline hand-offs, receipts).
+    pub fn output_topics(&self) -> Vec<String> {
+        let mut out: Vec<String> =
+            [&self.dead_letter_topic, &self.offline_topic, &self.receipts_topic].into_iter().flatten().cloned().collect();
+        out.extend(self.topics.iter().filter_map(|t| t.offline_topic.clone()));
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EmbeddedKafkaConfig {
     /// Stable address the embedded broker is reachable on. Default `127.0.0.1:9092`.
@@ -148,6 +165,8 @@ pub struct TopicConfig {
     pub event: Option<String>,
     /// Keep this topic's notifications for replay (see `replay`). Default false.
     pub retain: bool,
+    /// Where this topic's notifications for offline users go; `None` uses `kafka.offline_topic`.
+    pub offline_topic: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -560,7 +579,14 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
         walk.error(s.path("group_id"), "must not be empty");
     }
     let topics = match s.raw("topics") {
-        None => vec![TopicConfig { name: "user-notifications".into(), script: None, user_id: None, event: None, retain: false }],
+        None => vec![TopicConfig {
+            name: "user-notifications".into(),
+            script: None,
+            user_id: None,
+            event: None,
+            retain: false,
+            offline_topic: None,
+        }],
         Some(Value::Array(items)) => {
             let topics: Vec<_> =
                 items.iter().enumerate().filter_map(|(i, item)| read_topic(walk, item, &format!("kafka.topics[{i}]"))).collect();
@@ -571,6 +597,9 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
             for (i, t) in topics.iter().enumerate() {
                 if !seen.insert(t.name.as_str()) {
                     walk.error(format!("kafka.topics[{i}]"), format!("topic `{}` is listed twice", t.name));
+                }
+                if t.offline_topic.as_ref().is_some_and(|o| topics.iter().any(|c| &c.name == o)) {
+                    walk.error(format!("kafka.topics[{i}].offline_topic"), "must not be one of the consumed topics");
                 }
             }
             topics
@@ -621,9 +650,11 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
 
 fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> {
     let topic = match item {
-        Value::String(name) => TopicConfig { name: name.clone(), script: None, user_id: None, event: None, retain: false },
+        Value::String(name) => {
+            TopicConfig { name: name.clone(), script: None, user_id: None, event: None, retain: false, offline_topic: None }
+        }
         Value::Object(_) => {
-            let s = walk.section(Some(item), path, &["name", "script", "user_id", "event", "retain"]);
+            let s = walk.section(Some(item), path, &["name", "script", "user_id", "event", "retain", "offline_topic"]);
             let Some(name) = walk.opt::<String>(&s, "name") else {
                 if s.raw("name").is_none() {
                     walk.error(s.path("name"), "is required");
@@ -637,7 +668,11 @@ fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> 
                 check_event_name(walk, &s.path("event"), e);
             }
             let retain = walk.get(&s, "retain", false);
-            TopicConfig { name, script, user_id, event, retain }
+            let offline_topic = walk.opt::<String>(&s, "offline_topic").filter(|t| !t.is_empty());
+            if let Some(Err(why)) = offline_topic.as_deref().map(check_topic_name) {
+                walk.error(s.path("offline_topic"), why);
+            }
+            TopicConfig { name, script, user_id, event, retain, offline_topic }
         }
         other => {
             walk.error(path, format!("expected a topic name or a mapping with `name`, found {}", kind(other)));

@@ -223,4 +223,10 @@ fn output_topics_must_be_valid_and_not_consumed() {
     assert_eq!(parse(MINIMAL).unwrap().kafka.offline_topic, None);
     let bad = format!("{MINIMAL}kafka: {{offline_topic: user-notifications, dead_letter_topic: \"no spaces\"}}\n");
     assert_eq!(error_paths(&bad), ["kafka.dead_letter_topic", "kafka.offline_topic"]);
+    let per_topic =
+        parse(&format!("{MINIMAL}kafka: {{offline_topic: all-off, topics: [a, {{name: b, offline_topic: b-off}}]}}\n")).unwrap();
+    assert_eq!((per_topic.kafka.offline_topic_for("a"), per_topic.kafka.offline_topic_for("b")), (Some("all-off"), Some("b-off")));
+    assert_eq!(per_topic.kafka.output_topics(), ["all-off", "b-off"]);
+    let consumed = format!("{MINIMAL}kafka: {{topics: [a, {{name: b, offline_topic: a}}]}}\n");
+    assert_eq!(error_paths(&consumed), ["kafka.topics[1].offline_topic"]);
 }

@@ -163,7 +163,8 @@ impl Router {
         Ok(Self {
             table: ArcSwap::from_pointee(Table { rules }),
             retained: config.kafka.topics.iter().filter(|t| t.retain).map(|t| t.name.clone()).collect(),
-            all_origins: config.kafka.offline_topic.is_some() || config.kafka.receipts_topic.is_some(),
+            all_origins: config.kafka.topics.iter().any(|t| config.kafka.offline_topic_for(&t.name).is_some())
+                || config.kafka.receipts_topic.is_some(),
             sources,
             engine,
             limits,

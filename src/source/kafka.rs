@@ -172,7 +172,7 @@ impl KafkaSource {
                 .as_deref()
                 .map(|t| DeadLetter::new(t, bootstrap, &config.kafka.options))
                 .transpose()?,
-            offline: config.kafka.offline_topic.as_deref().map(|t| OfflineHandOff::new(t, bootstrap, &config.kafka.options)).transpose()?,
+            offline: OfflineHandOff::new(&config.kafka, bootstrap)?,
         })
     }
 
@@ -338,8 +338,12 @@ impl KafkaSource {
                 // Handed off before the offsets are stored: at least once. Retained ones too (they
                 // also wait in the history).
                 if let Some(hand_off) = &self.offline {
-                    let unheard: Vec<&Notification> =
-                        notifications.iter().zip(&published).filter(|(_, p)| p.receivers == 0).map(|(n, _)| n).collect();
+                    let unheard: Vec<&Notification> = notifications
+                        .iter()
+                        .zip(&published)
+                        .filter(|(n, p)| p.receivers == 0 && hand_off.target(n).is_some())
+                        .map(|(n, _)| n)
+                        .collect();
                     if !unheard.is_empty() {
                         if self.hand_off(hand_off, &unheard, Held(&messages), abort).await.is_none() {
                             return Ok(());

@@ -1,6 +1,6 @@
 //! The offline hand-off: notifications whose user had no socket on any instance are produced to
-//! `kafka.offline_topic`, for a push, e-mail or SMS worker, before their records' offsets are
-//! committed (at least once).
+//! `kafka.offline_topic` (or their source topic's own `offline_topic`), for a push, e-mail or
+//! SMS worker, before their records' offsets are committed (at least once).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,18 +9,38 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::dead_letter::producer_for;
+use crate::config::KafkaConfig;
 use crate::route::Notification;
 
+/// The topic of a notification's origin (`topic/partition/offset/index`).
+fn source_topic(n: &Notification) -> Option<&str> {
+    let origin = n.origin.as_deref()?;
+    let mut parts = origin.rsplitn(4, '/');
+    parts.nth(3)
+}
+
 pub struct OfflineHandOff {
-    topic: String,
+    /// Consumed topic -> where its offline notifications go (topics without one are absent).
+    targets: BTreeMap<String, String>,
     producer: FutureProducer,
 }
 
 impl OfflineHandOff {
-    pub fn new(topic: &str, bootstrap: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+    /// `None` when no topic has an offline topic.
+    pub fn new(kafka: &KafkaConfig, bootstrap: &str) -> anyhow::Result<Option<Self>> {
+        let targets: BTreeMap<String, String> =
+            kafka.topics.iter().filter_map(|t| kafka.offline_topic_for(&t.name).map(|o| (t.name.clone(), o.to_owned()))).collect();
+        if targets.is_empty() {
+            return Ok(None);
+        }
         let producer =
-            producer_for(bootstrap, options).map_err(|e| anyhow::anyhow!("kafka.offline_topic: cannot create the producer: {e}"))?;
-        Ok(Self { topic: topic.to_owned(), producer })
+            producer_for(bootstrap, &kafka.options).map_err(|e| anyhow::anyhow!("kafka.offline_topic: cannot create the producer: {e}"))?;
+        Ok(Some(Self { targets, producer }))
+    }
+
+    /// Where `n` is handed off, if its source topic has somewhere.
+    pub fn target(&self, n: &Notification) -> Option<&str> {
+        self.targets.get(source_topic(n)?).map(String::as_str)
     }
 
     /// Produces each notification, keyed by its user: `{"user_id","event","payload","timestamp_ms"}`
@@ -28,7 +48,7 @@ impl OfflineHandOff {
     /// every ack; `Err` when any failed (the caller sends them all again: a duplicate is
     /// allowed, a gap is not).
     pub async fn send(&self, notifications: &[&Notification]) -> Result<(), String> {
-        let sends = notifications.iter().map(|n| async move {
+        let sends = notifications.iter().filter_map(|n| Some((*n, self.target(n)?))).map(|(n, target)| async move {
             let value = serde_json::json!({
                 "user_id": n.user_id, "event": &*n.event, "payload": &n.payload, "timestamp_ms": n.timestamp_ms,
             })
@@ -42,7 +62,7 @@ impl OfflineHandOff {
                     headers = headers.insert(Header { key, value: Some(v) });
                 }
             }
-            let record = FutureRecord::<str, str>::to(&self.topic).key(&n.user_id).payload(&value).headers(headers);
+            let record = FutureRecord::<str, str>::to(target).key(&n.user_id).payload(&value).headers(headers);
             self.producer.send(record, Duration::from_secs(10)).await.map(drop).map_err(|(e, _)| e.to_string())
         });
         futures::future::join_all(sends).await.into_iter().collect()
