@@ -12,11 +12,12 @@ use super::dead_letter::producer_for;
 use crate::config::KafkaConfig;
 use crate::route::Notification;
 
-/// The topic of a notification's origin (`topic/partition/offset/index`).
-fn source_topic(n: &Notification) -> Option<&str> {
-    let origin = n.origin.as_deref()?;
-    let mut parts = origin.rsplitn(4, '/');
-    parts.nth(3)
+/// A notification's origin, `topic/partition/offset/index`, as (topic, partition, offset). Split
+/// from the right: a topic name has no `/`, but the split does not rely on it.
+fn origin_of(n: &Notification) -> Option<(&str, &str, &str)> {
+    let mut parts = n.origin.as_deref()?.rsplitn(4, '/');
+    let (_index, offset, partition, topic) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some((topic, partition, offset))
 }
 
 pub struct OfflineHandOff {
@@ -40,7 +41,7 @@ impl OfflineHandOff {
 
     /// Where `n` is handed off, if its source topic has somewhere.
     pub fn target(&self, n: &Notification) -> Option<&str> {
-        self.targets.get(source_topic(n)?).map(String::as_str)
+        self.targets.get(origin_of(n)?.0).map(String::as_str)
     }
 
     /// Produces each notification, keyed by its user: `{"user_id","event","payload","timestamp_ms"}`
@@ -48,20 +49,16 @@ impl OfflineHandOff {
     /// every ack; `Err` when any failed (the caller sends them all again: a duplicate is
     /// allowed, a gap is not).
     pub async fn send(&self, notifications: &[&Notification]) -> Result<(), String> {
-        let sends = notifications.iter().filter_map(|n| Some((*n, self.target(n)?))).map(|(n, target)| async move {
+        let sends = notifications.iter().filter_map(|n| Some((*n, self.target(n)?, origin_of(n)?))).map(|(n, target, origin)| async move {
             let value = serde_json::json!({
                 "user_id": n.user_id, "event": &*n.event, "payload": &n.payload, "timestamp_ms": n.timestamp_ms,
             })
             .to_string();
-            let mut headers = OwnedHeaders::new();
-            // `topic/partition/offset/index`; the topic may contain neither `/` nor anything odd.
-            let mut parts = n.origin.as_deref().unwrap_or_default().rsplitn(4, '/');
-            let (_index, offset, partition, topic) = (parts.next(), parts.next(), parts.next(), parts.next());
-            for (key, value) in [("herald-source-topic", topic), ("herald-source-partition", partition), ("herald-source-offset", offset)] {
-                if let Some(v) = value {
-                    headers = headers.insert(Header { key, value: Some(v) });
-                }
-            }
+            let (topic, partition, offset) = origin;
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "herald-source-topic", value: Some(topic) })
+                .insert(Header { key: "herald-source-partition", value: Some(partition) })
+                .insert(Header { key: "herald-source-offset", value: Some(offset) });
             let record = FutureRecord::<str, str>::to(target).key(&n.user_id).payload(&value).headers(headers);
             self.producer.send(record, Duration::from_secs(10)).await.map(drop).map_err(|(e, _)| e.to_string())
         });

@@ -3,9 +3,10 @@
 //! Subscribing: on one server or a Sentinel-watched master, herald's own subscriber connection
 //! (`subscriber.rs`, the only writer of SUBSCRIBE/UNSUBSCRIBE, so the order of a user's joins
 //! and leaves is kept); on a cluster, fred's subscriber client, with a subscription manager and
-//! a receiver here. Either hands messages to delivery workers (one user always to the same
-//! one, which keeps a user's notifications in order). Publishing pipelines a whole batch
-//! through fred; a connection watcher reports readiness.
+//! a receiver here that hands messages to delivery workers (one user always to the same one,
+//! which keeps a user's notifications in order); herald's own subscriber delivers as it reads.
+//! Publishing pipelines a whole batch, over herald's own connection (`publisher.rs`) or, on a
+//! cluster, through fred; a connection watcher reports readiness.
 
 mod address;
 mod interest;
@@ -118,15 +119,14 @@ struct WorkerQueue {
 }
 
 impl WorkerQueue {
-    /// Queues `batch`, waiting up to `patience` for room (the reader meanwhile stops reading, and
-    /// Redis holds what follows). `Ok(false)`: no room came, the batch is dropped (the caller
-    /// counts it). `Err`: the worker is gone.
-    async fn send(&self, batch: Vec<Pushed>, patience: Duration) -> Result<bool, ()> {
+    /// Queues `batch` if the worker has room for it. `Ok(false)`: no room, the batch is dropped
+    /// (the caller counts it). `Err`: the worker is gone.
+    fn try_send(&self, batch: Vec<Pushed>) -> Result<bool, ()> {
         let needed = batch.len().min(self.capacity) as u32;
-        match tokio::time::timeout(patience, self.room.acquire_many(needed)).await {
-            Ok(Ok(permit)) => permit.forget(),
-            Ok(Err(_)) => return Err(()),
-            Err(_) => return Ok(false),
+        match self.room.try_acquire_many(needed) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(false),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(()),
         }
         self.batches.send(batch).map(|()| true).map_err(drop)
     }
@@ -735,7 +735,6 @@ async fn receive(
     cancel: CancellationToken,
 ) {
     let mut messages = subscriber.message_rx();
-    let runtime = tokio::runtime::Handle::current();
     // On a thread of its own: as a task it waits its turn behind the delivery workers, and a
     // burst then overflows fred's buffer while the workers' queues still have room.
     let drain = std::thread::Builder::new().name("herald-bus-drain".into()).spawn(move || {
@@ -750,7 +749,7 @@ async fn receive(
                     };
                     let pushed = Pushed { channel: message.channel.into_inner(), payload };
                     // fred's buffer is behind this thread: waiting here only moves the loss there.
-                    match runtime.block_on(workers[worker].send(vec![pushed], Duration::ZERO)) {
+                    match workers[worker].try_send(vec![pushed]) {
                         Ok(true) => {}
                         Ok(false) => metrics.bus_lagged.increment(1),
                         Err(()) => return,
