@@ -79,7 +79,7 @@ fn notification(n: usize, retain: bool) -> Notification {
     let payload =
         format!(r#"{{"userId":"user-{user}","type":"order.shipped","body":{{"orderId":{user},"carrier":"DHL","eta":"2026-11-27"}}}}"#);
     Notification {
-        user_id: format!("user-{user}"),
+        to: herald::route::Audience::User(format!("user-{user}")),
         event: "notification".into(),
         payload: RawValue::from_string(payload).unwrap(),
         timestamp_ms: 0,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use herald::config::{Brokers, Config};
-use herald::route::{Record, Router};
+use herald::route::{Audience, Record, Router};
 
 /// Exit code for a configuration that does not validate (EX_CONFIG from sysexits.h).
 const EXIT_CONFIG: u8 = 78;
@@ -215,7 +215,14 @@ fn dry_run(config: &Config, topic: &str, key: Option<&str>, record: &str) -> any
     match router.route(&record, &mut out) {
         Ok(()) => {
             for n in out {
-                println!("{}", serde_json::json!({"user_id": n.user_id, "event": &*n.event, "payload": n.payload}));
+                let mut line = match &n.to {
+                    Audience::User(user) => serde_json::json!({"user_id": user}),
+                    Audience::Group { name, .. } => serde_json::json!({"group": name}),
+                    Audience::Broadcast => serde_json::json!({"broadcast": true}),
+                };
+                line["event"] = serde_json::Value::from(&*n.event);
+                line["payload"] = serde_json::to_value(&n.payload).expect("raw JSON is a value");
+                println!("{line}");
             }
             Ok(())
         }

@@ -49,6 +49,39 @@ impl DropReason {
     }
 }
 
+/// Who a notification was addressed to: the label of the per-kind counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AudienceKind {
+    User,
+    Group,
+    Broadcast,
+}
+
+impl AudienceKind {
+    pub const ALL: [AudienceKind; 3] = [Self::User, Self::Group, Self::Broadcast];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Group => "group",
+            Self::Broadcast => "broadcast",
+        }
+    }
+}
+
+/// One counter per [`AudienceKind`], as the `kind` label.
+pub struct PerKind([Counter; 3]);
+
+impl PerKind {
+    pub fn get(&self, kind: AudienceKind) -> &Counter {
+        &self.0[kind as usize]
+    }
+
+    pub fn increment(&self, kind: AudienceKind, n: u64) {
+        self.get(kind).increment(n);
+    }
+}
+
 /// Why a socket was refused at connect time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthRejection {
@@ -59,10 +92,11 @@ pub enum AuthRejection {
     Unavailable,
     TooManyConnections,
     OriginNotAllowed,
+    TooManyGroups,
 }
 
 impl AuthRejection {
-    pub const ALL: [AuthRejection; 7] = [
+    pub const ALL: [AuthRejection; 8] = [
         Self::MissingToken,
         Self::InvalidToken,
         Self::TokenExpired,
@@ -70,6 +104,7 @@ impl AuthRejection {
         Self::Unavailable,
         Self::TooManyConnections,
         Self::OriginNotAllowed,
+        Self::TooManyGroups,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +116,7 @@ impl AuthRejection {
             Self::Unavailable => "auth_unavailable",
             Self::TooManyConnections => "too_many_connections",
             Self::OriginNotAllowed => "origin_not_allowed",
+            Self::TooManyGroups => "too_many_groups",
         }
     }
 }
@@ -199,7 +235,8 @@ pub struct Metrics {
     pub users: Gauge,
     pub connections: Counter,
     auth_rejections: HashMap<AuthRejection, Counter>,
-    pub delivered: Counter,
+    /// By audience kind.
+    pub delivered: PerKind,
     pub emit_failures: Counter,
     pub delivery_latency: Histogram,
     pub pipeline_latency: Histogram,
@@ -209,7 +246,8 @@ pub struct Metrics {
     pub kafka: Outage,
     pub commit_failures: Counter,
     pub assigned_partitions: Gauge,
-    pub published: Counter,
+    /// By audience kind.
+    pub published: PerKind,
     pub publish_retries: Counter,
     pub received: Counter,
     pub bus_lagged: Counter,
@@ -264,7 +302,13 @@ impl Metrics {
         describe(r, USERS, Unit::Count, "Distinct users with at least one socket on this instance.", Kind::Gauge);
         describe(r, CONNECTIONS, Unit::Count, "Sockets accepted since start.", Kind::Counter);
         describe(r, AUTH_REJECTIONS, Unit::Count, "Connections refused at the handshake, by reason.", Kind::Counter);
-        describe(r, DELIVERED, Unit::Count, "Notifications emitted to sockets (one per socket).", Kind::Counter);
+        describe(
+            r,
+            DELIVERED,
+            Unit::Count,
+            "Notifications emitted to sockets (one per socket), by audience kind (user, group, broadcast).",
+            Kind::Counter,
+        );
         describe(r, EMIT_FAILURES, Unit::Count, "Emits that failed (socket buffer full or closed).", Kind::Counter);
         describe(r, DELIVERY_LATENCY, Unit::Seconds, "From the Kafka record timestamp to the emit on this instance.", Kind::Histogram);
         describe(
@@ -279,7 +323,7 @@ impl Metrics {
         describe(r, KAFKA_CONNECTED, Unit::Count, "1 while the Kafka cluster answers, else 0.", Kind::Gauge);
         describe(r, ASSIGNED_PARTITIONS, Unit::Count, "Kafka partitions assigned to this instance.", Kind::Gauge);
         describe(r, COMMIT_FAILURES, Unit::Count, "Offset stores or commits that Kafka refused.", Kind::Counter);
-        describe(r, PUBLISHED, Unit::Count, "Notifications accepted by the bus.", Kind::Counter);
+        describe(r, PUBLISHED, Unit::Count, "Notifications accepted by the bus, by audience kind (user, group, broadcast).", Kind::Counter);
         describe(r, PUBLISH_RETRIES, Unit::Count, "Bus publishes retried after a transient failure.", Kind::Counter);
         describe(r, RECEIVED, Unit::Count, "Notifications this instance received from the bus for its users.", Kind::Counter);
         describe(r, BUS_LAGGED, Unit::Count, "Pub/Sub messages lost because herald fell behind the Redis client buffer.", Kind::Counter);
@@ -321,7 +365,13 @@ impl Metrics {
             "WebSocket frames those writes completed (several per write under load).",
             Kind::Counter,
         );
-        describe(r, SUBSCRIPTIONS, Unit::Count, "Per-user bus channels this instance is subscribed to.", Kind::Gauge);
+        describe(
+            r,
+            SUBSCRIPTIONS,
+            Unit::Count,
+            "Bus channels (per user, per group, broadcast) this instance is subscribed to.",
+            Kind::Gauge,
+        );
         describe(r, ROUTE_RELOADS, Unit::Count, "Route script reloads, by result (applied, rejected).", Kind::Counter);
         describe(r, ROUTE_SPLIT_BATCHES, Unit::Count, "Batches routed in parts on several threads (routes.threads).", Kind::Counter);
         describe(
@@ -357,6 +407,7 @@ impl Metrics {
 
         let counter = |name: &'static str, labels: Vec<Label>| r.register_counter(&Key::from_parts(name, labels), &META);
         let gauge = |name: &'static str| r.register_gauge(&Key::from_name(name), &META);
+        let per_kind = |name: &'static str| PerKind(AudienceKind::ALL.map(|k| counter(name, vec![Label::new("kind", k.as_str())])));
         r.register_gauge(&Key::from_parts(BUILD_INFO, vec![Label::new("version", env!("CARGO_PKG_VERSION"))]), &META).set(1.0);
         Metrics {
             sockets: gauge(SOCKETS),
@@ -366,7 +417,7 @@ impl Metrics {
                 .iter()
                 .map(|r| (*r, counter(AUTH_REJECTIONS, vec![Label::new("reason", r.as_str())])))
                 .collect(),
-            delivered: counter(DELIVERED, vec![]),
+            delivered: per_kind(DELIVERED),
             emit_failures: counter(EMIT_FAILURES, vec![]),
             delivery_latency: r.register_histogram(&Key::from_name(DELIVERY_LATENCY), &META),
             pipeline_latency: r.register_histogram(&Key::from_name(PIPELINE_LATENCY), &META),
@@ -375,7 +426,7 @@ impl Metrics {
             kafka: Outage::new(gauge(KAFKA_CONNECTED), counter(KAFKA_DISCONNECTED, vec![]), Some(counter(KAFKA_RECONNECTS, vec![]))),
             commit_failures: counter(COMMIT_FAILURES, vec![]),
             assigned_partitions: gauge(ASSIGNED_PARTITIONS),
-            published: counter(PUBLISHED, vec![]),
+            published: per_kind(PUBLISHED),
             publish_retries: counter(PUBLISH_RETRIES, vec![]),
             received: counter(RECEIVED, vec![]),
             bus_lagged: counter(BUS_LAGGED, vec![]),

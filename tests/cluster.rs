@@ -21,6 +21,7 @@ async fn two_instances_on_a_cluster_deliver_through_the_owning_shard_only() {
     let cluster = RedisCluster::start();
     let yaml = config_yaml(&kafka, None, &format!("redis: {{url: \"{}\"}}\napi: {{key: {API_KEY}}}", cluster.url()));
     let yaml = with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]");
+    let yaml = merge(&yaml, "auth: {jwt: {groups_claim: groups}}");
     let (one, two) = (Herald::start(&yaml).await, Herald::start(&yaml).await);
     // Both consume: whichever takes a record, the user's sockets may be on the other.
     one.wait_assigned(2).await;
@@ -99,6 +100,33 @@ async fn two_instances_on_a_cluster_deliver_through_the_owning_shard_only() {
     .await;
     let replayed: Vec<i64> = c.received("cu0-again", "notification").await.iter().map(|p| p["body"]["n"].as_i64().unwrap()).collect();
     assert_eq!(replayed, (1..PER_USER).collect::<Vec<_>>());
+
+    // Groups and broadcasts over sharded channels: the group is its channel's hash tag.
+    let member = |user: &str| json!({"auth": {"token": token_with(json!({"sub": user, "groups": ["ops"], "exp": jsonwebtoken::get_current_timestamp() + 600}))}});
+    c.connect("ops-1", &one.url(), member("op1")).await.unwrap();
+    c.connect("ops-2", &two.url(), member("op2")).await.unwrap();
+    let api = async |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let response = reqwest::Client::new().post(format!("{}{path}", one.url())).bearer_auth(API_KEY).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    };
+    let presence = api("/api/presence", json!({"groups": ["ops", "nobody"]})).await;
+    assert_eq!(presence["groups"]["ops"]["instances"], 2, "{presence}");
+    api("/api/publish", json!({"groups": ["ops"], "payload": {"to": "ops"}})).await;
+    api("/api/publish", json!({"broadcast": true, "payload": {"to": "all"}})).await;
+    for id in ["ops-1", "ops-2"] {
+        eventually(Duration::from_secs(10), "the group's and the broadcast", async || c.received(id, "notification").await.len() >= 2)
+            .await;
+        // Two channels on (likely) two shards: no order between them.
+        let mut got: Vec<String> = c.received(id, "notification").await.iter().map(|v| v["to"].to_string()).collect();
+        got.sort();
+        assert_eq!(got, ["\"all\"", "\"ops\""], "{id}: each once");
+    }
+    eventually(Duration::from_secs(10), "the broadcast on a user's socket", async || {
+        c.received("cu1", "notification").await.len() > PER_USER as usize
+    })
+    .await;
+    assert!(!c.received("cu1", "notification").await.contains(&json!({"to": "ops"})), "cu1 is in no group");
 
     c.stop().await;
     one.shutdown().await;

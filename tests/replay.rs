@@ -142,7 +142,7 @@ async fn a_retried_store_keeps_one_copy_in_the_history() {
     let deliverer = herald::gateway::Deliverer::without_sockets(metrics.clone());
     let bus = Bus::start(&config, deliverer, metrics, tokio_util::sync::CancellationToken::new()).await.unwrap();
     let notification = |n: i64, origin: &str| Notification {
-        user_id: "rita".into(),
+        to: herald::route::Audience::User("rita".into()),
         event: "notification".into(),
         payload: serde_json::value::RawValue::from_string(json!({"n": n}).to_string()).unwrap(),
         timestamp_ms: 1,

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tracing::warn;
 
-use super::{AuthError, user_id_from_json};
+use super::{AuthError, groups_from_json, user_id_from_json};
 use crate::config::CheckConfig;
 use crate::metrics::Metrics;
 
@@ -19,9 +19,17 @@ const CACHE_SWEEP_AT: usize = 10_000;
 
 #[derive(Clone)]
 enum Answer {
-    /// Admitted, with the user id the endpoint named (if a pointer is configured).
-    Allowed(Option<String>),
+    Allowed(Checked),
     Denied,
+}
+
+/// What an admitting answer named.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// The user id, if `user_id_pointer` is configured.
+    pub user: Option<String>,
+    /// The groups at `groups_pointer` (none if not configured or absent from the answer).
+    pub groups: Vec<String>,
 }
 
 pub struct UserCheck {
@@ -39,8 +47,8 @@ impl UserCheck {
         Ok(Self { client, config: config.clone(), method, cache: DashMap::new(), metrics })
     }
 
-    /// Ok(Some(user)) when the endpoint names the user, Ok(None) when it only admits.
-    pub async fn check(&self, token: &str) -> Result<Option<String>, AuthError> {
+    /// What the endpoint named, when it admits the token.
+    pub async fn check(&self, token: &str) -> Result<Checked, AuthError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(entry) = self.cache.get(&key)
             && entry.0 > Instant::now()
@@ -72,24 +80,33 @@ impl UserCheck {
             };
         let status = response.status();
         if status.is_success() {
+            if self.config.user_id_pointer.is_none() && self.config.groups_pointer.is_none() {
+                self.count("allowed");
+                return Ok(Answer::Allowed(Checked::default()));
+            }
+            let body: Value = response.json().await.map_err(|_| {
+                self.count("unavailable");
+                AuthError::Unavailable
+            })?;
             let user = match &self.config.user_id_pointer {
                 None => None,
-                Some(pointer) => {
-                    let body: Value = response.json().await.map_err(|_| {
-                        self.count("unavailable");
-                        AuthError::Unavailable
-                    })?;
-                    match body.pointer(pointer).and_then(user_id_from_json) {
-                        Some(u) => Some(u),
-                        None => {
-                            self.count("denied");
-                            return Ok(Answer::Denied);
-                        }
+                Some(pointer) => match body.pointer(pointer).and_then(user_id_from_json) {
+                    Some(u) => Some(u),
+                    None => {
+                        self.count("denied");
+                        return Ok(Answer::Denied);
                     }
-                }
+                },
+            };
+            let groups = match self.config.groups_pointer.as_deref().and_then(|p| body.pointer(p)) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(value) => groups_from_json(value).unwrap_or_else(|| {
+                    warn!("The user check answered groups that are not a list of names; the socket gets none.");
+                    Vec::new()
+                }),
             };
             self.count("allowed");
-            Ok(Answer::Allowed(user))
+            Ok(Answer::Allowed(Checked { user, groups }))
         } else if status.is_server_error() {
             self.count("unavailable");
             warn!(status = status.as_u16(), "User check endpoint failed; refusing the connection.");
@@ -107,9 +124,9 @@ impl UserCheck {
     }
 }
 
-fn answer(a: Answer) -> Result<Option<String>, AuthError> {
+fn answer(a: Answer) -> Result<Checked, AuthError> {
     match a {
-        Answer::Allowed(user) => Ok(user),
+        Answer::Allowed(checked) => Ok(checked),
         Answer::Denied => Err(AuthError::Unauthorized),
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::jwks::Jwks;
-use super::{AuthError, Identity, user_id_from_json};
+use super::{AuthError, Identity, groups_from_json, user_id_from_json};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -44,6 +44,7 @@ pub struct JwtVerifier {
     /// One validation per family: jsonwebtoken requires every listed algorithm to match the key.
     validations: Vec<(Family, Validation)>,
     user_id_claim: String,
+    groups_claim: Option<String>,
 }
 
 impl JwtVerifier {
@@ -98,6 +99,7 @@ impl JwtVerifier {
             algorithms: jwt.algorithms.clone(),
             validations,
             user_id_claim: jwt.user_id_claim.clone(),
+            groups_claim: jwt.groups_claim.clone(),
         })
     }
 
@@ -136,7 +138,12 @@ impl JwtVerifier {
         })?;
         let claims = data.claims;
         let user_id = claims.get(&self.user_id_claim).and_then(user_id_from_json).ok_or(AuthError::InvalidToken)?;
-        Ok(Identity { user_id, expires_at: claims.get("exp").and_then(Value::as_u64) })
+        // A groups claim of the wrong shape is the issuer's mistake: refused, not read as none.
+        let groups = match self.groups_claim.as_ref().and_then(|c| claims.get(c)) {
+            None => Vec::new(),
+            Some(value) => groups_from_json(value).ok_or(AuthError::InvalidToken)?,
+        };
+        Ok(Identity { user_id, expires_at: claims.get("exp").and_then(Value::as_u64), groups })
     }
 }
 

@@ -37,6 +37,9 @@ pub enum AuthError {
     TooManyConnections,
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// The identity names more groups than `auth.max_groups_per_socket`.
+    #[error("too many groups")]
+    TooManyGroups,
 }
 
 impl AuthError {
@@ -49,6 +52,7 @@ impl AuthError {
             Self::Unavailable => AuthRejection::Unavailable,
             Self::TooManyConnections => AuthRejection::TooManyConnections,
             Self::OriginNotAllowed => AuthRejection::OriginNotAllowed,
+            Self::TooManyGroups => AuthRejection::TooManyGroups,
         }
     }
 }
@@ -59,6 +63,9 @@ pub struct Identity {
     pub user_id: String,
     /// `exp` in seconds since the epoch, when the token has one.
     pub expires_at: Option<u64>,
+    /// The groups it belongs to (`auth.jwt.groups_claim`, `auth.check.groups_pointer`, or
+    /// both, merged), sorted, without repeats.
+    pub groups: Vec<String>,
 }
 
 /// Every configured way of checking a token, applied in order: JWT, then the check endpoint.
@@ -94,13 +101,30 @@ impl Authenticator {
             Some(check) => Some(check.check(token).await?),
             None => None,
         };
-        match (verified, checked) {
+        let mut identity = match (verified, checked) {
             // The endpoint vouches for a user: it must be the token's.
-            (Some(identity), Some(Some(user))) if user != identity.user_id => Err(AuthError::Unauthorized),
-            (Some(identity), _) => Ok(identity),
-            (None, Some(Some(user_id))) => Ok(Identity { user_id, expires_at: None }),
-            (None, _) => Err(AuthError::Unauthorized),
-        }
+            (Some(identity), Some(check::Checked { user: Some(user), .. })) if user != identity.user_id => {
+                return Err(AuthError::Unauthorized);
+            }
+            (Some(mut identity), Some(checked)) => {
+                identity.groups.extend(checked.groups);
+                identity
+            }
+            (Some(identity), None) => identity,
+            (None, Some(check::Checked { user: Some(user_id), groups })) => Identity { user_id, expires_at: None, groups },
+            (None, _) => return Err(AuthError::Unauthorized),
+        };
+        identity.groups.sort_unstable();
+        identity.groups.dedup();
+        Ok(identity)
+    }
+}
+
+/// Group names: one name (as a user id is read) or an array of them; `None` for anything else.
+pub fn groups_from_json(value: &Value) -> Option<Vec<String>> {
+    match value {
+        Value::Array(items) => items.iter().map(user_id_from_json).collect(),
+        one => user_id_from_json(one).map(|g| vec![g]),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The wire form of a notification on the bus: `{"e":event,"t":timestamp_ms,"c":consumed_us,"p":payload}`,
-//! with `"i":id` first for retained notifications (added by the Redis store script). `"c"` (when
-//! the record was taken from Kafka, for herald's own latency) is optional, as for any publisher
-//! other than herald.
+//! with `"i":id` first for retained notifications (added by the Redis store script), `"o"` its
+//! origin (its id for receipts), and `"g"` every group its record addressed, on a group's
+//! channel when there were several. `"c"` (when the record was taken from Kafka, for herald's
+//! own latency) is optional, as for any publisher other than herald.
 //!
 //! JSON so that operators can read it with `redis-cli subscribe` and other services can publish
 //! to a user's channel; the payload is spliced in as raw text and read back borrowed, so it is
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::replay::NotificationId;
-use crate::route::Notification;
+use crate::route::{Audience, Notification};
 
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
@@ -33,6 +34,9 @@ pub struct Envelope<'a> {
     /// asked to keep it: its id for receipts.
     #[serde(rename = "o", default, borrow)]
     pub origin: Option<Cow<'a, str>>,
+    /// On a group's channel: all the groups the record addressed, when more than one.
+    #[serde(rename = "g", default, borrow)]
+    pub among: Vec<Cow<'a, str>>,
 }
 
 impl Envelope<'_> {
@@ -74,6 +78,10 @@ fn encode_with(n: &Notification, id: Option<NotificationId>) -> String {
         out.push_str(",\"o\":");
         out.push_str(&serde_json::to_string(&**origin).expect("a string always serialises"));
     }
+    if let Audience::Group { among: Some(all), .. } = &n.to {
+        out.push_str(",\"g\":");
+        out.push_str(&serde_json::to_string(&**all).expect("strings always serialise"));
+    }
     out.push_str(",\"p\":");
     out.push_str(payload);
     out.push('}');
@@ -91,7 +99,7 @@ mod tests {
     #[test]
     fn round_trips_without_touching_the_payload() {
         let n = Notification {
-            user_id: "u".into(),
+            to: Audience::User("u".into()),
             event: "no\"tif".into(),
             payload: RawValue::from_string(r#"{"a": [1, 2], "b":"é"}"#.into()).unwrap(),
             timestamp_ms: 1_700_000_000_123,
@@ -114,6 +122,8 @@ mod tests {
         assert_eq!(with_id.consumed_us(), 0, "optional, for publishers other than herald");
         let with_origin = Notification { origin: Some("t/1/2/0".into()), ..n };
         assert_eq!(decode(encode(&with_origin).as_bytes()).unwrap().origin.as_deref(), Some("t/1/2/0"));
+        let grouped = Notification { to: Audience::groups(vec!["a".into(), "b\"".into()]).remove(1), ..with_origin };
+        assert_eq!(decode(encode(&grouped).as_bytes()).unwrap().among, ["a", "b\""]);
         let foreign = decode(br#"{"e":"n","c":"yesterday","p":{}}"#).unwrap();
         assert_eq!(foreign.consumed_us(), 0, "another publisher's `c` is ignored, not an error");
     }

@@ -3,10 +3,10 @@
 
 use super::Published;
 use crate::config::ReplayConfig;
-use crate::gateway::Deliverer;
+use crate::gateway::{Addressee, Deliverer};
 use crate::replay::memory::MemoryHistory;
 use crate::replay::{History, NotificationId};
-use crate::route::Notification;
+use crate::route::{Audience, Notification};
 
 pub struct MemoryBus {
     deliverer: Deliverer,
@@ -21,14 +21,24 @@ impl MemoryBus {
     pub async fn publish(&self, batch: &[Notification]) -> Vec<Published> {
         let mut out = Vec::with_capacity(batch.len());
         for n in batch {
-            let published = if n.retain {
-                let id = self.history.append(&n.user_id, &n.event, &n.payload, crate::route::now_ms().max(0) as u64);
-                let receivers = self.deliverer.deliver_retained(&n.user_id, id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us);
-                Published { receivers, stored: Some(id) }
-            } else {
-                Published {
-                    receivers: self.deliverer.deliver(&n.user_id, &n.event, &n.payload, n.origin.as_deref(), n.timestamp_ms, n.consumed_us),
-                    stored: None,
+            let published = match (&n.to, n.retain) {
+                (Audience::User(user), true) => {
+                    let id = self.history.append(user, &n.event, &n.payload, crate::route::now_ms().max(0) as u64);
+                    let receivers = self.deliverer.deliver_retained(user, id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us);
+                    Published { receivers, stored: Some(id) }
+                }
+                (to, _) => {
+                    let among: Vec<&str> = match to {
+                        Audience::Group { among: Some(all), .. } => all.iter().map(String::as_str).collect(),
+                        _ => Vec::new(),
+                    };
+                    let to = match to {
+                        Audience::User(user) => Addressee::User(user),
+                        Audience::Group { name, .. } => Addressee::Group { name, among: &among },
+                        Audience::Broadcast => Addressee::Everyone,
+                    };
+                    let receivers = self.deliverer.deliver(to, &n.event, &n.payload, n.origin.as_deref(), n.timestamp_ms, n.consumed_us);
+                    Published { receivers, stored: None }
                 }
             };
             out.push(published);
@@ -39,13 +49,19 @@ impl MemoryBus {
     pub fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Vec<usize> {
         stored
             .iter()
-            .map(|(n, id)| self.deliverer.deliver_retained(&n.user_id, *id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us))
+            .map(|(n, id)| match &n.to {
+                Audience::User(user) => self.deliverer.deliver_retained(user, *id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us),
+                _ => 0,
+            })
             .collect()
     }
 
-    /// 1 for a user with a socket here (the only instance), else 0.
-    pub fn presence(&self, users: &[String]) -> Vec<usize> {
-        users.iter().map(|u| usize::from(self.deliverer.sockets_of(u) > 0)).collect()
+    /// 1 for a user (or group) with a socket here (the only instance), else 0.
+    pub fn presence(&self, users: &[String], groups: &[String]) -> (Vec<usize>, Vec<usize>) {
+        (
+            users.iter().map(|u| usize::from(self.deliverer.sockets_of(u) > 0)).collect(),
+            groups.iter().map(|g| usize::from(self.deliverer.sockets_in_group(g) > 0)).collect(),
+        )
     }
 
     pub fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> History {

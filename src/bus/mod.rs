@@ -1,13 +1,15 @@
 //! The bus: carries each notification from the instance that consumed its record to the
-//! instances holding its user's sockets. Redis Pub/Sub (one channel per user) across instances,
-//! or an in-process shortcut when herald runs alone.
+//! instances holding its audience's sockets. Redis Pub/Sub (one channel per user, one per group,
+//! one for broadcasts) across instances, or an in-process shortcut when herald runs alone.
 
 pub mod envelope;
 mod memory;
 mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -30,6 +32,32 @@ pub struct Published {
 #[derive(Debug, thiserror::Error)]
 #[error("bus unavailable: {0}")]
 pub struct BusError(pub String);
+
+/// Subscriptions asked for, confirmed when Redis has them.
+pub struct Subscribing {
+    pending: Vec<oneshot::Receiver<()>>,
+    timeout: Duration,
+}
+
+impl Subscribing {
+    /// Nothing to wait for.
+    pub fn done() -> Self {
+        Self { pending: Vec::new(), timeout: Duration::ZERO }
+    }
+
+    /// Waits until every subscription is confirmed, or the command timeout: during a Redis
+    /// outage the socket is admitted anyway, its subscriptions follow when Redis is back, and
+    /// readiness says the instance is degraded meanwhile.
+    pub async fn confirmed(self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let all = futures::future::join_all(self.pending);
+        if tokio::time::timeout(self.timeout, all).await.is_err() {
+            tracing::debug!("Subscriptions not confirmed in time; admitting the socket, the subscriptions follow.");
+        }
+    }
+}
 
 pub enum Bus {
     Memory(memory::MemoryBus),
@@ -88,12 +116,12 @@ impl Bus {
         }
     }
 
-    /// For each user, how many instances hold a socket of theirs (0: offline), cluster-wide,
-    /// in one Redis round trip (one per shard on a cluster).
-    pub async fn presence(&self, users: &[String]) -> Result<Vec<usize>, BusError> {
+    /// For each user, then each group, how many instances hold a socket of theirs (0:
+    /// offline), cluster-wide, in one Redis round trip (one per shard on a cluster).
+    pub async fn presence(&self, users: &[String], groups: &[String]) -> Result<(Vec<usize>, Vec<usize>), BusError> {
         match self {
-            Bus::Memory(b) => Ok(b.presence(users)),
-            Bus::Redis(b) => b.presence(users).await,
+            Bus::Memory(b) => Ok(b.presence(users, groups)),
+            Bus::Redis(b) => b.presence(users, groups).await,
         }
     }
 
@@ -105,18 +133,20 @@ impl Bus {
         }
     }
 
-    /// Called when a socket of `user_id` joins this instance: makes sure this instance receives
-    /// the user's notifications before the socket is told it is connected.
-    pub async fn acquire(&self, user_id: &str) {
-        if let Bus::Redis(b) = self {
-            b.acquire(user_id).await;
+    /// Called when a socket of `user` (and `groups`) joins this instance, or a refresh adds
+    /// groups: asks at once for their channels; awaiting the result makes sure this instance
+    /// receives their notifications before the socket is told it is connected.
+    pub fn subscribe(&self, user: Option<&str>, groups: &[Arc<str>]) -> Subscribing {
+        match self {
+            Bus::Memory(_) => Subscribing::done(),
+            Bus::Redis(b) => b.subscribe(user, groups),
         }
     }
 
-    /// Called when a socket of `user_id` leaves; the last one unsubscribes.
-    pub fn release(&self, user_id: &str) {
+    /// Called when a socket leaves (or a refresh drops groups); the last one of each unsubscribes.
+    pub fn unsubscribe(&self, user: Option<&str>, groups: &[Arc<str>]) {
         if let Bus::Redis(b) = self {
-            b.release(user_id);
+            b.unsubscribe(user, groups);
         }
     }
 

@@ -167,12 +167,37 @@ pub struct TopicConfig {
     pub retain: bool,
     /// Where this topic's notifications for offline users go; `None` uses `kafka.offline_topic`.
     pub offline_topic: Option<String>,
+    /// Default rule: address the group(s) named here (a string or an array of strings at a
+    /// JSON pointer, or the key) instead of a user.
+    pub group: Option<UserIdSource>,
+    /// Default rule: address every socket on every instance. Default false.
+    pub broadcast: bool,
+}
+
+impl TopicConfig {
+    /// A topic consumed with every setting at its default.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            script: None,
+            user_id: None,
+            event: None,
+            retain: false,
+            offline_topic: None,
+            group: None,
+            broadcast: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: String,
     pub channel: ChannelPattern,
+    /// Channel of one group's notifications; must contain {group}. Default `herald:group:{group}`.
+    pub group_channel: ChannelPattern,
+    /// The one channel of broadcasts, subscribed by every instance. Default `herald:broadcast`.
+    pub broadcast_channel: String,
     /// Deadline for one Redis command, so an outage fails fast instead of hanging. Default 2000 ms.
     pub command_timeout: Duration,
     /// Pub/Sub messages buffered between fred and herald before some are lost. Default 65536.
@@ -214,6 +239,8 @@ pub struct AuthConfig {
     /// Origins allowed to connect (CORS for polling, the Origin header for WebSocket); empty
     /// allows any. Default empty.
     pub allowed_origins: Vec<String>,
+    /// Groups one socket may belong to; a token naming more is refused. Default 100.
+    pub max_groups_per_socket: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +266,8 @@ pub struct CheckConfig {
     pub cache_ttl: Duration,
     /// JSON pointer to the user id in the response body; required without JWT verification.
     pub user_id_pointer: Option<String>,
+    /// JSON pointer to the user's groups (an array of strings) in the response body.
+    pub groups_pointer: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -259,6 +288,8 @@ pub struct JwtConfig {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     /// Claim that holds the user id (string or number). Default `sub`.
     pub user_id_claim: String,
+    /// Claim that holds the user's groups (an array of strings); `None`: tokens name no groups.
+    pub groups_claim: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`. Default 5 s.
     pub leeway_secs: u64,
     /// Accepted issuers; empty accepts any.
@@ -274,7 +305,7 @@ pub struct ApiConfig {
     pub key: Option<String>,
     /// Requests per second allowed (bursts up to the same number). Default 100.
     pub rate_limit_per_sec: u32,
-    /// Users one request may address. Default 1000.
+    /// Users (or groups) one request may address. Default 1000.
     pub max_users_per_request: usize,
 }
 
@@ -329,7 +360,8 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// A Redis channel name pattern with exactly one `{user_id}` placeholder.
+/// A Redis channel (or key) name pattern with exactly one placeholder: `{user_id}` for users'
+/// channels and streams, `{group}` for groups' channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelPattern {
     prefix: String,
@@ -338,17 +370,22 @@ pub struct ChannelPattern {
 
 impl ChannelPattern {
     pub const PLACEHOLDER: &str = "{user_id}";
+    pub const GROUP_PLACEHOLDER: &str = "{group}";
 
     pub fn parse(pattern: &str) -> Result<Self, String> {
-        match pattern.split_once(Self::PLACEHOLDER) {
-            Some((prefix, suffix)) if !suffix.contains(Self::PLACEHOLDER) => {
+        Self::parse_with(pattern, Self::PLACEHOLDER)
+    }
+
+    pub fn parse_with(pattern: &str, placeholder: &str) -> Result<Self, String> {
+        match pattern.split_once(placeholder) {
+            Some((prefix, suffix)) if !suffix.contains(placeholder) => {
                 if prefix.contains(['*', '?', '[']) || suffix.contains(['*', '?', '[']) {
                     return Err("must not contain the glob characters * ? [".into());
                 }
                 Ok(Self { prefix: prefix.into(), suffix: suffix.into() })
             }
-            Some(_) => Err("must contain {user_id} exactly once".into()),
-            None => Err("must contain {user_id}".into()),
+            Some(_) => Err(format!("must contain {placeholder} exactly once")),
+            None => Err(format!("must contain {placeholder}")),
         }
     }
 
@@ -372,7 +409,7 @@ impl ChannelPattern {
         s
     }
 
-    /// The user id a channel belongs to, if it matches the pattern.
+    /// The user id (or group) a channel belongs to, if it matches the pattern.
     pub fn user_id<'a>(&self, channel: &'a str) -> Option<&'a str> {
         let id = channel.strip_prefix(self.prefix.as_str())?.strip_suffix(self.suffix.as_str())?;
         (!id.is_empty()).then_some(id)
@@ -424,6 +461,12 @@ impl Config {
                 if pattern.has_braces() {
                     walk.error(path, "must not contain { or } besides {user_id} with redis.sharded_pubsub: the user id is the hash tag");
                 }
+            }
+            if redis.group_channel.has_braces() {
+                walk.error(
+                    "redis.group_channel",
+                    "must not contain { or } besides {group} with redis.sharded_pubsub: the group is the hash tag",
+                );
             }
         }
         if self.demo.enabled == Some(DemoMode::Required) && !self.resolve(&self.demo.client_bundle).is_file() {
@@ -579,14 +622,7 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
         walk.error(s.path("group_id"), "must not be empty");
     }
     let topics = match s.raw("topics") {
-        None => vec![TopicConfig {
-            name: "user-notifications".into(),
-            script: None,
-            user_id: None,
-            event: None,
-            retain: false,
-            offline_topic: None,
-        }],
+        None => vec![TopicConfig::named("user-notifications")],
         Some(Value::Array(items)) => {
             let topics: Vec<_> =
                 items.iter().enumerate().filter_map(|(i, item)| read_topic(walk, item, &format!("kafka.topics[{i}]"))).collect();
@@ -650,11 +686,10 @@ fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
 
 fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> {
     let topic = match item {
-        Value::String(name) => {
-            TopicConfig { name: name.clone(), script: None, user_id: None, event: None, retain: false, offline_topic: None }
-        }
+        Value::String(name) => TopicConfig::named(name),
         Value::Object(_) => {
-            let s = walk.section(Some(item), path, &["name", "script", "user_id", "event", "retain", "offline_topic"]);
+            let s =
+                walk.section(Some(item), path, &["name", "script", "user_id", "group", "broadcast", "event", "retain", "offline_topic"]);
             let Some(name) = walk.opt::<String>(&s, "name") else {
                 if s.raw("name").is_none() {
                     walk.error(s.path("name"), "is required");
@@ -672,7 +707,18 @@ fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> 
             if let Some(Err(why)) = offline_topic.as_deref().map(check_topic_name) {
                 walk.error(s.path("offline_topic"), why);
             }
-            TopicConfig { name, script, user_id, event, retain, offline_topic }
+            let group = walk.opt::<String>(&s, "group").and_then(|g| parse_user_id(walk, &s.path("group"), &g));
+            let broadcast = walk.get(&s, "broadcast", false);
+            if [user_id.is_some(), group.is_some(), broadcast].iter().filter(|b| **b).count() > 1 {
+                walk.error(path, "give at most one of `user_id`, `group` and `broadcast: true`");
+            }
+            if script.is_some() && (group.is_some() || broadcast) {
+                walk.error(
+                    path,
+                    "`group` and `broadcast` are for the default rule: a script returns `group`, `groups` or `broadcast` itself",
+                );
+            }
+            TopicConfig { name, script, user_id, event, retain, offline_topic, group, broadcast }
         }
         other => {
             walk.error(path, format!("expected a topic name or a mapping with `name`, found {}", kind(other)));
@@ -719,7 +765,11 @@ fn output_topic(walk: &mut Walk, s: &Section, key: &str, consumed: &[TopicConfig
 }
 
 fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
-    let s = walk.section(v, "redis", &["url", "channel", "command_timeout_ms", "pubsub_buffer", "sharded_pubsub"]);
+    let s = walk.section(
+        v,
+        "redis",
+        &["url", "channel", "group_channel", "broadcast_channel", "command_timeout_ms", "pubsub_buffer", "sharded_pubsub"],
+    );
     let url = walk.opt::<String>(&s, "url").filter(|u| !u.trim().is_empty());
     if let Some(u) = &url
         && !(u.starts_with("redis://") || u.starts_with("redis-sentinel://") || is_cluster_url(u))
@@ -741,17 +791,44 @@ fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
         walk.error(s.path("channel"), why);
         ChannelPattern::parse("herald:user:{user_id}").expect("default pattern is valid")
     });
+    let group_pattern: String = walk.get(&s, "group_channel", "herald:group:{group}".into());
+    let group_channel = ChannelPattern::parse_with(&group_pattern, ChannelPattern::GROUP_PLACEHOLDER).unwrap_or_else(|why| {
+        walk.error(s.path("group_channel"), why);
+        ChannelPattern::parse_with("herald:group:{group}", ChannelPattern::GROUP_PLACEHOLDER).expect("default pattern is valid")
+    });
+    let broadcast_channel: String = walk.get(&s, "broadcast_channel", "herald:broadcast".into());
+    if broadcast_channel.is_empty() || broadcast_channel.contains(['*', '?', '[']) {
+        walk.error(s.path("broadcast_channel"), "must be a non-empty channel name without the glob characters * ? [");
+    }
+    // A message's channel tells whose it is: no channel may match two of the three.
+    let probe = group_channel.channel("x");
+    if channel.user_id(&probe).is_some() || group_channel.user_id(&channel.channel("x")).is_some() {
+        walk.error(s.path("group_channel"), "must not overlap redis.channel: a group's channel would read as a user's");
+    }
+    if channel.user_id(&broadcast_channel).is_some() || group_channel.user_id(&broadcast_channel).is_some() {
+        walk.error(s.path("broadcast_channel"), "must not match redis.channel or redis.group_channel");
+    }
     let command_timeout = Duration::from_millis(ranged(walk, &s, "command_timeout_ms", 2000u64, 10..=600_000));
     let pubsub_buffer = ranged(walk, &s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
     let sharded_pubsub = walk.get(&s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));
-    url.map(|url| RedisConfig { url, channel, command_timeout, pubsub_buffer, sharded_pubsub, address })
+    url.map(|url| RedisConfig { url, channel, group_channel, broadcast_channel, command_timeout, pubsub_buffer, sharded_pubsub, address })
 }
 
 fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {
     let s = walk.section(
         v,
         "auth",
-        &["jwt", "check", "expired_event", "refresh_event", "max_sockets_per_user", "per_user_limit", "max_sockets", "allowed_origins"],
+        &[
+            "jwt",
+            "check",
+            "expired_event",
+            "refresh_event",
+            "max_sockets_per_user",
+            "per_user_limit",
+            "max_sockets",
+            "allowed_origins",
+            "max_groups_per_socket",
+        ],
     );
     let jwt = read_jwt(walk, s.raw("jwt"));
     let check = s.raw("check").map(|c| read_check(walk, c));
@@ -776,11 +853,26 @@ fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {
             );
         }
     }
-    AuthConfig { jwt, check, expired_event, refresh_event, max_sockets_per_user, per_user_limit, max_sockets, allowed_origins }
+    let max_groups_per_socket = ranged(walk, &s, "max_groups_per_socket", 100usize, 1..=10_000);
+    AuthConfig {
+        jwt,
+        check,
+        expired_event,
+        refresh_event,
+        max_sockets_per_user,
+        per_user_limit,
+        max_sockets,
+        allowed_origins,
+        max_groups_per_socket,
+    }
 }
 
 fn read_check(walk: &mut Walk, v: &Value) -> CheckConfig {
-    let s = walk.section(Some(v), "auth.check", &["url", "method", "header", "scheme", "timeout_ms", "cache_ttl_secs", "user_id_pointer"]);
+    let s = walk.section(
+        Some(v),
+        "auth.check",
+        &["url", "method", "header", "scheme", "timeout_ms", "cache_ttl_secs", "user_id_pointer", "groups_pointer"],
+    );
     let url: String = walk.get(&s, "url", String::new());
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         walk.error(s.path("url"), "required: an http:// or https:// URL");
@@ -802,7 +894,13 @@ fn read_check(walk: &mut Walk, v: &Value) -> CheckConfig {
     {
         walk.error(s.path("user_id_pointer"), format!("expected a JSON pointer such as /userId, found `{p}`"));
     }
-    CheckConfig { url, method, header, scheme, timeout, cache_ttl, user_id_pointer }
+    let groups_pointer = walk.opt::<String>(&s, "groups_pointer");
+    if let Some(p) = &groups_pointer
+        && !p.starts_with('/')
+    {
+        walk.error(s.path("groups_pointer"), format!("expected a JSON pointer such as /groups, found `{p}`"));
+    }
+    CheckConfig { url, method, header, scheme, timeout, cache_ttl, user_id_pointer, groups_pointer }
 }
 
 fn read_jwt(walk: &mut Walk, v: Option<&Value>) -> JwtConfig {
@@ -818,6 +916,7 @@ fn read_jwt(walk: &mut Walk, v: Option<&Value>) -> JwtConfig {
             "jwks_timeout_ms",
             "algorithms",
             "user_id_claim",
+            "groups_claim",
             "leeway_secs",
             "issuers",
             "audiences",
@@ -849,6 +948,7 @@ fn read_jwt(walk: &mut Walk, v: Option<&Value>) -> JwtConfig {
     if user_id_claim.is_empty() {
         walk.error(j.path("user_id_claim"), "must not be empty");
     }
+    let groups_claim = walk.opt::<String>(&j, "groups_claim").filter(|c| !c.is_empty());
     let leeway_secs = ranged(walk, &j, "leeway_secs", 5u64, 0..=3600);
     let issuers = walk.get(&j, "issuers", Vec::new());
     let audiences = walk.get(&j, "audiences", Vec::new());
@@ -861,6 +961,7 @@ fn read_jwt(walk: &mut Walk, v: Option<&Value>) -> JwtConfig {
         jwks_timeout,
         algorithms,
         user_id_claim,
+        groups_claim,
         leeway_secs,
         issuers,
         audiences,

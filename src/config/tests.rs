@@ -230,3 +230,38 @@ fn output_topics_must_be_valid_and_not_consumed() {
     let consumed = format!("{MINIMAL}kafka: {{topics: [a, {{name: b, offline_topic: a}}]}}\n");
     assert_eq!(error_paths(&consumed), ["kafka.topics[1].offline_topic"]);
 }
+
+#[test]
+fn groups_and_broadcast_settings_are_read_and_checked() {
+    let c = parse(
+        "auth: {jwt: {secret: s, groups_claim: teams}, check: {url: 'http://c', groups_pointer: /g}, max_groups_per_socket: 5}\n\
+         kafka: {topics: [{name: t, group: /team}, {name: all, broadcast: true}]}\nredis: {url: 'redis://h:1'}",
+    )
+    .unwrap();
+    assert_eq!(c.auth.jwt.groups_claim.as_deref(), Some("teams"));
+    assert_eq!(c.auth.check.unwrap().groups_pointer.as_deref(), Some("/g"));
+    assert_eq!(c.auth.max_groups_per_socket, 5);
+    assert_eq!(c.kafka.topics[0].group, Some(UserIdSource::Pointer("/team".into())));
+    assert!(c.kafka.topics[1].broadcast);
+    let redis = c.redis.unwrap();
+    assert_eq!((redis.group_channel.channel("g"), redis.broadcast_channel.as_str()), ("herald:group:g".into(), "herald:broadcast"));
+
+    let paths = error_paths(
+        "auth: {jwt: {secret: s}, check: {url: 'http://c', groups_pointer: g}, max_groups_per_socket: 0}\n\
+         kafka: {topics: [{name: a, user_id: key, group: /g}, {name: b, script: b.rhai, broadcast: true}, {name: c, group: team}]}\n\
+         redis: {url: 'redis://h:1', channel: 'n:{user_id}', group_channel: 'n:g:{group}', broadcast_channel: 'n:all'}",
+    );
+    assert_eq!(
+        paths,
+        [
+            "kafka.topics[0]",
+            "kafka.topics[1]",
+            "kafka.topics[2].group",
+            "redis.group_channel",
+            "redis.broadcast_channel",
+            "auth.check.groups_pointer",
+            "auth.max_groups_per_socket",
+        ]
+    );
+    assert_eq!(error_paths("auth: {jwt: {secret: s}}\nredis: {url: 'redis://h:1', group_channel: 'g:{user_id}'}"), ["redis.group_channel"]);
+}

@@ -38,6 +38,7 @@ pub struct Limits {
     pub max_sockets_per_user: u32,
     pub per_user_limit: PerUserLimit,
     pub allowed_origins: Vec<String>,
+    pub max_groups_per_socket: usize,
 }
 
 impl Limits {
@@ -47,6 +48,7 @@ impl Limits {
             max_sockets_per_user: config.max_sockets_per_user,
             per_user_limit: config.per_user_limit,
             allowed_origins: config.allowed_origins.clone(),
+            max_groups_per_socket: config.max_groups_per_socket,
         }
     }
 }
@@ -76,20 +78,26 @@ impl Admission {
         }
         let token = token(auth, handshake).ok_or(AuthError::MissingToken)?;
         let identity = self.authenticator.authenticate(&token).await?;
+        if identity.groups.len() > self.limits.max_groups_per_socket {
+            return Err(AuthError::TooManyGroups);
+        }
         let since = auth.and_then(|a| a.get("since")).and_then(|s| match s {
             Value::String(s) => s.parse::<NotificationId>().ok(),
             Value::Number(n) => n.as_u64().map(|ms| NotificationId { ms, seq: 0 }),
             _ => None,
         });
         let user: Arc<str> = identity.user_id.as_str().into();
-        let member = Arc::new(Member::new(user.clone(), identity.expires_at, since));
+        let member = Arc::new(Member::new(user.clone(), &identity.groups, identity.expires_at, since));
         let per_user = self.limits.max_sockets_per_user;
         let refuse_over = (per_user > 0 && self.limits.per_user_limit == PerUserLimit::RefuseNew).then_some(per_user);
-        if !self.presence.try_add(&user, Entry { socket: socket.clone(), member: member.clone() }, refuse_over) {
+        let entry = Entry { socket: socket.clone(), member: member.clone() };
+        if !self.presence.try_add(&user, entry.clone(), refuse_over) {
             return Err(AuthError::TooManyConnections);
         }
+        let groups = member.groups();
+        self.presence.join_groups(&entry, &groups);
         // Before the client hears it is connected, this instance receives its notifications.
-        self.bus.acquire(&user).await;
+        self.bus.subscribe(Some(&user), &groups).confirmed().await;
         if per_user > 0 && self.limits.per_user_limit == PerUserLimit::DisconnectOldest {
             self.evict_oldest_over(&member, per_user as usize);
         }

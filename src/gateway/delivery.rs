@@ -1,15 +1,15 @@
-//! The last hop: emits a notification to every local socket of its user, encoded once for all
-//! of them.
+//! The last hop: emits a notification to every local socket of its user, its group, or
+//! everyone, encoded once for all of them.
 
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use tracing::warn;
 
-use super::member::Client;
-use super::presence::Presence;
+use super::member::{Client, Member};
+use super::presence::{Entry, Presence};
 use crate::config::SlowClient;
-use crate::metrics::Metrics;
+use crate::metrics::{AudienceKind, Metrics};
 use crate::replay::{self, NotificationId};
 use crate::route::now_us;
 use crate::socketio::{SendError, event_frame};
@@ -20,6 +20,34 @@ pub struct Deliverer {
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     slow_client: SlowClient,
+}
+
+/// Whom a live notification goes to on this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressee<'a> {
+    User(&'a str),
+    /// `among`: every group the notification's record addressed, when more than one; a socket
+    /// in several takes it from the first of them only, so it gets it once.
+    Group {
+        name: &'a str,
+        among: &'a [&'a str],
+    },
+    Everyone,
+}
+
+impl Addressee<'_> {
+    fn kind(&self) -> AudienceKind {
+        match self {
+            Addressee::User(_) => AudienceKind::User,
+            Addressee::Group { .. } => AudienceKind::Group,
+            Addressee::Everyone => AudienceKind::Broadcast,
+        }
+    }
+}
+
+/// Whether `member` takes a notification sent to each of `among` from `group`'s copy.
+fn takes_from(member: &Member, group: &str, among: &[&str]) -> bool {
+    among.is_empty() || among.iter().find(|g| member.in_group(g)).is_none_or(|first| *first == group)
 }
 
 /// The namespace herald's sockets live in.
@@ -40,14 +68,27 @@ impl Deliverer {
         self.presence.sockets_of(user_id)
     }
 
-    /// Emits `event` with `payload` to every socket of `user_id` here (and `{"id": id}` as the
+    /// Sockets of `group` here.
+    pub fn sockets_in_group(&self, group: &str) -> usize {
+        self.presence.sockets_in_group(group)
+    }
+
+    /// Emits `event` with `payload` to every socket of `to` here (and `{"id": id}` as the
     /// second argument, when the notification has one for receipts); returns how many sockets
     /// it reached.
-    pub fn deliver(&self, user_id: &str, event: &str, payload: &RawValue, id: Option<&str>, timestamp_ms: i64, consumed_us: i64) -> usize {
+    pub fn deliver(
+        &self,
+        to: Addressee<'_>,
+        event: &str,
+        payload: &RawValue,
+        id: Option<&str>,
+        timestamp_ms: i64,
+        consumed_us: i64,
+    ) -> usize {
         let mut frame = None;
         let (mut reached, mut failed) = (0, 0);
         let mut slow: Vec<Client> = Vec::new();
-        let sockets = self.presence.each_socket(user_id, |e| {
+        let mut send = |e: &Entry| {
             let frame = frame.get_or_insert_with(|| match id {
                 Some(id) => {
                     let meta = RawValue::from_string(serde_json::json!({ "id": id }).to_string()).expect("valid JSON");
@@ -63,12 +104,21 @@ impl Deliverer {
                 }
                 Err(_) => failed += 1,
             }
-        });
+        };
+        let sockets = match to {
+            Addressee::User(user) => self.presence.each_socket(user, send),
+            Addressee::Group { name, among } => self.presence.each_in_group(name, |e| {
+                if takes_from(&e.member, name, among) {
+                    send(e);
+                }
+            }),
+            Addressee::Everyone => self.presence.each_everyone(send),
+        };
         if sockets == 0 {
             return 0;
         }
         self.disconnect_slow(slow);
-        self.finish(reached, failed, timestamp_ms, consumed_us)
+        self.finish(to.kind(), reached, failed, timestamp_ms, consumed_us)
     }
 
     /// Emits a retained notification (with its id as a second argument) to every socket of the
@@ -107,14 +157,14 @@ impl Deliverer {
             return 0;
         }
         self.disconnect_slow(slow);
-        self.finish(sockets.saturating_sub(failed), failed, timestamp_ms, consumed_us)
+        self.finish(AudienceKind::User, sockets.saturating_sub(failed), failed, timestamp_ms, consumed_us)
     }
 
-    fn finish(&self, reached: usize, failed: usize, timestamp_ms: i64, consumed_us: i64) -> usize {
+    fn finish(&self, kind: AudienceKind, reached: usize, failed: usize, timestamp_ms: i64, consumed_us: i64) -> usize {
         if failed > 0 {
             self.metrics.emit_failures.increment(failed as u64);
         }
-        self.metrics.delivered.increment(reached as u64);
+        self.metrics.delivered.increment(kind, reached as u64);
         self.record_latency(timestamp_ms, consumed_us);
         reached
     }

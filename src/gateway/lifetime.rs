@@ -117,14 +117,22 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Handles `auth_refresh`: the data is the new token, or `{token}`. Acks `{ok: true,
-/// expires_at}` or `{ok: false, error}`.
-pub async fn refresh(socket: &Client, data: &Value, authenticator: &Authenticator, lifetimes: &Lifetimes, metrics: &Metrics) -> Value {
+/// Handles `auth_refresh`: the data is the new token, or `{token}`. Returns the ack, `{ok:
+/// true, expires_at}` or `{ok: false, error}`, and on success the groups the new token names.
+pub async fn refresh(
+    socket: &Client,
+    data: &Value,
+    authenticator: &Authenticator,
+    lifetimes: &Lifetimes,
+    max_groups: usize,
+    metrics: &Metrics,
+) -> (Value, Option<Vec<String>>) {
     let token = data.as_str().or_else(|| data.get("token").and_then(Value::as_str)).unwrap_or_default();
-    let Some(member) = socket.data() else { return serde_json::json!({"ok": false, "error": "not connected"}) };
+    let Some(member) = socket.data() else { return (serde_json::json!({"ok": false, "error": "not connected"}), None) };
     let result = match authenticator.authenticate(token).await {
-        Ok(new) if *new.user_id == *member.user => Ok(new),
-        Ok(_) => Err("token belongs to another user".to_owned()),
+        Ok(new) if *new.user_id != *member.user => Err("token belongs to another user".to_owned()),
+        Ok(new) if new.groups.len() > max_groups => Err(AuthError::TooManyGroups.to_string()),
+        Ok(new) => Ok(new),
         Err(AuthError::MissingToken) => Err("missing token".to_owned()),
         Err(other) => Err(other.to_string()),
     };
@@ -142,8 +150,8 @@ pub async fn refresh(socket: &Client, data: &Value, authenticator: &Authenticato
             if earlier {
                 lifetimes.track(socket, identity.expires_at);
             }
-            serde_json::json!({"ok": true, "expires_at": identity.expires_at})
+            (serde_json::json!({"ok": true, "expires_at": identity.expires_at}), Some(identity.groups))
         }
-        Err(error) => serde_json::json!({"ok": false, "error": error}),
+        Err(error) => (serde_json::json!({"ok": false, "error": error}), None),
     }
 }

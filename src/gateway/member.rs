@@ -1,8 +1,10 @@
-//! herald's state for one socket: its user, when its token expires, its replay gate, and its
-//! share of the user's presence and bus subscription.
+//! herald's state for one socket: its user and groups, when its token expires, its replay
+//! gate, and its share of the presence index and bus subscriptions.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use super::admission::Admission;
@@ -14,8 +16,21 @@ use crate::socketio::{Frame, SocketRef};
 /// A socket as the gateway holds it.
 pub type Client = SocketRef<Admission>;
 
+/// A socket's groups, sorted; shared by every socket without any.
+pub type Groups = Arc<Vec<Arc<str>>>;
+
+static NO_GROUPS: LazyLock<Groups> = LazyLock::new(|| Arc::new(Vec::new()));
+
+fn groups_of(names: &[String]) -> Groups {
+    if names.is_empty() { NO_GROUPS.clone() } else { Arc::new(names.iter().map(|g| Arc::from(g.as_str())).collect()) }
+}
+
 pub struct Member {
     pub user: Arc<str>,
+    /// Read without a lock by deliveries (which hold the presence index's shard locks); changed
+    /// by a token refresh under `regrouping`, so a refresh and a leave cannot interleave.
+    groups: ArcSwap<Vec<Arc<str>>>,
+    regrouping: Mutex<()>,
     /// `exp` of its current token, in seconds since the epoch; 0: none.
     expires_at: AtomicU64,
     /// Closed until the replay after connecting is done: live retained notifications wait.
@@ -31,9 +46,11 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn new(user: Arc<str>, expires_at: Option<u64>, since: Option<NotificationId>) -> Self {
+    pub fn new(user: Arc<str>, groups: &[String], expires_at: Option<u64>, since: Option<NotificationId>) -> Self {
         Self {
             user,
+            groups: ArcSwap::new(groups_of(groups)),
+            regrouping: Mutex::new(()),
             expires_at: AtomicU64::new(expires_at.unwrap_or(0)),
             gate: ReplayGate::closed(),
             connected_at: Instant::now(),
@@ -53,11 +70,40 @@ impl Member {
         self.expires_at.store(exp.unwrap_or(0), Ordering::Release);
     }
 
-    /// Leaves the user's presence and bus subscription, the first time only.
+    pub fn groups(&self) -> Groups {
+        self.groups.load_full()
+    }
+
+    /// Whether the socket belongs to `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.load().binary_search_by(|g| (**g).cmp(group)).is_ok()
+    }
+
+    /// Leaves the presence index and bus subscriptions, the first time only.
     pub fn leave(&self, presence: &Presence, bus: &Bus) {
+        let _one_at_a_time = self.regrouping.lock().expect("never poisoned");
         if !self.left.swap(true, Ordering::AcqRel) {
-            presence.leave(self);
-            bus.release(&self.user);
+            let groups = self.groups.load_full();
+            presence.leave(self, &groups);
+            bus.unsubscribe(Some(&self.user), &groups);
         }
+    }
+
+    /// A refresh named other groups: joins the new ones (in the index now, on the bus when
+    /// returned future is awaited) and leaves the old ones. Nothing once the socket has left.
+    pub fn regroup(&self, entry: &super::Entry, new: &[String], presence: &Presence, bus: &Bus) -> crate::bus::Subscribing {
+        let _one_at_a_time = self.regrouping.lock().expect("never poisoned");
+        if self.left.load(Ordering::Acquire) {
+            return crate::bus::Subscribing::done();
+        }
+        let (groups, new) = (self.groups.load_full(), groups_of(new));
+        let has = |set: &Groups, g: &Arc<str>| set.binary_search(g).is_ok();
+        let added: Vec<Arc<str>> = new.iter().filter(|g| !has(&groups, g)).cloned().collect();
+        let removed: Vec<Arc<str>> = groups.iter().filter(|g| !has(&new, g)).cloned().collect();
+        presence.join_groups(entry, &added);
+        presence.leave_groups(self, &removed);
+        bus.unsubscribe(None, &removed);
+        self.groups.store(new);
+        bus.subscribe(None, &added)
     }
 }

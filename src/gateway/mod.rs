@@ -18,9 +18,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 pub use admission::{Admission, Limits};
-pub use delivery::Deliverer;
+pub use delivery::{Addressee, Deliverer};
 pub use lifetime::Lifetimes;
-pub use member::{Client, Member};
+pub use member::{Client, Groups, Member};
 pub use presence::{Entry, Presence};
 
 use crate::config::{AuthConfig, ServerConfig};
@@ -126,7 +126,20 @@ impl Handler for Admission {
         }
         let (admission, socket) = (self.clone(), socket.clone());
         tokio::spawn(async move {
-            let reply = lifetime::refresh(&socket, &data, &admission.authenticator, &admission.lifetimes, &admission.metrics).await;
+            let (reply, groups) = lifetime::refresh(
+                &socket,
+                &data,
+                &admission.authenticator,
+                &admission.lifetimes,
+                admission.limits.max_groups_per_socket,
+                &admission.metrics,
+            )
+            .await;
+            if let Some(groups) = groups {
+                // Acked once the new groups' notifications reach this instance.
+                let entry = Entry { socket: socket.clone(), member: member.clone() };
+                member.regroup(&entry, &groups, &admission.presence, &admission.bus).confirmed().await;
+            }
             member.refreshing.store(false, Ordering::Release);
             let reply = RawValue::from_string(reply.to_string()).expect("valid JSON");
             let _ = ack.send(&[&reply]);

@@ -1,5 +1,5 @@
-//! Who is connected to this instance: each user's sockets (the index deliveries read), and the
-//! gauges that show it.
+//! Who is connected to this instance: each user's sockets and each group's (the indexes
+//! deliveries read), and the gauges that show it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,13 +21,20 @@ pub struct Entry {
 /// one. Generic over what is kept per socket, for its tests.
 pub struct Presence<T = Entry> {
     users: DashMap<Arc<str>, Vec<T>, foldhash::fast::RandomState>,
+    /// The sockets of each group with a member here.
+    groups: DashMap<Arc<str>, Vec<T>, foldhash::fast::RandomState>,
     sockets: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
 impl<T: Clone> Presence<T> {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { users: DashMap::with_hasher(Default::default()), sockets: AtomicUsize::new(0), metrics }
+        Self {
+            users: DashMap::with_hasher(Default::default()),
+            groups: DashMap::with_hasher(Default::default()),
+            sockets: AtomicUsize::new(0),
+            metrics,
+        }
     }
 
     /// Adds a socket to `user` unless the user already has `max` (checked and added under one
@@ -71,6 +78,49 @@ impl<T: Clone> Presence<T> {
         removed
     }
 
+    /// Adds a socket to each of `groups`.
+    pub fn join_groups(&self, socket: &T, groups: &[Arc<str>]) {
+        for group in groups {
+            self.groups.entry(group.clone()).or_default().push(socket.clone());
+        }
+    }
+
+    /// Removes the socket `is_it` picks from each of `groups`.
+    pub fn remove_from_groups(&self, groups: &[Arc<str>], is_it: impl Fn(&T) -> bool) {
+        for group in groups {
+            if let Some(mut sockets) = self.groups.get_mut(&**group) {
+                sockets.retain(|s| !is_it(s));
+            }
+            self.groups.remove_if(&**group, |_, s| s.is_empty());
+        }
+    }
+
+    /// Runs `f` on each socket of the group, as [`Self::each_socket`] does for a user.
+    pub fn each_in_group(&self, group: &str, f: impl FnMut(&T)) -> usize {
+        match self.groups.get(group) {
+            Some(sockets) => {
+                sockets.iter().for_each(f);
+                sockets.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Runs `f` on every socket here, one user at a time under that user's read lock.
+    pub fn each_everyone(&self, mut f: impl FnMut(&T)) -> usize {
+        let mut count = 0;
+        for sockets in self.users.iter() {
+            sockets.iter().for_each(&mut f);
+            count += sockets.len();
+        }
+        count
+    }
+
+    /// Sockets of `group` here.
+    pub fn sockets_in_group(&self, group: &str) -> usize {
+        self.groups.get(group).map_or(0, |s| s.len())
+    }
+
     pub fn sockets_of(&self, user_id: &str) -> usize {
         self.users.get(user_id).map_or(0, |s| s.len())
     }
@@ -103,9 +153,14 @@ impl<T: Clone> Presence<T> {
 }
 
 impl Presence<Entry> {
-    /// Removes `member`'s socket.
-    pub fn leave(&self, member: &Member) -> bool {
+    /// Removes `member`'s socket from its user and from `groups`.
+    pub fn leave(&self, member: &Member, groups: &[Arc<str>]) -> bool {
+        self.leave_groups(member, groups);
         self.remove(&member.user, |e| std::ptr::eq(&*e.member, member))
+    }
+
+    pub fn leave_groups(&self, member: &Member, groups: &[Arc<str>]) {
+        self.remove_from_groups(groups, |e| std::ptr::eq(&*e.member, member));
     }
 }
 
@@ -139,5 +194,26 @@ mod tests {
         assert!(!p.try_add(&c, 6, Some(0)));
         assert_eq!(p.sockets_of("c"), 0);
         assert_eq!(p.users(), 1, "a refused user leaves no empty entry");
+    }
+
+    #[test]
+    fn indexes_sockets_per_group() {
+        let p = Presence::<u32>::new(Arc::new(Metrics::new(&[])));
+        let (u, v): (Arc<str>, Arc<str>) = ("u".into(), "v".into());
+        let (red, blue): (Arc<str>, Arc<str>) = ("red".into(), "blue".into());
+        assert!(p.try_add(&u, 1, None) && p.try_add(&v, 2, None));
+        p.join_groups(&1, &[red.clone(), blue.clone()]);
+        p.join_groups(&2, std::slice::from_ref(&red));
+        let mut seen = Vec::new();
+        assert_eq!(p.each_in_group("red", |s| seen.push(*s)), 2);
+        assert_eq!(seen, [1, 2]);
+        assert_eq!(p.sockets_in_group("blue"), 1);
+        p.remove_from_groups(&[red.clone(), blue.clone()], |s| *s == 1);
+        assert_eq!((p.sockets_in_group("red"), p.sockets_in_group("blue")), (1, 0));
+        assert_eq!(p.groups.len(), 1, "an empty group leaves no entry");
+        let mut everyone = Vec::new();
+        assert_eq!(p.each_everyone(|s| everyone.push(*s)), 2);
+        everyone.sort();
+        assert_eq!(everyone, [1, 2]);
     }
 }

@@ -1,6 +1,7 @@
-//! `POST /api/presence`: which of up to `api.max_users_per_request` users are online, that is
-//! have a socket on some instance, and on how many instances. The same API key and rate limit
-//! as the publish API; one Redis round trip per request, never one per user.
+//! `POST /api/presence`: which of up to `api.max_users_per_request` users (and as many groups)
+//! are online, that is have a socket (a member's socket) on some instance, and on how many
+//! instances. The same API key and rate limit as the publish API; one Redis round trip per
+//! request, never one per user.
 
 use std::sync::Arc;
 
@@ -11,13 +12,15 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::publish::{PublishApi, error};
-use crate::auth::user_id_from_json;
+use super::publish::{PublishApi, error, names};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PresenceRequest {
+    #[serde(default)]
     user_ids: Vec<Value>,
+    #[serde(default)]
+    groups: Vec<Value>,
 }
 
 pub async fn presence(State(api): State<Arc<PublishApi>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -28,18 +31,27 @@ pub async fn presence(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bo
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
     };
-    if request.user_ids.is_empty() || request.user_ids.len() > api.max_users() {
-        return error(StatusCode::BAD_REQUEST, &format!("give 1 to {} `user_ids`", api.max_users()));
+    if request.user_ids.is_empty() && request.groups.is_empty() {
+        return error(StatusCode::BAD_REQUEST, &format!("give 1 to {} `user_ids`, or `groups`, or both", api.max_users()));
     }
-    let Some(users) = request.user_ids.iter().map(user_id_from_json).collect::<Option<Vec<String>>>() else {
-        return error(StatusCode::BAD_REQUEST, "user ids must be non-empty strings or integers");
+    let (users, groups) = match (names(request.user_ids, api.max_users(), "user ids"), names(request.groups, api.max_users(), "groups")) {
+        (Ok(users), Ok(groups)) => (users, groups),
+        (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, &why),
     };
-    match api.bus().presence(&users).await {
-        Ok(counts) => {
-            let online = counts.iter().filter(|n| **n > 0).count();
-            let by_user: Map<String, Value> =
-                users.into_iter().zip(counts).map(|(u, n)| (u, json!({"online": n > 0, "instances": n}))).collect();
-            (StatusCode::OK, Json(json!({"users": by_user, "online": online}))).into_response()
+    match api.bus().presence(&users, &groups).await {
+        Ok((user_counts, group_counts)) => {
+            let online = user_counts.iter().filter(|n| **n > 0).count();
+            let groups_online = group_counts.iter().filter(|n| **n > 0).count();
+            let each = |names: Vec<String>, counts: Vec<usize>| -> Map<String, Value> {
+                names.into_iter().zip(counts).map(|(name, n)| (name, json!({"online": n > 0, "instances": n}))).collect()
+            };
+            let mut body = json!({"users": each(users, user_counts), "online": online});
+            // Only asked-for sections: a users-only question gets a users-only answer.
+            if !groups.is_empty() {
+                body["groups"] = Value::Object(each(groups, group_counts));
+                body["groups_online"] = groups_online.into();
+            }
+            (StatusCode::OK, Json(body)).into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }

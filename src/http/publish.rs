@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::user_id_from_json;
 use crate::bus::Bus;
 use crate::config::ApiConfig;
-use crate::route::{Notification, now_ms, now_us};
+use crate::route::{Audience, Notification, now_ms, now_us};
 
 pub struct PublishApi {
     key_digest: [u8; 32],
@@ -27,12 +27,15 @@ pub struct PublishApi {
     bucket: Mutex<TokenBucket>,
 }
 
-/// The request body. Either `user_id` or `user_ids`.
+/// The request body: one of `user_id`, `user_ids`, `groups` and `broadcast: true`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
     user_id: Option<Value>,
     user_ids: Option<Vec<Value>>,
+    groups: Option<Vec<Value>>,
+    #[serde(default)]
+    broadcast: bool,
     event: Option<String>,
     payload: Box<RawValue>,
     #[serde(default)]
@@ -91,17 +94,22 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
     };
-    let raw_users = match (request.user_id, request.user_ids) {
-        (Some(one), None) => vec![one],
-        (None, Some(many)) if !many.is_empty() => many,
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of `user_id` or a non-empty `user_ids`"),
+    let audiences = match (request.user_id, request.user_ids, request.groups, request.broadcast) {
+        (Some(one), None, None, false) => names(vec![one], api.max_users, "user ids").map(|u| u.into_iter().map(Audience::User).collect()),
+        (None, Some(many), None, false) if !many.is_empty() => {
+            names(many, api.max_users, "user ids").map(|u| u.into_iter().map(Audience::User).collect())
+        }
+        (None, None, Some(groups), false) if !groups.is_empty() => names(groups, api.max_users, "groups").map(Audience::groups),
+        (None, None, None, true) => Ok(vec![Audience::Broadcast]),
+        _ => Err("give exactly one of `user_id`, a non-empty `user_ids`, a non-empty `groups` or `broadcast: true`".to_owned()),
     };
-    if raw_users.len() > api.max_users {
-        return error(StatusCode::BAD_REQUEST, &format!("at most {} users per request", api.max_users));
+    let audiences = match audiences {
+        Ok(a) => a,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    if request.retain && audiences.iter().any(|a| a.user().is_none()) {
+        return error(StatusCode::BAD_REQUEST, "`retain` is for users' notifications: groups and broadcasts are live only");
     }
-    let Some(users) = raw_users.iter().map(user_id_from_json).collect::<Option<Vec<String>>>() else {
-        return error(StatusCode::BAD_REQUEST, "user ids must be non-empty strings or integers");
-    };
     let event: Arc<str> = match request.event {
         Some(e) if e.is_empty() => return error(StatusCode::BAD_REQUEST, "`event` must not be empty"),
         Some(e) => e.into(),
@@ -109,10 +117,10 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
     };
     let timestamp_ms = now_ms();
     let consumed_us = now_us();
-    let batch: Vec<Notification> = users
+    let batch: Vec<Notification> = audiences
         .into_iter()
-        .map(|user_id| Notification {
-            user_id,
+        .map(|to| Notification {
+            to,
             event: event.clone(),
             payload: request.payload.clone(),
             timestamp_ms,
@@ -129,6 +137,17 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
+}
+
+/// User ids or group names from a request: at most `max`, each a non-empty string or an integer.
+pub(super) fn names(raw: Vec<Value>, max: usize, what: &str) -> Result<Vec<String>, String> {
+    if raw.len() > max {
+        return Err(format!("at most {max} {what} per request"));
+    }
+    raw.iter()
+        .map(user_id_from_json)
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| format!("{what} must be non-empty strings or integers"))
 }
 
 pub(super) fn error(status: StatusCode, message: &str) -> Response {

@@ -3,7 +3,9 @@
 //! their hot reload; it does not read Kafka or talk to the bus.
 
 mod json;
+mod notification;
 mod pointer;
+mod returned;
 pub mod script;
 pub mod watch;
 
@@ -13,13 +15,15 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use rayon::prelude::*;
-use rhai::{Dynamic, Engine};
+use rhai::Engine;
 use serde_json::value::RawValue;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, ConfigErrors, UserIdSource};
 use crate::metrics::{DropReason, Metrics};
 use script::{Limits, Script};
+
+pub use notification::{Audience, Notification};
 
 /// A Kafka record as the router sees it, borrowed from the consumer's buffer.
 #[derive(Debug, Clone, Copy)]
@@ -32,26 +36,6 @@ pub struct Record<'a> {
     /// Milliseconds since the epoch, from the record (producer or broker time).
     pub timestamp_ms: Option<i64>,
     pub headers: &'a [(&'a str, &'a [u8])],
-}
-
-/// One notification for one user, ready for the bus.
-#[derive(Debug, Clone)]
-pub struct Notification {
-    pub user_id: String,
-    pub event: Arc<str>,
-    /// The payload as JSON text, kept raw so it is serialised once and never re-parsed.
-    pub payload: Box<RawValue>,
-    /// When the record was produced, for the end-to-end latency histogram.
-    pub timestamp_ms: i64,
-    /// When herald took the record from Kafka (or the publish API accepted it), microseconds
-    /// since the epoch, for the histogram of herald's own latency; 0 if unknown.
-    pub consumed_us: i64,
-    /// Keep it in the user's history for replay (the topic has `retain: true`).
-    pub retain: bool,
-    /// For a retained notification routed from a record: `topic/partition/offset/index`, kept
-    /// with it in the history, so a store retried after a lost reply finds it there instead of
-    /// storing it twice. None from the publish API, whose requests have no such identity.
-    pub origin: Option<Box<str>>,
 }
 
 /// Why a record produced no notification. Permanent: the record is counted and skipped.
@@ -73,10 +57,19 @@ impl RouteError {
 /// How one topic's records become notifications.
 #[derive(Clone)]
 enum Rule {
-    /// User id from a JSON pointer or the key; payload = the whole value.
-    Default { user_id: UserIdSource, event: Arc<str> },
+    /// Audience from the topic's config (a user id or groups from a JSON pointer or the key,
+    /// or everyone); payload = the whole value.
+    Default { to: DefaultAudience, event: Arc<str> },
     /// A Rhai script decides; `event` is the default for maps that name none.
     Script { script: Arc<Script>, event: Arc<str> },
+}
+
+/// Whom the default rule addresses.
+#[derive(Clone)]
+enum DefaultAudience {
+    User(UserIdSource),
+    Groups(UserIdSource),
+    Broadcast,
 }
 
 /// Every topic's rule, swapped as a whole on reload.
@@ -142,7 +135,14 @@ impl Router {
         for (i, topic) in config.kafka.topics.iter().enumerate() {
             let event = topic.event.as_deref().map(Arc::from).unwrap_or_else(|| default_event.clone());
             let rule = match &topic.script {
-                None => Rule::Default { user_id: topic.user_id.clone().unwrap_or_else(|| config.routes.user_id.clone()), event },
+                None => {
+                    let to = match (&topic.group, topic.broadcast) {
+                        (_, true) => DefaultAudience::Broadcast,
+                        (Some(group), false) => DefaultAudience::Groups(group.clone()),
+                        (None, false) => DefaultAudience::User(topic.user_id.clone().unwrap_or_else(|| config.routes.user_id.clone())),
+                    };
+                    Rule::Default { to, event }
+                }
                 Some(relative) => {
                     let path = config.resolve(relative);
                     sources.push(ScriptSource { topic: topic.name.clone(), path: path.clone(), event: event.clone() });
@@ -312,7 +312,8 @@ impl Router {
         let retain = self.retained.contains(record.topic);
         if retain || self.all_origins {
             for (i, n) in out[first..].iter_mut().enumerate() {
-                n.retain = retain;
+                // Groups and broadcasts are live only: a history is per user.
+                n.retain = retain && n.to.user().is_some();
                 n.origin = Some(format!("{}/{}/{}/{i}", record.topic, record.partition, record.offset).into());
             }
         }
@@ -329,17 +330,17 @@ impl Router {
         let rule = match table.rules.get(record.topic) {
             Some(rule) => rule,
             None => {
-                fallback = Rule::Default { user_id: self.fallback_user_id.clone(), event: self.default_event.clone() };
+                fallback = Rule::Default { to: DefaultAudience::User(self.fallback_user_id.clone()), event: self.default_event.clone() };
                 &fallback
             }
         };
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
         match rule {
-            Rule::Default { user_id, event } => route_by_default(record, user_id, event, timestamp_ms, out),
+            Rule::Default { to, event } => route_by_default(record, to, event, timestamp_ms, out),
             Rule::Script { script, event } => {
                 let result = script.call(&self.engine, &self.limits, record).map_err(|e| script_error(script, e))?;
                 let before = out.len();
-                collect(result, event, record, timestamp_ms, out)
+                returned::collect(result, event, record, timestamp_ms, out)
                     .map_err(|e| script_error(script, format!("{}: {e}", script.path.display())))?;
                 if out.len() == before {
                     return Err(RouteError {
@@ -360,108 +361,62 @@ fn script_error(script: &Script, detail: String) -> RouteError {
 
 fn route_by_default(
     record: &Record<'_>,
-    source: &UserIdSource,
+    to: &DefaultAudience,
     event: &Arc<str>,
     timestamp_ms: i64,
     out: &mut Vec<Notification>,
 ) -> Result<(), RouteError> {
     let raw = parse_value(record)?;
-    let user_id = match source {
-        UserIdSource::Key => {
-            let key = record.key.ok_or_else(|| RouteError::new(DropReason::NoUserId, "record has no key"))?;
-            match std::str::from_utf8(key) {
-                Ok(k) if !k.is_empty() => k.to_owned(),
-                _ => return Err(RouteError::new(DropReason::BadUserId, "key is empty or not UTF-8")),
-            }
+    let notify = |to| Notification::new(to, event.clone(), raw.to_owned(), timestamp_ms);
+    match to {
+        DefaultAudience::Broadcast => out.push(notify(Audience::Broadcast)),
+        DefaultAudience::User(source) => {
+            let user = match source {
+                UserIdSource::Key => record_key(record, "user id")?,
+                UserIdSource::Pointer(pointer) => {
+                    let leaf = leaf_at(raw, pointer, "user id")?;
+                    pointer::user_id(leaf).ok_or_else(|| {
+                        RouteError::new(DropReason::BadUserId, format!("user id at {pointer} is not a non-empty string or an integer"))
+                    })?
+                }
+            };
+            out.push(notify(Audience::User(user)));
         }
-        UserIdSource::Pointer(pointer) => {
-            let leaf = pointer::lookup(raw, pointer)
-                .map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))?
-                .ok_or_else(|| RouteError::new(DropReason::NoUserId, format!("no user id at {pointer}")))?;
-            pointer::user_id(leaf).ok_or_else(|| {
-                RouteError::new(DropReason::BadUserId, format!("user id at {pointer} is not a non-empty string or an integer"))
-            })?
+        DefaultAudience::Groups(source) => {
+            let groups = match source {
+                UserIdSource::Key => vec![record_key(record, "group")?],
+                UserIdSource::Pointer(pointer) => pointer::groups(leaf_at(raw, pointer, "group")?).ok_or_else(|| {
+                    RouteError::new(
+                        DropReason::BadUserId,
+                        format!("group at {pointer} is not a non-empty string, an integer, or a non-empty array of them"),
+                    )
+                })?,
+            };
+            out.extend(Audience::groups(groups).into_iter().map(notify));
         }
-    };
-    out.push(Notification {
-        user_id,
-        event: event.clone(),
-        payload: raw.to_owned(),
-        timestamp_ms,
-        consumed_us: 0,
-        retain: false,
-        origin: None,
-    });
+    }
     Ok(())
 }
 
-fn parse_value<'a>(record: &Record<'a>) -> Result<&'a RawValue, RouteError> {
+/// The record key as a user id or group name.
+fn record_key(record: &Record<'_>, what: &str) -> Result<String, RouteError> {
+    let key = record.key.ok_or_else(|| RouteError::new(DropReason::NoUserId, format!("record has no key (the {what})")))?;
+    match std::str::from_utf8(key) {
+        Ok(k) if !k.is_empty() => Ok(k.to_owned()),
+        _ => Err(RouteError::new(DropReason::BadUserId, "key is empty or not UTF-8")),
+    }
+}
+
+fn leaf_at<'a>(raw: &'a RawValue, pointer: &str, what: &str) -> Result<&'a RawValue, RouteError> {
+    pointer::lookup(raw, pointer)
+        .map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))?
+        .ok_or_else(|| RouteError::new(DropReason::NoUserId, format!("no {what} at {pointer}")))
+}
+
+pub(crate) fn parse_value<'a>(record: &Record<'a>) -> Result<&'a RawValue, RouteError> {
     let value = record.value.filter(|v| !v.is_empty()).ok_or_else(|| RouteError::new(DropReason::Empty, "record has no value"))?;
     let text = std::str::from_utf8(value).map_err(|_| RouteError::new(DropReason::BadJson, "value is not UTF-8"))?;
     serde_json::from_str(text).map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))
-}
-
-/// Turns what `route()` returned into notifications: `()`, a map, or an array of maps.
-fn collect(result: Dynamic, event: &Arc<str>, record: &Record<'_>, timestamp_ms: i64, out: &mut Vec<Notification>) -> Result<(), String> {
-    if result.is_unit() {
-        return Ok(());
-    }
-    if result.is_array() {
-        let items = result.into_array().map_err(|t| format!("route() returned {t}"))?;
-        for (i, item) in items.into_iter().enumerate() {
-            if !item.is_unit() {
-                out.push(notification(item, event, record, timestamp_ms).map_err(|e| format!("item {i} of the returned array: {e}"))?);
-            }
-        }
-        return Ok(());
-    }
-    out.push(notification(result, event, record, timestamp_ms)?);
-    Ok(())
-}
-
-fn notification(item: Dynamic, event: &Arc<str>, record: &Record<'_>, timestamp_ms: i64) -> Result<Notification, String> {
-    let type_name = item.type_name();
-    let map = item
-        .try_cast::<rhai::Map>()
-        .ok_or_else(|| format!("route() must return (), a map #{{user_id, event, payload}} or an array of them, not {type_name}"))?;
-    let mut user_id = None;
-    let mut event = event.clone();
-    let mut payload = None;
-    for (key, value) in map {
-        match key.as_str() {
-            "user_id" => {
-                user_id = if value.is_string() {
-                    value.into_string().ok().filter(|s| !s.is_empty())
-                } else if value.is_int() {
-                    value.as_int().ok().map(|i| i.to_string())
-                } else {
-                    None
-                };
-                if user_id.is_none() {
-                    return Err("`user_id` must be a non-empty string or an integer".into());
-                }
-            }
-            "event" => {
-                let name = value.into_string().map_err(|t| format!("`event` must be a string, not {t}"))?;
-                if name.is_empty() {
-                    return Err("`event` must not be empty".into());
-                }
-                event = name.into();
-            }
-            "payload" => {
-                // Serialised straight into a RawValue: our own output needs no re-validation.
-                payload = Some(serde_json::value::to_raw_value(&value).map_err(|e| format!("`payload` cannot be turned into JSON: {e}"))?);
-            }
-            other => return Err(format!("unexpected key `{other}` in the returned map (expected user_id, event, payload)")),
-        }
-    }
-    let user_id = user_id.ok_or("the returned map has no `user_id`")?;
-    let payload = match payload {
-        Some(p) => p,
-        // Without a payload the record value is passed through as it is.
-        None => parse_value(record).map_err(|e| format!("no `payload` given and {e}"))?.to_owned(),
-    };
-    Ok(Notification { user_id, event, payload, timestamp_ms, consumed_us: 0, retain: false, origin: None })
 }
 
 pub fn now_ms() -> i64 {
@@ -498,7 +453,7 @@ mod tests {
         let value = br#"{"userId":"u42","type":"order.shipped","body":{"id":1}}"#;
         let n = route(&r, record("user-notifications", None, value)).unwrap();
         assert_eq!(n.len(), 1);
-        assert_eq!(n[0].user_id, "u42");
+        assert_eq!(n[0].to, Audience::User("u42".into()));
         assert_eq!(&*n[0].event, "notification");
         assert_eq!(n[0].payload.get(), std::str::from_utf8(value).unwrap());
         assert_eq!(n[0].timestamp_ms, 1000);
@@ -508,14 +463,14 @@ mod tests {
     fn numeric_user_ids_and_nested_pointers_work() {
         let r = router("routes: {user_id: /to/id}");
         let n = route(&r, record("user-notifications", None, br#"{"to":{"id":42}}"#)).unwrap();
-        assert_eq!(n[0].user_id, "42");
+        assert_eq!(n[0].to, Audience::User("42".into()));
     }
 
     #[test]
     fn key_rule_and_per_topic_event() {
         let r = router("kafka: {topics: [{name: t, user_id: key, event: alert}]}");
         let n = route(&r, record("t", Some(b"u7"), br#"{"x":1}"#)).unwrap();
-        assert_eq!((n[0].user_id.as_str(), &*n[0].event), ("u7", "alert"));
+        assert_eq!((n[0].to.user(), &*n[0].event), (Some("u7"), "alert"));
         let e = route(&r, record("t", None, br#"{"x":1}"#)).unwrap_err();
         assert_eq!(e.reason, DropReason::NoUserId);
         let e = route(&r, record("t", Some(&[0xff, 0xfe]), br#"{"x":1}"#)).unwrap_err();
@@ -578,7 +533,7 @@ mod script_tests {
     }
 
     fn summary(n: &[Notification]) -> Vec<(String, String, String)> {
-        n.iter().map(|n| (n.user_id.clone(), n.event.to_string(), n.payload.get().to_owned())).collect()
+        n.iter().map(|n| (returned::tests::label(&n.to), n.event.to_string(), n.payload.get().to_owned())).collect()
     }
 
     #[test]
@@ -701,7 +656,7 @@ mod script_tests {
         assert_eq!(got_failed, expected_failed);
         // And both agree with what the script says, record by record.
         assert_eq!(expected.len(), (0..RECORDS).map(|i| [0, 1, 1, 0, 1, 0, 2][i % 7]).sum::<usize>());
-        assert_eq!(expected[0].user_id, "u1");
+        assert_eq!(expected[0].to.user(), Some("u1"));
         assert_eq!(expected_failed.len(), (0..RECORDS).filter(|i| [0, 3, 5].contains(&(i % 7))).count());
         assert_eq!(expected_failed[..3], [(0, DropReason::Filtered), (3, DropReason::ScriptError), (5, DropReason::ScriptError)]);
 
@@ -732,10 +687,10 @@ mod script_tests {
         assert_eq!(r.reload(), ReloadOutcome::Unchanged);
         std::fs::write(dir.path().join("t.rhai"), "fn route(r) { #{ user_id: \"new\" } }").unwrap();
         assert_eq!(r.reload(), ReloadOutcome::Applied(vec!["t.rhai".into()]));
-        assert_eq!(route(&r, "{}").unwrap()[0].user_id, "new");
+        assert_eq!(route(&r, "{}").unwrap()[0].to.user(), Some("new"));
         std::fs::write(dir.path().join("t.rhai"), "fn route(r) { #{ user_id: ").unwrap();
         assert!(matches!(r.reload(), ReloadOutcome::Rejected { ref applied, .. } if applied.is_empty()));
-        assert_eq!(route(&r, "{}").unwrap()[0].user_id, "new", "the running version stays");
+        assert_eq!(route(&r, "{}").unwrap()[0].to.user(), Some("new"), "the running version stays");
     }
 
     #[test]

@@ -63,6 +63,16 @@ pub fn user_id(leaf: &RawValue) -> Option<String> {
     serde_json::Deserializer::from_str(leaf.get()).deserialize_any(UserId).ok().flatten()
 }
 
+/// Groups found at a pointer: one name (as [`user_id`] reads it), or a non-empty array of them.
+pub fn groups(leaf: &RawValue) -> Option<Vec<String>> {
+    if let Some(one) = user_id(leaf) {
+        return Some(vec![one]);
+    }
+    let items: Vec<&RawValue> = serde_json::from_str(leaf.get()).ok()?;
+    let names: Option<Vec<String>> = items.into_iter().map(user_id).collect();
+    names.filter(|n| !n.is_empty())
+}
+
 /// Reads one level: the member named `token` of an object (the last one, if repeated), or the
 /// element at index `token` of an array.
 struct Child<'t> {
@@ -173,6 +183,16 @@ mod tests {
         assert_eq!(find(r#"{"u\u0069d":"x"}"#, "/uid").as_deref(), Some("\"x\""), "escaped keys compare decoded");
         assert_eq!(find("[1,[2,3]]", "/1/1").as_deref(), Some("3"));
         assert_eq!(find("7", "/a"), None);
+    }
+
+    #[test]
+    fn groups_are_one_name_or_an_array_of_names() {
+        let groups = |json: &str| groups(&RawValue::from_string(json.into()).unwrap());
+        assert_eq!(groups(r#""team""#), Some(vec!["team".to_owned()]));
+        assert_eq!(groups(r#"["a", 2]"#), Some(vec!["a".to_owned(), "2".to_owned()]));
+        assert_eq!(groups("[]"), None);
+        assert_eq!(groups(r#"["a", ""]"#), None);
+        assert_eq!(groups(r#"{"a":1}"#), None);
     }
 
     #[test]

@@ -327,7 +327,9 @@ impl KafkaSource {
                     // Aborted while the bus was down: leave the offsets unstored.
                     return Ok(());
                 };
-                self.metrics.published.increment(notifications.len() as u64);
+                for n in &notifications {
+                    self.metrics.published.increment(n.to.kind(), 1);
+                }
                 // A retained notification for an offline user waits in the history: not a drop.
                 let offline = published.iter().filter(|p| p.receivers == 0 && p.stored.is_none()).count();
                 let kept = published.iter().filter(|p| p.receivers == 0 && p.stored.is_some()).count();

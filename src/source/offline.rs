@@ -39,8 +39,10 @@ impl OfflineHandOff {
         Ok(Some(Self { targets, producer }))
     }
 
-    /// Where `n` is handed off, if its source topic has somewhere.
+    /// Where `n` is handed off, if it is a user's (a group's or a broadcast is not handed
+    /// off: no one user was missed) and its source topic has somewhere.
     pub fn target(&self, n: &Notification) -> Option<&str> {
+        n.to.user()?;
         self.targets.get(origin_of(n)?.0).map(String::as_str)
     }
 
@@ -49,9 +51,10 @@ impl OfflineHandOff {
     /// every ack; `Err` when any failed (the caller sends them all again: a duplicate is
     /// allowed, a gap is not).
     pub async fn send(&self, notifications: &[&Notification]) -> Result<(), String> {
-        let sends = notifications.iter().filter_map(|n| Some((*n, self.target(n)?, origin_of(n)?))).map(|(n, target, origin)| async move {
+        let sends = notifications.iter().filter_map(|n| Some((*n, n.to.user()?, self.target(n)?, origin_of(n)?)));
+        let sends = sends.map(|(n, user, target, origin)| async move {
             let value = serde_json::json!({
-                "user_id": n.user_id, "event": &*n.event, "payload": &n.payload, "timestamp_ms": n.timestamp_ms,
+                "user_id": user, "event": &*n.event, "payload": &n.payload, "timestamp_ms": n.timestamp_ms,
             })
             .to_string();
             let (topic, partition, offset) = origin;
@@ -59,7 +62,7 @@ impl OfflineHandOff {
                 .insert(Header { key: "herald-source-topic", value: Some(topic) })
                 .insert(Header { key: "herald-source-partition", value: Some(partition) })
                 .insert(Header { key: "herald-source-offset", value: Some(offset) });
-            let record = FutureRecord::<str, str>::to(target).key(&n.user_id).payload(&value).headers(headers);
+            let record = FutureRecord::<str, str>::to(target).key(user).payload(&value).headers(headers);
             self.producer.send(record, Duration::from_secs(10)).await.map(drop).map_err(|(e, _)| e.to_string())
         });
         futures::future::join_all(sends).await.into_iter().collect()

@@ -203,6 +203,25 @@ pub fn with_kafka(yaml: &str, keys: &str) -> String {
     yaml.replacen("group_id: herald-test", &format!("group_id: herald-test{keys}"), 1)
 }
 
+/// `overlay` merged into `yaml`, key by key at every depth (the overlay wins): a config built
+/// as data, e.g. `merge(&config_yaml(..), "auth: {jwt: {groups_claim: groups}}")`. The result is
+/// JSON, which is YAML.
+pub fn merge(yaml: &str, overlay: &str) -> String {
+    fn deep(base: &mut Value, over: Value) {
+        match (base, over) {
+            (Value::Object(base), Value::Object(over)) => {
+                for (key, value) in over {
+                    deep(base.entry(key).or_insert(Value::Null), value);
+                }
+            }
+            (base, over) => *base = over,
+        }
+    }
+    let mut base: Value = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("base config: {e}"));
+    deep(&mut base, serde_saphyr::from_str(overlay).unwrap_or_else(|e| panic!("overlay: {e}")));
+    base.to_string()
+}
+
 pub struct Herald {
     pub running: Option<herald::app::Running>,
     pub addr: SocketAddr,
@@ -328,12 +347,15 @@ pub async fn wait_ready(base_url: &str) {
     .await;
 }
 
+/// The value of one series (`name{label="v"}`), or, for a bare name, the sum of all its series.
 pub async fn scrape(base_url: &str, series: &str) -> f64 {
     let text = reqwest::get(format!("{base_url}/metrics")).await.unwrap().text().await.unwrap();
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse::<f64>().unwrap()))
-        .unwrap_or(0.0)
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(key, _)| *key == series || (!series.contains('{') && key.strip_prefix(series).is_some_and(|r| r.starts_with('{'))))
+        .map(|(_, v)| v.trim().parse::<f64>().unwrap())
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------

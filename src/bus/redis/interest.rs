@@ -1,11 +1,12 @@
-//! The users this instance wants Pub/Sub channels for, and what Redis has confirmed: the state
-//! both subscribers (herald's own and fred's, on a cluster) keep in step with joins and leaves.
+//! The Pub/Sub channels this instance wants (its users', its groups', the broadcast one), and
+//! what Redis has confirmed: the state both subscribers (herald's own and fred's, on a cluster)
+//! keep in step with joins and leaves.
 
 use std::collections::{HashMap, HashSet};
 
 use tokio::sync::oneshot;
 
-/// A join or leave of one socket of a user.
+/// A join or leave of one socket, for one channel (its user's or one of its groups').
 pub enum Op {
     Acquire(String, oneshot::Sender<()>),
     Release(String),
@@ -13,13 +14,13 @@ pub enum Op {
 
 #[derive(Default)]
 pub struct Interest {
-    /// Sockets per user on this instance, as told by acquire/release.
+    /// Sockets per channel on this instance, as told by acquire/release.
     pub wanted: HashMap<String, u32>,
-    /// Users whose channel Redis has confirmed.
+    /// Channels Redis has confirmed.
     pub subscribed: HashSet<String>,
-    /// Users whose subscription may differ from what is wanted.
+    /// Channels whose subscription may differ from what is wanted.
     pub dirty: HashSet<String>,
-    /// Connects waiting for their user's subscription to be confirmed.
+    /// Connects waiting for a channel's subscription to be confirmed.
     waiters: Vec<(String, oneshot::Sender<()>)>,
 }
 
@@ -53,7 +54,7 @@ impl Interest {
         self.dirty.extend(self.wanted.keys().cloned());
     }
 
-    /// The users to subscribe and to unsubscribe now, from what changed.
+    /// The channels to subscribe and to unsubscribe now, from what changed.
     pub fn changes(&mut self) -> (Vec<String>, Vec<String>) {
         let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
         for user in self.dirty.drain() {
@@ -66,7 +67,7 @@ impl Interest {
         (subscribe, unsubscribe)
     }
 
-    /// Lets the connects through whose user is subscribed now.
+    /// Lets the connects through whose channel is subscribed now.
     pub fn answer_waiters(&mut self) {
         for (user, tx) in std::mem::take(&mut self.waiters) {
             if tx.is_closed() {

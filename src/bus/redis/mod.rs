@@ -1,4 +1,5 @@
-//! Redis Pub/Sub bus: one channel per user, subscribed while the user has a socket here.
+//! Redis Pub/Sub bus: one channel per user and one per group, subscribed while the user (or a
+//! member of the group) has a socket here, and one broadcast channel every instance subscribes.
 //!
 //! Subscribing: on one server or a Sentinel-watched master, herald's own subscriber connection
 //! (`subscriber.rs`, the only writer of SUBSCRIBE/UNSUBSCRIBE, so the order of a user's joins
@@ -9,6 +10,7 @@
 //! cluster, through fred; a connection watcher reports readiness.
 
 mod address;
+mod channels;
 mod interest;
 mod publisher;
 mod resp;
@@ -31,13 +33,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use channels::{Channels, Owner};
 use interest::{Interest, Op};
 use resp::Frame;
 
 use super::envelope;
-use super::{BusError, Published};
+use super::{BusError, Published, Subscribing};
 use crate::config::{ChannelPattern, RedisAddress, RedisConfig, RedisTarget, ReplayConfig};
-use crate::gateway::Deliverer;
+use crate::gateway::{Addressee, Deliverer};
 use crate::metrics::Metrics;
 use crate::replay::{History, NotificationId, Retained, history_after};
 use crate::route::Notification;
@@ -165,7 +168,7 @@ pub struct RedisBus {
     /// The store script for this mode, called by its SHA1 (EVALSHA) rather than sending its
     /// kilobyte of text, for Redis to hash, with every retained notification.
     store: StoreScript,
-    pattern: ChannelPattern,
+    channels: Arc<Channels>,
     stream: ChannelPattern,
     replay: ReplayConfig,
     ops: mpsc::UnboundedSender<Op>,
@@ -220,9 +223,11 @@ impl RedisBus {
         publisher.connect();
 
         let sharded = config.sharded_pubsub;
-        let tagged = |p: &ChannelPattern| if sharded { p.hash_tagged() } else { p.clone() };
-        let (pattern, stream) = (tagged(&config.channel), tagged(&replay_config.stream));
+        let stream = if sharded { replay_config.stream.hash_tagged() } else { replay_config.stream.clone() };
+        let channels = Arc::new(Channels::new(config));
         let (ops, ops_rx) = mpsc::unbounded_channel();
+        // Every instance hears broadcasts, for as long as it runs.
+        let _ = ops.send(Op::Acquire(channels.broadcast().to_owned(), oneshot::channel().0));
         let mut tasks = Vec::new();
         let subscriber = match own {
             Some(address) => {
@@ -230,7 +235,7 @@ impl RedisBus {
                 let subscriptions = subscriber::Subscriptions {
                     address,
                     sharded,
-                    pattern: pattern.clone(),
+                    channels: channels.clone(),
                     timeout,
                     metrics: metrics.clone(),
                     deliverer: deliverer.clone(),
@@ -247,16 +252,11 @@ impl RedisBus {
                 builder.with_performance_config(|p| p.broadcast_channel_capacity = config.pubsub_buffer);
                 let client = builder.build_subscriber_client()?;
                 client.connect();
-                let manager = SubscriptionManager {
-                    subscriber: client.clone(),
-                    sharded,
-                    pattern: pattern.clone(),
-                    metrics: metrics.clone(),
-                    interest: Interest::default(),
-                };
+                let manager =
+                    SubscriptionManager { subscriber: client.clone(), sharded, metrics: metrics.clone(), interest: Interest::default() };
                 tasks.push(tokio::spawn(manager.run(ops_rx, cancel.clone())));
-                let workers = delivery_workers(config.pubsub_buffer, &pattern, &deliverer, &metrics);
-                tasks.push(tokio::spawn(receive(client.clone(), pattern.clone(), workers, metrics.clone(), cancel.clone())));
+                let workers = delivery_workers(config.pubsub_buffer, &channels, &deliverer, &metrics);
+                tasks.push(tokio::spawn(receive(client.clone(), channels.clone(), workers, metrics.clone(), cancel.clone())));
                 Subscriber::Fred(client)
             }
         };
@@ -293,7 +293,7 @@ impl RedisBus {
             subscriber,
             sharded,
             store,
-            pattern,
+            channels,
             stream,
             replay: replay_config.clone(),
             ops,
@@ -331,7 +331,7 @@ impl RedisBus {
         let mut out = Vec::with_capacity(batch.len());
         for (n, reply) in batch.iter().zip(replies) {
             let value = reply.map_err(BusError)?;
-            let (receivers, stored) = if n.retain {
+            let (receivers, stored) = if stored_for(n).is_some() {
                 match value {
                     Frame::Array(Some(parts)) => {
                         let id = parts.first().and_then(Frame::as_str).and_then(|id| id.parse::<NotificationId>().ok());
@@ -355,13 +355,13 @@ impl RedisBus {
         let now = crate::route::now_ms().max(0) as u64;
         let oldest_kept = now.saturating_sub(self.replay.max_age.as_millis() as u64);
         let commands = batch.iter().map(|n| {
-            let channel = self.pattern.channel(&n.user_id);
-            if n.retain {
+            let channel = self.channels.of(n);
+            if let Some(user) = stored_for(n) {
                 let args: Vec<Vec<u8>> = vec![
                     b"EVALSHA".to_vec(),
                     self.store.sha.clone().into_bytes(),
                     b"2".to_vec(),
-                    self.stream.channel(&n.user_id).into_bytes(),
+                    self.stream.channel(user).into_bytes(),
                     channel.into_bytes(),
                     n.event.as_bytes().to_vec(),
                     n.timestamp_ms.to_string().into_bytes(),
@@ -439,25 +439,28 @@ impl RedisBus {
         let commands = stored
             .iter()
             .map(|(n, id)| {
-                vec![
-                    self.publish_verb().to_vec(),
-                    self.pattern.channel(&n.user_id).into_bytes(),
-                    envelope::encode_stored(n, *id).into_bytes(),
-                ]
+                vec![self.publish_verb().to_vec(), self.channels.of(n).into_bytes(), envelope::encode_stored(n, *id).into_bytes()]
             })
             .collect();
         let replies = self.pipeline(commands, stored.len()).await?;
         replies.into_iter().map(|r| r.map(|f| integer(Some(&f))).map_err(BusError)).collect()
     }
 
-    /// Subscribers per user channel: each instance holding a user's sockets subscribes once.
-    /// `PUBSUB NUMSUB` (or `SHARDNUMSUB`) names every channel in one command; on a cluster one
-    /// command per slot, each to the shard owning it, all in one pipeline.
-    pub async fn presence(&self, users: &[String]) -> Result<Vec<usize>, BusError> {
+    /// Subscribers per user (then group) channel: each instance holding a user's (or a member's)
+    /// sockets subscribes once. `PUBSUB NUMSUB` (or `SHARDNUMSUB`) names every channel in one
+    /// command; on a cluster one command per slot, each to the shard owning it, all in one pipeline.
+    pub async fn presence(&self, users: &[String], groups: &[String]) -> Result<(Vec<usize>, Vec<usize>), BusError> {
+        let channels = users.iter().map(|u| self.channels.user(u)).chain(groups.iter().map(|g| self.channels.group(g)));
+        let mut counts = self.subscribers(channels).await?;
+        let groups = counts.split_off(users.len());
+        Ok((counts, groups))
+    }
+
+    async fn subscribers(&self, channels: impl Iterator<Item = String>) -> Result<Vec<usize>, BusError> {
         let sub: &[u8] = if self.sharded { b"SHARDNUMSUB" } else { b"NUMSUB" };
-        let channels: Vec<String> = users.iter().map(|u| self.pattern.channel(u)).collect();
-        let groups: Vec<(u16, Vec<usize>)> = if self.own_publisher.is_some() || !self.sharded {
-            vec![(0, (0..users.len()).collect())]
+        let channels: Vec<String> = channels.collect();
+        let by_command: Vec<(u16, Vec<usize>)> = if self.own_publisher.is_some() || !self.sharded {
+            vec![(0, (0..channels.len()).collect())]
         } else {
             let mut by_slot: HashMap<u16, Vec<usize>> = HashMap::new();
             for (i, channel) in channels.iter().enumerate() {
@@ -465,7 +468,7 @@ impl RedisBus {
             }
             by_slot.into_iter().collect()
         };
-        let mut counts = vec![0usize; users.len()];
+        let mut counts = vec![0usize; channels.len()];
         let replies = match &self.own_publisher {
             Some(_) => {
                 let mut args = vec![b"PUBSUB".to_vec(), sub.to_vec()];
@@ -474,7 +477,7 @@ impl RedisBus {
             }
             None => {
                 let pipeline = self.publisher.pipeline();
-                for (slot, members) in &groups {
+                for (slot, members) in &by_command {
                     let mut args: Vec<String> = vec![String::from_utf8_lossy(sub).into_owned()];
                     args.extend(members.iter().map(|&i| channels[i].clone()));
                     let hash = if self.sharded { ClusterHash::Custom(*slot) } else { ClusterHash::Random };
@@ -487,10 +490,10 @@ impl RedisBus {
                 replies.into_iter().map(|r| r.map(frame_of).map_err(|e| e.to_string())).collect()
             }
         };
-        if replies.len() != groups.len() {
-            return Err(BusError(format!("{} replies to {} PUBSUB commands", replies.len(), groups.len())));
+        if replies.len() != by_command.len() {
+            return Err(BusError(format!("{} replies to {} PUBSUB commands", replies.len(), by_command.len())));
         }
-        for ((_, members), reply) in groups.iter().zip(replies) {
+        for ((_, members), reply) in by_command.iter().zip(replies) {
             // [channel, count, channel, count, ...], in the order asked.
             let Frame::Array(Some(items)) = reply.map_err(BusError)? else {
                 return Err(BusError("unexpected PUBSUB reply".into()));
@@ -528,20 +531,23 @@ impl RedisBus {
         Ok(history_after(since, items))
     }
 
-    pub async fn acquire(&self, user_id: &str) {
-        let (tx, rx) = oneshot::channel();
-        if self.ops.send(Op::Acquire(user_id.to_owned(), tx)).is_err() {
-            return;
+    pub fn subscribe(&self, user: Option<&str>, groups: &[Arc<str>]) -> Subscribing {
+        let channels = user.map(|u| self.channels.user(u)).into_iter().chain(groups.iter().map(|g| self.channels.group(g)));
+        let mut pending = Vec::new();
+        for channel in channels {
+            let (tx, rx) = oneshot::channel();
+            if self.ops.send(Op::Acquire(channel, tx)).is_ok() {
+                pending.push(rx);
+            }
         }
-        // During a Redis outage the socket is admitted anyway; its subscription follows when
-        // Redis is back, and readiness says the instance is degraded meanwhile.
-        if tokio::time::timeout(self.command_timeout, rx).await.is_err() {
-            debug!(user_id, "Subscription not confirmed in time; admitting the socket, the subscription follows.");
-        }
+        Subscribing { pending, timeout: self.command_timeout }
     }
 
-    pub fn release(&self, user_id: &str) {
-        let _ = self.ops.send(Op::Release(user_id.to_owned()));
+    pub fn unsubscribe(&self, user: Option<&str>, groups: &[Arc<str>]) {
+        let channels = user.map(|u| self.channels.user(u)).into_iter().chain(groups.iter().map(|g| self.channels.group(g)));
+        for channel in channels {
+            let _ = self.ops.send(Op::Release(channel));
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -562,11 +568,10 @@ impl RedisBus {
     }
 }
 
-/// Keeps Redis subscriptions equal to the set of users with a socket here.
+/// Keeps Redis subscriptions equal to the channels wanted by the sockets here.
 struct SubscriptionManager {
     subscriber: SubscriberClient,
     sharded: bool,
-    pattern: ChannelPattern,
     metrics: Arc<Metrics>,
     interest: Interest,
 }
@@ -617,8 +622,7 @@ impl SubscriptionManager {
     async fn sync_classic(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>) {
         let mut sent = Vec::new();
         for chunk in subscribe.chunks(CHANNELS_PER_COMMAND) {
-            let channels: Vec<String> = chunk.iter().map(|u| self.pattern.channel(u)).collect();
-            match self.subscriber.subscribe(channels).await {
+            match self.subscriber.subscribe(chunk.to_vec()).await {
                 Ok(()) => sent.extend_from_slice(chunk),
                 Err(e) => {
                     warn!(error = %e, channels = chunk.len(), "SUBSCRIBE failed; retrying.");
@@ -627,8 +631,7 @@ impl SubscriptionManager {
             }
         }
         for chunk in unsubscribe.chunks(CHANNELS_PER_COMMAND) {
-            let channels: Vec<String> = chunk.iter().map(|u| self.pattern.channel(u)).collect();
-            match self.subscriber.unsubscribe(channels).await {
+            match self.subscriber.unsubscribe(chunk.to_vec()).await {
                 Ok(()) => chunk.iter().for_each(|u| {
                     self.interest.subscribed.remove(u);
                 }),
@@ -655,10 +658,9 @@ impl SubscriptionManager {
     /// and it goes to the shard owning that slot, so its confirming PING must go there too.
     async fn sync_sharded(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>) {
         let subscriber = &self.subscriber;
-        let pattern = &self.pattern;
-        let subscribed = futures::stream::iter(by_slot(pattern, subscribe))
+        let subscribed = futures::stream::iter(by_slot(subscribe))
             .map(|(slot, users)| async move {
-                let channels: Vec<String> = users.iter().map(|u| pattern.channel(u)).collect();
+                let channels = users.clone();
                 let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
                 let result = match subscriber.ssubscribe(channels).await {
                     Ok(()) => subscriber.custom::<fred::types::Value, Vec<String>>(ping, Vec::new()).await.map(drop),
@@ -678,9 +680,9 @@ impl SubscriptionManager {
                 }
             }
         }
-        let unsubscribed = futures::stream::iter(by_slot(pattern, unsubscribe))
+        let unsubscribed = futures::stream::iter(by_slot(unsubscribe))
             .map(|(_, users)| async move {
-                let channels: Vec<String> = users.iter().map(|u| pattern.channel(u)).collect();
+                let channels = users.clone();
                 (subscriber.sunsubscribe(channels).await, users)
             })
             .buffer_unordered(SLOTS_IN_FLIGHT)
@@ -700,23 +702,23 @@ impl SubscriptionManager {
     }
 }
 
-/// Users grouped by the cluster slot of their channel, at most CHANNELS_PER_COMMAND per group.
-fn by_slot(pattern: &ChannelPattern, users: Vec<String>) -> Vec<(u16, Vec<String>)> {
+/// Channels grouped by their cluster slot, at most CHANNELS_PER_COMMAND per group.
+fn by_slot(channels: Vec<String>) -> Vec<(u16, Vec<String>)> {
     let mut slots: HashMap<u16, Vec<String>> = HashMap::new();
-    for user in users {
-        slots.entry(fred::util::redis_keyslot(pattern.channel(&user).as_bytes())).or_default().push(user);
+    for channel in channels {
+        slots.entry(fred::util::redis_keyslot(channel.as_bytes())).or_default().push(channel);
     }
     slots.into_iter().flat_map(|(slot, users)| users.chunks(CHANNELS_PER_COMMAND).map(|c| (slot, c.to_vec())).collect::<Vec<_>>()).collect()
 }
 
 /// The delivery workers (one per core, at most 8), each queueing at most `capacity` messages.
-fn delivery_workers(capacity: usize, pattern: &ChannelPattern, deliverer: &Deliverer, metrics: &Arc<Metrics>) -> Vec<WorkerQueue> {
+fn delivery_workers(capacity: usize, channels: &Arc<Channels>, deliverer: &Deliverer, metrics: &Arc<Metrics>) -> Vec<WorkerQueue> {
     let count = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     (0..count)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
             let queue = WorkerQueue { batches: tx, room: Arc::new(tokio::sync::Semaphore::new(capacity)), capacity };
-            tokio::spawn(deliver_messages(rx, queue.clone(), pattern.clone(), deliverer.clone(), metrics.clone()));
+            tokio::spawn(deliver_messages(rx, queue.clone(), channels.clone(), deliverer.clone(), metrics.clone()));
             queue
         })
         .collect()
@@ -729,7 +731,7 @@ fn delivery_workers(capacity: usize, pattern: &ChannelPattern, deliverer: &Deliv
 /// passes each to its user's worker, where the decoding and emitting happen.
 async fn receive(
     subscriber: SubscriberClient,
-    pattern: ChannelPattern,
+    channels: Arc<Channels>,
     workers: Vec<WorkerQueue>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -741,8 +743,11 @@ async fn receive(
         loop {
             match messages.blocking_recv() {
                 Ok(message) => {
-                    let Some(user_id) = pattern.user_id(&message.channel) else { continue };
-                    let worker = worker_of(user_id, workers.len());
+                    if channels.owner(&message.channel).is_none() {
+                        continue;
+                    }
+                    // One channel always to the same worker, which keeps its messages in order.
+                    let worker = worker_of(&message.channel, workers.len());
                     let Some(payload) = message.value.as_bytes().map(Bytes::copy_from_slice) else {
                         metrics.bus_decode_failures.increment(1);
                         continue;
@@ -771,45 +776,59 @@ async fn receive(
     cancel.cancelled().await;
 }
 
-fn worker_of(user_id: &str, workers: usize) -> usize {
+fn worker_of(channel: &str, workers: usize) -> usize {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(user_id) as usize % workers
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(channel) as usize % workers
 }
 
 /// One delivery worker (Redis Cluster): decodes its messages and emits them.
 async fn deliver_messages(
     mut batches: mpsc::UnboundedReceiver<Vec<Pushed>>,
     queue: WorkerQueue,
-    pattern: ChannelPattern,
+    channels: Arc<Channels>,
     deliverer: Deliverer,
     metrics: Arc<Metrics>,
 ) {
     while let Some(batch) = batches.recv().await {
         let count = batch.len();
         for message in batch {
-            deliver_one(&pattern, &deliverer, &metrics, &message.channel, &message.payload);
+            deliver_one(&channels, &deliverer, &metrics, &message.channel, &message.payload);
         }
         queue.done(count);
     }
 }
 
-/// Decodes one bus message and emits it to its user's local sockets.
-fn deliver_one(pattern: &ChannelPattern, deliverer: &Deliverer, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
-    let Some(user_id) = std::str::from_utf8(channel).ok().and_then(|c| pattern.user_id(c)) else { return };
+/// Decodes one bus message and emits it to its audience's local sockets.
+fn deliver_one(channels: &Channels, deliverer: &Deliverer, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
+    let Some(owner) = std::str::from_utf8(channel).ok().and_then(|c| channels.owner(c)) else { return };
     match envelope::decode(payload) {
         Ok(env) => {
             metrics.received.increment(1);
             let consumed_us = env.consumed_us();
-            match env.id.as_deref().map(str::parse::<NotificationId>) {
-                Some(Ok(id)) => deliverer.deliver_retained(user_id, id, &env.event, env.payload, env.timestamp_ms, consumed_us),
-                _ => deliverer.deliver(user_id, &env.event, env.payload, env.origin.as_deref(), env.timestamp_ms, consumed_us),
+            let among: Vec<&str> = env.among.iter().map(|g| &**g).collect();
+            let to = match owner {
+                Owner::User(user) => {
+                    if let Some(Ok(id)) = env.id.as_deref().map(str::parse::<NotificationId>) {
+                        deliverer.deliver_retained(user, id, &env.event, env.payload, env.timestamp_ms, consumed_us);
+                        return;
+                    }
+                    Addressee::User(user)
+                }
+                Owner::Group(name) => Addressee::Group { name, among: &among },
+                Owner::Broadcast => Addressee::Everyone,
             };
+            deliverer.deliver(to, &env.event, env.payload, env.origin.as_deref(), env.timestamp_ms, consumed_us);
         }
         Err(e) => {
             metrics.bus_decode_failures.increment(1);
             debug!(channel = %String::from_utf8_lossy(channel), error = %e, "Ignored a bus message that is not a herald envelope.");
         }
     }
+}
+
+/// The user whose history a notification is stored in: retained ones only, which are a user's.
+fn stored_for(n: &Notification) -> Option<&str> {
+    n.to.user().filter(|_| n.retain)
 }
 
 async fn watch_connection(

@@ -1,5 +1,6 @@
 //! herald's own subscriber connection, for one Redis server or a Sentinel-watched master: it
-//! keeps the subscriptions equal to the users with a socket here, and delivers each message the
+//! keeps the subscriptions equal to the channels of the users and groups with a socket here
+//! (and the broadcast channel), and delivers each message the
 //! moment it is read, straight out of the read buffer (no queue, no hand-off to another task:
 //! both cost more than the delivery itself).
 //!
@@ -22,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::address;
+use super::channels::Channels;
 use super::interest::{Interest, Op};
 use super::resp::{self, Frame};
 use super::{CHANNELS_PER_COMMAND, deliver_one};
-use crate::config::{ChannelPattern, RedisAddress};
+use crate::config::RedisAddress;
 use crate::gateway::Deliverer;
 use crate::metrics::Metrics;
 
@@ -39,7 +41,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub struct Subscriptions {
     pub(super) address: RedisAddress,
     pub(super) sharded: bool,
-    pub(super) pattern: ChannelPattern,
+    pub(super) channels: Arc<Channels>,
     pub(super) timeout: Duration,
     pub(super) metrics: Arc<Metrics>,
     pub(super) deliverer: Deliverer,
@@ -171,7 +173,7 @@ impl Subscriptions {
         loop {
             // Messages, nearly all of what arrives, are read without building a frame.
             if let Some(m) = resp::message_at(buf) {
-                deliver_one(&self.pattern, &self.deliverer, &self.metrics, &buf[m.channel], &buf[m.payload]);
+                deliver_one(&self.channels, &self.deliverer, &self.metrics, &buf[m.channel], &buf[m.payload]);
                 buf.advance(m.len);
                 continue;
             }
@@ -198,15 +200,15 @@ impl Subscriptions {
     }
 
     fn confirmed(&mut self, channel: &Bytes, subscribed: bool) {
-        let Some(user) = std::str::from_utf8(channel).ok().and_then(|c| self.pattern.user_id(c)) else { return };
+        let Ok(channel) = std::str::from_utf8(channel) else { return };
         if subscribed {
-            self.interest.subscribed.insert(user.to_owned());
+            self.interest.subscribed.insert(channel.to_owned());
         } else {
-            self.interest.subscribed.remove(user);
+            self.interest.subscribed.remove(channel);
         }
         // A join or leave since the command went out is done by the next one.
-        if self.interest.wanted.contains_key(user) != subscribed {
-            self.interest.dirty.insert(user.to_owned());
+        if self.interest.wanted.contains_key(channel) != subscribed {
+            self.interest.dirty.insert(channel.to_owned());
         }
         self.metrics.subscriptions.set(self.interest.subscribed.len() as f64);
     }
@@ -217,8 +219,6 @@ impl Subscriptions {
             return Ok(());
         }
         let (subscribe, unsubscribe) = self.interest.changes();
-        let channels = |users: Vec<String>| -> Vec<String> { users.iter().map(|u| self.pattern.channel(u)).collect() };
-        let (subscribe, unsubscribe) = (channels(subscribe), channels(unsubscribe));
         let (sub, unsub): (&[u8], &[u8]) = if self.sharded { (b"SSUBSCRIBE", b"SUNSUBSCRIBE") } else { (b"SUBSCRIBE", b"UNSUBSCRIBE") };
         let mut out = Vec::new();
         for (verb, channels) in [(sub, &subscribe), (unsub, &unsubscribe)] {
