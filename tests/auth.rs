@@ -96,7 +96,8 @@ impl IdentityProvider {
 }
 
 async fn herald_with(kafka: &Kafka, auth_yaml: &str) -> Herald {
-    let yaml = config_yaml(kafka, None, "").replace(&format!("auth:\n  jwt:\n    secret: {SECRET}\n"), &format!("auth:\n{auth_yaml}\n"));
+    let body: String = auth_yaml.lines().map(|line| line.strip_prefix("  ").unwrap_or(line)).map(|l| format!("{l}\n")).collect();
+    let yaml = replace_section(&config_yaml(kafka, None, ""), "auth", &body);
     Herald::start(&yaml).await
 }
 

@@ -128,7 +128,7 @@ async fn redis_restart_mid_stream(retain: bool) {
     let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
     let mut redis = Redis::start().await;
     // A short command deadline, so the outage outlasts it and publishing has to retry.
-    let yaml = config_yaml(&kafka, Some(&redis), "").replace("\"}\n", "\", command_timeout_ms: 300}\n");
+    let yaml = merge(&config_yaml(&kafka, Some(&redis), ""), "redis: {command_timeout_ms: 300}");
     let topics = if retain { "[{name: user-notifications, retain: true}]" } else { "[user-notifications]" };
     // Only `one` consumes the topic; the socket is on `two`: every record crosses Redis.
     let one = Herald::start(&with_kafka(&yaml, &format!("topics: {topics}"))).await;
@@ -262,9 +262,8 @@ async fn a_rebalance_when_an_instance_joins_loses_nothing() {
 async fn stall_one_client(policy: &str) -> (Kafka, Herald, Clients) {
     let kafka = Kafka::start(&[TOPIC]).await;
     // A short write timeout, so the stalled connection is closed within the test.
-    let extra = format!("  max_buffer_size: 32\n  slow_client: {policy}\n  write_timeout_ms: 2000");
-    let h =
-        Herald::start(&config_yaml(&kafka, None, "").replace("shutdown_grace_secs: 5", &format!("shutdown_grace_secs: 5\n{extra}"))).await;
+    let extra = format!("server: {{max_buffer_size: 32, slow_client: {policy}, write_timeout_ms: 2000}}");
+    let h = Herald::start(&merge(&config_yaml(&kafka, None, ""), &extra)).await;
     let mut c = Clients::start().await;
     c.connect_as("stuck", &h.url(), "stuck").await;
     c.connect_as("fine", &h.url(), "fine").await;

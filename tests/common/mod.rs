@@ -200,7 +200,15 @@ server:
 /// `"topics: [elsewhere]"`: the instance consumes those topics instead of the default one.
 pub fn with_kafka(yaml: &str, keys: &str) -> String {
     let keys: String = keys.lines().map(|line| format!("\n  {line}")).collect();
-    yaml.replacen("group_id: herald-test", &format!("group_id: herald-test{keys}"), 1)
+    merge(yaml, &format!("kafka:{keys}"))
+}
+
+/// `yaml` with its top-level `section` replaced as a whole by `body` (a YAML mapping), e.g.
+/// an `auth` section without the default JWT secret.
+pub fn replace_section(yaml: &str, section: &str, body: &str) -> String {
+    let mut config: Value = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("base config: {e}"));
+    config[section] = serde_saphyr::from_str(body).unwrap_or_else(|e| panic!("{section}: {e}"));
+    config.to_string()
 }
 
 /// `overlay` merged into `yaml`, key by key at every depth (the overlay wins): a config built
