@@ -72,7 +72,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let stop_rest = CancellationToken::new();
     let presence = Arc::new(Presence::new(metrics.clone()));
     let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client);
-    let bus = Bus::start(&config, deliverer, metrics.clone(), stop_rest.clone()).await?;
+    let bus = Bus::start(&config, Arc::new(deliverer), metrics.clone(), stop_rest.clone()).await?;
     authenticator.start(stop_rest.clone());
     let lifetimes = Lifetimes::start(config.auth.expired_event.clone(), metrics.clone(), stop_rest.clone());
     let admission = Admission {

@@ -4,8 +4,12 @@
 //!
 //! 1. [`source`]: a Kafka consumer group reads records (or the embedded broker serves them);
 //! 2. [`route`]: each record becomes notifications for one or more users;
-//! 3. [`bus`]: each notification is published on its user's Redis channel (or in-process);
-//! 4. [`gateway`]: the instances holding the user's sockets emit it over Socket.IO.
+//! 3. [`bus`]: each notification is published on its user's (or group's) Redis channel (or
+//!    in-process), and what arrives is handed to the [`bus::Inbound`] the gateway implements;
+//! 4. [`gateway`]: the instances holding the audience's sockets emit it over Socket.IO.
+//!
+//! No module imports one that imports it back (`tests/layering.rs`); `docs/architecture.md`
+//! draws the flow.
 //!
 //! [`config`] reads and validates the YAML configuration, [`auth`] verifies tokens, [`http`]
 //! serves health and metrics, [`metrics`] names every metric, [`replay`] gives reconnecting

@@ -3,18 +3,20 @@
 
 use super::Published;
 use crate::config::ReplayConfig;
-use crate::gateway::{Addressee, Deliverer};
+use std::sync::Arc;
+
+use super::{Addressee, Inbound};
 use crate::replay::memory::MemoryHistory;
 use crate::replay::{History, NotificationId};
 use crate::route::{Audience, Notification};
 
 pub struct MemoryBus {
-    deliverer: Deliverer,
+    deliverer: Arc<dyn Inbound>,
     history: MemoryHistory,
 }
 
 impl MemoryBus {
-    pub fn new(deliverer: Deliverer, replay: &ReplayConfig) -> Self {
+    pub fn new(deliverer: Arc<dyn Inbound>, replay: &ReplayConfig) -> Self {
         Self { deliverer, history: MemoryHistory::new(replay.history, replay.max_age) }
     }
 

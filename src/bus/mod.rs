@@ -3,8 +3,10 @@
 //! one for broadcasts) across instances, or an in-process shortcut when herald runs alone.
 
 pub mod envelope;
+pub mod inbound;
 mod memory;
 mod redis;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +14,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+pub use inbound::{Addressee, Inbound};
+
 use crate::config::Config;
-use crate::gateway::Deliverer;
 use crate::metrics::Metrics;
 use crate::replay::{History, NotificationId};
 use crate::route::Notification;
@@ -70,13 +73,13 @@ impl Bus {
     /// client keeps reconnecting and readiness reports it.
     pub async fn start(
         config: &Config,
-        deliverer: Deliverer,
+        inbound: Arc<dyn Inbound>,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &config.redis {
-            None => Bus::Memory(memory::MemoryBus::new(deliverer, &config.replay)),
-            Some(redis) => Bus::Redis(Box::new(redis::RedisBus::start(redis, &config.replay, deliverer, metrics, cancel).await?)),
+            None => Bus::Memory(memory::MemoryBus::new(inbound, &config.replay)),
+            Some(redis) => Bus::Redis(Box::new(redis::RedisBus::start(redis, &config.replay, inbound, metrics, cancel).await?)),
         }))
     }
 
@@ -101,7 +104,7 @@ impl Bus {
 
     /// Publishes stored notifications again, live only (the history has them already); returns
     /// how many instances (or sockets) each reached.
-    pub async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {
+    async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {
         match self {
             Bus::Memory(b) => Ok(b.publish_live(stored)),
             Bus::Redis(b) => b.publish_live(stored).await,
@@ -126,7 +129,7 @@ impl Bus {
     }
 
     /// See [`redis::RedisBus::settling`]; the in-process bus never settles.
-    pub fn settling(&self) -> bool {
+    fn settling(&self) -> bool {
         match self {
             Bus::Memory(_) => false,
             Bus::Redis(b) => b.settling(),

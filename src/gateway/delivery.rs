@@ -8,6 +8,7 @@ use tracing::warn;
 
 use super::member::{Client, Member};
 use super::presence::{Entry, Presence};
+use crate::bus::{Addressee, Inbound};
 use crate::config::SlowClient;
 use crate::metrics::{AudienceKind, Metrics};
 use crate::replay::{self, NotificationId};
@@ -22,26 +23,11 @@ pub struct Deliverer {
     slow_client: SlowClient,
 }
 
-/// Whom a live notification goes to on this instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Addressee<'a> {
-    User(&'a str),
-    /// `among`: every group the notification's record addressed, when more than one; a socket
-    /// in several takes it from the first of them only, so it gets it once.
-    Group {
-        name: &'a str,
-        among: &'a [&'a str],
-    },
-    Everyone,
-}
-
-impl Addressee<'_> {
-    fn kind(&self) -> AudienceKind {
-        match self {
-            Addressee::User(_) => AudienceKind::User,
-            Addressee::Group { .. } => AudienceKind::Group,
-            Addressee::Everyone => AudienceKind::Broadcast,
-        }
+fn kind(to: &Addressee<'_>) -> AudienceKind {
+    match to {
+        Addressee::User(_) => AudienceKind::User,
+        Addressee::Group { .. } => AudienceKind::Group,
+        Addressee::Everyone => AudienceKind::Broadcast,
     }
 }
 
@@ -58,33 +44,53 @@ impl Deliverer {
         Self { presence, metrics, slow_client }
     }
 
-    /// A deliverer to nobody, for driving the bus without a gateway (benchmarks, tests).
-    pub fn without_sockets(metrics: Arc<Metrics>) -> Self {
-        Self::new(Arc::new(Presence::new(metrics.clone())), metrics, SlowClient::Drop)
+    fn finish(&self, kind: AudienceKind, reached: usize, failed: usize, timestamp_ms: i64, consumed_us: i64) -> usize {
+        if failed > 0 {
+            self.metrics.emit_failures.increment(failed as u64);
+        }
+        self.metrics.delivered.increment(kind, reached as u64);
+        self.record_latency(timestamp_ms, consumed_us);
+        reached
     }
 
+    /// A socket whose queue is full leaves its user's delivery at once (nothing more is queued
+    /// for it) and is disconnected; its DISCONNECT goes out past the full queue.
+    fn disconnect_slow(&self, slow: Vec<Client>) {
+        for socket in slow {
+            self.metrics.slow_client_disconnects.increment(1);
+            warn!(socket = socket.id(), "Socket send buffer full; disconnecting the slow client.");
+            socket.disconnect();
+        }
+    }
+
+    /// End to end since the record was produced, and herald's own share since it was consumed.
+    /// A consume time more than an hour away is not herald's (another publisher's `"c"` in other
+    /// units): it is left out rather than skew the histogram.
+    fn record_latency(&self, produced_ms: i64, consumed_us: i64) {
+        const PLAUSIBLE_US: i64 = 3_600_000_000;
+        let now = now_us();
+        self.metrics.delivery_latency.record((now / 1000 - produced_ms).max(0) as f64 / 1e3);
+        if consumed_us > 0 && (now - consumed_us).abs() < PLAUSIBLE_US {
+            self.metrics.pipeline_latency.record((now - consumed_us).max(0) as f64 / 1e6);
+        }
+    }
+}
+
+impl Inbound for Deliverer {
     /// How many sockets `user_id` has on this instance.
-    pub fn sockets_of(&self, user_id: &str) -> usize {
+    fn sockets_of(&self, user_id: &str) -> usize {
         self.presence.sockets_of(user_id)
     }
 
     /// Sockets of `group` here.
-    pub fn sockets_in_group(&self, group: &str) -> usize {
+    fn sockets_in_group(&self, group: &str) -> usize {
         self.presence.sockets_in_group(group)
     }
 
     /// Emits `event` with `payload` to every socket of `to` here (and `{"id": id}` as the
     /// second argument, when the notification has one for receipts); returns how many sockets
     /// it reached.
-    pub fn deliver(
-        &self,
-        to: Addressee<'_>,
-        event: &str,
-        payload: &RawValue,
-        id: Option<&str>,
-        timestamp_ms: i64,
-        consumed_us: i64,
-    ) -> usize {
+    fn deliver(&self, to: Addressee<'_>, event: &str, payload: &RawValue, id: Option<&str>, timestamp_ms: i64, consumed_us: i64) -> usize {
         let mut frame = None;
         let (mut reached, mut failed) = (0, 0);
         let mut slow: Vec<Client> = Vec::new();
@@ -118,13 +124,13 @@ impl Deliverer {
             return 0;
         }
         self.disconnect_slow(slow);
-        self.finish(to.kind(), reached, failed, timestamp_ms, consumed_us)
+        self.finish(kind(&to), reached, failed, timestamp_ms, consumed_us)
     }
 
     /// Emits a retained notification (with its id as a second argument) to every socket of the
     /// user here, through each socket's replay gate, so a socket in the middle of a replay gets
     /// it afterwards, once.
-    pub fn deliver_retained(
+    fn deliver_retained(
         &self,
         user_id: &str,
         id: NotificationId,
@@ -158,36 +164,5 @@ impl Deliverer {
         }
         self.disconnect_slow(slow);
         self.finish(AudienceKind::User, sockets.saturating_sub(failed), failed, timestamp_ms, consumed_us)
-    }
-
-    fn finish(&self, kind: AudienceKind, reached: usize, failed: usize, timestamp_ms: i64, consumed_us: i64) -> usize {
-        if failed > 0 {
-            self.metrics.emit_failures.increment(failed as u64);
-        }
-        self.metrics.delivered.increment(kind, reached as u64);
-        self.record_latency(timestamp_ms, consumed_us);
-        reached
-    }
-
-    /// A socket whose queue is full leaves its user's delivery at once (nothing more is queued
-    /// for it) and is disconnected; its DISCONNECT goes out past the full queue.
-    fn disconnect_slow(&self, slow: Vec<Client>) {
-        for socket in slow {
-            self.metrics.slow_client_disconnects.increment(1);
-            warn!(socket = socket.id(), "Socket send buffer full; disconnecting the slow client.");
-            socket.disconnect();
-        }
-    }
-
-    /// End to end since the record was produced, and herald's own share since it was consumed.
-    /// A consume time more than an hour away is not herald's (another publisher's `"c"` in other
-    /// units): it is left out rather than skew the histogram.
-    fn record_latency(&self, produced_ms: i64, consumed_us: i64) {
-        const PLAUSIBLE_US: i64 = 3_600_000_000;
-        let now = now_us();
-        self.metrics.delivery_latency.record((now / 1000 - produced_ms).max(0) as f64 / 1e3);
-        if consumed_us > 0 && (now - consumed_us).abs() < PLAUSIBLE_US {
-            self.metrics.pipeline_latency.record((now - consumed_us).max(0) as f64 / 1e6);
-        }
     }
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 pub use admission::{Admission, Limits};
-pub use delivery::{Addressee, Deliverer};
+pub use delivery::Deliverer;
 pub use lifetime::Lifetimes;
 pub use member::{Client, Groups, Member};
 pub use presence::{Entry, Presence};

@@ -18,11 +18,11 @@ use tracing::{debug, error, info, warn};
 
 use super::dead_letter::DeadLetter;
 use super::offline::OfflineHandOff;
-use crate::bus::{Bus, BusError, Published};
+use crate::bus::Bus;
+use crate::bus::retry::sleep_unless_aborted;
 use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
-use crate::replay::NotificationId;
-use crate::route::{Notification, Record, Router, now_ms, now_us};
+use crate::route::{Notification, Record, Router, now_us};
 use crate::throttle::{Throttle, Verdict};
 
 /// Settings herald applies unless `kafka.options` says otherwise.
@@ -323,7 +323,7 @@ impl KafkaSource {
                 n.consumed_us = taken_us;
             }
             if !notifications.is_empty() {
-                let Some(published) = self.publish_with_retry(&notifications, Held(&messages), abort).await else {
+                let Some(published) = self.bus.publish_until_taken(&notifications, &Held(&messages), abort, &self.metrics).await else {
                     // Aborted while the bus was down: leave the offsets unstored.
                     return Ok(());
                 };
@@ -356,86 +356,6 @@ impl KafkaSource {
             }
             self.store_offsets(&messages);
             messages.clear();
-        }
-    }
-
-    /// Publishes the batch, holding the partition until the bus takes it (or `abort` fires):
-    /// nothing is skipped.
-    ///
-    /// Right after a Redis reconnect, "no subscriber" may only mean "not re-subscribed yet", so
-    /// while the bus is settling the notifications that reached nobody are published again. Only
-    /// those: the others reached an instance already. Stored (retained) ones go out live only,
-    /// with their history id: stored again they would be duplicated in the history, and the
-    /// id lets each socket's replay gate drop a copy it already has.
-    async fn publish_with_retry(&self, batch: &[Notification], held: Held<'_>, abort: &CancellationToken) -> Option<Vec<Published>> {
-        // After a failed attempt, which may have stored part of the batch, `publish_again`.
-        let first_attempt_ms = now_ms();
-        let mut tried = false;
-        let attempt = || {
-            let again = std::mem::replace(&mut tried, true);
-            async move { if again { self.bus.publish_again(batch, first_attempt_ms).await } else { self.bus.publish(batch).await } }
-        };
-        let mut published = self.until_taken(batch.len(), held, abort, attempt).await?;
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0).map(|(i, _)| i).collect();
-            if unheard.is_empty() || !self.bus.settling() {
-                return Some(published);
-            }
-            self.metrics.publish_retries.increment(1);
-            debug!(
-                records = %held,
-                notifications = unheard.len(),
-                retry_in_ms = delay.as_millis() as u64,
-                "No subscriber yet while instances re-subscribe after a Redis reconnect; publishing again."
-            );
-            if !sleep_unless_aborted(abort, delay).await {
-                return None;
-            }
-            delay = (delay * 2).min(Duration::from_secs(1));
-            let (stored, plain): (Vec<usize>, Vec<usize>) = unheard.into_iter().partition(|&i| published[i].stored.is_some());
-            if !plain.is_empty() {
-                let again: Vec<Notification> = plain.iter().map(|&i| batch[i].clone()).collect();
-                let results = self.until_taken(again.len(), held, abort, || self.bus.publish(&again)).await?;
-                for (i, result) in plain.into_iter().zip(results) {
-                    published[i] = result;
-                }
-            }
-            if !stored.is_empty() {
-                let again: Vec<(Notification, NotificationId)> =
-                    stored.iter().filter_map(|&i| Some((batch[i].clone(), published[i].stored?))).collect();
-                let reached = self.until_taken(again.len(), held, abort, || self.bus.publish_live(&again)).await?;
-                for (i, receivers) in stored.into_iter().zip(reached) {
-                    published[i].receivers = receivers;
-                }
-            }
-        }
-    }
-
-    /// Retries a bus operation on `count` notifications with backoff until it succeeds, or
-    /// `abort` fires. `held` names the records whose offsets wait for it, for the log.
-    async fn until_taken<T, F>(&self, count: usize, held: Held<'_>, abort: &CancellationToken, mut attempt: impl FnMut() -> F) -> Option<T>
-    where
-        F: Future<Output = Result<T, BusError>>,
-    {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let error = match attempt().await {
-                Ok(done) => return Some(done),
-                Err(e) => e,
-            };
-            self.metrics.publish_retries.increment(1);
-            warn!(
-                error = %error,
-                records = %held,
-                notifications = count,
-                retry_in_ms = delay.as_millis() as u64,
-                "Bus publish not done; holding consumption and retrying."
-            );
-            if !sleep_unless_aborted(abort, delay).await {
-                return None;
-            }
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -505,14 +425,6 @@ struct Held<'a>(&'a [BorrowedMessage<'a>]);
 impl std::fmt::Display for Held<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&describe_ranges(&offset_ranges(positions(self.0))))
-    }
-}
-
-/// Waits `delay`; false, at once, if `abort` fires first.
-async fn sleep_unless_aborted(abort: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        _ = abort.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
     }
 }
 

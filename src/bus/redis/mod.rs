@@ -11,9 +11,12 @@
 
 mod address;
 mod channels;
+mod cluster;
 mod interest;
 mod publisher;
+mod replies;
 mod resp;
+mod store;
 mod subscriber;
 
 use std::collections::HashMap;
@@ -34,13 +37,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use channels::{Channels, Owner};
+use cluster::{SubscriptionManager, delivery_workers, receive};
 use interest::{Interest, Op};
+use replies::{frame_of, integer, parse_entries};
 use resp::Frame;
+use store::{STORE_AND_PUBLISH, STORE_AND_SPUBLISH, StoreScript};
 
 use super::envelope;
+use super::{Addressee, Inbound};
 use super::{BusError, Published, Subscribing};
 use crate::config::{ChannelPattern, RedisAddress, RedisConfig, RedisTarget, ReplayConfig};
-use crate::gateway::{Addressee, Deliverer};
 use crate::metrics::Metrics;
 use crate::replay::{History, NotificationId, Retained, history_after};
 use crate::route::Notification;
@@ -56,89 +62,11 @@ const PUBLISHER_EVENT_BUFFER: usize = 32;
 /// Sharded subscriptions go one slot per command; this many commands are in flight at once.
 const SLOTS_IN_FLIGHT: usize = 256;
 
-/// Stores a retained notification in the user's stream and publishes it, as one atomic step:
-/// a notification is never in the history and missing from the live stream, or the reverse.
-/// KEYS: stream, channel. ARGV: event, timestamp ms, payload JSON, max count, min id (age), ttl ms,
-/// consumed us (live message only: the history keeps what a replay needs), origin (`''` for
-/// none), and for a retry the id the first attempt could not have stored before (else `''`).
-///
-/// A retry first looks among the entries since then for one with the same origin and payload:
-/// an earlier attempt may have stored the notification and lost only its reply. If found, it is
-/// published again with its first id (which each socket's replay gate recognises) and not stored
-/// twice. First attempts skip the search, so it costs nothing on the normal path.
-macro_rules! store_then {
-    ($publish:literal) => {
-        concat!(
-            "local id\n",
-            "if ARGV[9] ~= '' and ARGV[8] ~= '' then\n",
-            "  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', ARGV[9], 'COUNT', ARGV[4])) do\n",
-            "    local fields, origin, payload = entry[2], nil, nil\n",
-            "    for i = 1, #fields, 2 do\n",
-            "      if fields[i] == 'o' then origin = fields[i + 1] elseif fields[i] == 'p' then payload = fields[i + 1] end\n",
-            "    end\n",
-            "    if origin == ARGV[8] and payload == ARGV[3] then id = entry[1] break end\n",
-            "  end\n",
-            "end\n",
-            "if not id then\n",
-            "  if ARGV[8] == '' then\n",
-            "    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3])\n",
-            "  else\n",
-            "    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'e', ARGV[1], 't', ARGV[2], 'p', ARGV[3], 'o', ARGV[8])\n",
-            "  end\n",
-            "  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])\n",
-            "  redis.call('PEXPIRE', KEYS[1], ARGV[6])\n",
-            "end\n",
-            "local message = '{\"i\":\"' .. id .. '\",\"e\":' .. cjson.encode(ARGV[1]) .. ',\"t\":' .. ARGV[2] .. ',\"c\":' .. ARGV[7] .. ',\"p\":' .. ARGV[3] .. '}'\n",
-            "return {id, redis.call('",
-            $publish,
-            "', KEYS[2], message)}\n"
-        )
-    };
-}
-const STORE_AND_PUBLISH: &str = store_then!("PUBLISH");
-/// The same for sharded Pub/Sub; the stream and channel share the user's hash tag, so both keys
-/// are in one slot as Redis Cluster requires of a script.
-const STORE_AND_SPUBLISH: &str = store_then!("SPUBLISH");
-
 /// After Redis comes back, every instance must re-subscribe its users before their channels
 /// have listeners again. Until this much time has passed since our own reconnection, "no
 /// subscriber" is taken as "not re-subscribed yet": those notifications are published again,
 /// not dropped.
 const RESUBSCRIBE_SETTLE: Duration = Duration::from_secs(5);
-
-/// One Pub/Sub message, as read off the connection: its channel and the envelope.
-struct Pushed {
-    channel: Bytes,
-    payload: Bytes,
-}
-
-/// A delivery worker's queue, bounded in messages: a burst waits here, in memory taken only as
-/// it fills.
-#[derive(Clone)]
-struct WorkerQueue {
-    batches: mpsc::UnboundedSender<Vec<Pushed>>,
-    room: Arc<tokio::sync::Semaphore>,
-    capacity: usize,
-}
-
-impl WorkerQueue {
-    /// Queues `batch` if the worker has room for it. `Ok(false)`: no room, the batch is dropped
-    /// (the caller counts it). `Err`: the worker is gone.
-    fn try_send(&self, batch: Vec<Pushed>) -> Result<bool, ()> {
-        let needed = batch.len().min(self.capacity) as u32;
-        match self.room.try_acquire_many(needed) {
-            Ok(permit) => permit.forget(),
-            Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(false),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(()),
-        }
-        self.batches.send(batch).map(|()| true).map_err(drop)
-    }
-
-    /// Gives back the room of a batch the worker is done with.
-    fn done(&self, delivered: usize) {
-        self.room.add_permits(delivered.min(self.capacity));
-    }
-}
 
 /// Who holds the subscriptions.
 enum Subscriber {
@@ -183,7 +111,7 @@ impl RedisBus {
     pub async fn start(
         config: &RedisConfig,
         replay_config: &ReplayConfig,
-        deliverer: Deliverer,
+        deliverer: Arc<dyn Inbound>,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -568,238 +496,8 @@ impl RedisBus {
     }
 }
 
-/// Keeps Redis subscriptions equal to the channels wanted by the sockets here.
-struct SubscriptionManager {
-    subscriber: SubscriberClient,
-    sharded: bool,
-    metrics: Arc<Metrics>,
-    interest: Interest,
-}
-
-impl SubscriptionManager {
-    async fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>, cancel: CancellationToken) {
-        let mut reconnects = self.subscriber.reconnect_rx();
-        let mut retry = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                op = ops.recv() => {
-                    let Some(op) = op else { return };
-                    self.interest.apply(op);
-                    // Take everything queued meanwhile: a connect storm becomes a few commands.
-                    while let Ok(op) = ops.try_recv() {
-                        self.interest.apply(op);
-                    }
-                }
-                event = reconnects.recv() => {
-                    if matches!(event, Err(RecvError::Closed)) {
-                        return;
-                    }
-                    // A new connection has no subscriptions: redo them all.
-                    info!(channels = self.interest.wanted.len(), "Redis subscriber reconnected; re-subscribing.");
-                    self.metrics.redis_reconnects.increment(1);
-                    self.interest.reset();
-                }
-                _ = retry.tick(), if !self.interest.dirty.is_empty() => {}
-            }
-            self.sync().await;
-        }
-    }
-
-    async fn sync(&mut self) {
-        let (subscribe, unsubscribe) = self.interest.changes();
-        if self.sharded {
-            self.sync_sharded(subscribe, unsubscribe).await;
-        } else {
-            self.sync_classic(subscribe, unsubscribe).await;
-        }
-        self.metrics.subscriptions.set(self.interest.subscribed.len() as f64);
-        self.interest.answer_waiters();
-    }
-}
-
-impl SubscriptionManager {
-    async fn sync_classic(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>) {
-        let mut sent = Vec::new();
-        for chunk in subscribe.chunks(CHANNELS_PER_COMMAND) {
-            match self.subscriber.subscribe(chunk.to_vec()).await {
-                Ok(()) => sent.extend_from_slice(chunk),
-                Err(e) => {
-                    warn!(error = %e, channels = chunk.len(), "SUBSCRIBE failed; retrying.");
-                    self.interest.dirty.extend(chunk.iter().cloned());
-                }
-            }
-        }
-        for chunk in unsubscribe.chunks(CHANNELS_PER_COMMAND) {
-            match self.subscriber.unsubscribe(chunk.to_vec()).await {
-                Ok(()) => chunk.iter().for_each(|u| {
-                    self.interest.subscribed.remove(u);
-                }),
-                Err(e) => {
-                    warn!(error = %e, channels = chunk.len(), "UNSUBSCRIBE failed; retrying.");
-                    self.interest.dirty.extend(chunk.iter().cloned());
-                }
-            }
-        }
-        if !sent.is_empty() {
-            // fred returns from SUBSCRIBE once the command is written; Redis answers commands in
-            // order, so the PING's reply proves the subscriptions before it are live.
-            match self.subscriber.ping::<fred::types::Value>(None).await {
-                Ok(_) => self.interest.subscribed.extend(sent),
-                Err(e) => {
-                    warn!(error = %e, "Subscription not confirmed; retrying.");
-                    self.interest.dirty.extend(sent);
-                }
-            }
-        }
-    }
-
-    /// Sharded channels are grouped by slot: one SSUBSCRIBE may only name channels of one slot,
-    /// and it goes to the shard owning that slot, so its confirming PING must go there too.
-    async fn sync_sharded(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>) {
-        let subscriber = &self.subscriber;
-        let subscribed = futures::stream::iter(by_slot(subscribe))
-            .map(|(slot, users)| async move {
-                let channels = users.clone();
-                let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
-                let result = match subscriber.ssubscribe(channels).await {
-                    Ok(()) => subscriber.custom::<fred::types::Value, Vec<String>>(ping, Vec::new()).await.map(drop),
-                    Err(e) => Err(e),
-                };
-                (users, result)
-            })
-            .buffer_unordered(SLOTS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
-        for (users, result) in subscribed {
-            match result {
-                Ok(()) => self.interest.subscribed.extend(users),
-                Err(e) => {
-                    warn!(error = %e, channels = users.len(), "SSUBSCRIBE not confirmed; retrying.");
-                    self.interest.dirty.extend(users);
-                }
-            }
-        }
-        let unsubscribed = futures::stream::iter(by_slot(unsubscribe))
-            .map(|(_, users)| async move {
-                let channels = users.clone();
-                (subscriber.sunsubscribe(channels).await, users)
-            })
-            .buffer_unordered(SLOTS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
-        for (result, users) in unsubscribed {
-            match result {
-                Ok(()) => users.iter().for_each(|u| {
-                    self.interest.subscribed.remove(u);
-                }),
-                Err(e) => {
-                    warn!(error = %e, channels = users.len(), "SUNSUBSCRIBE failed; retrying.");
-                    self.interest.dirty.extend(users);
-                }
-            }
-        }
-    }
-}
-
-/// Channels grouped by their cluster slot, at most CHANNELS_PER_COMMAND per group.
-fn by_slot(channels: Vec<String>) -> Vec<(u16, Vec<String>)> {
-    let mut slots: HashMap<u16, Vec<String>> = HashMap::new();
-    for channel in channels {
-        slots.entry(fred::util::redis_keyslot(channel.as_bytes())).or_default().push(channel);
-    }
-    slots.into_iter().flat_map(|(slot, users)| users.chunks(CHANNELS_PER_COMMAND).map(|c| (slot, c.to_vec())).collect::<Vec<_>>()).collect()
-}
-
-/// The delivery workers (one per core, at most 8), each queueing at most `capacity` messages.
-fn delivery_workers(capacity: usize, channels: &Arc<Channels>, deliverer: &Deliverer, metrics: &Arc<Metrics>) -> Vec<WorkerQueue> {
-    let count = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    (0..count)
-        .map(|_| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let queue = WorkerQueue { batches: tx, room: Arc::new(tokio::sync::Semaphore::new(capacity)), capacity };
-            tokio::spawn(deliver_messages(rx, queue.clone(), channels.clone(), deliverer.clone(), metrics.clone()));
-            queue
-        })
-        .collect()
-}
-
-/// fred's Pub/Sub messages (Redis Cluster) -> the delivery workers.
-///
-/// fred's reader hands every message to a fixed-size buffer and never waits: whatever this side
-/// has not taken when it is full is lost (and counted). So this loop only takes messages and
-/// passes each to its user's worker, where the decoding and emitting happen.
-async fn receive(
-    subscriber: SubscriberClient,
-    channels: Arc<Channels>,
-    workers: Vec<WorkerQueue>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
-    let mut messages = subscriber.message_rx();
-    // On a thread of its own: as a task it waits its turn behind the delivery workers, and a
-    // burst then overflows fred's buffer while the workers' queues still have room.
-    let drain = std::thread::Builder::new().name("herald-bus-drain".into()).spawn(move || {
-        loop {
-            match messages.blocking_recv() {
-                Ok(message) => {
-                    if channels.owner(&message.channel).is_none() {
-                        continue;
-                    }
-                    // One channel always to the same worker, which keeps its messages in order.
-                    let worker = worker_of(&message.channel, workers.len());
-                    let Some(payload) = message.value.as_bytes().map(Bytes::copy_from_slice) else {
-                        metrics.bus_decode_failures.increment(1);
-                        continue;
-                    };
-                    let pushed = Pushed { channel: message.channel.into_inner(), payload };
-                    // fred's buffer is behind this thread: waiting here only moves the loss there.
-                    match workers[worker].try_send(vec![pushed]) {
-                        Ok(true) => {}
-                        Ok(false) => metrics.bus_lagged.increment(1),
-                        Err(()) => return,
-                    }
-                }
-                Err(RecvError::Lagged(lost)) => {
-                    metrics.bus_lagged.increment(lost);
-                    warn!(lost, "Fell behind the Redis Pub/Sub buffer; messages were lost (raise redis.pubsub_buffer).");
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
-    if let Err(e) = drain {
-        warn!(error = %e, "Cannot start the bus drain thread; no notification from Redis will be delivered.");
-        return;
-    }
-    // The thread ends when fred closes its channel (on quit) or the workers are gone.
-    cancel.cancelled().await;
-}
-
-fn worker_of(channel: &str, workers: usize) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(channel) as usize % workers
-}
-
-/// One delivery worker (Redis Cluster): decodes its messages and emits them.
-async fn deliver_messages(
-    mut batches: mpsc::UnboundedReceiver<Vec<Pushed>>,
-    queue: WorkerQueue,
-    channels: Arc<Channels>,
-    deliverer: Deliverer,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(batch) = batches.recv().await {
-        let count = batch.len();
-        for message in batch {
-            deliver_one(&channels, &deliverer, &metrics, &message.channel, &message.payload);
-        }
-        queue.done(count);
-    }
-}
-
 /// Decodes one bus message and emits it to its audience's local sockets.
-fn deliver_one(channels: &Channels, deliverer: &Deliverer, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
+fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
     let Some(owner) = std::str::from_utf8(channel).ok().and_then(|c| channels.owner(c)) else { return };
     match envelope::decode(payload) {
         Ok(env) => {
@@ -867,82 +565,6 @@ async fn watch_connection(
             was_up = Some(up);
         }
     }
-}
-
-/// A Lua script called by its SHA1, and loaded into Redis (every primary of a cluster) at
-/// start-up, after each reconnect, and whenever Redis answers NOSCRIPT.
-#[derive(Clone)]
-struct StoreScript {
-    text: &'static str,
-    sha: String,
-}
-
-impl StoreScript {
-    fn new(text: &'static str) -> Self {
-        Self { text, sha: fred::util::sha1_hash(text) }
-    }
-
-    /// [`Self::load`] at start-up and reconnects; failing there is not fatal (a NOSCRIPT reply
-    /// tries again), but it is shown, as a Redis ACL without `script|load` would keep failing.
-    async fn load_or_warn(&self, publisher: &Client) {
-        if let Err(e) = self.load(publisher).await {
-            warn!(error = %e, "Could not load the store script into Redis; publishing retained notifications will retry it.");
-        }
-    }
-
-    /// Loads it on the server, or on every primary of a cluster.
-    async fn load(&self, publisher: &Client) -> Result<(), fred::error::Error> {
-        publisher.script_load_cluster(self.text).await
-    }
-}
-
-/// An integer reply as a count (0 for anything else, or a negative).
-fn integer(frame: Option<&Frame>) -> usize {
-    match frame {
-        Some(Frame::Integer(n)) => (*n).max(0) as usize,
-        _ => 0,
-    }
-}
-
-/// A reply fred read, in the form herald's own connections read.
-fn frame_of(value: fred::types::Value) -> Frame {
-    use fred::types::Value;
-    match value {
-        Value::Integer(n) => Frame::Integer(n),
-        Value::Boolean(b) => Frame::Integer(b as i64),
-        Value::Null => Frame::Bulk(None),
-        Value::Array(items) => Frame::Array(Some(items.into_iter().map(frame_of).collect())),
-        Value::Bytes(b) => Frame::Bulk(Some(b)),
-        Value::String(s) => Frame::Bulk(Some(s.into_inner())),
-        Value::Double(d) => Frame::Bulk(Some(Bytes::from(d.to_string()))),
-        other => Frame::Bulk(other.as_bytes().map(Bytes::copy_from_slice)),
-    }
-}
-
-/// Stream entries `[[id, [field, value, ...]], ...]` as retained notifications.
-fn parse_entries(value: fred::types::Value) -> Vec<Retained> {
-    use fred::types::Value;
-    let Value::Array(entries) = value else { return Vec::new() };
-    entries
-        .into_iter()
-        .filter_map(|entry| {
-            let Value::Array(mut parts) = entry else { return None };
-            let fields = match parts.pop()? {
-                Value::Array(f) => f,
-                _ => return None,
-            };
-            let id: NotificationId = parts.pop()?.as_string()?.parse().ok()?;
-            let (mut event, mut payload) = (None, None);
-            for pair in fields.chunks(2) {
-                match (pair[0].as_string().as_deref(), pair.get(1).and_then(|v| v.as_string())) {
-                    (Some("e"), Some(v)) => event = Some(v),
-                    (Some("p"), Some(v)) => payload = RawValue::from_string(v).ok(),
-                    _ => {}
-                }
-            }
-            Some(Retained { id, event: event?, payload: payload? })
-        })
-        .collect()
 }
 
 /// The URL without its password, for logs.

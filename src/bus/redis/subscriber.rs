@@ -27,8 +27,8 @@ use super::channels::Channels;
 use super::interest::{Interest, Op};
 use super::resp::{self, Frame};
 use super::{CHANNELS_PER_COMMAND, deliver_one};
+use crate::bus::Inbound;
 use crate::config::RedisAddress;
-use crate::gateway::Deliverer;
 use crate::metrics::Metrics;
 
 /// Reads this large at most at once; the buffer grows only for a message larger than this.
@@ -44,7 +44,7 @@ pub struct Subscriptions {
     pub(super) channels: Arc<Channels>,
     pub(super) timeout: Duration,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) deliverer: Deliverer,
+    pub(super) deliverer: Arc<dyn Inbound>,
     pub(super) connected: Arc<AtomicBool>,
     pub(super) interest: Interest,
 }
@@ -173,7 +173,7 @@ impl Subscriptions {
         loop {
             // Messages, nearly all of what arrives, are read without building a frame.
             if let Some(m) = resp::message_at(buf) {
-                deliver_one(&self.channels, &self.deliverer, &self.metrics, &buf[m.channel], &buf[m.payload]);
+                deliver_one(&self.channels, &*self.deliverer, &self.metrics, &buf[m.channel], &buf[m.payload]);
                 buf.advance(m.len);
                 continue;
             }

@@ -10,6 +10,7 @@ mod packet;
 mod polling;
 mod request;
 mod session;
+mod sid;
 mod stats;
 mod websocket;
 
@@ -19,7 +20,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 pub use http::{Handoff, Mount};
-pub use session::{CloseReason, Frame, SendError, Session, Sid};
+pub use session::{CloseReason, Frame, SendError, Session};
+pub use sid::Sid;
 pub use stats::{ProtocolError, Stats};
 
 use heartbeat::Wheel;

@@ -7,7 +7,8 @@ use bytes::Bytes;
 
 use super::http::Response;
 use super::packet::{self, Packet};
-use super::session::{CLOSE, CloseReason, Frame, NOOP, Session, Sid, Transport};
+use super::session::{CLOSE, CloseReason, Frame, NOOP, Session, Transport};
+use super::sid::Sid;
 use super::stats::ProtocolError;
 use super::{Handler, Options, Shared};
 

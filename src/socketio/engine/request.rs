@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::http::{Method, Mount, Reply, Request, Response};
-use super::session::{CloseReason, Session, Sid, Transport};
+use super::session::{CloseReason, Session, Transport};
+use super::sid::Sid;
 use super::stats::{ProtocolError, Stats};
 use super::websocket::{self, Upgrade};
 use super::{Engine, Handler, Handshake, Shared};

@@ -1,0 +1,66 @@
+//! The bus's inbound side: what it hands each notification that arrives to. The bus defines it
+//! and the gateway implements it (`gateway::Deliverer`), so the bus never depends on sockets;
+//! `app` connects the two.
+
+use serde_json::value::RawValue;
+
+use crate::replay::NotificationId;
+
+/// Whom a live notification goes to on this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressee<'a> {
+    User(&'a str),
+    /// `among`: every group the notification's record addressed, when more than one; a socket
+    /// in several takes it from the first of them only, so it gets it once.
+    Group {
+        name: &'a str,
+        among: &'a [&'a str],
+    },
+    Everyone,
+}
+
+/// The sockets of this instance, as the bus sees them.
+pub trait Inbound: Send + Sync {
+    /// Emits `event` with `payload` (and `{"id": id}` as a second argument, for receipts) to
+    /// every local socket of `to`; returns how many it reached.
+    fn deliver(&self, to: Addressee<'_>, event: &str, payload: &RawValue, id: Option<&str>, timestamp_ms: i64, consumed_us: i64) -> usize;
+
+    /// Emits a retained notification, stored as `id`, to every local socket of `user`, after
+    /// any replay in progress on each.
+    fn deliver_retained(
+        &self,
+        user: &str,
+        id: NotificationId,
+        event: &str,
+        payload: &RawValue,
+        timestamp_ms: i64,
+        consumed_us: i64,
+    ) -> usize;
+
+    /// Sockets of `user` here (the in-process bus's presence answer).
+    fn sockets_of(&self, user: &str) -> usize;
+
+    /// Sockets of members of `group` here.
+    fn sockets_in_group(&self, group: &str) -> usize;
+}
+
+/// No sockets at all: for driving the bus without a gateway (benchmarks, tests).
+pub struct Nobody;
+
+impl Inbound for Nobody {
+    fn deliver(&self, _: Addressee<'_>, _: &str, _: &RawValue, _: Option<&str>, _: i64, _: i64) -> usize {
+        0
+    }
+
+    fn deliver_retained(&self, _: &str, _: NotificationId, _: &str, _: &RawValue, _: i64, _: i64) -> usize {
+        0
+    }
+
+    fn sockets_of(&self, _: &str) -> usize {
+        0
+    }
+
+    fn sockets_in_group(&self, _: &str) -> usize {
+        0
+    }
+}

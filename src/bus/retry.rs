@@ -1,0 +1,116 @@
+//! Publishing until the bus takes it: retries with backoff through an outage, and, right after
+//! a Redis reconnect, publishing again what reached no instance yet. The source calls this one
+//! publish; what "stored", "live" and "settling" mean stays here, in the bus.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{Bus, BusError, Published};
+use crate::metrics::Metrics;
+use crate::replay::NotificationId;
+use crate::route::{Notification, now_ms};
+
+impl Bus {
+    /// Publishes the batch, holding the partition until the bus takes it (or `abort` fires):
+    /// nothing is skipped.
+    ///
+    /// Right after a Redis reconnect, "no subscriber" may only mean "not re-subscribed yet", so
+    /// while the bus is settling the notifications that reached nobody are published again. Only
+    /// those: the others reached an instance already. Stored (retained) ones go out live only,
+    /// with their history id: stored again they would be duplicated in the history, and the
+    /// id lets each socket's replay gate drop a copy it already has.
+    pub async fn publish_until_taken(
+        &self,
+        batch: &[Notification],
+        held: &(dyn Display + Sync),
+        abort: &CancellationToken,
+        metrics: &Metrics,
+    ) -> Option<Vec<Published>> {
+        // After a failed attempt, which may have stored part of the batch, `publish_again`.
+        let first_attempt_ms = now_ms();
+        let mut tried = false;
+        let attempt = || {
+            let again = std::mem::replace(&mut tried, true);
+            async move { if again { self.publish_again(batch, first_attempt_ms).await } else { self.publish(batch).await } }
+        };
+        let mut published = until_taken(batch.len(), held, abort, metrics, attempt).await?;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0).map(|(i, _)| i).collect();
+            if unheard.is_empty() || !self.settling() {
+                return Some(published);
+            }
+            metrics.publish_retries.increment(1);
+            debug!(
+                records = %held,
+                notifications = unheard.len(),
+                retry_in_ms = delay.as_millis() as u64,
+                "No subscriber yet while instances re-subscribe after a Redis reconnect; publishing again."
+            );
+            if !sleep_unless_aborted(abort, delay).await {
+                return None;
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
+            let (stored, plain): (Vec<usize>, Vec<usize>) = unheard.into_iter().partition(|&i| published[i].stored.is_some());
+            if !plain.is_empty() {
+                let again: Vec<Notification> = plain.iter().map(|&i| batch[i].clone()).collect();
+                let results = until_taken(again.len(), held, abort, metrics, || self.publish(&again)).await?;
+                for (i, result) in plain.into_iter().zip(results) {
+                    published[i] = result;
+                }
+            }
+            if !stored.is_empty() {
+                let again: Vec<(Notification, NotificationId)> =
+                    stored.iter().filter_map(|&i| Some((batch[i].clone(), published[i].stored?))).collect();
+                let reached = until_taken(again.len(), held, abort, metrics, || self.publish_live(&again)).await?;
+                for (i, receivers) in stored.into_iter().zip(reached) {
+                    published[i].receivers = receivers;
+                }
+            }
+        }
+    }
+}
+
+/// Retries a bus operation on `count` notifications with backoff until it succeeds, or
+/// `abort` fires. `held` names the records whose offsets wait for it, for the log.
+async fn until_taken<T, F>(
+    count: usize,
+    held: &(dyn Display + Sync),
+    abort: &CancellationToken,
+    metrics: &Metrics,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T>
+where
+    F: Future<Output = Result<T, BusError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let error = match attempt().await {
+            Ok(done) => return Some(done),
+            Err(e) => e,
+        };
+        metrics.publish_retries.increment(1);
+        warn!(
+            error = %error,
+            records = %held,
+            notifications = count,
+            retry_in_ms = delay.as_millis() as u64,
+            "Bus publish not done; holding consumption and retrying."
+        );
+        if !sleep_unless_aborted(abort, delay).await {
+            return None;
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Sleeps `delay`; false (at once) if `abort` fires first.
+pub async fn sleep_unless_aborted(abort: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = abort.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}

@@ -1,0 +1,140 @@
+//! The `redis` section: the URL, channel names (users, groups, broadcast), client settings.
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub channel: ChannelPattern,
+    /// Channel of one group's notifications; must contain {group}. Default `herald:group:{group}`.
+    pub group_channel: ChannelPattern,
+    /// The one channel of broadcasts, subscribed by every instance. Default `herald:broadcast`.
+    pub broadcast_channel: String,
+    /// Deadline for one Redis command, so an outage fails fast instead of hanging. Default 2000 ms.
+    pub command_timeout: Duration,
+    /// Pub/Sub messages buffered between fred and herald before some are lost. Default 65536.
+    pub pubsub_buffer: usize,
+    /// SSUBSCRIBE/SPUBLISH instead of SUBSCRIBE/PUBLISH, with the user id as the hash tag of
+    /// its channel and stream, so a message only touches the shard that owns the user. Default:
+    /// on for a `redis-cluster://` URL, off otherwise.
+    pub sharded_pubsub: bool,
+    /// Where herald's own subscriber connects: the URL read, unless it is a cluster's.
+    pub address: Option<RedisAddress>,
+}
+
+impl RedisConfig {
+    /// A `redis-cluster://` URL.
+    pub fn is_cluster(&self) -> bool {
+        is_cluster_url(&self.url)
+    }
+}
+
+pub(super) fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis-cluster://")
+}
+
+/// A Redis channel (or key) name pattern with exactly one placeholder: `{user_id}` for users'
+/// channels and streams, `{group}` for groups' channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPattern {
+    prefix: String,
+    suffix: String,
+}
+
+impl ChannelPattern {
+    pub const PLACEHOLDER: &str = "{user_id}";
+    pub const GROUP_PLACEHOLDER: &str = "{group}";
+
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        Self::parse_with(pattern, Self::PLACEHOLDER)
+    }
+
+    pub fn parse_with(pattern: &str, placeholder: &str) -> Result<Self, String> {
+        match pattern.split_once(placeholder) {
+            Some((prefix, suffix)) if !suffix.contains(placeholder) => {
+                if prefix.contains(['*', '?', '[']) || suffix.contains(['*', '?', '[']) {
+                    return Err("must not contain the glob characters * ? [".into());
+                }
+                Ok(Self { prefix: prefix.into(), suffix: suffix.into() })
+            }
+            Some(_) => Err(format!("must contain {placeholder} exactly once")),
+            None => Err(format!("must contain {placeholder}")),
+        }
+    }
+
+    /// The same pattern with the user id as the Redis Cluster hash tag (`herald:user:{u42}`),
+    /// so a user's channel and stream live in the same slot.
+    pub fn hash_tagged(&self) -> Self {
+        Self { prefix: format!("{}{{", self.prefix), suffix: format!("}}{}", self.suffix) }
+    }
+
+    /// Braces outside the placeholder, which would change the hash tag.
+    pub fn has_braces(&self) -> bool {
+        self.prefix.contains(['{', '}']) || self.suffix.contains(['{', '}'])
+    }
+
+    /// The channel carrying one user's notifications.
+    pub fn channel(&self, user_id: &str) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + user_id.len() + self.suffix.len());
+        s.push_str(&self.prefix);
+        s.push_str(user_id);
+        s.push_str(&self.suffix);
+        s
+    }
+
+    /// The user id (or group) a channel belongs to, if it matches the pattern.
+    pub fn user_id<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        let id = channel.strip_prefix(self.prefix.as_str())?.strip_suffix(self.suffix.as_str())?;
+        (!id.is_empty()).then_some(id)
+    }
+}
+
+pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
+    let s = walk.section(
+        v,
+        "redis",
+        &["url", "channel", "group_channel", "broadcast_channel", "command_timeout_ms", "pubsub_buffer", "sharded_pubsub"],
+    );
+    let url = walk.opt::<String>(&s, "url").filter(|u| !u.trim().is_empty());
+    if let Some(u) = &url
+        && !(u.starts_with("redis://") || u.starts_with("redis-sentinel://") || is_cluster_url(u))
+    {
+        walk.error(s.path("url"), "must start with redis://, redis-sentinel:// or redis-cluster:// (TLS is not supported yet)");
+    }
+    let address = match &url {
+        Some(u) if u.starts_with("redis://") || u.starts_with("redis-sentinel://") => match RedisAddress::parse(u) {
+            Ok(a) => Some(a),
+            Err(why) => {
+                walk.error(s.path("url"), why);
+                None
+            }
+        },
+        _ => None,
+    };
+    let pattern: String = walk.get(&s, "channel", "herald:user:{user_id}".into());
+    let channel = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
+        walk.error(s.path("channel"), why);
+        ChannelPattern::parse("herald:user:{user_id}").expect("default pattern is valid")
+    });
+    let group_pattern: String = walk.get(&s, "group_channel", "herald:group:{group}".into());
+    let group_channel = ChannelPattern::parse_with(&group_pattern, ChannelPattern::GROUP_PLACEHOLDER).unwrap_or_else(|why| {
+        walk.error(s.path("group_channel"), why);
+        ChannelPattern::parse_with("herald:group:{group}", ChannelPattern::GROUP_PLACEHOLDER).expect("default pattern is valid")
+    });
+    let broadcast_channel: String = walk.get(&s, "broadcast_channel", "herald:broadcast".into());
+    if broadcast_channel.is_empty() || broadcast_channel.contains(['*', '?', '[']) {
+        walk.error(s.path("broadcast_channel"), "must be a non-empty channel name without the glob characters * ? [");
+    }
+    // A message's channel tells whose it is: no channel may match two of the three.
+    let probe = group_channel.channel("x");
+    if channel.user_id(&probe).is_some() || group_channel.user_id(&channel.channel("x")).is_some() {
+        walk.error(s.path("group_channel"), "must not overlap redis.channel: a group's channel would read as a user's");
+    }
+    if channel.user_id(&broadcast_channel).is_some() || group_channel.user_id(&broadcast_channel).is_some() {
+        walk.error(s.path("broadcast_channel"), "must not match redis.channel or redis.group_channel");
+    }
+    let command_timeout = Duration::from_millis(ranged(walk, &s, "command_timeout_ms", 2000u64, 10..=600_000));
+    let pubsub_buffer = ranged(walk, &s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
+    let sharded_pubsub = walk.get(&s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));
+    url.map(|url| RedisConfig { url, channel, group_channel, broadcast_channel, command_timeout, pubsub_buffer, sharded_pubsub, address })
+}

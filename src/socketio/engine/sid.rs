@@ -1,0 +1,39 @@
+//! Engine.IO session ids.
+
+use std::fmt;
+
+/// A session id: 20 characters of URL-safe base64 (120 random bits), kept inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sid([u8; 20]);
+
+impl Sid {
+    pub fn random() -> Self {
+        let mut raw = [0u8; 15];
+        getrandom::fill(&mut raw).expect("the OS random source");
+        let mut out = [0u8; 20];
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_slice(raw, &mut out).expect("15 bytes are 20 characters");
+        Self(out)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let bytes: [u8; 20] = s.as_bytes().try_into().ok()?;
+        bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_').then_some(Self(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("base64 is ASCII")
+    }
+}
+
+impl fmt::Display for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sid({})", self.as_str())
+    }
+}
