@@ -15,9 +15,10 @@ const SCRIPT_V2: &str = r#"fn route(r) { #{ user_id: r.value.to, payload: #{ n: 
 fn routes_yaml(kafka: &Kafka, dir: &Path) -> String {
     std::fs::write(dir.join("scripted.rhai"), SCRIPT_V1).unwrap();
     std::fs::write(dir.join("loop.rhai"), "fn route(r) { loop { } }").unwrap();
+    // An operations limit no script reaches: what stops the loop is the 20 ms budget.
     with_kafka(
-        &config_yaml(kafka, None, "routes: {script_timeout_ms: 20, reload_debounce_ms: 100}"),
-        "topics: [{name: scripted, script: scripted.rhai}, {name: looping, script: loop.rhai}]",
+        &config_yaml(kafka, None, "routes: {script_timeout_ms: 20, script_max_operations: 1000000000, reload_debounce_ms: 100}"),
+        "topics: [{name: scripted, script: scripted.rhai}, {name: looping, script: loop.rhai}]\ndead_letter_topic: dead-letters",
     )
 }
 
@@ -25,7 +26,7 @@ fn routes_yaml(kafka: &Kafka, dir: &Path) -> String {
 async fn scripted_instance() -> (tempfile::TempDir, Kafka, Herald, Clients) {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let kafka = Kafka::start(&["scripted", "looping"]).await;
+    let kafka = Kafka::start(&["scripted", "looping", "dead-letters"]).await;
     let h = Herald::start_in(&routes_yaml(&kafka, dir.path()), dir.path()).await;
     let mut c = Clients::start().await;
     c.connect_as("ann", &h.url(), "ann").await;
@@ -117,6 +118,15 @@ async fn a_runaway_script_does_not_stall_other_records() {
     })
     .await;
     assert_eq!(h.metric("herald_records_dropped_total{reason=\"script_error\"}").await, 5.0);
+    // Which limit stopped it, as the dead letters say.
+    let reader = topic_reader(&kafka, "dead-letter-reader", "dead-letters");
+    for _ in 0..5 {
+        use rdkafka::message::{Headers, Message};
+        let m = tokio::time::timeout(Duration::from_secs(15), reader.recv()).await.expect("a dead letter").unwrap();
+        let detail = m.headers().and_then(|h| h.iter().find(|h| h.key == "herald-error-detail")).and_then(|h| h.value);
+        let detail = String::from_utf8_lossy(detail.unwrap_or_default()).into_owned();
+        assert!(detail.contains("exceeded the 20 ms time budget"), "the time budget stopped it: {detail}");
+    }
     c.stop().await;
     h.shutdown().await;
 }

@@ -155,8 +155,10 @@ fn record_to_dynamic(record: &Record<'_>) -> Dynamic {
 mod tests {
     use super::*;
 
+    /// A time budget no test script reaches: what stops a runaway is then the operations limit
+    /// (or a fixed bound), never the clock, whatever the machine's speed.
     fn limits() -> Limits {
-        Limits { max_operations: 100_000, timeout: Duration::from_millis(200) }
+        Limits { max_operations: 100_000, timeout: Duration::from_secs(60) }
     }
 
     fn record(value: &[u8]) -> Record<'_> {
@@ -203,11 +205,11 @@ mod tests {
     #[test]
     fn runaway_scripts_are_stopped() {
         let err = run("fn route(r) { loop { } }", b"{}").unwrap_err();
-        assert!(err.contains("exceeded"), "{err}");
+        assert!(err.ends_with("exceeded 100000 operations"), "the operations limit: {err}");
         let err = run("fn f(n) { f(n + 1) } fn route(r) { f(0) }", b"{}").unwrap_err();
-        assert!(!err.is_empty());
+        assert!(err.contains("Stack overflow"), "the call depth limit: {err}");
         let err = run("fn route(r) { let s = \"x\"; loop { s += s; } }", b"{}").unwrap_err();
-        assert!(!err.is_empty());
+        assert!(err.contains("Length of string too large"), "the string size limit: {err}");
     }
 
     #[test]
