@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::source::embedded::EmbeddedBroker;
 use crate::source::kafka::KafkaSource;
+use crate::supervise::Supervisor;
 
 /// A running herald instance.
 pub struct Running {
@@ -70,11 +71,13 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     };
 
     let stop_rest = CancellationToken::new();
+    // Every background task is started through it: one that ends on its own fails the instance.
+    let supervisor = Supervisor::new(stop_rest.clone());
     let presence = Arc::new(Presence::new(metrics.clone()));
     let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client);
-    let bus = Bus::start(&config, Arc::new(deliverer), metrics.clone(), stop_rest.clone()).await?;
-    authenticator.start(stop_rest.clone());
-    let lifetimes = Lifetimes::start(config.auth.expired_event.clone(), metrics.clone(), stop_rest.clone());
+    let bus = Bus::start(&config, Arc::new(deliverer), metrics.clone(), &supervisor).await?;
+    authenticator.start(&supervisor);
+    let lifetimes = Lifetimes::start(config.auth.expired_event.clone(), metrics.clone(), &supervisor);
     let admission = Admission {
         authenticator,
         bus: bus.clone(),
@@ -102,7 +105,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
             metrics.register_route(&script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         }
     }
-    crate::route::watch::spawn(router.clone(), config.routes.reload_debounce, stop_rest.clone())?;
+    crate::route::watch::spawn(router.clone(), config.routes.reload_debounce, &supervisor)?;
     let source = KafkaSource::new(&config, &kafka_bootstrap, router, bus.clone(), metrics.clone())?;
     let kafka_health = source.health();
 
@@ -112,7 +115,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     let state = HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone(), gateway: gateway.clone() };
     let app = http::router(state, publish_api, demo).layer(http::cors(&config.auth.allowed_origins));
     let mounts = vec![gateway.mount()];
-    let failed = CancellationToken::new();
+    let failed = supervisor.failed().clone();
     let server = {
         let (stop, failed, timeout, write_timeout) =
             (stop_rest.clone(), failed.clone(), config.server.connect_timeout, config.server.write_timeout);
@@ -137,7 +140,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     };
     {
         let (metrics, stop) = (metrics.clone(), stop_rest.clone());
-        tokio::spawn(async move {
+        supervisor.spawn("metrics upkeep", async move {
             let mut tick = tokio::time::interval(Metrics::UPKEEP_INTERVAL);
             loop {
                 tokio::select! {

@@ -27,5 +27,6 @@ pub mod replay;
 pub mod route;
 pub mod socketio;
 pub mod source;
+pub mod supervise;
 pub mod telemetry;
 pub mod throttle;

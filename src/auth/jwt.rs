@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
-use tokio_util::sync::CancellationToken;
 
 use super::jwks::Jwks;
 use super::{AuthError, Identity, groups_from_json, user_id_from_json};
@@ -103,9 +102,9 @@ impl JwtVerifier {
         })
     }
 
-    pub fn start(&self, cancel: CancellationToken) {
+    pub fn start(&self, supervisor: &crate::supervise::Supervisor) {
         if let Some(jwks) = &self.jwks {
-            tokio::spawn(jwks.clone().refresh_forever(cancel));
+            supervisor.spawn("jwks refresh", jwks.clone().refresh_forever(supervisor.stop_token()));
         }
     }
 

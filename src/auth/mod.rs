@@ -12,7 +12,6 @@ mod jwt;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::{AuthRejection, Metrics};
@@ -83,9 +82,9 @@ impl Authenticator {
     }
 
     /// Starts background work (JWKS refresh).
-    pub fn start(&self, cancel: CancellationToken) {
+    pub fn start(&self, supervisor: &crate::supervise::Supervisor) {
         if let Some(jwt) = &self.jwt {
-            jwt.start(cancel);
+            jwt.start(supervisor);
         }
     }
 

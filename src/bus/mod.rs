@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 pub use inbound::{Addressee, Inbound};
 
@@ -20,6 +19,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::replay::{History, NotificationId};
 use crate::route::Notification;
+use crate::supervise::Supervisor;
 
 /// What became of one published notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,11 +75,11 @@ impl Bus {
         config: &Config,
         inbound: Arc<dyn Inbound>,
         metrics: Arc<Metrics>,
-        cancel: CancellationToken,
+        supervisor: &Supervisor,
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &config.redis {
             None => Bus::Memory(memory::MemoryBus::new(inbound, &config.replay)),
-            Some(redis) => Bus::Redis(Box::new(redis::RedisBus::start(redis, &config.replay, inbound, metrics, cancel).await?)),
+            Some(redis) => Bus::Redis(Box::new(redis::RedisBus::start(redis, &config.replay, inbound, metrics, supervisor).await?)),
         }))
     }
 

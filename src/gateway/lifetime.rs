@@ -52,9 +52,9 @@ pub struct Lifetimes {
 
 impl Lifetimes {
     /// Starts the expiry task.
-    pub fn start(expired_event: String, metrics: Arc<Metrics>, cancel: CancellationToken) -> Self {
+    pub fn start(expired_event: String, metrics: Arc<Metrics>, supervisor: &crate::supervise::Supervisor) -> Self {
         let (deadlines, rx) = mpsc::unbounded_channel();
-        tokio::spawn(expire(rx, expired_event, metrics, cancel));
+        supervisor.spawn("token lifetimes", expire(rx, expired_event, metrics, supervisor.stop_token()));
         Self { deadlines }
     }
 

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Router;
+use crate::supervise::Supervisor;
 
-/// Starts watching; the returned task ends when `cancel` fires.
-pub fn spawn(router: Arc<Router>, debounce: Duration, cancel: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// Starts watching, until the supervisor's stop.
+pub fn spawn(router: Arc<Router>, debounce: Duration, supervisor: &Supervisor) -> anyhow::Result<()> {
+    let cancel = supervisor.stop_token();
     let (tx, mut changes) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
         Ok(event)
@@ -34,7 +35,7 @@ pub fn spawn(router: Arc<Router>, debounce: Duration, cancel: CancellationToken)
     if !dirs.is_empty() {
         info!(dirs = ?dirs, "Watching route scripts for changes.");
     }
-    Ok(tokio::spawn(async move {
+    supervisor.spawn("route script watcher", async move {
         let _watcher = watcher; // dropping it stops the watch
         let mut hangups = hangup_signals();
         // A reload is due once the burst of events of one save has been quiet for `debounce`.
@@ -54,7 +55,8 @@ pub fn spawn(router: Arc<Router>, debounce: Duration, cancel: CancellationToken)
                 }
             }
         }
-    }))
+    });
+    Ok(())
 }
 
 async fn sleep_until(due: Option<tokio::time::Instant>) {

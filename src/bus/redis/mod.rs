@@ -32,7 +32,7 @@ use fred::prelude::{Builder, Config as FredConfig, ReconnectPolicy};
 use fred::types::{ClusterHash, CustomCommand};
 use futures::StreamExt as _;
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -50,6 +50,7 @@ use crate::config::{ChannelPattern, RedisAddress, RedisConfig, RedisTarget, Repl
 use crate::metrics::Metrics;
 use crate::replay::{History, NotificationId, Retained, history_after};
 use crate::route::Notification;
+use crate::supervise::Supervisor;
 use serde_json::value::RawValue;
 
 /// How far Redis's clock (stream ids) may be behind ours, for the retry search of the store
@@ -104,7 +105,7 @@ pub struct RedisBus {
     /// When the publisher last reconnected; see [`RESUBSCRIBE_SETTLE`]. A connection made during
     /// start-up does not count: Redis did not just lose the other instances' subscriptions.
     reconnected_at: Arc<std::sync::Mutex<Option<Instant>>>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Vec<AbortHandle>,
 }
 
 impl RedisBus {
@@ -113,8 +114,9 @@ impl RedisBus {
         replay_config: &ReplayConfig,
         deliverer: Arc<dyn Inbound>,
         metrics: Arc<Metrics>,
-        cancel: CancellationToken,
+        supervisor: &Supervisor,
     ) -> anyhow::Result<Self> {
+        let cancel = supervisor.stop_token();
         // herald's own subscriber for one server or a Sentinel set; fred's on a cluster.
         let own = config.address.clone();
         let fred_config = match &own {
@@ -170,7 +172,7 @@ impl RedisBus {
                     connected: up.clone(),
                     interest: Interest::default(),
                 };
-                tasks.push(tokio::spawn(subscriptions.run(ops_rx, cancel.clone())));
+                tasks.push(supervisor.spawn("redis subscriber", subscriptions.run(ops_rx, cancel.clone())));
                 Subscriber::Own(up)
             }
             None => {
@@ -182,9 +184,11 @@ impl RedisBus {
                 client.connect();
                 let manager =
                     SubscriptionManager { subscriber: client.clone(), sharded, metrics: metrics.clone(), interest: Interest::default() };
-                tasks.push(tokio::spawn(manager.run(ops_rx, cancel.clone())));
+                tasks.push(supervisor.spawn("redis subscription manager", manager.run(ops_rx, cancel.clone())));
                 let workers = delivery_workers(config.pubsub_buffer, &channels, &deliverer, &metrics);
-                tasks.push(tokio::spawn(receive(client.clone(), channels.clone(), workers, metrics.clone(), cancel.clone())));
+                tasks.push(
+                    supervisor.spawn("redis receiver", receive(client.clone(), channels.clone(), workers, metrics.clone(), cancel.clone())),
+                );
                 Subscriber::Fred(client)
             }
         };
@@ -207,14 +211,10 @@ impl RedisBus {
             store.load_or_warn(&publisher).await;
         }
         let reconnected_at = Arc::new(std::sync::Mutex::new(None));
-        tasks.push(tokio::spawn(watch_connection(
-            publisher.clone(),
-            subscriber.clone(),
-            store.clone(),
-            reconnected_at.clone(),
-            metrics,
-            cancel,
-        )));
+        tasks.push(supervisor.spawn(
+            "redis connection watcher",
+            watch_connection(publisher.clone(), subscriber.clone(), store.clone(), reconnected_at.clone(), metrics, cancel),
+        ));
         Ok(Self {
             publisher,
             own_publisher,
