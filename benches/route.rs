@@ -20,9 +20,10 @@ const RUNS: usize = 5;
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = Config::load(&root.join("config.yaml")).expect("shipped config");
-    let scripted = Router::new(&config, None).expect("shipped scripts compile");
+    let scripted = Router::new(&config, herald::metrics::Metrics::detached()).expect("shipped scripts compile");
     let yaml = "auth: {jwt: {secret: s}}\nkafka: {topics: [user-notifications]}";
-    let default_rule = Router::new(&Config::from_yaml(yaml, root.into(), &|_| None).unwrap(), None).unwrap();
+    let default_rule =
+        Router::new(&Config::from_yaml(yaml, root.into(), &|_| None).unwrap(), herald::metrics::Metrics::detached()).unwrap();
 
     let values: Vec<String> = (0..1000)
         .map(|i| {

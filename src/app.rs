@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::Authenticator;
 use crate::bus::Bus;
-use crate::config::{Brokers, Config};
+use crate::config::{Brokers, Config, ConfigError, ConfigErrors};
 use crate::gateway::receipts::Receipts;
 use crate::gateway::{self, Admission, Deliverer, Gateway, Lifetimes, Limits, Presence};
 use crate::http::{self, HttpState};
@@ -43,13 +43,40 @@ pub struct Running {
     _broker: Option<EmbeddedBroker>,
 }
 
-/// Builds and starts every stage. `listener` overrides `server.listen` (tests bind port 0).
-pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Running> {
+/// What is built from the config before anything starts, once, for `run`, `check-config` and
+/// `route` alike: the metrics first (everything else counts into them), every route script
+/// compiled, every key loaded. An error here is a config error: nothing was started.
+pub struct Prepared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub router: Arc<Router>,
+    pub authenticator: Authenticator,
+}
+
+pub fn prepare(config: Config) -> Result<Prepared, ConfigErrors> {
     let topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&topics));
+    let router = Arc::new(Router::new(&config, metrics.clone())?);
+    let authenticator = Authenticator::new(&config, metrics.clone())
+        .map_err(|e| ConfigErrors(vec![ConfigError { path: String::new(), message: format!("{e:#}") }]))?;
+    for topic in &config.kafka.topics {
+        if let Some(script) = &topic.script {
+            metrics.register_route(&script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        }
+    }
+    Ok(Prepared { config, metrics, router, authenticator })
+}
+
+/// Prepares and starts every stage. `listener` overrides `server.listen` (tests bind port 0).
+pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Running> {
+    start_prepared(prepare(config)?, listener).await
+}
+
+/// Starts every stage from what [`prepare`] built.
+pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -> anyhow::Result<Running> {
+    let Prepared { config, metrics, router, authenticator } = prepared;
     // The embedded broker also holds the dead-letter topic, so it can be read back.
-    let broker_topics: Vec<String> = topics.iter().cloned().chain(config.kafka.output_topics()).collect();
-    let authenticator = Authenticator::new(&config, Some(metrics.clone()))?;
+    let broker_topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).chain(config.kafka.output_topics()).collect();
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(config.server.listen)
@@ -99,12 +126,6 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Res
     };
     let gateway = Gateway::start(&config.server, &config.auth, admission).server;
 
-    let router = Arc::new(Router::new(&config, Some(metrics.clone()))?);
-    for topic in &config.kafka.topics {
-        if let Some(script) = &topic.script {
-            metrics.register_route(&script.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        }
-    }
     crate::route::watch::spawn(router.clone(), config.routes.reload_debounce, &supervisor)?;
     let source = KafkaSource::new(&config, &kafka_bootstrap, router, bus.clone(), metrics.clone())?;
     let kafka_health = source.health();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use herald::app::Prepared;
 use herald::config::{Brokers, Config};
 use herald::route::{Audience, Record, Router};
 
@@ -82,30 +83,24 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Everything is validated before anything starts: the config, then every route script.
-    let config =
-        match Config::load(&cli.config).and_then(|c| Router::new(&c, None).map(|_| c)).and_then(|c| match herald::auth::Authenticator::new(
-            &c, None,
-        ) {
-            Ok(_) => Ok(c),
-            Err(e) => {
-                Err(herald::config::ConfigErrors(vec![herald::config::ConfigError { path: String::new(), message: format!("{e:#}") }]))
-            }
-        }) {
-            Ok(c) => c,
-            Err(errors) => {
-                eprint!("herald: {}: {errors}", cli.config.display());
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
+    // One preparation for every command, before anything starts: the config, every route
+    // script, every key.
+    let prepared = match Config::load(&cli.config).and_then(herald::app::prepare) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprint!("herald: {}: {errors}", cli.config.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
             println!("{}: OK", cli.config.display());
             Ok(())
         }
-        Command::Run => run(config),
-        Command::Token { user, ttl_secs } => token(&config, &user, ttl_secs).map(|t| println!("{t}")),
-        Command::Produce { topic, key, brokers, value } => produce(&config, topic, key, brokers, value),
-        Command::Route { topic, key, record } => dry_run(&config, &topic, key.as_deref(), &record),
+        Command::Token { user, ttl_secs } => token(&prepared.config, &user, ttl_secs).map(|t| println!("{t}")),
+        Command::Produce { topic, key, brokers, value } => produce(&prepared.config, topic, key, brokers, value),
+        Command::Route { topic, key, record } => dry_run(&prepared.router, &topic, key.as_deref(), &record),
+        Command::Run => run(prepared),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,15 +115,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
-    herald::telemetry::init(&config.log);
+fn run(prepared: Prepared) -> anyhow::Result<()> {
+    herald::telemetry::init(&prepared.config.log);
     if let Some((before, after)) = herald::process::raise_open_file_limit() {
         tracing::info!(before, after, "Raised the open-file limit (each socket is a file descriptor).");
     }
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
-        let embedded_banner = config.is_embedded().then(|| banner(&config));
-        let running = herald::app::start(config, None).await?;
+        let embedded_banner = prepared.config.is_embedded().then(|| banner(&prepared.config));
+        let running = herald::app::start_prepared(prepared, None).await?;
         if let Some(banner) = embedded_banner {
             println!("{}", banner.replace("{listen}", &running.local_addr().to_string()).replace("{kafka}", running.kafka_bootstrap()));
         }
@@ -193,7 +188,7 @@ fn token(config: &Config, user: &str, ttl_secs: u64) -> anyhow::Result<String> {
 }
 
 /// Prints one JSON line per notification the record would cause, or the reason it causes none.
-fn dry_run(config: &Config, topic: &str, key: Option<&str>, record: &str) -> anyhow::Result<()> {
+fn dry_run(router: &Router, topic: &str, key: Option<&str>, record: &str) -> anyhow::Result<()> {
     let value = if record == "-" {
         let mut v = Vec::new();
         std::io::stdin().read_to_end(&mut v)?;
@@ -201,7 +196,6 @@ fn dry_run(config: &Config, topic: &str, key: Option<&str>, record: &str) -> any
     } else {
         std::fs::read(record).map_err(|e| anyhow::anyhow!("cannot read {record}: {e}"))?
     };
-    let router = Router::new(config, None)?;
     let record = Record {
         topic,
         partition: 0,

@@ -30,7 +30,7 @@ kafka:
 "#;
         let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         let config = Config::from_yaml(yaml, base, &|_| None).expect("the fuzz config is valid");
-        Router::new(&config, None).expect("the shipped script compiles")
+        Router::new(&config, herald::metrics::Metrics::detached()).expect("the shipped script compiles")
     })
 }
 

@@ -37,11 +37,11 @@ pub struct UserCheck {
     config: CheckConfig,
     method: reqwest::Method,
     cache: DashMap<[u8; 32], (Instant, Answer)>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl UserCheck {
-    pub fn new(config: &CheckConfig, metrics: Option<Arc<Metrics>>) -> anyhow::Result<Self> {
+    pub fn new(config: &CheckConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder().timeout(config.timeout).connect_timeout(config.timeout).build()?;
         let method = if config.method == "POST" { reqwest::Method::POST } else { reqwest::Method::GET };
         Ok(Self { client, config: config.clone(), method, cache: DashMap::new(), metrics })
@@ -118,9 +118,7 @@ impl UserCheck {
     }
 
     fn count(&self, result: &'static str) {
-        if let Some(m) = &self.metrics {
-            m.auth_check(result);
-        }
+        self.metrics.auth_check(result);
     }
 }
 

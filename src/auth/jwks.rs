@@ -22,17 +22,11 @@ pub struct Jwks {
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     min_refetch: Duration,
     refresh: Duration,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Jwks {
-    pub fn new(
-        url: &str,
-        timeout: Duration,
-        min_refetch: Duration,
-        refresh: Duration,
-        metrics: Option<Arc<Metrics>>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(url: &str, timeout: Duration, min_refetch: Duration, refresh: Duration, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build()?;
         Ok(Self {
             url: url.to_owned(),
@@ -110,8 +104,6 @@ impl Jwks {
     }
 
     fn count(&self, ok: bool) {
-        if let Some(m) = &self.metrics {
-            m.jwks_fetch(ok);
-        }
+        self.metrics.jwks_fetch(ok);
     }
 }

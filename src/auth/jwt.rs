@@ -47,7 +47,7 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
-    pub fn new(config: &Config, metrics: Option<Arc<Metrics>>) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let jwt = &config.auth.jwt;
         let mut validation = Validation::new(*jwt.algorithms.first().unwrap_or(&Algorithm::HS256));
         validation.algorithms = jwt.algorithms.clone();
@@ -164,7 +164,7 @@ mod tests {
 
     fn verifier(yaml: &str) -> JwtVerifier {
         let config = Config::from_yaml(yaml, env!("CARGO_MANIFEST_DIR").into(), &|_| None).unwrap();
-        JwtVerifier::new(&config, None).unwrap()
+        JwtVerifier::new(&config, Metrics::detached()).unwrap()
     }
 
     fn now() -> u64 {

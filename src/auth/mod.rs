@@ -75,7 +75,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Loads keys; fails on an unreadable or unparsable key file. JWKS are fetched later.
-    pub fn new(config: &Config, metrics: Option<Arc<Metrics>>) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let jwt = config.auth.jwt.is_enabled().then(|| jwt::JwtVerifier::new(config, metrics.clone())).transpose()?;
         let check = config.auth.check.as_ref().map(|c| check::UserCheck::new(c, metrics)).transpose()?;
         Ok(Self { jwt, check })

@@ -185,6 +185,12 @@ struct TransportCounters {
 }
 
 impl Metrics {
+    /// Metrics no endpoint serves: for a dry run, tests and benchmarks, where what is counted
+    /// is not looked at.
+    pub fn detached() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::new(&[]))
+    }
+
     /// Registers every metric at zero, so dashboards see them before the first event.
     pub fn new(topics: &[String]) -> Self {
         let recorder = PrometheusBuilder::new()

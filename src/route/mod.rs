@@ -115,7 +115,7 @@ pub struct Router {
     limits: Limits,
     default_event: Arc<str>,
     fallback_user_id: UserIdSource,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
     /// How many threads route a large batch (`routes.threads`, 0 resolved to the core count).
     threads: usize,
     /// Their pool, started by the first batch large enough to split (never for a dry run).
@@ -125,7 +125,7 @@ pub struct Router {
 impl Router {
     /// Builds every topic's rule, compiling every script; all compile errors are returned, each
     /// with the config path of the topic that names the script.
-    pub fn new(config: &Config, metrics: Option<Arc<Metrics>>) -> Result<Self, ConfigErrors> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigErrors> {
         let limits = Limits { max_operations: config.routes.script_max_operations, timeout: config.routes.script_timeout };
         let engine = script::engine(&limits);
         let default_event: Arc<str> = config.server.event.as_str().into();
@@ -237,12 +237,10 @@ impl Router {
                 }
             }
         }
-        if let Some(m) = &self.metrics {
-            match &outcome {
-                ReloadOutcome::Unchanged => {}
-                ReloadOutcome::Applied(_) => m.reload(true),
-                ReloadOutcome::Rejected { .. } => m.reload(false),
-            }
+        match &outcome {
+            ReloadOutcome::Unchanged => {}
+            ReloadOutcome::Applied(_) => self.metrics.reload(true),
+            ReloadOutcome::Rejected { .. } => self.metrics.reload(false),
         }
         outcome
     }
@@ -268,9 +266,7 @@ impl Router {
         let Some(pool) = pool else {
             return self.route_each(&table, records, 0, out);
         };
-        if let Some(m) = &self.metrics {
-            m.route_split_batches.increment(1);
-        }
+        self.metrics.route_split_batches.increment(1);
         // Even parts: the first `extra` ones take one record more, so none is under the minimum.
         let (base, extra) = (records.len() / parts, records.len() % parts);
         let start = |part: usize| part * base + part.min(extra);
@@ -435,7 +431,7 @@ mod tests {
 
     fn router(yaml: &str) -> Router {
         let config = Config::from_yaml(&format!("auth: {{jwt: {{secret: s}}}}\n{yaml}"), ".".into(), &|_| None).unwrap();
-        Router::new(&config, None).unwrap()
+        Router::new(&config, Metrics::detached()).unwrap()
     }
 
     fn record<'a>(topic: &'a str, key: Option<&'a [u8]>, value: &'a [u8]) -> Record<'a> {
@@ -516,7 +512,7 @@ mod script_tests {
         // A time budget no test script reaches: a runaway is stopped by the operations limit.
         let yaml = "auth: {jwt: {secret: s}}\nkafka: {topics: [{name: t, script: t.rhai}]}\nroutes: {script_timeout_ms: 60000}";
         let config = Config::from_yaml(yaml, dir.path().into(), &|_| None).unwrap();
-        (Router::new(&config, None).unwrap(), dir)
+        (Router::new(&config, Metrics::detached()).unwrap(), dir)
     }
 
     fn route(r: &Router, value: &str) -> Result<Vec<Notification>, RouteError> {
@@ -596,7 +592,7 @@ mod script_tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t.rhai"), r#"fn route(r) { [#{ user_id: "a" }, #{ user_id: "b" }] }"#).unwrap();
         let yaml = "auth: {jwt: {secret: s}}\nkafka: {topics: [{name: t, script: t.rhai, retain: true}]}";
-        let r = Router::new(&Config::from_yaml(yaml, dir.path().into(), &|_| None).unwrap(), None).unwrap();
+        let r = Router::new(&Config::from_yaml(yaml, dir.path().into(), &|_| None).unwrap(), Metrics::detached()).unwrap();
         let n = route(&r, "{}").unwrap();
         let origins: Vec<_> = n.iter().map(|n| n.origin.as_deref()).collect();
         assert_eq!(origins, [Some("t/0/1/0"), Some("t/0/1/1")]);
@@ -619,7 +615,7 @@ mod script_tests {
         let router_with = |threads: usize| {
             let yaml =
                 format!("auth: {{jwt: {{secret: s}}}}\nkafka: {{topics: [{{name: t, script: t.rhai}}]}}\nroutes: {{threads: {threads}}}");
-            Router::new(&Config::from_yaml(&yaml, dir.path().into(), &|_| None).unwrap(), None).unwrap()
+            Router::new(&Config::from_yaml(&yaml, dir.path().into(), &|_| None).unwrap(), Metrics::detached()).unwrap()
         };
         // Not a multiple of the thread count: the parts are uneven (251, 250, 250, 250).
         const RECORDS: usize = 1001;
@@ -674,7 +670,7 @@ mod script_tests {
         std::fs::write(dir.path().join("bad.rhai"), "fn route(r) {\n  let x = ;\n}").unwrap();
         let yaml = "auth: {jwt: {secret: s}}\nkafka: {topics: [a, {name: b, script: bad.rhai}, {name: c, script: missing.rhai}]}";
         let config = Config::from_yaml(yaml, dir.path().into(), &|_| None).unwrap();
-        let errors = Router::new(&config, None).err().unwrap().0;
+        let errors = Router::new(&config, Metrics::detached()).err().unwrap().0;
         assert_eq!(errors.len(), 2);
         assert_eq!(errors[0].path, "kafka.topics[1].script");
         assert!(errors[0].message.contains("bad.rhai:2:"), "{}", errors[0].message);
@@ -698,7 +694,7 @@ mod script_tests {
     fn shipped_scripts_compile_and_route_their_examples() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let config = Config::load(&root.join("config.yaml")).unwrap();
-        let r = Router::new(&config, None).unwrap();
+        let r = Router::new(&config, Metrics::detached()).unwrap();
         let mut shipped: Vec<_> =
             std::fs::read_dir(root.join("routes")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         shipped.sort();
