@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use herald::config::Config;
-use herald::route::{Record, Router};
+use herald::route::{Audience, Record, Router};
 use libfuzzer_sys::fuzz_target;
 
 const TOPICS: [&str; 4] = ["scripted", "by-pointer", "by-key", "unconfigured"];
@@ -74,7 +74,11 @@ fuzz_target!(|input: &[u8]| {
     if router().route(&record, &mut out).is_ok() {
         assert!(!out.is_empty(), "a routed record gives at least one notification");
         for n in &out {
-            assert!(!n.user_id.is_empty(), "a notification always names its user");
+            match &n.to {
+                Audience::User(user) => assert!(!user.is_empty(), "a notification always names its user"),
+                Audience::Group { name, .. } => assert!(!name.is_empty(), "or its group"),
+                Audience::Broadcast => {}
+            }
         }
     }
 });
