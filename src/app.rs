@@ -110,6 +110,7 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
         bus: bus.clone(),
         presence,
         metrics: metrics.clone(),
+        rejections: metrics.by_label(crate::metrics::AUTH_REJECTIONS),
         lifetimes,
         limits: Limits::new(&config.auth),
         replay: config.replay.clone(),

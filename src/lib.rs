@@ -18,6 +18,7 @@
 pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod http;

@@ -202,7 +202,7 @@ fn dry_run(router: &Router, topic: &str, key: Option<&str>, record: &str) -> any
         offset: 0,
         key: key.map(str::as_bytes),
         value: Some(&value),
-        timestamp_ms: Some(herald::route::now_ms()),
+        timestamp_ms: Some(herald::clock::unix_ms()),
         headers: &[],
     };
     let mut out = Vec::new();
@@ -220,11 +220,11 @@ fn dry_run(router: &Router, topic: &str, key: Option<&str>, record: &str) -> any
             }
             Ok(())
         }
-        Err(e) if e.reason == herald::metrics::DropReason::Filtered => {
+        Err(e) if e.reason == herald::route::DropReason::Filtered => {
             eprintln!("no notification: {e}");
             Ok(())
         }
-        Err(e) => Err(anyhow::anyhow!("dropped ({}): {e}", e.reason.as_str())),
+        Err(e) => Err(anyhow::anyhow!("dropped ({}): {e}", herald::metrics::LabelValue::as_label(e.reason))),
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use herald::metrics::{ALL_NAMES, DELIVERY_LATENCY, HISTOGRAMS};
+use herald::metrics::{CATALOG, DELIVERY_LATENCY, Kind};
 use serde_json::Value;
 
 const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
@@ -37,10 +37,11 @@ fn herald_identifiers(expr: &str) -> Vec<&str> {
 
 /// The exported metric a series name belongs to: itself, or a histogram for its suffixed series.
 fn metric_of(series: &str) -> Option<&'static str> {
-    if let Some(&name) = ALL_NAMES.iter().find(|&&n| n == series && !HISTOGRAMS.contains(&n)) {
-        return Some(name);
+    let histogram = |name: &str| CATALOG.iter().find(|m| m.name == name && m.kind == Kind::Histogram).map(|m| m.name);
+    if let Some(m) = CATALOG.iter().find(|m| m.name == series && m.kind != Kind::Histogram) {
+        return Some(m.name);
     }
-    HISTOGRAM_SUFFIXES.iter().filter_map(|s| series.strip_suffix(s)).find_map(|base| HISTOGRAMS.iter().copied().find(|&h| h == base))
+    HISTOGRAM_SUFFIXES.iter().filter_map(|s| series.strip_suffix(s)).find_map(histogram)
 }
 
 /// Every PromQL expression of the dashboard: panel targets (rows included) and variable queries.

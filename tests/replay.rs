@@ -151,7 +151,7 @@ async fn a_retried_store_keeps_one_copy_in_the_history() {
     let (first, second) = (notification(1, "t/0/5/0"), notification(2, "t/0/6/0"));
 
     // The first attempt stored `first`, then failed before `second` (its reply was lost).
-    let began = herald::route::now_ms();
+    let began = herald::clock::unix_ms();
     let stored = bus.publish(std::slice::from_ref(&first)).await.unwrap()[0].stored.unwrap();
     let again = bus.publish_again(&[first.clone(), second.clone()], began).await.unwrap();
     assert_eq!(again[0].stored, Some(stored), "found by its origin, under its first id");

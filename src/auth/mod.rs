@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::metrics::{AuthRejection, Metrics};
+use crate::metrics::{LabelValue, Metrics};
 
 /// Why a connection or a refresh was refused. `Display` is the short, fixed text the client
 /// sees: library error text and token contents never leave the process.
@@ -41,18 +41,35 @@ pub enum AuthError {
     TooManyGroups,
 }
 
-impl AuthError {
-    pub fn rejection(self) -> AuthRejection {
+/// The `reason` label of `herald_gateway_auth_rejections_total`.
+impl LabelValue for AuthError {
+    const KEY: &'static str = "reason";
+    const ALL: &'static [Self] = &[
+        Self::MissingToken,
+        Self::InvalidToken,
+        Self::TokenExpired,
+        Self::Unauthorized,
+        Self::Unavailable,
+        Self::TooManyConnections,
+        Self::OriginNotAllowed,
+        Self::TooManyGroups,
+    ];
+
+    fn as_label(self) -> &'static str {
         match self {
-            Self::MissingToken => AuthRejection::MissingToken,
-            Self::InvalidToken => AuthRejection::InvalidToken,
-            Self::TokenExpired => AuthRejection::TokenExpired,
-            Self::Unauthorized => AuthRejection::Unauthorized,
-            Self::Unavailable => AuthRejection::Unavailable,
-            Self::TooManyConnections => AuthRejection::TooManyConnections,
-            Self::OriginNotAllowed => AuthRejection::OriginNotAllowed,
-            Self::TooManyGroups => AuthRejection::TooManyGroups,
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::TokenExpired => "token_expired",
+            Self::Unauthorized => "unauthorized",
+            Self::Unavailable => "auth_unavailable",
+            Self::TooManyConnections => "too_many_connections",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::TooManyGroups => "too_many_groups",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 

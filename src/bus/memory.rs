@@ -25,7 +25,7 @@ impl MemoryBus {
         for n in batch {
             let published = match (&n.to, n.retain) {
                 (Audience::User(user), true) => {
-                    let id = self.history.append(user, &n.event, &n.payload, crate::route::now_ms().max(0) as u64);
+                    let id = self.history.append(user, &n.event, &n.payload, crate::clock::unix_ms().max(0) as u64);
                     let receivers = self.deliverer.deliver_retained(user, id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us);
                     Published { receivers, stored: Some(id) }
                 }

@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{Bus, BusError, Published};
+use crate::clock::unix_ms;
 use crate::metrics::Metrics;
 use crate::replay::NotificationId;
-use crate::route::{Notification, now_ms};
+use crate::route::Notification;
 
 impl Bus {
     /// Publishes the batch, holding the partition until the bus takes it (or `abort` fires):
@@ -30,7 +31,7 @@ impl Bus {
         metrics: &Metrics,
     ) -> Option<Vec<Published>> {
         // After a failed attempt, which may have stored part of the batch, `publish_again`.
-        let first_attempt_ms = now_ms();
+        let first_attempt_ms = unix_ms();
         let mut tried = false;
         let attempt = || {
             let again = std::mem::replace(&mut tried, true);

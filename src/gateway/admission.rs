@@ -14,7 +14,7 @@ use super::presence::{Entry, Presence};
 use crate::auth::{AuthError, Authenticator};
 use crate::bus::Bus;
 use crate::config::{AuthConfig, PerUserLimit, ReplayConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{ByLabel, Metrics};
 use crate::replay::{self, NotificationId};
 use crate::socketio::{Handshake, event_frame};
 
@@ -23,6 +23,8 @@ pub struct Admission {
     pub bus: Arc<Bus>,
     pub presence: Arc<Presence>,
     pub metrics: Arc<Metrics>,
+    /// Connections refused, by reason (`metrics.by_label(AUTH_REJECTIONS)`).
+    pub rejections: ByLabel<AuthError>,
     pub lifetimes: Lifetimes,
     pub limits: Limits,
     pub replay: ReplayConfig,
@@ -59,7 +61,7 @@ impl Admission {
         let auth: Option<Value> = auth.and_then(|a| serde_json::from_str(a.get()).ok());
         let result = self.try_admit(socket, auth.as_ref()).await;
         if let Err(e) = &result {
-            self.metrics.auth_rejected(e.rejection());
+            self.rejections.increment(*e, 1);
             debug!(sid = socket.id(), reason = %e, "Refused a connection.");
         }
         result

@@ -9,10 +9,10 @@ use tracing::warn;
 use super::member::{Client, Member};
 use super::presence::{Entry, Presence};
 use crate::bus::{Addressee, Inbound};
+use crate::clock::unix_us;
 use crate::config::SlowClient;
 use crate::metrics::{AudienceKind, Metrics};
 use crate::replay::{self, NotificationId};
-use crate::route::now_us;
 use crate::socketio::{SendError, event_frame};
 
 /// Emits notifications to the sockets of this instance. Cheap to clone.
@@ -68,7 +68,7 @@ impl Deliverer {
     /// units): it is left out rather than skew the histogram.
     fn record_latency(&self, produced_ms: i64, consumed_us: i64) {
         const PLAUSIBLE_US: i64 = 3_600_000_000;
-        let now = now_us();
+        let now = unix_us();
         self.metrics.delivery_latency.record((now / 1000 - produced_ms).max(0) as f64 / 1e3);
         if consumed_us > 0 && (now - consumed_us).abs() < PLAUSIBLE_US {
             self.metrics.pipeline_latency.record((now - consumed_us).max(0) as f64 / 1e6);

@@ -74,7 +74,7 @@ async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String,
     loop {
         let next = heap.peek().map(|Reverse(d)| d.0);
         let sleep = match next {
-            Some(exp) => Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms())),
+            Some(exp) => Duration::from_millis(exp.saturating_mul(1000).saturating_sub(crate::clock::unix_ms().max(0) as u64)),
             None => Duration::from_secs(3600),
         };
         tokio::select! {
@@ -90,7 +90,7 @@ async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String,
                 None => return,
             },
             _ = tokio::time::sleep(sleep), if next.is_some() => {
-                let now_secs = now_ms() / 1000;
+                let now_secs = crate::clock::unix_ms().max(0) as u64 / 1000;
                 while heap.peek().is_some_and(|Reverse(d)| d.0 <= now_secs) {
                     let Some(Reverse(Deadline(_, weak))) = heap.pop() else { break };
                     let Some(socket) = weak.upgrade().filter(|s| s.is_connected()) else { continue };
@@ -111,10 +111,6 @@ async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String,
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Handles `auth_refresh`: the data is the new token, or `{token}`. Returns the ack, `{ok:

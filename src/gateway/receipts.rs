@@ -10,7 +10,7 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
-use crate::route::now_ms;
+use crate::clock::unix_ms;
 
 /// Longest notification id a receipt may name (herald's own are far shorter).
 const MAX_ID: usize = 256;
@@ -53,10 +53,10 @@ impl Receipts {
     /// for Kafka's ack.
     pub async fn record(&self, user_id: &str, socket_id: &str, window: &AtomicU64, data: &Value) -> Result<(), Refused> {
         let (id, state) = parse(data)?;
-        if !take(window, self.per_sec, now_ms().max(0) as u64 / 1000) {
+        if !take(window, self.per_sec, unix_ms().max(0) as u64 / 1000) {
             return Err(Refused::RateLimited);
         }
-        let value = json!({"user_id": user_id, "id": id, "state": state, "socket_id": socket_id, "timestamp_ms": now_ms()}).to_string();
+        let value = json!({"user_id": user_id, "id": id, "state": state, "socket_id": socket_id, "timestamp_ms": unix_ms()}).to_string();
         let record = FutureRecord::<str, str>::to(&self.topic).key(user_id).payload(&value);
         self.producer.send(record, Duration::from_secs(10)).await.map(drop).map_err(|(e, _)| Refused::Failed(e.to_string()))
     }

@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::user_id_from_json;
 use crate::bus::Bus;
+use crate::clock::{unix_ms, unix_us};
 use crate::config::ApiConfig;
-use crate::route::{Audience, Notification, now_ms, now_us};
+use crate::route::{Audience, Notification};
 
 pub struct PublishApi {
     key_digest: [u8; 32],
@@ -115,8 +116,8 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
         Some(e) => e.into(),
         None => api.default_event.clone(),
     };
-    let timestamp_ms = now_ms();
-    let consumed_us = now_us();
+    let timestamp_ms = unix_ms();
+    let consumed_us = unix_us();
     let batch: Vec<Notification> = audiences
         .into_iter()
         .map(|to| Notification {

@@ -15,107 +15,129 @@ use crate::socketio::{ProtocolError, Stats};
 
 mod labels;
 
-pub use labels::{AudienceKind, AuthRejection, DropReason, PerKind};
+pub use labels::{AudienceKind, ByLabel, LabelValue, PerKind};
 
-pub const SOCKETS: &str = "herald_gateway_sockets";
-pub const USERS: &str = "herald_gateway_users";
-pub const CONNECTIONS: &str = "herald_gateway_connections_total";
-pub const AUTH_REJECTIONS: &str = "herald_gateway_auth_rejections_total";
-pub const DELIVERED: &str = "herald_gateway_notifications_delivered_total";
-pub const EMIT_FAILURES: &str = "herald_gateway_emit_failures_total";
-pub const DELIVERY_LATENCY: &str = "herald_delivery_latency_seconds";
-pub const PIPELINE_LATENCY: &str = "herald_pipeline_latency_seconds";
-pub const RECORDS_CONSUMED: &str = "herald_source_records_consumed_total";
-pub const RECORDS_DROPPED: &str = "herald_records_dropped_total";
-pub const KAFKA_CONNECTED: &str = "herald_source_kafka_connected";
-pub const KAFKA_RECONNECTS: &str = "herald_source_kafka_reconnects_total";
-pub const KAFKA_DISCONNECTED: &str = "herald_source_kafka_disconnected_seconds_total";
-pub const COMMIT_FAILURES: &str = "herald_source_commit_failures_total";
-pub const ASSIGNED_PARTITIONS: &str = "herald_source_assigned_partitions";
-pub const PUBLISHED: &str = "herald_bus_notifications_published_total";
-pub const PUBLISH_RETRIES: &str = "herald_bus_publish_retries_total";
-pub const RECEIVED: &str = "herald_bus_notifications_received_total";
-pub const BUS_LAGGED: &str = "herald_bus_messages_lost_total";
-pub const BUS_DECODE_FAILURES: &str = "herald_bus_decode_failures_total";
-pub const REDIS_CONNECTED: &str = "herald_bus_redis_connected";
-pub const REDIS_RECONNECTS: &str = "herald_bus_redis_reconnects_total";
-pub const REDIS_DISCONNECTED: &str = "herald_bus_redis_disconnected_seconds_total";
-pub const SUBSCRIPTIONS: &str = "herald_bus_subscriptions";
-pub const BUILD_INFO: &str = "herald_build_info";
-pub const ROUTE_RELOADS: &str = "herald_route_reloads_total";
-pub const ROUTE_SPLIT_BATCHES: &str = "herald_route_split_batches_total";
-pub const AUTH_CHECKS: &str = "herald_auth_check_requests_total";
-pub const JWKS_FETCHES: &str = "herald_auth_jwks_fetches_total";
-pub const EXPIRED_DISCONNECTS: &str = "herald_gateway_expired_disconnects_total";
-pub const TOKEN_REFRESHES: &str = "herald_gateway_token_refreshes_total";
-pub const LIMIT_EVICTIONS: &str = "herald_gateway_limit_evictions_total";
-pub const SLOW_CLIENT_DISCONNECTS: &str = "herald_gateway_slow_client_disconnects_total";
-pub const WRITE_TIMEOUTS: &str = "herald_gateway_write_timeouts_total";
-pub const PROTOCOL_ERRORS: &str = "herald_gateway_protocol_errors_total";
-pub const SESSIONS_OPENED: &str = "herald_gateway_sessions_opened_total";
-pub const UPGRADES: &str = "herald_gateway_upgrades_total";
-pub const PING_TIMEOUTS: &str = "herald_gateway_ping_timeouts_total";
-pub const WEBSOCKET_WRITES: &str = "herald_gateway_websocket_writes_total";
-pub const WEBSOCKET_FRAMES: &str = "herald_gateway_websocket_frames_written_total";
-pub const DEAD_LETTERED: &str = "herald_source_dead_lettered_total";
-pub const HANDED_OFF: &str = "herald_source_offline_handed_off_total";
-pub const RECEIPTS: &str = "herald_gateway_receipts_total";
-pub const REPLAYED: &str = "herald_replay_notifications_replayed_total";
-pub const RETAINED_OFFLINE: &str = "herald_replay_stored_offline_total";
-pub const ROUTE_SCRIPT_ERRORS: &str = "herald_route_script_errors_total";
+/// One exported metric: its name, type, unit and help text, written only here.
+pub struct Spec {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+}
 
-/// The histograms among them: Prometheus shows only their `_bucket`, `_sum` and `_count` series.
-pub const HISTOGRAMS: &[&str] = &[DELIVERY_LATENCY, PIPELINE_LATENCY];
+/// How Prometheus shows a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// Shown only as its `_bucket`, `_sum` and `_count` series.
+    Histogram,
+}
 
-/// Every metric name, for documentation checks.
-pub const ALL_NAMES: &[&str] = &[
-    SOCKETS,
-    USERS,
-    CONNECTIONS,
-    AUTH_REJECTIONS,
-    DELIVERED,
-    EMIT_FAILURES,
-    DELIVERY_LATENCY,
-    PIPELINE_LATENCY,
-    RECORDS_CONSUMED,
-    RECORDS_DROPPED,
-    KAFKA_CONNECTED,
-    KAFKA_RECONNECTS,
-    KAFKA_DISCONNECTED,
-    COMMIT_FAILURES,
-    ASSIGNED_PARTITIONS,
-    PUBLISHED,
-    PUBLISH_RETRIES,
-    RECEIVED,
-    BUS_LAGGED,
-    BUS_DECODE_FAILURES,
-    REDIS_CONNECTED,
-    REDIS_RECONNECTS,
-    REDIS_DISCONNECTED,
-    SUBSCRIPTIONS,
-    BUILD_INFO,
-    ROUTE_RELOADS,
-    ROUTE_SPLIT_BATCHES,
-    ROUTE_SCRIPT_ERRORS,
-    AUTH_CHECKS,
-    JWKS_FETCHES,
-    EXPIRED_DISCONNECTS,
-    TOKEN_REFRESHES,
-    LIMIT_EVICTIONS,
-    SLOW_CLIENT_DISCONNECTS,
-    WRITE_TIMEOUTS,
-    PROTOCOL_ERRORS,
-    SESSIONS_OPENED,
-    UPGRADES,
-    PING_TIMEOUTS,
-    WEBSOCKET_WRITES,
-    WEBSOCKET_FRAMES,
-    REPLAYED,
-    RETAINED_OFFLINE,
-    DEAD_LETTERED,
-    HANDED_OFF,
-    RECEIPTS,
-];
+/// Declares each metric once: a name constant for the code that registers its handle, and its
+/// row in [`CATALOG`], which describes it to the recorder and is what the docs are checked against.
+macro_rules! catalog {
+    ($($ident:ident = $name:literal, $kind:ident, $unit:ident, $help:literal;)*) => {
+        $(pub const $ident: &str = $name;)*
+        /// Every metric herald exports.
+        pub const CATALOG: &[Spec] = &[$(Spec { name: $name, kind: Kind::$kind, unit: Unit::$unit, help: $help }),*];
+    };
+}
+
+catalog! {
+    SOCKETS = "herald_gateway_sockets", Gauge, Count,
+        "Socket.IO sockets connected to this instance.";
+    USERS = "herald_gateway_users", Gauge, Count,
+        "Distinct users with at least one socket on this instance.";
+    CONNECTIONS = "herald_gateway_connections_total", Counter, Count,
+        "Sockets accepted since start.";
+    AUTH_REJECTIONS = "herald_gateway_auth_rejections_total", Counter, Count,
+        "Connections refused at the handshake, by reason.";
+    DELIVERED = "herald_gateway_notifications_delivered_total", Counter, Count,
+        "Notifications emitted to sockets (one per socket), by audience kind (user, group, broadcast).";
+    EMIT_FAILURES = "herald_gateway_emit_failures_total", Counter, Count,
+        "Emits that failed (socket buffer full or closed).";
+    DELIVERY_LATENCY = "herald_delivery_latency_seconds", Histogram, Seconds,
+        "From the Kafka record timestamp to the emit on this instance.";
+    PIPELINE_LATENCY = "herald_pipeline_latency_seconds", Histogram, Seconds,
+        "herald's own share: from the consuming instance taking the record (or the publish API accepting it) to the emit on this instance.";
+    RECORDS_CONSUMED = "herald_source_records_consumed_total", Counter, Count,
+        "Kafka records consumed, by topic.";
+    RECORDS_DROPPED = "herald_records_dropped_total", Counter, Count,
+        "Records or notifications not delivered to the bus, by reason.";
+    KAFKA_CONNECTED = "herald_source_kafka_connected", Gauge, Count,
+        "1 while the Kafka cluster answers, else 0.";
+    KAFKA_RECONNECTS = "herald_source_kafka_reconnects_total", Counter, Count,
+        "Times the Kafka cluster answered again after an outage.";
+    KAFKA_DISCONNECTED = "herald_source_kafka_disconnected_seconds_total", Counter, Seconds,
+        "Whole seconds the Kafka cluster did not answer since it first did.";
+    COMMIT_FAILURES = "herald_source_commit_failures_total", Counter, Count,
+        "Offset stores or commits that Kafka refused.";
+    ASSIGNED_PARTITIONS = "herald_source_assigned_partitions", Gauge, Count,
+        "Kafka partitions assigned to this instance.";
+    PUBLISHED = "herald_bus_notifications_published_total", Counter, Count,
+        "Notifications accepted by the bus, by audience kind (user, group, broadcast).";
+    PUBLISH_RETRIES = "herald_bus_publish_retries_total", Counter, Count,
+        "Bus publishes retried after a transient failure.";
+    RECEIVED = "herald_bus_notifications_received_total", Counter, Count,
+        "Notifications this instance received from the bus for its users.";
+    BUS_LAGGED = "herald_bus_messages_lost_total", Counter, Count,
+        "Pub/Sub messages lost because herald fell behind the Redis client buffer.";
+    BUS_DECODE_FAILURES = "herald_bus_decode_failures_total", Counter, Count,
+        "Bus messages that were not herald envelopes.";
+    REDIS_CONNECTED = "herald_bus_redis_connected", Gauge, Count,
+        "1 while Redis is connected (absent without Redis).";
+    REDIS_RECONNECTS = "herald_bus_redis_reconnects_total", Counter, Count,
+        "Redis reconnections.";
+    REDIS_DISCONNECTED = "herald_bus_redis_disconnected_seconds_total", Counter, Seconds,
+        "Whole seconds Redis was disconnected since it was first connected.";
+    SUBSCRIPTIONS = "herald_bus_subscriptions", Gauge, Count,
+        "Bus channels (per user, per group, broadcast) this instance is subscribed to.";
+    BUILD_INFO = "herald_build_info", Gauge, Count,
+        "Always 1; the version label names the build.";
+    ROUTE_RELOADS = "herald_route_reloads_total", Counter, Count,
+        "Route script reloads, by result (applied, rejected).";
+    ROUTE_SPLIT_BATCHES = "herald_route_split_batches_total", Counter, Count,
+        "Batches routed in parts on several threads (routes.threads).";
+    AUTH_CHECKS = "herald_auth_check_requests_total", Counter, Count,
+        "User-check endpoint answers, by result (allowed, denied, unavailable, cached).";
+    JWKS_FETCHES = "herald_auth_jwks_fetches_total", Counter, Count,
+        "JWKS fetches, by result (ok, error).";
+    EXPIRED_DISCONNECTS = "herald_gateway_expired_disconnects_total", Counter, Count,
+        "Sockets disconnected because their token expired.";
+    TOKEN_REFRESHES = "herald_gateway_token_refreshes_total", Counter, Count,
+        "Token refreshes over an open socket, by result (ok, refused).";
+    LIMIT_EVICTIONS = "herald_gateway_limit_evictions_total", Counter, Count,
+        "Oldest sockets disconnected to make room under auth.max_sockets_per_user.";
+    SLOW_CLIENT_DISCONNECTS = "herald_gateway_slow_client_disconnects_total", Counter, Count,
+        "Sockets disconnected because their send buffer was full (server.slow_client: disconnect).";
+    WRITE_TIMEOUTS = "herald_gateway_write_timeouts_total", Counter, Count,
+        "Connections closed because the client accepted no data for server.write_timeout_ms.";
+    PROTOCOL_ERRORS = "herald_gateway_protocol_errors_total", Counter, Count,
+        "Connections or sessions closed because the client broke HTTP, WebSocket, Engine.IO or Socket.IO rules, by kind.";
+    SESSIONS_OPENED = "herald_gateway_sessions_opened_total", Counter, Count,
+        "Engine.IO sessions opened, by first transport (websocket, polling).";
+    UPGRADES = "herald_gateway_upgrades_total", Counter, Count,
+        "Long-polling sessions upgraded to WebSocket.";
+    PING_TIMEOUTS = "herald_gateway_ping_timeouts_total", Counter, Count,
+        "Sessions closed because the client missed a heartbeat.";
+    WEBSOCKET_WRITES = "herald_gateway_websocket_writes_total", Counter, Count,
+        "Writes (system calls) to WebSocket connections.";
+    WEBSOCKET_FRAMES = "herald_gateway_websocket_frames_written_total", Counter, Count,
+        "WebSocket frames those writes completed (several per write under load).";
+    DEAD_LETTERED = "herald_source_dead_lettered_total", Counter, Count,
+        "Records produced to the dead-letter topic, by result (ok, failed).";
+    HANDED_OFF = "herald_source_offline_handed_off_total", Counter, Count,
+        "Notifications for offline users produced to kafka.offline_topic.";
+    RECEIPTS = "herald_gateway_receipts_total", Counter, Count,
+        "Receipts from clients, by result (ok, invalid, rate_limited, failed).";
+    REPLAYED = "herald_replay_notifications_replayed_total", Counter, Count,
+        "Retained notifications sent to reconnecting sockets.";
+    RETAINED_OFFLINE = "herald_replay_stored_offline_total", Counter, Count,
+        "Retained notifications stored for a user with no socket anywhere.";
+    ROUTE_SCRIPT_ERRORS = "herald_route_script_errors_total", Counter, Count,
+        "Records a route script failed on (runtime error, limit hit, bad return value), by script.";
+}
 
 /// Buckets for the delivery latency histogram, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -130,14 +152,12 @@ pub struct Metrics {
     pub sockets: Gauge,
     pub users: Gauge,
     pub connections: Counter,
-    auth_rejections: HashMap<AuthRejection, Counter>,
     /// By audience kind.
     pub delivered: PerKind,
     pub emit_failures: Counter,
     pub delivery_latency: Histogram,
     pub pipeline_latency: Histogram,
     records_consumed: HashMap<String, Counter>,
-    dropped: HashMap<DropReason, Counter>,
     /// Kafka reachability: `herald_source_kafka_connected`, reconnects, time disconnected.
     pub kafka: Outage,
     pub commit_failures: Counter,
@@ -200,131 +220,27 @@ impl Metrics {
             .build_recorder();
         let handle = recorder.handle();
         let r = &recorder;
-        describe(r, SOCKETS, Unit::Count, "Socket.IO sockets connected to this instance.", Kind::Gauge);
-        describe(r, USERS, Unit::Count, "Distinct users with at least one socket on this instance.", Kind::Gauge);
-        describe(r, CONNECTIONS, Unit::Count, "Sockets accepted since start.", Kind::Counter);
-        describe(r, AUTH_REJECTIONS, Unit::Count, "Connections refused at the handshake, by reason.", Kind::Counter);
-        describe(
-            r,
-            DELIVERED,
-            Unit::Count,
-            "Notifications emitted to sockets (one per socket), by audience kind (user, group, broadcast).",
-            Kind::Counter,
-        );
-        describe(r, EMIT_FAILURES, Unit::Count, "Emits that failed (socket buffer full or closed).", Kind::Counter);
-        describe(r, DELIVERY_LATENCY, Unit::Seconds, "From the Kafka record timestamp to the emit on this instance.", Kind::Histogram);
-        describe(
-            r,
-            PIPELINE_LATENCY,
-            Unit::Seconds,
-            "herald's own share: from the consuming instance taking the record (or the publish API accepting it) to the emit on this instance.",
-            Kind::Histogram,
-        );
-        describe(r, RECORDS_CONSUMED, Unit::Count, "Kafka records consumed, by topic.", Kind::Counter);
-        describe(r, RECORDS_DROPPED, Unit::Count, "Records or notifications not delivered to the bus, by reason.", Kind::Counter);
-        describe(r, KAFKA_CONNECTED, Unit::Count, "1 while the Kafka cluster answers, else 0.", Kind::Gauge);
-        describe(r, ASSIGNED_PARTITIONS, Unit::Count, "Kafka partitions assigned to this instance.", Kind::Gauge);
-        describe(r, COMMIT_FAILURES, Unit::Count, "Offset stores or commits that Kafka refused.", Kind::Counter);
-        describe(r, PUBLISHED, Unit::Count, "Notifications accepted by the bus, by audience kind (user, group, broadcast).", Kind::Counter);
-        describe(r, PUBLISH_RETRIES, Unit::Count, "Bus publishes retried after a transient failure.", Kind::Counter);
-        describe(r, RECEIVED, Unit::Count, "Notifications this instance received from the bus for its users.", Kind::Counter);
-        describe(r, BUS_LAGGED, Unit::Count, "Pub/Sub messages lost because herald fell behind the Redis client buffer.", Kind::Counter);
-        describe(r, BUS_DECODE_FAILURES, Unit::Count, "Bus messages that were not herald envelopes.", Kind::Counter);
-        describe(r, REDIS_CONNECTED, Unit::Count, "1 while Redis is connected (absent without Redis).", Kind::Gauge);
-        describe(r, REDIS_RECONNECTS, Unit::Count, "Redis reconnections.", Kind::Counter);
-        describe(r, REDIS_DISCONNECTED, Unit::Seconds, "Whole seconds Redis was disconnected since it was first connected.", Kind::Counter);
-        describe(r, KAFKA_RECONNECTS, Unit::Count, "Times the Kafka cluster answered again after an outage.", Kind::Counter);
-        describe(r, KAFKA_DISCONNECTED, Unit::Seconds, "Whole seconds the Kafka cluster did not answer since it first did.", Kind::Counter);
-        describe(
-            r,
-            SLOW_CLIENT_DISCONNECTS,
-            Unit::Count,
-            "Sockets disconnected because their send buffer was full (server.slow_client: disconnect).",
-            Kind::Counter,
-        );
-        describe(
-            r,
-            WRITE_TIMEOUTS,
-            Unit::Count,
-            "Connections closed because the client accepted no data for server.write_timeout_ms.",
-            Kind::Counter,
-        );
-        describe(
-            r,
-            PROTOCOL_ERRORS,
-            Unit::Count,
-            "Connections or sessions closed because the client broke HTTP, WebSocket, Engine.IO or Socket.IO rules, by kind.",
-            Kind::Counter,
-        );
-        describe(r, SESSIONS_OPENED, Unit::Count, "Engine.IO sessions opened, by first transport (websocket, polling).", Kind::Counter);
-        describe(r, UPGRADES, Unit::Count, "Long-polling sessions upgraded to WebSocket.", Kind::Counter);
-        describe(r, PING_TIMEOUTS, Unit::Count, "Sessions closed because the client missed a heartbeat.", Kind::Counter);
-        describe(r, WEBSOCKET_WRITES, Unit::Count, "Writes (system calls) to WebSocket connections.", Kind::Counter);
-        describe(
-            r,
-            WEBSOCKET_FRAMES,
-            Unit::Count,
-            "WebSocket frames those writes completed (several per write under load).",
-            Kind::Counter,
-        );
-        describe(
-            r,
-            SUBSCRIPTIONS,
-            Unit::Count,
-            "Bus channels (per user, per group, broadcast) this instance is subscribed to.",
-            Kind::Gauge,
-        );
-        describe(r, ROUTE_RELOADS, Unit::Count, "Route script reloads, by result (applied, rejected).", Kind::Counter);
-        describe(r, ROUTE_SPLIT_BATCHES, Unit::Count, "Batches routed in parts on several threads (routes.threads).", Kind::Counter);
-        describe(
-            r,
-            ROUTE_SCRIPT_ERRORS,
-            Unit::Count,
-            "Records a route script failed on (runtime error, limit hit, bad return value), by script.",
-            Kind::Counter,
-        );
-        describe(
-            r,
-            AUTH_CHECKS,
-            Unit::Count,
-            "User-check endpoint answers, by result (allowed, denied, unavailable, cached).",
-            Kind::Counter,
-        );
-        describe(r, JWKS_FETCHES, Unit::Count, "JWKS fetches, by result (ok, error).", Kind::Counter);
-        describe(r, EXPIRED_DISCONNECTS, Unit::Count, "Sockets disconnected because their token expired.", Kind::Counter);
-        describe(r, TOKEN_REFRESHES, Unit::Count, "Token refreshes over an open socket, by result (ok, refused).", Kind::Counter);
-        describe(
-            r,
-            LIMIT_EVICTIONS,
-            Unit::Count,
-            "Oldest sockets disconnected to make room under auth.max_sockets_per_user.",
-            Kind::Counter,
-        );
-        describe(r, DEAD_LETTERED, Unit::Count, "Records produced to the dead-letter topic, by result (ok, failed).", Kind::Counter);
-        describe(r, HANDED_OFF, Unit::Count, "Notifications for offline users produced to kafka.offline_topic.", Kind::Counter);
-        describe(r, RECEIPTS, Unit::Count, "Receipts from clients, by result (ok, invalid, rate_limited, failed).", Kind::Counter);
-        describe(r, REPLAYED, Unit::Count, "Retained notifications sent to reconnecting sockets.", Kind::Counter);
-        describe(r, RETAINED_OFFLINE, Unit::Count, "Retained notifications stored for a user with no socket anywhere.", Kind::Counter);
-        describe(r, BUILD_INFO, Unit::Count, "Always 1; the version label names the build.", Kind::Gauge);
-
+        for spec in CATALOG {
+            let (name, help) = (KeyName::from_const_str(spec.name), SharedString::const_str(spec.help));
+            match spec.kind {
+                Kind::Counter => r.describe_counter(name, Some(spec.unit), help),
+                Kind::Gauge => r.describe_gauge(name, Some(spec.unit), help),
+                Kind::Histogram => r.describe_histogram(name, Some(spec.unit), help),
+            }
+        }
         let counter = |name: &'static str, labels: Vec<Label>| r.register_counter(&Key::from_parts(name, labels), &META);
         let gauge = |name: &'static str| r.register_gauge(&Key::from_name(name), &META);
-        let per_kind = |name: &'static str| PerKind(AudienceKind::ALL.map(|k| counter(name, vec![Label::new("kind", k.as_str())])));
+        let per_kind = |name: &'static str| PerKind::new(|kind| counter(name, vec![Label::new(AudienceKind::KEY, kind)]));
         r.register_gauge(&Key::from_parts(BUILD_INFO, vec![Label::new("version", env!("CARGO_PKG_VERSION"))]), &META).set(1.0);
         Metrics {
             sockets: gauge(SOCKETS),
             users: gauge(USERS),
             connections: counter(CONNECTIONS, vec![]),
-            auth_rejections: AuthRejection::ALL
-                .iter()
-                .map(|r| (*r, counter(AUTH_REJECTIONS, vec![Label::new("reason", r.as_str())])))
-                .collect(),
             delivered: per_kind(DELIVERED),
             emit_failures: counter(EMIT_FAILURES, vec![]),
             delivery_latency: r.register_histogram(&Key::from_name(DELIVERY_LATENCY), &META),
             pipeline_latency: r.register_histogram(&Key::from_name(PIPELINE_LATENCY), &META),
             records_consumed: topics.iter().map(|t| (t.clone(), counter(RECORDS_CONSUMED, vec![Label::new("topic", t.clone())]))).collect(),
-            dropped: DropReason::ALL.iter().map(|d| (*d, counter(RECORDS_DROPPED, vec![Label::new("reason", d.as_str())]))).collect(),
             kafka: Outage::new(gauge(KAFKA_CONNECTED), counter(KAFKA_DISCONNECTED, vec![]), Some(counter(KAFKA_RECONNECTS, vec![]))),
             commit_failures: counter(COMMIT_FAILURES, vec![]),
             assigned_partitions: gauge(ASSIGNED_PARTITIONS),
@@ -364,12 +280,10 @@ impl Metrics {
         }
     }
 
-    pub fn dropped(&self, reason: DropReason, n: u64) {
-        self.dropped[&reason].increment(n);
-    }
-
-    pub fn auth_rejected(&self, reason: AuthRejection) {
-        self.auth_rejections[&reason].increment(1);
+    /// Counters of metric `name`, one per value of the label `T`, registered at zero: for the
+    /// module that owns the label's values (the router's drop reasons, the auth errors).
+    pub fn by_label<T: LabelValue>(&self, name: &'static str) -> ByLabel<T> {
+        ByLabel::new(|value| self.recorder.register_counter(&Key::from_parts(name, vec![Label::new(T::KEY, value)]), &META))
     }
 
     /// `n` records consumed from `topic`.
@@ -526,46 +440,38 @@ impl Outage {
 
 static META: Metadata<'static> = Metadata::new("herald", Level::INFO, Some(module_path!()));
 
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-fn describe(r: &PrometheusRecorder, name: &'static str, unit: Unit, help: &'static str, kind: Kind) {
-    let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
-    match kind {
-        Kind::Counter => r.describe_counter(name, Some(unit), help),
-        Kind::Gauge => r.describe_gauge(name, Some(unit), help),
-        Kind::Histogram => r.describe_histogram(name, Some(unit), help),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthError;
+    use crate::route::DropReason;
 
     #[test]
     fn every_metric_is_exported_at_zero_before_any_event() {
         let m = Metrics::new(&["user-notifications".into()]);
+        // Registered by the modules that own their label values, as they start.
+        let _dropped = m.by_label::<DropReason>(RECORDS_DROPPED);
+        let _refused = m.by_label::<AuthError>(AUTH_REJECTIONS);
         let text = m.render();
         // These carry a label only known at the first event (a route's file, a check's result),
         // so they appear then; every other series is there from the start.
         let on_first_event = [ROUTE_SCRIPT_ERRORS, AUTH_CHECKS, JWKS_FETCHES, TOKEN_REFRESHES, DEAD_LETTERED, RECEIPTS];
         let missing: Vec<_> =
-            ALL_NAMES.iter().filter(|name| !on_first_event.contains(name) && !text.contains(&format!("\n{name}"))).collect();
+            CATALOG.iter().map(|s| s.name).filter(|name| !on_first_event.contains(name) && !text.contains(&format!("\n{name}"))).collect();
         assert!(missing.is_empty(), "{missing:?} missing from:\n{text}");
         assert!(text.contains("herald_records_dropped_total{reason=\"offline\"} 0"), "{text}");
+        assert!(text.contains("herald_gateway_auth_rejections_total{reason=\"too_many_groups\"} 0"), "{text}");
     }
 
     #[test]
-    fn the_readme_documents_every_metric_and_drop_reason() {
+    fn the_readme_documents_every_metric_and_label_value() {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        for name in ALL_NAMES {
+        for name in CATALOG.iter().map(|s| s.name) {
             assert!(readme.contains(&format!("`{name}")), "README.md does not document {name}");
         }
-        for reason in DropReason::ALL {
-            assert!(readme.contains(&format!("`{}`", reason.as_str())), "README.md does not document drop reason {}", reason.as_str());
+        let values = DropReason::ALL.iter().map(|v| v.as_label()).chain(AuthError::ALL.iter().map(|v| v.as_label()));
+        for value in values {
+            assert!(readme.contains(&format!("`{value}`")), "README.md does not document the label value {value}");
         }
     }
 
@@ -594,7 +500,7 @@ mod tests {
     #[test]
     fn counters_move() {
         let m = Metrics::new(&["t".into()]);
-        m.dropped(DropReason::BadJson, 2);
+        m.by_label::<DropReason>(RECORDS_DROPPED).increment(DropReason::BadJson, 2);
         m.consumed("t", 1);
         m.consumed("unknown-topic", 1);
         let text = m.render();

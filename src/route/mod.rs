@@ -2,6 +2,7 @@
 //! payload), by the topic's default rule or its Rhai script. It owns the per-topic rules and
 //! their hot reload; it does not read Kafka or talk to the bus.
 
+mod dropped;
 mod json;
 mod notification;
 mod pointer;
@@ -20,9 +21,10 @@ use serde_json::value::RawValue;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, ConfigErrors, UserIdSource};
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::Metrics;
 use script::{Limits, Script};
 
+pub use dropped::DropReason;
 pub use notification::{Audience, Notification};
 
 /// A Kafka record as the router sees it, borrowed from the consumer's buffer.
@@ -77,11 +79,14 @@ struct Table {
     rules: HashMap<String, Rule>,
 }
 
-/// A topic's script as configured, for (re)compiling it.
-struct ScriptSource {
-    topic: String,
-    path: PathBuf,
-    event: Arc<str>,
+impl Table {
+    /// Each scripted topic with its running script and default event: what a reload rereads.
+    fn scripts(&self) -> impl Iterator<Item = (&String, &Arc<Script>, &Arc<str>)> {
+        self.rules.iter().filter_map(|(topic, rule)| match rule {
+            Rule::Script { script, event } => Some((topic, script, event)),
+            Rule::Default { .. } => None,
+        })
+    }
 }
 
 /// What a reload did.
@@ -110,7 +115,6 @@ pub struct Router {
     /// Every notification carries its origin (the offline hand-off's headers, the id receipts
     /// name), not only retained ones.
     all_origins: bool,
-    sources: Vec<ScriptSource>,
     engine: Engine,
     limits: Limits,
     default_event: Arc<str>,
@@ -130,7 +134,6 @@ impl Router {
         let engine = script::engine(&limits);
         let default_event: Arc<str> = config.server.event.as_str().into();
         let mut rules = HashMap::new();
-        let mut sources = Vec::new();
         let mut errors = Vec::new();
         for (i, topic) in config.kafka.topics.iter().enumerate() {
             let event = topic.event.as_deref().map(Arc::from).unwrap_or_else(|| default_event.clone());
@@ -145,7 +148,6 @@ impl Router {
                 }
                 Some(relative) => {
                     let path = config.resolve(relative);
-                    sources.push(ScriptSource { topic: topic.name.clone(), path: path.clone(), event: event.clone() });
                     match Script::load(&engine, &path) {
                         Ok(s) => Rule::Script { script: Arc::new(s), event },
                         Err(e) => {
@@ -165,7 +167,6 @@ impl Router {
             retained: config.kafka.topics.iter().filter(|t| t.retain).map(|t| t.name.clone()).collect(),
             all_origins: config.kafka.topics.iter().any(|t| config.kafka.offline_topic_for(&t.name).is_some())
                 || config.kafka.receipts_topic.is_some(),
-            sources,
             engine,
             limits,
             default_event,
@@ -181,7 +182,8 @@ impl Router {
 
     /// The directories holding scripts, for the watcher.
     pub fn script_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self.sources.iter().filter_map(|s| s.path.parent().map(PathBuf::from)).collect();
+        let table = self.table.load();
+        let mut dirs: Vec<PathBuf> = table.scripts().filter_map(|(_, s, _)| s.path.parent().map(PathBuf::from)).collect();
         dirs.sort();
         dirs.dedup();
         dirs
@@ -194,25 +196,24 @@ impl Router {
         let current = self.table.load();
         let mut rules = current.rules.clone();
         let (mut applied, mut errors) = (Vec::new(), Vec::new());
-        for source in &self.sources {
-            let running = match current.rules.get(&source.topic) {
-                Some(Rule::Script { script, .. }) => Some(script.clone()),
-                _ => None,
-            };
-            let text = match std::fs::read_to_string(&source.path) {
+        // In topic order, so the outcome lists scripts the same way on every reload.
+        let mut scripted: Vec<_> = current.scripts().collect();
+        scripted.sort_by_key(|(topic, ..)| *topic);
+        for (topic, running, event) in scripted {
+            let text = match std::fs::read_to_string(&running.path) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(format!("{}: cannot read: {e}", source.path.display()));
+                    errors.push(format!("{}: cannot read: {e}", running.path.display()));
                     continue;
                 }
             };
-            if running.as_ref().is_some_and(|r| r.source == text) {
+            if running.source == text {
                 continue;
             }
-            match Script::compile(&self.engine, &source.path, text) {
+            match Script::compile(&self.engine, &running.path, text) {
                 Ok(s) => {
                     applied.push(s.name.clone());
-                    rules.insert(source.topic.clone(), Rule::Script { script: Arc::new(s), event: source.event.clone() });
+                    rules.insert(topic.clone(), Rule::Script { script: Arc::new(s), event: event.clone() });
                 }
                 Err(e) => errors.push(e),
             }
@@ -330,7 +331,7 @@ impl Router {
                 &fallback
             }
         };
-        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(crate::clock::unix_ms);
         match rule {
             Rule::Default { to, event } => route_by_default(record, to, event, timestamp_ms, out),
             Rule::Script { script, event } => {
@@ -413,16 +414,6 @@ pub(crate) fn parse_value<'a>(record: &Record<'a>) -> Result<&'a RawValue, Route
     let value = record.value.filter(|v| !v.is_empty()).ok_or_else(|| RouteError::new(DropReason::Empty, "record has no value"))?;
     let text = std::str::from_utf8(value).map_err(|_| RouteError::new(DropReason::BadJson, "value is not UTF-8"))?;
     serde_json::from_str(text).map_err(|e| RouteError::new(DropReason::BadJson, format!("value is not JSON: {e}")))
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Wall-clock microseconds since the epoch: instances on one host share this clock, so a time
-/// taken by one and read by another measures the hop between them.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

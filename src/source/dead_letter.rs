@@ -9,6 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::metrics::LabelValue;
 use crate::route::{Record, RouteError};
 
 /// librdkafka settings from `kafka.options` that a producer needs too (security, client id).
@@ -30,7 +31,7 @@ impl DeadLetter {
     pub async fn send(&self, record: &Record<'_>, error: &RouteError) -> Result<(), String> {
         let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "herald-error", value: Some(error.reason.as_str()) })
+            .insert(Header { key: "herald-error", value: Some(error.reason.as_label()) })
             .insert(Header { key: "herald-error-detail", value: Some(truncate(&error.detail, 1000)) })
             .insert(Header { key: "herald-source-topic", value: Some(record.topic) })
             .insert(Header { key: "herald-source-partition", value: Some(&partition) })

@@ -20,9 +20,10 @@ use super::dead_letter::DeadLetter;
 use super::offline::OfflineHandOff;
 use crate::bus::Bus;
 use crate::bus::retry::sleep_unless_aborted;
+use crate::clock::unix_us;
 use crate::config::Config;
-use crate::metrics::{DropReason, Metrics};
-use crate::route::{Notification, Record, Router, now_us};
+use crate::metrics::{ByLabel, LabelValue, Metrics, RECORDS_DROPPED};
+use crate::route::{DropReason, Notification, Record, Router};
 use crate::throttle::{Throttle, Verdict};
 
 /// Settings herald applies unless `kafka.options` says otherwise.
@@ -127,6 +128,8 @@ pub struct KafkaSource {
     router: Arc<Router>,
     bus: Arc<Bus>,
     metrics: Arc<Metrics>,
+    /// Records and notifications that reached no one, by reason.
+    dropped: ByLabel<DropReason>,
     health: Arc<KafkaHealth>,
     max_batch: usize,
     topics: Vec<String>,
@@ -162,6 +165,7 @@ impl KafkaSource {
             consumer: Arc::new(consumer),
             router,
             bus,
+            dropped: metrics.by_label(RECORDS_DROPPED),
             metrics,
             health: Arc::new(KafkaHealth::default()),
             max_batch: config.kafka.max_batch,
@@ -269,7 +273,7 @@ impl KafkaSource {
             }
 
             // The moment herald took these records: where its own share of the latency starts.
-            let taken_us = now_us();
+            let taken_us = unix_us();
             notifications.clear();
             // Counted per run of one topic: one lookup per batch, not per record.
             for run in messages.chunk_by(|a, b| a.topic() == b.topic()) {
@@ -294,7 +298,7 @@ impl KafkaSource {
                 .collect();
             for (index, e) in self.router.route_batch(&records, &mut notifications) {
                 let record = &records[index];
-                self.metrics.dropped(e.reason, 1);
+                self.dropped.increment(e.reason, 1);
                 if let (Some(script), DropReason::ScriptError) = (&e.script, e.reason) {
                     self.metrics.script_error(script);
                 }
@@ -303,10 +307,10 @@ impl KafkaSource {
                 }
                 match BAD_RECORD_LOG.check() {
                     Verdict::Log => {
-                        warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, "Skipped a record.")
+                        warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_label(), error = %e, "Skipped a record.")
                     }
                     Verdict::LogAfterSuppressing(n) => {
-                        warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_str(), error = %e, suppressed = n, "Skipped a record (and {n} more not logged).")
+                        warn!(topic = record.topic, partition = record.partition, offset = record.offset, reason = e.reason.as_label(), error = %e, suppressed = n, "Skipped a record (and {n} more not logged).")
                     }
                     Verdict::Suppress => {}
                 }
@@ -335,7 +339,7 @@ impl KafkaSource {
                 let kept = published.iter().filter(|p| p.receivers == 0 && p.stored.is_some()).count();
                 self.metrics.retained_offline.increment(kept as u64);
                 if offline > 0 {
-                    self.metrics.dropped(DropReason::Offline, offline as u64);
+                    self.dropped.increment(DropReason::Offline, offline as u64);
                 }
                 // Handed off before the offsets are stored: at least once. Retained ones too (they
                 // also wait in the history).

@@ -1,8 +1,8 @@
 //! Measuring: clocks, this process's CPU, another process's RSS and CPU from /proc, percentiles.
 
-/// Unix time in microseconds (the clock every process on the machine shares).
+/// Unix time in microseconds: herald's own clock, which every process on the machine shares.
 pub fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    herald::clock::unix_us().max(0) as u64
 }
 
 /// User + system CPU of this process so far, in microseconds (getrusage).

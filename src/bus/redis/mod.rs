@@ -280,7 +280,7 @@ impl RedisBus {
 
     /// One pipeline for the batch: each notification's reply, in order (error replies as `Err`).
     async fn send(&self, batch: &[Notification], retry_since_ms: Option<i64>) -> Result<Vec<Result<Frame, String>>, BusError> {
-        let now = crate::route::now_ms().max(0) as u64;
+        let now = crate::clock::unix_ms().max(0) as u64;
         let oldest_kept = now.saturating_sub(self.replay.max_age.as_millis() as u64);
         let commands = batch.iter().map(|n| {
             let channel = self.channels.of(n);
