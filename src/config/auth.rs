@@ -85,157 +85,125 @@ pub(super) fn is_hmac(alg: jsonwebtoken::Algorithm) -> bool {
 }
 
 pub(super) fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {
-    let s = walk.section(
-        v,
-        "auth",
-        &[
-            "jwt",
-            "check",
-            "expired_event",
-            "refresh_event",
-            "max_sockets_per_user",
+    walk.section(v, "auth", |walk, s| {
+        let jwt = read_jwt(walk, s.raw("jwt"));
+        let check = s.raw("check").map(|c| read_check(walk, c));
+        let expired_event: String = walk.get(s, "expired_event", "auth_expired".into());
+        check_event_name(walk, &s.path("expired_event"), &expired_event);
+        let refresh_event: String = walk.get(s, "refresh_event", "auth_refresh".into());
+        check_event_name(walk, &s.path("refresh_event"), &refresh_event);
+        let max_sockets_per_user = walk.get(s, "max_sockets_per_user", 0u32);
+        let per_user_limit = one_of(
+            walk,
+            s,
             "per_user_limit",
-            "max_sockets",
-            "allowed_origins",
-            "max_groups_per_socket",
-        ],
-    );
-    let jwt = read_jwt(walk, s.raw("jwt"));
-    let check = s.raw("check").map(|c| read_check(walk, c));
-    let expired_event: String = walk.get(&s, "expired_event", "auth_expired".into());
-    check_event_name(walk, &s.path("expired_event"), &expired_event);
-    let refresh_event: String = walk.get(&s, "refresh_event", "auth_refresh".into());
-    check_event_name(walk, &s.path("refresh_event"), &refresh_event);
-    let max_sockets_per_user = walk.get(&s, "max_sockets_per_user", 0u32);
-    let per_user_limit = one_of(
-        walk,
-        &s,
-        "per_user_limit",
-        &[("refuse_new", PerUserLimit::RefuseNew), ("disconnect_oldest", PerUserLimit::DisconnectOldest)],
-    );
-    let max_sockets = walk.get(&s, "max_sockets", 0u32);
-    let allowed_origins: Vec<String> = walk.get(&s, "allowed_origins", Vec::new());
-    for (i, origin) in allowed_origins.iter().enumerate() {
-        if origin.parse::<http::HeaderValue>().is_err() || !(origin.starts_with("http://") || origin.starts_with("https://")) {
-            walk.error(
-                format!("auth.allowed_origins[{i}]"),
-                format!("expected an origin such as https://app.example.com, found `{origin}`"),
-            );
+            &[("refuse_new", PerUserLimit::RefuseNew), ("disconnect_oldest", PerUserLimit::DisconnectOldest)],
+        );
+        let max_sockets = walk.get(s, "max_sockets", 0u32);
+        let allowed_origins: Vec<String> = walk.get(s, "allowed_origins", Vec::new());
+        for (i, origin) in allowed_origins.iter().enumerate() {
+            if origin.parse::<http::HeaderValue>().is_err() || !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                walk.error(
+                    format!("auth.allowed_origins[{i}]"),
+                    format!("expected an origin such as https://app.example.com, found `{origin}`"),
+                );
+            }
         }
-    }
-    let max_groups_per_socket = ranged(walk, &s, "max_groups_per_socket", 100usize, 1..=10_000);
-    AuthConfig {
-        jwt,
-        check,
-        expired_event,
-        refresh_event,
-        max_sockets_per_user,
-        per_user_limit,
-        max_sockets,
-        allowed_origins,
-        max_groups_per_socket,
-    }
+        let max_groups_per_socket = ranged(walk, s, "max_groups_per_socket", 100usize, 1..=10_000);
+        AuthConfig {
+            jwt,
+            check,
+            expired_event,
+            refresh_event,
+            max_sockets_per_user,
+            per_user_limit,
+            max_sockets,
+            allowed_origins,
+            max_groups_per_socket,
+        }
+    })
 }
 
 pub(super) fn read_check(walk: &mut Walk, v: &Value) -> CheckConfig {
-    let s = walk.section(
-        Some(v),
-        "auth.check",
-        &["url", "method", "header", "scheme", "timeout_ms", "cache_ttl_secs", "user_id_pointer", "groups_pointer"],
-    );
-    let url: String = walk.get(&s, "url", String::new());
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        walk.error(s.path("url"), "required: an http:// or https:// URL");
-    }
-    let method = walk.get::<String>(&s, "method", "GET".into()).to_ascii_uppercase();
-    if method != "GET" && method != "POST" {
-        walk.error(s.path("method"), format!("expected GET or POST, found `{method}`"));
-    }
-    let header: String = walk.get(&s, "header", "Authorization".into());
-    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-        walk.error(s.path("header"), format!("`{header}` is not a valid header name"));
-    }
-    let scheme: String = walk.get(&s, "scheme", "Bearer".into());
-    let timeout = Duration::from_millis(ranged(walk, &s, "timeout_ms", 2000u64, 10..=60_000));
-    let cache_ttl = Duration::from_secs(ranged(walk, &s, "cache_ttl_secs", 60u64, 0..=86_400));
-    let user_id_pointer = walk.opt::<String>(&s, "user_id_pointer");
-    if let Some(p) = &user_id_pointer
-        && !p.starts_with('/')
-    {
-        walk.error(s.path("user_id_pointer"), format!("expected a JSON pointer such as /userId, found `{p}`"));
-    }
-    let groups_pointer = walk.opt::<String>(&s, "groups_pointer");
-    if let Some(p) = &groups_pointer
-        && !p.starts_with('/')
-    {
-        walk.error(s.path("groups_pointer"), format!("expected a JSON pointer such as /groups, found `{p}`"));
-    }
-    CheckConfig { url, method, header, scheme, timeout, cache_ttl, user_id_pointer, groups_pointer }
+    walk.section(Some(v), "auth.check", |walk, s| {
+        let url: String = walk.get(s, "url", String::new());
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            walk.error(s.path("url"), "required: an http:// or https:// URL");
+        }
+        let method = walk.get::<String>(s, "method", "GET".into()).to_ascii_uppercase();
+        if method != "GET" && method != "POST" {
+            walk.error(s.path("method"), format!("expected GET or POST, found `{method}`"));
+        }
+        let header: String = walk.get(s, "header", "Authorization".into());
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            walk.error(s.path("header"), format!("`{header}` is not a valid header name"));
+        }
+        let scheme: String = walk.get(s, "scheme", "Bearer".into());
+        let timeout = Duration::from_millis(ranged(walk, s, "timeout_ms", 2000u64, 10..=60_000));
+        let cache_ttl = Duration::from_secs(ranged(walk, s, "cache_ttl_secs", 60u64, 0..=86_400));
+        let user_id_pointer = walk.opt::<String>(s, "user_id_pointer");
+        if let Some(p) = &user_id_pointer
+            && !p.starts_with('/')
+        {
+            walk.error(s.path("user_id_pointer"), format!("expected a JSON pointer such as /userId, found `{p}`"));
+        }
+        let groups_pointer = walk.opt::<String>(s, "groups_pointer");
+        if let Some(p) = &groups_pointer
+            && !p.starts_with('/')
+        {
+            walk.error(s.path("groups_pointer"), format!("expected a JSON pointer such as /groups, found `{p}`"));
+        }
+        CheckConfig { url, method, header, scheme, timeout, cache_ttl, user_id_pointer, groups_pointer }
+    })
 }
 
 pub(super) fn read_jwt(walk: &mut Walk, v: Option<&Value>) -> JwtConfig {
-    let j = walk.section(
-        v,
-        "auth.jwt",
-        &[
-            "secret",
-            "public_key_file",
-            "jwks_url",
-            "jwks_refresh_secs",
-            "jwks_min_refetch_secs",
-            "jwks_timeout_ms",
-            "algorithms",
-            "user_id_claim",
-            "groups_claim",
-            "leeway_secs",
-            "issuers",
-            "audiences",
-        ],
-    );
-    let secret = walk.opt::<String>(&j, "secret").filter(|s| !s.is_empty());
-    let public_key_file = walk.opt::<String>(&j, "public_key_file").filter(|s| !s.is_empty()).map(PathBuf::from);
-    let jwks_url = walk.opt::<String>(&j, "jwks_url").filter(|s| !s.is_empty());
-    if let Some(u) = &jwks_url
-        && !(u.starts_with("http://") || u.starts_with("https://"))
-    {
-        walk.error(j.path("jwks_url"), "expected an http:// or https:// URL");
-    }
-    let jwks_refresh = secs(walk, &j, "jwks_refresh_secs", 300, 1..=86_400);
-    let jwks_min_refetch = secs(walk, &j, "jwks_min_refetch_secs", 10, 0..=3600);
-    let jwks_timeout = Duration::from_millis(ranged(walk, &j, "jwks_timeout_ms", 2000u64, 10..=60_000));
-    let names: Vec<String> = walk.get(&j, "algorithms", vec!["HS256".into()]);
-    let mut algorithms = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        match name.parse::<jsonwebtoken::Algorithm>() {
-            Ok(a) => algorithms.push(a),
-            Err(_) => walk.error(format!("auth.jwt.algorithms[{i}]"), format!("unknown algorithm `{name}`")),
+    walk.section(v, "auth.jwt", |walk, j| {
+        let secret = walk.opt::<String>(j, "secret").filter(|s| !s.is_empty());
+        let public_key_file = walk.opt::<String>(j, "public_key_file").filter(|s| !s.is_empty()).map(PathBuf::from);
+        let jwks_url = walk.opt::<String>(j, "jwks_url").filter(|s| !s.is_empty());
+        if let Some(u) = &jwks_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            walk.error(j.path("jwks_url"), "expected an http:// or https:// URL");
         }
-    }
-    if names.is_empty() {
-        walk.error(j.path("algorithms"), "must list at least one algorithm");
-    }
-    let user_id_claim: String = walk.get(&j, "user_id_claim", "sub".into());
-    if user_id_claim.is_empty() {
-        walk.error(j.path("user_id_claim"), "must not be empty");
-    }
-    let groups_claim = walk.opt::<String>(&j, "groups_claim").filter(|c| !c.is_empty());
-    let leeway_secs = ranged(walk, &j, "leeway_secs", 5u64, 0..=3600);
-    let issuers = walk.get(&j, "issuers", Vec::new());
-    let audiences = walk.get(&j, "audiences", Vec::new());
-    JwtConfig {
-        secret,
-        public_key_file,
-        jwks_url,
-        jwks_refresh,
-        jwks_min_refetch,
-        jwks_timeout,
-        algorithms,
-        user_id_claim,
-        groups_claim,
-        leeway_secs,
-        issuers,
-        audiences,
-    }
+        let jwks_refresh = secs(walk, j, "jwks_refresh_secs", 300, 1..=86_400);
+        let jwks_min_refetch = secs(walk, j, "jwks_min_refetch_secs", 10, 0..=3600);
+        let jwks_timeout = Duration::from_millis(ranged(walk, j, "jwks_timeout_ms", 2000u64, 10..=60_000));
+        let names: Vec<String> = walk.get(j, "algorithms", vec!["HS256".into()]);
+        let mut algorithms = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match name.parse::<jsonwebtoken::Algorithm>() {
+                Ok(a) => algorithms.push(a),
+                Err(_) => walk.error(format!("auth.jwt.algorithms[{i}]"), format!("unknown algorithm `{name}`")),
+            }
+        }
+        if names.is_empty() {
+            walk.error(j.path("algorithms"), "must list at least one algorithm");
+        }
+        let user_id_claim: String = walk.get(j, "user_id_claim", "sub".into());
+        if user_id_claim.is_empty() {
+            walk.error(j.path("user_id_claim"), "must not be empty");
+        }
+        let groups_claim = walk.opt::<String>(j, "groups_claim").filter(|c| !c.is_empty());
+        let leeway_secs = ranged(walk, j, "leeway_secs", 5u64, 0..=3600);
+        let issuers = walk.get(j, "issuers", Vec::new());
+        let audiences = walk.get(j, "audiences", Vec::new());
+        JwtConfig {
+            secret,
+            public_key_file,
+            jwks_url,
+            jwks_refresh,
+            jwks_min_refetch,
+            jwks_timeout,
+            algorithms,
+            user_id_claim,
+            groups_claim,
+            leeway_secs,
+            issuers,
+            audiences,
+        }
+    })
 }
 
 impl JwtConfig {

@@ -93,129 +93,121 @@ impl TopicConfig {
 }
 
 pub(super) fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
-    let s = walk.section(
-        v,
-        "kafka",
-        &["brokers", "group_id", "topics", "options", "max_batch", "dead_letter_topic", "offline_topic", "receipts_topic", "embedded"],
-    );
-    let brokers = match s.raw("brokers") {
-        None => Brokers::Embedded,
-        Some(Value::String(b)) if b.trim() == "embedded" => Brokers::Embedded,
-        Some(Value::String(b)) if b.trim().is_empty() => {
-            walk.error(s.path("brokers"), "must not be empty");
-            Brokers::Embedded
-        }
-        Some(Value::String(b)) => Brokers::List(b.trim().to_owned()),
-        Some(Value::Array(items)) => {
-            let mut list = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                match item.as_str() {
-                    Some(b) if !b.trim().is_empty() => list.push(b.trim().to_owned()),
-                    _ => walk.error(format!("{}[{i}]", s.path("brokers")), "expected a host:port string"),
-                }
+    walk.section(v, "kafka", |walk, s| {
+        let brokers = match s.raw("brokers") {
+            None => Brokers::Embedded,
+            Some(Value::String(b)) if b.trim() == "embedded" => Brokers::Embedded,
+            Some(Value::String(b)) if b.trim().is_empty() => {
+                walk.error(s.path("brokers"), "must not be empty");
+                Brokers::Embedded
             }
-            if list.is_empty() {
-                walk.error(s.path("brokers"), "must list at least one broker");
-            }
-            Brokers::List(list.join(","))
-        }
-        Some(other) => {
-            walk.error(s.path("brokers"), format!("expected `embedded`, a host:port list or a list of them, found {}", kind(other)));
-            Brokers::Embedded
-        }
-    };
-    let group_id: String = walk.get(&s, "group_id", "herald".into());
-    if group_id.trim().is_empty() {
-        walk.error(s.path("group_id"), "must not be empty");
-    }
-    let topics = match s.raw("topics") {
-        None => vec![TopicConfig::named("user-notifications")],
-        Some(Value::Array(items)) => {
-            let topics: Vec<_> =
-                items.iter().enumerate().filter_map(|(i, item)| read_topic(walk, item, &format!("kafka.topics[{i}]"))).collect();
-            if items.is_empty() {
-                walk.error(s.path("topics"), "must list at least one topic");
-            }
-            let mut seen = std::collections::HashSet::new();
-            for (i, t) in topics.iter().enumerate() {
-                if !seen.insert(t.name.as_str()) {
-                    walk.error(format!("kafka.topics[{i}]"), format!("topic `{}` is listed twice", t.name));
+            Some(Value::String(b)) => Brokers::List(b.trim().to_owned()),
+            Some(Value::Array(items)) => {
+                let mut list = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_str() {
+                        Some(b) if !b.trim().is_empty() => list.push(b.trim().to_owned()),
+                        _ => walk.error(format!("{}[{i}]", s.path("brokers")), "expected a host:port string"),
+                    }
                 }
-                if t.offline_topic.as_ref().is_some_and(|o| topics.iter().any(|c| &c.name == o)) {
-                    walk.error(format!("kafka.topics[{i}].offline_topic"), "must not be one of the consumed topics");
+                if list.is_empty() {
+                    walk.error(s.path("brokers"), "must list at least one broker");
                 }
+                Brokers::List(list.join(","))
             }
-            topics
+            Some(other) => {
+                walk.error(s.path("brokers"), format!("expected `embedded`, a host:port list or a list of them, found {}", kind(other)));
+                Brokers::Embedded
+            }
+        };
+        let group_id: String = walk.get(s, "group_id", "herald".into());
+        if group_id.trim().is_empty() {
+            walk.error(s.path("group_id"), "must not be empty");
         }
-        Some(other) => {
-            walk.error(s.path("topics"), format!("expected a list of topics, found {}", kind(other)));
-            Vec::new()
-        }
-    };
-    let options = match s.raw("options") {
-        None => BTreeMap::new(),
-        Some(Value::Object(map)) => map
-            .iter()
-            .filter_map(|(k, v)| match v {
-                Value::String(s) => Some((k.clone(), s.clone())),
-                Value::Number(n) => Some((k.clone(), n.to_string())),
-                Value::Bool(b) => Some((k.clone(), b.to_string())),
-                other => {
-                    walk.error(format!("kafka.options.{k}"), format!("expected a string, number or boolean, found {}", kind(other)));
-                    None
+        let topics = match s.raw("topics") {
+            None => vec![TopicConfig::named("user-notifications")],
+            Some(Value::Array(items)) => {
+                let topics: Vec<_> =
+                    items.iter().enumerate().filter_map(|(i, item)| read_topic(walk, item, &format!("kafka.topics[{i}]"))).collect();
+                if items.is_empty() {
+                    walk.error(s.path("topics"), "must list at least one topic");
                 }
-            })
-            .collect(),
-        Some(other) => {
-            walk.error(s.path("options"), format!("expected a mapping of librdkafka settings, found {}", kind(other)));
-            BTreeMap::new()
+                let mut seen = std::collections::HashSet::new();
+                for (i, t) in topics.iter().enumerate() {
+                    if !seen.insert(t.name.as_str()) {
+                        walk.error(format!("kafka.topics[{i}]"), format!("topic `{}` is listed twice", t.name));
+                    }
+                    if t.offline_topic.as_ref().is_some_and(|o| topics.iter().any(|c| &c.name == o)) {
+                        walk.error(format!("kafka.topics[{i}].offline_topic"), "must not be one of the consumed topics");
+                    }
+                }
+                topics
+            }
+            Some(other) => {
+                walk.error(s.path("topics"), format!("expected a list of topics, found {}", kind(other)));
+                Vec::new()
+            }
+        };
+        let options = match s.raw("options") {
+            None => BTreeMap::new(),
+            Some(Value::Object(map)) => map
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    Value::String(s) => Some((k.clone(), s.clone())),
+                    Value::Number(n) => Some((k.clone(), n.to_string())),
+                    Value::Bool(b) => Some((k.clone(), b.to_string())),
+                    other => {
+                        walk.error(format!("kafka.options.{k}"), format!("expected a string, number or boolean, found {}", kind(other)));
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                walk.error(s.path("options"), format!("expected a mapping of librdkafka settings, found {}", kind(other)));
+                BTreeMap::new()
+            }
+        };
+        for managed in ["group.id", "bootstrap.servers", "enable.auto.offset.store"] {
+            if options.contains_key(managed) {
+                walk.error(
+                    format!("kafka.options.{managed}"),
+                    "is set by herald (use the dedicated key, or leave it: herald stores offsets only after delivery to the bus)",
+                );
+            }
         }
-    };
-    for managed in ["group.id", "bootstrap.servers", "enable.auto.offset.store"] {
-        if options.contains_key(managed) {
-            walk.error(
-                format!("kafka.options.{managed}"),
-                "is set by herald (use the dedicated key, or leave it: herald stores offsets only after delivery to the bus)",
-            );
-        }
-    }
-    let max_batch = ranged(walk, &s, "max_batch", 512usize, 1..=100_000);
-    let e = walk.section(s.raw("embedded"), "kafka.embedded", &["listen", "partitions"]);
-    let embedded = EmbeddedKafkaConfig {
-        listen: read_addr(walk, &e, "listen", "127.0.0.1:9092"),
-        partitions: ranged(walk, &e, "partitions", 4i32, 1..=1000),
-    };
-    let dead_letter_topic = output_topic(walk, &s, "dead_letter_topic", &topics);
-    let offline_topic = output_topic(walk, &s, "offline_topic", &topics);
-    let receipts_topic = output_topic(walk, &s, "receipts_topic", &topics);
-    KafkaConfig { brokers, group_id, topics, options, max_batch, dead_letter_topic, offline_topic, receipts_topic, embedded }
+        let max_batch = ranged(walk, s, "max_batch", 512usize, 1..=100_000);
+        let embedded = walk.section(s.raw("embedded"), "kafka.embedded", |walk, e| EmbeddedKafkaConfig {
+            listen: read_addr(walk, e, "listen", "127.0.0.1:9092"),
+            partitions: ranged(walk, e, "partitions", 4i32, 1..=1000),
+        });
+        let dead_letter_topic = output_topic(walk, s, "dead_letter_topic", &topics);
+        let offline_topic = output_topic(walk, s, "offline_topic", &topics);
+        let receipts_topic = output_topic(walk, s, "receipts_topic", &topics);
+        KafkaConfig { brokers, group_id, topics, options, max_batch, dead_letter_topic, offline_topic, receipts_topic, embedded }
+    })
 }
 
 pub(super) fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<TopicConfig> {
     let topic = match item {
         Value::String(name) => TopicConfig::named(name),
-        Value::Object(_) => {
-            let s =
-                walk.section(Some(item), path, &["name", "script", "user_id", "group", "broadcast", "event", "retain", "offline_topic"]);
-            let Some(name) = walk.opt::<String>(&s, "name") else {
-                if s.raw("name").is_none() {
-                    walk.error(s.path("name"), "is required");
-                }
-                return None;
-            };
-            let script = walk.opt::<String>(&s, "script").map(PathBuf::from);
-            let user_id = walk.opt::<String>(&s, "user_id").and_then(|u| parse_user_id(walk, &s.path("user_id"), &u));
-            let event = walk.opt::<String>(&s, "event");
+        Value::Object(_) => walk.section(Some(item), path, |walk, s| {
+            let name = walk.opt::<String>(s, "name");
+            if name.is_none() && s.raw("name").is_none() {
+                walk.error(s.path("name"), "is required");
+            }
+            let script = walk.opt::<String>(s, "script").map(PathBuf::from);
+            let user_id = walk.opt::<String>(s, "user_id").and_then(|u| parse_user_id(walk, &s.path("user_id"), &u));
+            let event = walk.opt::<String>(s, "event");
             if let Some(e) = &event {
                 check_event_name(walk, &s.path("event"), e);
             }
-            let retain = walk.get(&s, "retain", false);
-            let offline_topic = walk.opt::<String>(&s, "offline_topic").filter(|t| !t.is_empty());
+            let retain = walk.get(s, "retain", false);
+            let offline_topic = walk.opt::<String>(s, "offline_topic").filter(|t| !t.is_empty());
             if let Some(Err(why)) = offline_topic.as_deref().map(check_topic_name) {
                 walk.error(s.path("offline_topic"), why);
             }
-            let group = walk.opt::<String>(&s, "group").and_then(|g| parse_user_id(walk, &s.path("group"), &g));
-            let broadcast = walk.get(&s, "broadcast", false);
+            let group = walk.opt::<String>(s, "group").and_then(|g| parse_user_id(walk, &s.path("group"), &g));
+            let broadcast = walk.get(s, "broadcast", false);
             if [user_id.is_some(), group.is_some(), broadcast].iter().filter(|b| **b).count() > 1 {
                 walk.error(path, "give at most one of `user_id`, `group` and `broadcast: true`");
             }
@@ -225,8 +217,8 @@ pub(super) fn read_topic(walk: &mut Walk, item: &Value, path: &str) -> Option<To
                     "`group` and `broadcast` are for the default rule: a script returns `group`, `groups` or `broadcast` itself",
                 );
             }
-            TopicConfig { name, script, user_id, event, retain, offline_topic, group, broadcast }
-        }
+            Some(TopicConfig { name: name?, script, user_id, event, retain, offline_topic, group, broadcast })
+        })?,
         other => {
             walk.error(path, format!("expected a topic name or a mapping with `name`, found {}", kind(other)));
             return None;

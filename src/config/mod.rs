@@ -155,17 +155,18 @@ impl Config {
     }
 
     fn read(root: &Value, base_dir: PathBuf, walk: &mut Walk) -> Self {
-        let top = walk.section(Some(root), "", &["server", "kafka", "redis", "auth", "routes", "replay", "api", "demo", "log"]);
-        let server = read_server(walk, top.raw("server"));
-        let kafka = read_kafka(walk, top.raw("kafka"));
-        let redis = read_redis(walk, top.raw("redis"));
-        let auth = read_auth(walk, top.raw("auth"));
-        let routes = read_routes(walk, top.raw("routes"));
-        let replay = read_replay(walk, top.raw("replay"));
-        let api = read_api(walk, top.raw("api"));
-        let demo = read_demo(walk, top.raw("demo"), kafka.brokers == Brokers::Embedded);
-        let log = read_log(walk, top.raw("log"));
-        let config = Config { server, kafka, redis, auth, routes, replay, api, demo, log, base_dir };
+        let config = walk.section(Some(root), "", |walk, top| {
+            let server = read_server(walk, top.raw("server"));
+            let kafka = read_kafka(walk, top.raw("kafka"));
+            let redis = read_redis(walk, top.raw("redis"));
+            let auth = read_auth(walk, top.raw("auth"));
+            let routes = read_routes(walk, top.raw("routes"));
+            let replay = read_replay(walk, top.raw("replay"));
+            let api = read_api(walk, top.raw("api"));
+            let demo = read_demo(walk, top.raw("demo"), kafka.brokers == Brokers::Embedded);
+            let log = read_log(walk, top.raw("log"));
+            Config { server, kafka, redis, auth, routes, replay, api, demo, log, base_dir }
+        });
         config.check_cross_references(walk);
         config
     }
@@ -236,68 +237,73 @@ fn single(path: &str, message: String) -> ConfigErrors {
 }
 
 fn read_routes(walk: &mut Walk, v: Option<&Value>) -> RoutesConfig {
-    let s = walk.section(v, "routes", &["user_id", "script_timeout_ms", "script_max_operations", "reload_debounce_ms", "threads"]);
-    let raw: String = walk.get(&s, "user_id", "/userId".into());
-    let user_id = parse_user_id(walk, &s.path("user_id"), &raw).unwrap_or(UserIdSource::Pointer("/userId".into()));
-    let script_timeout = Duration::from_millis(ranged(walk, &s, "script_timeout_ms", 50u64, 1..=60_000));
-    let script_max_operations = ranged(walk, &s, "script_max_operations", 1_000_000u64, 1_000..=1_000_000_000);
-    let reload_debounce = Duration::from_millis(ranged(walk, &s, "reload_debounce_ms", 200u64, 10..=60_000));
-    let threads = ranged(walk, &s, "threads", 0usize, 0..=256);
-    RoutesConfig { user_id, script_timeout, script_max_operations, reload_debounce, threads }
+    walk.section(v, "routes", |walk, s| {
+        let raw: String = walk.get(s, "user_id", "/userId".into());
+        let user_id = parse_user_id(walk, &s.path("user_id"), &raw).unwrap_or(UserIdSource::Pointer("/userId".into()));
+        let script_timeout = Duration::from_millis(ranged(walk, s, "script_timeout_ms", 50u64, 1..=60_000));
+        let script_max_operations = ranged(walk, s, "script_max_operations", 1_000_000u64, 1_000..=1_000_000_000);
+        let reload_debounce = Duration::from_millis(ranged(walk, s, "reload_debounce_ms", 200u64, 10..=60_000));
+        let threads = ranged(walk, s, "threads", 0usize, 0..=256);
+        RoutesConfig { user_id, script_timeout, script_max_operations, reload_debounce, threads }
+    })
 }
 
 fn read_replay(walk: &mut Walk, v: Option<&Value>) -> ReplayConfig {
-    let s = walk.section(v, "replay", &["history", "max_age_secs", "last_without_since", "gap_event", "stream"]);
-    let history = ranged(walk, &s, "history", 100usize, 1..=100_000);
-    let max_age = secs(walk, &s, "max_age_secs", 86_400, 1..=30 * 86_400);
-    let last_without_since = ranged(walk, &s, "last_without_since", 0usize, 0..=100_000);
-    let gap_event: String = walk.get(&s, "gap_event", "replay_gap".into());
-    check_event_name(walk, &s.path("gap_event"), &gap_event);
-    let pattern: String = walk.get(&s, "stream", "herald:history:{user_id}".into());
-    let stream = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
-        walk.error(s.path("stream"), why);
-        ChannelPattern::parse("herald:history:{user_id}").expect("default pattern is valid")
-    });
-    ReplayConfig { history, max_age, last_without_since, gap_event, stream }
+    walk.section(v, "replay", |walk, s| {
+        let history = ranged(walk, s, "history", 100usize, 1..=100_000);
+        let max_age = secs(walk, s, "max_age_secs", 86_400, 1..=30 * 86_400);
+        let last_without_since = ranged(walk, s, "last_without_since", 0usize, 0..=100_000);
+        let gap_event: String = walk.get(s, "gap_event", "replay_gap".into());
+        check_event_name(walk, &s.path("gap_event"), &gap_event);
+        let pattern: String = walk.get(s, "stream", "herald:history:{user_id}".into());
+        let stream = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
+            walk.error(s.path("stream"), why);
+            ChannelPattern::parse("herald:history:{user_id}").expect("default pattern is valid")
+        });
+        ReplayConfig { history, max_age, last_without_since, gap_event, stream }
+    })
 }
 
 fn read_api(walk: &mut Walk, v: Option<&Value>) -> ApiConfig {
-    let s = walk.section(v, "api", &["key", "rate_limit_per_sec", "max_users_per_request"]);
-    let key = walk.opt::<String>(&s, "key").filter(|k| !k.is_empty());
-    if key.as_ref().is_some_and(|k| k.len() < 16) {
-        walk.error(s.path("key"), "must be at least 16 characters long");
-    }
-    let rate_limit_per_sec = ranged(walk, &s, "rate_limit_per_sec", 100u32, 1..=1_000_000);
-    let max_users_per_request = ranged(walk, &s, "max_users_per_request", 1000usize, 1..=100_000);
-    ApiConfig { key, rate_limit_per_sec, max_users_per_request }
+    walk.section(v, "api", |walk, s| {
+        let key = walk.opt::<String>(s, "key").filter(|k| !k.is_empty());
+        if key.as_ref().is_some_and(|k| k.len() < 16) {
+            walk.error(s.path("key"), "must be at least 16 characters long");
+        }
+        let rate_limit_per_sec = ranged(walk, s, "rate_limit_per_sec", 100u32, 1..=1_000_000);
+        let max_users_per_request = ranged(walk, s, "max_users_per_request", 1000usize, 1..=100_000);
+        ApiConfig { key, rate_limit_per_sec, max_users_per_request }
+    })
 }
 
 fn read_demo(walk: &mut Walk, v: Option<&Value>, embedded: bool) -> DemoConfig {
-    let s = walk.section(v, "demo", &["enabled", "client_bundle"]);
-    let enabled = match walk.opt::<bool>(&s, "enabled") {
-        Some(true) => Some(DemoMode::Required),
-        Some(false) => None,
-        None => embedded.then_some(DemoMode::IfBundled),
-    };
-    let client_bundle = walk.get::<String>(&s, "client_bundle", DemoConfig::DEFAULT_BUNDLE.into()).into();
-    DemoConfig { enabled, client_bundle }
+    walk.section(v, "demo", |walk, s| {
+        let enabled = match walk.opt::<bool>(s, "enabled") {
+            Some(true) => Some(DemoMode::Required),
+            Some(false) => None,
+            None => embedded.then_some(DemoMode::IfBundled),
+        };
+        let client_bundle = walk.get::<String>(s, "client_bundle", DemoConfig::DEFAULT_BUNDLE.into()).into();
+        DemoConfig { enabled, client_bundle }
+    })
 }
 
 fn read_log(walk: &mut Walk, v: Option<&Value>) -> LogConfig {
-    let s = walk.section(v, "log", &["format", "level"]);
-    let format = match walk.get::<String>(&s, "format", "text".into()).as_str() {
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        other => {
-            walk.error(s.path("format"), format!("expected `text` or `json`, found `{other}`"));
-            LogFormat::Text
+    walk.section(v, "log", |walk, s| {
+        let format = match walk.get::<String>(s, "format", "text".into()).as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                walk.error(s.path("format"), format!("expected `text` or `json`, found `{other}`"));
+                LogFormat::Text
+            }
+        };
+        let level: String = walk.get(s, "level", "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            walk.error(s.path("level"), format!("not a valid log filter: {e}"));
         }
-    };
-    let level: String = walk.get(&s, "level", "info".into());
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-        walk.error(s.path("level"), format!("not a valid log filter: {e}"));
-    }
-    LogConfig { format, level }
+        LogConfig { format, level }
+    })
 }
 
 fn read_addr(walk: &mut Walk, s: &Section<'_>, key: &str, default: &str) -> SocketAddr {

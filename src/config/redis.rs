@@ -90,51 +90,57 @@ impl ChannelPattern {
 }
 
 pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
-    let s = walk.section(
-        v,
-        "redis",
-        &["url", "channel", "group_channel", "broadcast_channel", "command_timeout_ms", "pubsub_buffer", "sharded_pubsub"],
-    );
-    let url = walk.opt::<String>(&s, "url").filter(|u| !u.trim().is_empty());
-    if let Some(u) = &url
-        && !(u.starts_with("redis://") || u.starts_with("redis-sentinel://") || is_cluster_url(u))
-    {
-        walk.error(s.path("url"), "must start with redis://, redis-sentinel:// or redis-cluster:// (TLS is not supported yet)");
-    }
-    let address = match &url {
-        Some(u) if u.starts_with("redis://") || u.starts_with("redis-sentinel://") => match RedisAddress::parse(u) {
-            Ok(a) => Some(a),
-            Err(why) => {
-                walk.error(s.path("url"), why);
-                None
-            }
-        },
-        _ => None,
-    };
-    let pattern: String = walk.get(&s, "channel", "herald:user:{user_id}".into());
-    let channel = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
-        walk.error(s.path("channel"), why);
-        ChannelPattern::parse("herald:user:{user_id}").expect("default pattern is valid")
-    });
-    let group_pattern: String = walk.get(&s, "group_channel", "herald:group:{group}".into());
-    let group_channel = ChannelPattern::parse_with(&group_pattern, ChannelPattern::GROUP_PLACEHOLDER).unwrap_or_else(|why| {
-        walk.error(s.path("group_channel"), why);
-        ChannelPattern::parse_with("herald:group:{group}", ChannelPattern::GROUP_PLACEHOLDER).expect("default pattern is valid")
-    });
-    let broadcast_channel: String = walk.get(&s, "broadcast_channel", "herald:broadcast".into());
-    if broadcast_channel.is_empty() || broadcast_channel.contains(['*', '?', '[']) {
-        walk.error(s.path("broadcast_channel"), "must be a non-empty channel name without the glob characters * ? [");
-    }
-    // A message's channel tells whose it is: no channel may match two of the three.
-    let probe = group_channel.channel("x");
-    if channel.user_id(&probe).is_some() || group_channel.user_id(&channel.channel("x")).is_some() {
-        walk.error(s.path("group_channel"), "must not overlap redis.channel: a group's channel would read as a user's");
-    }
-    if channel.user_id(&broadcast_channel).is_some() || group_channel.user_id(&broadcast_channel).is_some() {
-        walk.error(s.path("broadcast_channel"), "must not match redis.channel or redis.group_channel");
-    }
-    let command_timeout = Duration::from_millis(ranged(walk, &s, "command_timeout_ms", 2000u64, 10..=600_000));
-    let pubsub_buffer = ranged(walk, &s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
-    let sharded_pubsub = walk.get(&s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));
-    url.map(|url| RedisConfig { url, channel, group_channel, broadcast_channel, command_timeout, pubsub_buffer, sharded_pubsub, address })
+    walk.section(v, "redis", |walk, s| {
+        let url = walk.opt::<String>(s, "url").filter(|u| !u.trim().is_empty());
+        if let Some(u) = &url
+            && !(u.starts_with("redis://") || u.starts_with("redis-sentinel://") || is_cluster_url(u))
+        {
+            walk.error(s.path("url"), "must start with redis://, redis-sentinel:// or redis-cluster:// (TLS is not supported yet)");
+        }
+        let address = match &url {
+            Some(u) if u.starts_with("redis://") || u.starts_with("redis-sentinel://") => match RedisAddress::parse(u) {
+                Ok(a) => Some(a),
+                Err(why) => {
+                    walk.error(s.path("url"), why);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let pattern: String = walk.get(s, "channel", "herald:user:{user_id}".into());
+        let channel = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
+            walk.error(s.path("channel"), why);
+            ChannelPattern::parse("herald:user:{user_id}").expect("default pattern is valid")
+        });
+        let group_pattern: String = walk.get(s, "group_channel", "herald:group:{group}".into());
+        let group_channel = ChannelPattern::parse_with(&group_pattern, ChannelPattern::GROUP_PLACEHOLDER).unwrap_or_else(|why| {
+            walk.error(s.path("group_channel"), why);
+            ChannelPattern::parse_with("herald:group:{group}", ChannelPattern::GROUP_PLACEHOLDER).expect("default pattern is valid")
+        });
+        let broadcast_channel: String = walk.get(s, "broadcast_channel", "herald:broadcast".into());
+        if broadcast_channel.is_empty() || broadcast_channel.contains(['*', '?', '[']) {
+            walk.error(s.path("broadcast_channel"), "must be a non-empty channel name without the glob characters * ? [");
+        }
+        // A message's channel tells whose it is: no channel may match two of the three.
+        let probe = group_channel.channel("x");
+        if channel.user_id(&probe).is_some() || group_channel.user_id(&channel.channel("x")).is_some() {
+            walk.error(s.path("group_channel"), "must not overlap redis.channel: a group's channel would read as a user's");
+        }
+        if channel.user_id(&broadcast_channel).is_some() || group_channel.user_id(&broadcast_channel).is_some() {
+            walk.error(s.path("broadcast_channel"), "must not match redis.channel or redis.group_channel");
+        }
+        let command_timeout = Duration::from_millis(ranged(walk, s, "command_timeout_ms", 2000u64, 10..=600_000));
+        let pubsub_buffer = ranged(walk, s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
+        let sharded_pubsub = walk.get(s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));
+        url.map(|url| RedisConfig {
+            url,
+            channel,
+            group_channel,
+            broadcast_channel,
+            command_timeout,
+            pubsub_buffer,
+            sharded_pubsub,
+            address,
+        })
+    })
 }

@@ -46,52 +46,36 @@ pub enum SlowClient {
 }
 
 pub(super) fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
-    let s = walk.section(
-        v,
-        "server",
-        &[
-            "listen",
-            "event",
-            "ping_interval_secs",
-            "ping_timeout_secs",
-            "max_buffer_size",
-            "max_payload_bytes",
-            "connect_timeout_ms",
-            "write_timeout_ms",
-            "shutdown_grace_secs",
-            "slow_client",
-            "receipt_event",
-            "receipts_per_sec",
-        ],
-    );
-    let listen = read_addr(walk, &s, "listen", "0.0.0.0:3000");
-    let event: String = walk.get(&s, "event", "notification".into());
-    check_event_name(walk, &s.path("event"), &event);
-    let ping_interval = secs(walk, &s, "ping_interval_secs", 25, 1..=3600);
-    let ping_timeout = secs(walk, &s, "ping_timeout_secs", 20, 1..=3600);
-    let max_buffer_size = ranged(walk, &s, "max_buffer_size", 1024usize, 1..=1_000_000);
-    let max_payload_bytes = ranged(walk, &s, "max_payload_bytes", 100_000u64, 64..=100_000_000);
-    let connect_timeout = Duration::from_millis(ranged(walk, &s, "connect_timeout_ms", 10_000u64, 100..=600_000));
-    let write_timeout = Duration::from_millis(ranged(walk, &s, "write_timeout_ms", 30_000u64, 100..=3_600_000));
-    let shutdown_grace = secs(walk, &s, "shutdown_grace_secs", 10, 0..=3600);
-    let slow_client = one_of(walk, &s, "slow_client", &[("drop", SlowClient::Drop), ("disconnect", SlowClient::Disconnect)]);
-    let receipt_event: String = walk.get(&s, "receipt_event", "receipt".into());
-    check_event_name(walk, &s.path("receipt_event"), &receipt_event);
-    let receipts_per_sec = ranged(walk, &s, "receipts_per_sec", 10u32, 1..=10_000);
-    ServerConfig {
-        receipt_event,
-        receipts_per_sec,
-        listen,
-        event,
-        ping_interval,
-        ping_timeout,
-        max_buffer_size,
-        slow_client,
-        max_payload_bytes,
-        connect_timeout,
-        write_timeout,
-        shutdown_grace,
-    }
+    walk.section(v, "server", |walk, s| {
+        let listen = read_addr(walk, s, "listen", "0.0.0.0:3000");
+        let event: String = walk.get(s, "event", "notification".into());
+        check_event_name(walk, &s.path("event"), &event);
+        let ping_interval = secs(walk, s, "ping_interval_secs", 25, 1..=3600);
+        let ping_timeout = secs(walk, s, "ping_timeout_secs", 20, 1..=3600);
+        let max_buffer_size = ranged(walk, s, "max_buffer_size", 1024usize, 1..=1_000_000);
+        let max_payload_bytes = ranged(walk, s, "max_payload_bytes", 100_000u64, 64..=100_000_000);
+        let connect_timeout = Duration::from_millis(ranged(walk, s, "connect_timeout_ms", 10_000u64, 100..=600_000));
+        let write_timeout = Duration::from_millis(ranged(walk, s, "write_timeout_ms", 30_000u64, 100..=3_600_000));
+        let shutdown_grace = secs(walk, s, "shutdown_grace_secs", 10, 0..=3600);
+        let slow_client = one_of(walk, s, "slow_client", &[("drop", SlowClient::Drop), ("disconnect", SlowClient::Disconnect)]);
+        let receipt_event: String = walk.get(s, "receipt_event", "receipt".into());
+        check_event_name(walk, &s.path("receipt_event"), &receipt_event);
+        let receipts_per_sec = ranged(walk, s, "receipts_per_sec", 10u32, 1..=10_000);
+        ServerConfig {
+            receipt_event,
+            receipts_per_sec,
+            listen,
+            event,
+            ping_interval,
+            ping_timeout,
+            max_buffer_size,
+            slow_client,
+            max_payload_bytes,
+            connect_timeout,
+            write_timeout,
+            shutdown_grace,
+        }
+    })
 }
 
 /// Socket.IO reserves these names on the client; a notification emitted under one never arrives.

@@ -265,3 +265,46 @@ fn groups_and_broadcast_settings_are_read_and_checked() {
     );
     assert_eq!(error_paths("auth: {jwt: {secret: s}}\nredis: {url: 'redis://h:1', group_channel: 'g:{user_id}'}"), ["redis.group_channel"]);
 }
+
+/// Every key the readers look at, with every optional part present.
+fn every_key() -> Vec<String> {
+    let yaml = "auth: {jwt: {secret: s}, check: {url: 'http://127.0.0.1:1/'}}\nkafka: {topics: [{name: t}], embedded: {}}\nredis: {url: 'redis://127.0.0.1'}\n";
+    let root: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+    let mut walk = Walk::default();
+    Config::read(&root, PathBuf::from("."), &mut walk);
+    walk.keys().to_vec()
+}
+
+#[test]
+fn keys_are_named_once_where_they_are_read_and_anything_else_is_unknown() {
+    let yaml = "server: {listne: 1}\nkafka: {topics: [{name: t, scirpt: x.rhai}]}\nauth: {jwt: {secret: s, sceret: t}}\nnope: 1\n";
+    let errors = parse(yaml).unwrap_err().0;
+    let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["server.listne", "kafka.topics[0].scirpt", "auth.jwt.sceret", "nope"]);
+    assert!(errors[0].message.starts_with("unknown key (known keys: listen, event, ping_interval_secs,"), "{}", errors[0].message);
+    // A topic without a name is told so, and its other keys are still known.
+    let errors = parse("kafka: {topics: [{script: x.rhai, retain: true}]}\nauth: {jwt: {secret: s}}\n").unwrap_err().0;
+    assert_eq!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(), ["kafka.topics[0].name: is required"]);
+    assert!(every_key().len() > 80, "{:?}", every_key());
+}
+
+#[test]
+fn the_annotated_config_and_the_readme_name_every_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let annotated = std::fs::read_to_string(root.join("config.yaml")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    // Every word inside `code` in the README: rows name keys as `server.listen`, `a` / `b` or
+    // `{name, script}`.
+    let documented: std::collections::HashSet<&str> =
+        readme.split('`').skip(1).step_by(2).flat_map(|code| code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))).collect();
+    let keys = every_key();
+    let mut undocumented = Vec::new();
+    for path in &keys {
+        let is_section = keys.iter().any(|k| k.starts_with(&format!("{path}.")));
+        let leaf = path.rsplit(['.', ']']).next().unwrap();
+        if !annotated.contains(&format!("{leaf}:")) || !is_section && !documented.contains(leaf) {
+            undocumented.push(path);
+        }
+    }
+    assert!(undocumented.is_empty(), "keys missing from config.yaml or the README: {undocumented:?}");
+}

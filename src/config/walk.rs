@@ -3,6 +3,7 @@
 //! serde's derive stops at the first error; operators want the whole list at once, each problem
 //! with its path, so each config section reads its own keys through a [`Walk`].
 
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -47,6 +48,8 @@ pub fn join(parent: &str, key: &str) -> String {
 #[derive(Default)]
 pub struct Walk {
     errors: Vec<ConfigError>,
+    /// The dotted path of every key the sections looked at, for the documentation check.
+    keys: Vec<String>,
 }
 
 impl Walk {
@@ -54,13 +57,19 @@ impl Walk {
         self.errors.push(ConfigError { path: path.into(), message: message.into() });
     }
 
+    /// Every key read so far, as dotted paths.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
     pub fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
         if self.errors.is_empty() { Ok(value) } else { Err(ConfigErrors(self.errors)) }
     }
 
-    /// Reads `value` as a mapping whose keys must all be in `known`; an absent or null value is an
-    /// empty mapping. Unknown keys are reported, with the list of known ones.
-    pub fn section<'a>(&mut self, value: Option<&'a Value>, path: &str, known: &[&str]) -> Section<'a> {
+    /// Reads `value` as a mapping with `read`; an absent or null value is an empty mapping.
+    /// Every key of the mapping that `read` did not look at is then reported as unknown, with
+    /// the keys it did: a section's keys are named once, where they are read.
+    pub fn section<T>(&mut self, value: Option<&Value>, path: &str, read: impl FnOnce(&mut Walk, &Section<'_>) -> T) -> T {
         static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
         let empty = EMPTY.get_or_init(Map::new);
         let map = match value {
@@ -71,12 +80,16 @@ impl Walk {
                 empty
             }
         };
+        let section = Section { map, path: path.to_owned(), read: RefCell::default() };
+        let value = read(self, &section);
+        let known = section.read.into_inner();
         for key in map.keys() {
-            if !known.contains(&key.as_str()) {
+            if !known.contains(key) {
                 self.error(join(path, key), format!("unknown key (known keys: {})", known.join(", ")));
             }
         }
-        Section { map, path: path.to_owned() }
+        self.keys.extend(known.iter().map(|key| join(path, key)));
+        value
     }
 
     /// Reads an optional key of type `T`; a wrong type is reported and yields `None`.
@@ -84,10 +97,7 @@ impl Walk {
     /// A string is also accepted where a number or boolean is expected, so that `${PORT}` style
     /// substitutions (always strings) can fill numeric keys.
     pub fn opt<T: DeserializeOwned>(&mut self, section: &Section<'_>, key: &str) -> Option<T> {
-        let value = section.map.get(key)?;
-        if value.is_null() {
-            return None;
-        }
+        let value = section.raw(key)?;
         match T::deserialize(value) {
             Ok(v) => Some(v),
             Err(first) => {
@@ -109,10 +119,11 @@ impl Walk {
     }
 }
 
-/// A mapping being read, with its path for error messages.
+/// A mapping being read, with its path for error messages and the keys read so far.
 pub struct Section<'a> {
-    pub map: &'a Map<String, Value>,
+    map: &'a Map<String, Value>,
     pub path: String,
+    read: RefCell<Vec<String>>,
 }
 
 impl<'a> Section<'a> {
@@ -120,7 +131,12 @@ impl<'a> Section<'a> {
         join(&self.path, key)
     }
 
+    /// The value of `key`, if present and not null; `key` is a key of this section from now on.
     pub fn raw(&self, key: &str) -> Option<&'a Value> {
+        let mut read = self.read.borrow_mut();
+        if !read.iter().any(|k| k == key) {
+            read.push(key.to_owned());
+        }
         self.map.get(key).filter(|v| !v.is_null())
     }
 }
@@ -155,23 +171,22 @@ mod tests {
     fn unknown_keys_and_wrong_types_are_all_reported() {
         let v = json!({"a": 1, "b": "x", "zzz": true});
         let mut walk = Walk::default();
-        let s = walk.section(Some(&v), "top", &["a", "b"]);
-        let a: u16 = walk.get(&s, "a", 0);
-        let b: u16 = walk.get(&s, "b", 7);
+        let (a, b) = walk.section(Some(&v), "top", |walk, s| (walk.get::<u16>(s, "a", 0), walk.get::<u16>(s, "b", 7)));
         assert_eq!((a, b), (1, 7));
         let errs = walk.into_result(()).unwrap_err().0;
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["top.zzz", "top.b"]);
-        assert!(errs[1].message.contains("found a string"), "{}", errs[1].message);
+        assert_eq!(paths, ["top.b", "top.zzz"]);
+        assert!(errs[0].message.contains("found a string"), "{}", errs[0].message);
+        assert_eq!(errs[1].message, "unknown key (known keys: a, b)");
     }
 
     #[test]
     fn numeric_strings_fill_numeric_keys() {
         let v = json!({"port": "3000", "flag": "true"});
         let mut walk = Walk::default();
-        let s = walk.section(Some(&v), "", &["port", "flag"]);
-        assert_eq!(walk.get::<u16>(&s, "port", 0), 3000);
-        assert!(walk.get::<bool>(&s, "flag", false));
+        let (port, flag) = walk.section(Some(&v), "", |walk, s| (walk.get::<u16>(s, "port", 0), walk.get::<bool>(s, "flag", false)));
+        assert_eq!(port, 3000);
+        assert!(flag);
         assert!(walk.into_result(()).is_ok());
     }
 
@@ -179,7 +194,7 @@ mod tests {
     fn a_scalar_where_a_mapping_belongs_is_reported() {
         let v = json!("oops");
         let mut walk = Walk::default();
-        walk.section(Some(&v), "server", &[]);
+        walk.section(Some(&v), "server", |_, _| ());
         let errs = walk.into_result(()).unwrap_err().0;
         assert_eq!(errs[0].to_string(), "server: expected a mapping, found a string");
     }
