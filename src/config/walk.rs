@@ -49,6 +49,7 @@ pub fn join(parent: &str, key: &str) -> String {
 pub struct Walk {
     errors: Vec<ConfigError>,
     /// The dotted path of every key the sections looked at, for the documentation check.
+    #[cfg(test)]
     keys: Vec<String>,
 }
 
@@ -58,6 +59,7 @@ impl Walk {
     }
 
     /// Every key read so far, as dotted paths.
+    #[cfg(test)]
     pub fn keys(&self) -> &[String] {
         &self.keys
     }
@@ -88,6 +90,7 @@ impl Walk {
                 self.error(join(path, key), format!("unknown key (known keys: {})", known.join(", ")));
             }
         }
+        #[cfg(test)]
         self.keys.extend(known.iter().map(|key| join(path, key)));
         value
     }
