@@ -8,51 +8,33 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use tokio::process::Command;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
-
-fn write_config(dir: &std::path::Path, port: u16, kafka_port: u16) -> std::path::PathBuf {
-    let path = dir.join("config.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-server: {{listen: "127.0.0.1:{port}", shutdown_grace_secs: 5}}
+/// Embedded mode, as the README runs it; the secret comes from the environment.
+fn embedded_config(kafka_port: u16) -> String {
+    format!(
+        r#"
+server: {{shutdown_grace_secs: 5}}
 kafka:
   brokers: embedded
   embedded: {{listen: "127.0.0.1:{kafka_port}"}}
   options: {{auto.offset.reset: earliest}}
 auth: {{jwt: {{secret: "${{TEST_SECRET}}"}}}}
 "#
-        ),
     )
-    .unwrap();
-    path
 }
 
 async fn herald_output(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    Command::new(HERALD).args(args).arg("--config").arg(config).env("TEST_SECRET", SECRET).output().await.unwrap()
+    herald(args).arg("--config").arg(config).output().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_mode_end_to_end_then_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, kafka_port) = (free_port(), free_port());
-    let config = write_config(dir.path(), port, kafka_port);
+    let kafka_port = free_port();
     // Started with a low soft limit on open files, as many systems set by default.
-    let mut child = Command::new("sh")
-        .args(["-c", r#"ulimit -Sn 256 && exec "$0" "$@""#, HERALD, "--config"])
-        .arg(&config)
-        .env("TEST_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url).await;
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let launch = Launch { stdout: true, open_files: Some(256), ..Launch::default() };
+    let mut process = HeraldProcess::launch(&embedded_config(kafka_port), launch).await;
+    let (url, config) = (process.url.clone(), process.config().to_path_buf());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", process.pid())).unwrap();
     let open_files: Vec<&str> = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
     assert_eq!(open_files[3], open_files[4], "herald raised its soft open-file limit to the hard one: {open_files:?}");
     assert_ne!(open_files[3], "256");
@@ -69,14 +51,13 @@ async fn embedded_mode_end_to_end_then_sigterm() {
     assert_eq!(c.expect("u42", "notification").await, serde_json::from_str::<serde_json::Value>(record).unwrap());
 
     // SIGTERM: offsets committed, sockets closed, exit 0 within the grace period.
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exit within the grace period").unwrap();
+    let mut stdout = process.child.stdout.take().unwrap();
+    let status = process.terminate().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(c.disconnected("u42", Duration::from_secs(5)).await.is_some(), "the socket was closed");
 
     let mut banner = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut banner).await.unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut banner).await.unwrap();
     assert!(banner.contains("EMBEDDED MODE") && banner.contains("NOT for production"), "{banner}");
     assert!(banner.contains(&format!("127.0.0.1:{kafka_port}")), "the banner names the broker address: {banner}");
     c.stop().await;
@@ -103,7 +84,8 @@ async fn bad_config_lists_every_problem_and_binds_nothing() {
     // Nothing was bound: the port is still free.
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
 
-    let good = write_config(dir.path(), free_port(), free_port());
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, embedded_config(free_port())).unwrap();
     let out = herald_output(&["check-config"], &good).await;
     assert!(out.status.success());
     assert!(String::from_utf8(out.stdout).unwrap().contains("OK"));
@@ -111,9 +93,9 @@ async fn bad_config_lists_every_problem_and_binds_nothing() {
 
 #[tokio::test]
 async fn version_and_help_name_every_subcommand() {
-    let out = Command::new(HERALD).arg("--version").output().await.unwrap();
+    let out = herald(&["--version"]).output().await.unwrap();
     assert!(String::from_utf8(out.stdout).unwrap().starts_with("herald "));
-    let help = String::from_utf8(Command::new(HERALD).arg("--help").output().await.unwrap().stdout).unwrap();
+    let help = String::from_utf8(herald(&["--help"]).output().await.unwrap().stdout).unwrap();
     for sub in ["run", "check-config", "token", "route", "produce"] {
         assert!(help.lines().any(|l| l.trim_start().starts_with(&format!("{sub} "))), "{sub} missing from --help:\n{help}");
     }
@@ -126,33 +108,13 @@ async fn version_and_help_name_every_subcommand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_route_scripts() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, kafka_port) = (free_port(), free_port());
     std::fs::write(dir.path().join("r.rhai"), r#"fn route(r) { #{ user_id: "u1", payload: "v1" } }"#).unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-server: {{listen: "127.0.0.1:{port}"}}
-kafka:
-  brokers: embedded
-  embedded: {{listen: "127.0.0.1:{kafka_port}"}}
-  topics: [{{name: t, script: r.rhai}}]
-  options: {{auto.offset.reset: earliest}}
-routes: {{reload_debounce_ms: 60000}}
-auth: {{jwt: {{secret: "{SECRET}"}}}}
-"#
-        ),
-    )
-    .unwrap();
-    let mut child =
-        Command::new(HERALD).arg("--config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url).await;
+    let yaml = merge(&embedded_config(free_port()), "kafka: {topics: [{name: t, script: r.rhai}]}\nroutes: {reload_debounce_ms: 60000}");
+    let process = HeraldProcess::launch(&yaml, Launch { dir: Some(dir.path().into()), ..Launch::default() }).await;
+    let url = process.url.clone();
 
     std::fs::write(dir.path().join("r.rhai"), r#"fn route(r) { #{ user_id: "u1", payload: "v2" } }"#).unwrap();
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    process.signal("-HUP");
     eventually(Duration::from_secs(5), "the SIGHUP reload", async || {
         scrape(&url, "herald_route_reloads_total{result=\"applied\"}").await == 1.0
     })
@@ -160,11 +122,11 @@ auth: {{jwt: {{secret: "{SECRET}"}}}}
 
     let mut c = Clients::start().await;
     c.connect_as("u1", &url, "u1").await;
-    let out = herald_output(&["produce", "--topic", "t", "{}"], &config).await;
+    let out = process.run(&["produce", "--topic", "t", "{}"]).await;
     assert!(out.status.success());
     assert_eq!(c.expect("u1", "notification").await, json!("v2"));
     c.stop().await;
-    child.kill().await.unwrap();
+    assert!(process.terminate().await.success());
 }
 
 #[tokio::test]
@@ -174,8 +136,7 @@ async fn route_dry_run_prints_what_a_record_becomes() {
     let dry_run = |topic: &'static str, record: &'static str| {
         let config = config.clone();
         async move {
-            let mut child = Command::new(HERALD)
-                .args(["route", "--topic", topic, "--config"])
+            let mut child = herald(&["route", "--topic", topic, "--config"])
                 .arg(&config)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

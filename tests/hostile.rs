@@ -7,8 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +18,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{WebSocketStream, client_async};
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 const SOCKETS: &str = "herald_gateway_sockets";
 
 // ---------------------------------------------------------------------------------------------
@@ -134,59 +131,39 @@ async fn polling_gone(http: &reqwest::Client, session: &str) -> bool {
 
 /// herald run as a user runs it (embedded broker), so its RSS can be read.
 struct Binary {
-    child: tokio::process::Child,
-    pid: u32,
+    process: HeraldProcess,
     addr: SocketAddr,
     url: String,
-    config: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Binary {
-    async fn start(server_extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, kafka_port) = (free_port(), free_port());
-        let config = dir.path().join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-server: {{listen: "127.0.0.1:{port}", shutdown_grace_secs: 5{server_extra}}}
+    /// `server_overlay` is merged into the `server` section, e.g. `{connect_timeout_ms: 1000}`.
+    async fn start(server_overlay: &str) -> Self {
+        let yaml = format!(
+            r#"
+server: {{shutdown_grace_secs: 5}}
 kafka:
   brokers: embedded
   embedded: {{listen: "127.0.0.1:{kafka_port}"}}
   options: {{auto.offset.reset: earliest}}
 auth: {{jwt: {{secret: "{SECRET}"}}}}
 log: {{level: error}}
-"#
-            ),
-        )
-        .unwrap();
-        let child = tokio::process::Command::new(HERALD)
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let pid = child.id().unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let url = format!("http://{addr}");
-        wait_ready(&url).await;
-        Binary { child, pid, addr, url, config, _dir: dir }
+"#,
+            kafka_port = free_port()
+        );
+        let process = HeraldProcess::start(&merge(&yaml, &format!("server: {server_overlay}"))).await;
+        let url = process.url.clone();
+        let addr: SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
+        Binary { process, addr, url }
     }
 
-    /// Resident memory in KiB, from /proc.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        self.process.rss_kib()
     }
 
     async fn produce(&self, user: &str, n: u32) {
         let record = json!({"userId": user, "type": "t", "body": {"n": n}}).to_string();
-        let out = tokio::process::Command::new(HERALD).args(["produce", &record]).arg("--config").arg(&self.config).output().await.unwrap();
+        let out = self.process.run(&["produce", &record]).await;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -209,9 +186,8 @@ log: {{level: error}}
         self.stop().await;
     }
 
-    async fn stop(mut self) {
-        assert!(std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().unwrap().success());
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("exit on SIGTERM").unwrap();
+    async fn stop(self) {
+        let status = self.process.terminate().await;
         assert!(status.success(), "herald exited with {status:?}: it must survive the hostile input and stop cleanly");
     }
 }
@@ -234,7 +210,7 @@ async fn sockets(url: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_garbage_is_closed_and_the_server_keeps_serving() {
-    let h = Binary::start(", connect_timeout_ms: 1000").await;
+    let h = Binary::start("{connect_timeout_ms: 1000}").await;
     let mut c = Clients::start().await;
     h.serves_a_real_client(&mut c, "before", 1).await;
     let rss_before = h.rss_kib();
@@ -339,7 +315,7 @@ async fn storm(h: &Binary) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connections_opened_and_dropped_leave_nothing_behind() {
-    let h = Binary::start(", connect_timeout_ms: 1000").await;
+    let h = Binary::start("{connect_timeout_ms: 1000}").await;
     let mut c = Clients::start().await;
     h.serves_a_real_client(&mut c, "before", 1).await;
     eventually(Duration::from_secs(10), "no socket before the storm", async || sockets(&h.url).await == 0.0).await;

@@ -18,8 +18,14 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 mod cluster;
+mod process;
+mod scenario;
 #[allow(unused_imports)] // only the cluster test uses it
 pub use cluster::RedisCluster;
+#[allow(unused_imports)]
+pub use process::{HERALD, HeraldProcess, Launch, herald};
+#[allow(unused_imports)]
+pub use scenario::{Scenario, Stack, settle};
 
 pub const SECRET: &str = "test-secret";
 pub const TOPIC: &str = "user-notifications";
@@ -281,66 +287,6 @@ impl Herald {
         if let Some(r) = self.running.take() {
             r.shutdown().await.unwrap();
         }
-    }
-}
-
-/// The built `herald` binary running `yaml`, for what only a real process shows (signals, logs).
-pub struct HeraldProcess {
-    child: Child,
-    _dir: tempfile::TempDir,
-    pub url: String,
-}
-
-impl HeraldProcess {
-    pub async fn start(yaml: &str) -> Self {
-        Self::spawn(yaml, Stdio::null()).await
-    }
-
-    /// [`Self::start`], with herald's own log level (no `RUST_LOG` from the test's environment)
-    /// and its stderr collected: the task ends with all of it once the process exits.
-    pub async fn start_capturing_logs(yaml: &str) -> (Self, tokio::task::JoinHandle<String>) {
-        let mut process = Self::spawn(yaml, Stdio::piped()).await;
-        let mut stderr = process.child.stderr.take().unwrap();
-        let logs = tokio::spawn(async move {
-            let mut text = String::new();
-            tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await.unwrap();
-            text
-        });
-        (process, logs)
-    }
-
-    async fn spawn(yaml: &str, stderr: Stdio) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&config)
-            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        wait_ready(&url).await;
-        Self { child, _dir: dir, url }
-    }
-
-    pub async fn wait_assigned(&self, n: usize) {
-        eventually(Duration::from_secs(20), &format!("{n} partitions assigned"), async || {
-            scrape(&self.url, "herald_source_assigned_partitions").await == n as f64
-        })
-        .await;
-    }
-
-    /// Sends SIGTERM, as an orchestrator does, and waits for the process to exit.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("herald exits after SIGTERM").unwrap()
     }
 }
 

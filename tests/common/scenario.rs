@@ -1,0 +1,127 @@
+//! One scenario, set up in one call: the broker, Redis if asked, herald instances (each with
+//! its config overlay merged into the base config as data), and the real socket.io-client.
+//! Also the sentinel that proves nothing else is on its way to a socket.
+
+use serde_json::{Value, json};
+
+use super::{Clients, Herald, Kafka, Redis, TOPIC, config_yaml, merge};
+
+/// What to start; [`Stack::start`] starts it.
+pub struct Stack {
+    topics: Vec<&'static str>,
+    redis: bool,
+    instances: Vec<String>,
+}
+
+impl Default for Stack {
+    fn default() -> Self {
+        Self { topics: vec![TOPIC], redis: false, instances: Vec::new() }
+    }
+}
+
+impl Stack {
+    /// The broker's topics (default: `user-notifications`).
+    pub fn topics(mut self, topics: &[&'static str]) -> Self {
+        self.topics = topics.to_vec();
+        self
+    }
+
+    /// A real redis-server as the bus (without it, one instance uses the in-process bus).
+    pub fn redis(mut self) -> Self {
+        self.redis = true;
+        self
+    }
+
+    /// One more herald instance, with `overlay` (YAML, `""` for none) merged into the base
+    /// config, e.g. `"server: {ping_interval_secs: 1}"`.
+    pub fn instance(mut self, overlay: &str) -> Self {
+        self.instances.push(overlay.to_owned());
+        self
+    }
+
+    pub async fn start(self) -> Scenario {
+        super::init_logs();
+        let kafka = Kafka::start(&self.topics).await;
+        let redis = if self.redis { Some(Redis::start().await) } else { None };
+        let base = config_yaml(&kafka, redis.as_ref(), "");
+        let mut heralds = Vec::new();
+        for overlay in &self.instances {
+            let yaml = if overlay.is_empty() { base.clone() } else { merge(&base, overlay) };
+            heralds.push(Herald::start(&yaml).await);
+        }
+        let c = Clients::start().await;
+        Scenario { kafka, redis, heralds, c, base, sentinels: 0 }
+    }
+}
+
+/// A running scenario. `c` drives the sockets; `heralds[i]` is the i-th instance.
+pub struct Scenario {
+    pub kafka: Kafka,
+    pub redis: Option<Redis>,
+    pub heralds: Vec<Herald>,
+    pub c: Clients,
+    /// The config every instance started from, before its overlay.
+    pub base: String,
+    sentinels: u64,
+}
+
+impl Scenario {
+    pub fn url(&self, instance: usize) -> String {
+        self.heralds[instance].url()
+    }
+
+    /// Connects socket `id` as `user` to instance `instance`.
+    pub async fn connect(&mut self, id: &str, instance: usize, user: &str) {
+        let url = self.url(instance);
+        self.c.connect_as(id, &url, user).await;
+    }
+
+    /// A notification for `user` (the usual test record), always in partition 0: records for
+    /// different users keep their order, so a later one is a sentinel for the earlier ones.
+    pub async fn notify(&self, user: &str, body: Value) {
+        let value = json!({"userId": user, "type": "test", "body": body});
+        self.kafka.produce_to(TOPIC, Some(0), Some(user), value.to_string().as_bytes()).await;
+    }
+
+    /// See [`settle`].
+    pub async fn settle(&mut self, user: &str, sockets: &[&str]) -> Vec<Vec<Value>> {
+        self.sentinels += 1;
+        settle(&self.kafka, &mut self.c, user, sockets, self.sentinels).await
+    }
+
+    /// Asserts, with a sentinel, that `sockets` (all of `user`) received nothing more than
+    /// what the test already took.
+    pub async fn nothing_else(&mut self, user: &str, sockets: &[&str], why: &str) {
+        let left = self.settle(user, sockets).await;
+        for (id, left) in sockets.iter().zip(left) {
+            assert!(left.is_empty(), "{why}: socket {id} also received {left:?}");
+        }
+    }
+
+    pub async fn stop(self) {
+        self.c.stop().await;
+        for h in self.heralds {
+            h.shutdown().await;
+        }
+    }
+}
+
+/// Proves that nothing else is on its way to `sockets` (all of `user`): a sentinel record for
+/// `user`, produced into partition 0 after every record before it there, reaches each of them;
+/// what arrived before it arrived first, on the same socket. Returns, per socket, the
+/// notifications not yet taken with [`Clients::expect`] (the sentinel itself is taken).
+pub async fn settle(kafka: &Kafka, c: &mut Clients, user: &str, sockets: &[&str], n: u64) -> Vec<Vec<Value>> {
+    let value = json!({"userId": user, "sentinel": n});
+    kafka.produce_to(TOPIC, Some(0), Some(user), value.to_string().as_bytes()).await;
+    let mut left = Vec::new();
+    for id in sockets {
+        let owned = id.to_string();
+        c.wait_for(std::time::Duration::from_secs(15), move |e| {
+            e["id"] == owned.as_str() && e["type"] == "event" && e["event"] == "notification" && e["args"][0]["sentinel"] == n
+        })
+        .await
+        .unwrap_or_else(|| panic!("socket {id} did not receive sentinel {n}"));
+        left.push(c.received(id, "notification").await);
+    }
+    left
+}
