@@ -175,8 +175,9 @@ async fn a_backlog_is_routed_on_several_threads_and_stays_in_order() {
     }
     let split = router.metric("herald_route_split_batches_total").await;
     assert!(split >= 1.0, "a backlog of {RECORDS} records is routed in parts (split batches: {split})");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(c.received("ann", "notification").await.is_empty(), "no duplicates");
+    let at = Sentinel { topic: "scripted", partition: Some(0), key: None };
+    let left = settle_with(&kafka, &mut c, at, |marker| json!({"to": "ann", "n": marker}), &["ann"]).await;
+    assert!(left[0].is_empty(), "no duplicates: {left:?}");
     c.stop().await;
     router.shutdown().await;
     gateway.shutdown().await;

@@ -25,7 +25,7 @@ pub use cluster::RedisCluster;
 #[allow(unused_imports)]
 pub use process::{HERALD, HeraldProcess, Launch, herald};
 #[allow(unused_imports)]
-pub use scenario::{Scenario, Stack, settle};
+pub use scenario::{Scenario, Sentinel, Stack, settle, settle_with};
 
 pub const SECRET: &str = "test-secret";
 pub const TOPIC: &str = "user-notifications";

@@ -2,6 +2,8 @@
 //! its config overlay merged into the base config as data), and the real socket.io-client.
 //! Also the sentinel that proves nothing else is on its way to a socket.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde_json::{Value, json};
 
 use super::{Clients, Herald, Kafka, Redis, TOPIC, config_yaml, merge};
@@ -50,7 +52,7 @@ impl Stack {
             heralds.push(Herald::start(&yaml).await);
         }
         let c = Clients::start().await;
-        Scenario { kafka, redis, heralds, c, base, sentinels: 0 }
+        Scenario { kafka, redis, heralds, c, base }
     }
 }
 
@@ -62,7 +64,6 @@ pub struct Scenario {
     pub c: Clients,
     /// The config every instance started from, before its overlay.
     pub base: String,
-    sentinels: u64,
 }
 
 impl Scenario {
@@ -85,8 +86,7 @@ impl Scenario {
 
     /// See [`settle`].
     pub async fn settle(&mut self, user: &str, sockets: &[&str]) -> Vec<Vec<Value>> {
-        self.sentinels += 1;
-        settle(&self.kafka, &mut self.c, user, sockets, self.sentinels).await
+        settle(&self.kafka, &mut self.c, user, sockets).await
     }
 
     /// Asserts, with a sentinel, that `sockets` (all of `user`) received nothing more than
@@ -110,17 +110,41 @@ impl Scenario {
 /// `user`, produced into partition 0 after every record before it there, reaches each of them;
 /// what arrived before it arrived first, on the same socket. Returns, per socket, the
 /// notifications not yet taken with [`Clients::expect`] (the sentinel itself is taken).
-pub async fn settle(kafka: &Kafka, c: &mut Clients, user: &str, sockets: &[&str], n: u64) -> Vec<Vec<Value>> {
-    let value = json!({"userId": user, "sentinel": n});
-    kafka.produce_to(TOPIC, Some(0), Some(user), value.to_string().as_bytes()).await;
+pub async fn settle(kafka: &Kafka, c: &mut Clients, user: &str, sockets: &[&str]) -> Vec<Vec<Value>> {
+    let record = |marker: &str| json!({"userId": user, "sentinel": marker});
+    settle_with(kafka, c, Sentinel { topic: TOPIC, partition: Some(0), key: Some(user) }, record, sockets).await
+}
+
+/// Where a sentinel record goes: the partition (or the key that picks it) of the records it
+/// comes after.
+pub struct Sentinel<'a> {
+    pub topic: &'a str,
+    pub partition: Option<i32>,
+    pub key: Option<&'a str>,
+}
+
+/// [`settle`] for any route: `record` builds the sentinel's value around a unique marker,
+/// which the notification must carry (anywhere in its payload).
+pub async fn settle_with(
+    kafka: &Kafka,
+    c: &mut Clients,
+    at: Sentinel<'_>,
+    record: impl Fn(&str) -> Value,
+    sockets: &[&str],
+) -> Vec<Vec<Value>> {
+    static SENTINELS: AtomicU64 = AtomicU64::new(0);
+    let marker = format!("sentinel-{}", SENTINELS.fetch_add(1, Ordering::Relaxed));
+    kafka.produce_to(at.topic, at.partition, at.key, record(&marker).to_string().as_bytes()).await;
+    let quoted = format!("\"{marker}\"");
     let mut left = Vec::new();
     for id in sockets {
         let owned = id.to_string();
+        let quoted = quoted.clone();
         c.wait_for(std::time::Duration::from_secs(15), move |e| {
-            e["id"] == owned.as_str() && e["type"] == "event" && e["event"] == "notification" && e["args"][0]["sentinel"] == n
+            e["id"] == owned.as_str() && e["type"] == "event" && e["event"] == "notification" && e["args"][0].to_string().contains(&quoted)
         })
         .await
-        .unwrap_or_else(|| panic!("socket {id} did not receive sentinel {n}"));
+        .unwrap_or_else(|| panic!("socket {id} did not receive {marker}"));
         left.push(c.received(id, "notification").await);
     }
     left
