@@ -38,6 +38,7 @@ pub struct Running {
     stop_rest: CancellationToken,
     /// Fired when a component ends on its own: the process should shut down.
     failed: CancellationToken,
+    supervisor: Supervisor,
     source: JoinHandle<anyhow::Result<()>>,
     server: JoinHandle<std::io::Result<()>>,
     _broker: Option<EmbeddedBroker>,
@@ -184,6 +185,7 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
         abort_source,
         stop_rest,
         failed,
+        supervisor,
         source,
         server,
         _broker: broker,
@@ -202,6 +204,12 @@ impl Running {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The supervisor of the instance's background tasks: a task spawned through it that ends
+    /// before shutdown fails the instance, as herald's own do.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
     }
 
     /// Resolves when a component ended on its own.

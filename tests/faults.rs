@@ -381,3 +381,21 @@ async fn a_redis_outage_shows_in_the_metrics_and_readiness() {
     assert!(h.metric("herald_bus_redis_disconnected_seconds_total").await <= outage + 1.0, "carried fraction at most");
     h.shutdown().await;
 }
+
+/// A background task that ends before shutdown fails the instance: `failed` fires at once, and
+/// shutdown reports it, so the binary exits 1 instead of staying ready while doing less.
+/// (herald's own tasks end only through a bug; this one is spawned through the instance's own
+/// supervisor, as they are.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervised_task_that_ends_early_fails_the_instance() {
+    let mut s = Stack::default().instance("").start().await;
+    s.connect("ann", 0, "ann").await;
+    let mut herald = s.heralds.pop().unwrap();
+    let running = herald.running.take().unwrap();
+    running.supervisor().spawn("a task that returns", async {});
+    tokio::time::timeout(Duration::from_secs(5), running.failed()).await.expect("the instance is failed");
+    let error = running.shutdown().await.expect_err("shutdown reports the failure");
+    assert!(error.to_string().contains("stopped on its own"), "{error}");
+    assert!(s.c.disconnected("ann", Duration::from_secs(5)).await.is_some(), "its sockets were closed");
+    s.c.stop().await;
+}

@@ -337,9 +337,10 @@ async fn thousands_of_connections_opened_and_dropped_leave_nothing_behind() {
 }
 
 /// An in-process herald with a witness: a real client whose notifications must keep arriving.
-async fn herald_with_witness(kafka: &Kafka, server_extra: &str) -> (Herald, Clients) {
+/// `server` is merged into the `server` section, e.g. `{connect_timeout_ms: 1000}`.
+async fn herald_with_witness(kafka: &Kafka, server: &str) -> (Herald, Clients) {
     init_logs();
-    let h = Herald::start(&config_yaml(kafka, None, server_extra)).await;
+    let h = Herald::start(&config_yaml(kafka, None, &format!("server: {server}"))).await;
     h.wait_assigned(4).await;
     let mut c = Clients::start().await;
     c.connect_as("witness", &h.url(), "witness").await;
@@ -358,7 +359,7 @@ async fn witness_still_served_then_stop(h: Herald, kafka: &Kafka, mut c: Clients
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_that_never_finish_are_closed_and_never_counted() {
     let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, c) = herald_with_witness(&kafka, "  connect_timeout_ms: 1000").await;
+    let (h, c) = herald_with_witness(&kafka, "{connect_timeout_ms: 1000}").await;
     let http = reqwest::Client::new();
     let started = Instant::now();
 
@@ -380,7 +381,7 @@ async fn handshakes_that_never_finish_are_closed_and_never_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packets_over_websocket_close_only_their_socket() {
     let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, c) = herald_with_witness(&kafka, "  connect_timeout_ms: 1000").await;
+    let (h, c) = herald_with_witness(&kafka, "{connect_timeout_ms: 1000}").await;
     let auth = json!({"token": token("mallory")}).to_string();
     let before_connect: Vec<(&str, Message)> = vec![
         ("unknown engine.io type", Message::text("9hello")),
@@ -459,7 +460,7 @@ fn client_text_frame(text: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_after_the_packet_that_ended_a_session_is_read() {
     let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, mut c) = herald_with_witness(&kafka, "  connect_timeout_ms: 1000").await;
+    let (h, mut c) = herald_with_witness(&kafka, "{connect_timeout_ms: 1000}").await;
     // A broken packet, then a good CONNECT, in one write: the second must not connect a socket
     // to the session the first one ended.
     let mut tcp = TcpStream::connect(h.addr).await.unwrap();
@@ -483,7 +484,7 @@ async fn nothing_after_the_packet_that_ended_a_session_is_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packets_over_long_polling_end_only_their_session() {
     let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, c) = herald_with_witness(&kafka, "  connect_timeout_ms: 1000\n  ping_interval_secs: 1").await;
+    let (h, c) = herald_with_witness(&kafka, "{connect_timeout_ms: 1000, ping_interval_secs: 1}").await;
     let http = reqwest::Client::new();
     let bodies: Vec<(&str, Vec<u8>, u16)> = vec![
         ("unknown engine.io type", b"9hello".to_vec(), 400),
@@ -514,7 +515,7 @@ async fn malformed_packets_over_long_polling_end_only_their_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payloads_close_the_connection() {
     let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, c) = herald_with_witness(&kafka, "  max_payload_bytes: 4096").await;
+    let (h, c) = herald_with_witness(&kafka, "{max_payload_bytes: 4096}").await;
     let refresh = |len: usize| format!("421[\"auth_refresh\",{{\"token\":\"{}\"}}]", "a".repeat(len));
 
     // Under the limit, a message is handled (the refresh is refused, by an ack).
@@ -549,7 +550,7 @@ async fn oversized_payloads_close_the_connection() {
 async fn junk_tokens_get_a_fixed_connect_error() {
     let kafka = Kafka::start(&[TOPIC]).await;
     // Room for a 1 MB token, so it reaches the verifier instead of the payload limit.
-    let (h, mut c) = herald_with_witness(&kafka, "  max_payload_bytes: 2000000").await;
+    let (h, mut c) = herald_with_witness(&kafka, "{max_payload_bytes: 2000000}").await;
     let binary: String = garbage(7, 2048).iter().map(|b| char::from(*b)).collect();
     let huge_jwt = format!("eyJhbGciOiJIUzI1NiJ9.{}.c2ln", "A".repeat(1_000_000));
     let cases = [

@@ -13,22 +13,16 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_of_offline_users_are_handed_off_and_only_those() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC, "vip", "offline", "vip-offline"]).await;
-    let redis = Redis::start().await;
     // A global offline topic, and one of its own for `vip`.
-    let yaml = with_kafka(
-        &config_yaml(&kafka, Some(&redis), ""),
-        "offline_topic: offline\ntopics: [user-notifications, {name: vip, offline_topic: vip-offline}]",
-    );
-    let (one, two) = (Herald::start(&yaml).await, Herald::start(&yaml).await);
+    let both = "kafka: {offline_topic: offline, topics: [user-notifications, {name: vip, offline_topic: vip-offline}]}";
+    let mut s = Stack::default().topics(&[TOPIC, "vip", "offline", "vip-offline"]).redis().instance(both).instance(both).start().await;
     // Both consume (4 partitions each of the 8): a record for a user connected to the other
     // instance crosses Redis.
-    one.wait_assigned(4).await;
-    two.wait_assigned(4).await;
-    let mut c = Clients::start().await;
-    c.connect_as("ann", &one.url(), "ann").await;
-    c.connect_as("bob", &two.url(), "bob").await;
+    s.heralds[0].wait_assigned(4).await;
+    s.heralds[1].wait_assigned(4).await;
+    s.connect("ann", 0, "ann").await;
+    s.connect("bob", 1, "bob").await;
+    let (kafka, c, one, two) = (&s.kafka, &mut s.c, &s.heralds[0], &s.heralds[1]);
 
     const N: i64 = 20;
     for n in 0..N {
@@ -37,14 +31,14 @@ async fn notifications_of_offline_users_are_handed_off_and_only_those() {
         }
     }
     for user in ["ann", "bob"] {
-        let (_, _, lost) = report(&mut c, user, N, user).await;
+        let (_, _, lost) = report(c, user, N, user).await;
         assert_eq!(lost, 0);
     }
     for (user, n) in [("ann", 100), ("fay", 101)] {
         kafka.produce_to("vip", Some(0), Some(user), json!({"userId": user, "n": n}).to_string().as_bytes()).await;
     }
 
-    let reader = topic_reader(&kafka, "offline-reader", "offline");
+    let reader = topic_reader(kafka, "offline-reader", "offline");
     let mut got = BTreeSet::new();
     while got.len() < 2 * N as usize {
         let m = tokio::time::timeout(Duration::from_secs(15), reader.recv()).await.expect("offline notifications").unwrap();
@@ -75,7 +69,7 @@ async fn notifications_of_offline_users_are_handed_off_and_only_those() {
         }
     }
     // `vip` has its own: the offline users' records are there, the connected one's is not.
-    let vip = topic_reader(&kafka, "vip-reader", "vip-offline");
+    let vip = topic_reader(kafka, "vip-reader", "vip-offline");
     kafka.produce_to("vip", Some(0), Some("gus"), json!({"userId": "gus", "n": 102}).to_string().as_bytes()).await;
     let mut vip_got = Vec::new();
     while vip_got.len() < 2 {
@@ -89,7 +83,5 @@ async fn notifications_of_offline_users_are_handed_off_and_only_those() {
     let handed_off =
         one.metric("herald_source_offline_handed_off_total").await + two.metric("herald_source_offline_handed_off_total").await;
     assert!(handed_off >= (2 * N + 3) as f64, "{handed_off}");
-    c.stop().await;
-    one.shutdown().await;
-    two.shutdown().await;
+    s.stop().await;
 }

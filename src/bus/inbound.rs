@@ -4,6 +4,7 @@
 
 use serde_json::value::RawValue;
 
+use crate::metrics::AudienceKind;
 use crate::replay::NotificationId;
 
 /// Whom a live notification goes to on this instance.
@@ -17,6 +18,17 @@ pub enum Addressee<'a> {
         among: &'a [&'a str],
     },
     Everyone,
+}
+
+impl Addressee<'_> {
+    /// The `kind` label of the delivered counter.
+    pub fn kind(&self) -> AudienceKind {
+        match self {
+            Addressee::User(_) => AudienceKind::User,
+            Addressee::Group { .. } => AudienceKind::Group,
+            Addressee::Everyone => AudienceKind::Broadcast,
+        }
+    }
 }
 
 /// The sockets of this instance, as the bus sees them.

@@ -23,14 +23,6 @@ pub struct Deliverer {
     slow_client: SlowClient,
 }
 
-fn kind(to: &Addressee<'_>) -> AudienceKind {
-    match to {
-        Addressee::User(_) => AudienceKind::User,
-        Addressee::Group { .. } => AudienceKind::Group,
-        Addressee::Everyone => AudienceKind::Broadcast,
-    }
-}
-
 /// Whether `member` takes a notification sent to each of `among` from `group`'s copy.
 fn takes_from(member: &Member, group: &str, among: &[&str]) -> bool {
     among.is_empty() || among.iter().find(|g| member.in_group(g)).is_none_or(|first| *first == group)
@@ -124,7 +116,7 @@ impl Inbound for Deliverer {
             return 0;
         }
         self.disconnect_slow(slow);
-        self.finish(kind(&to), reached, failed, timestamp_ms, consumed_us)
+        self.finish(to.kind(), reached, failed, timestamp_ms, consumed_us)
     }
 
     /// Emits a retained notification (with its id as a second argument) to every socket of the

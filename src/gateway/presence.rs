@@ -106,7 +106,10 @@ impl<T: Clone> Presence<T> {
         }
     }
 
-    /// Runs `f` on every socket here, one user at a time under that user's read lock.
+    /// Runs `f` on every socket here, one shard of the index at a time under its read lock.
+    /// Joins and leaves on that shard wait for its part of the loop only; `f` is a non-blocking
+    /// push into a socket's buffer, so that is a few microseconds per thousand sockets, less
+    /// than copying every socket out first would cost a large broadcast.
     pub fn each_everyone(&self, mut f: impl FnMut(&T)) -> usize {
         let mut count = 0;
         for sockets in self.users.iter() {

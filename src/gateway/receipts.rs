@@ -43,7 +43,7 @@ impl Refused {
 
 impl Receipts {
     pub fn new(topic: &str, event: &str, per_sec: u32, bootstrap: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        let producer = crate::source::dead_letter::producer_for(bootstrap, options)
+        let producer = crate::source::producer_for(bootstrap, options)
             .map_err(|e| anyhow::anyhow!("kafka.receipts_topic: cannot create the producer: {e}"))?;
         Ok(Self { topic: topic.to_owned(), producer, event: event.to_owned(), per_sec })
     }

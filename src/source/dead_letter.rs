@@ -5,15 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::producer::producer_for;
 use crate::metrics::LabelValue;
 use crate::route::{Record, RouteError};
-
-/// librdkafka settings from `kafka.options` that a producer needs too (security, client id).
-const SHARED_PREFIXES: &[&str] = &["security.", "sasl.", "ssl.", "client.id", "socket.", "broker."];
 
 pub struct DeadLetter {
     topic: String,
@@ -45,15 +42,6 @@ impl DeadLetter {
         }
         self.producer.send(out, Duration::from_secs(10)).await.map(|_| ()).map_err(|(e, _)| e.to_string())
     }
-}
-
-/// A producer with the consumer's security and client settings, acks awaited within 10 s.
-pub fn producer_for(bootstrap: &str, options: &BTreeMap<String, String>) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
-    for (k, v) in options.iter().filter(|(k, _)| SHARED_PREFIXES.iter().any(|p| k.starts_with(p))) {
-        config.set(k, v);
-    }
-    config.set("bootstrap.servers", bootstrap).set("message.timeout.ms", "10000").create()
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -5,3 +5,6 @@ pub mod dead_letter;
 pub mod embedded;
 pub mod kafka;
 mod offline;
+mod producer;
+
+pub use producer::producer_for;

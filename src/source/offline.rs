@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::dead_letter::producer_for;
+use super::producer::producer_for;
 use crate::config::KafkaConfig;
 use crate::route::Notification;
 

@@ -178,10 +178,11 @@ impl Kafka {
 // ---------------------------------------------------------------------------------------------
 // herald
 
-/// A config for tests: fast consumer-group settings, records from the start of the topic.
-pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, extra: &str) -> String {
+/// A config for tests: fast consumer-group settings, records from the start of the topic;
+/// `overlay` (YAML, `""` for none) is merged into it as data, e.g. `"server: {event: alert}"`.
+pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, overlay: &str) -> String {
     let redis = redis.map(|r| format!("redis: {{url: \"{}\"}}\n", r.url())).unwrap_or_default();
-    format!(
+    let base = format!(
         r#"
 kafka:
   brokers: "{brokers}"
@@ -196,10 +197,10 @@ kafka:
     secret: {SECRET}
 server:
   shutdown_grace_secs: 5
-{extra}
 "#,
         brokers = kafka.address()
-    )
+    );
+    if overlay.trim().is_empty() { base } else { merge(&base, overlay) }
 }
 
 /// `yaml` (from [`config_yaml`]) with more keys in its `kafka` section, e.g.
