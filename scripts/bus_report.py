@@ -41,3 +41,14 @@ for (variant, label), phases in groups.items():
     rate = [p["delivered_per_sec"] for p in phases]
     lost = sum(p["lost"] for p in phases)
     print(f"| {variant} | {label} | {fmt(cpu, 2)} | {fmt(rate, 0)} | {lost} |")
+
+memory = OrderedDict()
+for variant, r in runs(bus):
+    if r.get("label", "").startswith("memory-"):
+        memory.setdefault((variant, r["connected"]), []).append(r["rss"][0]["per_conn_kib"])
+if memory:
+    print()
+    print("| build | idle connections | KiB RSS per connection |")
+    print("|---|---|---|")
+    for (variant, n), values in memory.items():
+        print(f"| {variant} | {n} | {fmt(values, 3)} |")

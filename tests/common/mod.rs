@@ -1,5 +1,7 @@
 //! Shared test harness: real redis-server processes, the embedded Kafka-protocol broker over
 //! TCP, herald instances on port 0, and the real npm socket.io-client driven through Node.
+//! `scenario` puts them together in one call (and holds the sentinel that proves absence);
+//! `process` is the one way to start the built binary.
 
 #![allow(dead_code)]
 
