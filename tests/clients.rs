@@ -45,33 +45,27 @@ async fn serves(c: &mut Clients, h: &Herald, kafka: &Kafka, id: &str, transports
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_client_over_websocket_long_polling_and_the_upgrade() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let h = Herald::start(&config_yaml(&kafka, None, "")).await;
-    h.wait_assigned(4).await;
-    let mut c = Clients::start().await;
-    serves(&mut c, &h, &kafka, "js-websocket", json!(["websocket"]), "websocket").await;
-    serves(&mut c, &h, &kafka, "js-polling", json!(["polling"]), "polling").await;
+    let mut s = Stack::default().instance("").start().await;
+    s.heralds[0].wait_assigned(4).await;
+    let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
+    serves(c, h, kafka, "js-websocket", json!(["websocket"]), "websocket").await;
+    serves(c, h, kafka, "js-polling", json!(["polling"]), "polling").await;
     // socket.io-client's default: long-polling first, then the upgrade.
-    serves(&mut c, &h, &kafka, "js-default", json!(["polling", "websocket"]), "websocket").await;
+    serves(c, h, kafka, "js-default", json!(["polling", "websocket"]), "websocket").await;
     assert_eq!(h.metric("herald_gateway_upgrades_total").await, 1.0, "the default went through the upgrade");
     assert_eq!(h.metric("herald_gateway_sessions_opened_total{transport=\"polling\"}").await, 2.0);
     assert_eq!(h.metric("herald_gateway_sessions_opened_total{transport=\"websocket\"}").await, 1.0);
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_socketio_over_long_polling_and_websocket() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let h = Herald::start(&config_yaml(&kafka, None, "")).await;
-    h.wait_assigned(4).await;
-    let mut c = Clients::start_python().await;
-    serves(&mut c, &h, &kafka, "py-polling", json!(["polling"]), "polling").await;
-    serves(&mut c, &h, &kafka, "py-websocket", json!(["websocket"]), "websocket").await;
+    let mut s = Stack::default().instance("").python().start().await;
+    s.heralds[0].wait_assigned(4).await;
+    let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
+    serves(c, h, kafka, "py-polling", json!(["polling"]), "polling").await;
+    serves(c, h, kafka, "py-websocket", json!(["websocket"]), "websocket").await;
     // And a refusal reaches it as socket.io's connect_error.
     assert_eq!(c.connect("py-refused", &h.url(), json!({"auth": {"token": "junk"}})).await, Err("invalid token".into()));
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }

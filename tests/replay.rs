@@ -9,8 +9,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-fn retained(kafka: &Kafka, redis: Option<&Redis>, replay: &str) -> String {
-    with_kafka(&config_yaml(kafka, redis, &format!("replay: {{{replay}}}")), "topics: [{name: user-notifications, retain: true}]")
+/// An instance that retains `user-notifications`; `replay` is merged into its `replay` section.
+fn retained(replay: &str) -> String {
+    format!("replay: {{{replay}}}\nkafka: {{topics: [{{name: user-notifications, retain: true}}]}}")
 }
 
 fn flaky(token: &str) -> Value {
@@ -40,64 +41,50 @@ async fn cut_while_flowing(kafka: &Kafka, c: &mut Clients, id: &str, user: &str,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_every_few_seconds_misses_nothing_on_one_instance() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
-    let h = Herald::start(&retained(&kafka, None, "")).await;
-    let mut c = Clients::start().await;
+    let mut s = Stack::default().instance(&retained("")).start().await;
+    let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
     c.connect("fay", &h.url(), flaky(&token("fay"))).await.unwrap();
-    cut_while_flowing(&kafka, &mut c, "fay", "fay", 120).await;
+    cut_while_flowing(kafka, c, "fay", "fay", 120).await;
     assert!(h.metric("herald_replay_notifications_replayed_total").await > 0.0, "some arrived by replay");
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_every_few_seconds_misses_nothing_across_instances() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
-    let redis = Redis::start().await;
-    let one = Herald::start(&retained(&kafka, Some(&redis), "")).await;
-    let two = Herald::start(&merge(&retained(&kafka, Some(&redis), ""), "kafka: {topics: [elsewhere]}")).await;
-    one.wait_assigned(4).await;
-    two.wait_assigned(4).await;
-    let mut c = Clients::start().await;
+    let elsewhere = merge(&retained(""), "kafka: {topics: [elsewhere]}");
+    let mut s = Stack::default().topics(&[TOPIC, "elsewhere"]).redis().instance(&retained("")).instance(&elsewhere).start().await;
+    s.heralds[0].wait_assigned(4).await;
+    s.heralds[1].wait_assigned(4).await;
+    let (kafka, c, two) = (&s.kafka, &mut s.c, &s.heralds[1]);
     c.connect("gus", &two.url(), flaky(&token("gus"))).await.unwrap();
-    cut_while_flowing(&kafka, &mut c, "gus", "gus", 120).await;
+    cut_while_flowing(kafka, c, "gus", "gus", 120).await;
     assert!(two.metric("herald_replay_notifications_replayed_total").await > 0.0);
     // The store script carries the consume time too: retained notifications are timed across instances.
     assert!(two.metric("herald_pipeline_latency_seconds_count").await > 0.0);
-    c.stop().await;
-    one.shutdown().await;
-    two.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_users_get_their_notifications_when_they_connect() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
-    let redis = Redis::start().await;
-    let h = Herald::start(&retained(&kafka, Some(&redis), "")).await;
+    let mut s = Stack::default().redis().instance(&retained("")).start().await;
+    let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
     for i in 0..3 {
         kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "otto", "n": i}).to_string().as_bytes()).await;
     }
     eventually(Duration::from_secs(10), "three stored for later", async || h.metric("herald_replay_stored_offline_total").await == 3.0)
         .await;
     assert_eq!(h.metric("herald_records_dropped_total{reason=\"offline\"}").await, 0.0, "kept, not dropped");
-    let mut c = Clients::start().await;
     c.connect("otto", &h.url(), json!({"auth": {"token": token("otto"), "since": "0-0"}})).await.unwrap();
     for i in 0..3 {
         assert_eq!(c.expect("otto", "notification").await["n"], i);
     }
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overflowed_history_is_reported_and_the_rest_replayed() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
-    let h = Herald::start(&retained(&kafka, None, "history: 5, last_without_since: 2")).await;
-    let mut c = Clients::start().await;
+    let mut s = Stack::default().instance(&retained("history: 5, last_without_since: 2")).start().await;
+    let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
     c.connect_as("first", &h.url(), "hana").await;
     kafka.produce_to(TOPIC, Some(0), None, br#"{"userId":"hana","n":0}"#).await;
     eventually(Duration::from_secs(10), "the first notification", async || !c.received_args("first", "notification").await.is_empty())
@@ -119,8 +106,7 @@ async fn an_overflowed_history_is_reported_and_the_rest_replayed() {
     c.connect_as("fresh", &h.url(), "hana").await;
     assert_eq!(c.expect("fresh", "notification").await["n"], 9);
     assert_eq!(c.expect("fresh", "notification").await["n"], 10);
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 /// A batch published again after a failed attempt (`publish_again`) may hold retained

@@ -31,6 +31,8 @@ pub use scenario::{Scenario, Sentinel, Stack, settle, settle_with};
 
 pub const SECRET: &str = "test-secret";
 pub const TOPIC: &str = "user-notifications";
+/// Partitions of every topic the test broker creates.
+pub const PARTITIONS: i32 = 4;
 
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -138,7 +140,7 @@ pub struct Kafka {
 impl Kafka {
     pub async fn start(topics: &[&str]) -> Self {
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), &topics, 4).await.unwrap();
+        let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), &topics, PARTITIONS).await.unwrap();
         let producer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", broker.address().to_string())
             .set("linger.ms", "0")
@@ -527,15 +529,20 @@ pub async fn assert_first_seen_in_order(c: &mut Clients, id: &str) {
     assert!(first_seen.windows(2).all(|w| w[0] < w[1]), "in order: {first_seen:?}");
 }
 
-/// A consumer of `topic` from its start, in a group of its own: what herald produced there.
+/// A reader of `topic` from its start: every partition assigned by hand, so it joins no group
+/// and closes at once (a group member's close waits on the coordinator).
 pub fn topic_reader(kafka: &Kafka, group: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::Consumer;
     let reader: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka.address())
         .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    reader.subscribe(&[topic]).unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        partitions.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    reader.assign(&partitions).unwrap();
     reader
 }

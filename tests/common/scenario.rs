@@ -13,11 +13,12 @@ pub struct Stack {
     topics: Vec<&'static str>,
     redis: bool,
     instances: Vec<String>,
+    python: bool,
 }
 
 impl Default for Stack {
     fn default() -> Self {
-        Self { topics: vec![TOPIC], redis: false, instances: Vec::new() }
+        Self { topics: vec![TOPIC], redis: false, instances: Vec::new(), python: false }
     }
 }
 
@@ -41,6 +42,12 @@ impl Stack {
         self
     }
 
+    /// Drive the sockets with python-socketio's client instead of npm socket.io-client.
+    pub fn python(mut self) -> Self {
+        self.python = true;
+        self
+    }
+
     pub async fn start(self) -> Scenario {
         super::init_logs();
         let kafka = Kafka::start(&self.topics).await;
@@ -51,7 +58,7 @@ impl Stack {
             let yaml = if overlay.is_empty() { base.clone() } else { merge(&base, overlay) };
             heralds.push(Herald::start(&yaml).await);
         }
-        let c = Clients::start().await;
+        let c = if self.python { Clients::start_python().await } else { Clients::start().await };
         Scenario { kafka, redis, heralds, c, base }
     }
 }
@@ -98,11 +105,19 @@ impl Scenario {
         }
     }
 
+    /// Stops the clients, the instances, then the broker.
     pub async fn stop(self) {
+        drop(self.stop_instances().await);
+    }
+
+    /// Stops the clients and the instances and hands back the broker, for a test whose own
+    /// Kafka consumers must close while it is still up (librdkafka waits long for a gone one).
+    pub async fn stop_instances(self) -> Kafka {
         self.c.stop().await;
         for h in self.heralds {
             h.shutdown().await;
         }
+        self.kafka
     }
 }
 
