@@ -290,8 +290,20 @@ async fn stall_one_client(policy: &str) -> (Kafka, Herald, Clients) {
 /// The stalled socket and its user are gone; the healthy socket stays. Under `drop` only the
 /// write timeout can end the stalled connection, so it must have fired (once); under
 /// `disconnect` the policy's disconnect may get there first.
-async fn the_stalled_connection_closes(h: &Herald, by_write_timeout: bool) {
+async fn the_stalled_connection_closes(kafka: &Kafka, h: &Herald, by_write_timeout: bool) {
     if by_write_timeout {
+        // The kernel's buffers may have taken all herald kept for the stalled socket (emits
+        // beyond its 32 packets were dropped): feed it more, bounded, until a write has to wait
+        // long enough to time out.
+        let filler = "x".repeat(64 * 1024);
+        for n in 0..100 {
+            if h.metric("herald_gateway_write_timeouts_total").await >= 1.0 {
+                break;
+            }
+            let value = json!({"userId": "stuck", "n": 1000 + n, "filler": filler}).to_string();
+            kafka.produce_to(TOPIC, Some(0), None, value.as_bytes()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         eventually(Duration::from_secs(15), "the stalled connection to time out", async || {
             h.metric("herald_gateway_write_timeouts_total").await == 1.0
         })
@@ -309,12 +321,12 @@ async fn the_stalled_connection_closes(h: &Herald, by_write_timeout: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_does_not_hold_up_others() {
     init_logs();
-    let (_kafka, h, c) = stall_one_client("drop").await;
+    let (kafka, h, c) = stall_one_client("drop").await;
     let failures = h.metric("herald_gateway_emit_failures_total").await;
     eprintln!("stalled client (drop): 200 notifications of 64 KiB to it, {failures} refused by its full buffer; the other got all");
     assert!(failures > 0.0, "the stalled socket's bounded buffer filled up");
     assert_eq!(h.metric("herald_gateway_slow_client_disconnects_total").await, 0.0);
-    the_stalled_connection_closes(&h, true).await;
+    the_stalled_connection_closes(&kafka, &h, true).await;
     c.stop().await;
     h.shutdown().await;
 }
@@ -337,7 +349,7 @@ async fn a_stalled_client_is_disconnected_under_the_disconnect_policy() {
     eventually(Duration::from_secs(15), "the healthy client's next record", async || c.received("fine", "notification").await.len() == 51)
         .await;
     assert_eq!(h.metric("herald_gateway_emit_failures_total").await, failures, "no emit to the removed socket");
-    the_stalled_connection_closes(&h, false).await;
+    the_stalled_connection_closes(&kafka, &h, false).await;
     c.stop().await;
     h.shutdown().await;
 }
