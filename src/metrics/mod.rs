@@ -476,6 +476,18 @@ mod tests {
     }
 
     #[test]
+    fn each_label_value_sits_at_its_index() {
+        fn check<T: LabelValue + std::fmt::Debug>() {
+            for (i, value) in T::ALL.iter().enumerate() {
+                assert_eq!(value.index(), i, "{value:?}");
+            }
+        }
+        check::<DropReason>();
+        check::<AuthError>();
+        check::<AudienceKind>();
+    }
+
+    #[test]
     fn an_outage_counts_its_seconds_while_it_lasts_and_one_recovery_when_it_ends() {
         let m = Metrics::new(&[]);
         let t0 = Instant::now();

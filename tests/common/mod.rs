@@ -174,8 +174,13 @@ impl Kafka {
     }
 
     pub async fn notify(&self, user: &str, body: Value) {
+        self.notify_in(None, user, body).await
+    }
+
+    /// [`Kafka::notify`] into `partition` (`None`: the one the user's key picks).
+    pub async fn notify_in(&self, partition: Option<i32>, user: &str, body: Value) {
         let value = json!({"userId": user, "type": "test", "body": body});
-        self.produce(TOPIC, Some(user), value.to_string().as_bytes()).await;
+        self.produce_to(TOPIC, partition, Some(user), value.to_string().as_bytes()).await;
     }
 }
 

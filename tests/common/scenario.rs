@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
-use super::{Clients, Herald, Kafka, Redis, TOPIC, config_yaml, merge};
+use super::{Clients, Herald, Kafka, Redis, TOPIC, config_yaml};
 
 /// What to start; [`Stack::start`] starts it.
 pub struct Stack {
@@ -52,14 +52,12 @@ impl Stack {
         super::init_logs();
         let kafka = Kafka::start(&self.topics).await;
         let redis = if self.redis { Some(Redis::start().await) } else { None };
-        let base = config_yaml(&kafka, redis.as_ref(), "");
         let mut heralds = Vec::new();
         for overlay in &self.instances {
-            let yaml = if overlay.is_empty() { base.clone() } else { merge(&base, overlay) };
-            heralds.push(Herald::start(&yaml).await);
+            heralds.push(Herald::start(&config_yaml(&kafka, redis.as_ref(), overlay)).await);
         }
         let c = if self.python { Clients::start_python().await } else { Clients::start().await };
-        Scenario { kafka, redis, heralds, c, base }
+        Scenario { kafka, redis, heralds, c }
     }
 }
 
@@ -69,8 +67,6 @@ pub struct Scenario {
     pub redis: Option<Redis>,
     pub heralds: Vec<Herald>,
     pub c: Clients,
-    /// The config every instance started from, before its overlay.
-    pub base: String,
 }
 
 impl Scenario {
@@ -87,8 +83,7 @@ impl Scenario {
     /// A notification for `user` (the usual test record), always in partition 0: records for
     /// different users keep their order, so a later one is a sentinel for the earlier ones.
     pub async fn notify(&self, user: &str, body: Value) {
-        let value = json!({"userId": user, "type": "test", "body": body});
-        self.kafka.produce_to(TOPIC, Some(0), Some(user), value.to_string().as_bytes()).await;
+        self.kafka.notify_in(Some(0), user, body).await
     }
 
     /// See [`settle`].
