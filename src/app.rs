@@ -30,6 +30,10 @@ pub struct Running {
     gateway: gateway::Server,
     bus: Arc<Bus>,
     grace: Duration,
+    /// Unready, still serving, before the graceful shutdown (`server.drain_delay_secs`).
+    drain_delay: Duration,
+    /// Makes `/readyz` answer 503: the first step of a shutdown.
+    draining: CancellationToken,
     /// Stops fetching from Kafka.
     stop_source: CancellationToken,
     /// Gives up on records still waiting for the bus (end of the grace period).
@@ -105,6 +109,9 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
     let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client);
     let bus = Bus::start(&config, Arc::new(deliverer), metrics.clone(), &supervisor).await?;
     authenticator.start(&supervisor);
+    // Files reread while running: the route scripts and the JWT public key.
+    let mut reloadables: Vec<Arc<dyn crate::watch::Reloadable>> = vec![router.clone()];
+    reloadables.extend(authenticator.reloadables());
     let lifetimes = Lifetimes::start(config.auth.expired_event.clone(), metrics.clone(), &supervisor);
     let admission = Admission {
         authenticator,
@@ -128,14 +135,17 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
     };
     let gateway = Gateway::start(&config.server, &config.auth, admission).server;
 
-    crate::route::watch::spawn(router.clone(), config.routes.reload_debounce, &supervisor)?;
+    let timing = crate::watch::Timing { debounce: config.routes.reload_debounce, poll: config.routes.reload_poll };
+    crate::watch::spawn(reloadables, timing, &supervisor)?;
     let source = KafkaSource::new(&config, &kafka_bootstrap, router, bus.clone(), metrics.clone())?;
     let kafka_health = source.health();
 
     let publish_api =
         config.api.key.as_deref().map(|key| Arc::new(http::publish::PublishApi::new(&config.api, key, bus.clone(), &config.server.event)));
     let demo = http::demo::DemoPage::load(&config);
-    let state = HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone(), gateway: gateway.clone() };
+    let draining = CancellationToken::new();
+    let state =
+        HttpState { metrics: metrics.clone(), kafka: kafka_health, bus: bus.clone(), gateway: gateway.clone(), draining: draining.clone() };
     let app = http::router(state, publish_api, demo).layer(http::cors(&config.auth.allowed_origins));
     let mounts = vec![gateway.mount()];
     let failed = supervisor.failed().clone();
@@ -181,6 +191,8 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
         gateway,
         bus,
         grace: config.server.shutdown_grace,
+        drain_delay: config.server.drain_delay,
+        draining,
         stop_source,
         abort_source,
         stop_rest,
@@ -217,13 +229,22 @@ impl Running {
         self.failed.cancelled().await
     }
 
-    /// Phased shutdown within the grace period: stop fetching, let the records in hand reach
-    /// the bus and commit their offsets, close the sockets, then stop serving.
+    /// Phased shutdown: become unready at once (and stay serving for `server.drain_delay_secs`),
+    /// then within the grace period stop fetching, let the records in hand reach the bus and
+    /// commit their offsets, close the sockets, then stop serving.
     /// An error if a component had stopped on its own (the process then exits 1), else the
     /// source's own result.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         // Read before shutting down, which stops the server and so fires `failed` too.
         let failed_on_its_own = self.failed.is_cancelled();
+        self.draining.cancel();
+        if !self.drain_delay.is_zero() && !failed_on_its_own {
+            info!(drain_delay_secs = self.drain_delay.as_secs(), "Shutting down: not ready; still serving while load balancers notice.");
+            tokio::select! {
+                _ = tokio::time::sleep(self.drain_delay) => {}
+                _ = self.failed.cancelled() => {}
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.grace;
         info!(grace_secs = self.grace.as_secs(), "Shutting down: no more records are fetched.");
         self.stop_source.cancel();

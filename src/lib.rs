@@ -13,7 +13,8 @@
 //!
 //! [`config`] reads and validates the YAML configuration, [`auth`] verifies tokens, [`http`]
 //! serves health and metrics, [`metrics`] names every metric, [`replay`] gives reconnecting
-//! clients what they missed, and [`app`] wires it together.
+//! clients what they missed, [`watch`] rereads route scripts and keys when their files change
+//! (ConfigMap and Secret volumes included), and [`app`] wires it together.
 
 pub mod app;
 pub mod auth;
@@ -31,3 +32,4 @@ pub mod source;
 pub mod supervise;
 pub mod telemetry;
 pub mod throttle;
+pub mod watch;

@@ -2,10 +2,13 @@
 //! (so an HS token can never be checked against an RSA public key), and JWKS by `kid`.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
+use tracing::{info, warn};
 
 use super::jwks::Jwks;
 use super::{AuthError, Identity, groups_from_json, user_id_from_json};
@@ -35,8 +38,8 @@ fn family(alg: Algorithm) -> Family {
 
 pub struct JwtVerifier {
     secret: Option<DecodingKey>,
-    /// The PEM public key and the family it parsed as.
-    public_key: Option<(Family, DecodingKey)>,
+    /// The PEM public key file, reread when it changes.
+    public_key: Option<Arc<KeyFile>>,
     jwks: Option<Arc<Jwks>>,
     /// The allow-list; the cryptography checks each token against its own family's part of it.
     algorithms: Vec<Algorithm>,
@@ -64,14 +67,7 @@ impl JwtVerifier {
         }
         let public_key = match &jwt.public_key_file {
             None => None,
-            Some(file) => {
-                let path = config.resolve(file);
-                let pem =
-                    std::fs::read(&path).map_err(|e| anyhow::anyhow!("auth.jwt.public_key_file: cannot read {}: {e}", path.display()))?;
-                Some(parse_public_key(&pem).ok_or_else(|| {
-                    anyhow::anyhow!("auth.jwt.public_key_file: {} is not an RSA, EC or Ed25519 public key in PEM", path.display())
-                })?)
-            }
+            Some(file) => Some(Arc::new(KeyFile::load(config.resolve(file), metrics.clone())?)),
         };
         let jwks = jwt
             .jwks_url
@@ -117,7 +113,7 @@ impl JwtVerifier {
         }
         let wanted = family(header.alg);
         let validation = self.validations.iter().find(|(f, _)| *f == wanted).map(|(_, v)| v).ok_or(AuthError::InvalidToken)?;
-        let jwks_key;
+        let (jwks_key, file_key);
         let key = match wanted {
             Family::Hmac => self.secret.as_ref(),
             Family::Unknown => None,
@@ -126,7 +122,10 @@ impl JwtVerifier {
                     jwks_key = jwks.key(kid).await;
                     jwks_key.as_deref()
                 }
-                (_, _, Some((f, key))) if *f == wanted => Some(key),
+                (_, _, Some(file)) => {
+                    file_key = file.key.load();
+                    (file_key.0 == wanted).then_some(&file_key.1)
+                }
                 _ => None,
             },
         }
@@ -143,6 +142,71 @@ impl JwtVerifier {
             Some(value) => groups_from_json(value).ok_or(AuthError::InvalidToken)?,
         };
         Ok(Identity { user_id, expires_at: claims.get("exp").and_then(Value::as_u64), groups })
+    }
+
+    /// The key file, for the watcher.
+    pub fn key_file(&self) -> Option<Arc<KeyFile>> {
+        self.public_key.clone()
+    }
+}
+
+/// `auth.jwt.public_key_file`: the key in use, swapped when the file holds a new one that
+/// parses (a Secret rotated); until then the previous key stays.
+pub struct KeyFile {
+    path: PathBuf,
+    key: ArcSwap<(Family, DecodingKey)>,
+    /// The bytes last read (`None`: unreadable then), so a reread that finds the same says
+    /// nothing, and a bad file is reported once rather than at every event.
+    last_read: Mutex<Option<Vec<u8>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl KeyFile {
+    fn load(path: PathBuf, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let pem = std::fs::read(&path).map_err(|e| anyhow::anyhow!("auth.jwt.public_key_file: cannot read {}: {e}", path.display()))?;
+        let key = parse_public_key(&pem).ok_or_else(|| {
+            anyhow::anyhow!("auth.jwt.public_key_file: {} is not an RSA, EC or Ed25519 public key in PEM", path.display())
+        })?;
+        Ok(Self { path, key: ArcSwap::from_pointee(key), last_read: Mutex::new(Some(pem)), metrics })
+    }
+
+    /// Rereads the file: a new key that parses replaces the one in use.
+    pub fn reload(&self) {
+        let read = std::fs::read(&self.path);
+        let mut last = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
+        match read {
+            Err(e) => {
+                if last.take().is_some() {
+                    warn!(file = %self.path.display(), error = %e, "JWT public key file unreadable; the key in use stays.");
+                    self.metrics.key_reloads.rejected();
+                }
+            }
+            Ok(pem) if last.as_ref() == Some(&pem) => {}
+            Ok(pem) => {
+                match parse_public_key(&pem) {
+                    Some(key) => {
+                        self.key.store(Arc::new(key));
+                        info!(file = %self.path.display(), "JWT public key reloaded.");
+                        self.metrics.key_reloads.applied();
+                    }
+                    None => {
+                        warn!(file = %self.path.display(), "JWT public key file is not an RSA, EC or Ed25519 public key in PEM; the key in use stays.");
+                        self.metrics.key_reloads.rejected();
+                    }
+                }
+                *last = Some(pem);
+            }
+        }
+    }
+}
+
+impl crate::watch::Reloadable for KeyFile {
+    fn watched_files(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+
+    fn reload(&self) {
+        KeyFile::reload(self);
     }
 }
 

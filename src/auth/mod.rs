@@ -105,6 +105,12 @@ impl Authenticator {
         }
     }
 
+    /// What it reads from files while running (the JWT public key), for the watcher.
+    pub fn reloadables(&self) -> Vec<Arc<dyn crate::watch::Reloadable>> {
+        let key = self.jwt.as_ref().and_then(|jwt| jwt.key_file());
+        key.into_iter().map(|k| k as Arc<dyn crate::watch::Reloadable>).collect()
+    }
+
     pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::MissingToken);

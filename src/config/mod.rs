@@ -105,6 +105,9 @@ pub struct RoutesConfig {
     pub script_max_operations: u64,
     /// Quiet time after a change to a script before it is reloaded. Default 200 ms.
     pub reload_debounce: Duration,
+    /// Reread the scripts and the JWT public key this often, events or not, for filesystems
+    /// that report no changes (`routes.reload_poll_secs`; 0, the default, is off).
+    pub reload_poll: Option<Duration>,
     /// Threads that route a large batch in parallel; 0 = one per core, 1 = route on the
     /// consumer's own task. Default 0.
     pub threads: usize,
@@ -243,8 +246,9 @@ fn read_routes(walk: &mut Walk, v: Option<&Value>) -> RoutesConfig {
         let script_timeout = Duration::from_millis(ranged(walk, s, "script_timeout_ms", 50u64, 1..=60_000));
         let script_max_operations = ranged(walk, s, "script_max_operations", 1_000_000u64, 1_000..=1_000_000_000);
         let reload_debounce = Duration::from_millis(ranged(walk, s, "reload_debounce_ms", 200u64, 10..=60_000));
+        let reload_poll = Some(secs(walk, s, "reload_poll_secs", 0, 0..=86_400)).filter(|p| !p.is_zero());
         let threads = ranged(walk, s, "threads", 0usize, 0..=256);
-        RoutesConfig { user_id, script_timeout, script_max_operations, reload_debounce, threads }
+        RoutesConfig { user_id, script_timeout, script_max_operations, reload_debounce, reload_poll, threads }
     })
 }
 

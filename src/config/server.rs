@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Deadline for a graceful shutdown. Default 10 s.
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long herald keeps everything running while `/readyz` answers 503, so
+    /// load balancers that poll readiness stop sending new connections before the sockets
+    /// close; the graceful shutdown starts after it. Default 0 s.
+    pub drain_delay: Duration,
     /// Event clients emit to acknowledge a notification (`{id, state}`). Default `receipt`.
     pub receipt_event: String,
     /// Receipts one socket may send per second (bursts of as many). Default 10.
@@ -57,6 +61,7 @@ pub(super) fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
         let connect_timeout = Duration::from_millis(ranged(walk, s, "connect_timeout_ms", 10_000u64, 100..=600_000));
         let write_timeout = Duration::from_millis(ranged(walk, s, "write_timeout_ms", 30_000u64, 100..=3_600_000));
         let shutdown_grace = secs(walk, s, "shutdown_grace_secs", 10, 0..=3600);
+        let drain_delay = secs(walk, s, "drain_delay_secs", 0, 0..=300);
         let slow_client = one_of(walk, s, "slow_client", &[("drop", SlowClient::Drop), ("disconnect", SlowClient::Disconnect)]);
         let receipt_event: String = walk.get(s, "receipt_event", "receipt".into());
         check_event_name(walk, &s.path("receipt_event"), &receipt_event);
@@ -74,6 +79,7 @@ pub(super) fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
             connect_timeout,
             write_timeout,
             shutdown_grace,
+            drain_delay,
         }
     })
 }

@@ -34,6 +34,8 @@ pub struct HttpState {
     pub kafka: Arc<KafkaHealth>,
     pub bus: Arc<Bus>,
     pub gateway: gateway::Server,
+    /// Fired when the instance starts shutting down: from then on it is not ready.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// The OpenAPI description of the publish API.
@@ -76,12 +78,14 @@ pub fn cors(allowed_origins: &[String]) -> CorsLayer {
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
 }
 
-/// Ready when Kafka answers and the bus is connected: a load balancer should not send sockets
-/// to an instance that cannot deliver to them.
+/// Ready when Kafka answers, the bus is connected and the instance is not shutting down: a load
+/// balancer should not send sockets to an instance that cannot deliver to them, or that is
+/// about to close them.
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    let (kafka, bus) = (s.kafka.is_connected(), s.bus.is_ready());
-    let status = if kafka && bus { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": kafka && bus, "kafka": kafka, "bus": bus })))
+    let (kafka, bus, draining) = (s.kafka.is_connected(), s.bus.is_ready(), s.draining.is_cancelled());
+    let ready = kafka && bus && !draining;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready, "kafka": kafka, "bus": bus, "draining": draining })))
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

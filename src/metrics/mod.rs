@@ -97,6 +97,8 @@ catalog! {
         "Always 1; the version label names the build.";
     ROUTE_RELOADS = "herald_route_reloads_total", Counter, Count,
         "Route script reloads, by result (applied, rejected).";
+    KEY_RELOADS = "herald_auth_key_reloads_total", Counter, Count,
+        "Reloads of auth.jwt.public_key_file, by result (applied, rejected: the previous key stays).";
     ROUTE_SPLIT_BATCHES = "herald_route_split_batches_total", Counter, Count,
         "Batches routed in parts on several threads (routes.threads).";
     AUTH_CHECKS = "herald_auth_check_requests_total", Counter, Count,
@@ -173,8 +175,10 @@ pub struct Metrics {
     pub redis: Outage,
     pub redis_reconnects: Counter,
     pub subscriptions: Gauge,
-    reloads_applied: Counter,
-    reloads_rejected: Counter,
+    /// Route script reloads.
+    pub route_reloads: Reloads,
+    /// Reloads of the JWT public key file.
+    pub key_reloads: Reloads,
     pub route_split_batches: Counter,
     pub expired_disconnects: Counter,
     pub limit_evictions: Counter,
@@ -185,6 +189,27 @@ pub struct Metrics {
     pub handed_off: Counter,
     /// The transport's counters, copied from its [`Stats`] at each scrape.
     transport: TransportCounters,
+}
+
+/// A reloaded file's outcomes: `result="applied"` and `result="rejected"` (the running version
+/// kept).
+pub struct Reloads {
+    applied: Counter,
+    rejected: Counter,
+}
+
+impl Reloads {
+    fn new(counter: impl Fn(&'static str) -> Counter) -> Self {
+        Self { applied: counter("applied"), rejected: counter("rejected") }
+    }
+
+    pub fn applied(&self) {
+        self.applied.increment(1);
+    }
+
+    pub fn rejected(&self) {
+        self.rejected.increment(1);
+    }
 }
 
 /// The transport counters other than the protocol errors.
@@ -252,8 +277,8 @@ impl Metrics {
             redis: Outage::new(gauge(REDIS_CONNECTED), counter(REDIS_DISCONNECTED, vec![]), None),
             redis_reconnects: counter(REDIS_RECONNECTS, vec![]),
             subscriptions: gauge(SUBSCRIPTIONS),
-            reloads_applied: counter(ROUTE_RELOADS, vec![Label::new("result", "applied")]),
-            reloads_rejected: counter(ROUTE_RELOADS, vec![Label::new("result", "rejected")]),
+            route_reloads: Reloads::new(|result| counter(ROUTE_RELOADS, vec![Label::new("result", result)])),
+            key_reloads: Reloads::new(|result| counter(KEY_RELOADS, vec![Label::new("result", result)])),
             route_split_batches: counter(ROUTE_SPLIT_BATCHES, vec![]),
             expired_disconnects: counter(EXPIRED_DISCONNECTS, vec![]),
             limit_evictions: counter(LIMIT_EVICTIONS, vec![]),
@@ -291,10 +316,6 @@ impl Metrics {
         if let Some(c) = self.records_consumed.get(topic) {
             c.increment(n);
         }
-    }
-
-    pub fn reload(&self, applied: bool) {
-        if applied { self.reloads_applied.increment(1) } else { self.reloads_rejected.increment(1) }
     }
 
     pub fn auth_check(&self, result: &'static str) {

@@ -8,11 +8,10 @@ mod notification;
 mod pointer;
 mod returned;
 pub mod script;
-pub mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use rayon::prelude::*;
@@ -89,6 +88,16 @@ impl Table {
     }
 }
 
+impl crate::watch::Reloadable for Router {
+    fn watched_files(&self) -> Vec<PathBuf> {
+        self.script_files()
+    }
+
+    fn reload(&self) {
+        Router::reload(self);
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -124,6 +133,17 @@ pub struct Router {
     threads: usize,
     /// Their pool, started by the first batch large enough to split (never for a dry run).
     pool: OnceLock<Option<rayon::ThreadPool>>,
+    /// Scripts whose last reload failed, and how: reported once, until the file changes.
+    failed: Mutex<HashMap<PathBuf, Failure>>,
+}
+
+/// Why a script's file could not replace its running version.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// Missing or unreadable (a ConfigMap key removed, a file deleted).
+    Unreadable,
+    /// This text did not compile.
+    Rejected(String),
 }
 
 impl Router {
@@ -177,25 +197,30 @@ impl Router {
                 n => n,
             },
             pool: OnceLock::new(),
+            failed: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The directories holding scripts, for the watcher.
-    pub fn script_dirs(&self) -> Vec<PathBuf> {
+    /// The files of every script in use, for the watcher: as the config names them (a
+    /// ConfigMap's `name.rhai` symlink, not what it points to today).
+    pub fn script_files(&self) -> Vec<PathBuf> {
         let table = self.table.load();
-        let mut dirs: Vec<PathBuf> = table.scripts().filter_map(|(_, s, _)| s.path.parent().map(PathBuf::from)).collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
+        let mut files: Vec<PathBuf> = table.scripts().map(|(_, s, _)| s.path.clone()).collect();
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// Recompiles scripts whose source changed. Each one that compiles is swapped in; one that
     /// does not keeps its running version. The new table replaces the old atomically, between
-    /// two records: no record is lost or routed twice because of a reload.
+    /// two records: no record is lost or routed twice because of a reload. A script that
+    /// cannot be read (deleted) or does not compile is reported once, not again at every
+    /// later event, until its file changes.
     pub fn reload(&self) -> ReloadOutcome {
         let current = self.table.load();
         let mut rules = current.rules.clone();
         let (mut applied, mut errors) = (Vec::new(), Vec::new());
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         // In topic order, so the outcome lists scripts the same way on every reload.
         let mut scripted: Vec<_> = current.scripts().collect();
         scripted.sort_by_key(|(topic, ..)| *topic);
@@ -203,47 +228,50 @@ impl Router {
             let text = match std::fs::read_to_string(&running.path) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(format!("{}: cannot read: {e}", running.path.display()));
+                    if failed.insert(running.path.clone(), Failure::Unreadable) != Some(Failure::Unreadable) {
+                        errors.push(format!("{}: cannot read: {e}", running.path.display()));
+                    }
                     continue;
                 }
             };
             if running.source == text {
+                if failed.remove(&running.path).is_some() {
+                    info!(script = %running.name, "Route script readable again, unchanged: its running version stays.");
+                }
                 continue;
             }
-            match Script::compile(&self.engine, &running.path, text) {
+            if failed.get(&running.path).is_some_and(|f| *f == Failure::Rejected(text.clone())) {
+                continue;
+            }
+            match Script::compile(&self.engine, &running.path, text.clone()) {
                 Ok(s) => {
+                    failed.remove(&running.path);
                     applied.push(s.name.clone());
                     rules.insert(topic.clone(), Rule::Script { script: Arc::new(s), event: event.clone() });
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    failed.insert(running.path.clone(), Failure::Rejected(text));
+                    errors.push(e);
+                }
             }
         }
+        drop(failed);
         if !applied.is_empty() {
             self.table.store(Arc::new(Table { rules }));
+            info!(scripts = ?applied, "Route scripts reloaded.");
+            self.metrics.route_reloads.applied();
         }
-        let outcome = match (applied.is_empty(), errors.is_empty()) {
+        for e in &errors {
+            warn!(error = %e, "Route script rejected; its previous version keeps running.");
+        }
+        if !errors.is_empty() {
+            self.metrics.route_reloads.rejected();
+        }
+        match (applied.is_empty(), errors.is_empty()) {
             (true, true) => ReloadOutcome::Unchanged,
             (_, true) => ReloadOutcome::Applied(applied),
             (_, false) => ReloadOutcome::Rejected { applied, errors },
-        };
-        match &outcome {
-            ReloadOutcome::Unchanged => {}
-            ReloadOutcome::Applied(names) => info!(scripts = ?names, "Route scripts reloaded."),
-            ReloadOutcome::Rejected { applied, errors } => {
-                for e in errors {
-                    warn!(error = %e, "Route script rejected; its previous version keeps running.");
-                }
-                if !applied.is_empty() {
-                    info!(scripts = ?applied, "Route scripts reloaded.");
-                }
-            }
         }
-        match &outcome {
-            ReloadOutcome::Unchanged => {}
-            ReloadOutcome::Applied(_) => self.metrics.reload(true),
-            ReloadOutcome::Rejected { .. } => self.metrics.reload(false),
-        }
-        outcome
     }
 
     /// Routes one record. Appends its notifications to `out` (so a batch reuses one buffer); a
@@ -688,6 +716,7 @@ mod script_tests {
         let r = Router::new(&config, Metrics::detached()).unwrap();
         let mut shipped: Vec<_> =
             std::fs::read_dir(root.join("routes")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        shipped.retain(|name| name.ends_with(".rhai")); // not the kustomization beside them
         shipped.sort();
         assert_eq!(shipped, ["team-notifications.rhai", "user-notifications.rhai"], "every shipped script is covered here");
 

@@ -1,7 +1,8 @@
 //! Shared test harness: real redis-server processes, the embedded Kafka-protocol broker over
 //! TCP, herald instances on port 0, and the real npm socket.io-client driven through Node.
 //! `scenario` puts them together in one call (and holds the sentinel that proves absence);
-//! `process` is the one way to start the built binary.
+//! `process` is the one way to start the built binary; `kubelet` writes files the way they
+//! reach a pod.
 
 #![allow(dead_code)]
 
@@ -20,6 +21,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 mod cluster;
+pub mod kubelet;
 mod process;
 mod scenario;
 #[allow(unused_imports)] // only the cluster test uses it
