@@ -105,6 +105,12 @@ pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConf
                     None
                 }
             },
+            Some(u) if is_cluster_url(u) => {
+                if let Err(why) = super::redis_url::check_cluster_database(u) {
+                    walk.error(s.path("url"), why);
+                }
+                None
+            }
             _ => None,
         };
         let pattern: String = walk.get(s, "channel", "herald:user:{user_id}".into());

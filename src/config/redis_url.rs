@@ -19,6 +19,8 @@ pub struct RedisAddress {
     pub target: RedisTarget,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The database every connection selects (`/2`); `None` leaves Redis's default, 0.
+    pub database: Option<u8>,
 }
 
 const DEFAULT_PORT: u16 = 6379;
@@ -26,8 +28,8 @@ const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
 impl RedisAddress {
     /// Reads `redis://[user:password@]host[:port][/db]` or
-    /// `redis-sentinel://[user:password@]host[:port][,host[:port]...]/master`. The credentials are
-    /// the master's; Sentinels are asked without them.
+    /// `redis-sentinel://[user:password@]host[:port][,host[:port]...]/master[/db]`. The
+    /// credentials and the database are the master's; Sentinels are asked without them.
     pub fn parse(url: &str) -> Result<Self, String> {
         let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
         let sentinel = match scheme {
@@ -54,20 +56,44 @@ impl RedisAddress {
         for host in hosts.split(',') {
             servers.push(host_port(host, default_port)?);
         }
-        let target = if sentinel {
-            let master = decode(path.trim_end_matches('/'));
-            if master.is_empty() || master.contains('/') {
+        let path = path.trim_end_matches('/');
+        let (target, database) = if sentinel {
+            let (master, database) = match path.split_once('/') {
+                Some((master, db)) => (decode(master), Some(db)),
+                None => (decode(path), None),
+            };
+            if master.is_empty() {
                 return Err("a Sentinel URL names its master after the hosts: redis-sentinel://host:port,host:port/mymaster".into());
             }
-            RedisTarget::Sentinel { sentinels: servers, master }
+            (RedisTarget::Sentinel { sentinels: servers, master }, database)
         } else {
             if servers.len() != 1 {
                 return Err("redis:// names one server (a Sentinel set is redis-sentinel://, a cluster redis-cluster://)".into());
             }
             let (host, port) = servers.remove(0);
-            RedisTarget::Server { host, port }
+            (RedisTarget::Server { host, port }, (!path.is_empty()).then_some(path))
         };
-        Ok(Self { target, username, password })
+        let database = database.map(parse_database).transpose()?.filter(|db| *db != 0);
+        Ok(Self { target, username, password, database })
+    }
+}
+
+/// The database number of a URL's path, 0 to 255 (Redis has 16 unless configured otherwise).
+pub fn parse_database(path: &str) -> Result<u8, String> {
+    path.parse().map_err(|_| format!("`/{path}` is not a database number from 0 to 255 (redis://host:6379/2 selects database 2)"))
+}
+
+/// A `redis-cluster://` URL's database, which can only be 0: a cluster has no other.
+pub fn check_cluster_database(url: &str) -> Result<(), String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    match rest.split_once('/').map(|(_, path)| path.trim_end_matches('/')) {
+        None | Some("") => Ok(()),
+        Some(path) => match parse_database(path)? {
+            0 => Ok(()),
+            db => Err(format!("Redis Cluster has only database 0, not {db}: remove `/{path}`")),
+        },
     }
 }
 
@@ -105,7 +131,11 @@ mod tests {
         let a = RedisAddress::parse("redis://app:p%40ss@redis/2?x=1").unwrap();
         assert_eq!(a.target, RedisTarget::Server { host: "redis".into(), port: 6379 });
         assert_eq!((a.username.as_deref(), a.password.as_deref()), (Some("app"), Some("p@ss")));
+        assert_eq!(a.database, Some(2));
         assert_eq!(RedisAddress::parse("redis://:secret@h").unwrap().password.as_deref(), Some("secret"));
+        assert_eq!(RedisAddress::parse("redis://h/0").unwrap().database, None, "0 is the default: nothing to select");
+        assert_eq!(RedisAddress::parse("redis://h/").unwrap().database, None);
+        assert_eq!(RedisAddress::parse("redis-sentinel://s1/mymaster/3").unwrap().database, Some(3));
         assert_eq!(RedisAddress::parse("redis://[::1]:7000").unwrap().target, RedisTarget::Server { host: "::1".into(), port: 7000 });
 
         let s = RedisAddress::parse("redis-sentinel://:pw@10.0.0.1:26380,10.0.0.2,s3:5000/mymaster").unwrap();
@@ -117,6 +147,14 @@ mod tests {
             }
         );
         assert_eq!(s.password.as_deref(), Some("pw"));
+        assert_eq!(s.database, None);
+    }
+
+    #[test]
+    fn a_cluster_has_only_database_zero() {
+        assert_eq!(check_cluster_database("redis-cluster://h:7000?node=h:7001"), Ok(()));
+        assert_eq!(check_cluster_database("redis-cluster://u:p@h:7000/0"), Ok(()));
+        assert!(check_cluster_database("redis-cluster://h:7000/2?node=h:7001").unwrap_err().contains("only database 0"));
     }
 
     #[test]
@@ -126,6 +164,9 @@ mod tests {
             ("redis-sentinel://h:1/", "names its master"),
             ("redis://a:1,b:2", "names one server"),
             ("redis://h:port", "bad port"),
+            ("redis://h/two", "not a database number"),
+            ("redis-sentinel://h/mymaster/x", "not a database number"),
+            ("redis://h/300", "from 0 to 255"),
             ("redis://", "host is missing"),
             ("http://h", "do not speak"),
         ] {

@@ -1,5 +1,6 @@
 //! herald's own Redis connections: opened to the server of `redis.url`, or to the master its
-//! Sentinels name at that moment (so a failover is followed), and authenticated.
+//! Sentinels name at that moment (so a failover is followed), authenticated, with the URL's
+//! database selected (history streams and the store script's keys live there).
 
 use std::time::Duration;
 
@@ -25,6 +26,12 @@ pub async fn connect(address: &RedisAddress, timeout: Duration) -> Result<TcpStr
         args.push(password.as_bytes());
         if let Frame::Error(e) = request(&mut stream, &args, timeout).await? {
             return Err(format!("Redis refused AUTH: {}", String::from_utf8_lossy(&e)));
+        }
+    }
+    if let Some(db) = address.database {
+        let db = db.to_string();
+        if let Frame::Error(e) = request(&mut stream, &[b"SELECT", db.as_bytes()], timeout).await? {
+            return Err(format!("Redis refused SELECT {db}: {}", String::from_utf8_lossy(&e)));
         }
     }
     if matches!(address.target, RedisTarget::Sentinel { .. }) {

@@ -120,13 +120,14 @@ impl RedisBus {
         // herald's own subscriber for one server or a Sentinel set; fred's on a cluster.
         let own = config.address.clone();
         let fred_config = match &own {
-            Some(RedisAddress { target: RedisTarget::Sentinel { sentinels, master }, username, password }) => FredConfig {
+            Some(RedisAddress { target: RedisTarget::Sentinel { sentinels, master }, username, password, database }) => FredConfig {
                 server: fred::types::config::ServerConfig::Sentinel {
                     hosts: sentinels.iter().map(|(h, p)| fred::types::config::Server::new(h.as_str(), *p)).collect(),
                     service_name: master.clone(),
                 },
                 username: username.clone(),
                 password: password.clone(),
+                database: *database,
                 ..FredConfig::default()
             },
             _ => FredConfig::from_url(&config.url).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
