@@ -3,6 +3,7 @@
 //! are served by the transport's own front ([`serve`]); those that reach hyper on a connection
 //! it already serves are passed to the transport by [`engine_route`].
 
+mod deadline;
 pub mod demo;
 mod engine_route;
 mod presence;
@@ -45,6 +46,7 @@ const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
 /// `publish` is `None` when no API key is configured, `demo` when the demo page is off: their
 /// routes do not exist then.
 pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>, demo: Option<Arc<demo::DemoPage>>) -> Router {
+    let mount = state.gateway.mount();
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -52,16 +54,36 @@ pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>, demo:
         .merge(engine_route::router(state.gateway.mount()))
         .with_state(state);
     if let Some(api) = publish {
-        router = router
+        let api_routes = Router::new()
             .route("/api/publish", post(publish::publish).with_state(api.clone()))
             .route("/api/presence", post(presence::presence).with_state(api))
             .route("/api/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
-            .layer(DefaultBodyLimit::max(1 << 20));
+            .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
+            .layer(axum::middleware::from_fn(move |request, next| refuse_oversized(mount.clone(), request, next)));
+        router = router.merge(api_routes);
     }
     if let Some(demo) = demo {
         router = router.merge(demo.routes());
     }
     router
+}
+
+/// The largest body the API reads.
+const API_BODY_LIMIT: usize = 1 << 20;
+
+/// A body declared larger than the API reads is refused from the head, before any of it is
+/// read (axum's own limit would wait for the body first).
+async fn refuse_oversized(
+    mount: Arc<dyn crate::socketio::Mount>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > API_BODY_LIMIT as u64) {
+        mount.stats().cut(crate::socketio::Cutoff::AnsweredFromHead);
+        return (StatusCode::PAYLOAD_TOO_LARGE, [(header::CONNECTION, "close")], "request body too large\n").into_response();
+    }
+    next.run(request).await
 }
 
 /// CORS for long-polling from browsers on other origins: the listed origins, or any origin

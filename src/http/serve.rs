@@ -1,11 +1,11 @@
 //! The accept loop: each connection is served by the Socket.IO transport's own front while its
 //! requests are for the transport's path, and by hyper (the router) from the first request for
-//! another path on, with a deadline for its request headers and for each piece of a request
-//! body. It does not know what the routes do.
+//! another path on, with a deadline for its request headers and for its whole request body. It
+//! does not know what the routes do.
 //!
 //! `axum::serve` sets no timer on hyper, so hyper's header read timeout is off there: a client
 //! that connects and sends nothing, or half a request, holds its connection and a task forever.
-//! Nor does anything bound a body that stops arriving half way.
+//! Nor does anything bound a body that arrives slowly ([`super::deadline`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +19,16 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
-use tower_http::timeout::TimeoutBody;
 use tracing::{debug, warn};
 
+use super::deadline::BodyDeadline;
 use super::stall::WriteDeadline;
 use crate::socketio::{self, Mount, Served};
 
 /// Serves `app` and the transport's `mounts` on `listener` until `stop` fires. A connection
 /// whose request headers have not all arrived `timeout` after it started waiting for them is
-/// closed, and so is one whose request body sends nothing for `timeout`, and one whose client
+/// closed, and so is one whose request body has not all arrived `timeout` after it was first
+/// read, and one whose client
 /// accepts no data for `write_timeout` while herald has some to send. On `stop`, open hyper
 /// connections finish their request in flight and close.
 pub async fn serve(
@@ -59,7 +60,8 @@ pub async fn serve(
             let Served::Handoff(handoff) = socketio::serve(stream, &mounts).await else { return };
             // Boxed: hyper's connection is large, and most connections never need it.
             let stream = WriteDeadline::new(handoff, write_timeout, write_timeouts);
-            Box::pin(serve_with_hyper(stream, app, timeout, stop, peer)).await;
+            let counted_by = mounts.first().cloned();
+            Box::pin(serve_with_hyper(stream, app, timeout, counted_by, stop, peer)).await;
         });
     }
 }
@@ -69,11 +71,13 @@ async fn serve_with_hyper(
     stream: WriteDeadline<socketio::Handoff>,
     app: Router,
     timeout: Duration,
+    counted_by: Option<Arc<dyn Mount>>,
     stop: CancellationToken,
     peer: std::net::SocketAddr,
 ) {
-    let service =
-        TowerToHyperService::new(app.map_request(move |r: Request<Incoming>| r.map(|body| Body::new(TimeoutBody::new(timeout, body)))));
+    let service = TowerToHyperService::new(
+        app.map_request(move |r: Request<Incoming>| r.map(|body| Body::new(BodyDeadline::new(body, timeout, counted_by.clone())))),
+    );
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::socketio::{ProtocolError, Stats};
+use crate::socketio::{Cutoff, ProtocolError, Stats};
 
 mod labels;
 
@@ -115,6 +115,8 @@ catalog! {
         "Sockets disconnected because their send buffer was full (server.slow_client: disconnect).";
     WRITE_TIMEOUTS = "herald_gateway_write_timeouts_total", Counter, Count,
         "Connections closed because the client accepted no data for server.write_timeout_ms.";
+    REQUESTS_CUT = "herald_http_requests_cut_total", Counter, Count,
+        "HTTP requests cut off before all of them arrived, by reason (head_timeout, body_timeout, answered_from_head).";
     PROTOCOL_ERRORS = "herald_gateway_protocol_errors_total", Counter, Count,
         "Connections or sessions closed because the client broke HTTP, WebSocket, Engine.IO or Socket.IO rules, by kind.";
     SESSIONS_OPENED = "herald_gateway_sessions_opened_total", Counter, Count,
@@ -212,12 +214,14 @@ impl Reloads {
     }
 }
 
-/// The transport counters other than the protocol errors.
+/// The transport counters other than the protocol errors and the cutoffs.
 const FIXED_TRANSPORT: usize = 7;
+const TRANSPORT_COUNTERS: usize = FIXED_TRANSPORT + ProtocolError::ALL.len() + Cutoff::ALL.len();
 
 /// The Socket.IO transport keeps plain atomics ([`Stats`]); these follow them.
 struct TransportCounters {
     protocol_errors: Vec<(ProtocolError, Counter)>,
+    cutoffs: Vec<(Cutoff, Counter)>,
     opened_websocket: Counter,
     opened_polling: Counter,
     upgrades: Counter,
@@ -226,7 +230,7 @@ struct TransportCounters {
     websocket_frames: Counter,
     /// The figures last copied, so `write_timeouts` (also counted by the HTTP server) gets
     /// increments rather than a value.
-    last: Mutex<[u64; FIXED_TRANSPORT + ProtocolError::ALL.len()]>,
+    last: Mutex<[u64; TRANSPORT_COUNTERS]>,
 }
 
 impl Metrics {
@@ -298,7 +302,8 @@ impl Metrics {
                 ping_timeouts: counter(PING_TIMEOUTS, vec![]),
                 websocket_writes: counter(WEBSOCKET_WRITES, vec![]),
                 websocket_frames: counter(WEBSOCKET_FRAMES, vec![]),
-                last: Mutex::new([0; FIXED_TRANSPORT + ProtocolError::ALL.len()]),
+                cutoffs: Cutoff::ALL.iter().map(|c| (*c, counter(REQUESTS_CUT, vec![Label::new("reason", c.label())]))).collect(),
+                last: Mutex::new([0; TRANSPORT_COUNTERS]),
             },
             recorder,
             handle,
@@ -367,7 +372,7 @@ impl Metrics {
         let t = &self.transport;
         let (websocket, polling) = stats.opened_sessions();
         let (writes, frames) = stats.writes();
-        let mut now = [0u64; FIXED_TRANSPORT + ProtocolError::ALL.len()];
+        let mut now = [0u64; TRANSPORT_COUNTERS];
         now[..FIXED_TRANSPORT].copy_from_slice(&[
             websocket,
             polling,
@@ -380,6 +385,9 @@ impl Metrics {
         for (i, (kind, _)) in t.protocol_errors.iter().enumerate() {
             now[FIXED_TRANSPORT + i] = stats.protocol_errors(*kind);
         }
+        for (i, (why, _)) in t.cutoffs.iter().enumerate() {
+            now[FIXED_TRANSPORT + ProtocolError::ALL.len() + i] = stats.cutoffs(*why);
+        }
         let mut last = t.last.lock().unwrap_or_else(|p| p.into_inner());
         let fixed = [
             &t.opened_websocket,
@@ -390,7 +398,7 @@ impl Metrics {
             &t.websocket_writes,
             &t.websocket_frames,
         ];
-        let counters = fixed.into_iter().chain(t.protocol_errors.iter().map(|(_, c)| c));
+        let counters = fixed.into_iter().chain(t.protocol_errors.iter().map(|(_, c)| c)).chain(t.cutoffs.iter().map(|(_, c)| c));
         for ((counter, now), last) in counters.zip(now).zip(last.iter_mut()) {
             counter.increment(now.saturating_sub(*last));
             *last = now;

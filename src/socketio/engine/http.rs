@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::stats::{ProtocolError, Stats};
+use super::stats::{Cutoff, ProtocolError, Stats};
 use super::websocket::Upgrade;
 
 /// Longest request head read; a longer one is answered 431.
@@ -119,6 +119,9 @@ pub trait Mount: Send + Sync + 'static {
     fn idle_timeout(&self) -> Duration;
     fn write_timeout(&self) -> Duration;
     fn stats(&self) -> &Stats;
+    /// The answer to a request that no body could make succeed (a polling POST without a
+    /// session, or for one that is unknown or closed): sent without reading the body.
+    fn answer_before_body(&self, request: &Request) -> Option<Response>;
     fn handle(&self, request: Request, body: Bytes) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
     /// Takes a connection switched to WebSocket (its 101 written); `leftover` is what the
     /// client sent after its request.
@@ -204,12 +207,22 @@ pub async fn serve(stream: TcpStream, mounts: &[Arc<dyn Mount>]) -> Served {
     let mut buf: Vec<u8> = Vec::new();
     let mut first_request = true;
     loop {
-        let wait = if first_request || !buf.is_empty() { request_timeout } else { idle_timeout };
+        // A keep-alive connection may idle between requests; from a head's first byte (on a new
+        // connection, from the start) the whole head must arrive within `request_timeout`.
+        if !first_request && buf.is_empty() {
+            match tokio::time::timeout(idle_timeout, read_some(&stream, &mut buf, MAX_HEAD)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Served::Done,
+            }
+        }
         first_request = false;
-        let head = match tokio::time::timeout(wait, read_head(&stream, &mut buf, mounts)).await {
+        let head = match tokio::time::timeout(request_timeout, read_head(&stream, &mut buf, mounts)).await {
             Ok(head) => head,
             // A half-sent head gets the same end as silence: the connection is closed.
-            Err(_) => Head::Gone,
+            Err(_) => {
+                first.stats().cut(Cutoff::HeadTimeout);
+                Head::Gone
+            }
         };
         let (request, head_len) = match head {
             Head::Request(r, len) => (r, len),
@@ -254,9 +267,23 @@ enum Next {
 /// Reads a request's body, has `mount` answer it, and writes the answer.
 async fn exchange(stream: &TcpStream, buf: &mut Vec<u8>, mount: &dyn Mount, request: Request) -> Next {
     let write_timeout = mount.write_timeout();
+    if let Ok(len) = request.content_length()
+        && len > buf.len()
+        && let Some(answer) = mount.answer_before_body(&request)
+    {
+        // The body still on its way is never read: the connection closes after the answer.
+        mount.stats().cut(Cutoff::AnsweredFromHead);
+        let _ = write_response(stream, &answer, false, write_timeout).await;
+        return Next::Close;
+    }
     let body = match read_body(stream, buf, &request, mount.max_payload(), mount.request_timeout()).await {
         Ok(body) => body,
         Err(status) => {
+            match status {
+                413 => mount.stats().cut(Cutoff::AnsweredFromHead),
+                408 => mount.stats().cut(Cutoff::BodyTimeout),
+                _ => {}
+            }
             mount.stats().protocol_error(if status == 413 { ProtocolError::TooLarge } else { ProtocolError::BadHttp });
             if status != 0 {
                 let _ = write_response(stream, &Response::new(status, "text/plain", "bad request\n"), false, write_timeout).await;
@@ -364,9 +391,9 @@ fn parse_head(buf: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Option<(Request
     Ok(Some((Request { method, path: path.into(), query: query.into(), headers: kept, keep_alive }, len)))
 }
 
-/// Reads the body `request` announces: its bytes, or the status to refuse it with (0: the
-/// client went away).
-async fn read_body(stream: &TcpStream, buf: &mut Vec<u8>, request: &Request, max: usize, pause: Duration) -> Result<Bytes, u16> {
+/// Reads the body `request` announces, all of it within `deadline`: its bytes, or the status to
+/// refuse it with (0: the client went away; 408: too slow, however steadily it trickled).
+async fn read_body(stream: &TcpStream, buf: &mut Vec<u8>, request: &Request, max: usize, deadline: Duration) -> Result<Bytes, u16> {
     if request.header("transfer-encoding").is_some() {
         // Engine.IO clients send a length; refusing chunked bodies keeps the front small.
         return Err(411);
@@ -375,13 +402,16 @@ async fn read_body(stream: &TcpStream, buf: &mut Vec<u8>, request: &Request, max
     if len > max {
         return Err(413);
     }
-    while buf.len() < len {
-        match tokio::time::timeout(pause, read_some(stream, buf, len)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Err(0),
-            Err(_) => return Err(408),
+    let whole = async {
+        while buf.len() < len {
+            match read_some(stream, buf, len).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(0u16),
+            }
         }
-    }
+        Ok(())
+    };
+    tokio::time::timeout(deadline, whole).await.map_err(|_| 408u16)??;
     let rest = buf.split_off(len);
     let body = std::mem::replace(buf, rest);
     Ok(Bytes::from(body))

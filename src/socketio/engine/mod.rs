@@ -22,7 +22,7 @@ use dashmap::DashMap;
 pub use http::{Handoff, Mount};
 pub use session::{CloseReason, Frame, SendError, Session};
 pub use sid::Sid;
-pub use stats::{ProtocolError, Stats};
+pub use stats::{Cutoff, ProtocolError, Stats};
 
 use heartbeat::Wheel;
 

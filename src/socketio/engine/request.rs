@@ -261,6 +261,29 @@ impl<H: Handler> Mount for Engine<H> {
         &self.shared.stats
     }
 
+    fn answer_before_body(&self, request: &Request) -> Option<Response> {
+        if request.method != Method::Post {
+            return None;
+        }
+        let engine = &self.shared;
+        let q = query(&request.query);
+        let error = match (q.transport, q.sid) {
+            (Some("polling" | "websocket"), None) => EioError::BadHandshakeMethod,
+            (Some("polling" | "websocket"), Some(sid)) => {
+                match Sid::parse(sid).and_then(|sid| engine.sessions.get(&sid).map(|s| s.is_closed())) {
+                    Some(false) => return None, // a live session: its body decides
+                    _ => EioError::UnknownSid,
+                }
+            }
+            _ => EioError::UnknownTransport,
+        };
+        engine.stats.protocol_error(ProtocolError::BadHandshake);
+        let mut response = error.response();
+        response.headers.extend(cors_headers(&engine.options.allowed_origins, request.header("origin")));
+        response.headers.push(("Cache-Control", "no-store".into()));
+        Some(response)
+    }
+
     fn handle(&self, request: Request, body: Bytes) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
         Box::pin(self.route(request, body))
     }

@@ -57,9 +57,34 @@ impl ProtocolError {
     }
 }
 
+/// Why a request was cut off before all of it had arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoff {
+    /// Its head was not complete `server.connect_timeout_ms` after it started.
+    HeadTimeout,
+    /// Its body was not complete `server.connect_timeout_ms` after its head.
+    BodyTimeout,
+    /// Answered from its head, its body unread: no body could have made it succeed (a
+    /// polling POST without a session or for an unknown one, a body over the limit).
+    AnsweredFromHead,
+}
+
+impl Cutoff {
+    pub const ALL: [Cutoff; 3] = [Self::HeadTimeout, Self::BodyTimeout, Self::AnsweredFromHead];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::HeadTimeout => "head_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::AnsweredFromHead => "answered_from_head",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Stats {
     protocol_errors: [AtomicU64; ProtocolError::ALL.len()],
+    cutoffs: [AtomicU64; Cutoff::ALL.len()],
     opened_websocket: AtomicU64,
     opened_polling: AtomicU64,
     upgrades: AtomicU64,
@@ -91,6 +116,15 @@ impl Stats {
 
     pub fn protocol_errors(&self, e: ProtocolError) -> u64 {
         self.protocol_errors[e as usize].load(Ordering::Relaxed)
+    }
+
+    /// A request cut off (by herald's own front or, through the mount, by the HTTP server).
+    pub fn cut(&self, why: Cutoff) {
+        self.cutoffs[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cutoffs(&self, why: Cutoff) -> u64 {
+        self.cutoffs[why as usize].load(Ordering::Relaxed)
     }
 
     pub(super) fn opened(&self, websocket: bool) {
