@@ -1,12 +1,13 @@
 //! Faults and hostile input against running instances: broken records never stall or crash the
-//! consumer (and go to the dead-letter topic); a Redis restart, a Kafka broker outage, a rolling
+//! consumer (and go to the dead-letter topic, at least once, even while it refuses them, and in
+//! batches: a flood's throughput is printed); a Redis restart, a Kafka broker outage, a rolling
 //! restart (SIGTERM) and a rebalance lose nothing for connected users. Each test reports what was
 //! produced, delivered, duplicated and lost.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::message::{Headers, Message};
@@ -74,6 +75,69 @@ async fn hostile_records_are_skipped_counted_and_dead_lettered() {
     }
     assert_eq!(reasons, BTreeMap::from([("bad_json".into(), 2), ("bad_user_id".into(), 3), ("empty".into(), 1), ("no_user_id".into(), 1)]));
     c.stop().await;
+    h.shutdown().await;
+}
+
+/// The (source partition, source offset) of every dead letter in `topic`, read until `n` arrived.
+async fn dead_letter_origins(kafka: &Kafka, topic: &str, n: usize) -> BTreeSet<(String, String)> {
+    let reader = topic_reader(kafka, "dead-letter-reader", topic);
+    let mut origins = BTreeSet::new();
+    let mut read = 0;
+    while read < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await.expect("dead letters").unwrap();
+        let headers = m.headers().unwrap();
+        let header =
+            |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned());
+        origins.insert((header("herald-source-partition").unwrap(), header("herald-source-offset").unwrap()));
+        read += 1;
+    }
+    origins
+}
+
+/// Produces `n` records that are not JSON to partition 0 of the default topic, all at once.
+async fn produce_bad(kafka: &Kafka, n: usize) {
+    let sends = (0..n).map(|i| async move { kafka.produce_to(TOPIC, Some(0), None, format!("not json {i}").as_bytes()).await });
+    futures::future::join_all(sends).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_wait_while_the_topic_refuses_them_and_none_is_lost() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "dead-letters"]).await;
+    produce_bad(&kafka, 20).await;
+    kafka.produce_to(TOPIC, Some(0), None, br#"{"userId":"ivy","after":"bad"}"#).await;
+    // The next produce requests are refused (herald's dead letters are the only ones now).
+    kafka.broker.refuse_produce(8);
+    let h = Herald::start(&with_kafka(&config_yaml(&kafka, None, ""), "dead_letter_topic: dead-letters")).await;
+    let (failed, ok) = ("herald_source_dead_lettered_total{result=\"failed\"}", "herald_source_dead_lettered_total{result=\"ok\"}");
+    let published = "herald_bus_notifications_published_total{kind=\"user\"}";
+
+    eventually(Duration::from_secs(10), "a refused dead letter", async || h.metric(failed).await > 0.0).await;
+    // The good record behind them waits: its partition holds still while the letters are refused.
+    assert_eq!((h.metric(ok).await, h.metric(published).await), (0.0, 0.0), "nothing moved past a refused dead letter");
+    eventually(Duration::from_secs(30), "every dead letter acknowledged", async || h.metric(ok).await == 20.0).await;
+    eventually(Duration::from_secs(10), "the good record published after them", async || h.metric(published).await == 1.0).await;
+    let origins = dead_letter_origins(&kafka, "dead-letters", 20).await;
+    assert_eq!(origins.len(), 20, "every bad record is in the dead-letter topic once");
+    eprintln!("{} dead-letter sends refused and retried; all 20 arrived", h.metric(failed).await);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_records_is_dead_lettered_in_batches() {
+    init_logs();
+    const N: usize = 10_000;
+    let kafka = Kafka::start(&[TOPIC, "dead-letters"]).await;
+    produce_bad(&kafka, N).await;
+    let started = Instant::now();
+    let h = Herald::start(&with_kafka(&config_yaml(&kafka, None, ""), "dead_letter_topic: dead-letters")).await;
+    eventually(Duration::from_secs(120), "every dead letter acknowledged", async || {
+        h.metric("herald_source_dead_lettered_total{result=\"ok\"}").await == N as f64
+    })
+    .await;
+    let took = started.elapsed();
+    eprintln!("{N} bad records dead-lettered in {took:?} (start-up included): {:.0} records/s", N as f64 / took.as_secs_f64());
+    assert_eq!(dead_letter_origins(&kafka, "dead-letters", N).await.len(), N, "none lost, none twice");
     h.shutdown().await;
 }
 

@@ -130,7 +130,7 @@ catalog! {
     WEBSOCKET_FRAMES = "herald_gateway_websocket_frames_written_total", Counter, Count,
         "WebSocket frames those writes completed (several per write under load).";
     DEAD_LETTERED = "herald_source_dead_lettered_total", Counter, Count,
-        "Records produced to the dead-letter topic, by result (ok, failed).";
+        "Dead letters produced, by result (ok; failed: not acknowledged, sent again).";
     HANDED_OFF = "herald_source_offline_handed_off_total", Counter, Count,
         "Notifications for offline users produced to kafka.offline_topic.";
     RECEIPTS = "herald_gateway_receipts_total", Counter, Count,

@@ -42,8 +42,11 @@ impl EmbeddedBroker {
             match result {
                 Ok(broker) => {
                     let _ = ready_tx.send(Ok(broker.inner_address));
-                    while let Ok(Control::SetUp(up)) = control_rx.recv() {
-                        broker.set_up(up);
+                    while let Ok(control) = control_rx.recv() {
+                        match control {
+                            Control::SetUp(up) => broker.set_up(up),
+                            Control::RefuseProduce(n) => broker.refuse_produce(n),
+                        }
                     }
                     drop(broker);
                 }
@@ -66,6 +69,14 @@ impl EmbeddedBroker {
         }
     }
 
+    /// Refuses the next `n` produce requests, whatever their topic, as a broker does a topic the
+    /// client may not write to (a permanent error, not retried by the client); for fault tests.
+    pub fn refuse_produce(&self, n: usize) {
+        if let Some(c) = &self.control {
+            let _ = c.send(Control::RefuseProduce(n));
+        }
+    }
+
     /// The address clients bootstrap from.
     pub fn address(&self) -> SocketAddr {
         self.address
@@ -84,6 +95,7 @@ impl Drop for EmbeddedBroker {
 
 enum Control {
     SetUp(bool),
+    RefuseProduce(usize),
 }
 
 /// Owns the librdkafka handle that owns the mock cluster.
@@ -118,6 +130,14 @@ impl MockBroker {
 }
 
 impl MockBroker {
+    fn refuse_produce(&self, n: usize) {
+        const PRODUCE: i16 = 0; // the Kafka protocol's ApiKey of Produce
+        let errors = vec![rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; n];
+        // SAFETY: `cluster` belongs to `_handle`, alive as long as `self`, on this thread; the
+        // array outlives the call, which copies it.
+        unsafe { rdsys::rd_kafka_mock_push_request_errors_array(self.cluster, PRODUCE, n, errors.as_ptr()) };
+    }
+
     fn set_up(&self, up: bool) {
         // SAFETY: `cluster` belongs to `_handle`, alive as long as `self`, on this thread.
         unsafe {

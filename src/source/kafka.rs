@@ -23,7 +23,7 @@ use crate::bus::retry::sleep_unless_aborted;
 use crate::clock::unix_us;
 use crate::config::Config;
 use crate::metrics::{ByLabel, LabelValue, Metrics, RECORDS_DROPPED};
-use crate::route::{DropReason, Notification, Record, Router};
+use crate::route::{DropReason, Notification, Record, RouteError, Router};
 use crate::throttle::{Throttle, Verdict};
 
 /// Settings herald applies unless `kafka.options` says otherwise.
@@ -296,6 +296,7 @@ impl KafkaSource {
                     headers,
                 })
                 .collect();
+            let mut dead = Vec::new();
             for (index, e) in self.router.route_batch(&records, &mut notifications) {
                 let record = &records[index];
                 self.dropped.increment(e.reason, 1);
@@ -314,13 +315,16 @@ impl KafkaSource {
                     }
                     Verdict::Suppress => {}
                 }
-                if let Some(dlq) = &self.dead_letter {
-                    let sent = dlq.send(record, &e).await;
-                    if let Err(why) = &sent {
-                        warn!(topic = record.topic, partition = record.partition, offset = record.offset, error = %why, "Could not produce a record to the dead-letter topic.");
-                    }
-                    self.metrics.dead_lettered(sent.is_ok());
+                if self.dead_letter.is_some() {
+                    dead.push((record, e));
                 }
+            }
+            // Dead letters before the offsets are stored: at least once.
+            if let Some(dlq) = &self.dead_letter
+                && !dead.is_empty()
+                && self.dead_letters(dlq, dead, Held(&messages), abort).await.is_none()
+            {
+                return Ok(());
             }
 
             for n in &mut notifications {
@@ -360,6 +364,38 @@ impl KafkaSource {
             }
             self.store_offsets(&messages);
             messages.clear();
+        }
+    }
+
+    /// Produces a batch's dead letters together, and again those not acknowledged, with backoff,
+    /// while the batch waits (or until `abort`): a bad record's offset is stored only once its
+    /// dead letter is in the topic. A dead letter sent twice is a duplicate, never a loss.
+    async fn dead_letters(
+        &self,
+        dlq: &DeadLetter,
+        mut pending: Vec<(&Record<'_>, RouteError)>,
+        held: Held<'_>,
+        abort: &CancellationToken,
+    ) -> Option<()> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let results = futures::future::join_all(pending.iter().map(|(record, e)| dlq.send(record, e))).await;
+            let mut last_error = None;
+            let mut unacknowledged = Vec::new();
+            for (letter, result) in pending.into_iter().zip(results) {
+                self.metrics.dead_lettered(result.is_ok());
+                if let Err(e) = result {
+                    last_error = Some(e);
+                    unacknowledged.push(letter);
+                }
+            }
+            let Some(error) = last_error else { return Some(()) };
+            warn!(error = %error, records = %held, dead_letters = unacknowledged.len(), "Dead letters not acknowledged; holding consumption and retrying.");
+            pending = unacknowledged;
+            if !sleep_unless_aborted(abort, delay).await {
+                return None;
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
