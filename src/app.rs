@@ -106,7 +106,8 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
     // Every background task is started through it: one that ends on its own fails the instance.
     let supervisor = Supervisor::new(stop_rest.clone());
     let presence = Arc::new(Presence::new(metrics.clone()));
-    let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client);
+    let revocations = Arc::new(crate::gateway::revocation::Revocations::new(config.auth.revocation_ttl));
+    let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client, revocations.clone());
     let bus = Bus::start(&config, Arc::new(deliverer), metrics.clone(), &supervisor).await?;
     authenticator.start(&supervisor);
     // Files reread while running: the route scripts and the JWT public key.
@@ -132,6 +133,7 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
             })
             .transpose()?
             .map(Arc::new),
+        revocations: revocations.clone(),
     };
     let gateway = Gateway::start(&config.server, &config.auth, admission).server;
 
@@ -140,8 +142,9 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
     let source = KafkaSource::new(&config, &kafka_bootstrap, router, bus.clone(), metrics.clone())?;
     let kafka_health = source.health();
 
-    let publish_api =
-        config.api.key.as_deref().map(|key| Arc::new(http::publish::PublishApi::new(&config.api, key, bus.clone(), &config.server.event)));
+    let publish_api = config.api.key.as_deref().map(|key| {
+        Arc::new(http::publish::PublishApi::new(&config.api, key, bus.clone(), &config.server.event, config.auth.revocation_ttl))
+    });
     let demo = http::demo::DemoPage::load(&config);
     let draining = CancellationToken::new();
     let state =

@@ -141,7 +141,8 @@ impl JwtVerifier {
             None => Vec::new(),
             Some(value) => groups_from_json(value).ok_or(AuthError::InvalidToken)?,
         };
-        Ok(Identity { user_id, expires_at: claims.get("exp").and_then(Value::as_u64), groups })
+        let (expires_at, issued_at) = (claims.get("exp").and_then(Value::as_u64), claims.get("iat").and_then(Value::as_u64));
+        Ok(Identity { user_id, expires_at, issued_at, groups })
     }
 
     /// The key file, for the watcher.

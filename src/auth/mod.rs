@@ -39,6 +39,9 @@ pub enum AuthError {
     /// The identity names more groups than `auth.max_groups_per_socket`.
     #[error("too many groups")]
     TooManyGroups,
+    /// The user's sessions were ended with `revoke_tokens` after this token was issued.
+    #[error("token revoked")]
+    TokenRevoked,
 }
 
 /// The `reason` label of `herald_gateway_auth_rejections_total`.
@@ -53,6 +56,7 @@ impl LabelValue for AuthError {
         Self::TooManyConnections,
         Self::OriginNotAllowed,
         Self::TooManyGroups,
+        Self::TokenRevoked,
     ];
 
     fn as_label(self) -> &'static str {
@@ -65,6 +69,7 @@ impl LabelValue for AuthError {
             Self::TooManyConnections => "too_many_connections",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::TooManyGroups => "too_many_groups",
+            Self::TokenRevoked => "token_revoked",
         }
     }
 
@@ -79,6 +84,9 @@ pub struct Identity {
     pub user_id: String,
     /// `exp` in seconds since the epoch, when the token has one.
     pub expires_at: Option<u64>,
+    /// `iat` in seconds since the epoch, when the token has one: tokens issued before a user's
+    /// sessions were revoked are refused.
+    pub issued_at: Option<u64>,
     /// The groups it belongs to (`auth.jwt.groups_claim`, `auth.check.groups_pointer`, or
     /// both, merged), sorted, without repeats.
     pub groups: Vec<String>,
@@ -133,7 +141,7 @@ impl Authenticator {
                 identity
             }
             (Some(identity), None) => identity,
-            (None, Some(check::Checked { user: Some(user_id), groups })) => Identity { user_id, expires_at: None, groups },
+            (None, Some(check::Checked { user: Some(user_id), groups })) => Identity { user_id, expires_at: None, issued_at: None, groups },
             (None, _) => return Err(AuthError::Unauthorized),
         };
         identity.groups.sort_unstable();

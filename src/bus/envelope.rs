@@ -92,6 +92,36 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, serde_json::Error> {
     serde_json::from_slice(bytes)
 }
 
+/// A message to every instance, on the broadcast channel, that is not a notification:
+/// `{"x":"end","u":[user ids],"r":ms}` ends the sessions of those users everywhere (`"r"`, when
+/// present: their tokens issued before that moment are refused). No notification has `"x"`.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct Control<'a> {
+    #[serde(rename = "x", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(rename = "u", borrow, default)]
+    pub users: Vec<Cow<'a, str>>,
+    #[serde(rename = "r", default)]
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// The control message that ends `users`' sessions.
+pub fn encode_end_sessions(users: &[String], revoked_at_ms: Option<i64>) -> String {
+    let users = serde_json::to_string(users).expect("strings always serialise");
+    match revoked_at_ms {
+        Some(at) => format!(r#"{{"x":"end","u":{users},"r":{at}}}"#),
+        None => format!(r#"{{"x":"end","u":{users}}}"#),
+    }
+}
+
+/// A control message, if `bytes` is one (it starts `{"x":`, as herald writes them).
+pub fn decode_control(bytes: &[u8]) -> Option<Control<'_>> {
+    if !bytes.starts_with(br#"{"x":"#) {
+        return None;
+    }
+    serde_json::from_slice(bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +156,18 @@ mod tests {
         assert_eq!(decode(encode(&grouped).as_bytes()).unwrap().among, ["a", "b\""]);
         let foreign = decode(br#"{"e":"n","c":"yesterday","p":{}}"#).unwrap();
         assert_eq!(foreign.consumed_us(), 0, "another publisher's `c` is ignored, not an error");
+    }
+
+    #[test]
+    fn control_messages_round_trip_and_are_no_notification() {
+        let users = vec!["a".to_owned(), "b\"".to_owned()];
+        let wire = encode_end_sessions(&users, Some(17));
+        let control = decode_control(wire.as_bytes()).unwrap();
+        assert_eq!((control.kind.as_ref(), control.users.len(), control.revoked_at_ms), ("end", 2, Some(17)));
+        assert_eq!(control.users[1], "b\"");
+        assert_eq!(decode_control(encode_end_sessions(&users, None).as_bytes()).unwrap().revoked_at_ms, None);
+        assert!(decode(wire.as_bytes()).is_err(), "not a notification");
+        assert_eq!(decode_control(br#"{"e":"n","t":1,"p":{}}"#), None, "a notification is not a control message");
     }
 
     #[test]

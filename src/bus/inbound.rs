@@ -54,6 +54,11 @@ pub trait Inbound: Send + Sync {
 
     /// Sockets of members of `group` here.
     fn sockets_in_group(&self, group: &str) -> usize;
+
+    /// Ends every local socket of `users` (the clients see a server disconnect), and with
+    /// `revoked_at_ms` remembers that their tokens issued before then are refused; returns how
+    /// many sockets it ended.
+    fn end_sessions(&self, users: &[&str], revoked_at_ms: Option<i64>) -> usize;
 }
 
 /// No sockets at all: for driving the bus without a gateway (benchmarks, tests).
@@ -73,6 +78,10 @@ impl Inbound for Nobody {
     }
 
     fn sockets_in_group(&self, _: &str) -> usize {
+        0
+    }
+
+    fn end_sessions(&self, _: &[&str], _: Option<i64>) -> usize {
         0
     }
 }

@@ -20,6 +20,13 @@ impl MemoryBus {
         Self { deliverer, history: MemoryHistory::new(replay.history, replay.max_age) }
     }
 
+    /// Ends `users`' sessions on this, the only, instance.
+    pub fn end_sessions(&self, users: &[String], revoked_at_ms: Option<i64>) -> usize {
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        self.deliverer.end_sessions(&users, revoked_at_ms);
+        1
+    }
+
     pub async fn publish(&self, batch: &[Notification]) -> Vec<Published> {
         let mut out = Vec::with_capacity(batch.len());
         for n in batch {

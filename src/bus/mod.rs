@@ -128,6 +128,25 @@ impl Bus {
         }
     }
 
+    /// Ends every session of `users` on every instance (their clients see a server disconnect);
+    /// with `revoked_at_ms`, their tokens issued before then are refused for `ttl`, kept in
+    /// Redis for instances that start later. Returns how many instances were told.
+    pub async fn end_sessions(&self, users: &[String], revoked_at_ms: Option<i64>, ttl: Duration) -> Result<usize, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.end_sessions(users, revoked_at_ms)),
+            Bus::Redis(b) => b.end_sessions(users, revoked_at_ms, ttl).await,
+        }
+    }
+
+    /// When `user`'s tokens were revoked, as Redis keeps it (`None` on the in-process bus:
+    /// the instance itself remembers).
+    pub async fn revoked_at(&self, user: &str) -> Result<Option<i64>, BusError> {
+        match self {
+            Bus::Memory(_) => Ok(None),
+            Bus::Redis(b) => b.revoked_at(user).await,
+        }
+    }
+
     /// See [`redis::RedisBus::settling`]; the in-process bus never settles.
     fn settling(&self) -> bool {
         match self {

@@ -22,6 +22,9 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
     /// Groups one socket may belong to; a token naming more is refused. Default 100.
     pub max_groups_per_socket: usize,
+    /// How long a token revocation (`POST /api/disconnect` with `revoke_tokens`) is kept: the
+    /// longest a token issued before it may still be valid. Default 86400 s.
+    pub revocation_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +113,9 @@ pub(super) fn read_auth(walk: &mut Walk, v: Option<&Value>) -> AuthConfig {
             }
         }
         let max_groups_per_socket = ranged(walk, s, "max_groups_per_socket", 100usize, 1..=10_000);
+        let revocation_ttl = secs(walk, s, "revocation_ttl_secs", 86_400, 1..=366 * 86_400);
         AuthConfig {
+            revocation_ttl,
             jwt,
             check,
             expired_event,

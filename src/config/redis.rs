@@ -20,6 +20,9 @@ pub struct RedisConfig {
     pub sharded_pubsub: bool,
     /// Where herald's own subscriber connects: the URL read, unless it is a cluster's.
     pub address: Option<RedisAddress>,
+    /// Key of a user's token revocation (`POST /api/disconnect` with `revoke_tokens`); must
+    /// contain {user_id} once. Default `herald:revoked:{user_id}`.
+    pub revoked_key: ChannelPattern,
 }
 
 impl RedisConfig {
@@ -135,6 +138,11 @@ pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConf
         if channel.user_id(&broadcast_channel).is_some() || group_channel.user_id(&broadcast_channel).is_some() {
             walk.error(s.path("broadcast_channel"), "must not match redis.channel or redis.group_channel");
         }
+        let revoked_pattern: String = walk.get(s, "revoked_key", "herald:revoked:{user_id}".into());
+        let revoked_key = ChannelPattern::parse(&revoked_pattern).unwrap_or_else(|why| {
+            walk.error(s.path("revoked_key"), why);
+            ChannelPattern::parse("herald:revoked:{user_id}").expect("default pattern is valid")
+        });
         let command_timeout = Duration::from_millis(ranged(walk, s, "command_timeout_ms", 2000u64, 10..=600_000));
         let pubsub_buffer = ranged(walk, s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
         let sharded_pubsub = walk.get(s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));
@@ -147,6 +155,7 @@ pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConf
             pubsub_buffer,
             sharded_pubsub,
             address,
+            revoked_key,
         })
     })
 }

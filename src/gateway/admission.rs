@@ -11,6 +11,7 @@ use tracing::debug;
 use super::lifetime::Lifetimes;
 use super::member::{Client, Member};
 use super::presence::{Entry, Presence};
+use super::revocation::{self, Revocations};
 use crate::auth::{AuthError, Authenticator};
 use crate::bus::Bus;
 use crate::config::{AuthConfig, PerUserLimit, ReplayConfig};
@@ -32,6 +33,8 @@ pub struct Admission {
     pub refresh_event: String,
     /// Where clients' receipts go; `None` without `kafka.receipts_topic`.
     pub receipts: Option<Arc<super::receipts::Receipts>>,
+    /// Users whose tokens were revoked, as this instance heard (Redis has the rest).
+    pub revocations: Arc<Revocations>,
 }
 
 /// Connection limits, from `auth.*`.
@@ -79,7 +82,7 @@ impl Admission {
             return Err(AuthError::TooManyConnections);
         }
         let token = token(auth, handshake).ok_or(AuthError::MissingToken)?;
-        let identity = self.authenticator.authenticate(&token).await?;
+        let identity = self.verify(&token).await?;
         if identity.groups.len() > self.limits.max_groups_per_socket {
             return Err(AuthError::TooManyGroups);
         }
@@ -105,6 +108,21 @@ impl Admission {
         }
         self.metrics.connections.increment(1);
         Ok(member)
+    }
+
+    /// Authenticates a token and refuses it if its user's tokens were revoked after it was
+    /// issued: what this instance heard through the bus first, then what Redis keeps (for
+    /// revocations from before this instance started). Redis unreachable: the instance's own
+    /// knowledge decides, as admission goes on during an outage.
+    pub async fn verify(&self, token: &str) -> Result<crate::auth::Identity, AuthError> {
+        let identity = self.authenticator.authenticate(token).await?;
+        let known = self.revocations.revoked_at(&identity.user_id);
+        revocation::check(&identity, known)?;
+        match self.bus.revoked_at(&identity.user_id).await {
+            Ok(recorded) => revocation::check(&identity, recorded)?,
+            Err(e) => debug!(error = %e, "Could not read the user's revocation; going by this instance's own."),
+        }
+        Ok(identity)
     }
 
     /// Runs right after the client is told it is connected: sends what it missed (after its

@@ -8,6 +8,7 @@ use tracing::warn;
 
 use super::member::{Client, Member};
 use super::presence::{Entry, Presence};
+use super::revocation::Revocations;
 use crate::bus::{Addressee, Inbound};
 use crate::clock::unix_us;
 use crate::config::SlowClient;
@@ -21,6 +22,7 @@ pub struct Deliverer {
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     slow_client: SlowClient,
+    revocations: Arc<Revocations>,
 }
 
 /// Whether `member` takes a notification sent to each of `among` from `group`'s copy.
@@ -32,8 +34,8 @@ fn takes_from(member: &Member, group: &str, among: &[&str]) -> bool {
 const NAMESPACE: &str = "/";
 
 impl Deliverer {
-    pub fn new(presence: Arc<Presence>, metrics: Arc<Metrics>, slow_client: SlowClient) -> Self {
-        Self { presence, metrics, slow_client }
+    pub fn new(presence: Arc<Presence>, metrics: Arc<Metrics>, slow_client: SlowClient, revocations: Arc<Revocations>) -> Self {
+        Self { presence, metrics, slow_client, revocations }
     }
 
     fn finish(&self, kind: AudienceKind, reached: usize, failed: usize, timestamp_ms: i64, consumed_us: i64) -> usize {
@@ -69,6 +71,22 @@ impl Deliverer {
 }
 
 impl Inbound for Deliverer {
+    fn end_sessions(&self, users: &[&str], revoked_at_ms: Option<i64>) -> usize {
+        let mut ended = 0;
+        for user in users {
+            if let Some(at) = revoked_at_ms {
+                self.revocations.record(user, at);
+            }
+            // Leaving presence and the bus happens as each socket's disconnect is handled.
+            for entry in self.presence.sockets_snapshot(user) {
+                entry.socket.disconnect();
+                ended += 1;
+            }
+        }
+        self.metrics.sessions_ended.increment(ended as u64);
+        ended
+    }
+
     /// How many sockets `user_id` has on this instance.
     fn sockets_of(&self, user_id: &str) -> usize {
         self.presence.sockets_of(user_id)

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use super::admission::Admission;
 use super::member::Client;
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::AuthError;
 use crate::metrics::Metrics;
 use crate::socketio::Socket;
 
@@ -118,14 +118,14 @@ async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String,
 pub async fn refresh(
     socket: &Client,
     data: &Value,
-    authenticator: &Authenticator,
+    admission: &super::Admission,
     lifetimes: &Lifetimes,
     max_groups: usize,
     metrics: &Metrics,
 ) -> (Value, Option<Vec<String>>) {
     let token = data.as_str().or_else(|| data.get("token").and_then(Value::as_str)).unwrap_or_default();
     let Some(member) = socket.data() else { return (serde_json::json!({"ok": false, "error": "not connected"}), None) };
-    let result = match authenticator.authenticate(token).await {
+    let result = match admission.verify(token).await {
         Ok(new) if *new.user_id != *member.user => Err("token belongs to another user".to_owned()),
         Ok(new) if new.groups.len() > max_groups => Err(AuthError::TooManyGroups.to_string()),
         Ok(new) => Ok(new),

@@ -10,6 +10,7 @@ mod lifetime;
 mod member;
 mod presence;
 pub mod receipts;
+pub mod revocation;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -129,7 +130,7 @@ impl Handler for Admission {
             let (reply, groups) = lifetime::refresh(
                 &socket,
                 &data,
-                &admission.authenticator,
+                &admission,
                 &admission.lifetimes,
                 admission.limits.max_groups_per_socket,
                 &admission.metrics,

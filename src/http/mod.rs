@@ -1,10 +1,11 @@
 //! The HTTP surface: `/healthz`, `/readyz`, `/metrics`, the API (`POST /api/publish`,
-//! `POST /api/presence`, with their OpenAPI description at `/api/openapi.yaml`) and the demo page. Socket.IO requests
+//! `POST /api/presence`, `POST /api/disconnect`, with their OpenAPI description at `/api/openapi.yaml`) and the demo page. Socket.IO requests
 //! are served by the transport's own front ([`serve`]); those that reach hyper on a connection
 //! it already serves are passed to the transport by [`engine_route`].
 
 mod deadline;
 pub mod demo;
+mod disconnect;
 mod engine_route;
 mod presence;
 pub mod publish;
@@ -56,7 +57,8 @@ pub fn router(state: HttpState, publish: Option<Arc<publish::PublishApi>>, demo:
     if let Some(api) = publish {
         let api_routes = Router::new()
             .route("/api/publish", post(publish::publish).with_state(api.clone()))
-            .route("/api/presence", post(presence::presence).with_state(api))
+            .route("/api/presence", post(presence::presence).with_state(api.clone()))
+            .route("/api/disconnect", post(disconnect::disconnect).with_state(api))
             .route("/api/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
             .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
             .layer(axum::middleware::from_fn(move |request, next| refuse_oversized(mount.clone(), request, next)));

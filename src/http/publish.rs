@@ -26,6 +26,8 @@ pub struct PublishApi {
     default_event: Arc<str>,
     max_users: usize,
     bucket: Mutex<TokenBucket>,
+    /// How long a revocation by `POST /api/disconnect` lasts (`auth.revocation_ttl_secs`).
+    revocation_ttl: std::time::Duration,
 }
 
 /// The request body: one of `user_id`, `user_ids`, `groups` and `broadcast: true`.
@@ -44,8 +46,9 @@ struct PublishRequest {
 }
 
 impl PublishApi {
-    pub fn new(config: &ApiConfig, key: &str, bus: Arc<Bus>, default_event: &str) -> Self {
+    pub fn new(config: &ApiConfig, key: &str, bus: Arc<Bus>, default_event: &str, revocation_ttl: std::time::Duration) -> Self {
         Self {
+            revocation_ttl,
             key_digest: Sha256::digest(key.as_bytes()).into(),
             bus,
             default_event: default_event.into(),
@@ -72,6 +75,10 @@ impl PublishApi {
 
     pub(super) fn max_users(&self) -> usize {
         self.max_users
+    }
+
+    pub(super) fn revocation_ttl(&self) -> std::time::Duration {
+        self.revocation_ttl
     }
 
     /// Compares digests so the time taken says nothing about how much of the key matched.

@@ -115,6 +115,8 @@ catalog! {
         "Sockets disconnected because their send buffer was full (server.slow_client: disconnect).";
     WRITE_TIMEOUTS = "herald_gateway_write_timeouts_total", Counter, Count,
         "Connections closed because the client accepted no data for server.write_timeout_ms.";
+    SESSIONS_ENDED = "herald_gateway_sessions_ended_total", Counter, Count,
+        "Sockets ended on this instance by POST /api/disconnect (through the bus).";
     REQUESTS_CUT = "herald_http_requests_cut_total", Counter, Count,
         "HTTP requests cut off before all of them arrived, by reason (head_timeout, body_timeout, answered_from_head).";
     PROTOCOL_ERRORS = "herald_gateway_protocol_errors_total", Counter, Count,
@@ -184,6 +186,7 @@ pub struct Metrics {
     pub route_split_batches: Counter,
     pub expired_disconnects: Counter,
     pub limit_evictions: Counter,
+    pub sessions_ended: Counter,
     pub slow_client_disconnects: Counter,
     pub write_timeouts: Counter,
     pub replayed: Counter,
@@ -286,6 +289,7 @@ impl Metrics {
             route_split_batches: counter(ROUTE_SPLIT_BATCHES, vec![]),
             expired_disconnects: counter(EXPIRED_DISCONNECTS, vec![]),
             limit_evictions: counter(LIMIT_EVICTIONS, vec![]),
+            sessions_ended: counter(SESSIONS_ENDED, vec![]),
             slow_client_disconnects: counter(SLOW_CLIENT_DISCONNECTS, vec![]),
             write_timeouts: counter(WRITE_TIMEOUTS, vec![]),
             replayed: counter(REPLAYED, vec![]),

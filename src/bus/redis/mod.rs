@@ -99,6 +99,8 @@ pub struct RedisBus {
     store: StoreScript,
     channels: Arc<Channels>,
     stream: ChannelPattern,
+    /// Key of a user's token revocation (hash-tagged like the stream on a sharded cluster).
+    revoked_key: ChannelPattern,
     replay: ReplayConfig,
     ops: mpsc::UnboundedSender<Op>,
     command_timeout: Duration,
@@ -224,6 +226,7 @@ impl RedisBus {
             store,
             channels,
             stream,
+            revoked_key: if sharded { config.revoked_key.hash_tagged() } else { config.revoked_key.clone() },
             replay: replay_config.clone(),
             ops,
             command_timeout: timeout,
@@ -460,6 +463,42 @@ impl RedisBus {
         Ok(history_after(since, items))
     }
 
+    /// Records the revocation of `users`' tokens (for `ttl`) when asked, then tells every
+    /// instance to end their sessions; returns how many instances heard it.
+    pub async fn end_sessions(&self, users: &[String], revoked_at_ms: Option<i64>, ttl: Duration) -> Result<usize, BusError> {
+        if let Some(at) = revoked_at_ms {
+            // Recorded first: an instance that starts, or a client that reconnects, after the
+            // message below finds it.
+            let set = CustomCommand::new_static("SET", ClusterHash::FirstKey, false);
+            let (at, ttl_ms) = (at.to_string(), ttl.as_millis().max(1).to_string());
+            let sets = users.iter().map(|user| {
+                let args = vec![self.revoked_key.channel(user), at.clone(), "PX".to_owned(), ttl_ms.clone()];
+                self.publisher.custom::<fred::types::Value, String>(set.clone(), args)
+            });
+            for result in futures::future::join_all(sets).await {
+                result.map_err(|e| BusError(e.to_string()))?;
+            }
+        }
+        let message = envelope::encode_end_sessions(users, revoked_at_ms).into_bytes();
+        let replies =
+            self.pipeline(vec![vec![self.publish_verb().to_vec(), self.channels.broadcast().as_bytes().to_vec(), message]], 1).await?;
+        match replies.into_iter().next() {
+            Some(Ok(Frame::Integer(n))) => Ok(n.max(0) as usize),
+            Some(Ok(other)) => Err(BusError(format!("unexpected reply to a publish: {other:?}"))),
+            Some(Err(e)) => Err(BusError(e)),
+            None => Err(BusError("no reply to a publish".into())),
+        }
+    }
+
+    /// When `user`'s tokens were revoked, if that is still in force.
+    pub async fn revoked_at(&self, user: &str) -> Result<Option<i64>, BusError> {
+        let get = CustomCommand::new_static("GET", ClusterHash::FirstKey, false);
+        let reader = self.publisher.with_options(&fred::types::config::Options { max_attempts: Some(3), ..Default::default() });
+        let value: fred::types::Value =
+            reader.custom(get, vec![self.revoked_key.channel(user)]).await.map_err(|e| BusError(e.to_string()))?;
+        Ok(value.as_string().and_then(|s| s.parse().ok()))
+    }
+
     pub fn subscribe(&self, user: Option<&str>, groups: &[Arc<str>]) -> Subscribing {
         let channels = user.map(|u| self.channels.user(u)).into_iter().chain(groups.iter().map(|g| self.channels.group(g)));
         let mut pending = Vec::new();
@@ -500,6 +539,15 @@ impl RedisBus {
 /// Decodes one bus message and emits it to its audience's local sockets.
 fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
     let Some(owner) = std::str::from_utf8(channel).ok().and_then(|c| channels.owner(c)) else { return };
+    if owner == Owner::Broadcast
+        && let Some(control) = envelope::decode_control(payload)
+    {
+        if control.kind == "end" {
+            let users: Vec<&str> = control.users.iter().map(|u| &**u).collect();
+            deliverer.end_sessions(&users, control.revoked_at_ms);
+        }
+        return;
+    }
     match envelope::decode(payload) {
         Ok(env) => {
             metrics.received.increment(1);
