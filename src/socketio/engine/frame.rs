@@ -67,6 +67,9 @@ pub enum FrameError {
     BadControl,
     /// Longer than the largest message allowed.
     TooLarge,
+    /// A length in a longer form than it needs (section 5.2: "the minimal number of bytes
+    /// MUST be used"), or a 64-bit length with its most significant bit set.
+    NonMinimalLength,
 }
 
 impl fmt::Display for FrameError {
@@ -77,6 +80,7 @@ impl fmt::Display for FrameError {
             Self::Unmasked => "unmasked client frame",
             Self::BadControl => "bad control frame",
             Self::TooLarge => "frame too large",
+            Self::NonMinimalLength => "length not in its shortest form",
         })
     }
 }
@@ -104,6 +108,9 @@ pub fn parse_header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameE
         },
         short => (short as u64, 0),
     };
+    if (len_bytes == 2 && len < 126) || (len_bytes == 8 && (len <= u16::MAX as u64 || len >> 63 != 0)) {
+        return Err(FrameError::NonMinimalLength);
+    }
     if opcode.is_control() && (!fin || len > 125) {
         return Err(FrameError::BadControl);
     }
@@ -167,6 +174,30 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_DATA: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
+
+    /// Whether a peer may put `code` in a close frame (section 7.4): the defined codes but
+    /// 1004-1006 and 1015 (reserved, or for reporting only), the registered 1012-1014, and the
+    /// ranges for libraries and applications, 3000-4999.
+    pub fn may_be_sent(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+}
+
+/// What a client's close frame says (section 5.5.1): nothing, or a code and a UTF-8 reason.
+/// `Ok(code)`: the code to answer with (the client's own, or 1000 when it gave none);
+/// `Err(code)`: the payload is malformed, and the connection fails with that code.
+pub fn close_payload(payload: &[u8]) -> Result<u16, u16> {
+    match payload {
+        [] => Ok(close_code::NORMAL),
+        [_] => Err(close_code::PROTOCOL_ERROR),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code::may_be_sent(code) {
+                return Err(close_code::PROTOCOL_ERROR);
+            }
+            std::str::from_utf8(reason).map(|_| code).map_err(|_| close_code::INVALID_DATA)
+        }
+    }
 }
 
 /// A whole close frame with `code` and no reason.
@@ -193,6 +224,28 @@ mod tests {
         unmask(&mut body, mask);
         out.extend_from_slice(&body);
         out
+    }
+
+    #[test]
+    fn lengths_in_a_longer_form_than_needed_are_refused() {
+        let masked = |b1: u8, len: &[u8]| [&[0x81, b1][..], len, &[0, 0, 0, 0]].concat();
+        assert_eq!(parse_header(&masked(0xFE, &[0, 125]), 1 << 20), Err(FrameError::NonMinimalLength));
+        assert!(parse_header(&masked(0xFE, &[0, 126]), 1 << 20).unwrap().is_some());
+        assert_eq!(parse_header(&masked(0xFF, &65_535u64.to_be_bytes()), 1 << 20), Err(FrameError::NonMinimalLength));
+        assert!(parse_header(&masked(0xFF, &65_536u64.to_be_bytes()), 1 << 20).unwrap().is_some());
+        assert_eq!(parse_header(&masked(0xFF, &(1u64 << 63).to_be_bytes()), usize::MAX), Err(FrameError::NonMinimalLength));
+    }
+
+    #[test]
+    fn close_payloads_are_read_by_the_rules() {
+        assert_eq!(close_payload(b""), Ok(1000));
+        assert_eq!(close_payload(b"\x03"), Err(1002), "one byte: no code fits");
+        assert_eq!(close_payload(b"\x03\xe8bye"), Ok(1000));
+        assert_eq!(close_payload(&[0x0f, 0xa0]), Ok(4000));
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65_535] {
+            assert_eq!(close_payload(&bad.to_be_bytes()), Err(1002), "{bad}");
+        }
+        assert_eq!(close_payload(&[0x03, 0xe8, 0xce, 0xba, 0xe1, 0xbd]), Err(1007), "a reason cut inside a character");
     }
 
     #[test]
@@ -233,7 +286,7 @@ mod tests {
         assert_eq!(parse_header(&big, 100), Err(FrameError::TooLarge));
         // A 64-bit length beyond any limit is refused from the first ten bytes.
         let mut huge = vec![0x82, 0xFF];
-        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
         assert_eq!(parse_header(&huge, 1 << 30), Err(FrameError::TooLarge));
     }
 

@@ -102,8 +102,8 @@ struct Fragments {
 
 /// Why reading stopped.
 enum Stop {
-    /// The client sent a close frame: it gets one back.
-    CloseFrame,
+    /// The client sent a close frame: it gets one back, with this code.
+    CloseFrame(u16),
     /// The connection ended or failed, or the session must close for `reason`.
     Closed(CloseReason),
     /// The client broke the protocol.
@@ -320,7 +320,12 @@ impl<H: Handler> Connection<H> {
                 self.write_control(&pong);
             }
             OpCode::Pong => {}
-            OpCode::Close => self.stop = Some(Stop::CloseFrame),
+            OpCode::Close => {
+                self.stop = Some(match frame::close_payload(payload) {
+                    Ok(code) => Stop::CloseFrame(code),
+                    Err(code) => Stop::Protocol(ProtocolError::BadFrame, code),
+                })
+            }
             OpCode::Text | OpCode::Binary if self.fragments.is_some() => {
                 self.stop = Some(Stop::Protocol(ProtocolError::BadFrame, close_code::PROTOCOL_ERROR));
             }
@@ -428,7 +433,8 @@ impl<H: Handler> Connection<H> {
                 self.engine.stats.protocol_error(kind);
                 (CloseReason::ProtocolError, code)
             }
-            Some(Stop::CloseFrame) => (CloseReason::ClientClose, close_code::NORMAL),
+            // The client's own code echoed, as section 5.5.1 suggests.
+            Some(Stop::CloseFrame(code)) => (CloseReason::ClientClose, code),
             Some(Stop::Closed(reason)) => (reason, close_code::NORMAL),
             None => {
                 let reason = self.session.lock().closing.unwrap_or(CloseReason::ServerClose);
