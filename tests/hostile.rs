@@ -443,18 +443,7 @@ async fn malformed_packets_over_websocket_close_only_their_socket() {
 
 /// A masked client text frame.
 fn client_text_frame(text: &str) -> Vec<u8> {
-    let mask = [3u8, 1, 4, 1];
-    let mut out = vec![0x81];
-    match text.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    herald::socketio::engine::frame::client_frame(0x81, text.as_bytes(), [3, 1, 4, 1])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

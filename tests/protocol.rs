@@ -426,22 +426,7 @@ impl RawWs {
 
 /// A client frame: `first` is the first byte (FIN, RSV, opcode), masked with a fixed key.
 fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    herald::socketio::engine::frame::client_frame(first, payload, [0x12, 0x34, 0x56, 0x78])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

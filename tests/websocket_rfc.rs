@@ -25,22 +25,7 @@ const MAX_PAYLOAD: usize = 4096;
 
 /// A masked client frame, with the reserved bits `rsv` (0-7) and the length in its shortest form.
 fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 65_535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    herald::socketio::engine::frame::client_frame((u8::from(fin) << 7) | (rsv << 4) | opcode, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 fn whole(opcode: u8, payload: &[u8]) -> Vec<u8> {

@@ -156,6 +156,23 @@ pub fn write_header(out: &mut [u8; MAX_HEADER], opcode: OpCode, len: usize) -> u
     }
 }
 
+/// A client's frame, as a browser sends it: `first` is its first byte (FIN, RSV bits, opcode),
+/// the payload masked with `mask`, the length in its shortest form. For tests, property tests,
+/// fuzzing and the load generator: herald itself only sends server frames.
+pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut header = [0u8; MAX_HEADER];
+    let n = write_header(&mut header, OpCode::Text, payload.len());
+    let mut out = Vec::with_capacity(n + 4 + payload.len());
+    out.push(first);
+    out.push(header[1] | 0x80);
+    out.extend_from_slice(&header[2..n]);
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask);
+    out
+}
+
 /// How long the header of a `len`-byte server frame is.
 pub fn header_len(len: usize) -> usize {
     if len < 126 {
@@ -211,19 +228,8 @@ mod tests {
     use super::*;
 
     /// A client frame, masked with `mask`, as a browser sends it.
-    fn client_frame(fin: bool, opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut header = [0u8; MAX_HEADER];
-        let n = write_header(&mut header, opcode, payload.len());
-        let mut out = header[..n].to_vec();
-        if !fin {
-            out[0] &= 0x7F;
-        }
-        out[1] |= 0x80;
-        out.extend_from_slice(&mask);
-        let mut body = payload.to_vec();
-        unmask(&mut body, mask);
-        out.extend_from_slice(&body);
-        out
+    fn masked(fin: bool, opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        super::client_frame((u8::from(fin) << 7) | opcode.bits(), payload, mask)
     }
 
     #[test]
@@ -252,7 +258,7 @@ mod tests {
     fn parses_every_length_form_and_unmasks() {
         for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let frame = client_frame(true, OpCode::Binary, &payload, [1, 2, 3, 4]);
+            let frame = masked(true, OpCode::Binary, &payload, [1, 2, 3, 4]);
             let h = parse_header(&frame, 1 << 20).unwrap().unwrap();
             assert_eq!((h.fin, h.opcode, h.len), (true, OpCode::Binary, len));
             assert_eq!(h.header_len + len, frame.len());
@@ -268,7 +274,7 @@ mod tests {
 
     #[test]
     fn refuses_what_a_client_must_not_send() {
-        let good = client_frame(true, OpCode::Text, b"hi", [9, 9, 9, 9]);
+        let good = masked(true, OpCode::Text, b"hi", [9, 9, 9, 9]);
         let mut unmasked = good.clone();
         unmasked[1] &= 0x7F;
         assert_eq!(parse_header(&unmasked, 100), Err(FrameError::Unmasked));
@@ -278,11 +284,11 @@ mod tests {
         let mut op = good.clone();
         op[0] = 0x83;
         assert_eq!(parse_header(&op, 100), Err(FrameError::UnknownOpcode));
-        let fragmented_ping = client_frame(false, OpCode::Ping, b"", [0; 4]);
+        let fragmented_ping = masked(false, OpCode::Ping, b"", [0; 4]);
         assert_eq!(parse_header(&fragmented_ping, 100), Err(FrameError::BadControl));
-        let long_ping = client_frame(true, OpCode::Ping, &[0; 126], [0; 4]);
+        let long_ping = masked(true, OpCode::Ping, &[0; 126], [0; 4]);
         assert_eq!(parse_header(&long_ping, 1000), Err(FrameError::BadControl));
-        let big = client_frame(true, OpCode::Binary, &[0; 101], [0; 4]);
+        let big = masked(true, OpCode::Binary, &[0; 101], [0; 4]);
         assert_eq!(parse_header(&big, 100), Err(FrameError::TooLarge));
         // A 64-bit length beyond any limit is refused from the first ten bytes.
         let mut huge = vec![0x82, 0xFF];
