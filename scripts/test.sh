@@ -45,14 +45,16 @@ command -v kubectl >/dev/null 2>&1 || [ -x tests/client/.venv/bin/kubectl ] \
 # A hard bound, so a hung test fails the run instead of holding CI until its own deadline.
 timeout --signal=KILL 1800 cargo test --locked --lib --bins --tests "$@"
 
-# Short fuzzing runs: record routing and config parsing must never panic (see fuzz/ and the
-# README for a longer run). cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable
+# Short fuzzing runs: routing, config parsing and every network-facing parser must never panic
+# and keep their properties (see fuzz/ and the README for a longer run). cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable
 # toolchain accept them. No sanitizer (safe Rust; it mainly slows the build) and 16 codegen
 # units keep the build short.
 fuzz_secs="${HERALD_FUZZ_SECS:-20}"
 if [ "$fuzz_secs" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
-  for target in route_record config_yaml; do
+  # Routing and the config, and every parser that faces the network (seeded from real traffic
+  # of socket.io-client, python-socketio and redis-server: scripts/capture_seeds.py).
+  for target in route_record config_yaml http_head websocket_frames engine_io socket_io resp bus_envelope; do
     mkdir -p "fuzz/corpus/$target"
     RUSTC_BOOTSTRAP=1 timeout --signal=KILL 900 cargo fuzz run --sanitizer none --codegen-units 16 "$target" \
       "fuzz/corpus/$target" "fuzz/seeds/$target" -- -max_total_time="$fuzz_secs"

@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub use inbound::{Addressee, Inbound};
+/// The RESP reader and writer of herald's own Redis connections (public for the fuzzer).
+pub use redis::resp;
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -8,7 +8,7 @@
 //! its own index of sockets), acks the server waits for, and Engine.IO v3.
 
 pub mod engine;
-mod packet;
+pub mod packet;
 mod socket;
 
 use std::future::Future;

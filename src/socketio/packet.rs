@@ -56,6 +56,8 @@ pub enum PacketError {
     BadJson,
     /// Valid JSON of the wrong shape for its type (an event that is not an array, ...).
     BadPayload,
+    /// An ack id on a packet that cannot be acknowledged (only events and acks carry one).
+    UnexpectedId,
 }
 
 impl PacketError {
@@ -66,6 +68,7 @@ impl PacketError {
             Self::BadAttachments => "bad_attachments",
             Self::BadJson => "bad_json",
             Self::BadPayload => "bad_payload",
+            Self::UnexpectedId => "unexpected_id",
         }
     }
 }
@@ -118,6 +121,11 @@ pub fn parse(text: &str) -> Result<Packet<'_>, PacketError> {
         at = (end + 1).min(bytes.len());
     }
     let digits = bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    // Only events and acks carry an id; elsewhere digits there would be ambiguous with a payload
+    // that starts with one (`05` for CONNECT: id 5, or the number 5?), so they are refused.
+    if digits > 0 && !matches!(kind, Kind::Event | Kind::BinaryEvent | Kind::Ack | Kind::BinaryAck) {
+        return Err(PacketError::UnexpectedId);
+    }
     let id = (digits > 0).then(|| text[at..at + digits].parse::<i64>().ok()).flatten();
     at += digits;
     let payload = match &text[at..] {
@@ -133,8 +141,9 @@ fn check_shape(kind: Kind, payload: Option<&RawValue>) -> Result<(), PacketError
     let first = payload.map(|p| p.get().as_bytes()[0]);
     let ok = match kind {
         // The reference takes only an object; any JSON is read here, so that an application can
-        // answer a malformed `auth` with CONNECT_ERROR instead of a dropped connection.
-        Kind::Connect => true,
+        // answer a malformed `auth` with CONNECT_ERROR instead of a dropped connection. But not a
+        // number: on the wire it cannot be told from an ack id (`01`).
+        Kind::Connect => !matches!(first, Some(b'0'..=b'9' | b'-')),
         Kind::Disconnect => first.is_none(),
         Kind::ConnectError => matches!(first, Some(b'{' | b'"')),
         Kind::Ack | Kind::BinaryAck => first == Some(b'['),
@@ -258,6 +267,13 @@ mod tests {
             ("1{}", PacketError::BadPayload),
             ("3{}", PacketError::BadPayload),
             ("4[]", PacketError::BadPayload),
+            // Found by the socket_io fuzz target: `055\n5` read as a CONNECT with id 55 and the
+            // number 5, which no writer gives back.
+            ("055\n5", PacketError::UnexpectedId),
+            ("05", PacketError::UnexpectedId),
+            ("0 1 ", PacketError::BadPayload),
+            ("0-1", PacketError::BadPayload),
+            ("1/x,7", PacketError::UnexpectedId),
         ] {
             assert_eq!(parse(text).unwrap_err(), err, "{text:?}");
         }

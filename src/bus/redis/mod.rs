@@ -15,7 +15,7 @@ mod cluster;
 mod interest;
 mod publisher;
 mod replies;
-mod resp;
+pub mod resp;
 mod store;
 mod subscriber;
 

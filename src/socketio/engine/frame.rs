@@ -217,6 +217,97 @@ pub fn close_payload(payload: &[u8]) -> Result<u16, u16> {
     }
 }
 
+/// Puts a client's messages together from its frames (section 5.4): a message's fragments in
+/// order, control frames allowed between them, text checked to be UTF-8 as a whole message
+/// (so a character may be split across fragments), close payloads checked. Pure: the frames
+/// come from [`parse_header`] and [`unmask`], and the caller acts on what comes out.
+#[derive(Default)]
+pub struct Assembler {
+    /// A message whose last fragment has not come: its type and bytes so far. Boxed: an idle
+    /// connection keeps only the pointer.
+    unfinished: Option<Box<(OpCode, Vec<u8>)>>,
+}
+
+/// What one client frame amounts to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Assembled<'a> {
+    /// A fragment kept until its message is whole.
+    Pending,
+    Text(std::borrow::Cow<'a, str>),
+    Binary(std::borrow::Cow<'a, [u8]>),
+    /// To be answered with a pong carrying the same bytes.
+    Ping(&'a [u8]),
+    Pong,
+    /// The client closes; answer with this code.
+    Close(u16),
+    /// The frame breaks the protocol: fail the connection with this close code.
+    Fail(AssemblyError, u16),
+}
+
+/// Why a frame fails the connection, once its header was fine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssemblyError {
+    /// A continuation without a message, a new message before the last one ended, a bad close
+    /// payload code.
+    Fragmentation,
+    /// The fragments together are over the payload limit.
+    TooLarge,
+    /// A text message (or a close reason) that is not UTF-8.
+    BadUtf8,
+}
+
+impl Assembler {
+    /// Takes one frame (its header and unmasked payload); `max` bounds a message's fragments
+    /// together.
+    pub fn frame<'a>(&mut self, header: &Header, payload: &'a [u8], max: usize) -> Assembled<'a> {
+        use std::borrow::Cow;
+        let whole = |opcode: OpCode, data: Cow<'a, [u8]>| match (opcode, data) {
+            (OpCode::Binary, data) => Assembled::Binary(data),
+            (_, Cow::Borrowed(b)) => match std::str::from_utf8(b) {
+                Ok(text) => Assembled::Text(Cow::Borrowed(text)),
+                Err(_) => Assembled::Fail(AssemblyError::BadUtf8, close_code::INVALID_DATA),
+            },
+            (_, Cow::Owned(v)) => match String::from_utf8(v) {
+                Ok(text) => Assembled::Text(Cow::Owned(text)),
+                Err(_) => Assembled::Fail(AssemblyError::BadUtf8, close_code::INVALID_DATA),
+            },
+        };
+        match header.opcode {
+            OpCode::Ping => Assembled::Ping(payload),
+            OpCode::Pong => Assembled::Pong,
+            OpCode::Close => match close_payload(payload) {
+                Ok(code) => Assembled::Close(code),
+                Err(code) => {
+                    let why = if code == close_code::INVALID_DATA { AssemblyError::BadUtf8 } else { AssemblyError::Fragmentation };
+                    Assembled::Fail(why, code)
+                }
+            },
+            OpCode::Text | OpCode::Binary if self.unfinished.is_some() => {
+                Assembled::Fail(AssemblyError::Fragmentation, close_code::PROTOCOL_ERROR)
+            }
+            OpCode::Text | OpCode::Binary if header.fin => whole(header.opcode, Cow::Borrowed(payload)),
+            OpCode::Text | OpCode::Binary => {
+                self.unfinished = Some(Box::new((header.opcode, payload.to_vec())));
+                Assembled::Pending
+            }
+            OpCode::Continuation => {
+                let Some(unfinished) = self.unfinished.as_mut() else {
+                    return Assembled::Fail(AssemblyError::Fragmentation, close_code::PROTOCOL_ERROR);
+                };
+                if unfinished.1.len() + payload.len() > max {
+                    return Assembled::Fail(AssemblyError::TooLarge, close_code::TOO_BIG);
+                }
+                unfinished.1.extend_from_slice(payload);
+                if !header.fin {
+                    return Assembled::Pending;
+                }
+                let (opcode, data) = *self.unfinished.take().expect("checked above");
+                whole(opcode, Cow::Owned(data))
+            }
+        }
+    }
+}
+
 /// A whole close frame with `code` and no reason.
 pub fn close_frame(code: u16) -> [u8; 4] {
     let c = code.to_be_bytes();

@@ -353,7 +353,8 @@ async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) -> io::R
 }
 
 /// Parses a request head; `keep` says which headers, beyond those Engine.IO reads, to keep.
-fn parse_head(buf: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Option<(Request, usize)>, u16> {
+/// `Ok(None)`: not complete yet; `Err(status)`: refused with that status.
+pub fn parse_head(buf: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Option<(Request, usize)>, u16> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {

@@ -6,7 +6,7 @@ mod flusher;
 pub mod frame;
 mod heartbeat;
 pub mod http;
-mod packet;
+pub mod packet;
 mod polling;
 mod request;
 mod session;

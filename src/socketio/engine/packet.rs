@@ -33,6 +33,11 @@ pub enum PacketError {
 /// Reads a text packet (a WebSocket text message, or one packet of a polling payload).
 pub fn parse_text(text: &str) -> Result<Packet<'_>, PacketError> {
     let Some(&kind) = text.as_bytes().first() else { return Err(PacketError::Unexpected) };
+    // A type is one ASCII digit: anything else (a multi-byte character too, which must not be
+    // split) is refused before the rest is looked at.
+    if !kind.is_ascii_digit() {
+        return Err(PacketError::UnknownType);
+    }
     let data = &text[1..];
     Ok(match kind {
         b'1' => Packet::Close,
@@ -71,6 +76,14 @@ pub fn write_binary_for_polling(out: &mut Vec<u8>, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packet_starting_with_a_multi_byte_character_is_refused_not_split() {
+        // Found by the engine_io and websocket_frames fuzz targets: slicing after byte 0 panicked.
+        assert_eq!(parse_text("\u{35a}b+AA"), Err(PacketError::UnknownType));
+        assert_eq!(parse_payload("\u{35a}b+AA".as_bytes()), Err(PacketError::UnknownType));
+        assert_eq!(parse_text("é"), Err(PacketError::UnknownType));
+    }
 
     #[test]
     fn reads_text_packets() {

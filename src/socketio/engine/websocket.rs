@@ -15,7 +15,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::frame::{self, FrameError, OpCode, close_code};
+use super::frame::{self, Assembled, AssemblyError, FrameError, OpCode, close_code};
 use super::packet::{self, Packet};
 use super::session::{CloseReason, Flushed, Frame, NOOP, PONG_PROBE, Session, Transport};
 use super::stats::ProtocolError;
@@ -94,12 +94,6 @@ enum Event {
     Stalled,
 }
 
-/// A fragmented message being put together.
-struct Fragments {
-    opcode: OpCode,
-    data: Vec<u8>,
-}
-
 /// Why reading stopped.
 enum Stop {
     /// The client sent a close frame: it gets one back, with this code.
@@ -117,13 +111,13 @@ struct Connection<H: Handler> {
     probing: Option<TcpStream>,
     /// The bytes of a frame not yet complete.
     carry: Vec<u8>,
-    fragments: Option<Box<Fragments>>,
+    messages: frame::Assembler,
     stop: Option<Stop>,
 }
 
 impl<H: Handler> Connection<H> {
     fn new(engine: Arc<Shared<H>>, session: Arc<Session<H>>, probing: Option<TcpStream>) -> Self {
-        Self { engine, session, probing, carry: Vec::new(), fragments: None, stop: None }
+        Self { engine, session, probing, carry: Vec::new(), messages: frame::Assembler::default(), stop: None }
     }
 
     fn stream(&self) -> &TcpStream {
@@ -313,53 +307,32 @@ impl<H: Handler> Connection<H> {
     }
 
     fn on_frame(&mut self, header: frame::Header, payload: &[u8]) {
-        let max = self.engine.options.max_payload;
-        match header.opcode {
-            OpCode::Ping => {
-                let pong = Frame::control(OpCode::Pong, payload);
+        match self.messages.frame(&header, payload, self.engine.options.max_payload) {
+            Assembled::Pending | Assembled::Pong => {}
+            Assembled::Ping(data) => {
+                let pong = Frame::control(OpCode::Pong, data);
                 self.write_control(&pong);
             }
-            OpCode::Pong => {}
-            OpCode::Close => {
-                self.stop = Some(match frame::close_payload(payload) {
-                    Ok(code) => Stop::CloseFrame(code),
-                    Err(code) => Stop::Protocol(ProtocolError::BadFrame, code),
-                })
-            }
-            OpCode::Text | OpCode::Binary if self.fragments.is_some() => {
-                self.stop = Some(Stop::Protocol(ProtocolError::BadFrame, close_code::PROTOCOL_ERROR));
-            }
-            OpCode::Text | OpCode::Binary if header.fin => self.on_message(header.opcode, payload),
-            OpCode::Text | OpCode::Binary => {
-                self.fragments = Some(Box::new(Fragments { opcode: header.opcode, data: payload.to_vec() }));
-            }
-            OpCode::Continuation => {
-                let Some(f) = self.fragments.as_mut() else {
-                    return self.stop = Some(Stop::Protocol(ProtocolError::BadFrame, close_code::PROTOCOL_ERROR));
+            Assembled::Close(code) => self.stop = Some(Stop::CloseFrame(code)),
+            Assembled::Fail(why, code) => {
+                let kind = match why {
+                    AssemblyError::Fragmentation => ProtocolError::BadFrame,
+                    AssemblyError::TooLarge => ProtocolError::TooLarge,
+                    AssemblyError::BadUtf8 => ProtocolError::BadUtf8,
                 };
-                if f.data.len() + payload.len() > max {
-                    return self.stop = Some(Stop::Protocol(ProtocolError::TooLarge, close_code::TOO_BIG));
-                }
-                f.data.extend_from_slice(payload);
-                if header.fin {
-                    let f = self.fragments.take().expect("checked above");
-                    self.on_message(f.opcode, &f.data);
-                }
+                self.stop = Some(Stop::Protocol(kind, code));
             }
+            Assembled::Binary(data) => {
+                if self.probing.is_some() {
+                    return self.stop = Some(Stop::Protocol(ProtocolError::BadEnginePacket, close_code::PROTOCOL_ERROR));
+                }
+                self.engine.handler.binary(&self.session, &data);
+            }
+            Assembled::Text(text) => self.on_text(&text),
         }
     }
 
-    fn on_message(&mut self, opcode: OpCode, payload: &[u8]) {
-        if opcode == OpCode::Binary {
-            if self.probing.is_some() {
-                return self.stop = Some(Stop::Protocol(ProtocolError::BadEnginePacket, close_code::PROTOCOL_ERROR));
-            }
-            self.engine.handler.binary(&self.session, payload);
-            return;
-        }
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return self.stop = Some(Stop::Protocol(ProtocolError::BadUtf8, close_code::INVALID_DATA));
-        };
+    fn on_text(&mut self, text: &str) {
         let packet = match packet::parse_text(text) {
             Ok(p) => p,
             Err(_) => return self.stop = Some(Stop::Protocol(ProtocolError::BadEnginePacket, close_code::PROTOCOL_ERROR)),
