@@ -1,0 +1,50 @@
+//! Ending sessions across instances on Redis: the revocation kept under `redis.revoked_key`
+//! (for instances and reconnects that come later), and the control message on the broadcast
+//! channel that every instance acts on (`super::deliver_one`).
+
+use std::time::Duration;
+
+use fred::interfaces::ClientLike;
+use fred::types::{ClusterHash, CustomCommand};
+
+use super::RedisBus;
+use super::resp::Frame;
+use crate::bus::{BusError, envelope};
+
+impl RedisBus {
+    /// Records the revocation of `users`' tokens (for `ttl`) when asked, then tells every
+    /// instance to end their sessions; returns how many instances heard it.
+    pub async fn end_sessions(&self, users: &[String], revoked_at_ms: Option<i64>, ttl: Duration) -> Result<usize, BusError> {
+        if let Some(at) = revoked_at_ms {
+            // Recorded first: an instance that starts, or a client that reconnects, after the
+            // message below finds it.
+            let set = CustomCommand::new_static("SET", ClusterHash::FirstKey, false);
+            let (at, ttl_ms) = (at.to_string(), ttl.as_millis().max(1).to_string());
+            let sets = users.iter().map(|user| {
+                let args = vec![self.revoked_key.channel(user), at.clone(), "PX".to_owned(), ttl_ms.clone()];
+                self.publisher.custom::<fred::types::Value, String>(set.clone(), args)
+            });
+            for result in futures::future::join_all(sets).await {
+                result.map_err(|e| BusError(e.to_string()))?;
+            }
+        }
+        let message = envelope::encode_end_sessions(users, revoked_at_ms).into_bytes();
+        let replies =
+            self.pipeline(vec![vec![self.publish_verb().to_vec(), self.channels.broadcast().as_bytes().to_vec(), message]], 1).await?;
+        match replies.into_iter().next() {
+            Some(Ok(Frame::Integer(n))) => Ok(n.max(0) as usize),
+            Some(Ok(other)) => Err(BusError(format!("unexpected reply to a publish: {other:?}"))),
+            Some(Err(e)) => Err(BusError(e)),
+            None => Err(BusError("no reply to a publish".into())),
+        }
+    }
+
+    /// When `user`'s tokens were revoked, if that is still in force.
+    pub async fn revoked_at(&self, user: &str) -> Result<Option<i64>, BusError> {
+        let get = CustomCommand::new_static("GET", ClusterHash::FirstKey, false);
+        let reader = self.publisher.with_options(&fred::types::config::Options { max_attempts: Some(3), ..Default::default() });
+        let value: fred::types::Value =
+            reader.custom(get, vec![self.revoked_key.channel(user)]).await.map_err(|e| BusError(e.to_string()))?;
+        Ok(value.as_string().and_then(|s| s.parse().ok()))
+    }
+}
