@@ -14,8 +14,11 @@ fn retained(replay: &str) -> String {
     format!("replay: {{{replay}}}\nkafka: {{topics: [{{name: user-notifications, retain: true}}]}}")
 }
 
+/// A client that reconnects after every cut, resuming from the last id it saw: from the start
+/// of its (empty) history until it has seen one, so a cut before the first notification
+/// arrives loses nothing either.
 fn flaky(token: &str) -> Value {
-    json!({"auth": {"token": token}, "replay": true, "reconnection": true, "reconnectionDelay": 50, "reconnectionDelayMax": 200})
+    json!({"auth": {"token": token}, "replay": true, "since": "0-0", "reconnection": true, "reconnectionDelay": 50, "reconnectionDelayMax": 200})
 }
 
 /// Produces `n` records for `user` while cutting the client's connection every 15 records,

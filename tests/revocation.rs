@@ -82,6 +82,27 @@ async fn ending_a_users_sessions_reaches_every_instance_and_revokes_old_tokens()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_holds_while_redis_is_down_and_others_still_connect() {
+    let mut s = Stack::default().redis().instance(&overlay()).instance(&overlay()).start().await;
+    let (one, two) = (s.url(0), s.url(1));
+    let old = issued_at("rhea", now_secs() - 10);
+    end_sessions(&one, json!({"user_ids": ["rhea"], "revoke_tokens": true})).await;
+    // Both instances heard it before Redis goes.
+    eventually(
+        Duration::from_secs(5),
+        "the second instance to hear it",
+        async || matches!(connect_with(&mut s.c, "probe", &two, &old).await, Err(e) if e == "token revoked"),
+    )
+    .await;
+    s.redis.as_mut().unwrap().stop();
+    eventually(Duration::from_secs(15), "the outage to show", async || s.heralds[1].metric("herald_bus_redis_connected").await == 0.0)
+        .await;
+    assert_eq!(connect_with(&mut s.c, "r-down", &two, &old).await, Err("token revoked".into()), "each instance remembers");
+    connect_with(&mut s.c, "other", &two, &issued_at("olga", now_secs() - 10)).await.expect("admission goes on during an outage");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_revoking_the_same_token_may_come_back_and_one_instance_needs_no_redis() {
     let mut s = Stack::default().instance(&overlay()).start().await;
     let url = s.url(0);
