@@ -38,7 +38,7 @@ impl Bus {
             async move { if again { self.publish_again(batch, first_attempt_ms).await } else { self.publish(batch).await } }
         };
         let mut published = until_taken(batch.len(), held, abort, metrics, attempt).await?;
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_secs(1));
         loop {
             let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0).map(|(i, _)| i).collect();
             if unheard.is_empty() || !self.settling() {
@@ -48,13 +48,12 @@ impl Bus {
             debug!(
                 records = %held,
                 notifications = unheard.len(),
-                retry_in_ms = delay.as_millis() as u64,
+                retry_in_ms = backoff.delay().as_millis() as u64,
                 "No subscriber yet while instances re-subscribe after a Redis reconnect; publishing again."
             );
-            if !sleep_unless_aborted(abort, delay).await {
+            if !backoff.wait(abort).await {
                 return None;
             }
-            delay = (delay * 2).min(Duration::from_secs(1));
             let (stored, plain): (Vec<usize>, Vec<usize>) = unheard.into_iter().partition(|&i| published[i].stored.is_some());
             if !plain.is_empty() {
                 let again: Vec<Notification> = plain.iter().map(|&i| batch[i].clone()).collect();
@@ -87,7 +86,7 @@ async fn until_taken<T, F>(
 where
     F: Future<Output = Result<T, BusError>>,
 {
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_secs(2));
     loop {
         let error = match attempt().await {
             Ok(done) => return Some(done),
@@ -98,18 +97,44 @@ where
             error = %error,
             records = %held,
             notifications = count,
-            retry_in_ms = delay.as_millis() as u64,
+            retry_in_ms = backoff.delay().as_millis() as u64,
             "Bus publish not done; holding consumption and retrying."
         );
-        if !sleep_unless_aborted(abort, delay).await {
+        if !backoff.wait(abort).await {
             return None;
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The waits between attempts at something a partition is held for (a publish, a hand-off, a
+/// dead letter): 50 ms, doubling, at most `max`.
+pub struct Backoff {
+    delay: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Self {
+        Self { delay: Duration::from_millis(50), max }
+    }
+
+    /// How long the next wait is.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// Waits, and makes the next wait longer; false (at once) if `abort` fires first.
+    pub async fn wait(&mut self, abort: &CancellationToken) -> bool {
+        if !sleep_unless_aborted(abort, self.delay).await {
+            return false;
+        }
+        self.delay = (self.delay * 2).min(self.max);
+        true
     }
 }
 
 /// Sleeps `delay`; false (at once) if `abort` fires first.
-pub async fn sleep_unless_aborted(abort: &CancellationToken, delay: Duration) -> bool {
+async fn sleep_unless_aborted(abort: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
         _ = abort.cancelled() => false,
         _ = tokio::time::sleep(delay) => true,

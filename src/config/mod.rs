@@ -259,11 +259,7 @@ fn read_replay(walk: &mut Walk, v: Option<&Value>) -> ReplayConfig {
         let last_without_since = ranged(walk, s, "last_without_since", 0usize, 0..=100_000);
         let gap_event: String = walk.get(s, "gap_event", "replay_gap".into());
         check_event_name(walk, &s.path("gap_event"), &gap_event);
-        let pattern: String = walk.get(s, "stream", "herald:history:{user_id}".into());
-        let stream = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
-            walk.error(s.path("stream"), why);
-            ChannelPattern::parse("herald:history:{user_id}").expect("default pattern is valid")
-        });
+        let stream = pattern(walk, s, "stream", "herald:history:{user_id}", ChannelPattern::PLACEHOLDER);
         ReplayConfig { history, max_age, last_without_since, gap_event, stream }
     })
 }
@@ -343,6 +339,15 @@ fn one_of<T: Copy>(walk: &mut Walk, s: &Section<'_>, key: &str, choices: &[(&str
     let expected: Vec<String> = choices.iter().map(|(word, _)| format!("`{word}`")).collect();
     walk.error(s.path(key), format!("expected {}, found `{found}`", expected.join(" or ")));
     choices[0].1
+}
+
+/// A channel or key pattern with `placeholder` once; a bad one is reported and the default used.
+fn pattern(walk: &mut Walk, s: &Section<'_>, key: &str, default: &str, placeholder: &str) -> ChannelPattern {
+    let text: String = walk.get(s, key, default.into());
+    ChannelPattern::parse_with(&text, placeholder).unwrap_or_else(|why| {
+        walk.error(s.path(key), why);
+        ChannelPattern::parse_with(default, placeholder).expect("default pattern is valid")
+    })
 }
 
 fn secs(walk: &mut Walk, s: &Section<'_>, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {

@@ -116,16 +116,8 @@ pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConf
             }
             _ => None,
         };
-        let pattern: String = walk.get(s, "channel", "herald:user:{user_id}".into());
-        let channel = ChannelPattern::parse(&pattern).unwrap_or_else(|why| {
-            walk.error(s.path("channel"), why);
-            ChannelPattern::parse("herald:user:{user_id}").expect("default pattern is valid")
-        });
-        let group_pattern: String = walk.get(s, "group_channel", "herald:group:{group}".into());
-        let group_channel = ChannelPattern::parse_with(&group_pattern, ChannelPattern::GROUP_PLACEHOLDER).unwrap_or_else(|why| {
-            walk.error(s.path("group_channel"), why);
-            ChannelPattern::parse_with("herald:group:{group}", ChannelPattern::GROUP_PLACEHOLDER).expect("default pattern is valid")
-        });
+        let channel = pattern(walk, s, "channel", "herald:user:{user_id}", ChannelPattern::PLACEHOLDER);
+        let group_channel = pattern(walk, s, "group_channel", "herald:group:{group}", ChannelPattern::GROUP_PLACEHOLDER);
         let broadcast_channel: String = walk.get(s, "broadcast_channel", "herald:broadcast".into());
         if broadcast_channel.is_empty() || broadcast_channel.contains(['*', '?', '[']) {
             walk.error(s.path("broadcast_channel"), "must be a non-empty channel name without the glob characters * ? [");
@@ -138,11 +130,7 @@ pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConf
         if channel.user_id(&broadcast_channel).is_some() || group_channel.user_id(&broadcast_channel).is_some() {
             walk.error(s.path("broadcast_channel"), "must not match redis.channel or redis.group_channel");
         }
-        let revoked_pattern: String = walk.get(s, "revoked_key", "herald:revoked:{user_id}".into());
-        let revoked_key = ChannelPattern::parse(&revoked_pattern).unwrap_or_else(|why| {
-            walk.error(s.path("revoked_key"), why);
-            ChannelPattern::parse("herald:revoked:{user_id}").expect("default pattern is valid")
-        });
+        let revoked_key = pattern(walk, s, "revoked_key", "herald:revoked:{user_id}", ChannelPattern::PLACEHOLDER);
         let command_timeout = Duration::from_millis(ranged(walk, s, "command_timeout_ms", 2000u64, 10..=600_000));
         let pubsub_buffer = ranged(walk, s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
         let sharded_pubsub = walk.get(s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));

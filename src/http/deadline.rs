@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 use crate::socketio::{Cutoff, Mount};
 
 pub struct BodyDeadline<B> {
-    inner: Pin<Box<B>>,
+    inner: B,
     limit: Duration,
     /// Set at the first read: the body's time starts when a handler asks for it.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -26,7 +26,7 @@ pub struct BodyDeadline<B> {
 
 impl<B> BodyDeadline<B> {
     pub fn new(inner: B, limit: Duration, counted_by: Option<Arc<dyn Mount>>) -> Self {
-        Self { inner: Box::pin(inner), limit, deadline: None, counted_by }
+        Self { inner, limit, deadline: None, counted_by }
     }
 }
 
@@ -36,7 +36,7 @@ pub struct TooSlow(Duration);
 
 impl<B> Body for BodyDeadline<B>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Data = Bytes;
@@ -46,7 +46,7 @@ where
         let this = self.get_mut();
         let limit = this.limit;
         let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if let Poll::Ready(frame) = this.inner.as_mut().poll_frame(cx) {
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         match deadline.as_mut().poll(cx) {

@@ -25,12 +25,9 @@ struct DisconnectRequest {
 }
 
 pub async fn disconnect(State(api): State<Arc<PublishApi>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = api.refused(&headers) {
-        return refusal;
-    }
-    let request: DisconnectRequest = match serde_json::from_slice(&body) {
+    let request: DisconnectRequest = match api.request(&headers, &body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
+        Err(refused) => return *refused,
     };
     if request.user_ids.is_empty() {
         return error(StatusCode::BAD_REQUEST, &format!("give 1 to {} `user_ids`", api.max_users()));

@@ -24,12 +24,9 @@ struct PresenceRequest {
 }
 
 pub async fn presence(State(api): State<Arc<PublishApi>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = api.refused(&headers) {
-        return refusal;
-    }
-    let request: PresenceRequest = match serde_json::from_slice(&body) {
+    let request: PresenceRequest = match api.request(&headers, &body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
+        Err(refused) => return *refused,
     };
     if request.user_ids.is_empty() && request.groups.is_empty() {
         return error(StatusCode::BAD_REQUEST, &format!("give 1 to {} `user_ids`, or `groups`, or both", api.max_users()));

@@ -57,16 +57,17 @@ impl PublishApi {
         }
     }
 
-    /// The API key and the rate limit, for every API route: the response to send instead, if
-    /// the request may not go on.
-    pub(super) fn refused(&self, headers: &HeaderMap) -> Option<Response> {
+    /// The API key, the rate limit and the JSON body, for every API route: the request, or the
+    /// response to send instead.
+    pub(super) fn request<T: serde::de::DeserializeOwned>(&self, headers: &HeaderMap, body: &[u8]) -> Result<T, Box<Response>> {
+        let refuse = |status, message: &str| Box::new(error(status, message));
         if !self.authorized(headers) {
-            return Some(error(StatusCode::UNAUTHORIZED, "missing or wrong API key"));
+            return Err(refuse(StatusCode::UNAUTHORIZED, "missing or wrong API key"));
         }
         if !self.bucket.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Some(error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"));
+            return Err(refuse(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"));
         }
-        None
+        serde_json::from_slice(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")))
     }
 
     pub(super) fn bus(&self) -> &Bus {
@@ -95,12 +96,9 @@ impl PublishApi {
 }
 
 pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = api.refused(&headers) {
-        return refusal;
-    }
-    let request: PublishRequest = match serde_json::from_slice(&body) {
+    let request: PublishRequest = match api.request(&headers, &body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
+        Err(refused) => return *refused,
     };
     let audiences = match (request.user_id, request.user_ids, request.groups, request.broadcast) {
         (Some(one), None, None, false) => names(vec![one], api.max_users, "user ids").map(|u| u.into_iter().map(Audience::User).collect()),

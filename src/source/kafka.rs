@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::dead_letter::DeadLetter;
 use super::offline::OfflineHandOff;
 use crate::bus::Bus;
-use crate::bus::retry::sleep_unless_aborted;
+use crate::bus::retry::Backoff;
 use crate::clock::unix_us;
 use crate::config::Config;
 use crate::metrics::{ByLabel, LabelValue, Metrics, RECORDS_DROPPED};
@@ -377,7 +377,7 @@ impl KafkaSource {
         held: Held<'_>,
         abort: &CancellationToken,
     ) -> Option<()> {
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
             let results = futures::future::join_all(pending.iter().map(|(record, e)| dlq.send(record, e))).await;
             let mut last_error = None;
@@ -392,10 +392,9 @@ impl KafkaSource {
             let Some(error) = last_error else { return Some(()) };
             warn!(error = %error, records = %held, dead_letters = unacknowledged.len(), "Dead letters not acknowledged; holding consumption and retrying.");
             pending = unacknowledged;
-            if !sleep_unless_aborted(abort, delay).await {
+            if !backoff.wait(abort).await {
                 return None;
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -407,7 +406,7 @@ impl KafkaSource {
         held: Held<'_>,
         abort: &CancellationToken,
     ) -> Option<()> {
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_secs(2));
         loop {
             match hand_off.send(unheard).await {
                 Ok(()) => return Some(()),
@@ -415,10 +414,9 @@ impl KafkaSource {
                     warn!(error = %e, records = %held, notifications = unheard.len(), "Offline hand-off not acknowledged; holding consumption and retrying.")
                 }
             }
-            if !sleep_unless_aborted(abort, delay).await {
+            if !backoff.wait(abort).await {
                 return None;
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
