@@ -181,6 +181,14 @@ impl Bus {
         }
     }
 
+    /// Why the bus is not ready, when it is not: one line per Redis connection with a problem.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Bus::Memory(_) => Vec::new(),
+            Bus::Redis(b) => b.problems(),
+        }
+    }
+
     pub async fn close(&self) {
         if let Bus::Redis(b) = self {
             b.close().await;

@@ -12,14 +12,14 @@ pub struct RedisConfig {
     pub broadcast_channel: String,
     /// Deadline for one Redis command, so an outage fails fast instead of hanging. Default 2000 ms.
     pub command_timeout: Duration,
-    /// Pub/Sub messages buffered between fred and herald before some are lost. Default 65536.
-    pub pubsub_buffer: usize,
     /// SSUBSCRIBE/SPUBLISH instead of SUBSCRIBE/PUBLISH, with the user id as the hash tag of
     /// its channel and stream, so a message only touches the shard that owns the user. Default:
     /// on for a `redis-cluster://` URL, off otherwise.
     pub sharded_pubsub: bool,
-    /// Where herald's own subscriber connects: the URL read, unless it is a cluster's.
-    pub address: Option<RedisAddress>,
+    /// The URL read: where every connection goes, and how it authenticates.
+    pub address: RedisAddress,
+    /// TLS settings, for a `rediss` URL.
+    pub tls: Option<RedisTls>,
     /// Key of a user's token revocation (`POST /api/disconnect` with `revoke_tokens`); must
     /// contain {user_id} once. Default `herald:revoked:{user_id}`.
     pub revoked_key: ChannelPattern,
@@ -28,12 +28,8 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// A `redis-cluster://` URL.
     pub fn is_cluster(&self) -> bool {
-        is_cluster_url(&self.url)
+        matches!(self.address.target, RedisTarget::Cluster { .. })
     }
-}
-
-pub(super) fn is_cluster_url(url: &str) -> bool {
-    url.starts_with("redis-cluster://")
 }
 
 /// A Redis channel (or key) name pattern with exactly one placeholder: `{user_id}` for users'
@@ -95,27 +91,14 @@ impl ChannelPattern {
 pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConfig> {
     walk.section(v, "redis", |walk, s| {
         let url = walk.opt::<String>(s, "url").filter(|u| !u.trim().is_empty());
-        if let Some(u) = &url
-            && !(u.starts_with("redis://") || u.starts_with("redis-sentinel://") || is_cluster_url(u))
-        {
-            walk.error(s.path("url"), "must start with redis://, redis-sentinel:// or redis-cluster:// (TLS is not supported yet)");
-        }
-        let address = match &url {
-            Some(u) if u.starts_with("redis://") || u.starts_with("redis-sentinel://") => match RedisAddress::parse(u) {
-                Ok(a) => Some(a),
-                Err(why) => {
-                    walk.error(s.path("url"), why);
-                    None
-                }
-            },
-            Some(u) if is_cluster_url(u) => {
-                if let Err(why) = super::redis_url::check_cluster_database(u) {
-                    walk.error(s.path("url"), why);
-                }
+        let address = url.as_deref().and_then(|u| match RedisAddress::parse(u) {
+            Ok(a) => Some(a),
+            Err(why) => {
+                walk.error(s.path("url"), why);
                 None
             }
-            _ => None,
-        };
+        });
+        let tls = read_tls(walk, s, address.as_ref().is_some_and(|a| a.tls));
         let channel = pattern(walk, s, "channel", "herald:user:{user_id}", ChannelPattern::PLACEHOLDER);
         let group_channel = pattern(walk, s, "group_channel", "herald:group:{group}", ChannelPattern::GROUP_PLACEHOLDER);
         let broadcast_channel: String = walk.get(s, "broadcast_channel", "herald:broadcast".into());
@@ -132,18 +115,9 @@ pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConf
         }
         let revoked_key = pattern(walk, s, "revoked_key", "herald:revoked:{user_id}", ChannelPattern::PLACEHOLDER);
         let command_timeout = Duration::from_millis(ranged(walk, s, "command_timeout_ms", 2000u64, 10..=600_000));
-        let pubsub_buffer = ranged(walk, s, "pubsub_buffer", 65_536usize, 16..=16_777_216);
-        let sharded_pubsub = walk.get(s, "sharded_pubsub", url.as_deref().is_some_and(is_cluster_url));
-        url.map(|url| RedisConfig {
-            url,
-            channel,
-            group_channel,
-            broadcast_channel,
-            command_timeout,
-            pubsub_buffer,
-            sharded_pubsub,
-            address,
-            revoked_key,
-        })
+        let cluster = matches!(address.as_ref().map(|a| &a.target), Some(RedisTarget::Cluster { .. }));
+        let sharded_pubsub = walk.get(s, "sharded_pubsub", cluster);
+        let (url, address) = (url?, address?);
+        Some(RedisConfig { url, channel, group_channel, broadcast_channel, command_timeout, sharded_pubsub, address, tls, revoked_key })
     })
 }

@@ -191,18 +191,31 @@ fn a_cluster_url_selects_sharded_pubsub_with_hash_tagged_names() {
 }
 
 #[test]
-fn a_sentinel_url_is_read_and_tls_or_a_broken_url_is_refused_by_path() {
+fn a_sentinel_url_is_read_and_a_broken_url_or_tls_section_is_refused_by_path() {
     let c = parse(&format!("{MINIMAL}redis: {{url: \"redis-sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster\"}}\n")).unwrap();
     let redis = c.redis.unwrap();
-    assert!(!redis.is_cluster() && !redis.sharded_pubsub);
-    match redis.address.unwrap().target {
-        RedisTarget::Sentinel { sentinels, master } => assert_eq!((sentinels.len(), master.as_str()), (2, "mymaster")),
+    assert!(!redis.is_cluster() && !redis.sharded_pubsub && redis.tls.is_none());
+    match redis.address.target {
+        RedisTarget::Sentinel { sentinels, master, .. } => assert_eq!((sentinels.len(), master.as_str()), (2, "mymaster")),
         other => panic!("{other:?}"),
     }
-    assert!(parse(&format!("{MINIMAL}redis: {{url: \"redis-cluster://h:1\"}}\n")).unwrap().redis.unwrap().address.is_none());
-    for url in ["rediss://h:6379", "redis-sentinel://h:1,h:2", "redis://h:port"] {
+    let cluster = parse(&format!("{MINIMAL}redis: {{url: \"redis-cluster://h:1\"}}\n")).unwrap().redis.unwrap();
+    assert!(cluster.is_cluster() && cluster.sharded_pubsub);
+    for url in ["redis-sentinel://h:1,h:2", "redis://h:port", "redis-cluster://h:1/3", "redis://h?x=1"] {
         assert_eq!(error_paths(&format!("{MINIMAL}redis: {{url: \"{url}\"}}\n")), ["redis.url"], "{url}");
     }
+    // TLS settings for a URL without TLS, a CA file that is not there, half of mutual TLS.
+    assert_eq!(error_paths(&format!("{MINIMAL}redis: {{url: \"redis://h\", tls: {{ca_file: /x}}}}\n")), ["redis.tls"]);
+    assert_eq!(
+        error_paths(&format!("{MINIMAL}redis: {{url: \"rediss://h\", tls: {{ca_file: /nonexistent.pem}}}}\n")),
+        ["redis.tls.ca_file"]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let yaml = format!("{MINIMAL}redis: {{url: \"rediss://h\", tls: {{ca_file: {}, cert_file: {}}}}}\n", empty.display(), empty.display());
+    assert_eq!(error_paths(&yaml), ["redis.tls.ca_file", "redis.tls.key_file"]);
+    assert!(parse(&format!("{MINIMAL}redis: {{url: \"rediss://h\"}}\n")).unwrap().redis.unwrap().tls.is_some(), "system roots");
 }
 
 #[test]

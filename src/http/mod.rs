@@ -109,7 +109,13 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     let (kafka, bus, draining) = (s.kafka.is_connected(), s.bus.is_ready(), s.draining.is_cancelled());
     let ready = kafka && bus && !draining;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "kafka": kafka, "bus": bus, "draining": draining })))
+    let mut body = json!({ "ready": ready, "kafka": kafka, "bus": bus, "draining": draining });
+    // Why, when something is wrong: what an operator reads first.
+    let problems: Vec<String> = s.bus.problems().into_iter().map(|p| format!("redis {p}")).chain(s.kafka.problem()).collect();
+    if !problems.is_empty() {
+        body["problems"] = json!(problems);
+    }
+    (status, Json(body))
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

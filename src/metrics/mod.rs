@@ -81,8 +81,6 @@ catalog! {
         "Bus publishes retried after a transient failure.";
     RECEIVED = "herald_bus_notifications_received_total", Counter, Count,
         "Notifications this instance received from the bus for its users.";
-    BUS_LAGGED = "herald_bus_messages_lost_total", Counter, Count,
-        "Pub/Sub messages lost because herald fell behind the Redis client buffer.";
     BUS_DECODE_FAILURES = "herald_bus_decode_failures_total", Counter, Count,
         "Bus messages that were not herald envelopes.";
     REDIS_CONNECTED = "herald_bus_redis_connected", Gauge, Count,
@@ -172,7 +170,6 @@ pub struct Metrics {
     pub published: PerKind,
     pub publish_retries: Counter,
     pub received: Counter,
-    pub bus_lagged: Counter,
     pub bus_decode_failures: Counter,
     /// Redis connection: `herald_bus_redis_connected` and time disconnected (reconnects are
     /// counted from the client's own events, in `redis_reconnects`).
@@ -279,7 +276,6 @@ impl Metrics {
             published: per_kind(PUBLISHED),
             publish_retries: counter(PUBLISH_RETRIES, vec![]),
             received: counter(RECEIVED, vec![]),
-            bus_lagged: counter(BUS_LAGGED, vec![]),
             bus_decode_failures: counter(BUS_DECODE_FAILURES, vec![]),
             redis: Outage::new(gauge(REDIS_CONNECTED), counter(REDIS_DISCONNECTED, vec![]), None),
             redis_reconnects: counter(REDIS_RECONNECTS, vec![]),

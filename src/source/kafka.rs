@@ -47,17 +47,33 @@ const DEFAULT_OPTIONS: &[(&str, &str)] = &[
 #[derive(Default)]
 pub struct KafkaHealth {
     connected: AtomicBool,
+    /// Why the brokers cannot be used, as librdkafka last said (kept until they can: it
+    /// repeats an identical error only every 30 s).
+    problem: std::sync::Mutex<Option<String>>,
 }
 
 impl KafkaHealth {
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    /// Why Kafka is not usable, while it is not.
+    pub fn problem(&self) -> Option<String> {
+        if self.is_connected() {
+            return None;
+        }
+        self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_problem(&self, why: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
 }
 
-/// Logs rebalances and counts commit failures.
+/// Logs rebalances, counts commit failures, keeps the reason the brokers cannot be used.
 struct Context {
     metrics: Arc<Metrics>,
+    health: Arc<KafkaHealth>,
 }
 
 impl ClientContext for Context {
@@ -73,7 +89,24 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        debug!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let what = match error.rdkafka_error_code() {
+            Some(Code::Authentication | Code::SaslAuthenticationFailed) => "kafka authentication failed",
+            Some(Code::SSL) => "kafka TLS failed",
+            Some(Code::AllBrokersDown) => "kafka brokers unreachable",
+            Some(Code::Resolve) => "kafka broker address does not resolve",
+            Some(Code::Fatal) => "kafka client failed",
+            _ => {
+                debug!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+                return;
+            }
+        };
+        warn!(target: "librdkafka", error = %error, "{what}: {reason}");
+        // "All brokers down" follows the real cause: keep the cause.
+        let keep = what == "kafka brokers unreachable" && self.health.problem.lock().is_ok_and(|p| p.is_some());
+        if !keep {
+            self.health.set_problem(Some(format!("{what}: {reason}")));
+        }
     }
 }
 
@@ -155,8 +188,9 @@ impl KafkaSource {
             // The heart of at-least-once: nothing is committed that herald did not store itself.
             .set("enable.auto.offset.store", "false")
             .set_log_level(RDKafkaLogLevel::Warning);
+        let health = Arc::new(KafkaHealth::default());
         let consumer: StreamConsumer<Context> = client
-            .create_with_context(Context { metrics: metrics.clone() })
+            .create_with_context(Context { metrics: metrics.clone(), health: health.clone() })
             .map_err(|e| anyhow::anyhow!("kafka: cannot create the consumer: {e}"))?;
         let topics: Vec<String> = config.kafka.topics.iter().map(|t| t.name.clone()).collect();
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -167,7 +201,7 @@ impl KafkaSource {
             bus,
             dropped: metrics.by_label(RECORDS_DROPPED),
             metrics,
-            health: Arc::new(KafkaHealth::default()),
+            health,
             max_batch: config.kafka.max_batch,
             topics,
             dead_letter: config
@@ -480,7 +514,7 @@ async fn probe_connection(
         let c = consumer.clone();
         let t = topic.clone();
         let up = tokio::task::spawn_blocking(move || {
-            let up = c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok();
+            let up = c.fetch_metadata(Some(&t), Duration::from_secs(2));
             // If the source finished meanwhile, this is the last reference, and dropping it closes
             // the consumer: a blocking call that, with the broker gone, never returns. Never on
             // the blocking pool, which runtime shutdown waits for: on a thread nobody joins.
@@ -490,7 +524,19 @@ async fn probe_connection(
             up
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or_else(|e| Err(KafkaError::Canceled).inspect_err(|_| debug!(error = %e, "metadata probe failed")));
+        let up = match up {
+            Ok(_) => {
+                health.set_problem(None);
+                true
+            }
+            Err(e) => {
+                if health.problem().is_none() {
+                    health.set_problem(Some(format!("kafka metadata request failed: {e}")));
+                }
+                false
+            }
+        };
         health.connected.store(up, Ordering::Relaxed);
         metrics.kafka.observe(up);
         if was != Some(up) {

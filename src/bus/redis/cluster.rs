@@ -1,274 +1,184 @@
-//! Redis Cluster subscribing, through fred: the subscription manager (one SSUBSCRIBE per slot,
-//! each confirmed on its shard), and the receiver that hands messages to delivery workers, one
-//! channel always to the same worker so its messages stay in order.
+//! Redis Cluster subscribing: one subscriber connection per master (`subscriber.rs`, which
+//! delivers each message the moment it reads it), holding the channels of the slots that
+//! master serves. When the slot map changes (a failover, a resharding), channels move to their
+//! new master: subscribed there, then dropped from the old one.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-/// One Pub/Sub message, as read off the connection: its channel and the envelope.
-pub(super) struct Pushed {
-    pub(super) channel: Bytes,
-    pub(super) payload: Bytes,
-}
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
-/// A delivery worker's queue, bounded in messages: a burst waits here, in memory taken only as
-/// it fills.
-#[derive(Clone)]
-pub(super) struct WorkerQueue {
-    pub(super) batches: mpsc::UnboundedSender<Vec<Pushed>>,
-    pub(super) room: Arc<tokio::sync::Semaphore>,
-    pub(super) capacity: usize,
-}
+use super::address::Endpoint;
+use super::channels::Channels;
+use super::health::Health;
+use super::interest::{Interest, Op};
+use super::slots::slot_of;
+use super::subscriber::Subscriptions;
+use super::topology::Cluster;
+use crate::bus::Inbound;
+use crate::metrics::Metrics;
 
-impl WorkerQueue {
-    /// Queues `batch` if the worker has room for it. `Ok(false)`: no room, the batch is dropped
-    /// (the caller counts it). `Err`: the worker is gone.
-    pub(super) fn try_send(&self, batch: Vec<Pushed>) -> Result<bool, ()> {
-        let needed = batch.len().min(self.capacity) as u32;
-        match self.room.try_acquire_many(needed) {
-            Ok(permit) => permit.forget(),
-            Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(false),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(()),
-        }
-        self.batches.send(batch).map(|()| true).map_err(drop)
+/// How often the slot map is asked for while every master answers; every second otherwise.
+const REFRESH_EVERY_TICKS: u32 = 10;
+
+/// Whether every master's subscriber connection is up.
+#[derive(Clone, Default)]
+pub struct ShardsUp(Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>);
+
+impl ShardsUp {
+    pub fn all(&self) -> bool {
+        let shards = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        !shards.is_empty() && shards.iter().all(|up| up.load(Ordering::Acquire))
     }
 
-    /// Gives back the room of a batch the worker is done with.
-    pub(super) fn done(&self, delivered: usize) {
-        self.room.add_permits(delivered.min(self.capacity));
+    fn set(&self, shards: Vec<Arc<AtomicBool>>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = shards;
     }
 }
 
-/// Keeps Redis subscriptions equal to the channels wanted by the sockets here.
-pub(super) struct SubscriptionManager {
-    pub(super) subscriber: SubscriberClient,
-    pub(super) sharded: bool,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) interest: Interest,
+/// What every master's subscriber is made with.
+pub struct ShardedSubscriptions {
+    pub cluster: Arc<Cluster>,
+    pub sharded: bool,
+    pub channels: Arc<Channels>,
+    pub timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub deliverer: Arc<dyn Inbound>,
+    pub health: Arc<Health>,
+    pub up: ShardsUp,
 }
 
-impl SubscriptionManager {
-    pub(super) async fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>, cancel: CancellationToken) {
-        let mut reconnects = self.subscriber.reconnect_rx();
-        let mut retry = tokio::time::interval(Duration::from_millis(500));
+struct Shard {
+    ops: mpsc::UnboundedSender<Op>,
+    connected: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl ShardedSubscriptions {
+    pub async fn run(self, mut ops: mpsc::UnboundedReceiver<Op>, cancel: CancellationToken) {
+        let hint = Arc::new(Notify::new());
+        let mut changes = self.cluster.changes();
+        let mut shards: HashMap<Endpoint, Shard> = HashMap::new();
+        // Each channel wanted here: its sockets, and the master holding its subscription.
+        let mut wanted: HashMap<String, (u32, Endpoint)> = HashMap::new();
+        // Joins and leaves that came before any slot map did.
+        let mut waiting: Vec<Op> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u32;
         loop {
+            let mut refresh = false;
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                op = ops.recv() => {
-                    let Some(op) = op else { return };
-                    self.interest.apply(op);
-                    // Take everything queued meanwhile: a connect storm becomes a few commands.
-                    while let Ok(op) = ops.try_recv() {
-                        self.interest.apply(op);
+                _ = cancel.cancelled() => break,
+                op = ops.recv() => match op {
+                    Some(op) => waiting.push(op),
+                    None => break,
+                },
+                () = hint.notified() => refresh = true,
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = tick.tick() => {
+                    ticks += 1;
+                    let all_up = shards.values().all(|s| s.connected.load(Ordering::Acquire));
+                    refresh = shards.is_empty() || !all_up || ticks.is_multiple_of(REFRESH_EVERY_TICKS);
+                }
+            }
+            if refresh {
+                match self.cluster.refresh().await {
+                    Ok(()) => self.health.recovered("cluster"),
+                    Err(e) => {
+                        warn!(error = %e, "Cannot read the Redis Cluster's slot map; retrying.");
+                        self.health.failed("cluster", &e);
                     }
                 }
-                event = reconnects.recv() => {
-                    if matches!(event, Err(RecvError::Closed)) {
-                        return;
+            }
+            let map = self.cluster.map();
+            if map.masters.is_empty() {
+                continue;
+            }
+            // Channels whose slot has another master now move there.
+            for (channel, (sockets, node)) in wanted.iter_mut() {
+                if let Some(owner) = map.master_of(slot_of(channel.as_bytes()))
+                    && owner != node
+                {
+                    info!(channel, from = %format!("{}:{}", node.0, node.1), to = %format!("{}:{}", owner.0, owner.1), "Subscription moves to the slot's new master.");
+                    self.shard(&mut shards, owner, &hint).ops.send(Op::Adopt(channel.clone(), *sockets)).ok();
+                    if let Some(old) = shards.get(node) {
+                        old.ops.send(Op::Forget(channel.clone())).ok();
                     }
-                    // A new connection has no subscriptions: redo them all.
-                    info!(channels = self.interest.wanted.len(), "Redis subscriber reconnected; re-subscribing.");
-                    self.metrics.redis_reconnects.increment(1);
-                    self.interest.reset();
-                }
-                _ = retry.tick(), if !self.interest.dirty.is_empty() => {}
-            }
-            self.sync().await;
-        }
-    }
-
-    pub(super) async fn sync(&mut self) {
-        let (subscribe, unsubscribe) = self.interest.changes();
-        if self.sharded {
-            self.sync_sharded(subscribe, unsubscribe).await;
-        } else {
-            self.sync_classic(subscribe, unsubscribe).await;
-        }
-        self.metrics.subscriptions.set(self.interest.subscribed.len() as f64);
-        self.interest.answer_waiters();
-    }
-}
-
-impl SubscriptionManager {
-    pub(super) async fn sync_classic(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>) {
-        let mut sent = Vec::new();
-        for chunk in subscribe.chunks(CHANNELS_PER_COMMAND) {
-            match self.subscriber.subscribe(chunk.to_vec()).await {
-                Ok(()) => sent.extend_from_slice(chunk),
-                Err(e) => {
-                    warn!(error = %e, channels = chunk.len(), "SUBSCRIBE failed; retrying.");
-                    self.interest.dirty.extend(chunk.iter().cloned());
+                    *node = owner.clone();
                 }
             }
-        }
-        for chunk in unsubscribe.chunks(CHANNELS_PER_COMMAND) {
-            match self.subscriber.unsubscribe(chunk.to_vec()).await {
-                Ok(()) => chunk.iter().for_each(|u| {
-                    self.interest.subscribed.remove(u);
-                }),
-                Err(e) => {
-                    warn!(error = %e, channels = chunk.len(), "UNSUBSCRIBE failed; retrying.");
-                    self.interest.dirty.extend(chunk.iter().cloned());
-                }
-            }
-        }
-        if !sent.is_empty() {
-            // fred returns from SUBSCRIBE once the command is written; Redis answers commands in
-            // order, so the PING's reply proves the subscriptions before it are live.
-            match self.subscriber.ping::<fred::types::Value>(None).await {
-                Ok(_) => self.interest.subscribed.extend(sent),
-                Err(e) => {
-                    warn!(error = %e, "Subscription not confirmed; retrying.");
-                    self.interest.dirty.extend(sent);
-                }
-            }
-        }
-    }
-
-    /// Sharded channels are grouped by slot: one SSUBSCRIBE may only name channels of one slot,
-    /// and it goes to the shard owning that slot, so its confirming PING must go there too.
-    pub(super) async fn sync_sharded(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>) {
-        let subscriber = &self.subscriber;
-        let subscribed = futures::stream::iter(by_slot(subscribe))
-            .map(|(slot, users)| async move {
-                let channels = users.clone();
-                let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
-                let result = match subscriber.ssubscribe(channels).await {
-                    Ok(()) => subscriber.custom::<fred::types::Value, Vec<String>>(ping, Vec::new()).await.map(drop),
-                    Err(e) => Err(e),
+            for op in waiting.drain(..) {
+                let channel = match &op {
+                    Op::Acquire(c, _) | Op::Release(c) | Op::Adopt(c, _) | Op::Forget(c) => c.clone(),
                 };
-                (users, result)
-            })
-            .buffer_unordered(SLOTS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
-        for (users, result) in subscribed {
-            match result {
-                Ok(()) => self.interest.subscribed.extend(users),
-                Err(e) => {
-                    warn!(error = %e, channels = users.len(), "SSUBSCRIBE not confirmed; retrying.");
-                    self.interest.dirty.extend(users);
-                }
+                let node = match (&op, wanted.get_mut(&channel)) {
+                    (Op::Acquire(..), Some((sockets, node))) => {
+                        *sockets += 1;
+                        node.clone()
+                    }
+                    (Op::Acquire(..), None) => {
+                        let Some(owner) = map.master_of(slot_of(channel.as_bytes())) else { continue };
+                        wanted.insert(channel.clone(), (1, owner.clone()));
+                        owner.clone()
+                    }
+                    (Op::Release(_), Some((sockets, node))) => {
+                        let node = node.clone();
+                        *sockets -= 1;
+                        if *sockets == 0 {
+                            wanted.remove(&channel);
+                        }
+                        node
+                    }
+                    _ => continue,
+                };
+                self.shard(&mut shards, &node, &hint).ops.send(op).ok();
             }
+            // Masters no longer in the map hold nothing now: their connections close.
+            shards.retain(|node, shard| {
+                let keep = map.masters.contains(node);
+                if !keep {
+                    shard.stop.cancel();
+                    self.health.recovered(&format!("subscriber {}:{}", node.0, node.1));
+                }
+                keep
+            });
+            self.up.set(shards.values().map(|s| s.connected.clone()).collect());
         }
-        let unsubscribed = futures::stream::iter(by_slot(unsubscribe))
-            .map(|(_, users)| async move {
-                let channels = users.clone();
-                (subscriber.sunsubscribe(channels).await, users)
-            })
-            .buffer_unordered(SLOTS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
-        for (result, users) in unsubscribed {
-            match result {
-                Ok(()) => users.iter().for_each(|u| {
-                    self.interest.subscribed.remove(u);
-                }),
-                Err(e) => {
-                    warn!(error = %e, channels = users.len(), "SUNSUBSCRIBE failed; retrying.");
-                    self.interest.dirty.extend(users);
-                }
-            }
+        for shard in shards.values() {
+            shard.stop.cancel();
         }
     }
-}
 
-/// Channels grouped by their cluster slot, at most CHANNELS_PER_COMMAND per group.
-pub(super) fn by_slot(channels: Vec<String>) -> Vec<(u16, Vec<String>)> {
-    let mut slots: HashMap<u16, Vec<String>> = HashMap::new();
-    for channel in channels {
-        slots.entry(fred::util::redis_keyslot(channel.as_bytes())).or_default().push(channel);
-    }
-    slots.into_iter().flat_map(|(slot, users)| users.chunks(CHANNELS_PER_COMMAND).map(|c| (slot, c.to_vec())).collect::<Vec<_>>()).collect()
-}
-
-/// The delivery workers (one per core, at most 8), each queueing at most `capacity` messages.
-pub(super) fn delivery_workers(
-    capacity: usize,
-    channels: &Arc<Channels>,
-    deliverer: &Arc<dyn Inbound>,
-    metrics: &Arc<Metrics>,
-) -> Vec<WorkerQueue> {
-    let count = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    (0..count)
-        .map(|_| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let queue = WorkerQueue { batches: tx, room: Arc::new(tokio::sync::Semaphore::new(capacity)), capacity };
-            tokio::spawn(deliver_messages(rx, queue.clone(), channels.clone(), deliverer.clone(), metrics.clone()));
-            queue
+    /// The subscriber of `node`, started on first use.
+    fn shard<'a>(&self, shards: &'a mut HashMap<Endpoint, Shard>, node: &Endpoint, hint: &Arc<Notify>) -> &'a Shard {
+        shards.entry(node.clone()).or_insert_with(|| {
+            let (ops, rx) = mpsc::unbounded_channel();
+            let connected = Arc::new(AtomicBool::new(false));
+            let stop = CancellationToken::new();
+            let subscriptions = Subscriptions {
+                access: self.cluster.access().clone(),
+                node: Some(node.clone()),
+                topology: Some(hint.clone()),
+                health: self.health.clone(),
+                sharded: self.sharded,
+                channels: self.channels.clone(),
+                timeout: self.timeout,
+                metrics: self.metrics.clone(),
+                deliverer: self.deliverer.clone(),
+                connected: connected.clone(),
+                interest: Interest::default(),
+                hold_until: None,
+                reported: 0,
+            };
+            let stopped = stop.clone();
+            tokio::spawn(async move {
+                subscriptions.run(rx, stopped.clone()).await;
+            });
+            Shard { ops, connected, stop }
         })
-        .collect()
-}
-
-/// fred's Pub/Sub messages (Redis Cluster) -> the delivery workers.
-///
-/// fred's reader hands every message to a fixed-size buffer and never waits: whatever this side
-/// has not taken when it is full is lost (and counted). So this loop only takes messages and
-/// passes each to its user's worker, where the decoding and emitting happen.
-pub(super) async fn receive(
-    subscriber: SubscriberClient,
-    channels: Arc<Channels>,
-    workers: Vec<WorkerQueue>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
-    let mut messages = subscriber.message_rx();
-    // On a thread of its own: as a task it waits its turn behind the delivery workers, and a
-    // burst then overflows fred's buffer while the workers' queues still have room.
-    let drain = std::thread::Builder::new().name("herald-bus-drain".into()).spawn(move || {
-        loop {
-            match messages.blocking_recv() {
-                Ok(message) => {
-                    if channels.owner(&message.channel).is_none() {
-                        continue;
-                    }
-                    // One channel always to the same worker, which keeps its messages in order.
-                    let worker = worker_of(&message.channel, workers.len());
-                    let Some(payload) = message.value.as_bytes().map(Bytes::copy_from_slice) else {
-                        metrics.bus_decode_failures.increment(1);
-                        continue;
-                    };
-                    let pushed = Pushed { channel: message.channel.into_inner(), payload };
-                    // fred's buffer is behind this thread: waiting here only moves the loss there.
-                    match workers[worker].try_send(vec![pushed]) {
-                        Ok(true) => {}
-                        Ok(false) => metrics.bus_lagged.increment(1),
-                        Err(()) => return,
-                    }
-                }
-                Err(RecvError::Lagged(lost)) => {
-                    metrics.bus_lagged.increment(lost);
-                    warn!(lost, "Fell behind the Redis Pub/Sub buffer; messages were lost (raise redis.pubsub_buffer).");
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
-    if let Err(e) = drain {
-        warn!(error = %e, "Cannot start the bus drain thread; no notification from Redis will be delivered.");
-        return;
-    }
-    // The thread ends when fred closes its channel (on quit) or the workers are gone.
-    cancel.cancelled().await;
-}
-
-pub(super) fn worker_of(channel: &str, workers: usize) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(channel) as usize % workers
-}
-
-/// One delivery worker (Redis Cluster): decodes its messages and emits them.
-pub(super) async fn deliver_messages(
-    mut batches: mpsc::UnboundedReceiver<Vec<Pushed>>,
-    queue: WorkerQueue,
-    channels: Arc<Channels>,
-    deliverer: Arc<dyn Inbound>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(batch) = batches.recv().await {
-        let count = batch.len();
-        for message in batch {
-            deliver_one(&channels, &*deliverer, &metrics, &message.channel, &message.payload);
-        }
-        queue.done(count);
     }
 }

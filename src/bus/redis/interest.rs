@@ -1,6 +1,6 @@
 //! The Pub/Sub channels this instance wants (its users', its groups', the broadcast one), and
-//! what Redis has confirmed: the state both subscribers (herald's own and fred's, on a cluster)
-//! keep in step with joins and leaves.
+//! what Redis has confirmed: the state each subscriber connection keeps in step with joins and
+//! leaves.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +10,10 @@ use tokio::sync::oneshot;
 pub enum Op {
     Acquire(String, oneshot::Sender<()>),
     Release(String),
+    /// A cluster channel whose slot moved here, with its sockets.
+    Adopt(String, u32),
+    /// A cluster channel whose slot moved to another master.
+    Forget(String),
 }
 
 #[derive(Default)]
@@ -35,6 +39,14 @@ impl Interest {
                     self.dirty.insert(user.clone());
                     self.waiters.push((user, tx));
                 }
+            }
+            Op::Adopt(channel, sockets) => {
+                *self.wanted.entry(channel.clone()).or_insert(0) += sockets;
+                self.dirty.insert(channel);
+            }
+            Op::Forget(channel) => {
+                self.wanted.remove(&channel);
+                self.dirty.insert(channel);
             }
             Op::Release(user) => {
                 if let Some(count) = self.wanted.get_mut(&user) {

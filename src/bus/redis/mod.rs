@@ -1,68 +1,68 @@
 //! Redis Pub/Sub bus: one channel per user and one per group, subscribed while the user (or a
 //! member of the group) has a socket here, and one broadcast channel every instance subscribes.
 //!
-//! Subscribing: on one server or a Sentinel-watched master, herald's own subscriber connection
-//! (`subscriber.rs`, the only writer of SUBSCRIBE/UNSUBSCRIBE, so the order of a user's joins
-//! and leaves is kept); on a cluster, fred's subscriber client, with a subscription manager and
-//! a receiver here that hands messages to delivery workers (one user always to the same one,
-//! which keeps a user's notifications in order); herald's own subscriber delivers as it reads.
-//! Publishing pipelines a whole batch, over herald's own connection (`publisher.rs`) or, on a
-//! cluster, through fred; a connection watcher reports readiness.
+//! All of it runs on herald's own connections (no client library: see docs/architecture.md,
+//! "One Redis client"), plain or TLS: a subscriber connection (`subscriber.rs`, the only
+//! writer of SUBSCRIBE/UNSUBSCRIBE, so the order of a user's joins and leaves is kept, and
+//! delivering each message as it reads it), one per master on a cluster (`cluster.rs`); and
+//! pipelined connections for publishing and reads (`nodes.rs`), per master on a cluster,
+//! following its slot map (`topology.rs`). A watcher pings them and reports readiness.
 
 mod address;
 mod channels;
 mod cluster;
+mod health;
 mod interest;
-mod publisher;
+mod link;
+mod nodes;
+mod pipelined;
 mod replies;
 pub mod resp;
 mod sessions;
+mod slots;
 mod store;
 mod subscriber;
+mod topology;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface, StreamsInterface};
-use fred::prelude::{Builder, Config as FredConfig, ReconnectPolicy};
-use fred::types::{ClusterHash, CustomCommand};
-use futures::StreamExt as _;
-use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use address::Access;
 use channels::{Channels, Owner};
-use cluster::{SubscriptionManager, delivery_workers, receive};
+use cluster::{ShardedSubscriptions, ShardsUp};
+use health::Health;
 use interest::{Interest, Op};
-use replies::{frame_of, integer, parse_entries};
+use link::LinkError;
+use nodes::{Lane, Nodes};
+use replies::{integer, parse_entries};
 use resp::Frame;
+use slots::slot_of;
 use store::{STORE_AND_PUBLISH, STORE_AND_SPUBLISH, StoreScript};
+use topology::Command;
 
 use super::envelope;
 use super::{Addressee, Inbound};
 use super::{BusError, Published, Subscribing};
-use crate::config::{ChannelPattern, RedisAddress, RedisConfig, RedisTarget, ReplayConfig};
+use crate::config::{ChannelPattern, RedisConfig, ReplayConfig};
 use crate::metrics::Metrics;
-use crate::replay::{History, NotificationId, Retained, history_after};
+use crate::replay::{History, NotificationId, history_after};
 use crate::route::Notification;
 use crate::supervise::Supervisor;
-use serde_json::value::RawValue;
 
 /// How far Redis's clock (stream ids) may be behind ours, for the retry search of the store
 /// script: entries stored by a failed attempt are looked for from its start minus this.
 const CLOCK_SKEW_MS: i64 = 60_000;
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
-/// Event buffer of the publishing client, which subscribes to nothing.
-const PUBLISHER_EVENT_BUFFER: usize = 32;
-/// Sharded subscriptions go one slot per command; this many commands are in flight at once.
-const SLOTS_IN_FLIGHT: usize = 256;
+/// How often the watcher pings Redis (every master of a cluster) for readiness.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// After Redis comes back, every instance must re-subscribe its users before their channels
 /// have listeners again. Until this much time has passed since our own reconnection, "no
@@ -70,29 +70,29 @@ const SLOTS_IN_FLIGHT: usize = 256;
 /// not dropped.
 const RESUBSCRIBE_SETTLE: Duration = Duration::from_secs(5);
 
-/// Who holds the subscriptions.
+/// Whether the subscriptions' connections are up.
 enum Subscriber {
-    /// herald's own connection: whether it is up.
-    Own(Arc<AtomicBool>),
-    /// fred's subscriber client (Redis Cluster).
-    Fred(SubscriberClient),
+    /// One connection: the server, or the Sentinels' master.
+    One(Arc<AtomicBool>),
+    /// One per cluster master.
+    Shards(ShardsUp),
 }
 
 impl Subscriber {
     fn is_connected(&self) -> bool {
         match self {
-            Subscriber::Own(up) => up.load(Ordering::Acquire),
-            Subscriber::Fred(client) => client.is_connected(),
+            Subscriber::One(up) => up.load(Ordering::Acquire),
+            Subscriber::Shards(up) => up.all(),
         }
     }
 }
 
 pub struct RedisBus {
-    /// fred: history reads, the store script's loading, and on a cluster all publishing.
-    publisher: Client,
-    /// herald's own publishing connection, on one server or a Sentinel-watched master.
-    own_publisher: Option<publisher::Publisher>,
+    nodes: Arc<Nodes>,
+    /// The last command or ping through `nodes` went through.
+    nodes_up: Arc<AtomicBool>,
     subscriber: Arc<Subscriber>,
+    health: Arc<Health>,
     /// SSUBSCRIBE/SPUBLISH, with hash-tagged channel and stream names.
     sharded: bool,
     /// The store script for this mode, called by its SHA1 (EVALSHA) rather than sending its
@@ -105,9 +105,6 @@ pub struct RedisBus {
     replay: ReplayConfig,
     ops: mpsc::UnboundedSender<Op>,
     command_timeout: Duration,
-    /// When the publisher last reconnected; see [`RESUBSCRIBE_SETTLE`]. A connection made during
-    /// start-up does not count: Redis did not just lose the other instances' subscriptions.
-    reconnected_at: Arc<std::sync::Mutex<Option<Instant>>>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -120,41 +117,30 @@ impl RedisBus {
         supervisor: &Supervisor,
     ) -> anyhow::Result<Self> {
         let cancel = supervisor.stop_token();
-        // herald's own subscriber for one server or a Sentinel set; fred's on a cluster.
-        let own = config.address.clone();
-        let fred_config = match &own {
-            Some(RedisAddress { target: RedisTarget::Sentinel { sentinels, master }, username, password, database }) => FredConfig {
-                server: fred::types::config::ServerConfig::Sentinel {
-                    hosts: sentinels.iter().map(|(h, p)| fred::types::config::Server::new(h.as_str(), *p)).collect(),
-                    service_name: master.clone(),
-                },
-                username: username.clone(),
-                password: password.clone(),
-                database: *database,
-                ..FredConfig::default()
-            },
-            _ => FredConfig::from_url(&config.url).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
-        };
-        let mut builder = Builder::from_config(fred_config);
         let timeout = config.command_timeout;
-        builder
-            .with_performance_config(|p| {
-                // Without a deadline a command issued during an outage waits forever.
-                p.default_command_timeout = timeout;
-                // The publisher receives no messages: fred's small default for its event
-                // channels (each channel preallocates every slot) is plenty.
-                p.broadcast_channel_capacity = PUBLISHER_EVENT_BUFFER;
-            })
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
-        // No resending by fred after a dropped connection: a store script that ran but lost its
-        // reply would run again and store twice. herald retries itself, with `publish_again`.
-        builder.with_connection_config(|c| c.max_command_attempts = 1);
-        let publisher = builder.build()?;
-        publisher.connect();
+        let access = Access { address: config.address.clone(), tls: config.tls.as_ref().map(|t| t.client.clone()), timeout };
+        let nodes = Arc::new(Nodes::new(access.clone(), config.is_cluster()));
+        let health = Arc::new(Health::default());
+        let store = StoreScript::new(if config.sharded_pubsub { STORE_AND_SPUBLISH } else { STORE_AND_PUBLISH });
+
+        // The first contact: settings that cannot work stop here, with the key to change.
+        let nodes_up = Arc::new(AtomicBool::new(false));
+        match nodes.everywhere(&[b"PING"]).await {
+            Ok(()) => {
+                nodes_up.store(true, Ordering::Release);
+                store.load_or_warn(&nodes).await;
+            }
+            Err(LinkError::Untrusted(e)) => {
+                anyhow::bail!(
+                    "redis.tls.ca_file: Redis's certificate is not trusted (by that CA bundle, or the system roots if unset): {e}"
+                )
+            }
+            Err(LinkError::Refused(e)) => anyhow::bail!("redis.url: {e}"),
+            Err(LinkError::Unreachable(e)) => {
+                health.failed("commands", &LinkError::Unreachable(e.clone()));
+                warn!(url = %redact(&config.url), error = %e, "Redis is not reachable yet; herald keeps retrying and stays unready until it is.");
+            }
+        }
 
         let sharded = config.sharded_pubsub;
         let stream = if sharded { replay_config.stream.hash_tagged() } else { replay_config.stream.clone() };
@@ -163,11 +149,14 @@ impl RedisBus {
         // Every instance hears broadcasts, for as long as it runs.
         let _ = ops.send(Op::Acquire(channels.broadcast().to_owned(), oneshot::channel().0));
         let mut tasks = Vec::new();
-        let subscriber = match own {
-            Some(address) => {
+        let subscriber = match &*nodes {
+            Nodes::Single { .. } => {
                 let up = Arc::new(AtomicBool::new(false));
                 let subscriptions = subscriber::Subscriptions {
-                    address,
+                    access,
+                    node: None,
+                    topology: None,
+                    health: health.clone(),
                     sharded,
                     channels: channels.clone(),
                     timeout,
@@ -175,54 +164,42 @@ impl RedisBus {
                     deliverer: deliverer.clone(),
                     connected: up.clone(),
                     interest: Interest::default(),
+                    hold_until: None,
+                    reported: 0,
                 };
                 tasks.push(supervisor.spawn("redis subscriber", subscriptions.run(ops_rx, cancel.clone())));
-                Subscriber::Own(up)
+                Subscriber::One(up)
             }
-            None => {
-                let default_attempts = fred::types::config::ConnectionConfig::default().max_command_attempts;
-                builder.with_connection_config(|c| c.max_command_attempts = default_attempts);
-                // fred's default of 32 silently drops Pub/Sub messages under load.
-                builder.with_performance_config(|p| p.broadcast_channel_capacity = config.pubsub_buffer);
-                let client = builder.build_subscriber_client()?;
-                client.connect();
-                let manager =
-                    SubscriptionManager { subscriber: client.clone(), sharded, metrics: metrics.clone(), interest: Interest::default() };
-                tasks.push(supervisor.spawn("redis subscription manager", manager.run(ops_rx, cancel.clone())));
-                let workers = delivery_workers(config.pubsub_buffer, &channels, &deliverer, &metrics);
-                tasks.push(
-                    supervisor.spawn("redis receiver", receive(client.clone(), channels.clone(), workers, metrics.clone(), cancel.clone())),
-                );
-                Subscriber::Fred(client)
+            Nodes::Cluster(cluster) => {
+                let up = ShardsUp::default();
+                let shards = ShardedSubscriptions {
+                    cluster: cluster.clone(),
+                    sharded,
+                    channels: channels.clone(),
+                    timeout,
+                    metrics: metrics.clone(),
+                    deliverer: deliverer.clone(),
+                    health: health.clone(),
+                    up: up.clone(),
+                };
+                tasks.push(supervisor.spawn("redis cluster subscribers", shards.run(ops_rx, cancel.clone())));
+                Subscriber::Shards(up)
             }
         };
         let subscriber = Arc::new(subscriber);
-        let own_publisher = config.address.clone().map(|a| publisher::Publisher::new(a, timeout));
-        let connected = async {
-            let publisher_up = tokio::time::timeout(timeout, publisher.wait_for_connect()).await;
-            let deadline = Instant::now() + timeout;
-            while !subscriber.is_connected() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            matches!(publisher_up, Ok(Ok(()))) && subscriber.is_connected()
-        };
-        if !connected.await {
-            warn!(url = %redact(&config.url), "Redis is not reachable yet; herald keeps retrying and stays unready until it is.");
+        let deadline = Instant::now() + timeout;
+        while !subscriber.is_connected() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-
-        let store = StoreScript::new(if sharded { STORE_AND_SPUBLISH } else { STORE_AND_PUBLISH });
-        if publisher.is_connected() {
-            store.load_or_warn(&publisher).await;
-        }
-        let reconnected_at = Arc::new(std::sync::Mutex::new(None));
         tasks.push(supervisor.spawn(
             "redis connection watcher",
-            watch_connection(publisher.clone(), subscriber.clone(), store.clone(), reconnected_at.clone(), metrics, cancel),
+            watch_connection(nodes.clone(), nodes_up.clone(), subscriber.clone(), store.clone(), health.clone(), metrics, cancel),
         ));
         Ok(Self {
-            publisher,
-            own_publisher,
+            nodes,
+            nodes_up,
             subscriber,
+            health,
             sharded,
             store,
             channels,
@@ -231,7 +208,6 @@ impl RedisBus {
             replay: replay_config.clone(),
             ops,
             command_timeout: timeout,
-            reconnected_at,
             tasks,
         })
     }
@@ -255,7 +231,7 @@ impl RedisBus {
         let missing: Vec<usize> =
             replies.iter().enumerate().filter(|(_, r)| matches!(r, Err(e) if e.starts_with("NOSCRIPT"))).map(|(i, _)| i).collect();
         if !missing.is_empty() {
-            self.store.load(&self.publisher).await.map_err(|e| BusError(format!("Redis lost the store script and cannot load it: {e}")))?;
+            self.store.load(&self.nodes).await.map_err(|e| BusError(format!("Redis lost the store script and cannot load it: {e}")))?;
             let again: Vec<Notification> = missing.iter().map(|&i| batch[i].clone()).collect();
             for (i, reply) in missing.into_iter().zip(self.send(&again, retry_since_ms).await?) {
                 replies[i] = reply;
@@ -318,27 +294,11 @@ impl RedisBus {
         if self.sharded { b"SPUBLISH" } else { b"PUBLISH" }
     }
 
-    /// Sends commands (each its arguments, the command name first) in one pipeline, through
-    /// herald's own connection or, on a cluster, through fred (which routes each by its slot).
+    /// Sends commands (each its arguments, the command name first) in one pipeline (one per
+    /// master on a cluster, each command to the master of its key's or channel's slot).
     async fn pipeline(&self, commands: Vec<Vec<Vec<u8>>>, expected: usize) -> Result<Vec<Result<Frame, String>>, BusError> {
-        let replies = match &self.own_publisher {
-            Some(publisher) => {
-                let mut pipeline = publisher::Pipeline::default();
-                for args in &commands {
-                    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-                    pipeline.push(&args);
-                }
-                let frames = publisher.send(&pipeline).await.map_err(BusError)?;
-                frames
-                    .into_iter()
-                    .map(|f| match f {
-                        Frame::Error(e) => Err(String::from_utf8_lossy(&e).into_owned()),
-                        other => Ok(other),
-                    })
-                    .collect::<Vec<_>>()
-            }
-            None => self.fred_pipeline(commands).await?,
-        };
+        let commands: Vec<Command> = commands.into_iter().map(routed).collect();
+        let replies = self.run(&commands, Lane::Write).await?;
         // Callers match results to notifications by position.
         if replies.len() != expected {
             return Err(BusError(format!("{} replies to {} commands", replies.len(), expected)));
@@ -346,25 +306,20 @@ impl RedisBus {
         Ok(replies)
     }
 
-    async fn fred_pipeline(&self, commands: Vec<Vec<Vec<u8>>>) -> Result<Vec<Result<Frame, String>>, BusError> {
-        let pipeline = self.publisher.pipeline();
-        for mut args in commands {
-            let name = args.remove(0);
-            let args: Vec<Bytes> = args.into_iter().map(Bytes::from).collect();
-            let queued: Result<(), _> = match name.as_slice() {
-                b"EVALSHA" => {
-                    // Routed by the stream key: FirstKey would hash the script's SHA1 (EVALSHA's
-                    // first argument) and every call would bounce off a MOVED redirect on a cluster.
-                    let slot = fred::util::redis_keyslot(&args[2]);
-                    pipeline.custom(CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false), args).await
-                }
-                b"SPUBLISH" => pipeline.spublish(String::from_utf8_lossy(&args[0]).into_owned(), Bytes::clone(&args[1])).await,
-                _ => pipeline.publish(String::from_utf8_lossy(&args[0]).into_owned(), Bytes::clone(&args[1])).await,
-            };
-            queued.map_err(|e| BusError(e.to_string()))?;
+    /// Sends commands, noting whether the connections work.
+    async fn run(&self, commands: &[Command], lane: Lane) -> Result<Vec<Result<Frame, String>>, BusError> {
+        let result = self.nodes.send(commands, lane).await;
+        self.nodes_up.store(result.is_ok(), Ordering::Release);
+        match result {
+            Ok(replies) => {
+                self.health.recovered("commands");
+                Ok(replies)
+            }
+            Err(e) => {
+                self.health.failed("commands", &e);
+                Err(BusError(e.to_string()))
+            }
         }
-        let replies = pipeline.try_all::<fred::types::Value>().await;
-        Ok(replies.into_iter().map(|r| r.map(frame_of).map_err(|e| e.to_string())).collect())
     }
 
     /// The live message of stored notifications again, with their ids, without storing them again.
@@ -392,40 +347,28 @@ impl RedisBus {
     async fn subscribers(&self, channels: impl Iterator<Item = String>) -> Result<Vec<usize>, BusError> {
         let sub: &[u8] = if self.sharded { b"SHARDNUMSUB" } else { b"NUMSUB" };
         let channels: Vec<String> = channels.collect();
-        let by_command: Vec<(u16, Vec<usize>)> = if self.own_publisher.is_some() || !self.sharded {
-            vec![(0, (0..channels.len()).collect())]
-        } else {
-            let mut by_slot: HashMap<u16, Vec<usize>> = HashMap::new();
-            for (i, channel) in channels.iter().enumerate() {
-                by_slot.entry(fred::util::redis_keyslot(channel.as_bytes())).or_default().push(i);
-            }
-            by_slot.into_iter().collect()
-        };
-        let mut counts = vec![0usize; channels.len()];
-        let replies = match &self.own_publisher {
-            Some(_) => {
-                let mut args = vec![b"PUBSUB".to_vec(), sub.to_vec()];
-                args.extend(channels.iter().map(|c| c.as_bytes().to_vec()));
-                self.pipeline(vec![args], 1).await?
-            }
-            None => {
-                let pipeline = self.publisher.pipeline();
-                for (slot, members) in &by_command {
-                    let mut args: Vec<String> = vec![String::from_utf8_lossy(sub).into_owned()];
-                    args.extend(members.iter().map(|&i| channels[i].clone()));
-                    let hash = if self.sharded { ClusterHash::Custom(*slot) } else { ClusterHash::Random };
-                    pipeline
-                        .custom::<(), _>(CustomCommand::new_static("PUBSUB", hash, false), args)
-                        .await
-                        .map_err(|e| BusError(e.to_string()))?;
+        // On a cluster, a channel's subscribers are counted by the master of its slot (where
+        // every instance subscribes it): one command per slot. One server takes one command.
+        let by_command: Vec<(u16, Vec<usize>)> = match &*self.nodes {
+            Nodes::Single { .. } => vec![(0, (0..channels.len()).collect())],
+            Nodes::Cluster(_) => {
+                let mut by_slot: HashMap<u16, Vec<usize>> = HashMap::new();
+                for (i, channel) in channels.iter().enumerate() {
+                    by_slot.entry(slot_of(channel.as_bytes())).or_default().push(i);
                 }
-                let replies = pipeline.try_all::<fred::types::Value>().await;
-                replies.into_iter().map(|r| r.map(frame_of).map_err(|e| e.to_string())).collect()
+                by_slot.into_iter().collect()
             }
         };
-        if replies.len() != by_command.len() {
-            return Err(BusError(format!("{} replies to {} PUBSUB commands", replies.len(), by_command.len())));
-        }
+        let commands: Vec<Command> = by_command
+            .iter()
+            .map(|(slot, members)| {
+                let mut args = vec![b"PUBSUB".to_vec(), sub.to_vec()];
+                args.extend(members.iter().map(|&i| channels[i].as_bytes().to_vec()));
+                Command { args, slot: *slot }
+            })
+            .collect();
+        let replies = self.run(&commands, Lane::Read).await?;
+        let mut counts = vec![0usize; channels.len()];
         for ((_, members), reply) in by_command.iter().zip(replies) {
             // [channel, count, channel, count, ...], in the order asked.
             let Frame::Array(Some(items)) = reply.map_err(BusError)? else {
@@ -441,22 +384,30 @@ impl RedisBus {
     /// True for a while after reconnecting to Redis: other instances may not have re-subscribed
     /// their users yet, so "no subscriber" may not mean "offline".
     pub fn settling(&self) -> bool {
-        let fred = self.reconnected_at.lock().ok().and_then(|t| *t);
-        let own = self.own_publisher.as_ref().and_then(|p| p.reconnected_at());
-        [fred, own].into_iter().flatten().any(|t| t.elapsed() < RESUBSCRIBE_SETTLE)
+        self.nodes.reconnected_at().is_some_and(|t| t.elapsed() < RESUBSCRIBE_SETTLE)
     }
 
     pub async fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> Result<History, BusError> {
-        let key = self.stream.channel(user_id);
-        let count = self.replay.history as u64 + 1;
-        // Reads are safe to resend after a dropped connection, unlike the publisher's writes.
-        let reader = self.publisher.with_options(&fred::types::config::Options { max_attempts: Some(3), ..Default::default() });
-        let entries: fred::types::Value = match since {
-            Some(since) => reader.xrange(key, since.to_string(), "+", Some(count)).await,
-            None if last_n > 0 => reader.xrevrange(key, "+", "-", Some(last_n as u64)).await,
+        let key = self.stream.channel(user_id).into_bytes();
+        let count = (self.replay.history as u64 + 1).to_string().into_bytes();
+        let args: Vec<Vec<u8>> = match since {
+            Some(since) => vec![b"XRANGE".to_vec(), key, since.to_string().into_bytes(), b"+".to_vec(), b"COUNT".to_vec(), count],
+            None if last_n > 0 => {
+                vec![b"XREVRANGE".to_vec(), key, b"+".to_vec(), b"-".to_vec(), b"COUNT".to_vec(), last_n.to_string().into_bytes()]
+            }
             None => return Ok(History::default()),
-        }
-        .map_err(|e| BusError(e.to_string()))?;
+        };
+        let command = [routed(args)];
+        // Reads are safe to send again after a dropped connection, unlike the publisher's writes.
+        let mut attempt = 0;
+        let entries = loop {
+            attempt += 1;
+            match self.run(&command, Lane::Read).await {
+                Ok(mut replies) => break replies.pop().unwrap_or_else(|| Err("no reply".into())).map_err(BusError)?,
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(_) => {}
+            }
+        };
         let mut items = parse_entries(entries);
         if since.is_none() {
             items.reverse();
@@ -484,21 +435,27 @@ impl RedisBus {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.publisher.is_connected() && self.subscriber.is_connected()
+        self.nodes_up.load(Ordering::Acquire) && self.subscriber.is_connected()
+    }
+
+    /// Why Redis is not usable now, one line per connection with a problem.
+    pub fn problems(&self) -> Vec<String> {
+        self.health.problems()
     }
 
     pub async fn close(&self) {
         for task in &self.tasks {
             task.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            if let Subscriber::Fred(client) = &*self.subscriber {
-                let _ = client.quit().await;
-            }
-            let _ = self.publisher.quit().await;
-        })
-        .await;
     }
+}
+
+/// A command with the slot whose master runs it: a script's first key (the stream), or the
+/// key or channel right after the command's name.
+fn routed(args: Vec<Vec<u8>>) -> Command {
+    let key = if args[0] == b"EVALSHA" { args.get(3) } else { args.get(1) };
+    let slot = key.map_or(0, |k| slot_of(k));
+    Command { args, slot }
 }
 
 /// Decodes one bus message and emits it to its audience's local sockets.
@@ -543,38 +500,47 @@ fn stored_for(n: &Notification) -> Option<&str> {
     n.to.user().filter(|_| n.retain)
 }
 
+/// Pings Redis (every master of a cluster) for readiness, and loads the store script again
+/// after a reconnection (a restarted or failed-over Redis has an empty script cache).
 async fn watch_connection(
-    publisher: Client,
+    nodes: Arc<Nodes>,
+    nodes_up: Arc<AtomicBool>,
     subscriber: Arc<Subscriber>,
     store: StoreScript,
-    reconnected_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut reconnects = publisher.reconnect_rx();
+    let mut tick = tokio::time::interval(PING_EVERY);
     let mut was_up = None;
+    let mut loaded_after = nodes.reconnected_at();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
-            event = reconnects.recv() => {
-                if matches!(event, Err(RecvError::Closed)) {
-                    return;
-                }
-                if let Ok(mut t) = reconnected_at.lock() {
-                    *t = Some(Instant::now());
-                }
-                store.load_or_warn(&publisher).await;
+        }
+        match nodes.everywhere(&[b"PING"]).await {
+            Ok(()) => {
+                nodes_up.store(true, Ordering::Release);
+                health.recovered("commands");
+            }
+            Err(e) => {
+                nodes_up.store(false, Ordering::Release);
+                health.failed("commands", &e);
             }
         }
-        let up = publisher.is_connected() && subscriber.is_connected();
+        let reconnected = nodes.reconnected_at();
+        if nodes_up.load(Ordering::Acquire) && (reconnected != loaded_after || was_up == Some(false)) {
+            store.load_or_warn(&nodes).await;
+            loaded_after = reconnected;
+        }
+        let up = nodes_up.load(Ordering::Acquire) && subscriber.is_connected();
         metrics.redis.observe(up);
         if was_up != Some(up) {
             if up {
                 info!("Redis connected.");
             } else {
-                warn!("Redis disconnected; publishing waits and retries.");
+                warn!(problems = ?health.problems(), "Redis disconnected; publishing waits and retries.");
             }
             was_up = Some(up);
         }

@@ -1,7 +1,9 @@
-//! Redis replies as herald reads them: counts, stream entries, and fred's values in the
-//! frame form of herald's own connections.
+//! Redis replies as herald reads them: counts and stream entries.
 
-use super::*;
+use serde_json::value::RawValue;
+
+use super::resp::Frame;
+use crate::replay::{NotificationId, Retained};
 
 /// An integer reply as a count (0 for anything else, or a negative).
 pub(super) fn integer(frame: Option<&Frame>) -> usize {
@@ -11,43 +13,46 @@ pub(super) fn integer(frame: Option<&Frame>) -> usize {
     }
 }
 
-/// A reply fred read, in the form herald's own connections read.
-pub(super) fn frame_of(value: fred::types::Value) -> Frame {
-    use fred::types::Value;
-    match value {
-        Value::Integer(n) => Frame::Integer(n),
-        Value::Boolean(b) => Frame::Integer(b as i64),
-        Value::Null => Frame::Bulk(None),
-        Value::Array(items) => Frame::Array(Some(items.into_iter().map(frame_of).collect())),
-        Value::Bytes(b) => Frame::Bulk(Some(b)),
-        Value::String(s) => Frame::Bulk(Some(s.into_inner())),
-        Value::Double(d) => Frame::Bulk(Some(Bytes::from(d.to_string()))),
-        other => Frame::Bulk(other.as_bytes().map(Bytes::copy_from_slice)),
-    }
-}
-
 /// Stream entries `[[id, [field, value, ...]], ...]` as retained notifications.
-pub(super) fn parse_entries(value: fred::types::Value) -> Vec<Retained> {
-    use fred::types::Value;
-    let Value::Array(entries) = value else { return Vec::new() };
+pub(super) fn parse_entries(reply: Frame) -> Vec<Retained> {
+    let Frame::Array(Some(entries)) = reply else { return Vec::new() };
     entries
         .into_iter()
         .filter_map(|entry| {
-            let Value::Array(mut parts) = entry else { return None };
-            let fields = match parts.pop()? {
-                Value::Array(f) => f,
-                _ => return None,
-            };
-            let id: NotificationId = parts.pop()?.as_string()?.parse().ok()?;
+            let Frame::Array(Some(mut parts)) = entry else { return None };
+            let Frame::Array(Some(fields)) = parts.pop()? else { return None };
+            let id: NotificationId = parts.pop()?.as_str()?.parse().ok()?;
             let (mut event, mut payload) = (None, None);
             for pair in fields.chunks(2) {
-                match (pair[0].as_string().as_deref(), pair.get(1).and_then(|v| v.as_string())) {
-                    (Some("e"), Some(v)) => event = Some(v),
-                    (Some("p"), Some(v)) => payload = RawValue::from_string(v).ok(),
+                match (pair[0].as_str(), pair.get(1).and_then(Frame::as_str)) {
+                    (Some("e"), Some(v)) => event = Some(v.to_owned()),
+                    (Some("p"), Some(v)) => payload = RawValue::from_string(v.to_owned()).ok(),
                     _ => {}
                 }
             }
             Some(Retained { id, event: event?, payload: payload? })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn stream_entries_become_retained_notifications() {
+        let bulk = |s: &str| Frame::Bulk(Some(Bytes::from(s.to_owned())));
+        let entry =
+            |id: &str, fields: &[&str]| Frame::Array(Some(vec![bulk(id), Frame::Array(Some(fields.iter().map(|f| bulk(f)).collect()))]));
+        let reply = Frame::Array(Some(vec![
+            entry("1-0", &["e", "notification", "t", "5", "p", "{\"a\":1}"]),
+            entry("2-0", &["e", "notification"]),
+            entry("3-1", &["p", "[1]", "e", "x", "o", "k"]),
+        ]));
+        let got = parse_entries(reply);
+        assert_eq!(got.len(), 2, "an entry without its payload is skipped");
+        assert_eq!((got[0].id.to_string(), got[0].payload.get()), ("1-0".to_owned(), "{\"a\":1}"));
+        assert_eq!((got[1].event.as_str(), got[1].payload.get()), ("x", "[1]"));
+    }
 }

@@ -43,9 +43,10 @@ impl Frame {
 pub struct ProtocolError(&'static str);
 
 /// Appends a command (an array of bulk strings) to `out`.
-pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+pub fn command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
     header(out, b'*', args.len());
     for arg in args {
+        let arg = arg.as_ref();
         header(out, b'$', arg.len());
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
@@ -211,7 +212,7 @@ mod tests {
     #[test]
     fn commands_are_arrays_of_bulk_strings() {
         let mut out = Vec::new();
-        command(&mut out, &[b"PUBLISH", b"herald:user:u1", b"{}"]);
+        command(&mut out, &[b"PUBLISH".as_slice(), b"herald:user:u1", b"{}"]);
         assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$14\r\nherald:user:u1\r\n$2\r\n{}\r\n");
     }
 

@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use fred::interfaces::ClientLike;
-use fred::types::{ClusterHash, CustomCommand};
-
-use super::RedisBus;
+use super::nodes::Lane;
 use super::resp::Frame;
+use super::{RedisBus, routed};
 use crate::bus::{BusError, envelope};
 
 impl RedisBus {
@@ -18,14 +16,16 @@ impl RedisBus {
         if let Some(at) = revoked_at_ms {
             // Recorded first: an instance that starts, or a client that reconnects, after the
             // message below finds it.
-            let set = CustomCommand::new_static("SET", ClusterHash::FirstKey, false);
             let (at, ttl_ms) = (at.to_string(), ttl.as_millis().max(1).to_string());
-            let sets = users.iter().map(|user| {
-                let args = vec![self.revoked_key.channel(user), at.clone(), "PX".to_owned(), ttl_ms.clone()];
-                self.publisher.custom::<fred::types::Value, String>(set.clone(), args)
-            });
-            for result in futures::future::join_all(sets).await {
-                result.map_err(|e| BusError(e.to_string()))?;
+            let sets: Vec<_> = users
+                .iter()
+                .map(|user| {
+                    let key = self.revoked_key.channel(user).into_bytes();
+                    routed(vec![b"SET".to_vec(), key, at.clone().into_bytes(), b"PX".to_vec(), ttl_ms.clone().into_bytes()])
+                })
+                .collect();
+            for reply in self.run(&sets, Lane::Write).await? {
+                reply.map_err(BusError)?;
             }
         }
         let message = envelope::encode_end_sessions(users, revoked_at_ms).into_bytes();
@@ -46,9 +46,8 @@ impl RedisBus {
         if !self.is_connected() {
             return Err(BusError("Redis is not connected".into()));
         }
-        let get = CustomCommand::new_static("GET", ClusterHash::FirstKey, false);
-        let value: fred::types::Value =
-            self.publisher.custom(get, vec![self.revoked_key.channel(user)]).await.map_err(|e| BusError(e.to_string()))?;
-        Ok(value.as_string().and_then(|s| s.parse().ok()))
+        let get = [routed(vec![b"GET".to_vec(), self.revoked_key.channel(user).into_bytes()])];
+        let value = self.run(&get, Lane::Read).await?.pop().unwrap_or_else(|| Err("no reply".into())).map_err(BusError)?;
+        Ok(value.as_str().and_then(|s| s.parse().ok()))
     }
 }

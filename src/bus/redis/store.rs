@@ -57,19 +57,32 @@ pub(super) struct StoreScript {
 
 impl StoreScript {
     pub(super) fn new(text: &'static str) -> Self {
-        Self { text, sha: fred::util::sha1_hash(text) }
+        use sha1::Digest;
+        let digest = sha1::Sha1::digest(text.as_bytes());
+        Self { text, sha: digest.iter().map(|b| format!("{b:02x}")).collect() }
     }
 
     /// [`Self::load`] at start-up and reconnects; failing there is not fatal (a NOSCRIPT reply
     /// tries again), but it is shown, as a Redis ACL without `script|load` would keep failing.
-    pub(super) async fn load_or_warn(&self, publisher: &Client) {
-        if let Err(e) = self.load(publisher).await {
+    pub(super) async fn load_or_warn(&self, nodes: &Nodes) {
+        if let Err(e) = self.load(nodes).await {
             warn!(error = %e, "Could not load the store script into Redis; publishing retained notifications will retry it.");
         }
     }
 
-    /// Loads it on the server, or on every primary of a cluster.
-    pub(super) async fn load(&self, publisher: &Client) -> Result<(), fred::error::Error> {
-        publisher.script_load_cluster(self.text).await
+    /// Loads it on the server, or on every master of a cluster.
+    pub(super) async fn load(&self, nodes: &Nodes) -> Result<(), LinkError> {
+        nodes.everywhere(&[b"SCRIPT", b"LOAD", self.text.as_bytes()]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_is_named_by_the_sha1_redis_gives_it() {
+        // `redis-cli SCRIPT LOAD "return 1"` answers this.
+        assert_eq!(StoreScript::new("return 1").sha, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
     }
 }

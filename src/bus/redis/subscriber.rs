@@ -15,20 +15,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::address;
+use super::address::{Access, Endpoint};
 use super::channels::Channels;
+use super::health::Health;
 use super::interest::{Interest, Op};
+use super::link::Link;
 use super::resp::{self, Frame};
 use super::{CHANNELS_PER_COMMAND, deliver_one};
 use crate::bus::Inbound;
-use crate::config::RedisAddress;
 use crate::metrics::Metrics;
 
 /// Reads this large at most at once; the buffer grows only for a message larger than this.
@@ -37,9 +36,17 @@ const READ_CHUNK: usize = 64 << 10;
 const IDLE_PING: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// After Redis refuses a subscriber command, the changes wait this long before they are sent
+/// again (a cluster's slot map is asked for meanwhile), rather than bouncing at once.
+const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 
 pub struct Subscriptions {
-    pub(super) address: RedisAddress,
+    pub(super) access: Access,
+    /// One cluster master; `None`: where the URL leads.
+    pub(super) node: Option<Endpoint>,
+    /// Told when this node may no longer own its channels' slots (a cluster's subscribers).
+    pub(super) topology: Option<Arc<Notify>>,
+    pub(super) health: Arc<Health>,
     pub(super) sharded: bool,
     pub(super) channels: Arc<Channels>,
     pub(super) timeout: Duration,
@@ -47,6 +54,10 @@ pub struct Subscriptions {
     pub(super) deliverer: Arc<dyn Inbound>,
     pub(super) connected: Arc<AtomicBool>,
     pub(super) interest: Interest,
+    /// No changes are written before this (see [`REFUSED_PAUSE`]).
+    pub(super) hold_until: Option<Instant>,
+    /// Subscriptions last added to the gauge.
+    pub(super) reported: usize,
 }
 
 enum Ended {
@@ -60,8 +71,13 @@ impl Subscriptions {
         let mut backoff = BACKOFF_MIN;
         let mut connections = 0u64;
         loop {
-            let (address, timeout) = (self.address.clone(), self.timeout);
-            let connecting = async move { address::connect(&address, timeout).await };
+            let (access, node) = (self.access.clone(), self.node.clone());
+            let connecting = async move {
+                match node {
+                    Some((host, port)) => access.node(&host, port).await,
+                    None => access.connect().await,
+                }
+            };
             tokio::pin!(connecting);
             // Joins and leaves keep coming while there is no connection.
             let stream = loop {
@@ -74,10 +90,13 @@ impl Subscriptions {
                     },
                 }
             };
+            let source = self.source();
             let stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "Redis subscriber cannot connect; retrying.");
+                    self.health.failed(&source, &e);
+                    self.hint_topology();
                     if !self.pause(backoff, &mut ops, &cancel).await {
                         return;
                     }
@@ -86,6 +105,7 @@ impl Subscriptions {
                 }
             };
             backoff = BACKOFF_MIN;
+            self.health.recovered(&source);
             connections += 1;
             if connections > 1 {
                 info!(channels = self.interest.wanted.len(), "Redis subscriber reconnected; re-subscribing.");
@@ -96,11 +116,28 @@ impl Subscriptions {
             self.connected.store(true, Ordering::Release);
             let ended = self.serve(stream, &mut ops, &cancel).await;
             self.connected.store(false, Ordering::Release);
-            self.metrics.subscriptions.set(0.0);
+            self.report_count(0);
             match ended {
                 Ended::Cancelled => return,
-                Ended::Lost(why) => warn!(error = %why, "Redis subscriber connection lost; reconnecting."),
+                Ended::Lost(why) => {
+                    warn!(error = %why, "Redis subscriber connection lost; reconnecting.");
+                    self.hint_topology();
+                }
             }
+        }
+    }
+
+    /// Names this connection in `/readyz`.
+    fn source(&self) -> String {
+        match &self.node {
+            Some((host, port)) => format!("subscriber {host}:{port}"),
+            None => "subscriber".to_owned(),
+        }
+    }
+
+    fn hint_topology(&self) {
+        if let Some(t) = &self.topology {
+            t.notify_one();
         }
     }
 
@@ -120,8 +157,8 @@ impl Subscriptions {
         }
     }
 
-    async fn serve(&mut self, stream: TcpStream, ops: &mut mpsc::UnboundedReceiver<Op>, cancel: &CancellationToken) -> Ended {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn serve(&mut self, stream: Link, ops: &mut mpsc::UnboundedReceiver<Op>, cancel: &CancellationToken) -> Ended {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let (mut last_read, mut ping_sent) = (Instant::now(), None::<Instant>);
@@ -180,11 +217,19 @@ impl Subscriptions {
             let Some(frame) = resp::take(buf).map_err(|e| e.to_string())? else { break };
             let Frame::Array(Some(parts)) = frame else {
                 if let Frame::Error(e) = frame {
-                    // A refused SUBSCRIBE names no channel: try every unconfirmed one again.
+                    // A refused SUBSCRIBE names no channel: try every unconfirmed one again, after
+                    // a pause (on a cluster, MOVED: the slot map is asked for meanwhile).
                     warn!(error = %String::from_utf8_lossy(&e), "Redis refused a subscriber command; retrying.");
+                    if e.starts_with(b"MOVED ") {
+                        self.hint_topology();
+                    }
                     let unconfirmed: Vec<String> =
                         self.interest.wanted.keys().filter(|u| !self.interest.subscribed.contains(*u)).cloned().collect();
                     self.interest.dirty.extend(unconfirmed);
+                    // Unwanted ones may be gone already (a moved slot ends its subscriptions).
+                    let wanted = &self.interest.wanted;
+                    self.interest.subscribed.retain(|c| wanted.contains_key(c));
+                    self.hold_until = Some(Instant::now() + REFUSED_PAUSE);
                 }
                 continue;
             };
@@ -209,13 +254,24 @@ impl Subscriptions {
         // A join or leave since the command went out is done by the next one.
         if self.interest.wanted.contains_key(channel) != subscribed {
             self.interest.dirty.insert(channel.to_owned());
+            if !subscribed {
+                // Ended by Redis: on a cluster, its slot moved to another master.
+                self.hint_topology();
+                self.hold_until = Some(Instant::now() + REFUSED_PAUSE);
+            }
         }
-        self.metrics.subscriptions.set(self.interest.subscribed.len() as f64);
+        self.report_count(self.interest.subscribed.len());
+    }
+
+    /// Moves the subscriptions gauge by this connection's change (a cluster has several).
+    fn report_count(&mut self, now: usize) {
+        self.metrics.subscriptions.increment(now as f64 - self.reported as f64);
+        self.reported = now;
     }
 
     /// SUBSCRIBE / UNSUBSCRIBE (or the sharded forms) for what changed, in one write.
-    async fn write_changes(&mut self, writer: &mut OwnedWriteHalf) -> Result<(), String> {
-        if self.interest.dirty.is_empty() {
+    async fn write_changes(&mut self, writer: &mut WriteHalf<Link>) -> Result<(), String> {
+        if self.interest.dirty.is_empty() || self.hold_until.is_some_and(|t| Instant::now() < t) {
             return Ok(());
         }
         let (subscribe, unsubscribe) = self.interest.changes();
@@ -240,7 +296,7 @@ impl Subscriptions {
 }
 
 /// Reads what is there into `buf`, at most [`READ_CHUNK`] at a time.
-async fn read_more(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_more(reader: &mut ReadHalf<Link>, buf: &mut BytesMut) -> std::io::Result<usize> {
     buf.reserve(READ_CHUNK);
     reader.read_buf(buf).await
 }

@@ -1,26 +1,26 @@
-//! herald's own publishing connection, for one Redis server or a Sentinel-watched master: a
-//! batch's commands go out in one write and their replies are read in order, with no command
-//! object, channel or task per notification (fred spent about 4 µs of CPU on each).
+//! One pipelined connection to Redis (the server, the Sentinels' master, or one cluster node):
+//! a batch's commands go out in one write and their replies are read in order, with no command
+//! object, channel or task per command (a client library spent about 4 µs of CPU on each).
 //!
 //! A batch that fails for any reason drops the connection: replies still in flight must never
 //! be taken for the next batch's. The next batch connects again (to whatever master the
 //! Sentinels name by then); the caller retries the failed one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use super::address;
+use super::address::{Access, Endpoint};
+use super::link::{Link, LinkError};
 use super::resp::{self, Frame};
-use crate::config::RedisAddress;
 
-pub struct Publisher {
-    address: RedisAddress,
-    timeout: Duration,
+pub struct Pipelined {
+    access: Access,
+    /// One cluster node; `None`: where the URL leads (the server, the Sentinels' master).
+    node: Option<Endpoint>,
     connection: Mutex<Option<Connection>>,
     /// When a connection was last made after one was lost (see `RESUBSCRIBE_SETTLE`).
     reconnected_at: std::sync::Mutex<Option<Instant>>,
@@ -29,7 +29,7 @@ pub struct Publisher {
 }
 
 struct Connection {
-    stream: TcpStream,
+    link: Link,
     replies: BytesMut,
 }
 
@@ -41,17 +41,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn push(&mut self, args: &[&[u8]]) {
+    pub fn push<A: AsRef<[u8]>>(&mut self, args: &[A]) {
         resp::command(&mut self.bytes, args);
         self.commands += 1;
     }
 }
 
-impl Publisher {
-    pub fn new(address: RedisAddress, timeout: Duration) -> Self {
+impl Pipelined {
+    pub fn new(access: Access, node: Option<Endpoint>) -> Self {
         Self {
-            address,
-            timeout,
+            access,
+            node,
             connection: Mutex::new(None),
             reconnected_at: std::sync::Mutex::new(None),
             ever_connected: AtomicBool::new(false),
@@ -64,23 +64,28 @@ impl Publisher {
 
     /// Sends `pipeline` and returns one reply per command, in order (an error reply is a
     /// [`Frame::Error`] in its place). Fails whole, within the command deadline, or not at all.
-    pub async fn send(&self, pipeline: &Pipeline) -> Result<Vec<Frame>, String> {
+    pub async fn send(&self, pipeline: &Pipeline) -> Result<Vec<Frame>, LinkError> {
         let mut guard = self.connection.lock().await;
         let had_one = guard.is_some();
-        let result = tokio::time::timeout(self.timeout, async {
+        let timeout = self.access.timeout;
+        let result = tokio::time::timeout(timeout, async {
             if guard.is_none() {
-                let stream = address::connect(&self.address, self.timeout).await?;
-                *guard = Some(Connection { stream, replies: BytesMut::with_capacity(16 << 10) });
+                let link = match &self.node {
+                    Some((host, port)) => self.access.node(host, *port).await?,
+                    None => self.access.connect().await?,
+                };
+                *guard = Some(Connection { link, replies: BytesMut::with_capacity(16 << 10) });
             }
             let c = guard.as_mut().expect("connected above");
-            c.stream.write_all(&pipeline.bytes).await.map_err(|e| format!("writing to Redis: {e}"))?;
+            let lost = |e: std::io::Error, doing: &str| LinkError::Unreachable(format!("{doing} Redis: {e}"));
+            c.link.write_all(&pipeline.bytes).await.map_err(|e| lost(e, "writing to"))?;
             let mut replies = Vec::with_capacity(pipeline.commands);
             while replies.len() < pipeline.commands {
-                match resp::take(&mut c.replies).map_err(|e| e.to_string())? {
+                match resp::take(&mut c.replies).map_err(|e| LinkError::Unreachable(e.to_string()))? {
                     Some(frame) => replies.push(frame),
                     None => {
-                        if c.stream.read_buf(&mut c.replies).await.map_err(|e| format!("reading from Redis: {e}"))? == 0 {
-                            return Err("Redis closed the connection".to_owned());
+                        if c.link.read_buf(&mut c.replies).await.map_err(|e| lost(e, "reading from"))? == 0 {
+                            return Err(LinkError::Unreachable("Redis closed the connection".to_owned()));
                         }
                     }
                 }
@@ -88,7 +93,7 @@ impl Publisher {
             Ok(replies)
         })
         .await
-        .unwrap_or_else(|_| Err("Timeout Error: Redis did not answer in time".to_owned()));
+        .unwrap_or_else(|_| Err(LinkError::Unreachable("Timeout Error: Redis did not answer in time".to_owned())));
         match &result {
             Err(_) => *guard = None,
             // The first connection ever is not a reconnection: Redis did not just lose the other
