@@ -11,6 +11,8 @@ pub struct RedisCluster {
     pub ports: Vec<u16>,
     children: Vec<Option<Child>>,
     _dir: tempfile::TempDir,
+    /// redis-cli's TLS arguments, for a TLS cluster.
+    tls_cli: Vec<String>,
 }
 
 impl RedisCluster {
@@ -23,14 +25,34 @@ impl RedisCluster {
     /// Three masters with `replicas` replicas each; a master unreachable for `node_timeout_ms`
     /// is failed over to its replica.
     pub fn start_with(replicas: usize, node_timeout_ms: u32) -> Self {
+        Self::start_secured(replicas, node_timeout_ms, None)
+    }
+
+    /// Three masters speaking only TLS, between themselves too: `tls` holds the servers'
+    /// `--tls-*` arguments and redis-cli's (`--tls --cacert ...`).
+    pub fn start_tls(server: Vec<String>, cli: Vec<String>) -> Self {
+        Self::start_secured(0, 5000, Some((server, cli)))
+    }
+
+    fn start_secured(replicas: usize, node_timeout_ms: u32, tls: Option<(Vec<String>, Vec<String>)>) -> Self {
+        let (tls_server, tls_cli) = tls.clone().unwrap_or_default();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
         let server = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let children = ports
             .iter()
             .map(|port| {
+                let listen: Vec<String> = match &tls {
+                    None => vec!["--port".into(), port.to_string()],
+                    Some(_) => ["--port", "0", "--tls-port", &port.to_string(), "--tls-cluster", "yes", "--tls-replication", "yes"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .chain(tls_server.iter().cloned())
+                        .collect(),
+                };
                 Command::new(&server)
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(&listen)
+                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                     .args([
                         "--cluster-enabled",
                         "yes",
@@ -50,12 +72,13 @@ impl RedisCluster {
                     .expect("redis-server must be installed (the README's test command installs it)")
             })
             .collect();
-        let cluster = RedisCluster { ports, children, _dir: dir };
+        let cluster = RedisCluster { ports, children, _dir: dir, tls_cli };
         wait_until("the cluster nodes to accept connections", || {
             cluster.ports.iter().all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
         });
         let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
+            .args(&cluster.tls_cli)
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -107,12 +130,13 @@ impl RedisCluster {
     /// The URL herald takes: every node, so it can start from any.
     pub fn url(&self) -> String {
         let others: Vec<String> = self.ports[1..].iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
-        format!("redis-cluster://127.0.0.1:{}?{}", self.ports[0], others.join("&"))
+        let scheme = if self.tls_cli.is_empty() { "redis-cluster" } else { "rediss-cluster" };
+        format!("{scheme}://127.0.0.1:{}?{}", self.ports[0], others.join("&"))
     }
 
     /// Runs one redis-cli command against one node; its stdout.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap();
+        let out = Command::new("redis-cli").args(&self.tls_cli).args(["-p", &port.to_string()]).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }

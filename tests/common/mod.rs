@@ -24,6 +24,7 @@ mod cluster;
 pub mod kubelet;
 mod process;
 mod scenario;
+pub mod tls;
 #[allow(unused_imports)] // only the cluster test uses it
 pub use cluster::RedisCluster;
 #[allow(unused_imports)]

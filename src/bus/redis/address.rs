@@ -83,7 +83,12 @@ impl Access {
         for (host, port) in sentinels {
             let answer = async {
                 let mut s = self.open(host, *port).await?;
-                authenticate(&mut s, username, password, self.timeout).await?;
+                authenticate(&mut s, username, password, self.timeout).await.map_err(|e| match e {
+                    LinkError::Refused(why) => {
+                        LinkError::Refused(format!("Sentinel {host}:{port}: {why} (the Sentinels' own password is `sentinel_password`)"))
+                    }
+                    other => other,
+                })?;
                 request(&mut s, &[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()], self.timeout).await
             };
             match answer.await {
