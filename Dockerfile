@@ -11,10 +11,15 @@
 # ---------------------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS builder
 
+# `--build-arg FEATURES=oidc`: Kafka OAUTHBEARER tokens fetched by librdkafka from an OIDC
+# provider (Confluent Cloud), which links libcurl (build and run time). Empty by default.
+ARG FEATURES=""
+
 # rdkafka (feature `ssl`) builds librdkafka from source with its ./configure script (no cmake)
 # and links the system OpenSSL and zlib; the rust image already has gcc, make and bash.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libssl-dev pkg-config zlib1g-dev \
+ && if [ -n "$FEATURES" ]; then apt-get install -y --no-install-recommends libcurl4-openssl-dev; fi \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build
@@ -28,7 +33,7 @@ RUN mkdir -p src benches \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/route.rs \
  && echo 'fn main() {}' > benches/retention.rs \
- && cargo build --release --locked --bin herald \
+ && cargo build --release --locked --bin herald --features "$FEATURES" \
  && rm -rf src benches
 
 COPY src ./src
@@ -40,7 +45,7 @@ COPY docs/openapi.yaml ./docs/
 # COPY keeps the files' original mtimes, which can be older than the stub build: touch them so
 # cargo sees the crate as changed and does not ship the stub binary.
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin herald \
+ && cargo build --release --locked --bin herald --features "$FEATURES" \
  && cp target/release/herald /usr/local/bin/herald
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +57,7 @@ RUN npm ci --no-audit --no-fund --loglevel=error
 
 # ---------------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
+ARG FEATURES=""
 
 # Runtime libraries only: libssl3 and zlib1g for librdkafka (linked dynamically),
 # ca-certificates for TLS to Kafka (ssl.*) and Redis (rediss://).
@@ -60,6 +66,7 @@ FROM debian:bookworm-slim
 # adds about 1 MB, while curl pulls in libcurl with Kerberos, LDAP, SSH and RTMP libraries.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libssl3 zlib1g ca-certificates wget \
+ && if [ -n "$FEATURES" ]; then apt-get install -y --no-install-recommends libcurl4; fi \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 herald \
  && useradd --system --uid 10001 --gid herald --no-create-home --home-dir /nonexistent \

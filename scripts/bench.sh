@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-polling|single|single-max|pair|pair-max|overload|five|smoke|profile|profile-single [runs]
+#   scripts/bench.sh memory|memory-polling|single|single-max|pair|pair-max|cluster-max|overload|five|smoke|profile|profile-single [runs]
 # (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
@@ -31,6 +31,24 @@ start_redis() {
   PIDS+=($!)
   sleep 0.5
 }
+# A three-master Redis Cluster on 16391-16393 (cluster bus on +10000), joined and checked.
+start_cluster() {
+  local dir
+  dir=$(mktemp -d)
+  for port in 16391 16392 16393; do
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --cluster-enabled yes \
+      --cluster-config-file "$dir/nodes-$port.conf" --dir "$dir" >/dev/null &
+    PIDS+=($!)
+  done
+  sleep 0.5
+  redis-cli --cluster create 127.0.0.1:16391 127.0.0.1:16392 127.0.0.1:16393 --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do
+    ok=1
+    for port in 16391 16392 16393; do redis-cli -p "$port" cluster info | grep -q cluster_state:ok || ok=0; done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+}
 # start_herald PORT [redis]: prints the PID.
 start_herald() {
   local port=$1 redis=${2:-}
@@ -45,7 +63,7 @@ start_herald() {
 # Where notifications went, per instance: published, received, delivered, and every loss counter.
 loss_counters() {
   for s in "${SERVERS[@]}"; do
-    curl -fs "http://$s/metrics" | grep -E '^herald_(bus_messages_lost|gateway_emit_failures|gateway_notifications_delivered|gateway_websocket_|bus_notifications_(published|received)|records_dropped)' | sed "s/^/$s /" || true
+    curl -fs "http://$s/metrics" | grep -E '^herald_(gateway_emit_failures|gateway_notifications_delivered|gateway_websocket_|bus_notifications_(published|received)|records_dropped)' | sed "s/^/$s /" || true
   done
 }
 
@@ -58,6 +76,7 @@ fresh() { # fresh INSTANCES [redis]
   start_broker
   local url=""
   if [ "${2:-}" = redis ]; then start_redis; url="redis://127.0.0.1:$REDIS_PORT"; fi
+  if [ "${2:-}" = cluster ]; then start_cluster; url="redis-cluster://127.0.0.1:16391?node=127.0.0.1:16392&node=127.0.0.1:16393"; fi
   SERVERS=(); HPIDS=()
   for i in $(seq 1 "$1"); do
     start_herald $((3100 + i)) "$url"; SERVERS+=("127.0.0.1:$((3100 + i))"); HPIDS+=("$LAST_PID")
@@ -112,6 +131,14 @@ case "$SCENARIO" in
     for run in $(seq 1 "$RUNS"); do
       fresh 2 redis
       bench --label pair-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+      loss_counters
+    done
+    ;;
+  cluster-max)
+    # The pair burst on a three-master Redis Cluster (sharded Pub/Sub): 200,000 records, 2 instances.
+    for run in $(seq 1 "$RUNS"); do
+      fresh 2 cluster
+      bench --label cluster-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
       loss_counters
     done
     ;;

@@ -24,7 +24,7 @@ def runs(path, variant=None):
 
 groups = OrderedDict()
 for variant, r in list(runs(before, "fred (before)")) + list(runs(bus)):
-    if r.get("label") not in ("single-max", "pair-max"):
+    if r.get("label") not in ("single-max", "pair-max", "cluster-max"):
         continue
     for p in r.get("phases", []):
         groups.setdefault((variant, r["label"]), []).append(p)

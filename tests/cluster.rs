@@ -183,3 +183,47 @@ async fn a_cluster_master_failover_loses_nothing() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// A resharding while herald runs: the slot of a user's channel and history moves to another
+/// master mid-stream. herald follows (`ASK` while the stream migrates, `MOVED` after, the
+/// subscription Redis ends on the old master is made on the new one), and the user, connected
+/// throughout to the other instance, misses nothing; the history moved with the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_mid_stream_loses_nothing() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let cluster = RedisCluster::start();
+    let redis = format!("redis: {{url: \"{}\", command_timeout_ms: 500}}\nreplay: {{history: 1000}}\n", cluster.url());
+    let yaml = config_yaml(&kafka, None, &redis);
+    let one = Herald::start(&with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]")).await;
+    let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;
+    one.wait_assigned(4).await;
+    two.wait_assigned(4).await;
+    let mut c = Clients::start().await;
+    c.connect_as("rita", &two.url(), "rita").await;
+    let key = "herald:user:{rita}";
+    let slot: u16 = cluster.cli(cluster.ports[0], &["cluster", "keyslot", key]).trim().parse().unwrap();
+    let from = cluster.master_of(cluster.ports[0], key).unwrap();
+    let to = *cluster.ports.iter().find(|p| **p != from).unwrap();
+
+    const N: i64 = 120;
+    for n in 0..N {
+        kafka.produce_to(TOPIC, Some(1), Some("rita"), json!({"userId": "rita", "n": n}).to_string().as_bytes()).await;
+        if n == N / 3 {
+            cluster.move_slot(slot, from, to);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cluster.master_of(from, key), Some(to), "the slot moved");
+    let (_, _, lost) = report(&mut c, "rita", N, "a resharding").await;
+    assert_eq!(lost, 0);
+    assert_first_seen_in_order(&mut c, "rita").await;
+    let on_new = cluster.cli(to, &["pubsub", "shardchannels"]);
+    assert!(on_new.lines().any(|l| l == key), "the subscription is on the new master: {on_new}");
+    c.connect("replayer", &one.url(), json!({"auth": {"token": token("rita"), "since": "0-0"}})).await.unwrap();
+    let (_, _, lost) = report(&mut c, "replayer", N, "the history after a resharding").await;
+    assert_eq!(lost, 0, "notifications missing from the history");
+    c.stop().await;
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::tls::{TestCa, TlsRedis, tls_args};
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The `redis` section for a TLS URL, trusting `ca`, with its client certificate if `mutual`.
 fn tls_redis(url: &str, ca: &TestCa, mutual: bool) -> String {
@@ -62,11 +62,6 @@ async fn start_error(yaml: &str) -> String {
     }
 }
 
-async fn readyz(h: &Herald) -> (u16, Value) {
-    let r = reqwest::get(format!("{}/readyz", h.url())).await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_an_acl_user_and_a_database_deliver_and_replay() {
     init_logs();
@@ -108,7 +103,7 @@ async fn an_untrusted_certificate_stops_start_up_and_a_changed_one_shows_in_read
     // Redis comes back with a certificate from another CA: unready, and /readyz says why.
     redis.restart_with(&other).await;
     eventually(Duration::from_secs(15), "readiness to name the certificate", async || {
-        let (status, body) = readyz(&h).await;
+        let (status, body) = h.readyz().await;
         status == 503
             && body["problems"].as_array().is_some_and(|p| p.iter().any(|p| p.as_str().unwrap().contains("certificate not trusted")))
     })
@@ -120,7 +115,7 @@ async fn an_untrusted_certificate_stops_start_up_and_a_changed_one_shows_in_read
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.restart_with(&ca).await;
     h.wait_ready().await;
-    let (status, body) = readyz(&h).await;
+    let (status, body) = h.readyz().await;
     assert_eq!((status, body.get("problems")), (200, None), "{body}");
     // n = 0 was taken by `expect` above: the nine produced meanwhile, each once.
     eventually(Duration::from_secs(30), "the nine notifications held meanwhile", async || {

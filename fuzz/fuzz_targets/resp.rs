@@ -5,7 +5,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use herald::bus::resp::{Frame, message_at, take};
+use herald::bus::resp::{Frame, interpret_all, message_at, take};
 use libfuzzer_sys::fuzz_target;
 
 /// Every frame read from `stream` in reads of `size` bytes, then the error if one stopped it.
@@ -41,5 +41,8 @@ fn read(stream: &[u8], size: usize) -> (Vec<Frame>, bool) {
 fuzz_target!(|data: &[u8]| {
     let Some((&split, stream)) = data.split_first() else { return };
     let whole = read(stream, stream.len());
+    for frame in &whole.0 {
+        interpret_all(frame);
+    }
     assert_eq!(read(stream, usize::from(split % 32) + 1), whole, "the same frames whatever the reads");
 });

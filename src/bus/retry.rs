@@ -49,7 +49,7 @@ impl Bus {
                 records = %held,
                 notifications = unheard.len(),
                 retry_in_ms = backoff.delay().as_millis() as u64,
-                "No subscriber yet while instances re-subscribe after a Redis reconnect; publishing again."
+                "No subscriber yet while instances re-subscribe after a Redis reconnect or a slot move; publishing again."
             );
             if !backoff.wait(abort).await {
                 return None;

@@ -175,6 +175,7 @@ pub(super) fn read_kafka(walk: &mut Walk, v: Option<&Value>) -> KafkaConfig {
                 );
             }
         }
+        check_security(walk, &options);
         let max_batch = ranged(walk, s, "max_batch", 512usize, 1..=100_000);
         let embedded = walk.section(s.raw("embedded"), "kafka.embedded", |walk, e| EmbeddedKafkaConfig {
             listen: read_addr(walk, e, "listen", "127.0.0.1:9092"),
@@ -261,4 +262,47 @@ pub(super) fn output_topic(walk: &mut Walk, s: &Section, key: &str, consumed: &[
         walk.error(s.path(key), "must not be one of the consumed topics");
     }
     Some(topic)
+}
+
+/// The SASL mechanisms this build of librdkafka has (`builtin.features`), and whether
+/// OAUTHBEARER can fetch its tokens itself (OIDC, with libcurl: the `oidc` cargo feature).
+pub fn kafka_features() -> (Vec<&'static str>, bool) {
+    let features = rdkafka::config::ClientConfig::new().create_native_config().and_then(|c| c.get("builtin.features")).unwrap_or_default();
+    let has = |f: &str| features.split(',').any(|x| x == f);
+    let mut mechanisms = vec!["PLAIN"];
+    if has("sasl_scram") {
+        mechanisms.extend(["SCRAM-SHA-256", "SCRAM-SHA-512"]);
+    }
+    if has("sasl_oauthbearer") {
+        mechanisms.push("OAUTHBEARER");
+    }
+    if has("sasl_gssapi") {
+        mechanisms.push("GSSAPI");
+    }
+    (mechanisms, has("oidc"))
+}
+
+/// Security settings that cannot work with this build are refused before start, by path:
+/// a SASL protocol without a mechanism (librdkafka would pick GSSAPI, which this build lacks),
+/// a mechanism it lacks, OIDC without libcurl.
+fn check_security(walk: &mut Walk, options: &BTreeMap<String, String>) {
+    let protocol = options.get("security.protocol").map(|p| p.to_ascii_uppercase()).unwrap_or_default();
+    let mechanism = options.get("sasl.mechanism").or_else(|| options.get("sasl.mechanisms"));
+    let (mechanisms, oidc) = kafka_features();
+    match mechanism {
+        None if protocol.starts_with("SASL") => walk.error(
+            "kafka.options.sasl.mechanism",
+            format!("is needed with security.protocol {protocol}: one of {}", mechanisms.join(", ")),
+        ),
+        Some(m) if !mechanisms.contains(&m.to_ascii_uppercase().as_str()) => {
+            walk.error("kafka.options.sasl.mechanism", format!("`{m}` is not built into this herald: one of {}", mechanisms.join(", ")))
+        }
+        _ => {}
+    }
+    if options.get("sasl.oauthbearer.method").is_some_and(|m| m.eq_ignore_ascii_case("oidc")) && !oidc {
+        walk.error(
+            "kafka.options.sasl.oauthbearer.method",
+            "`oidc` needs a herald built with `--features oidc` (librdkafka with libcurl; the Docker image has it)",
+        );
+    }
 }

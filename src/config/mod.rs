@@ -20,7 +20,7 @@ use serde_json::Value;
 pub use auth::{AuthConfig, CheckConfig, JwtConfig, PerUserLimit};
 use auth::{is_hmac, read_auth};
 pub use env::OVERRIDES as ENV_OVERRIDES;
-pub use kafka::{Brokers, EmbeddedKafkaConfig, KafkaConfig, TopicConfig};
+pub use kafka::{Brokers, EmbeddedKafkaConfig, KafkaConfig, TopicConfig, kafka_features};
 use kafka::{parse_user_id, read_kafka};
 use redis::read_redis;
 pub use redis::{ChannelPattern, RedisConfig};

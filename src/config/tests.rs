@@ -321,3 +321,18 @@ fn the_annotated_config_and_the_readme_name_every_key() {
     }
     assert!(undocumented.is_empty(), "keys missing from config.yaml or the README: {undocumented:?}");
 }
+
+#[test]
+fn kafka_security_that_cannot_work_is_refused_by_path() {
+    let with = |options: &str| -> Vec<String> {
+        let yaml = format!("{MINIMAL}kafka: {{options: {{{options}}}}}\n");
+        parse(&yaml).err().map(|e| e.0.into_iter().map(|e| e.path).collect()).unwrap_or_default()
+    };
+    assert_eq!(with("security.protocol: SASL_SSL"), ["kafka.options.sasl.mechanism"], "librdkafka would pick GSSAPI");
+    assert_eq!(with("security.protocol: SASL_SSL, sasl.mechanism: GSSAPI"), ["kafka.options.sasl.mechanism"]);
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] {
+        assert!(with(&format!("security.protocol: SASL_SSL, sasl.mechanism: {mechanism}")).is_empty(), "{mechanism} is built in");
+    }
+    let oidc = with("security.protocol: SASL_SSL, sasl.mechanism: OAUTHBEARER, sasl.oauthbearer.method: oidc");
+    assert_eq!(oidc.is_empty(), cfg!(feature = "oidc"), "{oidc:?}");
+}

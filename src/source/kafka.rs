@@ -188,6 +188,8 @@ impl KafkaSource {
             // The heart of at-least-once: nothing is committed that herald did not store itself.
             .set("enable.auto.offset.store", "false")
             .set_log_level(RDKafkaLogLevel::Warning);
+        let (mechanisms, oidc) = crate::config::kafka_features();
+        info!(sasl = %mechanisms.join(","), oidc, "Kafka client security built in: TLS, mutual TLS, and these SASL mechanisms.");
         let health = Arc::new(KafkaHealth::default());
         let consumer: StreamConsumer<Context> = client
             .create_with_context(Context { metrics: metrics.clone(), health: health.clone() })

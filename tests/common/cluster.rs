@@ -127,6 +127,32 @@ impl RedisCluster {
         }
     }
 
+    /// Moves `slot` from the master on `from` to the one on `to` as a resharding does: importing
+    /// and migrating, its keys migrated, then the new owner announced to every node.
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16) {
+        let (slot, from_id, to_id) = (
+            slot.to_string(),
+            self.cli(from, &["cluster", "myid"]).trim().to_owned(),
+            self.cli(to, &["cluster", "myid"]).trim().to_owned(),
+        );
+        self.cli(to, &["cluster", "setslot", &slot, "importing", &from_id]);
+        self.cli(from, &["cluster", "setslot", &slot, "migrating", &to_id]);
+        loop {
+            let keys = self.cli(from, &["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            self.cli(from, &args);
+        }
+        for port in &self.ports {
+            self.cli(*port, &["cluster", "setslot", &slot, "node", &to_id]);
+        }
+    }
+
     /// The URL herald takes: every node, so it can start from any.
     pub fn url(&self) -> String {
         let others: Vec<String> = self.ports[1..].iter().map(|p| format!("node=127.0.0.1:{p}")).collect();

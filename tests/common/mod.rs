@@ -260,13 +260,24 @@ impl Herald {
     }
 
     pub async fn start_in(yaml: &str, base_dir: &Path) -> Self {
+        let h = Self::start_unready(yaml, base_dir).await;
+        h.wait_ready().await;
+        h
+    }
+
+    /// Started, without waiting for readiness (which a test may expect never to come).
+    pub async fn start_unready(yaml: &str, base_dir: &Path) -> Self {
         let config = Config::from_yaml(yaml, base_dir.to_path_buf(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = herald::app::start(config, Some(listener)).await.unwrap();
         let addr = running.local_addr();
-        let h = Herald { running: Some(running), addr };
-        h.wait_ready().await;
-        h
+        Herald { running: Some(running), addr }
+    }
+
+    /// `/readyz`: its status and body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let r = reqwest::get(format!("{}/readyz", self.url())).await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
     }
 
     pub fn url(&self) -> String {

@@ -1,8 +1,8 @@
 //! Redis Pub/Sub bus: one channel per user and one per group, subscribed while the user (or a
 //! member of the group) has a socket here, and one broadcast channel every instance subscribes.
 //!
-//! All of it runs on herald's own connections (no client library: see docs/architecture.md,
-//! "One Redis client"), plain or TLS: a subscriber connection (`subscriber.rs`, the only
+//! All of it runs on herald's own connections (no client library: the README's "Redis client"
+//! says why, with the figures), plain or TLS: a subscriber connection (`subscriber.rs`, the only
 //! writer of SUBSCRIBE/UNSUBSCRIBE, so the order of a user's joins and leaves is kept, and
 //! delivering each message as it reads it), one per master on a cluster (`cluster.rs`); and
 //! pipelined connections for publishing and reads (`nodes.rs`), per master on a cluster,
@@ -297,7 +297,10 @@ impl RedisBus {
     /// Sends commands (each its arguments, the command name first) in one pipeline (one per
     /// master on a cluster, each command to the master of its key's or channel's slot).
     async fn pipeline(&self, commands: Vec<Vec<Vec<u8>>>, expected: usize) -> Result<Vec<Result<Frame, String>>, BusError> {
-        let commands: Vec<Command> = commands.into_iter().map(routed).collect();
+        // Slots matter on a cluster only.
+        let cluster = matches!(*self.nodes, Nodes::Cluster(_));
+        let commands: Vec<Command> =
+            commands.into_iter().map(|args| if cluster { routed(args) } else { Command { args, slot: 0 } }).collect();
         let replies = self.run(&commands, Lane::Write).await?;
         // Callers match results to notifications by position.
         if replies.len() != expected {

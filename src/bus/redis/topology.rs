@@ -83,6 +83,9 @@ pub struct Cluster {
     stale: AtomicBool,
     /// Bumped whenever the slot map changes, for the subscribers to follow.
     version: watch::Sender<u64>,
+    /// When the slot map last changed after the first one: channels of moved slots are not
+    /// subscribed on their new master for a moment, like after a reconnection.
+    changed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Cluster {
@@ -94,6 +97,7 @@ impl Cluster {
             refreshing: Default::default(),
             stale: AtomicBool::new(true),
             version: watch::channel(0).0,
+            changed_at: Default::default(),
         }
     }
 
@@ -149,7 +153,11 @@ impl Cluster {
                 continue;
             }
             self.stale.store(false, Ordering::Release);
-            if *self.map.load_full() != map {
+            let current = self.map.load_full();
+            if *current != map {
+                if !current.masters.is_empty() {
+                    *self.changed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                }
                 let masters = map.masters.clone();
                 self.map.store(Arc::new(map));
                 self.links.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| masters.contains(node));
@@ -253,9 +261,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// When some master's connection was last made again after a loss.
+    /// When some master's connection was last made again after a loss, or the slot map changed.
     pub fn reconnected_at(&self) -> Option<Instant> {
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).values().filter_map(|l| l.reconnected_at()).max()
+        let changed = *self.changed_at.lock().unwrap_or_else(|p| p.into_inner());
+        let reconnected = self.links.lock().unwrap_or_else(|p| p.into_inner()).values().filter_map(|l| l.reconnected_at()).max();
+        changed.max(reconnected)
     }
 }
 
@@ -274,6 +284,11 @@ fn redirect(frame: &Frame) -> Option<Redirect> {
     let target = text.strip_prefix("ASK ")?.split(' ').nth(1)?;
     let (host, port) = target.rsplit_once(':')?;
     Some(Redirect::Ask((host.to_owned(), port.parse().ok()?)))
+}
+
+/// A reply read as a slot map and as a redirect (see `resp::interpret_all`).
+pub(super) fn interpret(frame: &Frame) -> (bool, bool) {
+    (SlotMap::parse(frame, &("node".into(), 1)).is_some(), redirect(frame).is_some())
 }
 
 /// An error reply as `Err` with its text.
