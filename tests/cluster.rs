@@ -144,15 +144,7 @@ async fn a_cluster_master_failover_loses_nothing() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
     let mut cluster = RedisCluster::start_with(1, 1000);
-    let redis = format!("redis: {{url: \"{}\", command_timeout_ms: 500}}\nreplay: {{history: 1000}}\n", cluster.url());
-    let yaml = config_yaml(&kafka, None, &redis);
-    // Only `one` consumes the topic; the socket is on `two`: every record crosses Redis.
-    let one = Herald::start(&with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]")).await;
-    let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;
-    one.wait_assigned(4).await;
-    two.wait_assigned(4).await;
-    let mut c = Clients::start().await;
-    c.connect_as("frank", &two.url(), "frank").await;
+    let (one, two, mut c) = consumer_and_socket_holder(&kafka, &cluster, "frank").await;
     let ask = cluster.ports[0];
     let victim = cluster.master_of(ask, "herald:user:{frank}").expect("the slot has a master");
     let survivor = *cluster.ports.iter().find(|p| **p != victim).unwrap();
@@ -193,14 +185,7 @@ async fn a_slot_moved_mid_stream_loses_nothing() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
     let cluster = RedisCluster::start();
-    let redis = format!("redis: {{url: \"{}\", command_timeout_ms: 500}}\nreplay: {{history: 1000}}\n", cluster.url());
-    let yaml = config_yaml(&kafka, None, &redis);
-    let one = Herald::start(&with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]")).await;
-    let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;
-    one.wait_assigned(4).await;
-    two.wait_assigned(4).await;
-    let mut c = Clients::start().await;
-    c.connect_as("rita", &two.url(), "rita").await;
+    let (one, two, mut c) = consumer_and_socket_holder(&kafka, &cluster, "rita").await;
     let key = "herald:user:{rita}";
     let slot: u16 = cluster.cli(cluster.ports[0], &["cluster", "keyslot", key]).trim().parse().unwrap();
     let from = cluster.master_of(cluster.ports[0], key).unwrap();
@@ -226,4 +211,18 @@ async fn a_slot_moved_mid_stream_loses_nothing() {
     c.stop().await;
     one.shutdown().await;
     two.shutdown().await;
+}
+
+/// Two instances on `cluster`: only `one` consumes the (retained) topic, `user`'s socket is on
+/// `two`, so every record crosses Redis.
+async fn consumer_and_socket_holder(kafka: &Kafka, cluster: &RedisCluster, user: &str) -> (Herald, Herald, Clients) {
+    let redis = format!("redis: {{url: \"{}\", command_timeout_ms: 500}}\nreplay: {{history: 1000}}\n", cluster.url());
+    let yaml = config_yaml(kafka, None, &redis);
+    let one = Herald::start(&with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]")).await;
+    let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;
+    one.wait_assigned(4).await;
+    two.wait_assigned(4).await;
+    let mut c = Clients::start().await;
+    c.connect_as(user, &two.url(), user).await;
+    (one, two, c)
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::tls::TestCa;
@@ -35,14 +35,6 @@ async fn a_refused_sasl_login_shows_in_readiness() {
     let body = problem_shows(&h, "kafka authentication failed").await;
     eprintln!("{body}");
     h.shutdown().await;
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

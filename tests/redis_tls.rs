@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::tls::{TestCa, TlsRedis, tls_args};
@@ -126,14 +126,6 @@ async fn an_untrusted_certificate_stops_start_up_and_a_changed_one_shows_in_read
     assert_eq!(got, (1..10).collect::<Vec<_>>(), "every one, once, in order");
     c.stop().await;
     h.shutdown().await;
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
