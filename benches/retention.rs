@@ -49,7 +49,8 @@ fn main() {
             let config = Config::from_yaml(&yaml, Path::new(".").into(), &|_| None).unwrap();
             let metrics = Arc::new(Metrics::new(&[]));
             let deliverer = Arc::new(Nobody);
-            let bus = Bus::start(&config, deliverer, metrics, &herald::supervise::Supervisor::new(CancellationToken::new())).await.unwrap();
+            let bus =
+                Bus::start(&config, None, deliverer, metrics, &herald::supervise::Supervisor::new(CancellationToken::new())).await.unwrap();
             let mut rates = [0.0; 2];
             for (i, retain) in [false, true].into_iter().enumerate() {
                 let mut runs: Vec<f64> = (0..RUNS).map(|_| 0.0).collect();

@@ -14,6 +14,7 @@ use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::{Brokers, Config, ConfigError, ConfigErrors};
 use crate::gateway::receipts::Receipts;
+use crate::gateway::relay::Relay;
 use crate::gateway::{self, Admission, Deliverer, Gateway, Lifetimes, Limits, Presence};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -107,8 +108,17 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
     let supervisor = Supervisor::new(stop_rest.clone());
     let presence = Arc::new(Presence::new(metrics.clone()));
     let revocations = Arc::new(crate::gateway::revocation::Revocations::new(config.auth.revocation_ttl));
-    let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client, revocations.clone());
-    let bus = Bus::start(&config, Arc::new(deliverer), metrics.clone(), &supervisor).await?;
+    // With Redis, a long-polling request may reach any instance: it is relayed to the one
+    // holding its session. A poll is answered within a ping interval, so it waits that long.
+    let relay = config.redis.as_ref().map(|_| {
+        let poll_wait = config.server.ping_interval + config.server.ping_timeout + Duration::from_secs(5);
+        Relay::new(&crate::socketio::engine::instance_tag(), poll_wait, config.server.connect_timeout)
+    });
+    let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client, revocations.clone(), relay.clone());
+    let bus = Bus::start(&config, relay.as_ref().map(Relay::tag), Arc::new(deliverer), metrics.clone(), &supervisor).await?;
+    if let Some(relay) = &relay {
+        relay.attach_bus(bus.clone());
+    }
     authenticator.start(&supervisor);
     // Files reread while running: the route scripts and the JWT public key.
     let mut reloadables: Vec<Arc<dyn crate::watch::Reloadable>> = vec![router.clone()];
@@ -135,7 +145,7 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
             .map(Arc::new),
         revocations: revocations.clone(),
     };
-    let gateway = Gateway::start(&config.server, &config.auth, admission).server;
+    let gateway = Gateway::start(&config.server, &config.auth, admission, relay.as_ref()).server;
 
     let timing = crate::watch::Timing { debounce: config.routes.reload_debounce, poll: config.routes.reload_poll };
     crate::watch::spawn(reloadables, timing, &supervisor)?;

@@ -157,7 +157,7 @@ async fn a_retried_store_keeps_one_copy_in_the_history() {
     let metrics = std::sync::Arc::new(herald::metrics::Metrics::new(&[]));
     let deliverer = std::sync::Arc::new(herald::bus::inbound::Nobody);
     let supervisor = herald::supervise::Supervisor::new(tokio_util::sync::CancellationToken::new());
-    let bus = Bus::start(&config, deliverer, metrics, &supervisor).await.unwrap();
+    let bus = Bus::start(&config, None, deliverer, metrics, &supervisor).await.unwrap();
     let notification = |n: i64, origin: &str| Notification {
         to: herald::route::Audience::User("rita".into()),
         event: "notification".into(),

@@ -122,6 +122,51 @@ pub fn decode_control(bytes: &[u8]) -> Option<Control<'_>> {
     serde_json::from_slice(bytes).ok()
 }
 
+/// A message on an instance's own channel: a long-polling request forwarded to the instance
+/// holding its session (`{"x":"req","i":id,"f":from tag,"s":sid,"p":is POST,"t":content type,"b":body}`),
+/// or the answer (`{"x":"res","i":id,"c":status,"t":content type,"b":body}`). Bodies are
+/// Engine.IO long-polling payloads, which are text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(tag = "x")]
+pub enum Relayed {
+    #[serde(rename = "req")]
+    Request {
+        #[serde(rename = "i")]
+        id: u64,
+        #[serde(rename = "f")]
+        from: String,
+        #[serde(rename = "s")]
+        sid: String,
+        #[serde(rename = "p")]
+        post: bool,
+        #[serde(rename = "t", default)]
+        content_type: Option<String>,
+        #[serde(rename = "b")]
+        body: String,
+    },
+    #[serde(rename = "res")]
+    Response {
+        #[serde(rename = "i")]
+        id: u64,
+        #[serde(rename = "c")]
+        status: u16,
+        #[serde(rename = "t")]
+        content_type: String,
+        #[serde(rename = "b")]
+        body: String,
+    },
+}
+
+impl Relayed {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("strings and numbers always serialise")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +219,22 @@ mod tests {
     fn foreign_messages_are_refused() {
         assert!(decode(b"hello").is_err());
         assert!(decode(br#"{"e":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn relayed_requests_and_answers_round_trip() {
+        let request = Relayed::Request {
+            id: 7,
+            from: "AbC_".into(),
+            sid: "AbC_0123456789abcdef".into(),
+            post: true,
+            content_type: Some("text/plain;charset=UTF-8".into()),
+            body: "4\u{1e}2[\"x\"]".into(),
+        };
+        assert_eq!(Relayed::decode(request.encode().as_bytes()), Some(request.clone()));
+        assert!(request.encode().starts_with(r#"{"x":"req""#));
+        let answer = Relayed::Response { id: 7, status: 200, content_type: "text/html".into(), body: "ok".into() };
+        assert_eq!(Relayed::decode(answer.encode().as_bytes()), Some(answer));
+        assert_eq!(Relayed::decode(b"{\"x\":\"end\",\"u\":[]}"), None);
     }
 }

@@ -59,6 +59,8 @@ pub trait Inbound: Send + Sync {
     /// `revoked_at_ms` remembers that their tokens issued before then are refused; returns how
     /// many sockets it ended.
     fn end_sessions(&self, users: &[&str], revoked_at_ms: Option<i64>) -> usize;
+    /// A message on this instance's own channel: a request forwarded here, or an answer.
+    fn relayed(&self, _message: super::envelope::Relayed) {}
 }
 
 /// No sockets at all: for driving the bus without a gateway (benchmarks, tests).

@@ -73,15 +73,19 @@ pub enum Bus {
 impl Bus {
     /// Connects the bus chosen by the config. Redis connection failures are not fatal here: the
     /// client keeps reconnecting and readiness reports it.
+    /// `instance`: this instance's tag, whose own channel it subscribes (with Redis).
     pub async fn start(
         config: &Config,
+        instance: Option<&str>,
         inbound: Arc<dyn Inbound>,
         metrics: Arc<Metrics>,
         supervisor: &Supervisor,
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(match &config.redis {
             None => Bus::Memory(memory::MemoryBus::new(inbound, &config.replay)),
-            Some(redis) => Bus::Redis(Box::new(redis::RedisBus::start(redis, &config.replay, inbound, metrics, supervisor).await?)),
+            Some(redis) => {
+                Bus::Redis(Box::new(redis::RedisBus::start(redis, &config.replay, instance, inbound, metrics, supervisor).await?))
+            }
         }))
     }
 
@@ -178,6 +182,15 @@ impl Bus {
         match self {
             Bus::Memory(_) => true,
             Bus::Redis(b) => b.is_connected(),
+        }
+    }
+
+    /// Sends `message` to the instance tagged `tag`; how many instances heard it (0 without
+    /// Redis: there is no other instance).
+    pub async fn relay(&self, tag: &str, message: &envelope::Relayed) -> Result<usize, BusError> {
+        match self {
+            Bus::Memory(_) => Ok(0),
+            Bus::Redis(b) => b.relay(tag, message).await,
         }
     }
 

@@ -20,6 +20,10 @@ pub struct RedisConfig {
     pub address: RedisAddress,
     /// TLS settings, for a `rediss` URL.
     pub tls: Option<RedisTls>,
+    /// Channel of one instance's own messages (long-polling requests forwarded to the instance
+    /// holding their session, and the answers); must contain {instance}. Default
+    /// `herald:instance:{instance}`.
+    pub instance_channel: ChannelPattern,
     /// Key of a user's token revocation (`POST /api/disconnect` with `revoke_tokens`); must
     /// contain {user_id} once. Default `herald:revoked:{user_id}`.
     pub revoked_key: ChannelPattern,
@@ -43,6 +47,7 @@ pub struct ChannelPattern {
 impl ChannelPattern {
     pub const PLACEHOLDER: &str = "{user_id}";
     pub const GROUP_PLACEHOLDER: &str = "{group}";
+    pub const INSTANCE_PLACEHOLDER: &str = "{instance}";
 
     pub fn parse(pattern: &str) -> Result<Self, String> {
         Self::parse_with(pattern, Self::PLACEHOLDER)
@@ -113,11 +118,33 @@ pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConf
         if channel.user_id(&broadcast_channel).is_some() || group_channel.user_id(&broadcast_channel).is_some() {
             walk.error(s.path("broadcast_channel"), "must not match redis.channel or redis.group_channel");
         }
+        let instance_channel = pattern(walk, s, "instance_channel", "herald:instance:{instance}", ChannelPattern::INSTANCE_PLACEHOLDER);
+        let probe = instance_channel.channel("x");
+        if channel.user_id(&probe).is_some()
+            || group_channel.user_id(&probe).is_some()
+            || probe == broadcast_channel
+            || instance_channel.user_id(&channel.channel("x")).is_some()
+            || instance_channel.user_id(&group_channel.channel("x")).is_some()
+            || instance_channel.user_id(&broadcast_channel).is_some()
+        {
+            walk.error(s.path("instance_channel"), "must not overlap redis.channel, redis.group_channel or redis.broadcast_channel");
+        }
         let revoked_key = pattern(walk, s, "revoked_key", "herald:revoked:{user_id}", ChannelPattern::PLACEHOLDER);
         let command_timeout = Duration::from_millis(ranged(walk, s, "command_timeout_ms", 2000u64, 10..=600_000));
         let cluster = matches!(address.as_ref().map(|a| &a.target), Some(RedisTarget::Cluster { .. }));
         let sharded_pubsub = walk.get(s, "sharded_pubsub", cluster);
         let (url, address) = (url?, address?);
-        Some(RedisConfig { url, channel, group_channel, broadcast_channel, command_timeout, sharded_pubsub, address, tls, revoked_key })
+        Some(RedisConfig {
+            url,
+            channel,
+            group_channel,
+            broadcast_channel,
+            command_timeout,
+            sharded_pubsub,
+            address,
+            tls,
+            revoked_key,
+            instance_channel,
+        })
     })
 }

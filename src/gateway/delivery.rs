@@ -23,6 +23,8 @@ pub struct Deliverer {
     metrics: Arc<Metrics>,
     slow_client: SlowClient,
     revocations: Arc<Revocations>,
+    /// Requests other instances forward here, and the answers to ours.
+    relay: Option<super::relay::Relay>,
 }
 
 /// Whether `member` takes a notification sent to each of `among` from `group`'s copy.
@@ -34,8 +36,14 @@ fn takes_from(member: &Member, group: &str, among: &[&str]) -> bool {
 const NAMESPACE: &str = "/";
 
 impl Deliverer {
-    pub fn new(presence: Arc<Presence>, metrics: Arc<Metrics>, slow_client: SlowClient, revocations: Arc<Revocations>) -> Self {
-        Self { presence, metrics, slow_client, revocations }
+    pub fn new(
+        presence: Arc<Presence>,
+        metrics: Arc<Metrics>,
+        slow_client: SlowClient,
+        revocations: Arc<Revocations>,
+        relay: Option<super::relay::Relay>,
+    ) -> Self {
+        Self { presence, metrics, slow_client, revocations, relay }
     }
 
     fn finish(&self, kind: AudienceKind, reached: usize, failed: usize, timestamp_ms: i64, consumed_us: i64) -> usize {
@@ -71,6 +79,12 @@ impl Deliverer {
 }
 
 impl Inbound for Deliverer {
+    fn relayed(&self, message: crate::bus::envelope::Relayed) {
+        if let Some(relay) = &self.relay {
+            relay.received(message);
+        }
+    }
+
     fn end_sessions(&self, users: &[&str], revoked_at_ms: Option<i64>) -> usize {
         let mut ended = 0;
         for user in users {

@@ -10,6 +10,7 @@ mod lifetime;
 mod member;
 mod presence;
 pub mod receipts;
+pub mod relay;
 pub mod revocation;
 
 use std::sync::Arc;
@@ -37,8 +38,15 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts accepting sockets on the default namespace, as `admission` decides.
-    pub fn start(server: &ServerConfig, auth: &AuthConfig, admission: Admission) -> Self {
-        Self { server: socketio::Server::start(options(server, auth), Arc::new(admission)) }
+    /// `relay`: with Redis, how requests for other instances' sessions travel.
+    pub fn start(server: &ServerConfig, auth: &AuthConfig, admission: Admission, relay: Option<&relay::Relay>) -> Self {
+        let mut options = options(server, auth);
+        options.engine.instance_tag = relay.map(|r| r.tag().as_bytes().try_into().expect("a tag is TAG_LEN characters"));
+        let server = socketio::Server::start(options, Arc::new(admission));
+        if let Some(relay) = relay {
+            relay.attach_server(&server);
+        }
+        Self { server }
     }
 }
 
@@ -57,6 +65,7 @@ pub fn options(server: &ServerConfig, auth: &AuthConfig) -> socketio::Options {
             request_timeout: server.connect_timeout,
             handshake_headers: vec!["origin", "authorization"],
             allowed_origins: auth.allowed_origins.clone(),
+            instance_tag: None,
         },
         namespaces: vec!["/".into()],
     }

@@ -123,6 +123,8 @@ catalog! {
         "Engine.IO sessions opened, by first transport (websocket, polling).";
     UPGRADES = "herald_gateway_upgrades_total", Counter, Count,
         "Long-polling sessions upgraded to WebSocket.";
+    FORWARDED = "herald_gateway_forwarded_requests_total", Counter, Count,
+        "Long-polling requests for a session another instance holds: sent there (sent), or answered here for another instance (answered).";
     PING_TIMEOUTS = "herald_gateway_ping_timeouts_total", Counter, Count,
         "Sessions closed because the client missed a heartbeat.";
     WEBSOCKET_WRITES = "herald_gateway_websocket_writes_total", Counter, Count,
@@ -215,7 +217,7 @@ impl Reloads {
 }
 
 /// The transport counters other than the protocol errors and the cutoffs.
-const FIXED_TRANSPORT: usize = 7;
+const FIXED_TRANSPORT: usize = 9;
 const TRANSPORT_COUNTERS: usize = FIXED_TRANSPORT + ProtocolError::ALL.len() + Cutoff::ALL.len();
 
 /// The Socket.IO transport keeps plain atomics ([`Stats`]); these follow them.
@@ -228,6 +230,8 @@ struct TransportCounters {
     ping_timeouts: Counter,
     websocket_writes: Counter,
     websocket_frames: Counter,
+    forwarded_sent: Counter,
+    forwarded_answered: Counter,
     /// The figures last copied, so `write_timeouts` (also counted by the HTTP server) gets
     /// increments rather than a value.
     last: Mutex<[u64; TRANSPORT_COUNTERS]>,
@@ -302,6 +306,8 @@ impl Metrics {
                 ping_timeouts: counter(PING_TIMEOUTS, vec![]),
                 websocket_writes: counter(WEBSOCKET_WRITES, vec![]),
                 websocket_frames: counter(WEBSOCKET_FRAMES, vec![]),
+                forwarded_sent: counter(FORWARDED, vec![Label::new("direction", "sent")]),
+                forwarded_answered: counter(FORWARDED, vec![Label::new("direction", "answered")]),
                 cutoffs: Cutoff::ALL.iter().map(|c| (*c, counter(REQUESTS_CUT, vec![Label::new("reason", c.label())]))).collect(),
                 last: Mutex::new([0; TRANSPORT_COUNTERS]),
             },
@@ -381,6 +387,8 @@ impl Metrics {
             stats.write_timeouts(),
             writes,
             frames,
+            stats.forwarded().0,
+            stats.forwarded().1,
         ]);
         for (i, (kind, _)) in t.protocol_errors.iter().enumerate() {
             now[FIXED_TRANSPORT + i] = stats.protocol_errors(*kind);
@@ -397,6 +405,8 @@ impl Metrics {
             &self.write_timeouts,
             &t.websocket_writes,
             &t.websocket_frames,
+            &t.forwarded_sent,
+            &t.forwarded_answered,
         ];
         let counters = fixed.into_iter().chain(t.protocol_errors.iter().map(|(_, c)| c)).chain(t.cutoffs.iter().map(|(_, c)| c));
         for ((counter, now), last) in counters.zip(now).zip(last.iter_mut()) {

@@ -100,4 +100,15 @@ impl<H: Handler> Server<H> {
     pub async fn close_all(&self) {
         self.engine.close_all().await
     }
+
+    /// Where long-polling requests for other instances' sessions go (see
+    /// [`engine::Options::instance_tag`]).
+    pub fn set_forwarder(&self, forwarder: Arc<dyn engine::Forwarder>) {
+        self.engine.set_forwarder(forwarder);
+    }
+
+    /// Answers a request another instance forwarded here.
+    pub async fn answer_forwarded(&self, request: engine::ForwardedRequest) -> Option<engine::ForwardedResponse> {
+        self.engine.answer_forwarded(request).await
+    }
 }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 mod cluster;
 pub mod kubelet;
 mod process;
+pub mod proxy;
 mod scenario;
 pub mod tls;
 #[allow(unused_imports)] // only the cluster test uses it

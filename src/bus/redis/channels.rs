@@ -8,6 +8,7 @@ pub struct Channels {
     user: ChannelPattern,
     group: ChannelPattern,
     broadcast: String,
+    instance: ChannelPattern,
 }
 
 /// Whose channel a message came on.
@@ -16,6 +17,8 @@ pub enum Owner<'a> {
     User(&'a str),
     Group(&'a str),
     Broadcast,
+    /// An instance's own channel (by its tag).
+    Instance(&'a str),
 }
 
 impl Channels {
@@ -23,7 +26,12 @@ impl Channels {
     /// only touches the shard owning it.
     pub fn new(config: &RedisConfig) -> Self {
         let tagged = |p: &ChannelPattern| if config.sharded_pubsub { p.hash_tagged() } else { p.clone() };
-        Self { user: tagged(&config.channel), group: tagged(&config.group_channel), broadcast: config.broadcast_channel.clone() }
+        Self {
+            user: tagged(&config.channel),
+            group: tagged(&config.group_channel),
+            broadcast: config.broadcast_channel.clone(),
+            instance: tagged(&config.instance_channel),
+        }
     }
 
     pub fn user(&self, user_id: &str) -> String {
@@ -36,6 +44,10 @@ impl Channels {
 
     pub fn broadcast(&self) -> &str {
         &self.broadcast
+    }
+
+    pub fn instance(&self, tag: &str) -> String {
+        self.instance.channel(tag)
     }
 
     /// The channel a notification is published on.
@@ -52,6 +64,9 @@ impl Channels {
     pub fn owner<'a>(&self, channel: &'a str) -> Option<Owner<'a>> {
         if channel == self.broadcast {
             return Some(Owner::Broadcast);
+        }
+        if let Some(tag) = self.instance.user_id(channel) {
+            return Some(Owner::Instance(tag));
         }
         if let Some(group) = self.group.user_id(channel) {
             return Some(Owner::Group(group));
@@ -75,6 +90,7 @@ mod tests {
         assert_eq!(plain.owner(&plain.group("team-7")), Some(Owner::Group("team-7")));
         assert_eq!(plain.owner(plain.broadcast()), Some(Owner::Broadcast));
         assert_eq!(plain.owner("elsewhere"), None);
+        assert_eq!(plain.owner(&plain.instance("AbC_")), Some(Owner::Instance("AbC_")));
         let sharded = channels("redis-cluster://127.0.0.1:1");
         assert_eq!(sharded.group("g"), "herald:group:{g}", "the group is the hash tag");
         assert_eq!(sharded.owner("herald:group:{g}"), Some(Owner::Group("g")));

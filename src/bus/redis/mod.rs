@@ -112,6 +112,7 @@ impl RedisBus {
     pub async fn start(
         config: &RedisConfig,
         replay_config: &ReplayConfig,
+        instance: Option<&str>,
         deliverer: Arc<dyn Inbound>,
         metrics: Arc<Metrics>,
         supervisor: &Supervisor,
@@ -148,6 +149,10 @@ impl RedisBus {
         let (ops, ops_rx) = mpsc::unbounded_channel();
         // Every instance hears broadcasts, for as long as it runs.
         let _ = ops.send(Op::Acquire(channels.broadcast().to_owned(), oneshot::channel().0));
+        // And its own channel, for the requests other instances forward to it.
+        if let Some(tag) = instance {
+            let _ = ops.send(Op::Acquire(channels.instance(tag), oneshot::channel().0));
+        }
         let mut tasks = Vec::new();
         let subscriber = match &*nodes {
             Nodes::Single { .. } => {
@@ -325,6 +330,13 @@ impl RedisBus {
         }
     }
 
+    /// Publishes a message on instance `tag`'s own channel; how many instances heard it.
+    pub async fn relay(&self, tag: &str, message: &envelope::Relayed) -> Result<usize, BusError> {
+        let command = vec![self.publish_verb().to_vec(), self.channels.instance(tag).into_bytes(), message.encode().into_bytes()];
+        let reply = self.pipeline(vec![command], 1).await?.pop().unwrap_or_else(|| Err("no reply".into()));
+        reply.map(|f| integer(Some(&f))).map_err(BusError)
+    }
+
     /// The live message of stored notifications again, with their ids, without storing them again.
     pub async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {
         let commands = stored
@@ -464,6 +476,13 @@ fn routed(args: Vec<Vec<u8>>) -> Command {
 /// Decodes one bus message and emits it to its audience's local sockets.
 fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
     let Some(owner) = std::str::from_utf8(channel).ok().and_then(|c| channels.owner(c)) else { return };
+    if let Owner::Instance(_) = owner {
+        match envelope::Relayed::decode(payload) {
+            Some(message) => deliverer.relayed(message),
+            None => metrics.bus_decode_failures.increment(1),
+        }
+        return;
+    }
     if owner == Owner::Broadcast
         && let Some(control) = envelope::decode_control(payload)
     {
@@ -488,6 +507,7 @@ fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, 
                 }
                 Owner::Group(name) => Addressee::Group { name, among: &among },
                 Owner::Broadcast => Addressee::Everyone,
+                Owner::Instance(_) => return,
             };
             deliverer.deliver(to, &env.event, env.payload, env.origin.as_deref(), env.timestamp_ms, consumed_us);
         }

@@ -3,6 +3,7 @@
 //! sees sessions that open, carry text and binary messages both ways, and close.
 
 mod flusher;
+mod forward;
 pub mod frame;
 mod heartbeat;
 pub mod http;
@@ -19,9 +20,10 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+pub use forward::{ForwardedRequest, ForwardedResponse, Forwarder};
 pub use http::{Handoff, Mount};
 pub use session::{CloseReason, Frame, SendError, Session};
-pub use sid::Sid;
+pub use sid::{Sid, TAG_LEN, instance_tag};
 pub use stats::{Cutoff, ProtocolError, Stats};
 
 use heartbeat::Wheel;
@@ -51,6 +53,10 @@ pub struct Options {
     /// `Origin`s whose pages may read polling responses (CORS); empty allows any. Refusing
     /// sessions by origin is the layer above's decision (the `Origin` is in the handshake).
     pub allowed_origins: Vec<String>,
+    /// This instance's tag, at the start of every session id it makes, when instances share
+    /// sessions: a request for a session another instance holds then goes to it through the
+    /// [`Forwarder`] (no load balancer affinity needed).
+    pub instance_tag: Option<[u8; TAG_LEN]>,
 }
 
 impl Default for Options {
@@ -67,6 +73,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(10),
             handshake_headers: Vec::new(),
             allowed_origins: Vec::new(),
+            instance_tag: None,
         }
     }
 }
@@ -126,6 +133,8 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) flusher: Arc<flusher::Flusher<H>>,
     /// Set by [`Engine::close_all`]: no new sessions.
     pub(crate) closing: std::sync::atomic::AtomicBool,
+    /// Where requests for other instances' sessions go ([`Engine::set_forwarder`]).
+    pub(crate) forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -140,6 +149,7 @@ impl<H: Handler> Engine<H> {
             stats: Stats::default(),
             flusher: Arc::new(flusher::Flusher::new()),
             closing: Default::default(),
+            forwarder: Default::default(),
         });
         tokio::spawn(heartbeat::run(Arc::downgrade(&shared)));
         tokio::spawn(flusher::run(shared.flusher.clone()));

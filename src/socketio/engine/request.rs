@@ -93,7 +93,7 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    async fn route_request(&self, request: Request, body: Bytes) -> Reply {
+    pub(super) async fn route_request(&self, request: Request, body: Bytes) -> Reply {
         let engine = &self.shared;
         let q = query(&request.query);
         let websocket = match q.transport {
@@ -103,6 +103,12 @@ impl<H: Handler> Engine<H> {
         };
         if let Some(sid) = q.sid {
             let Some(session) = Sid::parse(sid).and_then(|sid| engine.sessions.get(&sid).map(|s| s.value().clone())) else {
+                // Another instance's session: it answers, as if the client had reached it.
+                if let Some(owned_elsewhere) = self.forwardable(sid).filter(|_| !websocket)
+                    && let Some(response) = self.forward(owned_elsewhere, &request, body).await
+                {
+                    return Reply::Response(response);
+                }
                 return refuse(engine, EioError::UnknownSid);
             };
             if session.is_closed() && request.method != Method::Get {
@@ -272,6 +278,8 @@ impl<H: Handler> Mount for Engine<H> {
             (Some("polling" | "websocket"), Some(sid)) => {
                 match Sid::parse(sid).and_then(|sid| engine.sessions.get(&sid).map(|s| s.is_closed())) {
                     Some(false) => return None, // a live session: its body decides
+                    // Another instance's: the body goes there.
+                    None if self.forwardable(sid).is_some() => return None,
                     _ => EioError::UnknownSid,
                 }
             }

@@ -222,7 +222,7 @@ pub struct Session<H: Handler> {
 impl<H: Handler> Session<H> {
     pub(super) fn new(shared: &Arc<Shared<H>>, transport: Transport, handshake: Handshake) -> Arc<Self> {
         Arc::new(Self {
-            sid: Sid::random(),
+            sid: Sid::tagged(shared.options.instance_tag.as_ref()),
             engine: Arc::downgrade(shared),
             ws: OnceLock::new(),
             out: Mutex::new(Outbox {

@@ -2,11 +2,37 @@
 
 use std::fmt;
 
-/// A session id: 20 characters of URL-safe base64 (120 random bits), kept inline.
+/// A session id: 20 characters of URL-safe base64 (120 random bits), kept inline. When several
+/// instances share sessions, the first [`TAG_LEN`] characters name the instance holding it
+/// (the other 16, 96 random bits, keep it unguessable).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sid([u8; 20]);
 
+/// Characters of an instance tag at the start of a session id.
+pub const TAG_LEN: usize = 4;
+
+/// A random instance tag (24 bits): two instances sharing one is harmless (a forwarded request
+/// is answered only by the instance that holds the session), only slower.
+pub fn instance_tag() -> [u8; TAG_LEN] {
+    let sid = Sid::random();
+    sid.0[..TAG_LEN].try_into().expect("TAG_LEN characters")
+}
+
 impl Sid {
+    /// A random id, starting with `tag` when there is one.
+    pub fn tagged(tag: Option<&[u8; TAG_LEN]>) -> Self {
+        let mut sid = Self::random();
+        if let Some(tag) = tag {
+            sid.0[..TAG_LEN].copy_from_slice(tag);
+        }
+        sid
+    }
+
+    /// The instance tag it starts with (meaningful when sessions are shared).
+    pub fn tag(&self) -> &[u8; TAG_LEN] {
+        self.0[..TAG_LEN].try_into().expect("TAG_LEN characters")
+    }
+
     pub fn random() -> Self {
         let mut raw = [0u8; 15];
         getrandom::fill(&mut raw).expect("the OS random source");

@@ -90,6 +90,8 @@ pub struct Stats {
     upgrades: AtomicU64,
     ping_timeouts: AtomicU64,
     write_timeouts: AtomicU64,
+    forwarded_out: AtomicU64,
+    forwarded_in: AtomicU64,
     /// Shared with every session, which counts its writes here.
     pub(super) writes: std::sync::Arc<WriteCounts>,
 }
@@ -151,6 +153,19 @@ impl Stats {
     }
 
     /// Sessions opened over WebSocket directly, and over long-polling.
+    pub(super) fn forwarded_out(&self) {
+        self.forwarded_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn forwarded_in(&self) {
+        self.forwarded_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests sent to the instance holding their session, and answered here for another.
+    pub fn forwarded(&self) -> (u64, u64) {
+        (self.forwarded_out.load(Ordering::Relaxed), self.forwarded_in.load(Ordering::Relaxed))
+    }
+
     pub fn opened_sessions(&self) -> (u64, u64) {
         (self.opened_websocket.load(Ordering::Relaxed), self.opened_polling.load(Ordering::Relaxed))
     }

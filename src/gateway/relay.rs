@@ -1,0 +1,140 @@
+//! No sticky sessions: a long-polling request that reaches an instance other than the one
+//! holding its session travels there over the bus (the owner's own channel), is answered there
+//! as a local request, and the answer comes back on the asking instance's channel. Over the bus
+//! rather than instance to instance over HTTP: every instance already reaches Redis and needs no
+//! address of the others, and a request for an instance that is gone is known at once (its
+//! channel has no subscriber).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+
+use super::Admission;
+use crate::bus::Bus;
+use crate::bus::envelope::Relayed;
+use crate::socketio::Server;
+use crate::socketio::engine::{ForwardedRequest, ForwardedResponse, Forwarder, Sid};
+
+/// Carries long-polling requests between instances; one per instance, with Redis.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tag: String,
+    bus: OnceLock<Arc<Bus>>,
+    server: OnceLock<Server<Admission>>,
+    /// Requests sent, waiting for their answers.
+    pending: DashMap<u64, oneshot::Sender<ForwardedResponse>>,
+    next_id: AtomicU64,
+    /// A poll is answered within a ping interval (a ping comes); past this its owner is gone.
+    poll_wait: Duration,
+    post_wait: Duration,
+}
+
+impl Relay {
+    pub fn new(tag: &[u8], poll_wait: Duration, post_wait: Duration) -> Self {
+        let inner = Inner {
+            tag: String::from_utf8_lossy(tag).into_owned(),
+            bus: OnceLock::new(),
+            server: OnceLock::new(),
+            pending: DashMap::new(),
+            next_id: AtomicU64::new(0),
+            poll_wait,
+            post_wait,
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// This instance's tag (the start of its session ids, the name of its channel).
+    pub fn tag(&self) -> &str {
+        &self.inner.tag
+    }
+
+    pub fn attach_bus(&self, bus: Arc<Bus>) {
+        let _ = self.inner.bus.set(bus);
+    }
+
+    /// The server that answers requests forwarded here, and forwards its own.
+    pub fn attach_server(&self, server: &Server<Admission>) {
+        let _ = self.inner.server.set(server.clone());
+        server.set_forwarder(Arc::new(self.clone()));
+    }
+
+    /// A message on this instance's channel: a request to answer, or the answer to ours.
+    pub fn received(&self, message: Relayed) {
+        match message {
+            Relayed::Response { id, status, content_type, body } => {
+                if let Some((_, waiting)) = self.inner.pending.remove(&id) {
+                    let _ = waiting.send(ForwardedResponse { status, content_type, body: Bytes::from(body) });
+                }
+            }
+            Relayed::Request { id, from, sid, post, content_type, body } => {
+                let (Some(sid), Some(server), Some(bus)) =
+                    (Sid::parse(&sid), self.inner.server.get().cloned(), self.inner.bus.get().cloned())
+                else {
+                    return;
+                };
+                // A poll waits for packets: each request on a task of its own.
+                tokio::spawn(async move {
+                    let request = ForwardedRequest { sid, post, content_type: content_type.map(Box::from), body: Bytes::from(body) };
+                    let Some(answer) = server.answer_forwarded(request).await else { return };
+                    // Long-polling payloads are text (binary goes base64-encoded).
+                    let body = String::from_utf8_lossy(&answer.body).into_owned();
+                    let answer = Relayed::Response { id, status: answer.status, content_type: answer.content_type, body };
+                    if let Err(e) = bus.relay(&from, &answer).await {
+                        tracing::debug!(error = %e, "A forwarded request's answer could not be sent back.");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Takes the waiting answer out when the request ends, answered or not.
+struct Waiting<'a>(&'a Inner, u64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.pending.remove(&self.1);
+    }
+}
+
+impl Forwarder for Relay {
+    fn forward(&self, request: ForwardedRequest) -> Pin<Box<dyn Future<Output = Option<ForwardedResponse>> + Send>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let bus = inner.bus.get()?.clone();
+            let Ok(body) = String::from_utf8(request.body.to_vec()) else {
+                // As a local session answers a payload that is not UTF-8.
+                return Some(ForwardedResponse { status: 400, content_type: "text/plain".into(), body: Bytes::new() });
+            };
+            let to = String::from_utf8_lossy(request.sid.tag()).into_owned();
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            inner.pending.insert(id, tx);
+            let _waiting = Waiting(&inner, id);
+            let message = Relayed::Request {
+                id,
+                from: inner.tag.clone(),
+                sid: request.sid.to_string(),
+                post: request.post,
+                content_type: request.content_type.map(String::from),
+                body,
+            };
+            // Nobody on the owner's channel: no instance holds the session (any more).
+            if !matches!(bus.relay(&to, &message).await, Ok(1..)) {
+                return None;
+            }
+            let wait = if request.post { inner.post_wait } else { inner.poll_wait };
+            tokio::time::timeout(wait, rx).await.ok()?.ok()
+        })
+    }
+}

@@ -1,0 +1,90 @@
+//! Sessions shared by several instances behind a load balancer without affinity: a long-polling
+//! request for a session another instance holds (its id starts with that instance's tag) is
+//! carried there by the layer above's [`Forwarder`] and answered there as a local request, with
+//! the same checks, ordering and limits; the answer comes back to the client unchanged.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use super::http::{Method, Reply, Request, Response};
+use super::sid::Sid;
+use super::{Engine, Handler};
+
+/// A long-polling request for another instance's session: a poll (GET) or a POST's payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedRequest {
+    pub sid: Sid,
+    pub post: bool,
+    pub content_type: Option<Box<str>>,
+    pub body: Bytes,
+}
+
+/// The answer of the instance holding the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+/// Carries requests to the instance their session id names (the layer above's transport
+/// between instances).
+pub trait Forwarder: Send + Sync + 'static {
+    /// The answer of the instance holding `request.sid`; `None` when none answered in time
+    /// (no instance holds it, or its instance is gone): the session is unknown.
+    fn forward(&self, request: ForwardedRequest) -> Pin<Box<dyn Future<Output = Option<ForwardedResponse>> + Send>>;
+}
+
+impl<H: Handler> Engine<H> {
+    /// Where this engine's requests for other instances' sessions go; set once.
+    pub fn set_forwarder(&self, forwarder: std::sync::Arc<dyn Forwarder>) {
+        let _ = self.shared.forwarder.set(forwarder);
+    }
+
+    /// Whether a request for `sid`, unknown here, is another instance's to answer.
+    pub(super) fn forwardable(&self, sid: &str) -> Option<Sid> {
+        let own = self.shared.options.instance_tag?;
+        self.shared.forwarder.get()?;
+        Sid::parse(sid).filter(|sid| *sid.tag() != own)
+    }
+
+    /// Sends a polling request to the instance holding its session; its answer, or `None`.
+    pub(super) async fn forward(&self, sid: Sid, request: &Request, body: Bytes) -> Option<Response> {
+        let forwarder = self.shared.forwarder.get()?.clone();
+        let post = match request.method {
+            Method::Get => false,
+            Method::Post => true,
+            _ => return None,
+        };
+        let content_type = request.header("content-type").map(Box::from);
+        self.shared.stats.forwarded_out();
+        let answer = forwarder.forward(ForwardedRequest { sid, post, content_type, body }).await?;
+        let mut response = Response::new(answer.status, "text/plain", answer.body);
+        response.headers = vec![("Content-Type", answer.content_type)];
+        Some(response)
+    }
+
+    /// Answers a request another instance forwarded, as a local one (`None`: the session id
+    /// names another instance, which answers it).
+    pub async fn answer_forwarded(&self, request: ForwardedRequest) -> Option<ForwardedResponse> {
+        if Some(*request.sid.tag()) != self.shared.options.instance_tag {
+            return None;
+        }
+        self.shared.stats.forwarded_in();
+        let head = Request {
+            method: if request.post { Method::Post } else { Method::Get },
+            path: self.shared.options.path.clone().into(),
+            query: format!("EIO=4&transport=polling&sid={}", request.sid).into(),
+            headers: request.content_type.map(|t| (Box::from("content-type"), t)).into_iter().collect(),
+            keep_alive: true,
+        };
+        let Reply::Response(response) = self.route_request(head, request.body).await else {
+            // A polling request is never answered with an upgrade.
+            return None;
+        };
+        let content_type = response.headers.iter().find(|(n, _)| *n == "Content-Type").map(|(_, v)| v.clone()).unwrap_or_default();
+        Some(ForwardedResponse { status: response.status, content_type, body: response.body })
+    }
+}

@@ -1,0 +1,133 @@
+//! No sticky sessions: herald instances with Redis behind a proxy that sends each TCP
+//! connection to the next instance in turn (a Kubernetes Service without affinity). The
+//! default socket.io-client (long-polling first, then the upgrade), a long-polling-only client
+//! and python-socketio each connect, receive every notification in order and disconnect
+//! cleanly: requests that reach an instance other than their session's are forwarded to it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::proxy::RoundRobin;
+use common::*;
+use serde_json::json;
+
+/// `n` instances sharing one Redis (only the first consumes), behind a round-robin proxy.
+async fn behind_a_proxy(kafka: &Kafka, redis: &Redis, n: usize) -> (Vec<Herald>, RoundRobin) {
+    let yaml = config_yaml(kafka, Some(redis), "");
+    let mut heralds = vec![Herald::start(&with_kafka(&yaml, "topics: [user-notifications]")).await];
+    for _ in 1..n {
+        heralds.push(Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await);
+    }
+    // The group settled (every instance holds its topic's partitions): no rebalance later
+    // delivers a record twice.
+    heralds[0].wait_assigned(4).await;
+    eventually(Duration::from_secs(20), "the others to share `elsewhere`", async || {
+        let mut assigned = 0.0;
+        for h in &heralds[1..] {
+            assigned += h.metric("herald_source_assigned_partitions").await;
+        }
+        assigned == 4.0
+    })
+    .await;
+    let proxy = RoundRobin::start(heralds.iter().map(|h| h.addr).collect()).await;
+    (heralds, proxy)
+}
+
+async fn forwarded(heralds: &[Herald], direction: &str) -> f64 {
+    let mut total = 0.0;
+    for h in heralds {
+        total += h.metric(&format!("herald_gateway_forwarded_requests_total{{direction=\"{direction}\"}}")).await;
+    }
+    total
+}
+
+async fn sockets(heralds: &[Herald]) -> f64 {
+    let mut total = 0.0;
+    for h in heralds {
+        total += h.metric("herald_gateway_sockets").await;
+    }
+    total
+}
+
+/// Every notification produced for `user`, received once and in order by each of `ids`.
+async fn every_notification(kafka: &Kafka, c: &mut Clients, user: &str, ids: &[&str]) {
+    const N: i64 = 30;
+    for n in 0..N {
+        kafka.produce_to(TOPIC, Some(0), Some(user), json!({"userId": user, "n": n}).to_string().as_bytes()).await;
+    }
+    for id in ids {
+        let (_, duplicated, lost) = report(c, id, N, &format!("{id} behind a round-robin proxy")).await;
+        assert_eq!((lost, duplicated), (0, 0), "{id}");
+        assert_first_seen_in_order(c, id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_and_polling_only_clients_need_no_affinity() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let redis = Redis::start().await;
+    for n in [2, 3] {
+        let (heralds, proxy) = behind_a_proxy(&kafka, &redis, n).await;
+        let mut c = Clients::start().await;
+        let user = format!("nia{n}");
+        let token = json!({"token": token(&user)});
+        let (polling, default) = (format!("polling-{n}"), format!("default-{n}"));
+        c.connect(&polling, &proxy.url(), json!({"auth": token, "transports": ["polling"]})).await.unwrap();
+        c.connect(&default, &proxy.url(), json!({"auth": token, "transports": ["polling", "websocket"]})).await.unwrap();
+        every_notification(&kafka, &mut c, &user, &[&polling, &default]).await;
+        for id in [&polling, &default] {
+            let fresh = jsonwebtoken::get_current_timestamp() + 7200;
+            c.emit_with_ack(id, "auth_refresh", json!({"token": token_with(json!({"sub": user, "exp": fresh}))})).await;
+            assert_eq!(c.expect_ack(id, "auth_refresh").await, json!({"ok": true, "expires_at": fresh}), "{id}: refreshed");
+        }
+        assert!(forwarded(&heralds, "sent").await > 0.0, "some requests reached another instance than their session's");
+        assert_eq!(forwarded(&heralds, "sent").await, forwarded(&heralds, "answered").await, "each forwarded request was answered");
+        assert!(proxy.counts().iter().all(|c| *c > 0), "the proxy used every instance: {:?}", proxy.counts());
+        c.close(&polling).await;
+        c.close(&default).await;
+        eventually(Duration::from_secs(10), "both sockets to leave cleanly", async || sockets(&heralds).await == 0.0).await;
+        c.stop().await;
+        for h in heralds {
+            h.shutdown().await;
+        }
+    }
+}
+
+/// python-socketio runs each event handler on a thread of its own, so it is checked one
+/// notification at a time (its handlers' order is its own, and under a burst it was seen to
+/// skip handlers with herald's packets all logged as received by its engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_socketio_needs_no_affinity() {
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let redis = Redis::start().await;
+    let (heralds, proxy) = behind_a_proxy(&kafka, &redis, 2).await;
+    let mut c = Clients::start_python().await;
+    let clients =
+        [("py-polling-1", json!(["polling"])), ("py-polling-2", json!(["polling"])), ("py-default", json!(["polling", "websocket"]))];
+    for (id, transports) in &clients {
+        let first = token_with(json!({"sub": id, "exp": jsonwebtoken::get_current_timestamp() + 600}));
+        c.connect(id, &proxy.url(), json!({"auth": {"token": first}, "transports": transports})).await.unwrap();
+    }
+    for (id, _) in &clients {
+        for n in 0..3 {
+            kafka.notify(id, json!({"n": n})).await;
+            assert_eq!(c.expect(id, "notification").await["body"]["n"], n, "{id}");
+        }
+        // An emit with an ack: a POST, and the ack in a later poll, both possibly forwarded.
+        let fresh = jsonwebtoken::get_current_timestamp() + 7200;
+        c.emit_with_ack(id, "auth_refresh", json!({"token": token_with(json!({"sub": id, "exp": fresh}))})).await;
+        assert_eq!(c.expect_ack(id, "auth_refresh").await, json!({"ok": true, "expires_at": fresh}), "{id}: refreshed");
+    }
+    assert!(forwarded(&heralds, "sent").await > 0.0, "some requests reached another instance than their session's");
+    for (id, _) in &clients {
+        c.close(id).await;
+    }
+    eventually(Duration::from_secs(10), "the sockets to leave cleanly", async || sockets(&heralds).await == 0.0).await;
+    c.stop().await;
+    for h in heralds {
+        h.shutdown().await;
+    }
+}
