@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-polling|single|single-max|pair|pair-max|cluster-max|overload|five|smoke|profile|profile-single [runs]
+#   scripts/bench.sh memory|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|overload|five|smoke|profile|profile-single [runs]
 # (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
@@ -140,6 +140,14 @@ case "$SCENARIO" in
       fresh 2 cluster
       bench --label cluster-max --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
       loss_counters
+    done
+    ;;
+  forward)
+    # A long-polling round trip (POST of an event with an ack, GET of the ack) sent to the
+    # instance holding the session, or to the other, which forwards it over Redis (issue #27).
+    for run in $(seq 1 "$RUNS"); do
+      fresh 2 redis
+      OUT=${FORWARD_OUT:-bench/results-forward.jsonl} python3 scripts/forward_bench.py "http://${SERVERS[0]}" "http://${SERVERS[1]}" "$REDIS_PORT" bench-secret-not-for-production "${ROUNDS:-1000}"
     done
     ;;
   overload)

@@ -14,7 +14,11 @@ use serde_json::json;
 
 /// `n` instances sharing one Redis (only the first consumes), behind a round-robin proxy.
 async fn behind_a_proxy(kafka: &Kafka, redis: &Redis, n: usize) -> (Vec<Herald>, RoundRobin) {
-    let yaml = config_yaml(kafka, Some(redis), "");
+    behind_a_proxy_with(kafka, redis, n, "").await
+}
+
+async fn behind_a_proxy_with(kafka: &Kafka, redis: &Redis, n: usize, overlay: &str) -> (Vec<Herald>, RoundRobin) {
+    let yaml = config_yaml(kafka, Some(redis), overlay);
     let mut heralds = vec![Herald::start(&with_kafka(&yaml, "topics: [user-notifications]")).await];
     for _ in 1..n {
         heralds.push(Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await);
@@ -127,6 +131,47 @@ async fn python_socketio_needs_no_affinity() {
     }
     eventually(Duration::from_secs(10), "the sockets to leave cleanly", async || sockets(&heralds).await == 0.0).await;
     c.stop().await;
+    for h in heralds {
+        h.shutdown().await;
+    }
+}
+
+/// The demo page's socket.io-client browser bundle, with its defaults (long-polling first), in
+/// headless Chromium: the page and every request of its session go through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_needs_no_affinity() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let redis = Redis::start().await;
+    let (heralds, proxy) = behind_a_proxy_with(&kafka, &redis, 2, "demo: {enabled: true}").await;
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-sticky-demo.png");
+    let mut browser = tokio::process::Command::new("node")
+        .arg(client_dir().join("browser.mjs"))
+        .arg(format!("{}/demo/#token={}", proxy.url(), token("u42")))
+        .arg(&screenshot)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed");
+    let mut steps = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let mut next_step = async || -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(40), steps.next_line()).await.expect("the browser script went silent");
+        let line = line.unwrap().expect("the browser script ended early (is chromium installed?)");
+        let step: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_ne!(step["step"], "error", "{step}");
+        step
+    };
+    assert_eq!(next_step().await["step"], "connected");
+    let record = json!({"userId": "u42", "type": "hello", "body": {"text": "through any instance"}}).to_string();
+    kafka.produce(TOPIC, Some("u42"), record.as_bytes()).await;
+    let shown = next_step().await;
+    assert!(shown["text"].as_str().unwrap().contains("through any instance"), "{shown}");
+    assert_eq!(next_step().await["step"], "screenshot");
+    assert!(browser.wait().await.unwrap().success());
+    assert!(proxy.counts().iter().all(|c| *c > 0), "the proxy used every instance: {:?}", proxy.counts());
+    assert!(forwarded(&heralds, "sent").await > 0.0, "some of the page's requests reached another instance than its session's");
     for h in heralds {
         h.shutdown().await;
     }
