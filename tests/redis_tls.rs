@@ -90,6 +90,13 @@ async fn an_untrusted_certificate_stops_start_up_and_a_changed_one_shows_in_read
 
     let e = start_error(&config_yaml(&kafka, None, &tls_redis(&url, &other, false))).await;
     assert!(e.contains("redis.tls.ca_file") && e.contains("not trusted"), "{e}");
+    // A certificate from the trusted CA, but expired.
+    let expiring = TestCa::new("expiring");
+    expiring.sign_expired("redis");
+    let expired = TlsRedis::start(&expiring, false, &[]).await;
+    let e = start_error(&config_yaml(&kafka, None, &tls_redis(&format!("rediss://localhost:{}", expired.port), &expiring, false))).await;
+    assert!(e.contains("redis.tls.ca_file") && e.contains("certificate expired"), "{e}");
+    drop(expired);
 
     let yaml =
         merge(&config_yaml(&kafka, None, &tls_redis(&url, &ca, false)), "kafka: {topics: [{name: user-notifications, retain: true}]}");

@@ -54,6 +54,37 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// Like [`Self::sign`], but valid only for a day in 2020: expired.
+    pub fn sign_expired(&self, leaf: &str) -> (String, String) {
+        let dir = self.dir.path();
+        let (pem, key, csr) = (self.file(&format!("{leaf}.pem")), self.file(&format!("{leaf}.key")), self.file(&format!("{leaf}.csr")));
+        let conf = self.file("ca.cnf");
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("serial"), "1000\n").unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "[ca]\ndefault_ca = test\n[test]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}\nserial = {d}/serial\n\
+                 default_md = sha256\npolicy = any\ncopy_extensions = copy\n[any]\ncommonName = supplied\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"],
+            &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={leaf}"), "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        );
+        openssl(
+            dir,
+            &["ca", "-batch", "-notext", "-startdate", "20200101000000Z", "-enddate", "20200102000000Z"],
+            &["-config", &conf, "-cert", &self.ca(), "-keyfile", &self.file("ca.key"), "-in", &csr, "-out", &pem],
+        );
+        (pem, key)
+    }
+}
+
 fn openssl(dir: &Path, args: &[&str], more: &[&str]) {
     let out = Command::new("openssl").current_dir(dir).args(args).args(more).output().expect("the openssl CLI must be installed");
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
