@@ -36,7 +36,7 @@ async fn delivers_across_instances_to_every_socket_of_the_user_only() {
     assert_eq!(one.metric("herald_gateway_notifications_delivered_total").await, 2.0);
     assert_eq!(two.metric("herald_gateway_notifications_delivered_total").await, 3.0);
     assert_eq!(two.metric("herald_gateway_users").await, 2.0);
-    assert_eq!(two.metric("herald_bus_subscriptions").await, 3.0, "one channel per user with a socket here, and the broadcast one");
+    assert_eq!(two.metric("herald_bus_subscriptions").await, 4.0, "one channel per user with a socket here, the broadcast one and its own");
     // herald's own latency share is timed from the consume on instance 1, carried over Redis.
     assert_eq!(two.metric("herald_pipeline_latency_seconds_count").await, 3.0, "timed across instances");
     let share = two.metric("herald_pipeline_latency_seconds_sum").await;
@@ -46,7 +46,7 @@ async fn delivers_across_instances_to_every_socket_of_the_user_only() {
     // reaching instance 2 (and count as offline there is no one left anywhere).
     s.c.close("alice@2").await;
     s.c.close("bob@2").await;
-    eventually(Duration::from_secs(5), "instance 2 to unsubscribe", async || two.metric("herald_bus_subscriptions").await == 1.0).await;
+    eventually(Duration::from_secs(5), "instance 2 to unsubscribe", async || two.metric("herald_bus_subscriptions").await == 2.0).await;
     s.notify("alice", json!({"n": 2})).await;
     assert_eq!(s.c.expect("alice@1", "notification").await["body"]["n"], 2);
     // A sentinel for a user still on instance 2, published after alice's record: instance 2
@@ -190,13 +190,13 @@ async fn heartbeats_clean_up_half_open_connections() {
     s.connect("here", 0, "here").await;
     let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
     eventually(Duration::from_secs(5), "both sockets counted", async || h.metric("herald_gateway_sockets").await == 2.0).await;
-    assert_eq!(h.metric("herald_bus_subscriptions").await, 3.0, "two users and the broadcast channel");
+    assert_eq!(h.metric("herald_bus_subscriptions").await, 4.0, "two users, the broadcast channel and its own");
 
     c.pause("gone").await;
     // ping interval + timeout is 2 s; allow for a loaded machine.
     eventually(Duration::from_secs(15), "the silent socket dropped", async || h.metric("herald_gateway_sockets").await == 1.0).await;
     eventually(Duration::from_secs(5), "its user and subscription released", async || {
-        h.metric("herald_gateway_users").await == 1.0 && h.metric("herald_bus_subscriptions").await == 2.0
+        h.metric("herald_gateway_users").await == 1.0 && h.metric("herald_bus_subscriptions").await == 3.0
     })
     .await;
     // The live client kept answering pings throughout and still gets its notifications.

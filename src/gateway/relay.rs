@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use super::Admission;
 use crate::bus::Bus;
@@ -31,8 +31,8 @@ struct Inner {
     tag: String,
     bus: OnceLock<Arc<Bus>>,
     server: OnceLock<Server<Admission>>,
-    /// Requests sent, waiting for their answers.
-    pending: DashMap<u64, oneshot::Sender<ForwardedResponse>>,
+    /// Requests sent, waiting for their answers (more than one if two instances share a tag).
+    pending: DashMap<u64, mpsc::Sender<ForwardedResponse>>,
     next_id: AtomicU64,
     /// A poll is answered within a ping interval (a ping comes); past this its owner is gone.
     poll_wait: Duration,
@@ -46,7 +46,8 @@ impl Relay {
             bus: OnceLock::new(),
             server: OnceLock::new(),
             pending: DashMap::new(),
-            next_id: AtomicU64::new(0),
+            // Ids start anywhere: an answer cannot be guessed for a request it does not answer.
+            next_id: AtomicU64::new(random_u64()),
             poll_wait,
             post_wait,
         };
@@ -72,8 +73,8 @@ impl Relay {
     pub fn received(&self, message: Relayed) {
         match message {
             Relayed::Response { id, status, content_type, body } => {
-                if let Some((_, waiting)) = self.inner.pending.remove(&id) {
-                    let _ = waiting.send(ForwardedResponse { status, content_type, body: Bytes::from(body) });
+                if let Some(waiting) = self.inner.pending.get(&id) {
+                    let _ = waiting.try_send(ForwardedResponse { status, content_type, body: Bytes::from(body) });
                 }
             }
             Relayed::Request { id, from, sid, post, content_type, body } => {
@@ -118,7 +119,7 @@ impl Forwarder for Relay {
             };
             let to = String::from_utf8_lossy(request.sid.tag()).into_owned();
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
+            let (tx, mut rx) = mpsc::channel(4);
             inner.pending.insert(id, tx);
             let _waiting = Waiting(&inner, id);
             let message = Relayed::Request {
@@ -130,11 +131,34 @@ impl Forwarder for Relay {
                 body,
             };
             // Nobody on the owner's channel: no instance holds the session (any more).
-            if !matches!(bus.relay(&to, &message).await, Ok(1..)) {
-                return None;
-            }
+            let listeners = match bus.relay(&to, &message).await {
+                Ok(n @ 1..) => n,
+                _ => return None,
+            };
             let wait = if request.post { inner.post_wait } else { inner.poll_wait };
-            tokio::time::timeout(wait, rx).await.ok()?.ok()
+            let deadline = tokio::time::Instant::now() + wait;
+            // Two instances with one tag (rare, 24 bits): the one without the session says it
+            // does not know it; the other's answer is the one to wait for.
+            let mut last = None;
+            for _ in 0..listeners {
+                let answer = tokio::time::timeout_at(deadline, rx.recv()).await.ok()??;
+                if !is_unknown_session(&answer) {
+                    return Some(answer);
+                }
+                last = Some(answer);
+            }
+            last
         })
     }
+}
+
+/// Engine.IO's "Session ID unknown" answer.
+fn is_unknown_session(answer: &ForwardedResponse) -> bool {
+    answer.status == 400 && answer.body.starts_with(br#"{"code":1,"#)
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    u64::from_le_bytes(bytes)
 }

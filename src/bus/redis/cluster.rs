@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -33,6 +33,10 @@ impl ShardsUp {
     pub fn all(&self) -> bool {
         let shards = self.0.lock().unwrap_or_else(|p| p.into_inner());
         !shards.is_empty() && shards.iter().all(|up| up.load(Ordering::Acquire))
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn set(&self, shards: Vec<Arc<AtomicBool>>) {
@@ -69,12 +73,20 @@ impl ShardedSubscriptions {
         let mut waiting: Vec<Op> = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut ticks = 0u32;
+        // The slot map whose moves `wanted` already follows.
+        let mut followed = u64::MAX;
         loop {
             let mut refresh = false;
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 op = ops.recv() => match op {
-                    Some(op) => waiting.push(op),
+                    Some(op) => {
+                        waiting.push(op);
+                        // Everything queued meanwhile: a connect storm is handled in one pass.
+                        while let Ok(op) = ops.try_recv() {
+                            waiting.push(op);
+                        }
+                    }
                     None => break,
                 },
                 () = hint.notified() => refresh = true,
@@ -98,22 +110,32 @@ impl ShardedSubscriptions {
             if map.masters.is_empty() {
                 continue;
             }
-            // Channels whose slot has another master now move there.
-            for (channel, (sockets, node)) in wanted.iter_mut() {
-                if let Some(owner) = map.master_of(slot_of(channel.as_bytes()))
-                    && owner != node
-                {
-                    info!(channel, from = %format!("{}:{}", node.0, node.1), to = %format!("{}:{}", owner.0, owner.1), "Subscription moves to the slot's new master.");
-                    self.shard(&mut shards, owner, &hint).ops.send(Op::Adopt(channel.clone(), *sockets)).ok();
-                    if let Some(old) = shards.get(node) {
-                        old.ops.send(Op::Forget(channel.clone())).ok();
+            let version = *changes.borrow_and_update();
+            if version != followed {
+                followed = version;
+                // Channels whose slot has another master now move there: subscribed there
+                // first, then dropped from the old one.
+                for (channel, (sockets, node)) in wanted.iter_mut() {
+                    if let Some(owner) = map.master_of(slot_of(channel.as_bytes()))
+                        && owner != node
+                    {
+                        info!(channel, from = %format!("{}:{}", node.0, node.1), to = %format!("{}:{}", owner.0, owner.1), "Subscription moves to the slot's new master.");
+                        let (subscribed, confirmed) = oneshot::channel();
+                        self.shard(&mut shards, owner, &hint).ops.send(Op::Adopt(channel.clone(), *sockets, subscribed)).ok();
+                        if let Some(old) = shards.get(node) {
+                            let (old, channel, wait) = (old.ops.clone(), channel.clone(), self.timeout * 4);
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(wait, confirmed).await;
+                                old.send(Op::Forget(channel)).ok();
+                            });
+                        }
+                        *node = owner.clone();
                     }
-                    *node = owner.clone();
                 }
             }
             for op in waiting.drain(..) {
                 let channel = match &op {
-                    Op::Acquire(c, _) | Op::Release(c) | Op::Adopt(c, _) | Op::Forget(c) => c.clone(),
+                    Op::Acquire(c, _) | Op::Release(c) | Op::Adopt(c, ..) | Op::Forget(c) => c.clone(),
                 };
                 let node = match (&op, wanted.get_mut(&channel)) {
                     (Op::Acquire(..), Some((sockets, node))) => {
@@ -138,6 +160,7 @@ impl ShardedSubscriptions {
                 self.shard(&mut shards, &node, &hint).ops.send(op).ok();
             }
             // Masters no longer in the map hold nothing now: their connections close.
+            let before = shards.len();
             shards.retain(|node, shard| {
                 let keep = map.masters.contains(node);
                 if !keep {
@@ -146,7 +169,9 @@ impl ShardedSubscriptions {
                 }
                 keep
             });
-            self.up.set(shards.values().map(|s| s.connected.clone()).collect());
+            if shards.len() != before || shards.len() != self.up.count() {
+                self.up.set(shards.values().map(|s| s.connected.clone()).collect());
+            }
         }
         for shard in shards.values() {
             shard.stop.cancel();

@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 pub enum Op {
     Acquire(String, oneshot::Sender<()>),
     Release(String),
-    /// A cluster channel whose slot moved here, with its sockets.
-    Adopt(String, u32),
+    /// A cluster channel whose slot moved here, with its sockets; told once subscribed here.
+    Adopt(String, u32, oneshot::Sender<()>),
     /// A cluster channel whose slot moved to another master.
     Forget(String),
 }
@@ -24,6 +24,9 @@ pub struct Interest {
     pub subscribed: HashSet<String>,
     /// Channels whose subscription may differ from what is wanted.
     pub dirty: HashSet<String>,
+    /// Channels whose UNSUBSCRIBE is on its way: no longer counted as subscribed, so a join
+    /// meanwhile waits for a SUBSCRIBE sent after it.
+    pub unsubscribing: HashSet<String>,
     /// Connects waiting for a channel's subscription to be confirmed.
     waiters: Vec<(String, oneshot::Sender<()>)>,
 }
@@ -37,15 +40,22 @@ impl Interest {
                     let _ = tx.send(());
                 } else {
                     self.dirty.insert(user.clone());
+                    if self.waiters.len() > 64 + 2 * self.wanted.len() {
+                        // Connects that gave up waiting (during an outage, say).
+                        self.waiters.retain(|(_, tx)| !tx.is_closed());
+                    }
                     self.waiters.push((user, tx));
                 }
             }
-            Op::Adopt(channel, sockets) => {
+            Op::Adopt(channel, sockets, tx) => {
                 *self.wanted.entry(channel.clone()).or_insert(0) += sockets;
-                self.dirty.insert(channel);
+                self.dirty.insert(channel.clone());
+                self.waiters.push((channel, tx));
             }
             Op::Forget(channel) => {
                 self.wanted.remove(&channel);
+                // Its waiting joins are let through: the channel is subscribed elsewhere now.
+                self.waiters.retain(|(c, _)| *c != channel);
                 self.dirty.insert(channel);
             }
             Op::Release(user) => {
@@ -63,6 +73,7 @@ impl Interest {
     /// A new connection has no subscriptions: every wanted one is to be made again.
     pub fn reset(&mut self) {
         self.subscribed.clear();
+        self.unsubscribing.clear();
         self.dirty.extend(self.wanted.keys().cloned());
     }
 
@@ -72,7 +83,11 @@ impl Interest {
         for user in self.dirty.drain() {
             match (self.wanted.contains_key(&user), self.subscribed.contains(&user)) {
                 (true, false) => subscribe.push(user),
-                (false, true) => unsubscribe.push(user),
+                (false, true) => {
+                    self.subscribed.remove(&user);
+                    self.unsubscribing.insert(user.clone());
+                    unsubscribe.push(user);
+                }
                 _ => {}
             }
         }
@@ -116,5 +131,20 @@ mod tests {
         assert_eq!(i.changes(), (vec![], vec!["u".to_owned()]));
         i.reset();
         assert_eq!(i.changes(), (vec![], vec![]), "nothing wanted after the reset");
+    }
+
+    #[test]
+    fn a_join_while_an_unsubscribe_is_on_its_way_waits_for_a_new_subscribe() {
+        let mut i = Interest::default();
+        i.apply(Op::Acquire("u".into(), oneshot::channel().0));
+        i.changes();
+        i.subscribed.insert("u".into());
+        i.apply(Op::Release("u".into()));
+        assert_eq!(i.changes(), (vec![], vec!["u".to_owned()]));
+        let (tx, mut rx) = oneshot::channel();
+        i.apply(Op::Acquire("u".into(), tx));
+        i.answer_waiters();
+        assert!(rx.try_recv().is_err(), "not answered while the UNSUBSCRIBE is on its way");
+        assert_eq!(i.changes(), (vec!["u".to_owned()], vec![]), "subscribed again after it");
     }
 }

@@ -333,7 +333,8 @@ impl RedisBus {
     /// Publishes a message on instance `tag`'s own channel; how many instances heard it.
     pub async fn relay(&self, tag: &str, message: &envelope::Relayed) -> Result<usize, BusError> {
         let command = vec![self.publish_verb().to_vec(), self.channels.instance(tag).into_bytes(), message.encode().into_bytes()];
-        let reply = self.pipeline(vec![command], 1).await?.pop().unwrap_or_else(|| Err("no reply".into()));
+        // On the read connection: a client's poll never waits behind a batch of notifications.
+        let reply = self.run(&[routed(command)], Lane::Read).await?.pop().unwrap_or_else(|| Err("no reply".into()));
         reply.map(|f| integer(Some(&f))).map_err(BusError)
     }
 

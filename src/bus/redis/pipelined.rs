@@ -31,6 +31,10 @@ pub struct Pipelined {
 struct Connection {
     link: Link,
     replies: BytesMut,
+    /// A batch was written and not all its replies read: set before writing, cleared after the
+    /// last reply. Still set at the next batch means the last caller stopped waiting half-way
+    /// (its future was dropped): the connection is out of step and is dropped.
+    busy: bool,
 }
 
 /// A batch's commands, RESP-encoded, and how many replies they get.
@@ -66,6 +70,9 @@ impl Pipelined {
     /// [`Frame::Error`] in its place). Fails whole, within the command deadline, or not at all.
     pub async fn send(&self, pipeline: &Pipeline) -> Result<Vec<Frame>, LinkError> {
         let mut guard = self.connection.lock().await;
+        if guard.as_ref().is_some_and(|c| c.busy) {
+            *guard = None;
+        }
         let had_one = guard.is_some();
         let timeout = self.access.timeout;
         let result = tokio::time::timeout(timeout, async {
@@ -74,9 +81,10 @@ impl Pipelined {
                     Some((host, port)) => self.access.node(host, *port).await?,
                     None => self.access.connect().await?,
                 };
-                *guard = Some(Connection { link, replies: BytesMut::with_capacity(16 << 10) });
+                *guard = Some(Connection { link, replies: BytesMut::with_capacity(16 << 10), busy: false });
             }
             let c = guard.as_mut().expect("connected above");
+            c.busy = true;
             let lost = |e: std::io::Error, doing: &str| LinkError::Unreachable(format!("{doing} Redis: {e}"));
             c.link.write_all(&pipeline.bytes).await.map_err(|e| lost(e, "writing to"))?;
             let mut replies = Vec::with_capacity(pipeline.commands);
@@ -90,6 +98,7 @@ impl Pipelined {
                     }
                 }
             }
+            c.busy = false;
             Ok(replies)
         })
         .await

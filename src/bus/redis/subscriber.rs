@@ -193,8 +193,8 @@ impl Subscriptions {
                         None if last_read.elapsed() > IDLE_PING => {
                             let mut out = Vec::new();
                             resp::command(&mut out, &[b"PING"]);
-                            if let Err(e) = writer.write_all(&out).await {
-                                return Ended::Lost(e.to_string());
+                            if let Err(e) = write_within(&mut writer, &out, self.timeout).await {
+                                return Ended::Lost(e);
                             }
                             ping_sent = Some(Instant::now());
                         }
@@ -246,16 +246,17 @@ impl Subscriptions {
 
     fn confirmed(&mut self, channel: &Bytes, subscribed: bool) {
         let Ok(channel) = std::str::from_utf8(channel) else { return };
-        if subscribed {
+        let ours = !subscribed && self.interest.unsubscribing.remove(channel);
+        if subscribed && !self.interest.unsubscribing.contains(channel) {
             self.interest.subscribed.insert(channel.to_owned());
-        } else {
+        } else if !subscribed {
             self.interest.subscribed.remove(channel);
         }
         // A join or leave since the command went out is done by the next one.
         if self.interest.wanted.contains_key(channel) != subscribed {
             self.interest.dirty.insert(channel.to_owned());
-            if !subscribed {
-                // Ended by Redis: on a cluster, its slot moved to another master.
+            if !subscribed && !ours {
+                // Ended by Redis, not asked for: on a cluster, its slot moved to another master.
                 self.hint_topology();
                 self.hold_until = Some(Instant::now() + REFUSED_PAUSE);
             }
@@ -291,7 +292,16 @@ impl Subscriptions {
         if out.is_empty() {
             return Ok(());
         }
-        writer.write_all(&out).await.map_err(|e| e.to_string())
+        write_within(writer, &out, self.timeout).await
+    }
+}
+
+/// Writes `bytes` within `timeout`: a connection that takes nothing (Redis stuck, the network
+/// gone quiet) is given up, not waited on while nothing is read.
+async fn write_within(writer: &mut WriteHalf<Link>, bytes: &[u8], timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, writer.write_all(bytes)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("writing to Redis timed out".into()),
     }
 }
 

@@ -54,7 +54,9 @@ impl SlotMap {
             else {
                 return None;
             };
-            let host = node.first()?.as_str()?;
+            // No host (empty, `?`, or null with `cluster-preferred-endpoint-type unknown-endpoint`):
+            // the node that answered.
+            let host = node.first()?.as_str().unwrap_or_default();
             let host = if host.is_empty() || host == "?" { asked.0.clone() } else { host.to_owned() };
             let Some(Frame::Integer(port)) = node.get(1) else { return None };
             let endpoint = (host, u16::try_from(*port).ok()?);
@@ -132,6 +134,9 @@ impl Cluster {
             candidates.extend(seeds.iter().filter(|s| !candidates.contains(s)).cloned().collect::<Vec<_>>());
         }
         let mut last = LinkError::Unreachable("no cluster node to ask".into());
+        // A map with slots no master serves (mid-failover, or a cluster not fully assigned),
+        // used if no node knows a whole one.
+        let mut partial: Option<SlotMap> = None;
         for node in candidates {
             let mut ask = Pipeline::default();
             ask.push(&[b"CLUSTER".as_slice(), b"SLOTS"]);
@@ -149,24 +154,38 @@ impl Cluster {
             };
             if map.owner.contains(&NO_MASTER) {
                 // Mid-failover some node may still miss slots; another may know better.
+                let holes = |m: &SlotMap| m.owner.iter().filter(|o| **o == NO_MASTER).count();
+                if partial.as_ref().is_none_or(|p| holes(&map) < holes(p)) {
+                    partial = Some(map);
+                }
                 last = LinkError::Unreachable(format!("{}:{} knows no master for some slots", node.0, node.1));
                 continue;
             }
+            self.adopt(map);
             self.stale.store(false, Ordering::Release);
-            let current = self.map.load_full();
-            if *current != map {
-                if !current.masters.is_empty() {
-                    *self.changed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                }
-                let masters = map.masters.clone();
-                self.map.store(Arc::new(map));
-                self.links.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| masters.contains(node));
-                self.version.send_modify(|v| *v += 1);
-            }
             return Ok(());
+        }
+        if let Some(map) = partial {
+            // Commands for the missing slots fail; the map is asked for again before the next.
+            self.adopt(map);
         }
         self.stale.store(true, Ordering::Release);
         Err(last)
+    }
+
+    /// Makes `map` the current slot map, if it differs.
+    fn adopt(&self, map: SlotMap) {
+        let current = self.map.load_full();
+        if *current == map {
+            return;
+        }
+        if !current.masters.is_empty() {
+            *self.changed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        let masters = map.masters.clone();
+        self.map.store(Arc::new(map));
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).retain(|node, _| masters.contains(node));
+        self.version.send_modify(|v| *v += 1);
     }
 
     /// Sends each command to the master of its slot (one pipeline per master, all at once) and

@@ -12,6 +12,9 @@ use super::http::{Method, Reply, Request, Response};
 use super::sid::Sid;
 use super::{Engine, Handler};
 
+/// The content types of the engine's own polling answers.
+const CONTENT_TYPES: [&str; 4] = [super::polling::TEXT, "text/html", "text/plain", "application/json"];
+
 /// A long-polling request for another instance's session: a poll (GET) or a POST's payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardedRequest {
@@ -61,9 +64,11 @@ impl<H: Handler> Engine<H> {
         let content_type = request.header("content-type").map(Box::from);
         self.shared.stats.forwarded_out();
         let answer = forwarder.forward(ForwardedRequest { sid, post, content_type, body }).await?;
-        let mut response = Response::new(answer.status, "text/plain", answer.body);
-        response.headers = vec![("Content-Type", answer.content_type)];
-        Some(response)
+        // What came over the network is not written into the response as it is: only the
+        // statuses and content types this engine answers with.
+        let status = if matches!(answer.status, 200 | 400 | 403 | 503) { answer.status } else { 502 };
+        let content_type = CONTENT_TYPES.iter().find(|t| **t == answer.content_type).copied().unwrap_or("text/plain");
+        Some(Response::new(status, content_type, answer.body))
     }
 
     /// Answers a request another instance forwarded, as a local one (`None`: the session id

@@ -11,8 +11,8 @@ pub struct Sid([u8; 20]);
 /// Characters of an instance tag at the start of a session id.
 pub const TAG_LEN: usize = 4;
 
-/// A random instance tag (24 bits): two instances sharing one is harmless (a forwarded request
-/// is answered only by the instance that holds the session), only slower.
+/// A random instance tag (24 bits). Two instances sharing one still work: a forwarded request
+/// goes to both, and the asking instance waits for the answer of the one holding the session.
 pub fn instance_tag() -> [u8; TAG_LEN] {
     let sid = Sid::random();
     sid.0[..TAG_LEN].try_into().expect("TAG_LEN characters")
