@@ -89,6 +89,16 @@ async fn default_and_polling_only_clients_need_no_affinity() {
         assert!(forwarded(&heralds, "sent").await > 0.0, "some requests reached another instance than their session's");
         assert_eq!(forwarded(&heralds, "sent").await, forwarded(&heralds, "answered").await, "each forwarded request was answered");
         assert!(proxy.counts().iter().all(|c| *c > 0), "the proxy used every instance: {:?}", proxy.counts());
+        // A session id no instance holds (made up, or its instance gone) is refused with the
+        // protocol's error, at once, for a poll and for a POST alike.
+        let made_up = format!("{}/socket.io/?EIO=4&transport=polling&sid=zZ9_0123456789abcdef", proxy.url());
+        let started = std::time::Instant::now();
+        let poll = reqwest::get(&made_up).await.unwrap();
+        assert_eq!(poll.status(), 400);
+        assert_eq!(poll.text().await.unwrap(), r#"{"code":1,"message":"Session ID unknown"}"#);
+        let post = reqwest::Client::new().post(&made_up).body("40").send().await.unwrap();
+        assert_eq!(post.status(), 400);
+        assert!(started.elapsed() < Duration::from_secs(5), "refused without waiting for an answer");
         c.close(&polling).await;
         c.close(&default).await;
         eventually(Duration::from_secs(10), "both sockets to leave cleanly", async || sockets(&heralds).await == 0.0).await;

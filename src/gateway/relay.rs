@@ -21,6 +21,11 @@ use crate::bus::envelope::Relayed;
 use crate::socketio::Server;
 use crate::socketio::engine::{ForwardedRequest, ForwardedResponse, Forwarder, Sid};
 
+/// How long a tag nobody listened on is taken as gone.
+const ABSENT_FOR: Duration = Duration::from_secs(5);
+/// Most tags remembered as gone (made-up session ids could name any).
+const MAX_ABSENT: usize = 10_000;
+
 /// Carries long-polling requests between instances; one per instance, with Redis.
 #[derive(Clone)]
 pub struct Relay {
@@ -34,6 +39,9 @@ struct Inner {
     /// Requests sent, waiting for their answers (more than one if two instances share a tag).
     pending: DashMap<u64, mpsc::Sender<ForwardedResponse>>,
     next_id: AtomicU64,
+    /// Tags that no instance listened on lately (a pod gone, or made-up session ids): requests
+    /// for them are refused without a round trip to Redis for a while.
+    absent: DashMap<String, tokio::time::Instant>,
     /// A poll is answered within a ping interval (a ping comes); past this its owner is gone.
     poll_wait: Duration,
     post_wait: Duration,
@@ -46,6 +54,7 @@ impl Relay {
             bus: OnceLock::new(),
             server: OnceLock::new(),
             pending: DashMap::new(),
+            absent: DashMap::new(),
             // Ids start anywhere: an answer cannot be guessed for a request it does not answer.
             next_id: AtomicU64::new(random_u64()),
             poll_wait,
@@ -118,6 +127,9 @@ impl Forwarder for Relay {
                 return Some(ForwardedResponse { status: 400, content_type: "text/plain".into(), body: Bytes::new() });
             };
             let to = String::from_utf8_lossy(request.sid.tag()).into_owned();
+            if inner.absent.get(&to).is_some_and(|since| since.elapsed() < ABSENT_FOR) {
+                return None;
+            }
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, mut rx) = mpsc::channel(4);
             inner.pending.insert(id, tx);
@@ -133,7 +145,14 @@ impl Forwarder for Relay {
             // Nobody on the owner's channel: no instance holds the session (any more).
             let listeners = match bus.relay(&to, &message).await {
                 Ok(n @ 1..) => n,
-                _ => return None,
+                Ok(_) => {
+                    if inner.absent.len() >= MAX_ABSENT {
+                        inner.absent.clear();
+                    }
+                    inner.absent.insert(to, tokio::time::Instant::now());
+                    return None;
+                }
+                Err(_) => return None,
             };
             let wait = if request.post { inner.post_wait } else { inner.poll_wait };
             let deadline = tokio::time::Instant::now() + wait;
