@@ -26,6 +26,10 @@ use super::websocket::Upgrade;
 const MAX_HEAD: usize = 16 * 1024;
 /// Most headers in a request head.
 const MAX_HEADERS: usize = 64;
+/// After answering a request whose body it did not read, the connection reads and discards
+/// what is still coming for at most this long, and this much, before it closes.
+const LINGER_FOR: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -271,9 +275,11 @@ async fn exchange(stream: &TcpStream, buf: &mut Vec<u8>, mount: &dyn Mount, requ
         && len > buf.len()
         && let Some(answer) = mount.answer_before_body(&request)
     {
-        // The body still on its way is never read: the connection closes after the answer.
+        // The body still on its way is never kept: the connection closes after the answer.
         mount.stats().cut(Cutoff::AnsweredFromHead);
-        let _ = write_response(stream, &answer, false, write_timeout).await;
+        if write_response(stream, &answer, false, write_timeout).await.is_ok() {
+            linger(stream).await;
+        }
         return Next::Close;
     }
     let body = match read_body(stream, buf, &request, mount.max_payload(), mount.request_timeout()).await {
@@ -285,8 +291,11 @@ async fn exchange(stream: &TcpStream, buf: &mut Vec<u8>, mount: &dyn Mount, requ
                 _ => {}
             }
             mount.stats().protocol_error(if status == 413 { ProtocolError::TooLarge } else { ProtocolError::BadHttp });
-            if status != 0 {
-                let _ = write_response(stream, &Response::new(status, "text/plain", "bad request\n"), false, write_timeout).await;
+            if status != 0
+                && write_response(stream, &Response::new(status, "text/plain", "bad request\n"), false, write_timeout).await.is_ok()
+                && status == 413
+            {
+                linger(stream).await;
             }
             return Next::Close;
         }
@@ -307,6 +316,25 @@ async fn exchange(stream: &TcpStream, buf: &mut Vec<u8>, mount: &dyn Mount, requ
                 Ok(()) => Next::WebSocket(upgrade),
                 Err(_) => Next::Close,
             }
+        }
+    }
+}
+
+/// A lingering close (RFC 9112, 9.6): a client still sending a body this side will not read
+/// would have its connection reset by the close, and could lose the answer before reading it.
+/// So this side half-closes (the client sees the answer end at once), then reads and discards
+/// what still comes until the client closes too, for a bounded time and amount.
+async fn linger(stream: &TcpStream) {
+    if socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_FOR;
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        let mut sink = Vec::new();
+        match tokio::time::timeout_at(deadline, read_some(stream, &mut sink, left.min(64 << 10))).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
         }
     }
 }
