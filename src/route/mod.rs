@@ -299,17 +299,24 @@ impl Router {
         // Even parts: the first `extra` ones take one record more, so none is under the minimum.
         let (base, extra) = (records.len() / parts, records.len() % parts);
         let start = |part: usize| part * base + part.min(extra);
-        let routed: Vec<(Vec<Notification>, Failures)> = pool.install(|| {
-            (0..parts)
-                .into_par_iter()
-                .map(|part| {
-                    let (first, end) = (start(part), start(part + 1));
-                    let mut notifications = Vec::with_capacity(end - first);
-                    let failed = self.route_each(&table, &records[first..end], first, &mut notifications);
-                    (notifications, failed)
-                })
-                .collect()
-        });
+        let route_parts = || {
+            pool.install(|| {
+                (0..parts)
+                    .into_par_iter()
+                    .map(|part| {
+                        let (first, end) = (start(part), start(part + 1));
+                        let mut notifications = Vec::with_capacity(end - first);
+                        let failed = self.route_each(&table, &records[first..end], first, &mut notifications);
+                        (notifications, failed)
+                    })
+                    .collect::<Vec<(Vec<Notification>, Failures)>>()
+            })
+        };
+        // The routing threads do the work while this thread waits: on the async runtime, its
+        // other tasks move to other workers meanwhile instead of waiting behind the batch.
+        let on_runtime_worker =
+            tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let routed = if on_runtime_worker { tokio::task::block_in_place(route_parts) } else { route_parts() };
         let mut failed = Vec::new();
         for (notifications, part_failed) in routed {
             out.extend(notifications);
@@ -675,6 +682,17 @@ mod script_tests {
         assert_eq!(expected[0].to.user(), Some("u1"));
         assert_eq!(expected_failed.len(), (0..RECORDS).filter(|i| [0, 3, 5].contains(&(i % 7))).count());
         assert_eq!(expected_failed[..3], [(0, DropReason::Filtered), (3, DropReason::ScriptError), (5, DropReason::ScriptError)]);
+
+        // On the async runtime the same, with the runtime's worker handing its other tasks on
+        // while the routing threads work (a current-thread runtime just waits).
+        for multi in [true, false] {
+            let mut builder =
+                if multi { tokio::runtime::Builder::new_multi_thread() } else { tokio::runtime::Builder::new_current_thread() };
+            let runtime = builder.worker_threads(2).build().unwrap();
+            let (mut on_runtime, failed) = (Vec::new(), runtime.block_on(async { failures(many.route_batch(&records, &mut Vec::new())) }));
+            runtime.block_on(async { many.route_batch(&records, &mut on_runtime) });
+            assert_eq!((summary(&on_runtime), failed), (summary(&expected), expected_failed.clone()), "multi-thread: {multi}");
+        }
 
         // A small batch is routed on the calling thread.
         let small = router_with(4);
