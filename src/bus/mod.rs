@@ -108,6 +108,20 @@ impl Bus {
         }
     }
 
+    /// [`Self::publish`] with each notification's outcome: the ones that failed alone (their
+    /// cluster master was down) are the only ones to publish again. `retry_since_ms`: as for
+    /// [`Self::publish_again`].
+    pub async fn publish_each(
+        &self,
+        batch: &[Notification],
+        retry_since_ms: Option<i64>,
+    ) -> Result<Vec<Result<Published, String>>, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.publish(batch).await.into_iter().map(Ok).collect()),
+            Bus::Redis(b) => b.publish_each(batch, retry_since_ms).await,
+        }
+    }
+
     /// Publishes stored notifications again, live only (the history has them already); returns
     /// how many instances (or sockets) each reached.
     async fn publish_live(&self, stored: &[(Notification, NotificationId)]) -> Result<Vec<usize>, BusError> {

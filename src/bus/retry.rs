@@ -30,14 +30,7 @@ impl Bus {
         abort: &CancellationToken,
         metrics: &Metrics,
     ) -> Option<Vec<Published>> {
-        // After a failed attempt, which may have stored part of the batch, `publish_again`.
-        let first_attempt_ms = unix_ms();
-        let mut tried = false;
-        let attempt = || {
-            let again = std::mem::replace(&mut tried, true);
-            async move { if again { self.publish_again(batch, first_attempt_ms).await } else { self.publish(batch).await } }
-        };
-        let mut published = until_taken(batch.len(), held, abort, metrics, attempt).await?;
+        let mut published = self.publish_all(batch, held, abort, metrics).await?;
         let mut backoff = Backoff::new(Duration::from_secs(1));
         loop {
             let unheard: Vec<usize> = published.iter().enumerate().filter(|(_, p)| p.receivers == 0).map(|(i, _)| i).collect();
@@ -69,6 +62,68 @@ impl Bus {
                 for (i, receivers) in stored.into_iter().zip(reached) {
                     published[i].receivers = receivers;
                 }
+            }
+        }
+    }
+}
+
+impl Bus {
+    /// Publishes every notification of the batch, retrying with backoff those that failed
+    /// (all of them when Redis is down; on a cluster, those of a master that is down) and only
+    /// those, with the `publish_again` rules: a retained one an earlier attempt stored is
+    /// found in the history, not stored twice.
+    async fn publish_all(
+        &self,
+        batch: &[Notification],
+        held: &(dyn Display + Sync),
+        abort: &CancellationToken,
+        metrics: &Metrics,
+    ) -> Option<Vec<Published>> {
+        let first_attempt_ms = unix_ms();
+        let mut done: Vec<Option<Published>> = vec![None; batch.len()];
+        let mut backoff = Backoff::new(Duration::from_secs(2));
+        let mut tried = false;
+        loop {
+            let pending: Vec<usize> = (0..batch.len()).filter(|&i| done[i].is_none()).collect();
+            if pending.is_empty() {
+                return Some(done.into_iter().map(|p| p.expect("every one is done")).collect());
+            }
+            // The whole batch the first time (no copy); then what failed.
+            let subset: Vec<Notification>;
+            let attempt: &[Notification] = if pending.len() == batch.len() {
+                batch
+            } else {
+                subset = pending.iter().map(|&i| batch[i].clone()).collect();
+                &subset
+            };
+            let retry_since = std::mem::replace(&mut tried, true).then_some(first_attempt_ms);
+            let error = match self.publish_each(attempt, retry_since).await {
+                Ok(results) => {
+                    let mut first_error = None;
+                    for (&i, result) in pending.iter().zip(results) {
+                        match result {
+                            Ok(p) => done[i] = Some(p),
+                            Err(e) => first_error = first_error.or(Some(e)),
+                        }
+                    }
+                    match first_error {
+                        None => continue,
+                        Some(e) => BusError(e),
+                    }
+                }
+                Err(e) => e,
+            };
+            let failed = done.iter().filter(|p| p.is_none()).count();
+            metrics.publish_retries.increment(1);
+            warn!(
+                error = %error,
+                records = %held,
+                notifications = failed,
+                retry_in_ms = backoff.delay().as_millis() as u64,
+                "Bus publish not done; holding consumption and retrying."
+            );
+            if !backoff.wait(abort).await {
+                return None;
             }
         }
     }

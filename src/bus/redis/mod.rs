@@ -230,6 +230,17 @@ impl RedisBus {
     }
 
     async fn publish_batch(&self, batch: &[Notification], retry_since_ms: Option<i64>) -> Result<Vec<Published>, BusError> {
+        self.publish_each(batch, retry_since_ms).await?.into_iter().map(|r| r.map_err(BusError)).collect()
+    }
+
+    /// Each notification's outcome: on a cluster, those whose master was down fail alone, and
+    /// only they are published again (the others reached their users already). `Err`: nothing
+    /// could be sent.
+    pub async fn publish_each(
+        &self,
+        batch: &[Notification],
+        retry_since_ms: Option<i64>,
+    ) -> Result<Vec<Result<Published, String>>, BusError> {
         let mut replies = self.send(batch, retry_since_ms).await?;
         // A restarted (or failed-over) Redis has an empty script cache. The reconnect usually
         // reloads it first; these commands got there before, never ran, and are sent once more.
@@ -242,26 +253,7 @@ impl RedisBus {
                 replies[i] = reply;
             }
         }
-        let mut out = Vec::with_capacity(batch.len());
-        for (n, reply) in batch.iter().zip(replies) {
-            let value = reply.map_err(BusError)?;
-            let (receivers, stored) = if stored_for(n).is_some() {
-                match value {
-                    Frame::Array(Some(parts)) => {
-                        let id = parts.first().and_then(Frame::as_str).and_then(|id| id.parse::<NotificationId>().ok());
-                        let Some(id) = id else {
-                            return Err(BusError(format!("unexpected id from the store script: {:?}", parts.first())));
-                        };
-                        (integer(parts.get(1)), Some(id))
-                    }
-                    other => return Err(BusError(format!("unexpected reply from the store script: {other:?}"))),
-                }
-            } else {
-                (integer(Some(&value)), None)
-            };
-            out.push(Published { receivers, stored });
-        }
-        Ok(out)
+        Ok(batch.iter().zip(replies).map(|(n, reply)| published(n, reply?)).collect())
     }
 
     /// One pipeline for the batch: each notification's reply, in order (error replies as `Err`).
@@ -317,7 +309,10 @@ impl RedisBus {
     /// Sends commands, noting whether the connections work.
     async fn run(&self, commands: &[Command], lane: Lane) -> Result<Vec<Result<Frame, String>>, BusError> {
         let result = self.nodes.send(commands, lane).await;
-        self.nodes_up.store(result.is_ok(), Ordering::Release);
+        // Down at once on a failure; up again when the watcher's PING reaches every master.
+        if result.is_err() {
+            self.nodes_up.store(false, Ordering::Release);
+        }
         match result {
             Ok(replies) => {
                 self.health.recovered("commands");
@@ -516,6 +511,22 @@ fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, 
             metrics.bus_decode_failures.increment(1);
             debug!(channel = %String::from_utf8_lossy(channel), error = %e, "Ignored a bus message that is not a herald envelope.");
         }
+    }
+}
+
+/// What a publish reply says of its notification: instances reached, and the history id of a
+/// retained one.
+fn published(n: &Notification, reply: Frame) -> Result<Published, String> {
+    if stored_for(n).is_none() {
+        return Ok(Published { receivers: integer(Some(&reply)), stored: None });
+    }
+    match reply {
+        Frame::Array(Some(parts)) => {
+            let id = parts.first().and_then(Frame::as_str).and_then(|id| id.parse::<NotificationId>().ok());
+            let Some(id) = id else { return Err(format!("unexpected id from the store script: {:?}", parts.first())) };
+            Ok(Published { receivers: integer(parts.get(1)), stored: Some(id) })
+        }
+        other => Err(format!("unexpected reply from the store script: {other:?}")),
     }
 }
 

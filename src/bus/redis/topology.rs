@@ -189,7 +189,8 @@ impl Cluster {
     }
 
     /// Sends each command to the master of its slot (one pipeline per master, all at once) and
-    /// returns their replies in order, following redirects. Fails whole if a master is down.
+    /// returns their replies in order, following redirects. A master that is down fails its
+    /// own commands (as `Err` replies); only if none went through does the call fail.
     pub async fn send(&self, commands: &[Command]) -> Result<Vec<Result<Frame, String>>, LinkError> {
         if self.stale.load(Ordering::Acquire) {
             let _ = self.refresh().await;
@@ -224,12 +225,25 @@ impl Cluster {
                     }
                     pipeline.push(&commands[i].args);
                 }
-                self.link(&node).send(&pipeline).await.map(|frames| (items, frames))
+                let result = self.link(&node).send(&pipeline).await;
+                (items, result)
             }))
             .await;
             let mut moved = false;
-            for result in sent {
-                let (items, frames) = result.inspect_err(|_| self.mark_stale())?;
+            let mut down = None;
+            for (items, result) in sent {
+                let frames = match result {
+                    Ok(frames) => frames,
+                    Err(e) => {
+                        // That master's commands fail; the others' replies stand.
+                        self.mark_stale();
+                        for (i, _) in items {
+                            replies[i] = Some(Err(e.to_string()));
+                        }
+                        down = Some(e);
+                        continue;
+                    }
+                };
                 let mut frames = frames.into_iter();
                 for (i, asking) in items {
                     if asking {
@@ -249,6 +263,13 @@ impl Cluster {
             if moved {
                 self.mark_stale();
                 let _ = self.refresh().await;
+            }
+            // Nothing went through: the cluster is unreachable, not one master.
+            if let Some(e) = down
+                && replies.iter().all(|r| matches!(r, None | Some(Err(_))))
+                && todo.is_empty()
+            {
+                return Err(e);
             }
         }
         for (i, _) in todo {
