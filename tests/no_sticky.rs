@@ -109,9 +109,7 @@ async fn default_and_polling_only_clients_need_no_affinity() {
     }
 }
 
-/// python-socketio runs each event handler on a thread of its own, so it is checked one
-/// notification at a time (its handlers' order is its own, and under a burst it was seen to
-/// skip handlers with herald's packets all logged as received by its engine).
+/// python-socketio, over long-polling through the proxy and with its default transports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_socketio_needs_no_affinity() {
     init_logs();
@@ -136,6 +134,15 @@ async fn python_socketio_needs_no_affinity() {
         assert_eq!(c.expect_ack(id, "auth_refresh").await, json!({"ok": true, "expires_at": fresh}), "{id}: refreshed");
     }
     assert!(forwarded(&heralds, "sent").await > 0.0, "some requests reached another instance than their session's");
+    // A burst to one of them: every notification, once, in order.
+    let user = clients[0].0;
+    const N: i64 = 30;
+    for n in 0..N {
+        kafka.notify(user, json!({"n": n})).await;
+    }
+    eventually(Duration::from_secs(30), "the burst", async || c.received(user, "notification").await.len() >= N as usize).await;
+    let got: Vec<i64> = c.received(user, "notification").await.iter().map(|p| p["body"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "{user}: the burst once and in order");
     for (id, _) in &clients {
         c.close(id).await;
     }

@@ -26,6 +26,11 @@ def out(obj):
 def connect(cmd):
     sid = cmd["id"]
     client = socketio.Client(reconnection=False)
+    # python-engineio runs each message's handler on a thread of its own, so the order the
+    # test would see is the threads', not the order herald sent. Handled in the read loop
+    # instead (the handlers here only print), the test sees what arrived, in order.
+    trigger = client.eio._trigger_event
+    client.eio._trigger_event = lambda event, *args, **kwargs: trigger(event, *args, **{**kwargs, "run_async": False})
     sockets[sid] = client
 
     @client.event
