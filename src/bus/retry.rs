@@ -114,15 +114,7 @@ impl Bus {
                 Err(e) => e,
             };
             let failed = done.iter().filter(|p| p.is_none()).count();
-            metrics.publish_retries.increment(1);
-            warn!(
-                error = %error,
-                records = %held,
-                notifications = failed,
-                retry_in_ms = backoff.delay().as_millis() as u64,
-                "Bus publish not done; holding consumption and retrying."
-            );
-            if !backoff.wait(abort).await {
+            if !held_for_retry(&error, held, failed, &mut backoff, abort, metrics).await {
                 return None;
             }
         }
@@ -147,18 +139,31 @@ where
             Ok(done) => return Some(done),
             Err(e) => e,
         };
-        metrics.publish_retries.increment(1);
-        warn!(
-            error = %error,
-            records = %held,
-            notifications = count,
-            retry_in_ms = backoff.delay().as_millis() as u64,
-            "Bus publish not done; holding consumption and retrying."
-        );
-        if !backoff.wait(abort).await {
+        if !held_for_retry(&error, held, count, &mut backoff, abort, metrics).await {
             return None;
         }
     }
+}
+
+/// Counts and logs a publish that failed for `count` notifications, then waits its backoff;
+/// false if `abort` fired meanwhile.
+async fn held_for_retry(
+    error: &BusError,
+    held: &(dyn Display + Sync),
+    count: usize,
+    backoff: &mut Backoff,
+    abort: &CancellationToken,
+    metrics: &Metrics,
+) -> bool {
+    metrics.publish_retries.increment(1);
+    warn!(
+        error = %error,
+        records = %held,
+        notifications = count,
+        retry_in_ms = backoff.delay().as_millis() as u64,
+        "Bus publish not done; holding consumption and retrying."
+    );
+    backoff.wait(abort).await
 }
 
 /// The waits between attempts at something a partition is held for (a publish, a hand-off, a

@@ -3,12 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::link::LinkError;
 
 #[derive(Default)]
 pub struct Health {
     problems: Mutex<BTreeMap<String, String>>,
+    /// Some problem is recorded: `recovered` (called after every batch) takes no lock otherwise.
+    any: AtomicBool,
 }
 
 impl Health {
@@ -19,10 +22,16 @@ impl Health {
             LinkError::Refused(m) => format!("refused: {m}"),
         };
         self.lock().insert(source.to_owned(), why);
+        self.any.store(true, Ordering::Release);
     }
 
     pub fn recovered(&self, source: &str) {
-        self.lock().remove(source);
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut problems = self.lock();
+        problems.remove(source);
+        self.any.store(!problems.is_empty(), Ordering::Release);
     }
 
     /// The problems still standing, one line each (`source: why`).
