@@ -114,7 +114,9 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
         let poll_wait = config.server.ping_interval + config.server.ping_timeout + Duration::from_secs(5);
         Relay::new(&crate::socketio::engine::instance_tag(), poll_wait, config.server.connect_timeout)
     });
-    let deliverer = Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client, revocations.clone(), relay.clone());
+    let moves = Arc::new(crate::gateway::Moves::default());
+    let deliverer =
+        Deliverer::new(presence.clone(), metrics.clone(), config.server.slow_client, revocations.clone(), relay.clone(), moves.clone());
     let bus = Bus::start(&config, relay.as_ref().map(Relay::tag), Arc::new(deliverer), metrics.clone(), &supervisor).await?;
     if let Some(relay) = &relay {
         relay.attach_bus(bus.clone());
@@ -144,6 +146,7 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
             .transpose()?
             .map(Arc::new),
         revocations: revocations.clone(),
+        moves,
     };
     let gateway = Gateway::start(&config.server, &config.auth, admission, relay.as_ref()).server;
 

@@ -233,7 +233,8 @@ async fn manifests_render_validate_and_run_their_config() {
     assert_eq!(backend["name"], service["metadata"]["name"]);
     assert_eq!(&backend["port"]["name"], port_name);
     let annotations = &ingress["metadata"]["annotations"];
-    assert_eq!(annotations["nginx.ingress.kubernetes.io/affinity"], "cookie", "long-polling needs affinity");
+    assert!(annotations.get("nginx.ingress.kubernetes.io/affinity").is_none(), "herald needs no affinity");
+    assert!(service["spec"].get("sessionAffinity").is_none(), "herald needs no affinity");
     let read_timeout: u64 = annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"].as_str().unwrap().parse().unwrap();
     assert!(read_timeout > 45, "idle WebSockets outlive a heartbeat round");
     let hpa = find(&production, "HorizontalPodAutoscaler", "herald");

@@ -54,6 +54,18 @@ async fn sockets(heralds: &[Herald]) -> f64 {
     total
 }
 
+/// Closes the clients' sockets, checks that every instance let them go, and stops all.
+async fn leave_cleanly(mut c: Clients, ids: &[&str], heralds: Vec<Herald>) {
+    for id in ids {
+        c.close(id).await;
+    }
+    eventually(Duration::from_secs(10), "every socket to leave cleanly", async || sockets(&heralds).await == 0.0).await;
+    c.stop().await;
+    for h in heralds {
+        h.shutdown().await;
+    }
+}
+
 /// Every notification produced for `user`, received once and in order by each of `ids`.
 async fn every_notification(kafka: &Kafka, c: &mut Clients, user: &str, ids: &[&str]) {
     const N: i64 = 30;
@@ -80,6 +92,7 @@ async fn default_and_polling_only_clients_need_no_affinity() {
         let (polling, default) = (format!("polling-{n}"), format!("default-{n}"));
         c.connect(&polling, &proxy.url(), json!({"auth": token, "transports": ["polling"]})).await.unwrap();
         c.connect(&default, &proxy.url(), json!({"auth": token, "transports": ["polling", "websocket"]})).await.unwrap();
+        assert_eq!(c.upgraded(&default).await.as_deref(), Some("websocket"), "the default client upgraded, wherever that reached");
         every_notification(&kafka, &mut c, &user, &[&polling, &default]).await;
         for id in [&polling, &default] {
             let fresh = jsonwebtoken::get_current_timestamp() + 7200;
@@ -99,13 +112,152 @@ async fn default_and_polling_only_clients_need_no_affinity() {
         let post = reqwest::Client::new().post(&made_up).body("40").send().await.unwrap();
         assert_eq!(post.status(), 400);
         assert!(started.elapsed() < Duration::from_secs(5), "refused without waiting for an answer");
-        c.close(&polling).await;
-        c.close(&default).await;
-        eventually(Duration::from_secs(10), "both sockets to leave cleanly", async || sockets(&heralds).await == 0.0).await;
-        c.stop().await;
-        for h in heralds {
-            h.shutdown().await;
+        leave_cleanly(c, &[&polling, &default], heralds).await;
+    }
+}
+
+async fn moved(heralds: &[Herald], direction: &str) -> f64 {
+    let mut total = 0.0;
+    for h in heralds {
+        total += h.metric(&format!("herald_gateway_moved_sessions_total{{direction=\"{direction}\"}}")).await;
+    }
+    total
+}
+
+/// Default clients connect while notifications stream to their users, their group and
+/// everyone: each upgrade that reaches another instance moves the session there, and every
+/// socket gets each stream from its first notification on, once, in order, with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_move_with_their_upgrade_and_miss_nothing() {
+    const KEY: &str = "test-api-key-0123456789";
+    const CLIENTS: usize = 6;
+    const ROUNDS: i64 = 120;
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let redis = Redis::start().await;
+    let overlay = format!("auth: {{jwt: {{groups_claim: groups}}}}\napi: {{key: {KEY}, rate_limit_per_sec: 1000}}");
+    let (heralds, proxy) = behind_a_proxy_with(&kafka, &redis, 3, &overlay).await;
+    let users: Vec<String> = (0..CLIENTS).map(|i| format!("mover-{i}")).collect();
+    let publish_url = format!("{}/api/publish", heralds[0].url());
+    let audiences =
+        [("user", json!({"user_ids": users})), ("group", json!({"groups": ["crew"]})), ("everyone", json!({"broadcast": true}))];
+    // Straight to one instance (not through the proxy), a round every 10 ms for the whole test.
+    let streaming = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for n in 0..ROUNDS {
+            for (kind, audience) in &audiences {
+                let mut body = audience.clone();
+                body["payload"] = json!({"k": kind, "n": n});
+                let response = http.post(&publish_url).bearer_auth(KEY).json(&body).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    });
+    let mut c = Clients::start().await;
+    for user in &users {
+        let token = token_with(json!({"sub": user, "groups": ["crew"], "exp": jsonwebtoken::get_current_timestamp() + 600}));
+        c.connect(user, &proxy.url(), json!({"auth": {"token": token}, "transports": ["polling", "websocket"]})).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    streaming.await.unwrap();
+    for user in &users {
+        assert_eq!(c.upgraded(user).await.as_deref(), Some("websocket"), "{user} upgraded");
+        for kind in ["user", "group", "everyone"] {
+            eventually(Duration::from_secs(15), &format!("{user}'s {kind} stream to end"), async || {
+                c.received(user, "notification").await.iter().any(|p| p["k"] == kind && p["n"] == ROUNDS - 1)
+            })
+            .await;
+            let got: Vec<i64> =
+                c.received(user, "notification").await.iter().filter(|p| p["k"] == kind).map(|p| p["n"].as_i64().unwrap()).collect();
+            let first = got[0];
+            assert_eq!(got, (first..ROUNDS).collect::<Vec<_>>(), "{user}: the {kind} stream from its first on, once, in order");
+        }
+    }
+    let (moved_in, moved_out, failed) = (moved(&heralds, "in").await, moved(&heralds, "out").await, moved(&heralds, "failed").await);
+    eprintln!("sessions moved with their upgrade: {moved_in} of {CLIENTS}");
+    assert!(moved_in > 0.0, "some upgrades reached another instance than their session's");
+    assert_eq!((moved_out, failed), (moved_in, 0.0), "each move handed over, none failed");
+    leave_cleanly(c, &users.iter().map(String::as_str).collect::<Vec<_>>(), heralds).await;
+}
+
+/// A raw client: a session opened over long-polling on one instance, upgraded on the other.
+/// The upgrade packet and the client's next packets come in one write (python-socketio does
+/// that): they are read after the move, by the instance the session moved to. A second probe of
+/// the moved session and one for a session no instance holds are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_and_what_follows_it_in_one_write_reach_the_moved_session() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    init_logs();
+    let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
+    let redis = Redis::start().await;
+    let (heralds, _proxy) = behind_a_proxy(&kafka, &redis, 2).await;
+    let (a, b) = (&heralds[0], &heralds[1]);
+    let http = reqwest::Client::new();
+    let open = http.get(format!("{}/socket.io/?EIO=4&transport=polling", a.url())).send().await.unwrap().text().await.unwrap();
+    let open: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    let polling = format!("{}/socket.io/?EIO=4&transport=polling&sid={sid}", a.url());
+    let connect = format!("40{}", json!({"token": token("raw")}));
+    assert_eq!(http.post(&polling).body(connect).send().await.unwrap().text().await.unwrap(), "ok");
+    let connected = http.get(&polling).send().await.unwrap().text().await.unwrap();
+    assert!(connected.starts_with("40{\"sid\":"), "{connected}");
+
+    let ws_url = |h: &Herald, sid: &str| format!("{}/socket.io/?EIO=4&transport=websocket&sid={sid}", h.url().replace("http", "ws"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(b, &sid)).await.unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("3probe"));
+    let fresh = jsonwebtoken::get_current_timestamp() + 7200;
+    let refresh = format!("421{}", json!(["auth_refresh", {"token": token_with(json!({"sub": "raw", "exp": fresh}))}]));
+    ws.feed(Message::text("5")).await.unwrap();
+    ws.feed(Message::text(refresh)).await.unwrap();
+    ws.flush().await.unwrap();
+    let ack = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) if t.as_str() == "2" => ws.send(Message::text("3")).await.unwrap(),
+            Message::Text(t) => break t.to_string(),
+            _ => {}
+        }
+    };
+    assert_eq!(ack, format!("431{}", json!([{"ok": true, "expires_at": fresh}])), "the event after the upgrade, answered by B");
+    assert_eq!(
+        (b.metric("herald_gateway_moved_sessions_total{direction=\"in\"}").await, b.metric("herald_gateway_sockets").await),
+        (1.0, 1.0)
+    );
+    assert_eq!(
+        (a.metric("herald_gateway_moved_sessions_total{direction=\"out\"}").await, a.metric("herald_gateway_sockets").await),
+        (1.0, 0.0)
+    );
+    kafka.notify("raw", json!({"n": 1})).await;
+    let notification = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) if t.as_str() == "2" => ws.send(Message::text("3")).await.unwrap(),
+            Message::Text(t) => break t.to_string(),
+            _ => {}
+        }
+    };
+    assert!(notification.starts_with(r#"42["notification",{"#) && notification.contains(r#""n":1"#), "{notification}");
+
+    // The session lives on B now, upgraded: another upgrade of it is refused, through A (which
+    // no longer knows it) or B; a made-up session id's upgrade is accepted by an instance its
+    // tag does not name, but its probe is refused.
+    for (via, sid) in [(a, sid.as_str()), (b, sid.as_str()), (b, "zZ9_0123456789abcdef")] {
+        match tokio_tungstenite::connect_async(ws_url(via, sid)).await {
+            Ok((mut other, _)) => {
+                other.send(Message::text("2probe")).await.unwrap();
+                let answer = other.next().await;
+                assert!(matches!(answer, Some(Ok(Message::Close(_))) | None), "a probe of {sid} through {}: {answer:?}", via.url());
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 400, "{sid} through {}", via.url()),
+            Err(e) => panic!("{sid} through {}: {e}", via.url()),
+        }
+    }
+    assert_eq!(b.metric("herald_gateway_sockets").await, 1.0, "the moved socket is untouched");
+    drop(ws);
+    eventually(Duration::from_secs(10), "the socket to leave", async || sockets(&heralds).await == 0.0).await;
+    for h in heralds {
+        h.shutdown().await;
     }
 }
 
@@ -140,17 +292,22 @@ async fn python_socketio_needs_no_affinity() {
     for n in 0..N {
         kafka.notify(user, json!({"n": n})).await;
     }
-    eventually(Duration::from_secs(30), "the burst", async || c.received(user, "notification").await.len() >= N as usize).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while c.received(user, "notification").await.len() < N as usize && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let got: Vec<i64> = c.received(user, "notification").await.iter().map(|p| p["body"]["n"].as_i64().unwrap()).collect();
+    if got.len() < N as usize {
+        for h in &heralds {
+            let m = reqwest::get(format!("{}/metrics", h.url())).await.unwrap().text().await.unwrap();
+            eprintln!(
+                "{}",
+                m.lines().filter(|l| l.starts_with("herald_gateway") || l.starts_with("herald_bus")).collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
     assert_eq!(got, (0..N).collect::<Vec<_>>(), "{user}: the burst once and in order");
-    for (id, _) in &clients {
-        c.close(id).await;
-    }
-    eventually(Duration::from_secs(10), "the sockets to leave cleanly", async || sockets(&heralds).await == 0.0).await;
-    c.stop().await;
-    for h in heralds {
-        h.shutdown().await;
-    }
+    leave_cleanly(c, &clients.map(|(id, _)| id), heralds).await;
 }
 
 /// The demo page's socket.io-client browser bundle, with its defaults (long-polling first), in

@@ -114,6 +114,19 @@ pub fn encode_end_sessions(users: &[String], revoked_at_ms: Option<i64>) -> Stri
     }
 }
 
+/// The marker of a socket's move between instances, published on each of its channels
+/// (`{"x":"cut","m":token}`): notifications before it on a channel are the old instance's to
+/// deliver, those after it the new one's. Other subscribers of the channels ignore it.
+pub fn encode_cut(token: u64) -> String {
+    format!(r#"{{"x":"cut","m":{token}}}"#)
+}
+
+/// The token of a move's marker, if `bytes` is one.
+pub fn decode_cut(bytes: &[u8]) -> Option<u64> {
+    let rest = bytes.strip_prefix(br#"{"x":"cut","m":"#)?.strip_suffix(b"}")?;
+    std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
 /// A control message, if `bytes` is one (it starts `{"x":`, as herald writes them).
 pub fn decode_control(bytes: &[u8]) -> Option<Control<'_>> {
     if !bytes.starts_with(br#"{"x":"#) {
@@ -124,25 +137,30 @@ pub fn decode_control(bytes: &[u8]) -> Option<Control<'_>> {
 
 /// A message on an instance's own channel: a long-polling request forwarded to the instance
 /// holding its session (`{"x":"req","i":id,"f":from tag,"s":sid,"p":is POST,"t":content type,"b":body}`),
-/// or the answer (`{"x":"res","i":id,"c":status,"t":content type,"b":body}`). Bodies are
-/// Engine.IO long-polling payloads, which are text.
+/// or the answer (`{"x":"res","i":id,"c":status,"t":content type,"b":body}`); or a step of moving
+/// a session to the instance that received its WebSocket upgrade
+/// (`{"x":"move","i":id,"f":from tag,"s":sid,"m":"probe"|"take"|"release"}`), answered the same
+/// way. Bodies are Engine.IO long-polling payloads (or a moved session's state), which are text.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(tag = "x")]
 pub enum Relayed {
     #[serde(rename = "req")]
     Request {
-        #[serde(rename = "i")]
-        id: u64,
-        #[serde(rename = "f")]
-        from: String,
-        #[serde(rename = "s")]
-        sid: String,
+        #[serde(flatten)]
+        asking: Asking,
         #[serde(rename = "p")]
         post: bool,
         #[serde(rename = "t", default)]
         content_type: Option<String>,
         #[serde(rename = "b")]
         body: String,
+    },
+    #[serde(rename = "move")]
+    Move {
+        #[serde(flatten)]
+        asking: Asking,
+        #[serde(rename = "m")]
+        step: MoveStep,
     },
     #[serde(rename = "res")]
     Response {
@@ -155,6 +173,28 @@ pub enum Relayed {
         #[serde(rename = "b")]
         body: String,
     },
+}
+
+/// Who asks, under which id its answer comes back, and about which session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Asking {
+    #[serde(rename = "i")]
+    pub id: u64,
+    /// The asking instance's tag.
+    #[serde(rename = "f")]
+    pub from: String,
+    #[serde(rename = "s")]
+    pub sid: String,
+}
+
+/// The steps of moving a session, as the instance holding it answers them (see
+/// `socketio::engine::moving`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveStep {
+    Probe,
+    Take,
+    Release,
 }
 
 impl Relayed {
@@ -223,10 +263,9 @@ mod tests {
 
     #[test]
     fn relayed_requests_and_answers_round_trip() {
+        let asking = Asking { id: 7, from: "AbC_".into(), sid: "AbC_0123456789abcdef".into() };
         let request = Relayed::Request {
-            id: 7,
-            from: "AbC_".into(),
-            sid: "AbC_0123456789abcdef".into(),
+            asking: asking.clone(),
             post: true,
             content_type: Some("text/plain;charset=UTF-8".into()),
             body: "4\u{1e}2[\"x\"]".into(),
@@ -236,5 +275,18 @@ mod tests {
         let answer = Relayed::Response { id: 7, status: 200, content_type: "text/html".into(), body: "ok".into() };
         assert_eq!(Relayed::decode(answer.encode().as_bytes()), Some(answer));
         assert_eq!(Relayed::decode(b"{\"x\":\"end\",\"u\":[]}"), None);
+        let step = Relayed::Move { asking, step: MoveStep::Take };
+        assert_eq!(step.encode(), r#"{"x":"move","i":7,"f":"AbC_","s":"AbC_0123456789abcdef","m":"take"}"#);
+        assert_eq!(Relayed::decode(step.encode().as_bytes()), Some(step));
+    }
+
+    #[test]
+    fn cut_markers_round_trip_and_are_no_notification() {
+        let wire = encode_cut(u64::MAX);
+        assert_eq!(decode_cut(wire.as_bytes()), Some(u64::MAX));
+        assert!(decode(wire.as_bytes()).is_err(), "not a notification");
+        assert_eq!(decode_cut(br#"{"x":"cut","m":-1}"#), None);
+        assert_eq!(decode_cut(br#"{"x":"end","u":[]}"#), None);
+        assert_eq!(decode_cut(br#"{"e":"n","t":1,"p":{}}"#), None);
     }
 }

@@ -61,6 +61,10 @@ pub trait Inbound: Send + Sync {
     fn end_sessions(&self, users: &[&str], revoked_at_ms: Option<i64>) -> usize;
     /// A message on this instance's own channel: a request forwarded here, or an answer.
     fn relayed(&self, _message: super::envelope::Relayed) {}
+
+    /// The marker `token` of a moving session passed on `on`'s channel (see
+    /// [`super::envelope::encode_cut`]).
+    fn cut(&self, _on: Addressee<'_>, _token: u64) {}
 }
 
 /// No sockets at all: for driving the bus without a gateway (benchmarks, tests).

@@ -208,6 +208,15 @@ impl Bus {
         }
     }
 
+    /// Publishes the marker of a moving session on its channels (see
+    /// [`envelope::encode_cut`]); nothing without Redis (no session moves).
+    pub async fn publish_cut(&self, token: u64, user: &str, groups: &[Arc<str>]) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(_) => Ok(()),
+            Bus::Redis(b) => b.publish_cut(token, user, groups).await,
+        }
+    }
+
     /// Why the bus is not ready, when it is not: one line per Redis connection with a problem.
     pub fn problems(&self) -> Vec<String> {
         match self {

@@ -35,6 +35,8 @@ pub struct Admission {
     pub receipts: Option<Arc<super::receipts::Receipts>>,
     /// Users whose tokens were revoked, as this instance heard (Redis has the rest).
     pub revocations: Arc<Revocations>,
+    /// Sockets moving between this instance and others, shared with the [`super::Deliverer`].
+    pub moves: Arc<super::Moves>,
 }
 
 /// Connection limits, from `auth.*`.

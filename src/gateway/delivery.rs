@@ -25,6 +25,8 @@ pub struct Deliverer {
     revocations: Arc<Revocations>,
     /// Requests other instances forward here, and the answers to ours.
     relay: Option<super::relay::Relay>,
+    /// Sockets moving between instances: markers on their channels go here.
+    moves: Arc<super::Moves>,
 }
 
 /// Whether `member` takes a notification sent to each of `among` from `group`'s copy.
@@ -42,8 +44,9 @@ impl Deliverer {
         slow_client: SlowClient,
         revocations: Arc<Revocations>,
         relay: Option<super::relay::Relay>,
+        moves: Arc<super::Moves>,
     ) -> Self {
-        Self { presence, metrics, slow_client, revocations, relay }
+        Self { presence, metrics, slow_client, revocations, relay, moves }
     }
 
     fn finish(&self, kind: AudienceKind, reached: usize, failed: usize, timestamp_ms: i64, consumed_us: i64) -> usize {
@@ -85,6 +88,10 @@ impl Inbound for Deliverer {
         }
     }
 
+    fn cut(&self, on: Addressee<'_>, token: u64) {
+        self.moves.passed(on, token);
+    }
+
     fn end_sessions(&self, users: &[&str], revoked_at_ms: Option<i64>) -> usize {
         let mut ended = 0;
         for user in users {
@@ -119,6 +126,9 @@ impl Inbound for Deliverer {
         let (mut reached, mut failed) = (0, 0);
         let mut slow: Vec<Client> = Vec::new();
         let mut send = |e: &Entry| {
+            if !e.member.takes(to) {
+                return;
+            }
             let frame = frame.get_or_insert_with(|| match id {
                 Some(id) => {
                     let meta = RawValue::from_string(serde_json::json!({ "id": id }).to_string()).expect("valid JSON");
@@ -167,6 +177,9 @@ impl Inbound for Deliverer {
         let mut failed = 0usize;
         let mut slow: Vec<Client> = Vec::new();
         let sockets = self.presence.each_socket(user_id, |e| {
+            if !e.member.takes(Addressee::User(user_id)) {
+                return;
+            }
             let frame = frame.get_or_insert_with(|| {
                 let meta = RawValue::from_string(replay::meta(id).to_string()).expect("valid JSON");
                 event_frame(NAMESPACE, event, &[payload, &meta])

@@ -2,7 +2,7 @@
 //! gate, and its share of the presence index and bus subscriptions.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use std::time::Instant;
@@ -43,22 +43,46 @@ pub struct Member {
     /// Receipts sent in the current second (see `receipts::take`).
     pub receipts_window: AtomicU64,
     left: AtomicBool,
+    /// Set while the socket moves between instances (and after, on the new one).
+    pub cut: OnceLock<Arc<super::moving::Cut>>,
 }
 
 impl Member {
     pub fn new(user: Arc<str>, groups: &[String], expires_at: Option<u64>, since: Option<NotificationId>) -> Self {
+        Self::with_gate(user, groups, expires_at, since, ReplayGate::closed())
+    }
+
+    /// A socket moved here from another instance, its replay long done there.
+    pub fn moved_in(user: Arc<str>, groups: &[String], expires_at: Option<u64>, gate: ReplayGate<Frame>) -> Self {
+        Self::with_gate(user, groups, expires_at, None, gate)
+    }
+
+    fn with_gate(
+        user: Arc<str>,
+        groups: &[String],
+        expires_at: Option<u64>,
+        since: Option<NotificationId>,
+        gate: ReplayGate<Frame>,
+    ) -> Self {
         Self {
             user,
             groups: ArcSwap::new(groups_of(groups)),
             regrouping: Mutex::new(()),
             expires_at: AtomicU64::new(expires_at.unwrap_or(0)),
-            gate: ReplayGate::closed(),
+            gate,
             connected_at: Instant::now(),
             since,
             refreshing: AtomicBool::new(false),
             receipts_window: AtomicU64::new(0),
             left: AtomicBool::new(false),
+            cut: OnceLock::new(),
         }
+    }
+
+    /// Whether this instance delivers to the socket what came on `on`'s channel (not while
+    /// another instance does, as the socket moves).
+    pub fn takes(&self, on: crate::bus::Addressee<'_>) -> bool {
+        self.cut.get().is_none_or(|cut| cut.takes(on))
     }
 
     pub fn expires_at(&self) -> Option<u64> {

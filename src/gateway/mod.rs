@@ -8,6 +8,7 @@ mod admission;
 mod delivery;
 mod lifetime;
 mod member;
+mod moving;
 mod presence;
 pub mod receipts;
 pub mod relay;
@@ -23,6 +24,7 @@ pub use admission::{Admission, Limits};
 pub use delivery::Deliverer;
 pub use lifetime::Lifetimes;
 pub use member::{Client, Groups, Member};
+pub use moving::Moves;
 pub use presence::{Entry, Presence};
 
 use crate::config::{AuthConfig, ServerConfig};
@@ -154,6 +156,24 @@ impl Handler for Admission {
             let reply = RawValue::from_string(reply.to_string()).expect("valid JSON");
             let _ = ack.send(&[&reply]);
         });
+    }
+
+    async fn departing(self: Arc<Self>, socket: SocketRef<Self>) -> Option<String> {
+        Admission::departing(&self, &socket).await
+    }
+
+    async fn arriving(self: Arc<Self>, socket: SocketRef<Self>, state: String) -> Result<Arc<Member>, String> {
+        Admission::arriving(&self, &socket, &state).await
+    }
+
+    async fn cut(self: Arc<Self>, socket: SocketRef<Self>) -> bool {
+        Admission::cut(&self, &socket).await
+    }
+
+    fn departed(self: &Arc<Self>, socket: &SocketRef<Self>) {
+        if let Some(member) = socket.data() {
+            member.leave(&self.presence, &self.bus);
+        }
     }
 
     fn disconnected(self: &Arc<Self>, socket: &SocketRef<Self>, _reason: DisconnectReason) {

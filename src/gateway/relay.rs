@@ -1,6 +1,7 @@
 //! No sticky sessions: a long-polling request that reaches an instance other than the one
 //! holding its session travels there over the bus (the owner's own channel), is answered there
-//! as a local request, and the answer comes back on the asking instance's channel. Over the bus
+//! as a local request, and the answer comes back on the asking instance's channel; the steps of
+//! moving a session to the instance its WebSocket upgrade reached travel the same way. Over the bus
 //! rather than instance to instance over HTTP: every instance already reaches Redis and needs no
 //! address of the others, and a request for an instance that is gone is known at once (its
 //! channel has no subscriber).
@@ -17,14 +18,16 @@ use tokio::sync::mpsc;
 
 use super::Admission;
 use crate::bus::Bus;
-use crate::bus::envelope::Relayed;
+use crate::bus::envelope::{self, Asking, Relayed};
 use crate::socketio::Server;
-use crate::socketio::engine::{ForwardedRequest, ForwardedResponse, Forwarder, Sid};
+use crate::socketio::engine::{ForwardedRequest, ForwardedResponse, Forwarder, MoveStep, Sid};
 
 /// How long a tag nobody listened on is taken as gone.
 const ABSENT_FOR: Duration = Duration::from_secs(5);
 /// Most tags remembered as gone (made-up session ids could name any).
 const MAX_ABSENT: usize = 10_000;
+/// How long a moving session's holder may wait for its cut to pass through Redis.
+pub const MOVE_CUT_WAIT: Duration = Duration::from_secs(5);
 
 /// Carries long-polling requests between instances; one per instance, with Redis.
 #[derive(Clone)]
@@ -86,25 +89,44 @@ impl Relay {
                     let _ = waiting.try_send(ForwardedResponse { status, content_type, body: Bytes::from(body) });
                 }
             }
-            Relayed::Request { id, from, sid, post, content_type, body } => {
-                let (Some(sid), Some(server), Some(bus)) =
-                    (Sid::parse(&sid), self.inner.server.get().cloned(), self.inner.bus.get().cloned())
-                else {
-                    return;
+            Relayed::Move { asking, step } => {
+                let step = match step {
+                    envelope::MoveStep::Probe => MoveStep::Probe,
+                    envelope::MoveStep::Take => MoveStep::Take,
+                    envelope::MoveStep::Release => MoveStep::Release,
                 };
-                // A poll waits for packets: each request on a task of its own.
-                tokio::spawn(async move {
+                self.answer(asking, move |server, sid| async move { server.answer_move(sid, step).await });
+            }
+            Relayed::Request { asking, post, content_type, body } => {
+                self.answer(asking, move |server, sid| async move {
                     let request = ForwardedRequest { sid, post, content_type: content_type.map(Box::from), body: Bytes::from(body) };
-                    let Some(answer) = server.answer_forwarded(request).await else { return };
-                    // Long-polling payloads are text (binary goes base64-encoded).
-                    let body = String::from_utf8_lossy(&answer.body).into_owned();
-                    let answer = Relayed::Response { id, status: answer.status, content_type: answer.content_type, body };
-                    if let Err(e) = bus.relay(&from, &answer).await {
-                        tracing::debug!(error = %e, "A forwarded request's answer could not be sent back.");
-                    }
+                    server.answer_forwarded(request).await
                 });
             }
         }
+    }
+
+    /// Answers another instance's request on a task of its own (a poll waits for packets), on
+    /// that instance's channel.
+    fn answer<F>(&self, asking: Asking, work: impl FnOnce(Server<Admission>, Sid) -> F)
+    where
+        F: Future<Output = Option<ForwardedResponse>> + Send + 'static,
+    {
+        let (Some(sid), Some(server), Some(bus)) =
+            (Sid::parse(&asking.sid), self.inner.server.get().cloned(), self.inner.bus.get().cloned())
+        else {
+            return;
+        };
+        let work = work(server, sid);
+        tokio::spawn(async move {
+            let Some(answer) = work.await else { return };
+            // Long-polling payloads are text (binary goes base64-encoded).
+            let body = String::from_utf8_lossy(&answer.body).into_owned();
+            let answer = Relayed::Response { id: asking.id, status: answer.status, content_type: answer.content_type, body };
+            if let Err(e) = bus.relay(&asking.from, &answer).await {
+                tracing::debug!(error = %e, "The answer to another instance's request could not be sent back.");
+            }
+        });
     }
 }
 
@@ -121,53 +143,67 @@ impl Forwarder for Relay {
     fn forward(&self, request: ForwardedRequest) -> Pin<Box<dyn Future<Output = Option<ForwardedResponse>> + Send>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let bus = inner.bus.get()?.clone();
             let Ok(body) = String::from_utf8(request.body.to_vec()) else {
                 // As a local session answers a payload that is not UTF-8.
                 return Some(ForwardedResponse { status: 400, content_type: "text/plain".into(), body: Bytes::new() });
             };
-            let to = String::from_utf8_lossy(request.sid.tag()).into_owned();
-            if inner.absent.get(&to).is_some_and(|since| since.elapsed() < ABSENT_FOR) {
+            let wait = if request.post { inner.post_wait } else { inner.poll_wait };
+            let (sid, post, content_type) = (request.sid, request.post, request.content_type.map(String::from));
+            inner.ask(sid, wait, |asking| Relayed::Request { asking, post, content_type, body }).await
+        })
+    }
+
+    fn move_step(&self, sid: Sid, step: MoveStep) -> Pin<Box<dyn Future<Output = Option<ForwardedResponse>> + Send>> {
+        let inner = self.inner.clone();
+        let step = match step {
+            MoveStep::Probe => envelope::MoveStep::Probe,
+            MoveStep::Take => envelope::MoveStep::Take,
+            MoveStep::Release => envelope::MoveStep::Release,
+        };
+        // The release waits for the holder's cut to pass through Redis.
+        let wait = inner.post_wait + if step == envelope::MoveStep::Release { MOVE_CUT_WAIT } else { Duration::ZERO };
+        Box::pin(async move { inner.ask(sid, wait, |asking| Relayed::Move { asking, step }).await })
+    }
+}
+
+impl Inner {
+    /// Sends the message `make` builds (around this instance's request about `sid`) to the
+    /// instance `sid` names and waits up to `wait` for its answer.
+    async fn ask(&self, sid: Sid, wait: Duration, make: impl FnOnce(Asking) -> Relayed) -> Option<ForwardedResponse> {
+        let bus = self.bus.get()?.clone();
+        let to = String::from_utf8_lossy(sid.tag()).into_owned();
+        if self.absent.get(&to).is_some_and(|since| since.elapsed() < ABSENT_FOR) {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(4);
+        self.pending.insert(id, tx);
+        let _waiting = Waiting(self, id);
+        let message = make(Asking { id, from: self.tag.clone(), sid: sid.to_string() });
+        // Nobody on the owner's channel: no instance holds the session (any more).
+        let listeners = match bus.relay(&to, &message).await {
+            Ok(n @ 1..) => n,
+            Ok(_) => {
+                if self.absent.len() >= MAX_ABSENT {
+                    self.absent.clear();
+                }
+                self.absent.insert(to, tokio::time::Instant::now());
                 return None;
             }
-            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, mut rx) = mpsc::channel(4);
-            inner.pending.insert(id, tx);
-            let _waiting = Waiting(&inner, id);
-            let message = Relayed::Request {
-                id,
-                from: inner.tag.clone(),
-                sid: request.sid.to_string(),
-                post: request.post,
-                content_type: request.content_type.map(String::from),
-                body,
-            };
-            // Nobody on the owner's channel: no instance holds the session (any more).
-            let listeners = match bus.relay(&to, &message).await {
-                Ok(n @ 1..) => n,
-                Ok(_) => {
-                    if inner.absent.len() >= MAX_ABSENT {
-                        inner.absent.clear();
-                    }
-                    inner.absent.insert(to, tokio::time::Instant::now());
-                    return None;
-                }
-                Err(_) => return None,
-            };
-            let wait = if request.post { inner.post_wait } else { inner.poll_wait };
-            let deadline = tokio::time::Instant::now() + wait;
-            // Two instances with one tag (rare, 24 bits): the one without the session says it
-            // does not know it; the other's answer is the one to wait for.
-            let mut last = None;
-            for _ in 0..listeners {
-                let answer = tokio::time::timeout_at(deadline, rx.recv()).await.ok()??;
-                if !is_unknown_session(&answer) {
-                    return Some(answer);
-                }
-                last = Some(answer);
+            Err(_) => return None,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        // Two instances with one tag (rare, 24 bits): the one without the session says it
+        // does not know it; the other's answer is the one to wait for.
+        let mut last = None;
+        for _ in 0..listeners {
+            let answer = tokio::time::timeout_at(deadline, rx.recv()).await.ok()??;
+            if !is_unknown_session(&answer) {
+                return Some(answer);
             }
-            last
-        })
+            last = Some(answer);
+        }
+        last
     }
 }
 

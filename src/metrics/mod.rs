@@ -125,6 +125,8 @@ catalog! {
         "Long-polling sessions upgraded to WebSocket.";
     FORWARDED = "herald_gateway_forwarded_requests_total", Counter, Count,
         "Long-polling requests for a session another instance holds: sent there (sent), or answered here for another instance (answered).";
+    MOVED = "herald_gateway_moved_sessions_total", Counter, Count,
+        "Sessions whose WebSocket upgrade reached another instance than theirs, moved there: in (taken over here), out (handed over from here), failed (the move failed on this side; the session ended and its client reconnected).";
     PING_TIMEOUTS = "herald_gateway_ping_timeouts_total", Counter, Count,
         "Sessions closed because the client missed a heartbeat.";
     WEBSOCKET_WRITES = "herald_gateway_websocket_writes_total", Counter, Count,
@@ -217,7 +219,7 @@ impl Reloads {
 }
 
 /// The transport counters other than the protocol errors and the cutoffs.
-const FIXED_TRANSPORT: usize = 9;
+const FIXED_TRANSPORT: usize = 12;
 const TRANSPORT_COUNTERS: usize = FIXED_TRANSPORT + ProtocolError::ALL.len() + Cutoff::ALL.len();
 
 /// The Socket.IO transport keeps plain atomics ([`Stats`]); these follow them.
@@ -232,6 +234,9 @@ struct TransportCounters {
     websocket_frames: Counter,
     forwarded_sent: Counter,
     forwarded_answered: Counter,
+    moved_in: Counter,
+    moved_out: Counter,
+    moves_failed: Counter,
     /// The figures last copied, so `write_timeouts` (also counted by the HTTP server) gets
     /// increments rather than a value.
     last: Mutex<[u64; TRANSPORT_COUNTERS]>,
@@ -308,6 +313,9 @@ impl Metrics {
                 websocket_frames: counter(WEBSOCKET_FRAMES, vec![]),
                 forwarded_sent: counter(FORWARDED, vec![Label::new("direction", "sent")]),
                 forwarded_answered: counter(FORWARDED, vec![Label::new("direction", "answered")]),
+                moved_in: counter(MOVED, vec![Label::new("direction", "in")]),
+                moved_out: counter(MOVED, vec![Label::new("direction", "out")]),
+                moves_failed: counter(MOVED, vec![Label::new("direction", "failed")]),
                 cutoffs: Cutoff::ALL.iter().map(|c| (*c, counter(REQUESTS_CUT, vec![Label::new("reason", c.label())]))).collect(),
                 last: Mutex::new([0; TRANSPORT_COUNTERS]),
             },
@@ -389,6 +397,9 @@ impl Metrics {
             frames,
             stats.forwarded().0,
             stats.forwarded().1,
+            stats.moved().0,
+            stats.moved().1,
+            stats.moved().2,
         ]);
         for (i, (kind, _)) in t.protocol_errors.iter().enumerate() {
             now[FIXED_TRANSPORT + i] = stats.protocol_errors(*kind);
@@ -407,6 +418,9 @@ impl Metrics {
             &t.websocket_frames,
             &t.forwarded_sent,
             &t.forwarded_answered,
+            &t.moved_in,
+            &t.moved_out,
+            &t.moves_failed,
         ];
         let counters = fixed.into_iter().chain(t.protocol_errors.iter().map(|(_, c)| c)).chain(t.cutoffs.iter().map(|(_, c)| c));
         for ((counter, now), last) in counters.zip(now).zip(last.iter_mut()) {

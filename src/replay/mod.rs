@@ -129,6 +129,34 @@ impl<T> ReplayGate<T> {
         Self { state: Mutex::new(state) }
     }
 
+    /// A gate moving in with its socket from another instance, open, knowing what that one's
+    /// knew ([`ReplayGate::moving_state`]).
+    pub fn moved_in(replayed_up_to: Option<NotificationId>, recent: &[NotificationId]) -> Self {
+        let gate = Self::closed();
+        {
+            let mut s = gate.lock();
+            s.replaying = false;
+            s.replayed_up_to = replayed_up_to;
+            for id in recent.iter().take(RECENT_LIVE) {
+                let next = s.next;
+                s.recent[next] = *id;
+                s.next = (next + 1) % RECENT_LIVE;
+            }
+        }
+        gate
+    }
+
+    /// What the gate knows, for its socket's move to another instance: the newest id replayed
+    /// and the last live ids sent. `None` while the replay runs (the socket moves after it).
+    pub fn moving_state(&self) -> Option<(Option<NotificationId>, Vec<NotificationId>)> {
+        let s = self.lock();
+        if s.replaying {
+            return None;
+        }
+        let recent = (0..RECENT_LIVE).map(|i| s.recent[(s.next + i) % RECENT_LIVE]).filter(|id| *id != NotificationId::default());
+        Some((s.replayed_up_to, recent.collect()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -217,6 +245,23 @@ mod tests {
         gate.offer(id(8, 0), 8, |n| sent.borrow_mut().push(*n));
         gate.offer(id(8, 0), 8, |n| sent.borrow_mut().push(*n));
         assert_eq!(*sent.borrow(), [50, 7, 8], "a live one goes at once, once");
+    }
+
+    #[test]
+    fn a_gate_moves_with_what_it_knows() {
+        let gate = ReplayGate::closed();
+        assert_eq!(gate.moving_state(), None, "not while it replays");
+        gate.replay(id(5, 0), || {});
+        gate.open(|_: &u8| {});
+        gate.offer(id(9, 0), 9, |_| {});
+        let (replayed, recent) = gate.moving_state().unwrap();
+        assert_eq!((replayed, recent.clone()), (Some(id(5, 0)), vec![id(9, 0)]));
+        let moved = ReplayGate::moved_in(replayed, &recent);
+        let sent = std::cell::RefCell::new(Vec::new());
+        for n in [4, 9, 10] {
+            moved.offer(id(n, 0), n, |n| sent.borrow_mut().push(*n));
+        }
+        assert_eq!(*sent.borrow(), [10], "open at once; what the old gate had sent or covered is not sent again");
     }
 
     #[test]

@@ -46,6 +46,34 @@ pub trait Handler: Sized + Send + Sync + 'static {
 
     /// The socket left, for any reason; called once for every socket whose connect succeeded.
     fn disconnected(self: &Arc<Self>, socket: &SocketRef<Self>, reason: DisconnectReason);
+
+    /// Sockets move between instances with their session when its WebSocket upgrade reaches
+    /// another instance than the one holding it (see `engine::Options::instance_tag`). What that
+    /// instance needs to take `socket` over, as JSON; `None` (the default): the socket cannot
+    /// move now, and its upgrade fails (the session ends, its client reconnects).
+    fn departing(self: Arc<Self>, _socket: SocketRef<Self>) -> impl Future<Output = Option<String>> + Send + 'static {
+        std::future::ready(None)
+    }
+
+    /// Takes over a socket another instance held, from what its [`Handler::departing`] gave:
+    /// its data, as [`Handler::connect`] gives it (the client is not told anything).
+    fn arriving(
+        self: Arc<Self>,
+        _socket: SocketRef<Self>,
+        _state: String,
+    ) -> impl Future<Output = Result<Self::Data, String>> + Send + 'static {
+        std::future::ready(Err("sockets do not move".to_owned()))
+    }
+
+    /// On the instance the socket leaves: resolves `true` once what the application sends it
+    /// from elsewhere has been cut between the two instances (what came before is queued here,
+    /// what comes after reaches the other one).
+    fn cut(self: Arc<Self>, _socket: SocketRef<Self>) -> impl Future<Output = bool> + Send + 'static {
+        std::future::ready(true)
+    }
+
+    /// The socket went on to another instance (it did not disconnect): release what it held here.
+    fn departed(self: &Arc<Self>, _socket: &SocketRef<Self>) {}
 }
 
 /// Socket.IO settings on top of the Engine.IO ones. `engine.join_timeout` is Socket.IO's
@@ -105,6 +133,11 @@ impl<H: Handler> Server<H> {
     /// [`engine::Options::instance_tag`]).
     pub fn set_forwarder(&self, forwarder: Arc<dyn engine::Forwarder>) {
         self.engine.set_forwarder(forwarder);
+    }
+
+    /// Answers a step of moving one of this instance's sessions to another instance.
+    pub async fn answer_move(&self, sid: engine::Sid, step: engine::MoveStep) -> Option<engine::ForwardedResponse> {
+        self.engine.answer_move(sid, step).await
     }
 
     /// Answers a request another instance forwarded here.

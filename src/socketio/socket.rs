@@ -2,6 +2,7 @@
 //! binary attachments to their packet), connects sockets to namespaces through the
 //! application's [`Handler`], and writes their packets.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -17,6 +18,9 @@ pub type SocketRef<H> = Arc<Socket<H>>;
 const CONNECTING: u8 = 0;
 const CONNECTED: u8 = 1;
 const GONE: u8 = 2;
+
+/// How long a session about to move waits for a connect under way.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One client's membership of one namespace.
 pub struct Socket<H: Handler> {
@@ -158,6 +162,17 @@ impl<H: Handler> Socket<H> {
         if left == 0 {
             self.session.close(CloseReason::ServerClose);
         }
+    }
+
+    /// A socket moved here is connected (its client knows it is): what was sent meanwhile goes
+    /// out. `false` if its session ended first.
+    fn arrived(&self) -> bool {
+        let mut early = lock(&self.early);
+        for f in early.drain(..) {
+            let _ = self.session.send(&f);
+        }
+        *early = Vec::new();
+        self.state.compare_exchange(CONNECTING, CONNECTED, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Connect succeeded: CONNECT goes out, then what was sent meanwhile.
@@ -378,6 +393,18 @@ impl<H: Handler> Layer<H> {
     }
 }
 
+/// A socket moving with its session to another instance, as `export` writes it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Moved {
+    #[serde(rename = "n")]
+    namespace: String,
+    #[serde(rename = "i")]
+    id: String,
+    /// What the application's `departing` gave.
+    #[serde(rename = "d")]
+    data: Box<RawValue>,
+}
+
 /// `CONNECT_ERROR` with `{"message": message}`.
 fn connect_error(namespace: &str, message: &str) -> Frame {
     let json = serde_json::json!({ "message": message }).to_string();
@@ -436,6 +463,115 @@ impl<H: Handler> engine::Handler for Layer<H> {
         match packet::parse(&complete.text) {
             Ok(p) => self.dispatch(session, &p, &complete.attachments),
             Err(_) => session.protocol_error(ProtocolError::BadSocketPacket),
+        }
+    }
+
+    fn movable(&self, session: &Arc<Session<Self>>) -> bool {
+        let state = session.state().lock();
+        !state.closed && state.binary.is_none()
+    }
+
+    fn export(&self, session: &Arc<Session<Self>>) -> impl Future<Output = Option<String>> + Send + 'static {
+        let (handler, session) = (self.handler.clone(), session.clone());
+        async move {
+            // A connect under way (the client sent it just before pausing) finishes first.
+            let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+            let sockets = loop {
+                {
+                    let state = session.state().lock();
+                    if state.closed || state.binary.is_some() {
+                        return None;
+                    }
+                    if state.sockets.iter().all(|s| s.state.load(Ordering::Acquire) != CONNECTING) {
+                        break state.sockets.clone();
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            };
+            let mut moved = Vec::with_capacity(sockets.len());
+            for socket in sockets {
+                if !socket.is_connected() {
+                    return None;
+                }
+                let data = RawValue::from_string(H::departing(handler.clone(), socket.clone()).await?).ok()?;
+                moved.push(Moved { namespace: socket.namespace.to_string(), id: socket.id().to_owned(), data });
+            }
+            serde_json::to_string(&moved).ok()
+        }
+    }
+
+    fn import(&self, session: &Arc<Session<Self>>, state: String) -> impl Future<Output = bool> + Send + 'static {
+        let (handler, namespaces, session) = (self.handler.clone(), self.namespaces.clone(), session.clone());
+        async move {
+            let Ok(moved) = serde_json::from_str::<Vec<Moved>>(&state) else { return false };
+            for m in &moved {
+                let (Some(namespace), Some(id)) = (namespaces.iter().find(|n| ***n == *m.namespace), Sid::parse(&m.id)) else {
+                    return false;
+                };
+                let socket = Arc::new(Socket {
+                    id,
+                    namespace: namespace.clone(),
+                    session: session.clone(),
+                    data: OnceLock::new(),
+                    state: AtomicU8::new(CONNECTING),
+                    early: Mutex::new(Vec::new()),
+                });
+                {
+                    let mut state = session.state().lock();
+                    if state.closed {
+                        return false;
+                    }
+                    state.sockets.push(socket.clone());
+                }
+                match H::arriving(handler.clone(), socket.clone(), m.data.get().to_owned()).await {
+                    Ok(data) => {
+                        let _ = socket.data.set(data);
+                        if !socket.arrived() {
+                            // The session ended while the application was taking it.
+                            handler.disconnected(&socket, DisconnectReason::Transport(CloseReason::TransportClose));
+                            return false;
+                        }
+                    }
+                    Err(_) => {
+                        socket.state.store(GONE, Ordering::Release);
+                        session.state().remove(&socket);
+                        return false;
+                    }
+                }
+            }
+            if !moved.is_empty() {
+                session.mark_joined();
+            }
+            true
+        }
+    }
+
+    fn cut(&self, session: &Arc<Session<Self>>) -> impl Future<Output = bool> + Send + 'static {
+        let sockets = session.state().lock().sockets.clone();
+        let handler = self.handler.clone();
+        async move {
+            for socket in sockets {
+                if !H::cut(handler.clone(), socket).await {
+                    return false;
+                }
+            }
+            true
+        }
+    }
+
+    fn departed(&self, session: &Arc<Session<Self>>) {
+        let sockets = {
+            let mut state = session.state().lock();
+            state.closed = true;
+            std::mem::take(&mut state.sockets)
+        };
+        for socket in sockets {
+            if socket.state.swap(GONE, Ordering::AcqRel) == CONNECTED {
+                self.handler.departed(&socket);
+            }
         }
     }
 

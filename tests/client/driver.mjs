@@ -31,10 +31,9 @@ function connect(cmd) {
     timeout: cmd.timeout ?? 10000,
   });
   sockets.set(cmd.id, socket);
-  socket.on("connect", () => {
-    out({ id: cmd.id, type: "connect", transport: socket.io.engine.transport.name });
-    socket.io.engine.once("upgrade", (t) => out({ id: cmd.id, type: "transport", transport: t.name }));
-  });
+  // From the session's open: the upgrade may complete before the CONNECT reply arrives.
+  socket.io.on("open", () => socket.io.engine.once("upgrade", (t) => out({ id: cmd.id, type: "transport", transport: t.name })));
+  socket.on("connect", () => out({ id: cmd.id, type: "connect", transport: socket.io.engine.transport.name }));
   socket.on("connect_error", (err) => out({ id: cmd.id, type: "connect_error", message: err.message }));
   socket.on("disconnect", (reason) => out({ id: cmd.id, type: "disconnect", reason }));
   socket.onAny((event, ...args) => {

@@ -479,6 +479,14 @@ fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, 
         }
         return;
     }
+    if let Some(token) = envelope::decode_cut(payload) {
+        let on = match owner {
+            Owner::User(user) => Addressee::User(user),
+            Owner::Group(name) => Addressee::Group { name, among: &[] },
+            _ => Addressee::Everyone,
+        };
+        return deliverer.cut(on, token);
+    }
     if owner == Owner::Broadcast
         && let Some(control) = envelope::decode_control(payload)
     {

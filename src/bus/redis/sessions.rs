@@ -1,7 +1,9 @@
-//! Ending sessions across instances on Redis: the revocation kept under `redis.revoked_key`
-//! (for instances and reconnects that come later), and the control message on the broadcast
-//! channel that every instance acts on (`super::deliver_one`).
+//! Sessions across instances on Redis: ending them (the revocation kept under
+//! `redis.revoked_key`, for instances and reconnects that come later, and the control message
+//! on the broadcast channel that every instance acts on, `super::deliver_one`), and the
+//! markers that cut a moving session's channels between its old instance and its new one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::nodes::Lane;
@@ -37,6 +39,20 @@ impl RedisBus {
             Some(Err(e)) => Err(BusError(e)),
             None => Err(BusError("no reply to a publish".into())),
         }
+    }
+
+    /// Publishes a move's marker on `user`'s channel, each of `groups`' and the broadcast one.
+    pub async fn publish_cut(&self, token: u64, user: &str, groups: &[Arc<str>]) -> Result<(), BusError> {
+        let marker = envelope::encode_cut(token).into_bytes();
+        let channels = std::iter::once(self.channels.user(user))
+            .chain(groups.iter().map(|g| self.channels.group(g)))
+            .chain(std::iter::once(self.channels.broadcast().to_owned()));
+        let commands: Vec<_> = channels.map(|c| vec![self.publish_verb().to_vec(), c.into_bytes(), marker.clone()]).collect();
+        let n = commands.len();
+        for reply in self.pipeline(commands, n).await? {
+            reply.map_err(BusError)?;
+        }
+        Ok(())
     }
 
     /// When `user`'s tokens were revoked, if that is still in force. While Redis is down this

@@ -1,7 +1,8 @@
 //! Sessions shared by several instances behind a load balancer without affinity: a long-polling
 //! request for a session another instance holds (its id starts with that instance's tag) is
 //! carried there by the layer above's [`Forwarder`] and answered there as a local request, with
-//! the same checks, ordering and limits; the answer comes back to the client unchanged.
+//! the same checks, ordering and limits; the answer comes back to the client unchanged. A
+//! WebSocket upgrade is not forwarded: the session moves to the instance it reached (`moving`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +39,10 @@ pub trait Forwarder: Send + Sync + 'static {
     /// The answer of the instance holding `request.sid`; `None` when none answered in time
     /// (no instance holds it, or its instance is gone): the session is unknown.
     fn forward(&self, request: ForwardedRequest) -> Pin<Box<dyn Future<Output = Option<ForwardedResponse>> + Send>>;
+
+    /// Asks the instance holding `sid` for a step of moving the session here (see `moving`);
+    /// its answer, or `None` as for [`Forwarder::forward`].
+    fn move_step(&self, sid: Sid, step: super::MoveStep) -> Pin<Box<dyn Future<Output = Option<ForwardedResponse>> + Send>>;
 }
 
 impl<H: Handler> Engine<H> {

@@ -2,11 +2,13 @@
 //! to the other, heartbeats, payload limits. The layer above (Socket.IO, or the conformance echo)
 //! sees sessions that open, carry text and binary messages both ways, and close.
 
+mod encoded;
 mod flusher;
 mod forward;
 pub mod frame;
 mod heartbeat;
 pub mod http;
+mod moving;
 pub mod packet;
 mod polling;
 mod request;
@@ -15,6 +17,7 @@ mod sid;
 mod stats;
 mod websocket;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +25,7 @@ use dashmap::DashMap;
 
 pub use forward::{ForwardedRequest, ForwardedResponse, Forwarder};
 pub use http::{Handoff, Mount};
+pub use moving::MoveStep;
 pub use session::{CloseReason, Frame, SendError, Session};
 pub use sid::{Sid, TAG_LEN, instance_tag};
 pub use stats::{Cutoff, ProtocolError, Stats};
@@ -91,6 +95,33 @@ pub trait Handler: Sized + Send + Sync + 'static {
     fn binary(&self, session: &Arc<Session<Self>>, data: &[u8]);
     /// Called once, when the session ends for any reason.
     fn closed(&self, session: &Arc<Session<Self>>, reason: CloseReason);
+
+    /// Moving a session to the instance that received its WebSocket upgrade (see `moving`):
+    /// whether it may move now. By default sessions never move.
+    fn movable(&self, _session: &Arc<Session<Self>>) -> bool {
+        false
+    }
+
+    /// What the instance taking the session over needs, as text; `None`: it cannot move.
+    fn export(&self, _session: &Arc<Session<Self>>) -> impl Future<Output = Option<String>> + Send + 'static {
+        std::future::ready(None)
+    }
+
+    /// Takes over a session another instance held, from what its [`Handler::export`] gave;
+    /// `false`: it could not (the session ends).
+    fn import(&self, _session: &Arc<Session<Self>>, _state: String) -> impl Future<Output = bool> + Send + 'static {
+        std::future::ready(false)
+    }
+
+    /// Resolves (`true`) once whatever the layer above sends the session from elsewhere has
+    /// been cut between this instance and the one taking it over: what came before the cut
+    /// is in the session's queue here, what comes after it goes to the other instance.
+    fn cut(&self, _session: &Arc<Session<Self>>) -> impl Future<Output = bool> + Send + 'static {
+        std::future::ready(false)
+    }
+
+    /// The session went on to another instance: release what it held here, without a close.
+    fn departed(&self, _session: &Arc<Session<Self>>) {}
 }
 
 /// What the client sent when it opened its session.

@@ -103,11 +103,24 @@ impl<H: Handler> Engine<H> {
         };
         if let Some(sid) = q.sid {
             let Some(session) = Sid::parse(sid).and_then(|sid| engine.sessions.get(&sid).map(|s| s.value().clone())) else {
-                // Another instance's session: it answers, as if the client had reached it.
-                if let Some(owned_elsewhere) = self.forwardable(sid).filter(|_| !websocket)
-                    && let Some(response) = self.forward(owned_elsewhere, &request, body).await
-                {
-                    return Reply::Response(response);
+                // Another instance's session: it answers, as if the client had reached it; or,
+                // for its upgrade, the session moves here.
+                if let Some(owned_elsewhere) = self.forwardable(sid) {
+                    if websocket {
+                        if engine.closing.load(std::sync::atomic::Ordering::Acquire) {
+                            return Reply::Response(Response::new(503, "text/plain", "shutting down\n"));
+                        }
+                        return match accept_key(&request) {
+                            Some(accept) => {
+                                let handshake = handshake(&engine.options.handshake_headers, &request);
+                                Reply::Upgrade { accept, upgrade: Upgrade { sid: Some(owned_elsewhere), handshake, arriving: true } }
+                            }
+                            None => refuse(engine, EioError::BadRequest),
+                        };
+                    }
+                    if let Some(response) = self.forward(owned_elsewhere, &request, body).await {
+                        return Reply::Response(response);
+                    }
                 }
                 return refuse(engine, EioError::UnknownSid);
             };
@@ -122,9 +135,10 @@ impl<H: Handler> Engine<H> {
             }
             if websocket {
                 return match accept_key(&request) {
-                    Some(accept) => {
-                        Reply::Upgrade { accept, upgrade: Upgrade { sid: Some(session.sid()), handshake: Handshake::default() } }
-                    }
+                    Some(accept) => Reply::Upgrade {
+                        accept,
+                        upgrade: Upgrade { sid: Some(session.sid()), handshake: Handshake::default(), arriving: false },
+                    },
                     None => refuse(engine, EioError::BadRequest),
                 };
             }
@@ -149,7 +163,7 @@ impl<H: Handler> Engine<H> {
         }
         let handshake = handshake(&engine.options.handshake_headers, &request);
         match accept {
-            Some(accept) => Reply::Upgrade { accept, upgrade: Upgrade { sid: None, handshake } },
+            Some(accept) => Reply::Upgrade { accept, upgrade: Upgrade { sid: None, handshake, arriving: false } },
             None => Reply::Response(super::polling::handshake(engine, handshake)),
         }
     }

@@ -4,97 +4,20 @@
 //! for the flusher (WebSocket) or wake the waiting GET (long-polling).
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use futures::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+pub use super::encoded::Frame;
+pub(super) use super::encoded::{CLOSE, NOOP, PING, PONG_PROBE};
 use super::flusher::Flusher;
-use super::frame::{self, OpCode};
 use super::packet::{self, SEPARATOR};
 use super::sid::Sid;
 use super::{Handler, Handshake, Shared};
-
-/// One encoded Engine.IO packet, shared by every session it goes to: a WebSocket frame whose
-/// payload is the packet as long-polling sends it. One allocation, of its exact size; cloning
-/// it copies no bytes.
-#[derive(Clone)]
-pub struct Frame {
-    bytes: Arc<[u8]>,
-    header: u8,
-    binary: bool,
-}
-
-thread_local! {
-    /// Where frames are written before their exact size is known.
-    static BUILD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl Frame {
-    /// A text packet whose text `write` appends (type digit included).
-    pub fn text(write: impl FnOnce(&mut Vec<u8>)) -> Self {
-        Self::build(OpCode::Text, write)
-    }
-
-    /// A binary message.
-    pub fn binary(data: &[u8]) -> Self {
-        Self::build(OpCode::Binary, |out| out.extend_from_slice(data))
-    }
-
-    /// A control frame (ping, pong) with `payload`.
-    pub(super) fn control(opcode: OpCode, payload: &[u8]) -> Self {
-        Self { binary: false, ..Self::build(opcode, |out| out.extend_from_slice(payload)) }
-    }
-
-    fn build(opcode: OpCode, write: impl FnOnce(&mut Vec<u8>)) -> Self {
-        BUILD.with_borrow_mut(|buf| {
-            buf.clear();
-            buf.resize(frame::MAX_HEADER, 0);
-            write(buf);
-            let len = buf.len() - frame::MAX_HEADER;
-            let mut header = [0u8; frame::MAX_HEADER];
-            let n = frame::write_header(&mut header, opcode, len);
-            let start = frame::MAX_HEADER - n;
-            buf[start..frame::MAX_HEADER].copy_from_slice(&header[..n]);
-            let frame = Self { bytes: Arc::from(&buf[start..]), header: n as u8, binary: opcode == OpCode::Binary };
-            // A large message does not keep its buffer on the thread.
-            if buf.capacity() > 64 * 1024 {
-                *buf = Vec::new();
-            }
-            frame
-        })
-    }
-
-    /// The whole WebSocket frame.
-    pub fn ws(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// The packet as long-polling carries it (binary still raw).
-    pub fn packet(&self) -> &[u8] {
-        &self.bytes[self.header as usize..]
-    }
-
-    pub fn is_binary(&self) -> bool {
-        self.binary
-    }
-}
-
-impl fmt::Debug for Frame {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Frame({:?})", String::from_utf8_lossy(self.packet()))
-    }
-}
-
-/// Packets the engine sends often, built once.
-pub(super) static PING: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.push(b'2')));
-pub(super) static PONG_PROBE: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.extend_from_slice(b"3probe")));
-pub(super) static NOOP: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.push(b'6')));
-pub(super) static CLOSE: LazyLock<Frame> = LazyLock::new(|| Frame::text(|b| b.push(b'1')));
 
 /// Frames past `max_queue` kept for what the protocol owes a client (pings, a CONNECT reply, a
 /// DISCONNECT): enough for those, not for a client that floods requests for answers.
@@ -140,6 +63,8 @@ pub enum CloseReason {
     /// The layer above closed it.
     ServerClose,
     ServerShutdown,
+    /// The session went on to another instance, with its WebSocket upgrade.
+    Moved,
 }
 
 impl CloseReason {
@@ -154,6 +79,7 @@ impl CloseReason {
             Self::Flood => "flood",
             Self::ServerClose => "server close",
             Self::ServerShutdown => "server shutdown",
+            Self::Moved => "moved",
         }
     }
 }
@@ -183,6 +109,8 @@ pub(super) struct Outbox {
     marked: bool,
     /// WebSocket: the socket had no room; its task writes the queue when it has.
     pub(super) stalled: bool,
+    /// Another instance is taking the session over (its upgrade reached that one).
+    pub(super) moving: bool,
 }
 
 /// The heartbeat: a ping went out and its pong has not come back.
@@ -219,10 +147,38 @@ pub struct Session<H: Handler> {
     state: H::State,
 }
 
+/// `frames` as one long-polling payload.
+pub(super) fn polling_payload(frames: &[Frame]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(frames.iter().map(|f| f.packet().len() + 1).sum());
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            body.push(SEPARATOR);
+        }
+        if f.is_binary() {
+            packet::write_binary_for_polling(&mut body, f.packet());
+        } else {
+            body.extend_from_slice(f.packet());
+        }
+    }
+    body
+}
+
 impl<H: Handler> Session<H> {
     pub(super) fn new(shared: &Arc<Shared<H>>, transport: Transport, handshake: Handshake) -> Arc<Self> {
+        Self::with_sid(shared, Sid::tagged(shared.options.instance_tag.as_ref()), transport, handshake)
+    }
+
+    /// A session another instance holds, arriving with its upgrade: polling, being probed, not
+    /// yet in the engine's table.
+    pub(super) fn arriving(shared: &Arc<Shared<H>>, sid: Sid, handshake: Handshake) -> Arc<Self> {
+        let session = Self::with_sid(shared, sid, Transport::Polling, handshake);
+        session.lock().probing = true;
+        session
+    }
+
+    fn with_sid(shared: &Arc<Shared<H>>, sid: Sid, transport: Transport, handshake: Handshake) -> Arc<Self> {
         Arc::new(Self {
-            sid: Sid::tagged(shared.options.instance_tag.as_ref()),
+            sid,
             engine: Arc::downgrade(shared),
             ws: OnceLock::new(),
             out: Mutex::new(Outbox {
@@ -234,6 +190,7 @@ impl<H: Handler> Session<H> {
                 closing: None,
                 marked: false,
                 stalled: false,
+                moving: false,
             }),
             flusher: shared.flusher.clone(),
             writes: shared.stats.writes.clone(),
@@ -488,17 +445,7 @@ impl<H: Handler> Session<H> {
 
     /// Takes the packets for a long-polling response, as one payload.
     pub(super) fn take_polling_payload(out: &mut Outbox) -> Vec<u8> {
-        let mut body = Vec::with_capacity(out.queue.iter().map(|f| f.packet().len() + 1).sum());
-        for (i, f) in out.queue.drain(..).enumerate() {
-            if i > 0 {
-                body.push(SEPARATOR);
-            }
-            if f.is_binary() {
-                packet::write_binary_for_polling(&mut body, f.packet());
-            } else {
-                body.extend_from_slice(f.packet());
-            }
-        }
+        let body = polling_payload(out.queue.make_contiguous());
         out.queue = VecDeque::new();
         body
     }
@@ -521,6 +468,33 @@ impl<H: Handler> Session<H> {
             self.wake();
         }
         Ok(())
+    }
+
+    /// The session went on to another instance: it ends here without a goodbye and without
+    /// the layer above hearing it closed. Returns what was queued for the client (a long-polling
+    /// payload, noops left out), for that instance to send first; `None` if it had closed.
+    pub(super) fn detach(self: &Arc<Self>) -> Option<Vec<u8>> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let payload = {
+            let mut out = self.lock();
+            out.closing = Some(CloseReason::Moved);
+            out.queue.retain(|f| f.packet() != NOOP.packet());
+            Self::take_polling_payload(&mut out)
+        };
+        self.forget();
+        self.mark_finished();
+        self.wake();
+        Some(payload)
+    }
+
+    /// Puts what the instance that held the session had queued before what is queued here.
+    pub(super) fn queue_first(&self, frames: Vec<Frame>) {
+        let mut out = self.lock();
+        for frame in frames.into_iter().rev() {
+            out.queue.push_front(frame);
+        }
     }
 
     /// Closes the session: the layer above is told at once; the transport flushes what is

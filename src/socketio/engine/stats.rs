@@ -92,6 +92,9 @@ pub struct Stats {
     write_timeouts: AtomicU64,
     forwarded_out: AtomicU64,
     forwarded_in: AtomicU64,
+    moved_in: AtomicU64,
+    moved_out: AtomicU64,
+    moves_failed: AtomicU64,
     /// Shared with every session, which counts its writes here.
     pub(super) writes: std::sync::Arc<WriteCounts>,
 }
@@ -152,7 +155,6 @@ impl Stats {
         (self.writes.writes.load(Ordering::Relaxed), self.writes.frames.load(Ordering::Relaxed))
     }
 
-    /// Sessions opened over WebSocket directly, and over long-polling.
     pub(super) fn forwarded_out(&self) {
         self.forwarded_out.fetch_add(1, Ordering::Relaxed);
     }
@@ -166,6 +168,25 @@ impl Stats {
         (self.forwarded_out.load(Ordering::Relaxed), self.forwarded_in.load(Ordering::Relaxed))
     }
 
+    pub(super) fn moved_in(&self) {
+        self.moved_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn moved_out(&self) {
+        self.moved_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn move_failed(&self) {
+        self.moves_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sessions moved here with their WebSocket upgrade, moved from here, and moves that failed
+    /// here (on either side; the session ended and its client reconnected).
+    pub fn moved(&self) -> (u64, u64, u64) {
+        (self.moved_in.load(Ordering::Relaxed), self.moved_out.load(Ordering::Relaxed), self.moves_failed.load(Ordering::Relaxed))
+    }
+
+    /// Sessions opened over WebSocket directly, and over long-polling.
     pub fn opened_sessions(&self) -> (u64, u64) {
         (self.opened_websocket.load(Ordering::Relaxed), self.opened_polling.load(Ordering::Relaxed))
     }

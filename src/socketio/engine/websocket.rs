@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::frame::{self, Assembled, AssemblyError, FrameError, OpCode, close_code};
+use super::moving::{self, MoveStep};
 use super::packet::{self, Packet};
 use super::session::{CloseReason, Flushed, Frame, NOOP, PONG_PROBE, Session, Transport};
 use super::stats::ProtocolError;
@@ -31,6 +32,8 @@ pub struct Upgrade {
     /// The long-polling session to upgrade; `None` opens a new session over WebSocket.
     pub(super) sid: Option<super::Sid>,
     pub(super) handshake: Handshake,
+    /// `sid` is another instance's session, moving here with this upgrade (`super::moving`).
+    pub(super) arriving: bool,
 }
 
 /// Takes an accepted WebSocket (its 101 already written): opens its session, or probes the
@@ -57,6 +60,10 @@ pub(super) fn accept<H: Handler>(engine: Arc<Shared<H>>, upgrade: Upgrade, strea
                 session.close(CloseReason::ServerShutdown);
             }
             Connection::new(engine, session, None)
+        }
+        Some(sid) if upgrade.arriving => {
+            let session = Session::arriving(&engine, sid, upgrade.handshake);
+            Connection { arriving: true, ..Connection::new(engine, session, Some(stream)) }
         }
         Some(sid) => {
             let session = engine.sessions.get(&sid).map(|s| s.value().clone()).filter(|s| {
@@ -113,11 +120,15 @@ struct Connection<H: Handler> {
     carry: Vec<u8>,
     messages: frame::Assembler,
     stop: Option<Stop>,
+    /// Its session is another instance's, moving here with this upgrade.
+    arriving: bool,
+    /// A step of that move, for `run` to take (it waits on the other instance).
+    step: Option<MoveStep>,
 }
 
 impl<H: Handler> Connection<H> {
     fn new(engine: Arc<Shared<H>>, session: Arc<Session<H>>, probing: Option<TcpStream>) -> Self {
-        Self { engine, session, probing, carry: Vec::new(), messages: frame::Assembler::default(), stop: None }
+        Self { engine, session, probing, carry: Vec::new(), messages: frame::Assembler::default(), stop: None, arriving: false, step: None }
     }
 
     fn stream(&self) -> &TcpStream {
@@ -131,7 +142,7 @@ impl<H: Handler> Connection<H> {
         // The cold paths are boxed, so that an open connection's task holds only `serve`.
         if self.probing.is_some() {
             // Only the probe is timed: `serve` returns as soon as the upgrade is done.
-            let probed = Box::pin(tokio::time::timeout(self.engine.options.upgrade_timeout, self.serve())).await;
+            let probed = Box::pin(tokio::time::timeout(self.engine.options.upgrade_timeout, self.probe())).await;
             if probed.is_err() {
                 self.stop = Some(Stop::Closed(CloseReason::TransportClose));
             }
@@ -145,13 +156,66 @@ impl<H: Handler> Connection<H> {
                 }
             }
             if let Some(stream) = failed {
-                // The probe failed or timed out: only this connection ends, the session polls on.
+                // The probe failed or timed out: only this connection ends, the session polls on
+                // (a session that was moving here ends: its client reconnects).
                 let _ = stream.try_write(&frame::close_frame(close_code::NORMAL));
+                if self.arriving {
+                    self.session.close(CloseReason::TransportClose);
+                }
                 return;
             }
         }
         self.serve().await;
         Box::pin(self.finish()).await;
+    }
+
+    /// Serves a probing connection until it upgrades or stops, taking the steps of a move.
+    async fn probe(&mut self) {
+        loop {
+            self.serve().await;
+            let Some(step) = self.step.take() else { return };
+            self.take_step(step).await;
+            // What the client sent after the step's packet, in the same read.
+            if self.stop.is_none() && !self.carry.is_empty() {
+                self.process_carry();
+            }
+            if self.probing.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// A step of moving the session here, asked of the instance holding it.
+    async fn take_step(&mut self, step: MoveStep) {
+        let engine = self.engine.clone();
+        match step {
+            MoveStep::Probe => {
+                if moving::ask_probe(&engine, self.session.sid).await {
+                    self.session.lock().transport = Transport::Upgrading;
+                    self.write_control(&PONG_PROBE);
+                } else {
+                    self.stop = Some(Stop::Closed(CloseReason::TransportClose));
+                }
+            }
+            MoveStep::Take | MoveStep::Release => {
+                if moving::take_over(&engine, &self.session).await {
+                    self.upgrade();
+                    engine.stats.moved_in();
+                } else {
+                    engine.stats.move_failed();
+                    self.stop = Some(Stop::Closed(CloseReason::TransportClose));
+                }
+            }
+        }
+    }
+
+    /// The client upgraded: the session's queue goes out on this connection from now on.
+    fn upgrade(&mut self) {
+        let stream = self.probing.take().expect("probing");
+        if self.session.switch_to_websocket(stream).is_err() {
+            self.stop = Some(Stop::Closed(CloseReason::TransportClose));
+        }
+        self.engine.stats.upgraded();
     }
 
     /// Reads and writes until the connection stops or the session closes. Its waits are polled
@@ -160,7 +224,7 @@ impl<H: Handler> Connection<H> {
     async fn serve(&mut self) {
         let mut stall: Option<Pin<Box<Sleep>>> = None;
         let began_probing = self.probing.is_some();
-        while self.stop.is_none() {
+        while self.stop.is_none() && self.step.is_none() {
             if began_probing && self.probing.is_none() {
                 // Upgraded: the caller serves on, without the probe's deadline.
                 return;
@@ -231,7 +295,7 @@ impl<H: Handler> Connection<H> {
     fn read(&mut self) {
         super::with_scratch(|scratch| {
             for _ in 0..READS_PER_WAKE {
-                if self.stop.is_some() {
+                if self.stop.is_some() || self.step.is_some() {
                     return;
                 }
                 let n = match self.stream().try_read(scratch) {
@@ -241,6 +305,7 @@ impl<H: Handler> Connection<H> {
                     Err(_) => return self.stop = Some(Stop::Closed(CloseReason::TransportClose)),
                 };
                 if self.carry.is_empty() {
+                    // A step of a move stops processing: what follows it waits in `carry`.
                     let used = self.process(&mut scratch[..n]);
                     if used < n && self.stop.is_none() {
                         self.keep_partial(&scratch[used..n]);
@@ -281,7 +346,7 @@ impl<H: Handler> Connection<H> {
     /// bytes used.
     fn process(&mut self, buf: &mut [u8]) -> usize {
         let mut at = 0;
-        while self.stop.is_none() {
+        while self.stop.is_none() && self.step.is_none() {
             let header = match frame::parse_header(&buf[at..], self.engine.options.max_payload) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
@@ -358,6 +423,15 @@ impl<H: Handler> Connection<H> {
     /// session over.
     fn on_probe_packet(&mut self, packet: Packet<'_>) {
         match packet {
+            Packet::Ping("probe") if self.arriving => {
+                if self.session.lock().transport != Transport::Polling {
+                    return self.stop = Some(Stop::Protocol(ProtocolError::BadHandshake, close_code::PROTOCOL_ERROR));
+                }
+                self.step = Some(MoveStep::Probe);
+            }
+            Packet::Upgrade if self.arriving && self.session.lock().transport == Transport::Upgrading => {
+                self.step = Some(MoveStep::Take);
+            }
             Packet::Ping("probe") => {
                 {
                     let mut out = self.session.lock();
@@ -371,13 +445,7 @@ impl<H: Handler> Connection<H> {
                 // A waiting poll returns, so the client can pause its polling transport.
                 let _ = self.session.send_control(&NOOP);
             }
-            Packet::Upgrade if self.session.lock().transport == Transport::Upgrading => {
-                let stream = self.probing.take().expect("probing");
-                if self.session.switch_to_websocket(stream).is_err() {
-                    self.stop = Some(Stop::Closed(CloseReason::TransportClose));
-                }
-                self.engine.stats.upgraded();
-            }
+            Packet::Upgrade if self.session.lock().transport == Transport::Upgrading => self.upgrade(),
             Packet::Noop => {}
             _ => self.stop = Some(Stop::Protocol(ProtocolError::BadEnginePacket, close_code::PROTOCOL_ERROR)),
         }

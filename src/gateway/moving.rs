@@ -1,0 +1,217 @@
+//! A socket moving to another instance with its session (its WebSocket upgrade reached that
+//! one; see `socketio::engine::moving`) misses nothing and gets nothing twice. Both instances
+//! subscribe to its channels while it moves; the old one then publishes a marker on each (its
+//! user's, its groups', the broadcast one). Redis keeps each channel's order for every
+//! subscriber, so on each channel the notifications before the marker are the old instance's
+//! to deliver (it queues them, and hands its queue over) and those after it the new one's.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::admission::Admission;
+use super::member::{Client, Groups, Member};
+use super::presence::Entry;
+use crate::bus::Addressee;
+use crate::replay::{NotificationId, ReplayGate};
+
+/// How long a socket about to move may wait for its replay, or a token refresh, to finish.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+/// How long the old instance waits for its markers to come back through Redis.
+const CUT_WAIT: Duration = Duration::from_secs(5);
+/// Cuts remembered before those of sockets gone are dropped.
+const PRUNE_OVER: usize = 1024;
+
+/// One socket's move, as deliveries see it on either instance.
+pub struct Cut {
+    token: u64,
+    /// On the new instance: channels are taken once their marker passed; on the old one, until.
+    arriving: bool,
+    groups: Groups,
+    /// Whether the marker passed on the user's channel, each group's, then the broadcast one.
+    passed: Box<[AtomicBool]>,
+    left: AtomicUsize,
+    done: Notify,
+}
+
+impl Cut {
+    fn new(token: u64, arriving: bool, groups: Groups) -> Self {
+        let channels = groups.len() + 2;
+        Self {
+            token,
+            arriving,
+            groups,
+            passed: (0..channels).map(|_| AtomicBool::new(false)).collect(),
+            left: AtomicUsize::new(channels),
+            done: Notify::new(),
+        }
+    }
+
+    fn channel(&self, on: Addressee<'_>) -> Option<usize> {
+        match on {
+            Addressee::User(_) => Some(0),
+            Addressee::Group { name, .. } => self.groups.iter().position(|g| **g == *name).map(|i| i + 1),
+            Addressee::Everyone => Some(self.passed.len() - 1),
+        }
+    }
+
+    /// Whether this instance delivers to the socket what came on `on`'s channel.
+    pub fn takes(&self, on: Addressee<'_>) -> bool {
+        self.channel(on).is_none_or(|i| self.passed[i].load(Ordering::Acquire) == self.arriving)
+    }
+
+    /// The marker passed on `on`'s channel; whether it was the last one.
+    fn pass(&self, on: Addressee<'_>) -> bool {
+        let Some(i) = self.channel(on) else { return false };
+        if self.passed[i].swap(true, Ordering::AcqRel) || self.left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
+        }
+        self.done.notify_waiters();
+        true
+    }
+
+    /// Resolves once every marker passed.
+    async fn passed_all(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.left.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The cuts under way on this instance, by token: the bus hands markers here.
+#[derive(Default)]
+pub struct Moves {
+    cuts: DashMap<u64, Weak<Cut>>,
+}
+
+impl Moves {
+    fn arm(&self, member: &Member, cut: Cut) -> Option<Arc<Cut>> {
+        let cut = Arc::new(cut);
+        member.cut.set(cut.clone()).ok()?;
+        if self.cuts.len() > PRUNE_OVER {
+            self.cuts.retain(|_, c| c.strong_count() > 0);
+        }
+        self.cuts.insert(cut.token, Arc::downgrade(&cut));
+        Some(cut)
+    }
+
+    /// A marker came on `on`'s channel.
+    pub fn passed(&self, on: Addressee<'_>, token: u64) {
+        let Some(cut) = self.cuts.get(&token).and_then(|c| c.upgrade()) else { return };
+        if cut.pass(on) {
+            self.cuts.remove(&token);
+        }
+    }
+}
+
+/// What the new instance needs of a moving socket.
+#[derive(Serialize, Deserialize)]
+struct Moving {
+    #[serde(rename = "u")]
+    user: String,
+    #[serde(rename = "g")]
+    groups: Vec<String>,
+    #[serde(rename = "e")]
+    expires_at: Option<u64>,
+    #[serde(rename = "t")]
+    token: u64,
+    /// The replay gate: the newest id replayed, the last live ids sent.
+    #[serde(rename = "r")]
+    replayed_up_to: Option<String>,
+    #[serde(rename = "l")]
+    recent: Vec<String>,
+}
+
+impl Admission {
+    /// On the old instance: the socket's state for the new one, once its replay and any token
+    /// refresh are done; from now on its channels are cut at the markers `cut` publishes.
+    pub(super) async fn departing(&self, socket: &Client) -> Option<String> {
+        let member = socket.data()?.clone();
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let gate = loop {
+            match member.gate.moving_state() {
+                Some(gate) if !member.refreshing.load(Ordering::Acquire) => break gate,
+                _ if tokio::time::Instant::now() >= deadline => return None,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let groups = member.groups();
+        let cut = self.moves.arm(&member, Cut::new(random_token(), false, groups.clone()))?;
+        let moving = Moving {
+            user: member.user.to_string(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            expires_at: member.expires_at(),
+            token: cut.token,
+            replayed_up_to: gate.0.map(|id| id.to_string()),
+            recent: gate.1.iter().map(NotificationId::to_string).collect(),
+        };
+        serde_json::to_string(&moving).ok()
+    }
+
+    /// On the new instance: the socket's member, in the presence index and subscribed to its
+    /// channels (confirmed, before the old instance publishes its markers).
+    pub(super) async fn arriving(&self, socket: &Client, state: &str) -> Result<Arc<Member>, String> {
+        let moving: Moving = serde_json::from_str(state).map_err(|e| e.to_string())?;
+        let ids = |s: &str| s.parse::<NotificationId>().ok();
+        let recent: Vec<NotificationId> = moving.recent.iter().filter_map(|s| ids(s)).collect();
+        let gate = ReplayGate::moved_in(moving.replayed_up_to.as_deref().and_then(ids), &recent);
+        let member = Arc::new(Member::moved_in(moving.user.as_str().into(), &moving.groups, moving.expires_at, gate));
+        self.moves.arm(&member, Cut::new(moving.token, true, member.groups())).ok_or("armed twice")?;
+        let entry = Entry { socket: socket.clone(), member: member.clone() };
+        // The same socket as before: the per-user limit was applied when it connected.
+        self.presence.try_add(&member.user, entry.clone(), None);
+        let groups = member.groups();
+        self.presence.join_groups(&entry, &groups);
+        self.bus.subscribe(Some(&member.user), &groups).confirmed().await;
+        self.lifetimes.track(socket, member.expires_at());
+        Ok(member)
+    }
+
+    /// On the old instance: publishes the markers and waits for them to come back.
+    pub(super) async fn cut(&self, socket: &Client) -> bool {
+        let Some(member) = socket.data() else { return false };
+        let Some(cut) = member.cut.get() else { return false };
+        if let Err(e) = self.bus.publish_cut(cut.token, &member.user, &cut.groups).await {
+            tracing::debug!(error = %e, "Could not publish a moving socket's markers.");
+            return false;
+        }
+        tokio::time::timeout(CUT_WAIT, cut.passed_all()).await.is_ok()
+    }
+}
+
+fn random_token() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_channel_is_cut_at_its_marker_on_both_sides() {
+        let groups: Groups = Arc::new(vec!["a".into(), "b".into()]);
+        let (old, new) = (Cut::new(7, false, groups.clone()), Cut::new(7, true, groups));
+        let group_a = Addressee::Group { name: "a", among: &[] };
+        for on in [Addressee::User("u"), group_a, Addressee::Everyone] {
+            assert!(old.takes(on) && !new.takes(on), "before the markers, the old instance delivers");
+        }
+        assert!(!old.pass(group_a));
+        assert!(!new.pass(group_a));
+        assert!(!old.takes(group_a) && new.takes(group_a), "after its marker, the new one");
+        assert!(old.takes(Addressee::User("u")) && !new.takes(Addressee::User("u")), "other channels wait for theirs");
+        assert!(!old.pass(group_a), "a marker counts once");
+        assert!(!old.pass(Addressee::User("u")) && !old.pass(Addressee::Group { name: "b", among: &[] }));
+        assert!(old.pass(Addressee::Everyone), "the last marker completes the cut");
+        assert!(old.takes(Addressee::Group { name: "elsewhere", among: &[] }), "not its channel: nothing to cut");
+    }
+}
