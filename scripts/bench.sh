@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|overload|five|smoke|profile|profile-single [runs]
+#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|overload|five|smoke|profile|profile-single [runs]
 # (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
@@ -99,6 +99,20 @@ case "$SCENARIO" in
       done
     done
     ;;
+  memory-moved)
+    # Idle WebSockets on the second of two instances with Redis: opened there directly
+    # (memory-redis), or opened over long-polling on the first and moved to the second with their
+    # upgrade (memory-moved, issue #27). Memory per connection on the second; interleaved.
+    for run in $(seq 1 "$RUNS"); do
+      for n in ${SIZES:-1000 10000}; do
+        fresh 2 redis
+        bench --label "memory-redis-$n" --servers "${SERVERS[1]}" --pids "${HPIDS[1]}" --users "$n" --idle-only --settle-secs "${SETTLE:-3}"
+        fresh 2 redis
+        bench --label "memory-moved-$n" --servers "${SERVERS[1]}" --open-on "${SERVERS[0]}" --pids "${HPIDS[1]}" --users "$n" \
+          --idle-only --settle-secs "${SETTLE:-3}"
+      done
+    done
+    ;;
   memory-polling)
     # Idle long-polling sessions: each holds two connections (a waiting GET, a keep-alive for
     # POSTs), so at most ~9,000 per herald process (20,000 open files).
@@ -148,6 +162,14 @@ case "$SCENARIO" in
     for run in $(seq 1 "$RUNS"); do
       fresh 2 redis
       OUT=${FORWARD_OUT:-bench/results-forward.jsonl} python3 scripts/forward_bench.py "http://${SERVERS[0]}" "http://${SERVERS[1]}" "$REDIS_PORT" bench-secret-not-for-production "${ROUNDS:-1000}"
+    done
+    ;;
+  move)
+    # A WebSocket upgrade to the instance holding its session, or to another, which moves the
+    # session there over Redis (issue #27).
+    for run in $(seq 1 "$RUNS"); do
+      fresh 2 redis
+      OUT=${MOVE_OUT:-bench/results-move.jsonl} python3 scripts/move_bench.py "http://${SERVERS[0]}" "http://${SERVERS[1]}" "$REDIS_PORT" bench-secret-not-for-production "${ROUNDS:-300}"
     done
     ;;
   overload)

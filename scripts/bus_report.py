@@ -45,6 +45,8 @@ for (variant, label), phases in groups.items():
 memory = OrderedDict()
 for variant, r in runs(bus):
     if r.get("label", "").startswith("memory-"):
+        # Runs without a variant are told apart by their scenario (memory-moved-10000: memory-moved).
+        variant = variant if "variant" in r else r["label"].rsplit("-", 1)[0]
         memory.setdefault((variant, r["connected"]), []).append(r["rss"][0]["per_conn_kib"])
 if memory:
     print()

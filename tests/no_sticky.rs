@@ -273,7 +273,9 @@ async fn python_socketio_needs_no_affinity() {
         [("py-polling-1", json!(["polling"])), ("py-polling-2", json!(["polling"])), ("py-default", json!(["polling", "websocket"]))];
     for (id, transports) in &clients {
         let first = token_with(json!({"sub": id, "exp": jsonwebtoken::get_current_timestamp() + 600}));
-        c.connect(id, &proxy.url(), json!({"auth": {"token": first}, "transports": transports})).await.unwrap();
+        let transport = c.connect(id, &proxy.url(), json!({"auth": {"token": first}, "transports": transports})).await.unwrap();
+        // python-socketio connects once its upgrade is done, on whichever instance it reached.
+        assert_eq!(transport, transports.as_array().unwrap().last().unwrap().as_str().unwrap(), "{id}");
     }
     for (id, _) in &clients {
         for n in 0..3 {
@@ -298,6 +300,7 @@ async fn python_socketio_needs_no_affinity() {
     }
     let got: Vec<i64> = c.received(user, "notification").await.iter().map(|p| p["body"]["n"].as_i64().unwrap()).collect();
     if got.len() < N as usize {
+        eprintln!("{user} disconnected: {:?}", c.disconnected(user, Duration::ZERO).await);
         for h in &heralds {
             let m = reqwest::get(format!("{}/metrics", h.url())).await.unwrap().text().await.unwrap();
             eprintln!(
@@ -347,7 +350,11 @@ async fn a_browser_needs_no_affinity() {
     assert!(proxy.counts().iter().all(|c| *c > 0), "the proxy used every instance: {:?}", proxy.counts());
     // Whether one of the page's requests met another instance than its session's depends on
     // how Chromium pools its connections: shown, not asserted (the tests above assert it).
-    eprintln!("requests of the page's session forwarded: {}", forwarded(&heralds, "sent").await);
+    eprintln!(
+        "requests of the page's session forwarded: {}, sessions moved with their upgrade: {}",
+        forwarded(&heralds, "sent").await,
+        moved(&heralds, "in").await
+    );
     for h in heralds {
         h.shutdown().await;
     }

@@ -2,7 +2,7 @@
 //! gate, and its share of the presence index and bus subscriptions.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use arc_swap::ArcSwap;
 use std::time::Instant;
@@ -43,8 +43,10 @@ pub struct Member {
     /// Receipts sent in the current second (see `receipts::take`).
     pub receipts_window: AtomicU64,
     left: AtomicBool,
-    /// Set while the socket moves between instances (and after, on the new one).
-    pub cut: OnceLock<Arc<super::moving::Cut>>,
+    /// Set while the socket moves between instances (and after, on the old one); `moving`
+    /// lets deliveries skip the lock otherwise.
+    moving: AtomicBool,
+    cut: Mutex<Option<Arc<super::moving::Cut>>>,
 }
 
 impl Member {
@@ -75,14 +77,37 @@ impl Member {
             refreshing: AtomicBool::new(false),
             receipts_window: AtomicU64::new(0),
             left: AtomicBool::new(false),
-            cut: OnceLock::new(),
+            moving: AtomicBool::new(false),
+            cut: Mutex::new(None),
         }
     }
 
     /// Whether this instance delivers to the socket what came on `on`'s channel (not while
     /// another instance does, as the socket moves).
     pub fn takes(&self, on: crate::bus::Addressee<'_>) -> bool {
-        self.cut.get().is_none_or(|cut| cut.takes(on))
+        !self.moving.load(Ordering::Acquire) || self.cut().is_none_or(|cut| cut.takes(on))
+    }
+
+    /// The socket's move, while it moves.
+    pub fn cut(&self) -> Option<Arc<super::moving::Cut>> {
+        self.cut.lock().expect("never poisoned").clone()
+    }
+
+    /// Starts a move; `false` if one is under way.
+    pub fn arm(&self, cut: Arc<super::moving::Cut>) -> bool {
+        let mut current = self.cut.lock().expect("never poisoned");
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(cut);
+        self.moving.store(true, Ordering::Release);
+        true
+    }
+
+    /// The move is over here: the socket takes every channel again.
+    pub fn moved(&self) {
+        self.moving.store(false, Ordering::Release);
+        *self.cut.lock().expect("never poisoned") = None;
     }
 
     pub fn expires_at(&self) -> Option<u64> {

@@ -86,28 +86,35 @@ impl Cut {
     }
 }
 
-/// The cuts under way on this instance, by token: the bus hands markers here.
+/// The sockets moving here or from here, by their move's token: the bus hands markers here.
 #[derive(Default)]
 pub struct Moves {
-    cuts: DashMap<u64, Weak<Cut>>,
+    cuts: DashMap<u64, Weak<Member>>,
 }
 
 impl Moves {
-    fn arm(&self, member: &Member, cut: Cut) -> Option<Arc<Cut>> {
-        let cut = Arc::new(cut);
-        member.cut.set(cut.clone()).ok()?;
-        if self.cuts.len() > PRUNE_OVER {
-            self.cuts.retain(|_, c| c.strong_count() > 0);
+    fn arm(&self, member: &Arc<Member>, cut: Cut) -> Option<Arc<Cut>> {
+        let (token, cut) = (cut.token, Arc::new(cut));
+        if !member.arm(cut.clone()) {
+            return None;
         }
-        self.cuts.insert(cut.token, Arc::downgrade(&cut));
+        if self.cuts.len() > PRUNE_OVER {
+            self.cuts.retain(|_, m| m.strong_count() > 0);
+        }
+        self.cuts.insert(token, Arc::downgrade(member));
         Some(cut)
     }
 
-    /// A marker came on `on`'s channel.
+    /// A marker came on `on`'s channel. Once every one has, a socket that moved here takes all
+    /// its channels and forgets the move (one that left keeps taking none).
     pub fn passed(&self, on: Addressee<'_>, token: u64) {
-        let Some(cut) = self.cuts.get(&token).and_then(|c| c.upgrade()) else { return };
+        let Some(member) = self.cuts.get(&token).and_then(|m| m.upgrade()) else { return };
+        let Some(cut) = member.cut().filter(|c| c.token == token) else { return };
         if cut.pass(on) {
             self.cuts.remove(&token);
+            if cut.arriving {
+                member.moved();
+            }
         }
     }
 }
@@ -178,7 +185,7 @@ impl Admission {
     /// On the old instance: publishes the markers and waits for them to come back.
     pub(super) async fn cut(&self, socket: &Client) -> bool {
         let Some(member) = socket.data() else { return false };
-        let Some(cut) = member.cut.get() else { return false };
+        let Some(cut) = member.cut() else { return false };
         if let Err(e) = self.bus.publish_cut(cut.token, &member.user, &cut.groups).await {
             tracing::debug!(error = %e, "Could not publish a moving socket's markers.");
             return false;

@@ -59,6 +59,9 @@ enum Command {
         /// Long-polling instead of WebSocket.
         #[arg(long)]
         polling: bool,
+        /// Open each session over long-polling here, then upgrade it on --server.
+        #[arg(long)]
+        open_on: Option<SocketAddr>,
         /// The last this many of its users connect and never read.
         #[arg(long, default_value_t = 0)]
         stalled: usize,
@@ -68,7 +71,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Worker { server, bind, first_user, users, secret, concurrency, connect_timeout_secs, polling, stalled } => {
+        Command::Worker { server, bind, first_user, users, secret, concurrency, connect_timeout_secs, polling, open_on, stalled } => {
             // Two threads: the worker must not need more than its share of the two cores.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(worker::run(worker::WorkerArgs {
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 connect_timeout: Duration::from_secs(connect_timeout_secs),
                 polling,
+                open_on,
                 stalled,
             }))
         }

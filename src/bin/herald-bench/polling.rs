@@ -86,6 +86,11 @@ pub async fn open(server: SocketAddr, bind: IpAddr, token: &str) -> anyhow::Resu
 }
 
 impl Session {
+    /// The session id.
+    pub fn sid(&self) -> &str {
+        self.path.rsplit("sid=").next().unwrap_or_default()
+    }
+
     /// One GET: the packets it brought (pings answered on the POST connection).
     async fn poll(&mut self) -> anyhow::Result<Vec<String>> {
         let payload = self.get.request(self.server, "GET", &self.path, "").await?;

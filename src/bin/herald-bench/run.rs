@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// of WebSocket; each then holds two connections, so --per-worker should be halved.
     #[arg(long)]
     polling: bool,
+    /// Each session opens over long-polling on this instance, then upgrades on its --servers
+    /// entry, which (another instance, with Redis) moves the session there.
+    #[arg(long)]
+    open_on: Option<SocketAddr>,
     /// The last this many users connect and then never read (an overload: their notifications
     /// pile up in herald's per-socket queues and are dropped there). Not counted as lost.
     #[arg(long, default_value_t = 0)]
@@ -165,6 +169,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .args(["worker", "--server", &server.to_string(), "--bind", &bind.to_string()])
                 .args(["--first-user", &next_user.to_string(), "--users", &n.to_string(), "--secret", &args.secret])
                 .args(args.polling.then_some("--polling"))
+                .args(args.open_on.iter().flat_map(|a| ["--open-on".to_owned(), a.to_string()]))
                 .args(["--stalled", &stalled_in(next_user, n, args.users, args.stalled).to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -29,6 +29,8 @@ pub struct WorkerArgs {
     pub concurrency: usize,
     pub connect_timeout: Duration,
     pub polling: bool,
+    /// Sessions open over long-polling here, then upgrade on `server`.
+    pub open_on: Option<SocketAddr>,
     /// The last this many users connect and then never read.
     pub stalled: usize,
 }
@@ -57,13 +59,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let token = token(&args.secret, &user)?;
         let (url, gate, received, stop) = (url.clone(), gate.clone(), received.clone(), stop.clone());
         let (failures, connected) = (failures.clone(), connected.clone());
-        let (server, bind, timeout, polling) = (args.server, args.bind, args.connect_timeout, args.polling);
+        let (server, bind, timeout, polling, open_on) = (args.server, args.bind, args.connect_timeout, args.polling, args.open_on);
         let stalls = i >= args.users.saturating_sub(args.stalled);
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.ok();
             let opened = async {
                 if polling {
                     crate::polling::open(server, bind, &token).await.map(Client::Polling)
+                } else if let Some(open_on) = open_on {
+                    upgraded(server, open_on, bind, &token).await.map(Client::WebSocket)
                 } else {
                     open(server, bind, &url, &token).await.map(Client::WebSocket)
                 }
@@ -149,12 +153,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Connects from `bind`, upgrades to WebSocket, and completes the Socket.IO CONNECT.
 async fn open(server: SocketAddr, bind: IpAddr, url: &str, token: &str) -> anyhow::Result<Ws> {
-    let socket = crate::stats::client_socket(bind)?;
-    let stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
-    // Small buffers: the client side holds tens of thousands of these.
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let mut ws = websocket(server, bind, url).await?;
     let mut sent_connect = false;
     for _ in 0..16 {
         let Some(message) = ws.next().await else { anyhow::bail!("closed during the handshake") };
@@ -171,6 +170,34 @@ async fn open(server: SocketAddr, bind: IpAddr, url: &str, token: &str) -> anyho
         }
     }
     anyhow::bail!("no CONNECT answer")
+}
+
+/// Opens a session over long-polling on `open_on`, then upgrades it on a WebSocket to `server`.
+async fn upgraded(server: SocketAddr, open_on: SocketAddr, bind: IpAddr, token: &str) -> anyhow::Result<Ws> {
+    let session = crate::polling::open(open_on, bind, token).await?;
+    let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket&sid={}", session.sid());
+    let mut ws = websocket(server, bind, &url).await?;
+    ws.send(Message::text("2probe")).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str() == "3probe" => break,
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => ws.send(Message::text("3")).await?,
+            Some(Ok(_)) => {}
+            _ => anyhow::bail!("the probe was refused"),
+        }
+    }
+    ws.send(Message::text("5")).await?;
+    Ok(ws)
+}
+
+/// A WebSocket to `url` on `server`, from `bind`, with small buffers (the client side holds
+/// tens of thousands of these).
+async fn websocket(server: SocketAddr, bind: IpAddr, url: &str) -> anyhow::Result<Ws> {
+    let socket = crate::stats::client_socket(bind)?;
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    Ok(tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?.0)
 }
 
 /// Answers pings and records notifications until `stop`.
