@@ -12,8 +12,6 @@ Usage: move_bench.py A_URL B_URL REDIS_PORT SECRET [ROUNDS] (scripts/bench.sh mo
 Standard library only.
 """
 import base64
-import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -23,20 +21,19 @@ import sys
 import time
 import urllib.parse
 
+import bench_common
+
 a_url, b_url, redis_port, secret = sys.argv[1:5]
 rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 300
 out_path = os.environ.get("OUT", "bench/results-move.jsonl")
 
 
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def token(user):
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = b64(json.dumps({"sub": user, "exp": int(time.time()) + 3600}).encode())
-    signature = b64(hmac.new(secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest())
-    return f"{header}.{claims}.{signature}"
+    return bench_common.token(secret, user)
+
+
+def redis_info():
+    return bench_common.redis_info(redis_port)
 
 
 def address(url):
@@ -115,17 +112,6 @@ class WebSocket:
     def close(self):
         self.sock.sendall(self.frame("", opcode=8))
         self.sock.close()
-
-
-def redis_info():
-    s = socket.create_connection(("127.0.0.1", int(redis_port)))
-    s.sendall(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n")
-    data = b""
-    while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
-        data += s.recv(65536)
-    s.close()
-    fields = dict(line.split(":", 1) for line in data.decode().splitlines() if ":" in line)
-    return int(fields["total_commands_processed"]), int(fields["total_net_input_bytes"]) + int(fields["total_net_output_bytes"])
 
 
 def one_round(i, target, redis):
