@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|overload|five|smoke|profile|profile-single [runs]
+#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|overload|five|smoke|profile|profile-single [runs]
 # (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
@@ -110,6 +110,27 @@ case "$SCENARIO" in
         fresh 2 redis
         bench --label "memory-moved-$n" --servers "${SERVERS[1]}" --open-on "${SERVERS[0]}" --pids "${HPIDS[1]}" --users "$n" \
           --idle-only --settle-secs "${SETTLE:-3}"
+      done
+    done
+    ;;
+  deflate)
+    # permessage-deflate (issue #24), interleaved with the same runs without it: idle memory per
+    # WebSocket at 10,000 connections, then the single-max burst with ~2 KiB notifications (above
+    # the 1 KiB threshold) and with the short ones (below it), each with clients that offer the
+    # extension and clients that do not.
+    for run in $(seq 1 "$RUNS"); do
+      for variant in plain deflate; do
+        flag=""; [ "$variant" = deflate ] && flag="--deflate"
+        fresh 1
+        bench --label "memory-$variant-10000" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 10000 --idle-only --settle-secs 3 $flag
+        fresh 1
+        # 30,000 records (60 MB): the mock broker scans its log linearly, and fetches from a
+        # larger one slow down enough to stall the burst.
+        bench --label "single-max-2k-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 30000 \
+          --linger-ms 5 --payload-bytes 2048 --drain-secs 20 $flag
+        fresh 1
+        bench --label "single-max-short-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 100000 \
+          --linger-ms 5 $flag
       done
     done
     ;;

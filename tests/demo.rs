@@ -73,15 +73,21 @@ async fn the_demo_page_shows_a_notification_live_in_headless_chromium() {
     };
 
     assert_eq!(next_step().await["step"], "connected");
+    // The page upgraded to a WebSocket, on which Chromium offered permessage-deflate.
+    eventually(Duration::from_secs(10), "the page's upgrade", async || h.metric("herald_gateway_upgrades_total").await == 1.0).await;
     // Another user's notification first: the page must never show it.
     let record = |user: &str, text: &str| json!({"userId": user, "type": "hello", "body": {"text": text}}).to_string();
     kafka.produce(TOPIC, Some("u7"), record("u7", "not for u42").as_bytes()).await;
-    kafka.produce(TOPIC, Some("u42"), record("u42", "Hello from the demo test").as_bytes()).await;
+    // Long enough to go compressed (over server.compression.threshold_bytes).
+    let long = format!("Hello from the demo test{}", " and more".repeat(150));
+    kafka.produce(TOPIC, Some("u42"), record("u42", &long).as_bytes()).await;
     let shown = next_step().await;
     assert_eq!(shown["step"], "notification");
     let text = shown["text"].as_str().unwrap();
     assert!(text.contains("Hello from the demo test") && text.contains("notification"), "the page shows: {text}");
     assert!(!text.contains("not for u42"), "another user's notification reached the page: {text}");
+    assert!(text.contains(" and more and more"), "the whole text, inflated by Chromium");
+    assert_eq!(h.metric("herald_gateway_compression_total{op=\"compressed\"}").await, 1.0, "it went compressed (RSV1)");
 
     assert_eq!(next_step().await["step"], "screenshot");
     assert!(browser.wait().await.unwrap().success());

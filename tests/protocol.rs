@@ -351,10 +351,15 @@ struct RawWs {
 
 impl RawWs {
     async fn open(s: &Server, path: &str) -> Self {
+        Self::open_with(s, path, "").await.0
+    }
+
+    /// Opens with more request headers (each ending in CRLF); also returns the 101's head.
+    async fn open_with(s: &Server, path: &str, headers: &str) -> (Self, String) {
         let mut tcp = TcpStream::connect(s.addr).await.unwrap();
         let request = format!(
             "GET {path}?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         );
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut ws = Self { tcp, read: Vec::new() };
@@ -368,7 +373,20 @@ impl RawWs {
         ws.read.drain(..end);
         let (opcode, open) = ws.frame().await.expect("the open packet");
         assert_eq!((opcode, open[0]), (1, b'0'));
-        ws
+        (ws, head)
+    }
+
+    /// The next server frame with its first byte whole (FIN, RSV bits, opcode).
+    async fn frame_with_bits(&mut self) -> Option<(u8, Vec<u8>)> {
+        let first = loop {
+            if let Some(b) = self.read.first() {
+                break *b;
+            }
+            if self.fill().await == 0 {
+                return None;
+            }
+        };
+        self.frame().await.map(|(_, payload)| (first, payload))
     }
 
     async fn fill(&mut self) -> usize {
@@ -708,4 +726,85 @@ async fn a_client_that_floods_without_reading_is_bounded_and_others_are_served()
     })
     .await
     .expect("counted as a flood");
+}
+
+/// permessage-deflate (RFC 7692) as herald accepts it: no context takeover on either side, so
+/// every message is compressed alone (the same bytes each time) and client messages too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_is_negotiated_without_context_takeover_and_each_message_compressed_alone() {
+    use herald::socketio::engine::deflate;
+    let s = Server::start().await;
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+    let (mut ws, head) = RawWs::open_with(&s, "/engine.io/", offer).await;
+    assert!(
+        head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+        "{head}"
+    );
+    // A long message, compressed by the client (RSV1), is inflated; its echo comes compressed,
+    // the same bytes both times; a short one goes and comes back plain.
+    let long = format!("4{}", "the same words again and again, ".repeat(100));
+    for _ in 0..2 {
+        ws.send(&client_frame(0xC1, &deflate::compress(long.as_bytes()))).await;
+    }
+    let (first, echo) = ws.frame_with_bits().await.unwrap();
+    assert_eq!(first, 0xC1, "FIN, RSV1, text");
+    assert!(echo.len() * 10 < long.len(), "{} of {}", echo.len(), long.len());
+    assert_eq!(deflate::inflate(&echo, 1 << 20).unwrap(), long.as_bytes());
+    assert_eq!(ws.frame_with_bits().await.unwrap(), (0xC1, echo), "no context carried over: the same frame");
+    ws.send(&client_frame(0x81, b"4short")).await;
+    assert_eq!(ws.frame_with_bits().await.unwrap(), (0x81, b"4short".to_vec()));
+    // A compressed message in fragments: RSV1 on the first one only.
+    let packed = deflate::compress(b"4in two parts");
+    let (a, b) = packed.split_at(packed.len() / 2);
+    ws.send(&[client_frame(0x41, a), client_frame(0x80, b)].concat()).await;
+    assert_eq!(ws.frame_with_bits().await.unwrap(), (0x81, b"4in two parts".to_vec()));
+    assert_eq!(s.servers.engine.stats().deflate(), (2, 3), "each long echo compressed; three compressed messages inflated");
+
+    // RSV1 on a continuation frame or a control frame, RSV2, bytes that are not deflate data,
+    // and a message that inflates past maxPayload each end the connection.
+    let bomb = deflate::compress(&vec![b'4'; 2_000_000]);
+    for (frames, code) in [
+        ([client_frame(0x01, b"4a"), client_frame(0xC0, b"b")].concat(), 1002),
+        (client_frame(0xC9, b""), 1002),
+        (client_frame(0xA1, b"4x"), 1002),
+        (client_frame(0xC1, &[0xff, 0xff, 0xff, 0xff]), 1007),
+        (client_frame(0xC1, &bomb), 1009),
+    ] {
+        let (mut ws, _) = RawWs::open_with(&s, "/engine.io/", offer).await;
+        ws.send(&frames).await;
+        assert_eq!(ws.close_code().await, code, "{:02x?}", &frames[..2]);
+    }
+    // Without the offer, RSV1 is a protocol error, and an offer herald cannot accept is declined.
+    let mut plain = RawWs::open(&s, "/engine.io/").await;
+    plain.send(&client_frame(0xC1, &deflate::compress(b"4x"))).await;
+    assert_eq!(plain.close_code().await, 1002);
+    let narrow = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n";
+    let (_, head) = RawWs::open_with(&s, "/engine.io/", narrow).await;
+    assert!(!head.contains("Sec-WebSocket-Extensions"), "{head}");
+}
+
+/// Long-polling responses of at least the threshold go gzip-compressed to a client that
+/// accepts it, plain to one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_responses_are_gzipped_for_clients_that_accept_it() {
+    use std::io::Read;
+    let s = Server::start().await;
+    let path = s.polling("/engine.io/").await;
+    let long = format!("4{}", "x".repeat(3000));
+    for (accept, gzipped) in [("gzip, deflate", true), ("identity", false)] {
+        assert_eq!(s.post(&path, long.clone()).await.0, 200);
+        let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+        let r = raw.get(s.url(&path)).header("accept-encoding", accept).send().await.unwrap();
+        assert_eq!(r.headers().get("content-encoding").map(|v| v.to_str().unwrap().to_owned()), gzipped.then(|| "gzip".to_owned()));
+        let body = r.bytes().await.unwrap();
+        let text = if gzipped {
+            let mut out = String::new();
+            flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut out).unwrap();
+            assert!(body.len() * 10 < out.len());
+            out
+        } else {
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        assert_eq!(text, long, "{accept}");
+    }
 }

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub receipt_event: String,
     /// Receipts one socket may send per second (bursts of as many). Default 10.
     pub receipts_per_sec: u32,
+    /// permessage-deflate for WebSocket clients that offer it, and gzip for long-polling
+    /// responses, for messages of at least this many bytes; `None`: off. Default 1024.
+    pub compression: Option<usize>,
 }
 
 /// What herald does with a socket whose send buffer (`max_buffer_size`) is full.
@@ -66,7 +69,14 @@ pub(super) fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
         let receipt_event: String = walk.get(s, "receipt_event", "receipt".into());
         check_event_name(walk, &s.path("receipt_event"), &receipt_event);
         let receipts_per_sec = ranged(walk, s, "receipts_per_sec", 10u32, 1..=10_000);
+        let compression = walk.section(s.raw("compression"), "server.compression", |walk, c| {
+            let enabled: bool = walk.get(c, "enabled", true);
+            let floor = crate::socketio::engine::DEFLATE_FLOOR;
+            let threshold = ranged(walk, c, "threshold_bytes", 1024usize, floor..=100_000_000);
+            enabled.then_some(threshold)
+        });
         ServerConfig {
+            compression,
             receipt_event,
             receipts_per_sec,
             listen,

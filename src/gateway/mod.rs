@@ -68,6 +68,7 @@ pub fn options(server: &ServerConfig, auth: &AuthConfig) -> socketio::Options {
             handshake_headers: vec!["origin", "authorization"],
             allowed_origins: auth.allowed_origins.clone(),
             instance_tag: None,
+            compression: server.compression,
         },
         namespaces: vec!["/".into()],
     }

@@ -67,6 +67,7 @@ async fn handle(State(mount): State<Arc<dyn Mount>>, request: Request<Body>) -> 
             response
         }
         Reply::Upgrade { accept, upgrade } => {
+            let extensions = upgrade.extensions();
             let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
                 return StatusCode::BAD_REQUEST.into_response();
             };
@@ -92,6 +93,9 @@ async fn handle(State(mount): State<Arc<dyn Mount>>, request: Request<Body>) -> 
             h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             if let Ok(accept) = HeaderValue::from_str(&accept) {
                 h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            }
+            if let Some(extensions) = extensions {
+                h.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(extensions));
             }
             response
         }

@@ -125,6 +125,10 @@ catalog! {
         "Long-polling sessions upgraded to WebSocket.";
     FORWARDED = "herald_gateway_forwarded_requests_total", Counter, Count,
         "Long-polling requests for a session another instance holds: sent there (sent), or answered here for another instance (answered).";
+    WEBSOCKET_BYTES = "herald_gateway_websocket_bytes_written_total", Counter, Count,
+        "Bytes written to WebSockets by the send path (notifications and every other queued frame).";
+    COMPRESSION = "herald_gateway_compression_total", Counter, Count,
+        "Compression (server.compression): messages compressed, each once whatever the number of sockets it went to (compressed: permessage-deflate frames and gzip long-polling responses), and compressed client messages inflated (inflated).";
     MOVED = "herald_gateway_moved_sessions_total", Counter, Count,
         "Sessions whose WebSocket upgrade reached another instance than theirs, moved there: in (taken over here), out (handed over from here), failed (the move failed on this side; the session ended and its client reconnected).";
     PING_TIMEOUTS = "herald_gateway_ping_timeouts_total", Counter, Count,
@@ -219,7 +223,7 @@ impl Reloads {
 }
 
 /// The transport counters other than the protocol errors and the cutoffs.
-const FIXED_TRANSPORT: usize = 12;
+const FIXED_TRANSPORT: usize = 15;
 const TRANSPORT_COUNTERS: usize = FIXED_TRANSPORT + ProtocolError::ALL.len() + Cutoff::ALL.len();
 
 /// The Socket.IO transport keeps plain atomics ([`Stats`]); these follow them.
@@ -237,6 +241,9 @@ struct TransportCounters {
     moved_in: Counter,
     moved_out: Counter,
     moves_failed: Counter,
+    compressed: Counter,
+    inflated: Counter,
+    websocket_bytes: Counter,
     /// The figures last copied, so `write_timeouts` (also counted by the HTTP server) gets
     /// increments rather than a value.
     last: Mutex<[u64; TRANSPORT_COUNTERS]>,
@@ -316,6 +323,9 @@ impl Metrics {
                 moved_in: counter(MOVED, vec![Label::new("direction", "in")]),
                 moved_out: counter(MOVED, vec![Label::new("direction", "out")]),
                 moves_failed: counter(MOVED, vec![Label::new("direction", "failed")]),
+                compressed: counter(COMPRESSION, vec![Label::new("op", "compressed")]),
+                inflated: counter(COMPRESSION, vec![Label::new("op", "inflated")]),
+                websocket_bytes: counter(WEBSOCKET_BYTES, vec![]),
                 cutoffs: Cutoff::ALL.iter().map(|c| (*c, counter(REQUESTS_CUT, vec![Label::new("reason", c.label())]))).collect(),
                 last: Mutex::new([0; TRANSPORT_COUNTERS]),
             },
@@ -400,6 +410,9 @@ impl Metrics {
             stats.moved().0,
             stats.moved().1,
             stats.moved().2,
+            stats.deflate().0,
+            stats.deflate().1,
+            stats.bytes_written(),
         ]);
         for (i, (kind, _)) in t.protocol_errors.iter().enumerate() {
             now[FIXED_TRANSPORT + i] = stats.protocol_errors(*kind);
@@ -421,6 +434,9 @@ impl Metrics {
             &t.moved_in,
             &t.moved_out,
             &t.moves_failed,
+            &t.compressed,
+            &t.inflated,
+            &t.websocket_bytes,
         ];
         let counters = fixed.into_iter().chain(t.protocol_errors.iter().map(|(_, c)| c)).chain(t.cutoffs.iter().map(|(_, c)| c));
         for ((counter, now), last) in counters.zip(now).zip(last.iter_mut()) {

@@ -6,13 +6,14 @@
 //! processes that hold the Socket.IO connections, produces records at fixed rates, and prints a
 //! report (and appends it as one JSON line to `--json`). See docs/benchmarks.md.
 
+mod deflate_ws;
 mod polling;
 mod run;
 mod share;
 mod stats;
 mod worker;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -41,51 +42,16 @@ enum Command {
     /// Connect, measure, produce, collect, report.
     Run(run::RunArgs),
     /// Internal: a client process spawned by `run`.
-    Worker {
-        #[arg(long)]
-        server: SocketAddr,
-        #[arg(long)]
-        bind: IpAddr,
-        #[arg(long)]
-        first_user: usize,
-        #[arg(long)]
-        users: usize,
-        #[arg(long)]
-        secret: String,
-        #[arg(long, default_value_t = 128)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 20)]
-        connect_timeout_secs: u64,
-        /// Long-polling instead of WebSocket.
-        #[arg(long)]
-        polling: bool,
-        /// Open each session over long-polling here, then upgrade it on --server.
-        #[arg(long)]
-        open_on: Option<SocketAddr>,
-        /// The last this many of its users connect and never read.
-        #[arg(long, default_value_t = 0)]
-        stalled: usize,
-    },
+    Worker(worker::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Worker { server, bind, first_user, users, secret, concurrency, connect_timeout_secs, polling, open_on, stalled } => {
+        Command::Worker(args) => {
             // Two threads: the worker must not need more than its share of the two cores.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(worker::run(worker::WorkerArgs {
-                server,
-                bind,
-                first_user,
-                users,
-                secret,
-                concurrency,
-                connect_timeout: Duration::from_secs(connect_timeout_secs),
-                polling,
-                open_on,
-                stalled,
-            }))
+            rt.block_on(worker::run(args))
         }
         Command::Broker { listen, topic, partitions, max_secs } => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

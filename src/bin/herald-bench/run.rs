@@ -79,6 +79,13 @@ pub struct RunArgs {
     /// entry, which (another instance, with Redis) moves the session there.
     #[arg(long)]
     open_on: Option<SocketAddr>,
+    /// Clients' WebSockets offer permessage-deflate (as browsers and the Node client do).
+    #[arg(long)]
+    deflate: bool,
+    /// Pad each record's JSON to about this many bytes with a list of items (0: the short
+    /// record alone).
+    #[arg(long, default_value_t = 0)]
+    payload_bytes: usize,
     /// The last this many users connect and then never read (an overload: their notifications
     /// pile up in herald's per-socket queues and are dropped there). Not counted as lost.
     #[arg(long, default_value_t = 0)]
@@ -144,7 +151,12 @@ struct Phase {
     workers_cpu_us: u64,
     /// herald's own latency histogram over the phase, summed over the servers.
     share: share::Buckets,
+    /// Bytes herald wrote to WebSockets over the phase.
+    ws_bytes: f64,
 }
+
+/// herald's counter of bytes written to WebSockets.
+const WEBSOCKET_BYTES: &str = "herald_gateway_websocket_bytes_written_total";
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     raise_fd_limit();
@@ -170,6 +182,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .args(["--first-user", &next_user.to_string(), "--users", &n.to_string(), "--secret", &args.secret])
                 .args(args.polling.then_some("--polling"))
                 .args(args.open_on.iter().flat_map(|a| ["--open-on".to_owned(), a.to_string()]))
+                .args(args.deflate.then_some("--deflate"))
                 .args(["--stalled", &stalled_in(next_user, n, args.users, args.stalled).to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -271,7 +284,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             let seq = send_us.len() as u64;
             send_us.push(now_us());
             let user = &users[seq as usize % users.len()];
-            let value = payload(user, seq);
+            let value = payload(user, seq, args.payload_bytes);
             let _ = producer.send(BaseRecord::<str, str>::to(&args.topic).partition(p).key(user).payload(&value));
         }
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -304,10 +317,12 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         let bench_before = cpu_micros();
         let workers_before = total(workers, "cpu").await?;
         let share_before = share::scrape(&args.servers).await;
+        let bytes_before = share::counter(&args.servers, WEBSOCKET_BYTES).await.unwrap_or(0.0);
         let t0 = Instant::now();
         // Sending runs on a thread of its own; times are written into a buffer handed back.
         let (producer2, topic, users2) = (producer.clone(), args.topic.clone(), users.clone());
-        let times = tokio::task::spawn_blocking(move || send_phase(&producer2, &topic, &users2, first_seq, count, rate)).await?;
+        let pad = args.payload_bytes;
+        let times = tokio::task::spawn_blocking(move || send_phase(&producer2, &topic, &users2, (first_seq, count), rate, pad)).await?;
         let send_secs = t0.elapsed().as_secs_f64();
         let sent = times.len() as u64;
         send_us.extend(times);
@@ -332,6 +347,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         let after_by_pid: Vec<u64> = args.pids.iter().map(|p| proc_cpu_micros(*p).unwrap_or(0)).collect();
         let herald_after: u64 = after_by_pid.iter().sum();
         let workers_after = total(workers, "cpu").await?;
+        let ws_bytes = share::counter(&args.servers, WEBSOCKET_BYTES).await.unwrap_or(0.0) - bytes_before;
         let share = match (share_before, share::scrape(&args.servers).await) {
             (Ok(before), Ok(after)) => share::since(&before, &after),
             (Err(e), _) | (_, Err(e)) => {
@@ -348,6 +364,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             herald_cpu_us_by_pid: after_by_pid.iter().zip(&before_by_pid).map(|(a, b)| a.saturating_sub(*b)).collect(),
             bench_cpu_us: cpu_micros().saturating_sub(bench_before),
             workers_cpu_us: workers_after.saturating_sub(workers_before),
+            ws_bytes,
             share,
         });
         println!("phase rate={rate}: sent {sent} in {send_secs:.2} s");
@@ -459,6 +476,9 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             phase.bench_cpu_us as f64 / 1e6,
             phase.workers_cpu_us as f64 / 1e6,
         );
+        if unique > 0 {
+            println!("  websocket bytes written per delivered notification: {:.0}", phase.ws_bytes / unique as f64);
+        }
         out.push(json!({
             "rate": phase.rate, "sent": phase.sent, "delivered": unique, "lost": expected.saturating_sub(unique), "to_stalled": stalled_sent,
             "duplicated": deliveries - unique, "send_secs": phase.send_secs, "delivered_per_sec": rate_delivered,
@@ -467,13 +487,33 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
             "herald_cpu_us": phase.herald_cpu_us, "herald_cpu_us_by_pid": phase.herald_cpu_us_by_pid, "herald_cpu_us_per_delivered": cpu_per,
             "bench_cpu_us": phase.bench_cpu_us, "workers_cpu_us": phase.workers_cpu_us,
             "producer_failed": acked_failed,
+            "ws_bytes_per_delivered": if unique > 0 { phase.ws_bytes / unique as f64 } else { 0.0 },
         }));
     }
     Ok(out)
 }
 
-fn payload(user: &str, seq: u64) -> String {
-    format!("{{\"userId\":\"{user}\",\"seq\":{seq},\"ts\":{}}}", now_us())
+/// A record for `user`; with `pad`, an order's items bring it to about `pad` bytes of JSON, as
+/// an application's notification is (repeated keys, varied values).
+fn payload(user: &str, seq: u64, pad: usize) -> String {
+    let mut out = format!("{{\"userId\":\"{user}\",\"seq\":{seq},\"ts\":{}", now_us());
+    if pad > out.len() {
+        out.push_str(",\"items\":[");
+        let mut i = 0u64;
+        while out.len() + 2 < pad {
+            let n = seq.wrapping_mul(7919).wrapping_add(i * 104_729) % 100_000;
+            let item =
+                format!("{{\"sku\":\"SKU-{n:06}\",\"name\":\"Item {n}\",\"qty\":{},\"price\":{}.{:02}}}", n % 9 + 1, n % 500, n % 100);
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&item);
+            i += 1;
+        }
+        out.push(']');
+    }
+    out.push('}');
+    out
 }
 
 /// Sends `count` records at `rate` per second (0: as fast as the producer takes them), user
@@ -494,7 +534,8 @@ fn to_stalled(first_seq: u64, count: u64, users: usize, stalled: usize) -> u64 {
     (first_seq..first_seq + count).filter(|seq| seq % users as u64 >= from).count() as u64
 }
 
-fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], first_seq: u64, count: u64, rate: u64) -> Vec<u64> {
+fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], seqs: (u64, u64), rate: u64, pad: usize) -> Vec<u64> {
+    let (first_seq, count) = seqs;
     let mut times = Vec::with_capacity(count as usize);
     let start = Instant::now();
     let time_limit = Duration::from_secs(if rate == 0 { 120 } else { count / rate.max(1) * 3 + 30 });
@@ -509,7 +550,7 @@ fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], firs
             }
         }
         let user = &users[seq as usize % users.len()];
-        let value = payload(user, seq);
+        let value = payload(user, seq, pad);
         let sent_at = now_us();
         let mut record = BaseRecord::<str, str>::to(topic).key(user).payload(&value);
         let mut tries = 0;

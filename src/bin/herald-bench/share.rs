@@ -76,6 +76,17 @@ pub fn fraction_within(buckets: &Buckets, bound: f64) -> Option<f64> {
     (total > 0).then(|| within as f64 / total as f64)
 }
 
+/// A counter summed over every server (0 where it is absent).
+pub async fn counter(servers: &[SocketAddr], name: &str) -> anyhow::Result<f64> {
+    let client = reqwest::Client::new();
+    let mut total = 0.0;
+    for server in servers {
+        let text = client.get(format!("http://{server}/metrics")).send().await?.error_for_status()?.text().await?;
+        total += text.lines().filter_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).sum::<f64>();
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

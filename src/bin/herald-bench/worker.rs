@@ -18,20 +18,36 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::deflate_ws::DeflateWs;
 use crate::stats::{cpu_micros, now_us, raise_fd_limit};
 
+#[derive(clap::Args)]
 pub struct WorkerArgs {
+    #[arg(long)]
     pub server: SocketAddr,
+    #[arg(long)]
     pub bind: IpAddr,
+    #[arg(long)]
     pub first_user: usize,
+    #[arg(long)]
     pub users: usize,
+    #[arg(long)]
     pub secret: String,
+    #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
-    pub connect_timeout: Duration,
+    #[arg(long, default_value_t = 20)]
+    pub connect_timeout_secs: u64,
+    /// Long-polling instead of WebSocket.
+    #[arg(long)]
     pub polling: bool,
-    /// Sessions open over long-polling here, then upgrade on `server`.
+    /// Open each session over long-polling here, then upgrade it on --server.
+    #[arg(long)]
     pub open_on: Option<SocketAddr>,
-    /// The last this many users connect and then never read.
+    /// WebSockets offer permessage-deflate.
+    #[arg(long)]
+    pub deflate: bool,
+    /// The last this many of its users connect and then never read.
+    #[arg(long, default_value_t = 0)]
     pub stalled: usize,
 }
 
@@ -42,9 +58,11 @@ pub type Arrival = (u64, u64);
 enum Client {
     WebSocket(Ws),
     Polling(crate::polling::Session),
+    Deflate(DeflateWs),
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let connect_timeout = Duration::from_secs(args.connect_timeout_secs);
     raise_fd_limit();
     let received = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
@@ -59,13 +77,16 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let token = token(&args.secret, &user)?;
         let (url, gate, received, stop) = (url.clone(), gate.clone(), received.clone(), stop.clone());
         let (failures, connected) = (failures.clone(), connected.clone());
-        let (server, bind, timeout, polling, open_on) = (args.server, args.bind, args.connect_timeout, args.polling, args.open_on);
+        let (server, bind, timeout, polling, open_on) = (args.server, args.bind, connect_timeout, args.polling, args.open_on);
+        let deflate = args.deflate;
         let stalls = i >= args.users.saturating_sub(args.stalled);
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.ok();
             let opened = async {
                 if polling {
                     crate::polling::open(server, bind, &token).await.map(Client::Polling)
+                } else if deflate {
+                    open_deflate(server, bind, &token).await.map(Client::Deflate)
                 } else if let Some(open_on) = open_on {
                     upgraded(server, open_on, bind, &token).await.map(Client::WebSocket)
                 } else {
@@ -98,11 +119,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 }
                 Client::WebSocket(ws) => listen(ws, received, stop).await,
                 Client::Polling(session) => crate::polling::listen(session, received, stop).await,
+                Client::Deflate(ws) => listen_deflate(ws, received, stop).await,
             }
         }));
     }
     // Ready once every connection attempt is over (bounded by the connect timeout each).
-    let deadline = Instant::now() + args.connect_timeout * 4 + Duration::from_secs(60);
+    let deadline = Instant::now() + connect_timeout * 4 + Duration::from_secs(60);
     while (connected.load(Ordering::Relaxed) + failures.load(Ordering::Relaxed)) < args.users as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -200,6 +222,54 @@ async fn websocket(server: SocketAddr, bind: IpAddr, url: &str) -> anyhow::Resul
     Ok(tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?.0)
 }
 
+/// Connects over WebSocket offering permessage-deflate, and completes the Socket.IO CONNECT.
+async fn open_deflate(server: SocketAddr, bind: IpAddr, token: &str) -> anyhow::Result<DeflateWs> {
+    let mut ws = DeflateWs::connect(server, bind, "/socket.io/?EIO=4&transport=websocket").await?;
+    let mut sent_connect = false;
+    for _ in 0..16 {
+        let Some(text) = ws.next_text().await? else { anyhow::bail!("closed during the handshake") };
+        match text.as_bytes().first() {
+            Some(b'0') if !sent_connect => {
+                ws.send(&format!("40{{\"token\":\"{token}\"}}")).await?;
+                sent_connect = true;
+            }
+            _ if text.starts_with("40") => return Ok(ws),
+            _ if text.starts_with("44") => anyhow::bail!("connect_error: {text}"),
+            _ if text == "2" => ws.send("3").await?,
+            _ => {}
+        }
+    }
+    anyhow::bail!("no CONNECT answer")
+}
+
+/// [`listen`] on a connection that negotiated permessage-deflate.
+async fn listen_deflate(mut ws: DeflateWs, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Arrival> {
+    let mut arrivals = Vec::new();
+    loop {
+        let text = tokio::select! {
+            _ = stop.cancelled() => break,
+            t = ws.next_text() => match t {
+                Ok(Some(t)) => t,
+                _ => break,
+            },
+        };
+        if text == "2" {
+            if ws.send("3").await.is_err() {
+                break;
+            }
+        } else if let Some(seq) = notification_seq(&text) {
+            arrivals.push((seq, now_us()));
+            received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    arrivals
+}
+
+/// The sequence number of a notification packet.
+fn notification_seq(text: &str) -> Option<u64> {
+    text.starts_with("42").then(|| field(text, "\"seq\":")).flatten()
+}
+
 /// Answers pings and records notifications until `stop`.
 async fn listen(mut ws: Ws, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Arrival> {
     let mut arrivals = Vec::new();
@@ -217,9 +287,7 @@ async fn listen(mut ws: Ws, received: Arc<AtomicU64>, stop: CancellationToken) -
             if ws.send(Message::text("3")).await.is_err() {
                 break;
             }
-        } else if text.starts_with("42")
-            && let Some(seq) = field(&text, "\"seq\":")
-        {
+        } else if let Some(seq) = notification_seq(&text) {
             arrivals.push((seq, now_us()));
             received.fetch_add(1, Ordering::Relaxed);
         }

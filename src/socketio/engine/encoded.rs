@@ -2,19 +2,26 @@
 //! long-polling sends it, built once and shared by every session it goes to.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
+use super::deflate;
 use super::frame::{self, OpCode};
 
 /// One encoded Engine.IO packet, shared by every session it goes to: a WebSocket frame whose
 /// payload is the packet as long-polling sends it. One allocation, of its exact size; cloning
-/// it copies no bytes.
+/// it copies no bytes. A packet long enough to be worth compressing also has room for its
+/// permessage-deflate frame, made once, by the first session that negotiated the extension.
 #[derive(Clone)]
 pub struct Frame {
     bytes: Arc<[u8]>,
     header: u8,
     binary: bool,
+    deflated: Option<Arc<OnceLock<Box<[u8]>>>>,
 }
+
+/// The shortest packet that ever gets a compressed frame (`server.compression.threshold_bytes`
+/// cannot go below it): shorter ones rarely shrink.
+pub const DEFLATE_FLOOR: usize = 128;
 
 thread_local! {
     /// Where frames are written before their exact size is known.
@@ -34,7 +41,7 @@ impl Frame {
 
     /// A control frame (ping, pong) with `payload`.
     pub(super) fn control(opcode: OpCode, payload: &[u8]) -> Self {
-        Self { binary: false, ..Self::build(opcode, |out| out.extend_from_slice(payload)) }
+        Self { binary: false, deflated: None, ..Self::build(opcode, |out| out.extend_from_slice(payload)) }
     }
 
     fn build(opcode: OpCode, write: impl FnOnce(&mut Vec<u8>)) -> Self {
@@ -47,7 +54,8 @@ impl Frame {
             let n = frame::write_header(&mut header, opcode, len);
             let start = frame::MAX_HEADER - n;
             buf[start..frame::MAX_HEADER].copy_from_slice(&header[..n]);
-            let frame = Self { bytes: Arc::from(&buf[start..]), header: n as u8, binary: opcode == OpCode::Binary };
+            let deflated = (len >= DEFLATE_FLOOR).then(|| Arc::new(OnceLock::new()));
+            let frame = Self { bytes: Arc::from(&buf[start..]), header: n as u8, binary: opcode == OpCode::Binary, deflated };
             // A large message does not keep its buffer on the thread.
             if buf.capacity() > 64 * 1024 {
                 *buf = Vec::new();
@@ -59,6 +67,25 @@ impl Frame {
     /// The whole WebSocket frame.
     pub fn ws(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// What goes on the wire: for a session that negotiated permessage-deflate (`deflate_over`,
+    /// its threshold), a packet that long as its compressed frame, made on first use (`made`
+    /// runs then); otherwise [`Frame::ws`].
+    pub(super) fn wire(&self, deflate_over: Option<usize>, made: impl FnOnce()) -> &[u8] {
+        match (&self.deflated, deflate_over) {
+            (Some(deflated), Some(threshold)) if self.packet().len() >= threshold => deflated.get_or_init(|| {
+                made();
+                let payload = deflate::compress(self.packet());
+                let mut header = [0u8; frame::MAX_HEADER];
+                let opcode = if self.binary { OpCode::Binary } else { OpCode::Text };
+                let n = frame::write_header(&mut header, opcode, payload.len());
+                // RSV1: the message is compressed.
+                header[0] |= 0x40;
+                [&header[..n], &payload].concat().into_boxed_slice()
+            }),
+            _ => self.ws(),
+        }
     }
 
     /// The packet as long-polling carries it (binary still raw).

@@ -16,11 +16,14 @@ pub(crate) struct Flusher<H: Handler> {
     marked: Mutex<Vec<Arc<Session<H>>>>,
     wake: Notify,
     stopped: AtomicBool,
+    /// Packets at least this long go compressed to sessions that negotiated permessage-deflate
+    /// (`None`: compression off).
+    pub(super) deflate_over: Option<usize>,
 }
 
 impl<H: Handler> Flusher<H> {
-    pub(super) fn new() -> Self {
-        Self { marked: Mutex::new(Vec::new()), wake: Notify::new(), stopped: AtomicBool::new(false) }
+    pub(super) fn new(deflate_over: Option<usize>) -> Self {
+        Self { marked: Mutex::new(Vec::new()), wake: Notify::new(), stopped: AtomicBool::new(false), deflate_over }
     }
 
     /// `session` has frames to write (it marks itself once until its visit).

@@ -53,6 +53,8 @@ pub struct Header {
     pub len: usize,
     /// Header length in bytes: the payload starts here.
     pub header_len: usize,
+    /// RSV1 on a message's first frame: its payload is compressed (permessage-deflate).
+    pub compressed: bool,
 }
 
 /// Why a client frame is refused; each closes the connection.
@@ -88,12 +90,19 @@ impl fmt::Display for FrameError {
 /// Parses a client frame header from the start of `buf`: `Ok(None)` when more bytes are needed.
 /// A payload longer than `max_len` is refused from its header alone, before any of it is read.
 pub fn parse_header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameError> {
+    parse_header_with(buf, max_len, false)
+}
+
+/// [`parse_header`] on a connection that negotiated permessage-deflate (`deflate`): RSV1 is
+/// then allowed on the first frame of a text or binary message, and nowhere else.
+pub fn parse_header_with(buf: &[u8], max_len: usize, deflate: bool) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
-    if b0 & 0x70 != 0 {
-        return Err(FrameError::ReservedBits);
-    }
     let fin = b0 & 0x80 != 0;
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::UnknownOpcode)?;
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !(deflate && matches!(opcode, OpCode::Text | OpCode::Binary))) {
+        return Err(FrameError::ReservedBits);
+    }
     if b1 & 0x80 == 0 {
         return Err(FrameError::Unmasked);
     }
@@ -119,7 +128,7 @@ pub fn parse_header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameE
     }
     let mask_at = 2 + len_bytes;
     let Some(mask) = buf.get(mask_at..mask_at + 4) else { return Ok(None) };
-    Ok(Some(Header { fin, opcode, mask: mask.try_into().expect("4 bytes"), len: len as usize, header_len: mask_at + 4 }))
+    Ok(Some(Header { fin, opcode, mask: mask.try_into().expect("4 bytes"), len: len as usize, header_len: mask_at + 4, compressed }))
 }
 
 /// Unmasks (or masks: it is its own inverse) `payload` in place.
@@ -223,9 +232,9 @@ pub fn close_payload(payload: &[u8]) -> Result<u16, u16> {
 /// come from [`parse_header`] and [`unmask`], and the caller acts on what comes out.
 #[derive(Default)]
 pub struct Assembler {
-    /// A message whose last fragment has not come: its type and bytes so far. Boxed: an idle
-    /// connection keeps only the pointer.
-    unfinished: Option<Box<(OpCode, Vec<u8>)>>,
+    /// A message whose last fragment has not come: its type, whether it is compressed, and its
+    /// bytes so far. Boxed: an idle connection keeps only the pointer.
+    unfinished: Option<Box<(OpCode, bool, Vec<u8>)>>,
 }
 
 /// What one client frame amounts to.
@@ -254,6 +263,8 @@ pub enum AssemblyError {
     TooLarge,
     /// A text message (or a close reason) that is not UTF-8.
     BadUtf8,
+    /// A compressed message that is not deflate data.
+    BadDeflate,
 }
 
 impl Assembler {
@@ -261,16 +272,29 @@ impl Assembler {
     /// together.
     pub fn frame<'a>(&mut self, header: &Header, payload: &'a [u8], max: usize) -> Assembled<'a> {
         use std::borrow::Cow;
-        let whole = |opcode: OpCode, data: Cow<'a, [u8]>| match (opcode, data) {
-            (OpCode::Binary, data) => Assembled::Binary(data),
-            (_, Cow::Borrowed(b)) => match std::str::from_utf8(b) {
-                Ok(text) => Assembled::Text(Cow::Borrowed(text)),
-                Err(_) => Assembled::Fail(AssemblyError::BadUtf8, close_code::INVALID_DATA),
-            },
-            (_, Cow::Owned(v)) => match String::from_utf8(v) {
-                Ok(text) => Assembled::Text(Cow::Owned(text)),
-                Err(_) => Assembled::Fail(AssemblyError::BadUtf8, close_code::INVALID_DATA),
-            },
+        let whole = |opcode: OpCode, compressed: bool, data: Cow<'a, [u8]>| {
+            let data = if compressed {
+                match super::deflate::inflate(&data, max) {
+                    Ok(inflated) => Cow::Owned(inflated),
+                    Err(super::deflate::InflateError::TooLarge) => return Assembled::Fail(AssemblyError::TooLarge, close_code::TOO_BIG),
+                    Err(super::deflate::InflateError::Corrupt) => {
+                        return Assembled::Fail(AssemblyError::BadDeflate, close_code::INVALID_DATA);
+                    }
+                }
+            } else {
+                data
+            };
+            match (opcode, data) {
+                (OpCode::Binary, data) => Assembled::Binary(data),
+                (_, Cow::Borrowed(b)) => match std::str::from_utf8(b) {
+                    Ok(text) => Assembled::Text(Cow::Borrowed(text)),
+                    Err(_) => Assembled::Fail(AssemblyError::BadUtf8, close_code::INVALID_DATA),
+                },
+                (_, Cow::Owned(v)) => match String::from_utf8(v) {
+                    Ok(text) => Assembled::Text(Cow::Owned(text)),
+                    Err(_) => Assembled::Fail(AssemblyError::BadUtf8, close_code::INVALID_DATA),
+                },
+            }
         };
         match header.opcode {
             OpCode::Ping => Assembled::Ping(payload),
@@ -285,24 +309,24 @@ impl Assembler {
             OpCode::Text | OpCode::Binary if self.unfinished.is_some() => {
                 Assembled::Fail(AssemblyError::Fragmentation, close_code::PROTOCOL_ERROR)
             }
-            OpCode::Text | OpCode::Binary if header.fin => whole(header.opcode, Cow::Borrowed(payload)),
+            OpCode::Text | OpCode::Binary if header.fin => whole(header.opcode, header.compressed, Cow::Borrowed(payload)),
             OpCode::Text | OpCode::Binary => {
-                self.unfinished = Some(Box::new((header.opcode, payload.to_vec())));
+                self.unfinished = Some(Box::new((header.opcode, header.compressed, payload.to_vec())));
                 Assembled::Pending
             }
             OpCode::Continuation => {
                 let Some(unfinished) = self.unfinished.as_mut() else {
                     return Assembled::Fail(AssemblyError::Fragmentation, close_code::PROTOCOL_ERROR);
                 };
-                if unfinished.1.len() + payload.len() > max {
+                if unfinished.2.len() + payload.len() > max {
                     return Assembled::Fail(AssemblyError::TooLarge, close_code::TOO_BIG);
                 }
-                unfinished.1.extend_from_slice(payload);
+                unfinished.2.extend_from_slice(payload);
                 if !header.fin {
                     return Assembled::Pending;
                 }
-                let (opcode, data) = *self.unfinished.take().expect("checked above");
-                whole(opcode, Cow::Owned(data))
+                let (opcode, compressed, data) = *self.unfinished.take().expect("checked above");
+                whole(opcode, compressed, Cow::Owned(data))
             }
         }
     }

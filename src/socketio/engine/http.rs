@@ -76,8 +76,10 @@ impl Request {
 
 /// Whether a header is one the engine, its handshake or the front itself reads.
 pub fn wanted(name: &str, handshake: &[&str]) -> bool {
-    const READ: [&str; 8] = [
+    const READ: [&str; 10] = [
         "origin",
+        "accept-encoding",
+        "sec-websocket-extensions",
         "content-length",
         "transfer-encoding",
         "connection",
@@ -309,8 +311,9 @@ async fn exchange(stream: &TcpStream, buf: &mut Vec<u8>, mount: &dyn Mount, requ
             Next::Request
         }
         Reply::Upgrade { accept, upgrade } => {
+            let extensions = upgrade.extensions().map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default();
             let head = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
             );
             match write_all(stream, &[IoSlice::new(head.as_bytes())], write_timeout).await {
                 Ok(()) => Next::WebSocket(upgrade),

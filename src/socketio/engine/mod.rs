@@ -2,6 +2,7 @@
 //! to the other, heartbeats, payload limits. The layer above (Socket.IO, or the conformance echo)
 //! sees sessions that open, carry text and binary messages both ways, and close.
 
+pub mod deflate;
 mod encoded;
 mod flusher;
 mod forward;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+pub use encoded::DEFLATE_FLOOR;
 pub use forward::{ForwardedRequest, ForwardedResponse, Forwarder};
 pub use http::{Handoff, Mount};
 pub use moving::MoveStep;
@@ -61,6 +63,9 @@ pub struct Options {
     /// sessions: a request for a session another instance holds then goes to it through the
     /// [`Forwarder`] (no load balancer affinity needed).
     pub instance_tag: Option<[u8; TAG_LEN]>,
+    /// permessage-deflate with clients that offer it, and gzip for long-polling responses, for
+    /// messages of at least this many bytes (not below [`DEFLATE_FLOOR`]); `None`: off.
+    pub compression: Option<usize>,
 }
 
 impl Default for Options {
@@ -78,6 +83,7 @@ impl Default for Options {
             handshake_headers: Vec::new(),
             allowed_origins: Vec::new(),
             instance_tag: None,
+            compression: Some(1024),
         }
     }
 }
@@ -172,13 +178,14 @@ impl<H: Handler> Engine<H> {
     /// Creates the engine and starts its heartbeat task on the current runtime.
     pub fn start(options: Options, handler: H) -> Self {
         let wheel = Wheel::new(&options);
+        let deflate_over = options.compression.map(|t| t.max(DEFLATE_FLOOR));
         let shared = Arc::new(Shared {
             options,
             handler,
             sessions: DashMap::new(),
             wheel,
             stats: Stats::default(),
-            flusher: Arc::new(flusher::Flusher::new()),
+            flusher: Arc::new(flusher::Flusher::new(deflate_over)),
             closing: Default::default(),
             forwarder: Default::default(),
         });

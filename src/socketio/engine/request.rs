@@ -83,10 +83,21 @@ impl<H: Handler> Engine<H> {
             }
             return Reply::Response(r);
         }
+        let gzip = engine.options.compression.is_some_and(|_| super::deflate::accepts_gzip(request.header("accept-encoding")));
         match self.route_request(request, body).await {
             Reply::Response(mut r) => {
                 r.headers.extend(cors);
                 r.headers.push(("Cache-Control", "no-store".into()));
+                // Long-polling payloads (text) worth compressing, here or from another instance.
+                let threshold = engine.options.compression.unwrap_or(usize::MAX).max(super::DEFLATE_FLOOR);
+                if r.status == 200 && r.body.len() >= threshold {
+                    r.headers.push(("Vary", "Accept-Encoding".into()));
+                    if gzip {
+                        r.body = super::deflate::gzip(&r.body).into();
+                        r.headers.push(("Content-Encoding", "gzip".into()));
+                        engine.stats.writes.compressed();
+                    }
+                }
                 Reply::Response(r)
             }
             upgrade => upgrade,
@@ -113,7 +124,15 @@ impl<H: Handler> Engine<H> {
                         return match accept_key(&request) {
                             Some(accept) => {
                                 let handshake = handshake(&engine.options.handshake_headers, &request);
-                                Reply::Upgrade { accept, upgrade: Upgrade { sid: Some(owned_elsewhere), handshake, arriving: true } }
+                                Reply::Upgrade {
+                                    accept,
+                                    upgrade: Upgrade {
+                                        sid: Some(owned_elsewhere),
+                                        handshake,
+                                        arriving: true,
+                                        deflate: deflate(engine, &request),
+                                    },
+                                }
                             }
                             None => refuse(engine, EioError::BadRequest),
                         };
@@ -137,7 +156,12 @@ impl<H: Handler> Engine<H> {
                 return match accept_key(&request) {
                     Some(accept) => Reply::Upgrade {
                         accept,
-                        upgrade: Upgrade { sid: Some(session.sid()), handshake: Handshake::default(), arriving: false },
+                        upgrade: Upgrade {
+                            sid: Some(session.sid()),
+                            handshake: Handshake::default(),
+                            arriving: false,
+                            deflate: deflate(engine, &request),
+                        },
                     },
                     None => refuse(engine, EioError::BadRequest),
                 };
@@ -163,7 +187,10 @@ impl<H: Handler> Engine<H> {
         }
         let handshake = handshake(&engine.options.handshake_headers, &request);
         match accept {
-            Some(accept) => Reply::Upgrade { accept, upgrade: Upgrade { sid: None, handshake, arriving: false } },
+            Some(accept) => {
+                let deflate = deflate(engine, &request);
+                Reply::Upgrade { accept, upgrade: Upgrade { sid: None, handshake, arriving: false, deflate } }
+            }
             None => Reply::Response(super::polling::handshake(engine, handshake)),
         }
     }
@@ -213,6 +240,12 @@ impl<H: Handler> Engine<H> {
             }
         }
     }
+}
+
+/// Whether the WebSocket `request` opens uses permessage-deflate: compression is on and the
+/// client offered it in a form herald accepts.
+fn deflate<H: Handler>(engine: &Shared<H>, request: &Request) -> bool {
+    engine.options.compression.is_some() && super::deflate::accepts(request.header("sec-websocket-extensions"))
 }
 
 fn refuse<H: Handler>(engine: &Shared<H>, error: EioError) -> Reply {

@@ -117,6 +117,8 @@ pub(super) struct Outbox {
 const AWAITING_PONG: u8 = 1;
 /// The layer above joined the session (for the join timeout).
 const JOINED: u8 = 2;
+/// Its WebSocket negotiated permessage-deflate.
+const DEFLATE: u8 = 4;
 
 pub struct Session<H: Handler> {
     pub(super) sid: Sid,
@@ -250,6 +252,17 @@ impl<H: Handler> Session<H> {
     /// timeout).
     pub fn mark_joined(&self) {
         self.flags.fetch_or(JOINED, Ordering::AcqRel);
+    }
+
+    /// Its WebSocket negotiated permessage-deflate: long packets go compressed.
+    pub(super) fn set_deflate(&self) {
+        self.flags.fetch_or(DEFLATE, Ordering::AcqRel);
+    }
+
+    /// What `frame` is on this session's WebSocket.
+    fn wire<'a>(&self, frame: &'a Frame) -> &'a [u8] {
+        let over = if self.flags.load(Ordering::Relaxed) & DEFLATE != 0 { self.flusher.deflate_over } else { None };
+        frame.wire(over, || self.writes.compressed())
     }
 
     pub(super) fn joined(&self) -> bool {
@@ -402,16 +415,17 @@ impl<H: Handler> Session<H> {
             let mut slices = [IoSlice::new(&[]); 64];
             let mut n = 0;
             for (i, f) in out.queue.iter().take(slices.len()).enumerate() {
-                slices[i] = IoSlice::new(if i == 0 { &f.ws()[out.written..] } else { f.ws() });
+                slices[i] = IoSlice::new(if i == 0 { &self.wire(f)[out.written..] } else { self.wire(f) });
                 n += 1;
             }
             match stream.try_write_vectored(&slices[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut written) => {
                     progress = true;
+                    let bytes = written;
                     let mut frames = 0;
                     while written > 0 {
-                        let left = out.queue[0].ws().len() - out.written;
+                        let left = self.wire(&out.queue[0]).len() - out.written;
                         if written >= left {
                             written -= left;
                             out.queue.pop_front();
@@ -422,7 +436,7 @@ impl<H: Handler> Session<H> {
                             written = 0;
                         }
                     }
-                    self.writes.wrote(frames);
+                    self.writes.wrote(frames, bytes);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partial { progress }),
                 Err(e) => return Err(e),

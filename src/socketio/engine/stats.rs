@@ -105,12 +105,26 @@ pub struct Stats {
 pub struct WriteCounts {
     writes: AtomicU64,
     frames: AtomicU64,
+    bytes: AtomicU64,
+    /// permessage-deflate: messages compressed (once each, for all their sessions), and client
+    /// messages inflated.
+    compressed: AtomicU64,
+    inflated: AtomicU64,
 }
 
 impl WriteCounts {
-    pub(super) fn wrote(&self, frames: usize) {
+    pub(super) fn wrote(&self, frames: usize, bytes: usize) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.frames.fetch_add(frames as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn compressed(&self) {
+        self.compressed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn inflated(&self) {
+        self.inflated.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -178,6 +192,17 @@ impl Stats {
 
     pub(super) fn move_failed(&self) {
         self.moves_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes written to WebSockets (frames queued and flushed through sessions).
+    pub fn bytes_written(&self) -> u64 {
+        self.writes.bytes.load(Ordering::Relaxed)
+    }
+
+    /// permessage-deflate: messages compressed (each once, whatever the number of sessions it
+    /// went to), and client messages inflated.
+    pub fn deflate(&self) -> (u64, u64) {
+        (self.writes.compressed.load(Ordering::Relaxed), self.writes.inflated.load(Ordering::Relaxed))
     }
 
     /// Sessions moved here with their WebSocket upgrade, moved from here, and moves that failed

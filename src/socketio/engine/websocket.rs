@@ -34,11 +34,21 @@ pub struct Upgrade {
     pub(super) handshake: Handshake,
     /// `sid` is another instance's session, moving here with this upgrade (`super::moving`).
     pub(super) arriving: bool,
+    /// The connection negotiated permessage-deflate (`super::deflate`).
+    pub(super) deflate: bool,
+}
+
+impl Upgrade {
+    /// The `Sec-WebSocket-Extensions` header the 101 answer carries, if any.
+    pub fn extensions(&self) -> Option<&'static str> {
+        self.deflate.then_some(super::deflate::ACCEPTED)
+    }
 }
 
 /// Takes an accepted WebSocket (its 101 already written): opens its session, or probes the
 /// upgrade of one, and spawns the task that runs it.
 pub(super) fn accept<H: Handler>(engine: Arc<Shared<H>>, upgrade: Upgrade, stream: TcpStream, leftover: Bytes) {
+    let deflate = upgrade.deflate;
     let connection = match upgrade.sid {
         None => {
             if engine.closing.load(std::sync::atomic::Ordering::Acquire) {
@@ -46,6 +56,9 @@ pub(super) fn accept<H: Handler>(engine: Arc<Shared<H>>, upgrade: Upgrade, strea
                 return;
             }
             let session = Session::new(&engine, Transport::WebSocket, upgrade.handshake);
+            if deflate {
+                session.set_deflate();
+            }
             let _ = session.ws.set(stream);
             let open = super::polling::open_packet(&engine.options, session.sid, false);
             engine.sessions.insert(session.sid, session.clone());
@@ -83,7 +96,7 @@ pub(super) fn accept<H: Handler>(engine: Arc<Shared<H>>, upgrade: Upgrade, strea
             }
         }
     };
-    let mut connection = connection;
+    let mut connection = Connection { deflate, ..connection };
     if !leftover.is_empty() {
         connection.carry.extend_from_slice(&leftover);
         connection.process_carry();
@@ -124,11 +137,23 @@ struct Connection<H: Handler> {
     arriving: bool,
     /// A step of that move, for `run` to take (it waits on the other instance).
     step: Option<MoveStep>,
+    /// It negotiated permessage-deflate: the client may send compressed messages.
+    deflate: bool,
 }
 
 impl<H: Handler> Connection<H> {
     fn new(engine: Arc<Shared<H>>, session: Arc<Session<H>>, probing: Option<TcpStream>) -> Self {
-        Self { engine, session, probing, carry: Vec::new(), messages: frame::Assembler::default(), stop: None, arriving: false, step: None }
+        Self {
+            engine,
+            session,
+            probing,
+            carry: Vec::new(),
+            messages: frame::Assembler::default(),
+            stop: None,
+            arriving: false,
+            step: None,
+            deflate: false,
+        }
     }
 
     fn stream(&self) -> &TcpStream {
@@ -212,6 +237,9 @@ impl<H: Handler> Connection<H> {
     /// The client upgraded: the session's queue goes out on this connection from now on.
     fn upgrade(&mut self) {
         let stream = self.probing.take().expect("probing");
+        if self.deflate {
+            self.session.set_deflate();
+        }
         if self.session.switch_to_websocket(stream).is_err() {
             self.stop = Some(Stop::Closed(CloseReason::TransportClose));
         }
@@ -347,7 +375,7 @@ impl<H: Handler> Connection<H> {
     fn process(&mut self, buf: &mut [u8]) -> usize {
         let mut at = 0;
         while self.stop.is_none() && self.step.is_none() {
-            let header = match frame::parse_header(&buf[at..], self.engine.options.max_payload) {
+            let header = match frame::parse_header_with(&buf[at..], self.engine.options.max_payload, self.deflate) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -372,6 +400,9 @@ impl<H: Handler> Connection<H> {
     }
 
     fn on_frame(&mut self, header: frame::Header, payload: &[u8]) {
+        if header.compressed {
+            self.engine.stats.writes.inflated();
+        }
         match self.messages.frame(&header, payload, self.engine.options.max_payload) {
             Assembled::Pending | Assembled::Pong => {}
             Assembled::Ping(data) => {
@@ -384,6 +415,7 @@ impl<H: Handler> Connection<H> {
                     AssemblyError::Fragmentation => ProtocolError::BadFrame,
                     AssemblyError::TooLarge => ProtocolError::TooLarge,
                     AssemblyError::BadUtf8 => ProtocolError::BadUtf8,
+                    AssemblyError::BadDeflate => ProtocolError::BadFrame,
                 };
                 self.stop = Some(Stop::Protocol(kind, code));
             }
