@@ -323,6 +323,21 @@ async fn a_rebalance_when_an_instance_joins_loses_nothing() {
 /// client and a healthy one; floods the stalled one with 200 notifications of 64 KiB (12 MiB:
 /// more than the kernel's socket buffers and its 32 packets) while the healthy one gets 50.
 /// Returns the instance and the clients once the healthy one got all 50.
+/// `len` characters that permessage-deflate (which the Node client negotiates) barely shrinks,
+/// so the notifications fill the stalled connection's buffers as their length says.
+fn incompressible(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % 64) as usize] as char
+        })
+        .collect()
+}
+
 async fn stall_one_client(policy: &str) -> (Kafka, Herald, Clients) {
     let kafka = Kafka::start(&[TOPIC]).await;
     // A short write timeout, so the stalled connection is closed within the test.
@@ -333,7 +348,7 @@ async fn stall_one_client(policy: &str) -> (Kafka, Herald, Clients) {
     c.connect_as("fine", &h.url(), "fine").await;
     c.pause("stuck").await;
 
-    let filler = "x".repeat(64 * 1024);
+    let filler = incompressible(64 * 1024);
     for n in 0..200 {
         kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "stuck", "n": n, "filler": filler}).to_string().as_bytes()).await;
     }
@@ -359,7 +374,7 @@ async fn the_stalled_connection_closes(kafka: &Kafka, h: &Herald, by_write_timeo
         // The kernel's buffers may have taken all herald kept for the stalled socket (emits
         // beyond its 32 packets were dropped): feed it more, bounded, until a write has to wait
         // long enough to time out.
-        let filler = "x".repeat(64 * 1024);
+        let filler = incompressible(64 * 1024);
         for n in 0..100 {
             if h.metric("herald_gateway_write_timeouts_total").await >= 1.0 {
                 break;
