@@ -8,6 +8,7 @@
 
 mod deflate_ws;
 mod polling;
+mod records;
 mod run;
 mod share;
 mod stats;

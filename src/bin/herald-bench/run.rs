@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::records::{payload, send_phase};
 use crate::share;
 use crate::stats::{cpu_micros, now_us, percentiles, proc_cpu_micros, raise_fd_limit, rss_kib};
 
@@ -123,7 +124,7 @@ impl Worker {
 
 /// Counts producer acknowledgements.
 #[derive(Default)]
-struct Acks {
+pub(crate) struct Acks {
     ok: AtomicU64,
     failed: AtomicU64,
 }
@@ -493,31 +494,6 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
     Ok(out)
 }
 
-/// A record for `user`; with `pad`, an order's items bring it to about `pad` bytes of JSON, as
-/// an application's notification is (repeated keys, varied values).
-fn payload(user: &str, seq: u64, pad: usize) -> String {
-    let mut out = format!("{{\"userId\":\"{user}\",\"seq\":{seq},\"ts\":{}", now_us());
-    if pad > out.len() {
-        out.push_str(",\"items\":[");
-        let mut i = 0u64;
-        while out.len() + 2 < pad {
-            let n = seq.wrapping_mul(7919).wrapping_add(i * 104_729) % 100_000;
-            let item =
-                format!("{{\"sku\":\"SKU-{n:06}\",\"name\":\"Item {n}\",\"qty\":{},\"price\":{}.{:02}}}", n % 9 + 1, n % 500, n % 100);
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&item);
-            i += 1;
-        }
-        out.push(']');
-    }
-    out.push('}');
-    out
-}
-
-/// Sends `count` records at `rate` per second (0: as fast as the producer takes them), user
-/// `seq % users`, keyed by user; returns each record's send time.
 /// How many of the users `first..first + n` are stalled (the last `stalled` of `users`).
 fn stalled_in(first: usize, n: usize, users: usize, stalled: usize) -> usize {
     let from = users.saturating_sub(stalled);
@@ -532,43 +508,6 @@ fn to_stalled(first_seq: u64, count: u64, users: usize, stalled: usize) -> u64 {
     }
     let from = users.saturating_sub(stalled) as u64;
     (first_seq..first_seq + count).filter(|seq| seq % users as u64 >= from).count() as u64
-}
-
-fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], seqs: (u64, u64), rate: u64, pad: usize) -> Vec<u64> {
-    let (first_seq, count) = seqs;
-    let mut times = Vec::with_capacity(count as usize);
-    let start = Instant::now();
-    let time_limit = Duration::from_secs(if rate == 0 { 120 } else { count / rate.max(1) * 3 + 30 });
-    let mut seq = first_seq;
-    while seq < first_seq + count && start.elapsed() < time_limit {
-        if rate > 0 {
-            let due = Duration::from_secs_f64((seq - first_seq) as f64 / rate as f64);
-            let elapsed = start.elapsed();
-            if due > elapsed {
-                std::thread::sleep((due - elapsed).min(Duration::from_micros(500)));
-                continue;
-            }
-        }
-        let user = &users[seq as usize % users.len()];
-        let value = payload(user, seq, pad);
-        let sent_at = now_us();
-        let mut record = BaseRecord::<str, str>::to(topic).key(user).payload(&value);
-        let mut tries = 0;
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) if tries < 1000 => {
-                    record = back;
-                    tries += 1;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err(_) => break,
-            }
-        }
-        times.push(sent_at);
-        seq += 1;
-    }
-    times
 }
 
 /// A consumer of our own, in its own group, with the fetch settings of bench/herald.yaml: when a record reaches
