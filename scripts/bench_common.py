@@ -30,3 +30,9 @@ def redis_info(port):
     s.close()
     fields = dict(line.split(":", 1) for line in data.decode().splitlines() if ":" in line)
     return int(fields["total_commands_processed"]), int(fields["total_net_input_bytes"]) + int(fields["total_net_output_bytes"])
+
+
+def append(path, result):
+    """Appends `result` to the JSON-lines file at `path`."""
+    with open(path, "a") as f:
+        f.write(json.dumps(result) + "\n")

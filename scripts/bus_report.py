@@ -24,7 +24,9 @@ def runs(path, variant=None):
 
 groups = OrderedDict()
 for variant, r in list(runs(before, "fred (before)")) + list(runs(bus)):
-    if r.get("label") not in ("single-max", "pair-max", "cluster-max"):
+    # The max-rate bursts, with their variants (single-max-2k-deflate: 2 KiB notifications to
+    # clients that negotiated permessage-deflate).
+    if not r.get("label", "").startswith(("single-max", "pair-max", "cluster-max")):
         continue
     for p in r.get("phases", []):
         groups.setdefault((variant, r["label"]), []).append(p)
@@ -34,13 +36,14 @@ def fmt(values, digits):
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f}, {len(values)} runs)"
 
 
-print("| bus | scenario | herald CPU µs per notification | delivered/s | lost (all runs) |")
-print("|---|---|---|---|---|")
+print("| bus | scenario | herald CPU µs per notification | delivered/s | WebSocket bytes per notification | lost (all runs) |")
+print("|---|---|---|---|---|---|")
 for (variant, label), phases in groups.items():
     cpu = [p["herald_cpu_us_per_delivered"] for p in phases]
     rate = [p["delivered_per_sec"] for p in phases]
+    ws_bytes = [p["ws_bytes_per_delivered"] for p in phases if "ws_bytes_per_delivered" in p]
     lost = sum(p["lost"] for p in phases)
-    print(f"| {variant} | {label} | {fmt(cpu, 2)} | {fmt(rate, 0)} | {lost} |")
+    print(f"| {variant} | {label} | {fmt(cpu, 2)} | {fmt(rate, 0)} | {fmt(ws_bytes, 0) if ws_bytes else '-'} | {lost} |")
 
 memory = OrderedDict()
 for variant, r in runs(bus):

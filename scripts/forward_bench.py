@@ -101,5 +101,4 @@ print(
     f"Redis {result['redis_commands_per_forwarded_request']:.2f} commands, "
     f"{result['redis_bytes_per_forwarded_request']:.0f} bytes per forwarded request ({rounds} x 2 rounds)"
 )
-with open(out_path, "a") as f:
-    f.write(json.dumps(result) + "\n")
+bench_common.append(out_path, result)

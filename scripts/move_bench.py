@@ -169,5 +169,4 @@ print(
     f"(p99 {result['moved_upgrade_p99_us']}); a move adds {result['added_p50_us']} us (p50); Redis per move: "
     f"{result['redis_commands_per_move']} commands, {result['redis_bytes_per_move']} bytes"
 )
-with open(out_path, "a") as f:
-    f.write(json.dumps(result) + "\n")
+bench_common.append(out_path, result)

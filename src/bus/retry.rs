@@ -65,9 +65,7 @@ impl Bus {
             }
         }
     }
-}
 
-impl Bus {
     /// Publishes every notification of the batch, retrying with backoff those that failed
     /// (all of them when Redis is down; on a cluster, those of a master that is down) and only
     /// those, with the `publish_again` rules: a retained one an earlier attempt stored is

@@ -22,7 +22,7 @@ use crate::replay::{NotificationId, ReplayGate};
 /// How long a socket about to move may wait for its replay, or a token refresh, to finish.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 /// How long the old instance waits for its markers to come back through Redis.
-const CUT_WAIT: Duration = Duration::from_secs(5);
+pub(super) const CUT_WAIT: Duration = Duration::from_secs(5);
 /// Cuts remembered before those of sockets gone are dropped.
 const PRUNE_OVER: usize = 1024;
 

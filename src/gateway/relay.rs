@@ -26,8 +26,6 @@ use crate::socketio::engine::{ForwardedRequest, ForwardedResponse, Forwarder, Mo
 const ABSENT_FOR: Duration = Duration::from_secs(5);
 /// Most tags remembered as gone (made-up session ids could name any).
 const MAX_ABSENT: usize = 10_000;
-/// How long a moving session's holder may wait for its cut to pass through Redis.
-pub const MOVE_CUT_WAIT: Duration = Duration::from_secs(5);
 
 /// Carries long-polling requests between instances; one per instance, with Redis.
 #[derive(Clone)]
@@ -161,7 +159,7 @@ impl Forwarder for Relay {
             MoveStep::Release => envelope::MoveStep::Release,
         };
         // The release waits for the holder's cut to pass through Redis.
-        let wait = inner.post_wait + if step == envelope::MoveStep::Release { MOVE_CUT_WAIT } else { Duration::ZERO };
+        let wait = inner.post_wait + if step == envelope::MoveStep::Release { super::moving::CUT_WAIT } else { Duration::ZERO };
         Box::pin(async move { inner.ask(sid, wait, |asking| Relayed::Move { asking, step }).await })
     }
 }

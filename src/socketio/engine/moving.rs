@@ -144,30 +144,26 @@ fn failed<H: Handler>(shared: &Shared<H>, session: &Arc<Session<H>>) {
     session.close(CloseReason::TransportClose);
 }
 
+/// On the instance the upgrade reached: asks the holder for `step`; its answer's body, or
+/// `None` (logged) when it did not answer 200.
+async fn ask<H: Handler>(shared: &Shared<H>, sid: Sid, step: MoveStep) -> Option<Bytes> {
+    let forwarder = shared.forwarder.get()?.clone();
+    let answer = forwarder.move_step(sid, step).await;
+    if answer.as_ref().is_none_or(|r| r.status != 200) {
+        tracing::debug!(%sid, ?step, status = answer.as_ref().map(|r| r.status), "A step of moving a session here failed; its upgrade fails.");
+    }
+    answer.filter(|r| r.status == 200).map(|r| r.body)
+}
+
 /// On the instance the upgrade reached: asks the holder to hold the session for a move.
 pub(super) async fn ask_probe<H: Handler>(shared: &Shared<H>, sid: Sid) -> bool {
-    let Some(forwarder) = shared.forwarder.get().cloned() else { return false };
-    let answer = forwarder.move_step(sid, MoveStep::Probe).await;
-    if answer.as_ref().is_none_or(|r| r.status != 200) {
-        tracing::debug!(%sid, status = answer.map(|r| r.status), "The session's instance did not let it move; its upgrade fails.");
-        return false;
-    }
-    true
+    ask(shared, sid, MoveStep::Probe).await.is_some()
 }
 
 /// On the instance the upgrade reached: makes the session this instance's, with what its
 /// holder had queued first. `false`: the caller closes it.
 pub(super) async fn take_over<H: Handler>(shared: &Arc<Shared<H>>, session: &Arc<Session<H>>) -> bool {
-    let Some(forwarder) = shared.forwarder.get().cloned() else { return false };
-    let sid = session.sid;
-    let step = async |step| {
-        let answer = forwarder.move_step(sid, step).await;
-        if answer.as_ref().is_none_or(|r| r.status != 200) {
-            tracing::debug!(%sid, ?step, status = answer.as_ref().map(|r| r.status), "A step of moving a session here failed.");
-        }
-        answer.filter(|r| r.status == 200).map(|r| r.body)
-    };
-    let Some(state) = step(MoveStep::Take).await.and_then(|b| String::from_utf8(b.to_vec()).ok()) else { return false };
+    let Some(state) = ask(shared, session.sid, MoveStep::Take).await.and_then(|b| String::from_utf8(b.to_vec()).ok()) else { return false };
     // In the table and the heartbeat from now on: sends to it queue until its WebSocket takes
     // over (it is still "probing").
     match shared.sessions.entry(session.sid) {
@@ -180,7 +176,7 @@ pub(super) async fn take_over<H: Handler>(shared: &Arc<Shared<H>>, session: &Arc
     if !shared.handler.import(session, state).await {
         return false;
     }
-    let Some(queued) = step(MoveStep::Release).await else { return false };
+    let Some(queued) = ask(shared, session.sid, MoveStep::Release).await else { return false };
     let Some(frames) = frames_of(&queued) else { return false };
     session.queue_first(frames);
     true

@@ -83,14 +83,16 @@ impl<H: Handler> Engine<H> {
             }
             return Reply::Response(r);
         }
-        let gzip = engine.options.compression.is_some_and(|_| super::deflate::accepts_gzip(request.header("accept-encoding")));
+        let gzip = super::deflate::accepts_gzip(request.header("accept-encoding"));
         match self.route_request(request, body).await {
             Reply::Response(mut r) => {
                 r.headers.extend(cors);
                 r.headers.push(("Cache-Control", "no-store".into()));
                 // Long-polling payloads (text) worth compressing, here or from another instance.
-                let threshold = engine.options.compression.unwrap_or(usize::MAX).max(super::DEFLATE_FLOOR);
-                if r.status == 200 && r.body.len() >= threshold {
+                if r.status == 200
+                    && let Some(threshold) = engine.flusher.deflate_over
+                    && r.body.len() >= threshold
+                {
                     r.headers.push(("Vary", "Accept-Encoding".into()));
                     if gzip {
                         r.body = super::deflate::gzip(&r.body).into();
