@@ -224,9 +224,7 @@ impl RedisBus {
     /// [`Self::publish`] for a batch an attempt begun at `first_attempt_ms` may have partly
     /// done: retained notifications it stored are found in the history, not stored again.
     pub async fn publish_again(&self, batch: &[Notification], first_attempt_ms: i64) -> Result<Vec<Published>, BusError> {
-        // What that attempt stored has an id from Redis's clock: allow for the two clocks to differ.
-        let since = (first_attempt_ms - CLOCK_SKEW_MS).max(0);
-        self.publish_batch(batch, Some(since)).await
+        self.publish_batch(batch, Some(first_attempt_ms)).await
     }
 
     async fn publish_batch(&self, batch: &[Notification], retry_since_ms: Option<i64>) -> Result<Vec<Published>, BusError> {
@@ -241,6 +239,9 @@ impl RedisBus {
         batch: &[Notification],
         retry_since_ms: Option<i64>,
     ) -> Result<Vec<Result<Published, String>>, BusError> {
+        // What an earlier attempt stored has an id from Redis's clock: allow for the two clocks
+        // to differ (here, so that every retry path does).
+        let retry_since_ms = retry_since_ms.map(|ms| (ms - CLOCK_SKEW_MS).max(0));
         let mut replies = self.send(batch, retry_since_ms).await?;
         // A restarted (or failed-over) Redis has an empty script cache. The reconnect usually
         // reloads it first; these commands got there before, never ran, and are sent once more.
