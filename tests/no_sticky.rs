@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::RoundRobin;
+use common::proxy::{Balance, RoundRobin};
 use common::*;
 use serde_json::json;
 
@@ -18,6 +18,10 @@ async fn behind_a_proxy(kafka: &Kafka, redis: &Redis, n: usize) -> (Vec<Herald>,
 }
 
 async fn behind_a_proxy_with(kafka: &Kafka, redis: &Redis, n: usize, overlay: &str) -> (Vec<Herald>, RoundRobin) {
+    behind_a_balancer(kafka, redis, n, overlay, Balance::PerConnection).await
+}
+
+async fn behind_a_balancer(kafka: &Kafka, redis: &Redis, n: usize, overlay: &str, balance: Balance) -> (Vec<Herald>, RoundRobin) {
     let yaml = config_yaml(kafka, Some(redis), overlay);
     let mut heralds = vec![Herald::start(&with_kafka(&yaml, "topics: [user-notifications]")).await];
     for _ in 1..n {
@@ -34,7 +38,7 @@ async fn behind_a_proxy_with(kafka: &Kafka, redis: &Redis, n: usize, overlay: &s
         assigned == 4.0
     })
     .await;
-    let proxy = RoundRobin::start(heralds.iter().map(|h| h.addr).collect()).await;
+    let proxy = RoundRobin::start_with(heralds.iter().map(|h| h.addr).collect(), balance).await;
     (heralds, proxy)
 }
 
@@ -125,7 +129,8 @@ async fn moved(heralds: &[Herald], direction: &str) -> f64 {
 }
 
 /// Default clients connect while notifications stream to their users, their group and
-/// everyone: each upgrade that reaches another instance moves the session there, and every
+/// everyone, behind a balancer that sends each WebSocket upgrade to an instance other than its
+/// session's: each upgrade moves its session there, and every
 /// socket gets each stream from its first notification on, once, in order, with no gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_move_with_their_upgrade_and_miss_nothing() {
@@ -136,7 +141,7 @@ async fn sessions_move_with_their_upgrade_and_miss_nothing() {
     let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
     let redis = Redis::start().await;
     let overlay = format!("auth: {{jwt: {{groups_claim: groups}}}}\napi: {{key: {KEY}, rate_limit_per_sec: 1000}}");
-    let (heralds, proxy) = behind_a_proxy_with(&kafka, &redis, 3, &overlay).await;
+    let (heralds, proxy) = behind_a_balancer(&kafka, &redis, 3, &overlay, Balance::UpgradesElsewhere).await;
     let users: Vec<String> = (0..CLIENTS).map(|i| format!("mover-{i}")).collect();
     let publish_url = format!("{}/api/publish", heralds[0].url());
     let audiences =
@@ -176,8 +181,7 @@ async fn sessions_move_with_their_upgrade_and_miss_nothing() {
     }
     let (moved_in, moved_out, failed) = (moved(&heralds, "in").await, moved(&heralds, "out").await, moved(&heralds, "failed").await);
     eprintln!("sessions moved with their upgrade: {moved_in} of {CLIENTS}");
-    assert!(moved_in > 0.0, "some upgrades reached another instance than their session's");
-    assert_eq!((moved_out, failed), (moved_in, 0.0), "each move handed over, none failed");
+    assert_eq!((moved_in, moved_out, failed), (CLIENTS as f64, CLIENTS as f64, 0.0), "each upgrade moved its session, none failed");
     leave_cleanly(c, &users.iter().map(String::as_str).collect::<Vec<_>>(), heralds).await;
 }
 
@@ -261,13 +265,15 @@ async fn an_upgrade_and_what_follows_it_in_one_write_reach_the_moved_session() {
     }
 }
 
-/// python-socketio, over long-polling through the proxy and with its default transports.
+/// python-socketio, over long-polling and with its default transports, behind a balancer that
+/// picks an instance per request (its kept-alive connections would often stay on one) and sends
+/// the upgrade to an instance other than its session's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_socketio_needs_no_affinity() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
     let redis = Redis::start().await;
-    let (heralds, proxy) = behind_a_proxy(&kafka, &redis, 2).await;
+    let (heralds, proxy) = behind_a_balancer(&kafka, &redis, 2, "", Balance::UpgradesElsewhere).await;
     let mut c = Clients::start_python().await;
     let clients =
         [("py-polling-1", json!(["polling"])), ("py-polling-2", json!(["polling"])), ("py-default", json!(["polling", "websocket"]))];
@@ -288,6 +294,7 @@ async fn python_socketio_needs_no_affinity() {
         assert_eq!(c.expect_ack(id, "auth_refresh").await, json!({"ok": true, "expires_at": fresh}), "{id}: refreshed");
     }
     assert!(forwarded(&heralds, "sent").await > 0.0, "some requests reached another instance than their session's");
+    assert_eq!((moved(&heralds, "in").await, moved(&heralds, "failed").await), (1.0, 0.0), "py-default's session moved with its upgrade");
     // A burst to one of them: every notification, once, in order.
     let user = clients[0].0;
     const N: i64 = 30;

@@ -181,6 +181,25 @@ async fn a_polling_payload_carries_several_packets_each_way() {
     assert!(s.errors(ProtocolError::BadEnginePacket, false) >= 1);
 }
 
+/// python-engineio's client drops its connection on a payload of more than 16 packets; a burst
+/// is answered 16 packets a poll, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_a_polling_client_at_most_16_packets_a_poll() {
+    let s = Server::start().await;
+    let session = s.polling("/engine.io/").await;
+    let sent: Vec<String> = (0..40).map(|n| format!("4m{n}")).collect();
+    assert_eq!(s.post(&session, sent.join("\u{1e}")).await, (200, "ok".into()));
+    let mut got = Vec::new();
+    for expected in [16, 16, 8] {
+        let (status, body) = s.get(&session).await;
+        assert_eq!(status, 200);
+        let packets: Vec<String> = body.split('\u{1e}').map(String::from).collect();
+        assert_eq!(packets.len(), expected, "{body}");
+        got.extend(packets);
+    }
+    assert_eq!(got, sent, "every echo, once, in order");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_poll_while_one_waits_ends_the_session() {
     let s = Arc::new(Server::start().await);

@@ -8,6 +8,7 @@ Reads one JSON command per line on stdin and writes one JSON event per line on s
 Events: {"id","type":"connect"|"connect_error"|"disconnect"|"event"|"ack", ...}.
 """
 import json
+import logging
 import sys
 import threading
 
@@ -25,7 +26,15 @@ def out(obj):
 
 def connect(cmd):
     sid = cmd["id"]
-    client = socketio.Client(reconnection=False)
+    # python-engineio says why it gave up a connection only in its log: warnings go to stderr,
+    # which the tests show.
+    log = logging.getLogger(f"engineio.client.{sid}")
+    log.setLevel(logging.INFO if cmd.get("verbose") else logging.WARNING)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s python-engineio {sid}: %(message)s"))
+        log.addHandler(handler)
+    client = socketio.Client(reconnection=False, engineio_logger=log)
     # python-engineio runs each message's handler on a thread of its own, so the order the
     # test would see is the threads', not the order herald sent. Handled in the read loop
     # instead (the handlers here only print), the test sees what arrived, in order.

@@ -44,6 +44,11 @@ pub(super) fn handshake<H: Handler>(engine: &Arc<Shared<H>>, handshake: super::H
     Response::new(200, TEXT, Bytes::copy_from_slice(open.packet()))
 }
 
+/// The most packets one poll answers with; the rest wait for the next poll, which the client
+/// sends at once. python-engineio's client refuses a payload of more than 16 packets ("Too many
+/// packets in payload") and drops its connection, so a burst must not reach it in one payload.
+pub(super) const PACKETS_PER_POLL: usize = 16;
+
 /// A GET: what is queued, or the next packets as they come (a ping comes every interval, so
 /// the wait is bounded).
 pub(super) async fn poll<H: Handler>(session: &Arc<Session<H>>) -> Result<Response, ProtocolError> {
@@ -75,7 +80,7 @@ pub(super) async fn poll<H: Handler>(session: &Arc<Session<H>>) -> Result<Respon
             let queued = Session::<H>::has_queued(&out);
             if queued || closing.is_some() || upgraded {
                 out.polling_get = false;
-                let mut body = if upgraded { Vec::new() } else { Session::<H>::take_polling_payload(&mut out) };
+                let mut body = if upgraded { Vec::new() } else { Session::<H>::take_polling_payload(&mut out, PACKETS_PER_POLL) };
                 // The goodbye goes alone, after what was queued (a DISCONNECT, say): a client
                 // handles Socket.IO packets a tick late, and a close packet in the same payload
                 // would end its transport before it read them.

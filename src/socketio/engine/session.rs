@@ -458,7 +458,12 @@ impl<H: Handler> Session<H> {
     }
 
     /// Takes the packets for a long-polling response, as one payload.
-    pub(super) fn take_polling_payload(out: &mut Outbox) -> Vec<u8> {
+    pub(super) fn take_polling_payload(out: &mut Outbox, most: usize) -> Vec<u8> {
+        if out.queue.len() > most {
+            let body = polling_payload(&out.queue.make_contiguous()[..most]);
+            out.queue.drain(..most);
+            return body;
+        }
         let body = polling_payload(out.queue.make_contiguous());
         out.queue = VecDeque::new();
         body
@@ -495,7 +500,7 @@ impl<H: Handler> Session<H> {
             let mut out = self.lock();
             out.closing = Some(CloseReason::Moved);
             out.queue.retain(|f| f.packet() != NOOP.packet());
-            Self::take_polling_payload(&mut out)
+            Self::take_polling_payload(&mut out, usize::MAX)
         };
         self.forget();
         self.mark_finished();
