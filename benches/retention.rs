@@ -87,5 +87,6 @@ fn notification(n: usize, retain: bool) -> Notification {
         consumed_us: 0,
         retain,
         origin: retain.then(|| format!("user-notifications/{}/{n}/0", n % 4).into()),
+        trace: None,
     }
 }

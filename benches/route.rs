@@ -87,5 +87,14 @@ fn median_rate(mut f: impl FnMut(usize)) -> f64 {
 }
 
 fn record(i: usize, value: Option<&[u8]>) -> Record<'_> {
-    Record { topic: "user-notifications", partition: 0, offset: i as i64, key: None, value, timestamp_ms: Some(0), headers: &[] }
+    Record {
+        topic: "user-notifications",
+        partition: 0,
+        offset: i as i64,
+        key: None,
+        value,
+        timestamp_ms: Some(0),
+        headers: &[],
+        trace: None,
+    }
 }

@@ -117,6 +117,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(prepared: Prepared) -> anyhow::Result<()> {
     herald::telemetry::init(&prepared.config.log);
+    herald::telemetry::spans::start(&prepared.config.telemetry)?;
     if let Some((before, after)) = herald::process::raise_open_file_limit() {
         tracing::info!(before, after, "Raised the open-file limit (each socket is a file descriptor).");
     }
@@ -135,6 +136,7 @@ fn run(prepared: Prepared) -> anyhow::Result<()> {
     });
     // A blocking call stuck on an unreachable cluster must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    herald::telemetry::spans::shutdown(std::time::Duration::from_secs(5));
     result
 }
 
@@ -204,6 +206,7 @@ fn dry_run(router: &Router, topic: &str, key: Option<&str>, record: &str) -> any
         value: Some(&value),
         timestamp_ms: Some(herald::clock::unix_ms()),
         headers: &[],
+        trace: None,
     };
     let mut out = Vec::new();
     match router.route(&record, &mut out) {

@@ -166,6 +166,7 @@ async fn a_retried_store_keeps_one_copy_in_the_history() {
         consumed_us: 0,
         retain: true,
         origin: Some(origin.into()),
+        trace: None,
     };
     let (first, second) = (notification(1, "t/0/5/0"), notification(2, "t/0/6/0"));
 

@@ -2,7 +2,9 @@
 //! with `"i":id` first for retained notifications (added by the Redis store script), `"o"` its
 //! origin (its id for receipts), and `"g"` every group its record addressed, on a group's
 //! channel when there were several. `"c"` (when the record was taken from Kafka, for herald's
-//! own latency) is optional, as for any publisher other than herald.
+//! own latency) is optional, as for any publisher other than herald. `"tp"` and `"ts"` carry the
+//! W3C `traceparent` and `tracestate` of a notification that continues a trace (any publisher
+//! may add them; an invalid `"tp"` is ignored).
 //!
 //! JSON so that operators can read it with `redis-cli subscribe` and other services can publish
 //! to a user's channel; the payload is spliced in as raw text and read back borrowed, so it is
@@ -13,6 +15,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::inbound::Arrival;
 use crate::replay::NotificationId;
 use crate::route::{Audience, Notification};
 
@@ -37,9 +40,25 @@ pub struct Envelope<'a> {
     /// On a group's channel: all the groups the record addressed, when more than one.
     #[serde(rename = "g", default, borrow)]
     pub among: Vec<Cow<'a, str>>,
+    #[serde(rename = "tp", default, borrow)]
+    pub traceparent: Option<Cow<'a, str>>,
+    #[serde(rename = "ts", default, borrow)]
+    pub tracestate: Option<Cow<'a, str>>,
 }
 
-impl Envelope<'_> {
+impl<'a> Envelope<'a> {
+    /// What the notification is, to hand to the sockets.
+    pub fn arrival(&'a self) -> Arrival<'a> {
+        Arrival {
+            event: &self.event,
+            payload: self.payload,
+            timestamp_ms: self.timestamp_ms,
+            consumed_us: self.consumed_us(),
+            traceparent: self.traceparent.as_deref(),
+            tracestate: self.tracestate.as_deref(),
+        }
+    }
+
     /// When herald took the record, in microseconds since the epoch; 0 if absent or not an integer.
     pub fn consumed_us(&self) -> i64 {
         self.consumed.and_then(|c| c.get().parse().ok()).unwrap_or(0)
@@ -81,6 +100,16 @@ fn encode_with(n: &Notification, id: Option<NotificationId>) -> String {
     if let Audience::Group { among: Some(all), .. } = &n.to {
         out.push_str(",\"g\":");
         out.push_str(&serde_json::to_string(&**all).expect("strings always serialise"));
+    }
+    if let Some(trace) = &n.trace {
+        // A checked traceparent is hex and dashes; a tracestate may need escaping.
+        out.push_str(",\"tp\":\"");
+        out.push_str(trace.traceparent());
+        out.push('"');
+        if let Some(state) = trace.tracestate() {
+            out.push_str(",\"ts\":");
+            out.push_str(&serde_json::to_string(state).expect("a string always serialises"));
+        }
     }
     out.push_str(",\"p\":");
     out.push_str(payload);
@@ -221,6 +250,7 @@ mod tests {
             consumed_us: 1_700_000_000_123_456,
             retain: false,
             origin: None,
+            trace: None,
         };
         let wire = encode(&n);
         let env = decode(wire.as_bytes()).unwrap();

@@ -31,23 +31,30 @@ impl Addressee<'_> {
     }
 }
 
+/// A notification as it arrives, borrowed from its message.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub event: &'a str,
+    pub payload: &'a RawValue,
+    /// When its record was produced (milliseconds since the epoch).
+    pub timestamp_ms: i64,
+    /// When herald consumed its record (microseconds since the epoch); 0 if unknown.
+    pub consumed_us: i64,
+    /// The W3C trace context it continues, as its publisher wrote it (checked where used).
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
+
 /// The sockets of this instance, as the bus sees them.
 pub trait Inbound: Send + Sync {
-    /// Emits `event` with `payload` (and `{"id": id}` as a second argument, for receipts) to
-    /// every local socket of `to`; returns how many it reached.
-    fn deliver(&self, to: Addressee<'_>, event: &str, payload: &RawValue, id: Option<&str>, timestamp_ms: i64, consumed_us: i64) -> usize;
+    /// Emits `n` (with `{"id": id}` as a second argument, for receipts, and its
+    /// `traceparent` there when it has one) to every local socket of `to`; returns how many it
+    /// reached.
+    fn deliver(&self, to: Addressee<'_>, n: &Arrival<'_>, id: Option<&str>) -> usize;
 
     /// Emits a retained notification, stored as `id`, to every local socket of `user`, after
     /// any replay in progress on each.
-    fn deliver_retained(
-        &self,
-        user: &str,
-        id: NotificationId,
-        event: &str,
-        payload: &RawValue,
-        timestamp_ms: i64,
-        consumed_us: i64,
-    ) -> usize;
+    fn deliver_retained(&self, user: &str, id: NotificationId, n: &Arrival<'_>) -> usize;
 
     /// Sockets of `user` here (the in-process bus's presence answer).
     fn sockets_of(&self, user: &str) -> usize;
@@ -71,11 +78,11 @@ pub trait Inbound: Send + Sync {
 pub struct Nobody;
 
 impl Inbound for Nobody {
-    fn deliver(&self, _: Addressee<'_>, _: &str, _: &RawValue, _: Option<&str>, _: i64, _: i64) -> usize {
+    fn deliver(&self, _: Addressee<'_>, _: &Arrival<'_>, _: Option<&str>) -> usize {
         0
     }
 
-    fn deliver_retained(&self, _: &str, _: NotificationId, _: &str, _: &RawValue, _: i64, _: i64) -> usize {
+    fn deliver_retained(&self, _: &str, _: NotificationId, _: &Arrival<'_>) -> usize {
         0
     }
 

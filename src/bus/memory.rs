@@ -5,6 +5,7 @@ use super::Published;
 use crate::config::ReplayConfig;
 use std::sync::Arc;
 
+use super::inbound::Arrival;
 use super::{Addressee, Inbound};
 use crate::replay::memory::MemoryHistory;
 use crate::replay::{History, NotificationId};
@@ -33,7 +34,7 @@ impl MemoryBus {
             let published = match (&n.to, n.retain) {
                 (Audience::User(user), true) => {
                     let id = self.history.append(user, &n.event, &n.payload, crate::clock::unix_ms().max(0) as u64);
-                    let receivers = self.deliverer.deliver_retained(user, id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us);
+                    let receivers = self.deliverer.deliver_retained(user, id, &arrival(n));
                     Published { receivers, stored: Some(id) }
                 }
                 (to, _) => {
@@ -46,7 +47,7 @@ impl MemoryBus {
                         Audience::Group { name, .. } => Addressee::Group { name, among: &among },
                         Audience::Broadcast => Addressee::Everyone,
                     };
-                    let receivers = self.deliverer.deliver(to, &n.event, &n.payload, n.origin.as_deref(), n.timestamp_ms, n.consumed_us);
+                    let receivers = self.deliverer.deliver(to, &arrival(n), n.origin.as_deref());
                     Published { receivers, stored: None }
                 }
             };
@@ -59,7 +60,7 @@ impl MemoryBus {
         stored
             .iter()
             .map(|(n, id)| match &n.to {
-                Audience::User(user) => self.deliverer.deliver_retained(user, *id, &n.event, &n.payload, n.timestamp_ms, n.consumed_us),
+                Audience::User(user) => self.deliverer.deliver_retained(user, *id, &arrival(n)),
                 _ => 0,
             })
             .collect()
@@ -75,5 +76,17 @@ impl MemoryBus {
 
     pub fn history(&self, user_id: &str, since: Option<NotificationId>, last_n: usize) -> History {
         self.history.after(user_id, since, last_n)
+    }
+}
+
+/// A notification as the in-process bus hands it over.
+fn arrival(n: &Notification) -> Arrival<'_> {
+    Arrival {
+        event: &n.event,
+        payload: &n.payload,
+        timestamp_ms: n.timestamp_ms,
+        consumed_us: n.consumed_us,
+        traceparent: n.trace.as_deref().map(|t| t.traceparent()),
+        tracestate: n.trace.as_deref().and_then(|t| t.tracestate()),
     }
 }

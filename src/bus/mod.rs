@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-pub use inbound::{Addressee, Inbound};
+pub use inbound::{Addressee, Arrival, Inbound};
 /// The RESP reader and writer of herald's own Redis connections (public for the fuzzer).
 pub use redis::resp;
 

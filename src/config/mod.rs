@@ -8,6 +8,7 @@ mod redis;
 mod redis_tls;
 mod redis_url;
 mod server;
+mod telemetry;
 mod walk;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,8 @@ use redis_tls::read_tls;
 pub use redis_url::{RedisAddress, RedisTarget};
 pub use server::{ServerConfig, SlowClient};
 use server::{check_event_name, read_server};
+pub use telemetry::TelemetryConfig;
+use telemetry::read_telemetry;
 pub use walk::{ConfigError, ConfigErrors};
 use walk::{Section, Walk, kind};
 
@@ -45,6 +48,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub demo: DemoConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     /// The directory of the config file; relative paths in the config resolve against it.
     pub base_dir: PathBuf,
 }
@@ -171,7 +175,8 @@ impl Config {
             let api = read_api(walk, top.raw("api"));
             let demo = read_demo(walk, top.raw("demo"), kafka.brokers == Brokers::Embedded);
             let log = read_log(walk, top.raw("log"));
-            Config { server, kafka, redis, auth, routes, replay, api, demo, log, base_dir }
+            let telemetry = read_telemetry(walk, top.raw("telemetry"));
+            Config { server, kafka, redis, auth, routes, replay, api, demo, log, telemetry, base_dir }
         });
         config.check_cross_references(walk);
         config

@@ -336,3 +336,27 @@ fn kafka_security_that_cannot_work_is_refused_by_path() {
     let oidc = with("security.protocol: SASL_SSL, sasl.mechanism: OAUTHBEARER, sasl.oauthbearer.method: oidc");
     assert_eq!(oidc.is_empty(), cfg!(feature = "oidc"), "{oidc:?}");
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_its_bad_values_are_refused_by_path() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.telemetry, super::TelemetryConfig::default());
+    assert_eq!(config.telemetry.endpoint, None);
+    let yaml = format!(
+        "{MINIMAL}telemetry: {{otlp: {{endpoint: 'ftp://c:21', headers: {{'bad name': x}}, timeout_ms: 0}}, sampling_ratio: 2, service_name: ''}}\n"
+    );
+    assert_eq!(
+        error_paths(&yaml),
+        [
+            "telemetry.otlp.endpoint",
+            "telemetry.otlp.headers.bad name",
+            "telemetry.otlp.timeout_ms",
+            "telemetry.sampling_ratio",
+            "telemetry.service_name"
+        ]
+    );
+    let good =
+        parse(&format!("{MINIMAL}telemetry: {{otlp: {{endpoint: 'https://c:4318', headers: {{api-key: k}}}}, sampling_ratio: 0.5}}\n"))
+            .unwrap();
+    assert_eq!((good.telemetry.endpoint.as_deref(), good.telemetry.sampling_ratio), (Some("https://c:4318"), Some(0.5)));
+}

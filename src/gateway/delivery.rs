@@ -9,12 +9,17 @@ use tracing::warn;
 use super::member::{Client, Member};
 use super::presence::{Entry, Presence};
 use super::revocation::Revocations;
-use crate::bus::{Addressee, Inbound};
+use crate::bus::{Addressee, Arrival, Inbound};
 use crate::clock::unix_us;
 use crate::config::SlowClient;
-use crate::metrics::{AudienceKind, Metrics};
-use crate::replay::{self, NotificationId};
+use crate::metrics::{AudienceKind, LabelValue, Metrics};
+use crate::replay::NotificationId;
 use crate::socketio::{SendError, event_frame};
+use crate::telemetry::TraceContext;
+use crate::telemetry::context::TraceParent;
+use crate::telemetry::spans::Traced;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// Emits notifications to the sockets of this instance. Cheap to clone.
 #[derive(Clone)]
@@ -36,6 +41,39 @@ fn takes_from(member: &Member, group: &str, among: &[&str]) -> bool {
 
 /// The namespace herald's sockets live in.
 const NAMESPACE: &str = "/";
+
+/// The second argument of a notification: `{"id":…,"traceparent":…}` with what it has, or
+/// none. Built once per notification, for all its sockets.
+fn meta(id: Option<&str>, traceparent: Option<&str>) -> Option<Box<RawValue>> {
+    // What another publisher wrote is passed on only if it is a valid traceparent.
+    let traceparent = traceparent.filter(|t| TraceParent::parse(t).is_some());
+    if id.is_none() && traceparent.is_none() {
+        return None;
+    }
+    let mut out = String::from("{");
+    if let Some(id) = id {
+        out.push_str("\"id\":");
+        out.push_str(&serde_json::to_string(id).expect("a string always serialises"));
+    }
+    if let Some(t) = traceparent {
+        out.push_str(if id.is_some() { ",\"traceparent\":\"" } else { "\"traceparent\":\"" });
+        out.push_str(t);
+        out.push('"');
+    }
+    out.push('}');
+    Some(RawValue::from_string(out).expect("valid JSON"))
+}
+
+/// The `deliver` span of a notification that continues a traced trace, when exporting.
+fn delivery_span(n: &Arrival<'_>, kind: AudienceKind) -> Option<Traced> {
+    let tracer = crate::telemetry::tracer()?;
+    let parent = TraceContext::parse(n.traceparent?, n.tracestate)?;
+    if !tracer.traces(Some(&parent)) {
+        return None;
+    }
+    let attributes = vec![KeyValue::new("herald.audience", kind.as_label())];
+    Some(tracer.start("deliver", SpanKind::Consumer, Some(&parent), std::time::SystemTime::now(), attributes))
+}
 
 impl Deliverer {
     pub fn new(
@@ -118,23 +156,25 @@ impl Inbound for Deliverer {
         self.presence.sockets_in_group(group)
     }
 
-    /// Emits `event` with `payload` to every socket of `to` here (and `{"id": id}` as the
-    /// second argument, when the notification has one for receipts); returns how many sockets
+    /// Emits the notification to every socket of `to` here (with `{"id": id}` as the second
+    /// argument, when it has one for receipts, and its `traceparent`); returns how many sockets
     /// it reached.
-    fn deliver(&self, to: Addressee<'_>, event: &str, payload: &RawValue, id: Option<&str>, timestamp_ms: i64, consumed_us: i64) -> usize {
+    fn deliver(&self, to: Addressee<'_>, n: &Arrival<'_>, id: Option<&str>) -> usize {
         let mut frame = None;
+        let mut span = None;
         let (mut reached, mut failed) = (0, 0);
         let mut slow: Vec<Client> = Vec::new();
         let mut send = |e: &Entry| {
             if !e.member.takes(to) {
                 return;
             }
-            let frame = frame.get_or_insert_with(|| match id {
-                Some(id) => {
-                    let meta = RawValue::from_string(serde_json::json!({ "id": id }).to_string()).expect("valid JSON");
-                    event_frame(NAMESPACE, event, &[payload, &meta])
+            let frame = frame.get_or_insert_with(|| {
+                span = delivery_span(n, to.kind());
+                let traceparent = span.as_ref().map_or(n.traceparent, |s| Some(s.context.traceparent()));
+                match meta(id, traceparent) {
+                    Some(meta) => event_frame(NAMESPACE, n.event, &[n.payload, &meta]),
+                    None => event_frame(NAMESPACE, n.event, &[n.payload]),
                 }
-                None => event_frame(NAMESPACE, event, &[payload]),
             });
             match e.socket.send(frame) {
                 Ok(()) => reached += 1,
@@ -154,26 +194,23 @@ impl Inbound for Deliverer {
             }),
             Addressee::Everyone => self.presence.each_everyone(send),
         };
+        if let Some(mut span) = span {
+            span.set(KeyValue::new("herald.sockets", reached as i64));
+            span.end();
+        }
         if sockets == 0 {
             return 0;
         }
         self.disconnect_slow(slow);
-        self.finish(to.kind(), reached, failed, timestamp_ms, consumed_us)
+        self.finish(to.kind(), reached, failed, n.timestamp_ms, n.consumed_us)
     }
 
     /// Emits a retained notification (with its id as a second argument) to every socket of the
     /// user here, through each socket's replay gate, so a socket in the middle of a replay gets
     /// it afterwards, once.
-    fn deliver_retained(
-        &self,
-        user_id: &str,
-        id: NotificationId,
-        event: &str,
-        payload: &RawValue,
-        timestamp_ms: i64,
-        consumed_us: i64,
-    ) -> usize {
+    fn deliver_retained(&self, user_id: &str, id: NotificationId, n: &Arrival<'_>) -> usize {
         let mut frame = None;
+        let mut span = None;
         let mut failed = 0usize;
         let mut slow: Vec<Client> = Vec::new();
         let sockets = self.presence.each_socket(user_id, |e| {
@@ -181,8 +218,10 @@ impl Inbound for Deliverer {
                 return;
             }
             let frame = frame.get_or_insert_with(|| {
-                let meta = RawValue::from_string(replay::meta(id).to_string()).expect("valid JSON");
-                event_frame(NAMESPACE, event, &[payload, &meta])
+                span = delivery_span(n, AudienceKind::User);
+                let traceparent = span.as_ref().map_or(n.traceparent, |s| Some(s.context.traceparent()));
+                let meta = meta(Some(&id.to_string()), traceparent).expect("an id");
+                event_frame(NAMESPACE, n.event, &[n.payload, &meta])
             });
             let held = e.member.gate.offer(id, frame.clone(), |frame| match e.socket.send(frame) {
                 Ok(()) => {}
@@ -196,10 +235,14 @@ impl Inbound for Deliverer {
                 failed += 1;
             }
         });
+        if let Some(mut span) = span {
+            span.set(KeyValue::new("herald.sockets", sockets.saturating_sub(failed) as i64));
+            span.end();
+        }
         if sockets == 0 {
             return 0;
         }
         self.disconnect_slow(slow);
-        self.finish(AudienceKind::User, sockets.saturating_sub(failed), failed, timestamp_ms, consumed_us)
+        self.finish(AudienceKind::User, sockets.saturating_sub(failed), failed, n.timestamp_ms, n.consumed_us)
     }
 }

@@ -1,16 +1,19 @@
 //! Receipts: a client acknowledges a notification (`delivered` or `read`) by emitting
 //! `server.receipt_event` with `{id, state}`; herald produces it to `kafka.receipts_topic` with
 //! the user id of the authenticated socket (a client can never write a receipt for another
-//! user), the socket id and a timestamp, and acks the client once Kafka has it.
+//! user), the socket id and a timestamp, and acks the client once Kafka has it. A receipt that
+//! carries its notification's `traceparent` (the second argument's) has it as a record header.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
 use crate::clock::unix_ms;
+use crate::telemetry::TraceContext;
 
 /// Longest notification id a receipt may name (herald's own are far shorter).
 const MAX_ID: usize = 256;
@@ -57,9 +60,24 @@ impl Receipts {
             return Err(Refused::RateLimited);
         }
         let value = json!({"user_id": user_id, "id": id, "state": state, "socket_id": socket_id, "timestamp_ms": unix_ms()}).to_string();
-        let record = FutureRecord::<str, str>::to(&self.topic).key(user_id).payload(&value);
+        let mut record = FutureRecord::<str, str>::to(&self.topic).key(user_id).payload(&value);
+        // The notification's trace, handed back by the client: the receipt closes it.
+        if let Some(trace) = trace_of(data) {
+            let mut headers = OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(trace.traceparent()) });
+            if let Some(state) = trace.tracestate() {
+                headers = headers.insert(Header { key: "tracestate", value: Some(state) });
+            }
+            record = record.headers(headers);
+        }
         self.producer.send(record, Duration::from_secs(10)).await.map(drop).map_err(|(e, _)| Refused::Failed(e.to_string()))
     }
+}
+
+/// The `traceparent` (and `tracestate`) a receipt carries, as its notification's second
+/// argument gave them; an invalid one is left out, the receipt still taken.
+fn trace_of(data: &Value) -> Option<TraceContext> {
+    let traceparent = data.get("traceparent")?.as_str()?;
+    TraceContext::parse(traceparent, data.get("tracestate").and_then(Value::as_str))
 }
 
 fn parse(data: &Value) -> Result<(&str, &str), Refused> {
@@ -110,6 +128,10 @@ mod tests {
             assert!(matches!(parse(&bad), Err(Refused::Invalid(_))), "{bad}");
         }
         assert!(parse(&json!({"id": "x".repeat(MAX_ID + 1), "state": "read"})).is_err());
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_of(&json!({"id": "x", "state": "read", "traceparent": tp})).unwrap().traceparent(), tp);
+        assert_eq!(trace_of(&json!({"id": "x", "state": "read", "traceparent": "junk"})), None);
+        assert_eq!(trace_of(&json!({"id": "x", "state": "read"})), None);
     }
 
     #[test]

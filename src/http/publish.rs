@@ -19,6 +19,7 @@ use crate::bus::Bus;
 use crate::clock::{unix_ms, unix_us};
 use crate::config::ApiConfig;
 use crate::route::{Audience, Notification};
+use crate::telemetry::TraceContext;
 
 pub struct PublishApi {
     key_digest: [u8; 32],
@@ -123,6 +124,9 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
     };
     let timestamp_ms = unix_ms();
     let consumed_us = unix_us();
+    // The caller's trace continues to the clients, as a Kafka record's does.
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let trace = header("traceparent").and_then(|tp| TraceContext::parse(tp, header("tracestate"))).map(Arc::new);
     let batch: Vec<Notification> = audiences
         .into_iter()
         .map(|to| Notification {
@@ -133,6 +137,7 @@ pub async fn publish(State(api): State<Arc<PublishApi>>, headers: HeaderMap, bod
             consumed_us,
             retain: request.retain,
             origin: None,
+            trace: trace.clone(),
         })
         .collect();
     match api.bus.publish(&batch).await {

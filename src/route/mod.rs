@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, ConfigErrors, UserIdSource};
 use crate::metrics::Metrics;
+use crate::telemetry::TraceContext;
 use script::{Limits, Script};
 
 pub use dropped::DropReason;
@@ -37,6 +38,9 @@ pub struct Record<'a> {
     /// Milliseconds since the epoch, from the record (producer or broker time).
     pub timestamp_ms: Option<i64>,
     pub headers: &'a [(&'a str, &'a [u8])],
+    /// The trace its notifications continue: its `traceparent`, or the span of herald's that
+    /// consumed it (the source reads it from the headers).
+    pub trace: Option<&'a Arc<TraceContext>>,
 }
 
 /// Why a record produced no notification. Permanent: the record is counted and skipped.
@@ -274,6 +278,14 @@ impl Router {
         }
     }
 
+    /// What routes `topic`'s records: its script's name, or `default`.
+    pub fn rule_name(&self, topic: &str) -> String {
+        match self.table.load().rules.get(topic) {
+            Some(Rule::Script { script, .. }) => script.name.clone(),
+            _ => "default".to_owned(),
+        }
+    }
+
     /// Routes one record. Appends its notifications to `out` (so a batch reuses one buffer); a
     /// record that fails appends nothing, even if its script returned some good items first.
     pub fn route(&self, record: &Record<'_>, out: &mut Vec<Notification>) -> Result<(), RouteError> {
@@ -340,6 +352,11 @@ impl Router {
         if let Err(e) = self.route_by_rule(table, record, out) {
             out.truncate(first);
             return Err(e);
+        }
+        if let Some(trace) = record.trace {
+            for n in &mut out[first..] {
+                n.trace = Some(trace.clone());
+            }
         }
         let retain = self.retained.contains(record.topic);
         if retain || self.all_origins {
@@ -461,7 +478,7 @@ mod tests {
     }
 
     fn record<'a>(topic: &'a str, key: Option<&'a [u8]>, value: &'a [u8]) -> Record<'a> {
-        Record { topic, partition: 0, offset: 7, key, value: Some(value), timestamp_ms: Some(1000), headers: &[] }
+        Record { topic, partition: 0, offset: 7, key, value: Some(value), timestamp_ms: Some(1000), headers: &[], trace: None }
     }
 
     fn route(r: &Router, rec: Record<'_>) -> Result<Vec<Notification>, RouteError> {
@@ -550,6 +567,7 @@ mod script_tests {
             value: Some(value.as_bytes()),
             timestamp_ms: Some(5),
             headers: &[("h", b"v")],
+            trace: None,
         };
         let mut out = Vec::new();
         r.route(&record, &mut out).map(|()| out)
@@ -608,7 +626,8 @@ mod script_tests {
         // A failing record adds nothing, not even the good items before the bad one.
         let (r, _d) = scripted("fn route(r) { [#{ user_id: \"a\" }, 7] }");
         let mut out = Vec::new();
-        let record = Record { topic: "t", partition: 0, offset: 1, key: None, value: Some(b"{}"), timestamp_ms: None, headers: &[] };
+        let record =
+            Record { topic: "t", partition: 0, offset: 1, key: None, value: Some(b"{}"), timestamp_ms: None, headers: &[], trace: None };
         assert!(r.route(&record, &mut out).is_err());
         assert!(out.is_empty(), "{:?}", summary(&out));
     }
@@ -665,6 +684,7 @@ mod script_tests {
                 value: Some(v.as_bytes()),
                 timestamp_ms: Some(1),
                 headers: &[],
+                trace: None,
             })
             .collect();
         let failures = |failed: Failures| failed.into_iter().map(|(i, e)| (i, e.reason)).collect::<Vec<_>>();
@@ -739,8 +759,16 @@ mod script_tests {
         assert_eq!(shipped, ["team-notifications.rhai", "user-notifications.rhai"], "every shipped script is covered here");
 
         let run = |topic: &str, value: &str| {
-            let record =
-                Record { topic, partition: 0, offset: 0, key: None, value: Some(value.as_bytes()), timestamp_ms: Some(1), headers: &[] };
+            let record = Record {
+                topic,
+                partition: 0,
+                offset: 0,
+                key: None,
+                value: Some(value.as_bytes()),
+                timestamp_ms: Some(1),
+                headers: &[],
+                trace: None,
+            };
             let mut out = Vec::new();
             r.route(&record, &mut out).map(|()| summary(&out))
         };

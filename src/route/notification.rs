@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use crate::metrics::AudienceKind;
+use crate::telemetry::TraceContext;
 
 /// Who one notification is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +67,14 @@ pub struct Notification {
     /// retried after a lost reply finds it there instead of storing it twice. None from the
     /// publish API, whose requests have no such identity.
     pub origin: Option<Box<str>>,
+    /// The W3C trace context it carries on to the client (its record's, or herald's span's).
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 impl Notification {
     /// A live notification to `to`, with no origin.
     pub fn new(to: Audience, event: Arc<str>, payload: Box<RawValue>, timestamp_ms: i64) -> Self {
-        Self { to, event, payload, timestamp_ms, consumed_us: 0, retain: false, origin: None }
+        Self { to, event, payload, timestamp_ms, consumed_us: 0, retain: false, origin: None, trace: None }
     }
 }
 

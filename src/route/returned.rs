@@ -125,7 +125,8 @@ pub mod tests {
     fn run(source: &str) -> Result<Vec<Notification>, String> {
         let engine = rhai::Engine::new();
         let result: Dynamic = engine.eval(source).map_err(|e| e.to_string())?;
-        let record = Record { topic: "t", partition: 0, offset: 0, key: None, value: Some(b"{}"), timestamp_ms: None, headers: &[] };
+        let record =
+            Record { topic: "t", partition: 0, offset: 0, key: None, value: Some(b"{}"), timestamp_ms: None, headers: &[], trace: None };
         let mut out = Vec::new();
         collect(result, &Arc::from("n"), &record, 1, &mut out).map(|()| out)
     }

@@ -162,7 +162,16 @@ mod tests {
     }
 
     fn record(value: &[u8]) -> Record<'_> {
-        Record { topic: "t", partition: 1, offset: 2, key: Some(b"k"), value: Some(value), timestamp_ms: Some(3), headers: &[] }
+        Record {
+            topic: "t",
+            partition: 1,
+            offset: 2,
+            key: Some(b"k"),
+            value: Some(value),
+            timestamp_ms: Some(3),
+            headers: &[],
+            trace: None,
+        }
     }
 
     fn run(source: &str, value: &[u8]) -> Result<Dynamic, String> {

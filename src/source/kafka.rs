@@ -18,12 +18,14 @@ use tracing::{debug, error, info, warn};
 
 use super::dead_letter::DeadLetter;
 use super::offline::OfflineHandOff;
+use super::traced::BatchSpans;
 use crate::bus::Bus;
 use crate::bus::retry::Backoff;
 use crate::clock::unix_us;
 use crate::config::Config;
 use crate::metrics::{ByLabel, LabelValue, Metrics, RECORDS_DROPPED};
 use crate::route::{DropReason, Notification, Record, RouteError, Router};
+use crate::telemetry::TraceContext;
 use crate::throttle::{Throttle, Verdict};
 
 /// Settings herald applies unless `kafka.options` says otherwise.
@@ -319,10 +321,16 @@ impl KafkaSource {
                 .iter()
                 .map(|m| m.headers().map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect()).unwrap_or_default())
                 .collect();
+            // The trace each record's notifications carry on: its producer's, or (traced and
+            // exporting) the span of herald's that consumed it.
+            let mut traces: Vec<Option<Arc<TraceContext>>> = headers.iter().map(|h| TraceContext::from_headers(h)).collect();
+            let mut spans =
+                crate::telemetry::tracer().map(|t| BatchSpans::consume(t, &messages, &mut traces, taken_us)).filter(BatchSpans::any);
             let records: Vec<Record<'_>> = messages
                 .iter()
                 .zip(&headers)
-                .map(|(m, headers)| Record {
+                .zip(&traces)
+                .map(|((m, headers), trace)| Record {
                     topic: m.topic(),
                     partition: m.partition(),
                     offset: m.offset(),
@@ -330,10 +338,17 @@ impl KafkaSource {
                     value: m.payload(),
                     timestamp_ms: m.timestamp().to_millis(),
                     headers,
+                    trace: trace.as_ref(),
                 })
                 .collect();
+            let route_started = spans.as_ref().map(|_| std::time::SystemTime::now());
+            let failures = self.router.route_batch(&records, &mut notifications);
+            if let (Some(spans), Some(started)) = (&mut spans, route_started) {
+                let topics: Vec<&str> = records.iter().map(|r| r.topic).collect();
+                spans.routed(&self.router, &topics, started, &mut notifications);
+            }
             let mut dead = Vec::new();
-            for (index, e) in self.router.route_batch(&records, &mut notifications) {
+            for (index, e) in failures {
                 let record = &records[index];
                 self.dropped.increment(e.reason, 1);
                 if let (Some(script), DropReason::ScriptError) = (&e.script, e.reason) {
@@ -373,6 +388,9 @@ impl KafkaSource {
                 };
                 for n in &notifications {
                     self.metrics.published.increment(n.to.kind(), 1);
+                }
+                if let Some(spans) = spans.take() {
+                    spans.published(&published);
                 }
                 // A retained notification for an offline user waits in the history: not a drop.
                 let offline = published.iter().filter(|p| p.receivers == 0 && p.stored.is_none()).count();

@@ -6,5 +6,6 @@ pub mod embedded;
 pub mod kafka;
 mod offline;
 mod producer;
+mod traced;
 
 pub use producer::producer_for;

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 mod cluster;
 pub mod kubelet;
+pub mod otlp;
 mod process;
 pub mod proxy;
 mod scenario;
@@ -184,6 +185,14 @@ impl Kafka {
         if let Some(p) = partition {
             record = record.partition(p);
         }
+        self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+    }
+
+    /// A record with headers (a producer's `traceparent`, say) into `partition`.
+    pub async fn produce_with_headers(&self, topic: &str, partition: i32, key: &str, value: &[u8], headers: &[(&str, &str)]) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(*v) }));
+        let record = FutureRecord::<str, [u8]>::to(topic).payload(value).key(key).partition(partition).headers(headers);
         self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
     }
 

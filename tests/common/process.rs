@@ -31,6 +31,8 @@ pub struct Launch {
     pub stderr: bool,
     /// Start under this soft limit on open files, as many systems set by default.
     pub open_files: Option<u32>,
+    /// Environment variables set for it (`OTEL_*`, say).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// The built `herald` binary running a config, for what only a real process shows (signals,
@@ -81,6 +83,7 @@ impl HeraldProcess {
         let port = free_port();
         let piped = |keep: bool| if keep { Stdio::piped() } else { Stdio::null() };
         let child = command
+            .envs(with.env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(piped(with.stdout))
             .stderr(piped(with.stderr))

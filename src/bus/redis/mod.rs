@@ -500,12 +500,12 @@ fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, 
     match envelope::decode(payload) {
         Ok(env) => {
             metrics.received.increment(1);
-            let consumed_us = env.consumed_us();
+            let arrival = env.arrival();
             let among: Vec<&str> = env.among.iter().map(|g| &**g).collect();
             let to = match owner {
                 Owner::User(user) => {
                     if let Some(Ok(id)) = env.id.as_deref().map(str::parse::<NotificationId>) {
-                        deliverer.deliver_retained(user, id, &env.event, env.payload, env.timestamp_ms, consumed_us);
+                        deliverer.deliver_retained(user, id, &arrival);
                         return;
                     }
                     Addressee::User(user)
@@ -514,7 +514,7 @@ fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, 
                 Owner::Broadcast => Addressee::Everyone,
                 Owner::Instance(_) => return,
             };
-            deliverer.deliver(to, &env.event, env.payload, env.origin.as_deref(), env.timestamp_ms, consumed_us);
+            deliverer.deliver(to, &arrival, env.origin.as_deref());
         }
         Err(e) => {
             metrics.bus_decode_failures.increment(1);
