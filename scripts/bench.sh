@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|overload|five|smoke|profile|profile-single [runs]
+#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|trace|overload|five|smoke|profile|profile-single [runs]
 # (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
@@ -131,6 +131,35 @@ case "$SCENARIO" in
         fresh 1
         bench --label "single-max-short-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 100000 \
           --linger-ms 5 $flag
+      done
+    done
+    ;;
+  trace)
+    # Traces (issue #24): the single-max and pair-max bursts, interleaved: `before` (the herald of
+    # HERALD_BEFORE, a build without tracing), `off` (export off, plain records), `propagate`
+    # (export off, every record with a traceparent, which then travels to the clients) and
+    # `sampled` (exporting to a local OTLP sink, 1% of the plain records traced).
+    SINK_PORT=14318
+    for run in $(seq 1 "$RUNS"); do
+      for scen in single pair; do
+        n=1; bus=""; [ "$scen" = pair ] && { n=2; bus=redis; }
+        for variant in before off propagate sampled; do
+          if [ "$variant" = before ] && [ -z "${HERALD_BEFORE:-}" ]; then continue; fi
+          flag=""; [ "$variant" = propagate ] && flag="--traceparent"
+          # The herald instances read these as they start.
+          if [ "$variant" = sampled ]; then
+            export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$SINK_PORT OTEL_TRACES_SAMPLER_ARG=0.01
+          else
+            unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_TRACES_SAMPLER_ARG
+          fi
+          SAVED=$HERALD
+          if [ "$variant" = before ]; then HERALD=$HERALD_BEFORE; fi
+          fresh $n $bus
+          HERALD=$SAVED
+          if [ "$variant" = sampled ]; then python3 scripts/otlp_sink.py "$SINK_PORT" & PIDS+=($!); fi
+          bench --label "$scen-max-trace-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 \
+            --max-count 200000 --linger-ms 5 $flag
+        done
       done
     done
     ;;

@@ -323,14 +323,18 @@ impl KafkaSource {
                 .collect();
             // The trace each record's notifications carry on: its producer's, or (traced and
             // exporting) the span of herald's that consumed it.
-            let mut traces: Vec<Option<Arc<TraceContext>>> = headers.iter().map(|h| TraceContext::from_headers(h)).collect();
-            let mut spans =
-                crate::telemetry::tracer().map(|t| BatchSpans::consume(t, &messages, &mut traces, taken_us)).filter(BatchSpans::any);
+            // A batch without headers and without export allocates nothing for it.
+            let tracer = crate::telemetry::tracer();
+            let mut traces: Vec<Option<Arc<TraceContext>>> = Vec::new();
+            if tracer.is_some() || headers.iter().any(|h| !h.is_empty()) {
+                traces = headers.iter().map(|h| TraceContext::from_headers(h)).collect();
+            }
+            let mut spans = tracer.map(|t| BatchSpans::consume(t, &messages, &mut traces, taken_us)).filter(BatchSpans::any);
             let records: Vec<Record<'_>> = messages
                 .iter()
                 .zip(&headers)
-                .zip(&traces)
-                .map(|((m, headers), trace)| Record {
+                .enumerate()
+                .map(|(i, (m, headers))| Record {
                     topic: m.topic(),
                     partition: m.partition(),
                     offset: m.offset(),
@@ -338,7 +342,7 @@ impl KafkaSource {
                     value: m.payload(),
                     timestamp_ms: m.timestamp().to_millis(),
                     headers,
-                    trace: trace.as_ref(),
+                    trace: traces.get(i).and_then(Option::as_ref),
                 })
                 .collect();
             let route_started = spans.as_ref().map(|_| std::time::SystemTime::now());

@@ -8,10 +8,11 @@ use std::sync::Arc;
 /// (32 members); a longer one is dropped rather than cut.
 const MAX_TRACESTATE: usize = 512;
 
-/// A checked trace context. The `traceparent` is always in its version-00 form.
+/// A checked trace context. The `traceparent` is always in its version-00 form, held inline
+/// (a record's context is one allocation, shared by its notifications).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
-    traceparent: Box<str>,
+    traceparent: [u8; 55],
     tracestate: Option<Box<str>>,
 }
 
@@ -31,7 +32,21 @@ impl TraceParent {
 
     /// The version-00 text: `00-{trace id}-{parent id}-{flags}`.
     pub fn format(&self) -> String {
-        format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.parent_id, self.flags)
+        String::from_utf8(self.text().to_vec()).expect("hex and dashes")
+    }
+
+    fn text(&self) -> [u8; 55] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let digits = |out: &mut [u8], value: u128| {
+            for (i, d) in out.iter_mut().rev().enumerate() {
+                *d = HEX[(value >> (4 * i) & 0xf) as usize];
+            }
+        };
+        digits(&mut out[3..35], self.trace_id);
+        digits(&mut out[36..52], u128::from(self.parent_id));
+        digits(&mut out[53..55], u128::from(self.flags));
+        out
     }
 
     /// Parses a `traceparent` as the W3C text says: lowercase hex, neither id all zeros,
@@ -72,12 +87,18 @@ impl TraceContext {
     /// trace; herald then carries none). A `tracestate` that is too long or not printable ASCII
     /// is dropped, the `traceparent` kept.
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
-        let parent = TraceParent::parse(traceparent.trim_matches([' ', '\t']))?;
+        let text = traceparent.trim_matches([' ', '\t']);
+        let parent = TraceParent::parse(text)?;
         let tracestate = tracestate
             .map(|s| s.trim_matches([' ', '\t']))
             .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE && s.bytes().all(|b| (0x20..0x7f).contains(&b)))
             .map(Box::from);
-        Some(Self { traceparent: parent.format().into(), tracestate })
+        // A version-00 text is kept as it came; a later version is written as version 00.
+        let traceparent = match text.as_bytes().try_into() {
+            Ok(exact) if text.starts_with("00-") => exact,
+            _ => parent.text(),
+        };
+        Some(Self { traceparent, tracestate })
     }
 
     /// The context a record's headers carry (`traceparent`, and `tracestate` with it; names
@@ -90,11 +111,11 @@ impl TraceContext {
 
     /// A context for a span of herald's own, keeping the caller's `tracestate`.
     pub fn child(parent: TraceParent, tracestate: Option<&str>) -> Self {
-        Self { traceparent: parent.format().into(), tracestate: tracestate.map(Box::from) }
+        Self { traceparent: parent.text(), tracestate: tracestate.map(Box::from) }
     }
 
     pub fn traceparent(&self) -> &str {
-        &self.traceparent
+        std::str::from_utf8(&self.traceparent).expect("checked: hex and dashes")
     }
 
     pub fn tracestate(&self) -> Option<&str> {
@@ -103,7 +124,7 @@ impl TraceContext {
 
     /// Its fields (always there: the text was checked).
     pub fn fields(&self) -> TraceParent {
-        TraceParent::parse(&self.traceparent).expect("a checked traceparent")
+        TraceParent::parse(self.traceparent()).expect("a checked traceparent")
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 
 use crate::run::Acks;
@@ -31,10 +32,19 @@ pub fn payload(user: &str, seq: u64, pad: usize) -> String {
     out
 }
 
+/// What each measured record is like.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Its JSON padded to about this many bytes (0: the short record alone).
+    pub pad: usize,
+    /// A `traceparent` header, one trace per record, not sampled.
+    pub traceparent: bool,
+}
+
 /// Sends `count` records (`seqs`: the first sequence number and the count) at `rate` per second
-/// (0: as fast as the producer takes them), to user `seq % users`, keyed by user, padded to
-/// `pad` bytes; returns each record's send time.
-pub fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], seqs: (u64, u64), rate: u64, pad: usize) -> Vec<u64> {
+/// (0: as fast as the producer takes them), to user `seq % users`, keyed by user, shaped by
+/// `shape`; returns each record's send time.
+pub fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], seqs: (u64, u64), rate: u64, shape: Shape) -> Vec<u64> {
     let (first_seq, count) = seqs;
     let mut times = Vec::with_capacity(count as usize);
     let start = Instant::now();
@@ -50,9 +60,13 @@ pub fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], 
             }
         }
         let user = &users[seq as usize % users.len()];
-        let value = payload(user, seq, pad);
+        let value = payload(user, seq, shape.pad);
+        let traceparent = if shape.traceparent { format!("00-{:032x}-{:016x}-00", u128::from(seq) + 1, seq + 1) } else { String::new() };
         let sent_at = now_us();
         let mut record = BaseRecord::<str, str>::to(topic).key(user).payload(&value);
+        if shape.traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) }));
+        }
         let mut tries = 0;
         loop {
             match producer.send(record) {

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::records::{payload, send_phase};
+use crate::records::{Shape, payload, send_phase};
 use crate::share;
 use crate::stats::{cpu_micros, now_us, percentiles, proc_cpu_micros, raise_fd_limit, rss_kib};
 
@@ -87,6 +87,9 @@ pub struct RunArgs {
     /// record alone).
     #[arg(long, default_value_t = 0)]
     payload_bytes: usize,
+    /// Each measured record carries a W3C `traceparent` header (its producer's, not sampled).
+    #[arg(long)]
+    traceparent: bool,
     /// The last this many users connect and then never read (an overload: their notifications
     /// pile up in herald's per-socket queues and are dropped there). Not counted as lost.
     #[arg(long, default_value_t = 0)]
@@ -322,8 +325,8 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         let t0 = Instant::now();
         // Sending runs on a thread of its own; times are written into a buffer handed back.
         let (producer2, topic, users2) = (producer.clone(), args.topic.clone(), users.clone());
-        let pad = args.payload_bytes;
-        let times = tokio::task::spawn_blocking(move || send_phase(&producer2, &topic, &users2, (first_seq, count), rate, pad)).await?;
+        let shape = Shape { pad: args.payload_bytes, traceparent: args.traceparent };
+        let times = tokio::task::spawn_blocking(move || send_phase(&producer2, &topic, &users2, (first_seq, count), rate, shape)).await?;
         let send_secs = t0.elapsed().as_secs_f64();
         let sent = times.len() as u64;
         send_us.extend(times);
