@@ -44,7 +44,7 @@ const NAMESPACE: &str = "/";
 
 /// The second argument of a notification: `{"id":…,"traceparent":…}` with what it has, or
 /// none. Built once per notification, for all its sockets.
-fn meta(id: Option<&str>, traceparent: Option<&str>) -> Option<Box<RawValue>> {
+pub fn second_argument(id: Option<&str>, traceparent: Option<&str>) -> Option<Box<RawValue>> {
     // What another publisher wrote is passed on only if it is a valid traceparent.
     let traceparent = traceparent.filter(|t| TraceParent::parse(t).is_some());
     if id.is_none() && traceparent.is_none() {
@@ -171,7 +171,7 @@ impl Inbound for Deliverer {
             let frame = frame.get_or_insert_with(|| {
                 span = delivery_span(n, to.kind());
                 let traceparent = span.as_ref().map_or(n.traceparent, |s| Some(s.context.traceparent()));
-                match meta(id, traceparent) {
+                match second_argument(id, traceparent) {
                     Some(meta) => event_frame(NAMESPACE, n.event, &[n.payload, &meta]),
                     None => event_frame(NAMESPACE, n.event, &[n.payload]),
                 }
@@ -220,7 +220,7 @@ impl Inbound for Deliverer {
             let frame = frame.get_or_insert_with(|| {
                 span = delivery_span(n, AudienceKind::User);
                 let traceparent = span.as_ref().map_or(n.traceparent, |s| Some(s.context.traceparent()));
-                let meta = meta(Some(&id.to_string()), traceparent).expect("an id");
+                let meta = second_argument(Some(&id.to_string()), traceparent).expect("an id");
                 event_frame(NAMESPACE, n.event, &[n.payload, &meta])
             });
             let held = e.member.gate.offer(id, frame.clone(), |frame| match e.socket.send(frame) {
