@@ -1,8 +1,11 @@
 //! Writes queued WebSocket frames in the background, many per system call. A send only queues
-//! its frame and marks its session; one task writes each marked session's queue with one
-//! `writev`. The more frames a session gets between two of its visits, the more share a system
-//! call, so the cost per frame falls as the rate rises (a group commit); when idle, a frame
-//! waits for one task wake-up.
+//! its frame and marks its session; the session's flusher task writes each marked session's
+//! queue with one `writev`. The more frames a session gets between two of its visits, the more
+//! share a system call, so the cost per frame falls as the rate rises (a group commit); when
+//! idle, a frame waits for one task wake-up. An engine has one flusher per runtime worker
+//! thread, each with its own sessions (given in turn as they open), its own list of marked ones
+//! and its own task: a broadcast's writes run on every core at once, and senders to different
+//! sessions mostly take different locks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +14,12 @@ use tokio::sync::Notify;
 
 use super::Handler;
 use super::session::Session;
+
+/// Flushers per engine: one per worker thread of the runtime it starts on (one outside a
+/// runtime, as in unit tests).
+pub(super) fn count() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()).max(1)
+}
 
 pub(crate) struct Flusher<H: Handler> {
     marked: Mutex<Vec<Arc<Session<H>>>>,

@@ -12,6 +12,7 @@ pub mod http;
 mod moving;
 pub mod packet;
 mod polling;
+mod queue;
 mod request;
 mod session;
 mod sid;
@@ -167,7 +168,13 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) sessions: DashMap<Sid, Arc<Session<H>>>,
     pub(crate) wheel: Wheel<H>,
     pub(crate) stats: Stats,
-    pub(crate) flusher: Arc<flusher::Flusher<H>>,
+    /// One flusher per runtime worker thread; each session belongs to one, given in turn, so a
+    /// broadcast's writes are spread over every flusher and core, and senders to different
+    /// sessions mostly take different locks.
+    pub(crate) flushers: Box<[Arc<flusher::Flusher<H>>]>,
+    next_flusher: std::sync::atomic::AtomicUsize,
+    /// Packets at least this long go compressed (`server.compression`), `None`: off.
+    pub(crate) deflate_over: Option<usize>,
     /// Set by [`Engine::close_all`]: no new sessions.
     pub(crate) closing: std::sync::atomic::AtomicBool,
     /// Where requests for other instances' sessions go ([`Engine::set_forwarder`]).
@@ -185,12 +192,16 @@ impl<H: Handler> Engine<H> {
             sessions: DashMap::new(),
             wheel,
             stats: Stats::default(),
-            flusher: Arc::new(flusher::Flusher::new(deflate_over)),
+            flushers: (0..flusher::count()).map(|_| Arc::new(flusher::Flusher::new(deflate_over))).collect(),
+            next_flusher: Default::default(),
+            deflate_over,
             closing: Default::default(),
             forwarder: Default::default(),
         });
         tokio::spawn(heartbeat::run(Arc::downgrade(&shared)));
-        tokio::spawn(flusher::run(shared.flusher.clone()));
+        for f in shared.flushers.iter() {
+            tokio::spawn(flusher::run(f.clone()));
+        }
         Self { shared }
     }
 
@@ -237,11 +248,21 @@ fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     SCRATCH.with_borrow_mut(|s| f(s))
 }
 
+impl<H: Handler> Shared<H> {
+    /// The flusher of a new session: each in turn.
+    pub(crate) fn flusher(&self) -> Arc<flusher::Flusher<H>> {
+        let i = self.next_flusher.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.flushers.len();
+        self.flushers[i].clone()
+    }
+}
+
 impl<H: Handler> Drop for Shared<H> {
     fn drop(&mut self) {
         // Sessions hold no strong reference back to the engine, so this runs once the engine's
         // handles, the fronts and the WebSocket tasks have let go.
-        self.flusher.stop();
+        for f in self.flushers.iter() {
+            f.stop();
+        }
         self.sessions.clear();
     }
 }

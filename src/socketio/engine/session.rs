@@ -3,7 +3,6 @@
 //! layer above's state. Sends come from any thread: they queue the frame and mark the session
 //! for the flusher (WebSocket) or wake the waiting GET (long-polling).
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -16,6 +15,7 @@ pub use super::encoded::Frame;
 pub(super) use super::encoded::{CLOSE, NOOP, PING, PONG_PROBE};
 use super::flusher::Flusher;
 use super::packet::{self, SEPARATOR};
+use super::queue::Queue;
 use super::sid::Sid;
 use super::{Handler, Handshake, Shared};
 
@@ -96,8 +96,8 @@ pub(super) enum Transport {
 pub(super) struct Outbox {
     pub(super) transport: Transport,
     /// WebSocket: frames not yet written, the first one `written` bytes in. Polling: packets
-    /// for the next GET. Allocated only while it holds something.
-    queue: VecDeque<Frame>,
+    /// for the next GET. The first frame inline; a buffer only while it holds more.
+    queue: Queue,
     written: usize,
     /// A long-polling GET is waiting for packets.
     pub(super) polling_get: bool,
@@ -126,6 +126,8 @@ pub struct Session<H: Handler> {
     /// The WebSocket, once there is one (at once, or after the upgrade); set once.
     pub(super) ws: OnceLock<TcpStream>,
     pub(super) out: Mutex<Outbox>,
+    /// Its flusher: the engine's, each in turn, so that a broadcast's writes are shared by all
+    /// of them (one per worker thread), each on its own core.
     flusher: Arc<Flusher<H>>,
     writes: Arc<super::stats::WriteCounts>,
     /// Wakes the WebSocket task (the socket has no room, or the session is closing): a flag and
@@ -185,7 +187,7 @@ impl<H: Handler> Session<H> {
             ws: OnceLock::new(),
             out: Mutex::new(Outbox {
                 transport,
-                queue: VecDeque::new(),
+                queue: Queue::Empty,
                 written: 0,
                 polling_get: false,
                 probing: false,
@@ -194,7 +196,7 @@ impl<H: Handler> Session<H> {
                 stalled: false,
                 moving: false,
             }),
-            flusher: shared.flusher.clone(),
+            flusher: shared.flusher(),
             writes: shared.stats.writes.clone(),
             task_woken: AtomicBool::new(false),
             task: AtomicWaker::new(),
@@ -425,7 +427,7 @@ impl<H: Handler> Session<H> {
                     let bytes = written;
                     let mut frames = 0;
                     while written > 0 {
-                        let left = self.wire(&out.queue[0]).len() - out.written;
+                        let left = self.wire(out.queue.front().expect("written bytes belong to queued frames")).len() - out.written;
                         if written >= left {
                             written -= left;
                             out.queue.pop_front();
@@ -442,8 +444,6 @@ impl<H: Handler> Session<H> {
                 Err(e) => return Err(e),
             }
         }
-        // An idle session keeps no queue.
-        out.queue = VecDeque::new();
         out.stalled = false;
         Ok(Flushed::Empty)
     }
@@ -460,12 +460,12 @@ impl<H: Handler> Session<H> {
     /// Takes the packets for a long-polling response, as one payload.
     pub(super) fn take_polling_payload(out: &mut Outbox, most: usize) -> Vec<u8> {
         if out.queue.len() > most {
-            let body = polling_payload(&out.queue.make_contiguous()[..most]);
-            out.queue.drain(..most);
+            let body = polling_payload(&out.queue.contiguous()[..most]);
+            out.queue.drop_front(most);
             return body;
         }
-        let body = polling_payload(out.queue.make_contiguous());
-        out.queue = VecDeque::new();
+        let body = polling_payload(out.queue.contiguous());
+        out.queue.clear();
         body
     }
 

@@ -100,9 +100,19 @@ pub struct Stats {
 }
 
 /// WebSocket writes (system calls) and the frames they completed: frames per write is how much
-/// sending in the background saves.
+/// sending in the background saves. Counted by every flusher on every core, so each thread
+/// counts in a shard of its own (a cache line apart): one shared line would be bounced between
+/// cores on every write. Read by summing the shards.
 #[derive(Default)]
 pub struct WriteCounts {
+    shards: [WriteShard; WRITE_SHARDS],
+}
+
+const WRITE_SHARDS: usize = 16;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct WriteShard {
     writes: AtomicU64,
     frames: AtomicU64,
     bytes: AtomicU64,
@@ -112,19 +122,36 @@ pub struct WriteCounts {
     inflated: AtomicU64,
 }
 
+thread_local! {
+    /// This thread's shard of the write counts, given in turn as threads first count.
+    static WRITE_SHARD: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % WRITE_SHARDS
+    };
+}
+
 impl WriteCounts {
+    fn shard(&self) -> &WriteShard {
+        &self.shards[WRITE_SHARD.with(|s| *s)]
+    }
+
+    fn sum(&self, field: impl Fn(&WriteShard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| field(s).load(Ordering::Relaxed)).sum()
+    }
+
     pub(super) fn wrote(&self, frames: usize, bytes: usize) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.frames.fetch_add(frames as u64, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let shard = self.shard();
+        shard.writes.fetch_add(1, Ordering::Relaxed);
+        shard.frames.fetch_add(frames as u64, Ordering::Relaxed);
+        shard.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(super) fn compressed(&self) {
-        self.compressed.fetch_add(1, Ordering::Relaxed);
+        self.shard().compressed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn inflated(&self) {
-        self.inflated.fetch_add(1, Ordering::Relaxed);
+        self.shard().inflated.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -166,7 +193,7 @@ impl Stats {
 
     /// WebSocket writes (system calls), and the frames they completed.
     pub fn writes(&self) -> (u64, u64) {
-        (self.writes.writes.load(Ordering::Relaxed), self.writes.frames.load(Ordering::Relaxed))
+        (self.writes.sum(|s| &s.writes), self.writes.sum(|s| &s.frames))
     }
 
     pub(super) fn forwarded_out(&self) {
@@ -196,13 +223,13 @@ impl Stats {
 
     /// Bytes written to WebSockets (frames queued and flushed through sessions).
     pub fn bytes_written(&self) -> u64 {
-        self.writes.bytes.load(Ordering::Relaxed)
+        self.writes.sum(|s| &s.bytes)
     }
 
     /// permessage-deflate: messages compressed (each once, whatever the number of sessions it
     /// went to), and client messages inflated.
     pub fn deflate(&self) -> (u64, u64) {
-        (self.writes.compressed.load(Ordering::Relaxed), self.writes.inflated.load(Ordering::Relaxed))
+        (self.writes.sum(|s| &s.compressed), self.writes.sum(|s| &s.inflated))
     }
 
     /// Sessions moved here with their WebSocket upgrade, moved from here, and moves that failed
