@@ -36,6 +36,9 @@ fn run(threads: usize) -> f64 {
             ping_interval: Duration::from_secs(300),
             ping_timeout: Duration::from_secs(300),
             max_queue: 4 * ROUNDS,
+            // One flusher per thread: the send path's own scaling (herald's default is one per
+            // two threads, so that writing overlaps with the work that sends).
+            flushers: Some(threads),
             ..Default::default()
         };
         let engine = engine::Engine::start(options, Collect(Mutex::new(Vec::new())));

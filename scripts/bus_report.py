@@ -48,8 +48,9 @@ for (variant, label), phases in groups.items():
 memory = OrderedDict()
 for variant, r in runs(bus):
     if r.get("label", "").startswith("memory-"):
-        # Runs without a variant are told apart by their scenario (memory-moved-10000: memory-moved).
-        variant = variant if "variant" in r else r["label"].rsplit("-", 1)[0]
+        # Runs without a variant are told apart by their label without its connection count
+        # (memory-moved-10000: memory-moved; memory-10000-before: memory-before).
+        variant = variant if "variant" in r else "-".join(p for p in r["label"].split("-") if not p.isdigit())
         memory.setdefault((variant, r["connected"]), []).append(r["rss"][0]["per_conn_kib"])
 if memory:
     print()

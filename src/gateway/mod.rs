@@ -69,6 +69,7 @@ pub fn options(server: &ServerConfig, auth: &AuthConfig) -> socketio::Options {
             allowed_origins: auth.allowed_origins.clone(),
             instance_tag: None,
             compression: server.compression,
+            flushers: None,
         },
         namespaces: vec!["/".into()],
     }

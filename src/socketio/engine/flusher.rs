@@ -2,10 +2,10 @@
 //! its frame and marks its session; the session's flusher task writes each marked session's
 //! queue with one `writev`. The more frames a session gets between two of its visits, the more
 //! share a system call, so the cost per frame falls as the rate rises (a group commit); when
-//! idle, a frame waits for one task wake-up. An engine has one flusher per runtime worker
-//! thread, each with its own sessions (given in turn as they open), its own list of marked ones
-//! and its own task: a broadcast's writes run on every core at once, and senders to different
-//! sessions mostly take different locks.
+//! idle, a frame waits for one task wake-up. An engine has several flushers (one per two
+//! runtime worker threads by default), each with its own sessions (given in turn as they open),
+//! its own list of marked ones and its own task: a broadcast's writes run on as many cores at
+//! once, and senders to different sessions mostly take different locks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,10 +15,12 @@ use tokio::sync::Notify;
 use super::Handler;
 use super::session::Session;
 
-/// Flushers per engine: one per worker thread of the runtime it starts on (one outside a
-/// runtime, as in unit tests).
+/// Flushers per engine by default: one per two worker threads of the runtime it starts on, at
+/// least one. Writing overlaps with the work that sends (decoding, routing, delivering) on the
+/// other threads: on two threads one flusher beside the sender measured 2.2 µs of CPU per
+/// notification in the single-max burst, two flushers 3.8 (docs/benchmarks.md).
 pub(super) fn count() -> usize {
-    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()).max(1)
+    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers() / 2).max(1)
 }
 
 pub(crate) struct Flusher<H: Handler> {

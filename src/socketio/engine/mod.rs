@@ -67,6 +67,8 @@ pub struct Options {
     /// permessage-deflate with clients that offer it, and gzip for long-polling responses, for
     /// messages of at least this many bytes (not below [`DEFLATE_FLOOR`]); `None`: off.
     pub compression: Option<usize>,
+    /// Flusher tasks (see `flusher`); `None`: one per two runtime worker threads, at least one.
+    pub flushers: Option<usize>,
 }
 
 impl Default for Options {
@@ -85,6 +87,7 @@ impl Default for Options {
             allowed_origins: Vec::new(),
             instance_tag: None,
             compression: Some(1024),
+            flushers: None,
         }
     }
 }
@@ -186,13 +189,14 @@ impl<H: Handler> Engine<H> {
     pub fn start(options: Options, handler: H) -> Self {
         let wheel = Wheel::new(&options);
         let deflate_over = options.compression.map(|t| t.max(DEFLATE_FLOOR));
+        let flushers = options.flushers.unwrap_or_else(flusher::count).max(1);
         let shared = Arc::new(Shared {
             options,
             handler,
             sessions: DashMap::new(),
             wheel,
             stats: Stats::default(),
-            flushers: (0..flusher::count()).map(|_| Arc::new(flusher::Flusher::new(deflate_over))).collect(),
+            flushers: (0..flushers).map(|_| Arc::new(flusher::Flusher::new(deflate_over))).collect(),
             next_flusher: Default::default(),
             deflate_over,
             closing: Default::default(),

@@ -12,7 +12,10 @@ pub(super) enum Queue {
     #[default]
     Empty,
     One(Frame),
-    Many(VecDeque<Frame>),
+    /// Boxed, so that the queue is no larger than a `VecDeque` (a session's size is its cost
+    /// when idle); only a socket with a backlog has one, and pays the extra allocation.
+    #[allow(clippy::box_collection)]
+    Many(Box<VecDeque<Frame>>),
 }
 
 type Iter<'a> = std::iter::Chain<std::slice::Iter<'a, Frame>, std::slice::Iter<'a, Frame>>;
@@ -33,7 +36,7 @@ impl Queue {
     pub(super) fn push_back(&mut self, frame: Frame) {
         *self = match std::mem::take(self) {
             Queue::Empty => Queue::One(frame),
-            Queue::One(first) => Queue::Many(VecDeque::from([first, frame])),
+            Queue::One(first) => Queue::Many(Box::new(VecDeque::from([first, frame]))),
             Queue::Many(mut q) => {
                 q.push_back(frame);
                 Queue::Many(q)
@@ -44,7 +47,7 @@ impl Queue {
     pub(super) fn push_front(&mut self, frame: Frame) {
         *self = match std::mem::take(self) {
             Queue::Empty => Queue::One(frame),
-            Queue::One(first) => Queue::Many(VecDeque::from([frame, first])),
+            Queue::One(first) => Queue::Many(Box::new(VecDeque::from([frame, first]))),
             Queue::Many(mut q) => {
                 q.push_front(frame);
                 Queue::Many(q)
@@ -102,7 +105,7 @@ impl Queue {
         let mut kept: VecDeque<Frame> = match std::mem::take(self) {
             Queue::Empty => return,
             Queue::One(first) => VecDeque::from([first]),
-            Queue::Many(q) => q,
+            Queue::Many(q) => *q,
         };
         kept.retain(keep);
         for frame in kept {
@@ -125,6 +128,11 @@ mod tests {
 
     fn packets(q: &Queue) -> Vec<Vec<u8>> {
         q.iter().map(|f| f.packet().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_queue_is_no_larger_than_a_vecdeque() {
+        assert_eq!(std::mem::size_of::<Queue>(), std::mem::size_of::<VecDeque<Frame>>());
     }
 
     #[test]
