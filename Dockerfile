@@ -26,13 +26,16 @@ WORKDIR /build
 
 # Dependencies change far less often than herald's code: build them against stub sources first so
 # this layer (librdkafka, aws-lc, rhai... most of the build time) is reused until Cargo.lock
-# changes. The bench stubs are needed because Cargo.toml declares [[bench]] route and retention.
+# changes. The bench stubs are needed because Cargo.toml declares its [[bench]] targets.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/route.rs \
  && echo 'fn main() {}' > benches/retention.rs \
+ && echo 'fn main() {}' > benches/deflate.rs \
+ && echo 'fn main() {}' > benches/trace.rs \
+ && echo 'fn main() {}' > benches/send_path.rs \
  && cargo build --release --locked --bin herald --features "$FEATURES" \
  && rm -rf src benches
 
