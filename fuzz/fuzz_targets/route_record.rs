@@ -1,6 +1,7 @@
 //! Fuzzes routing: any record (key, value, headers, timestamp) through the default rule (user
 //! id from a JSON pointer or from the key) and through the shipped script
-//! `routes/user-notifications.rhai` must give notifications or a `RouteError`, never a panic.
+//! `routes/user-notifications.rhai` must give notifications or a `RouteError`, never a panic; a
+//! `traceparent` header, read as the Kafka source reads it, is carried by every notification.
 //!
 //! Input layout, so seeds stay readable: byte 0 picks the topic (bits 0-1) and whether there is
 //! a key (bit 2) and a timestamp (bit 3); then, if keyed, a length byte and the key; a byte with
@@ -13,6 +14,7 @@ use std::sync::OnceLock;
 
 use herald::config::Config;
 use herald::route::{Audience, Record, Router};
+use herald::telemetry::TraceContext;
 use libfuzzer_sys::fuzz_target;
 
 const TOPICS: [&str; 4] = ["scripted", "by-pointer", "by-key", "unconfigured"];
@@ -69,7 +71,9 @@ fuzz_target!(|input: &[u8]| {
         i64::from_le_bytes(bytes)
     });
     let headers: Vec<(&str, &[u8])> = owned_headers.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let record = Record { topic, partition: 0, offset: 0, key, value: Some(data), timestamp_ms, headers: &headers };
+    // A `traceparent` among the headers is read as the source reads it, and carried on.
+    let trace = TraceContext::from_headers(&headers);
+    let record = Record { topic, partition: 0, offset: 0, key, value: Some(data), timestamp_ms, headers: &headers, trace: trace.as_ref() };
     let mut out = Vec::new();
     if router().route(&record, &mut out).is_ok() {
         assert!(!out.is_empty(), "a routed record gives at least one notification");
@@ -79,6 +83,7 @@ fuzz_target!(|input: &[u8]| {
                 Audience::Group { name, .. } => assert!(!name.is_empty(), "or its group"),
                 Audience::Broadcast => {}
             }
+            assert_eq!(n.trace, trace, "each notification carries its record's trace");
         }
     }
 });
