@@ -75,6 +75,14 @@ fn delivery_span(n: &Arrival<'_>, kind: AudienceKind) -> Option<Traced> {
     Some(tracer.start("deliver", SpanKind::Consumer, Some(&parent), std::time::SystemTime::now(), attributes))
 }
 
+/// Ends a `deliver` span with the sockets the notification reached.
+fn end_delivery_span(span: Option<Traced>, reached: usize) {
+    if let Some(mut span) = span {
+        span.set(KeyValue::new("herald.sockets", reached as i64));
+        span.end();
+    }
+}
+
 impl Deliverer {
     pub fn new(
         presence: Arc<Presence>,
@@ -194,10 +202,7 @@ impl Inbound for Deliverer {
             }),
             Addressee::Everyone => self.presence.each_everyone(send),
         };
-        if let Some(mut span) = span {
-            span.set(KeyValue::new("herald.sockets", reached as i64));
-            span.end();
-        }
+        end_delivery_span(span, reached);
         if sockets == 0 {
             return 0;
         }
@@ -235,10 +240,7 @@ impl Inbound for Deliverer {
                 failed += 1;
             }
         });
-        if let Some(mut span) = span {
-            span.set(KeyValue::new("herald.sockets", sockets.saturating_sub(failed) as i64));
-            span.end();
-        }
+        end_delivery_span(span, sockets.saturating_sub(failed));
         if sockets == 0 {
             return 0;
         }

@@ -112,7 +112,8 @@ impl<T: Clone> Presence<T> {
         }
     }
 
-    /// Runs `f` on each socket of the group, as [`Self::each_socket`] does for a user.
+    /// Runs `f` on each socket of the group, copied out of the index first (see
+    /// [`Self::each_everyone`]); returns how many there were.
     pub fn each_in_group(&self, group: &str, f: impl FnMut(&T)) -> usize {
         self.copied(
             |buffer| {

@@ -34,22 +34,26 @@ impl Queue {
     }
 
     pub(super) fn push_back(&mut self, frame: Frame) {
-        *self = match std::mem::take(self) {
-            Queue::Empty => Queue::One(frame),
-            Queue::One(first) => Queue::Many(Box::new(VecDeque::from([first, frame]))),
-            Queue::Many(mut q) => {
-                q.push_back(frame);
-                Queue::Many(q)
-            }
-        };
+        self.push(frame, false);
     }
 
     pub(super) fn push_front(&mut self, frame: Frame) {
+        self.push(frame, true);
+    }
+
+    fn push(&mut self, frame: Frame, front: bool) {
         *self = match std::mem::take(self) {
             Queue::Empty => Queue::One(frame),
-            Queue::One(first) => Queue::Many(Box::new(VecDeque::from([frame, first]))),
+            Queue::One(first) => {
+                let both = if front { [frame, first] } else { [first, frame] };
+                Queue::Many(Box::new(VecDeque::from(both)))
+            }
             Queue::Many(mut q) => {
-                q.push_front(frame);
+                if front {
+                    q.push_front(frame)
+                } else {
+                    q.push_back(frame)
+                }
                 Queue::Many(q)
             }
         };
@@ -101,15 +105,17 @@ impl Queue {
         }
     }
 
-    pub(super) fn retain(&mut self, keep: impl FnMut(&Frame) -> bool) {
-        let mut kept: VecDeque<Frame> = match std::mem::take(self) {
-            Queue::Empty => return,
-            Queue::One(first) => VecDeque::from([first]),
-            Queue::Many(q) => *q,
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Frame) -> bool) {
+        let emptied = match self {
+            Queue::Empty => false,
+            Queue::One(first) => !keep(first),
+            Queue::Many(q) => {
+                q.retain(keep);
+                q.is_empty()
+            }
         };
-        kept.retain(keep);
-        for frame in kept {
-            self.push_back(frame);
+        if emptied {
+            self.clear();
         }
     }
 
