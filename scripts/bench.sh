@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|trace|ab|overload|five|smoke|profile|profile-single [runs]
+#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|trace|ab|overload|five|broadcast|group|scale|smoke|profile|profile-single [runs]
 # (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
@@ -11,6 +11,7 @@ BIN=target/release
 # The herald under test; another build can be measured with this tree's herald-bench
 # (HERALD=../other/target/release/herald), as docs/benchmarks.md's before/after rows were.
 HERALD=${HERALD:-$BIN/herald}
+CONFIG=${CONFIG:-bench/herald.yaml}
 OUT=${OUT:-bench/results.jsonl}
 BROKER=127.0.0.1:19092
 REDIS_PORT=16390
@@ -53,7 +54,7 @@ start_cluster() {
 start_herald() {
   local port=$1 redis=${2:-}
   HERALD_LISTEN=127.0.0.1:$port HERALD_KAFKA_BROKERS=$BROKER HERALD_REDIS_URL=$redis \
-    "$HERALD" -c bench/herald.yaml run >/dev/null 2>"bench/herald-$port.log" &
+    "$HERALD" -c "$CONFIG" run >/dev/null 2>"bench/herald-$port.log" &
   local pid=$!
   PIDS+=($pid)
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -268,6 +269,26 @@ case "$SCENARIO" in
     wait "$perf_pid" || true
     loss_counters
     perf report -i bench/perf.data --no-children --sort dso,symbol -g none --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -40 > "bench/perf-top-$label.txt" || true
+    ;;
+  broadcast|group|scale)
+    # Fan-out (issue #25), with bench/herald-fanout.yaml and Redis: per record, the time from
+    # produce to the first and to the last socket, herald CPU per delivered notification, lost
+    # and duplicated (herald-bench fanout). broadcast: 5 instances x 19,000 sockets, one
+    # broadcast a second for 30 s. group: the same sockets, a 10,000-member group spread over
+    # them, 10 group records a second for 30 s. scale: 10 instances x 19,000 (190,000), one
+    # per-user record to every user, then 10 broadcasts 2 s apart.
+    CONFIG=bench/herald-fanout.yaml
+    OUT=${FANOUT_OUT:-bench/results-fanout-scale.jsonl}
+    for run in $(seq 1 "$RUNS"); do
+      case "$SCENARIO" in
+        broadcast) fresh 5 redis; args=(--audience broadcast --records 30 --rate 1) ;;
+        group) fresh 5 redis; args=(--audience group --group-members 10000 --records 300 --rate 10) ;;
+        scale) fresh 10 redis; args=(--audience broadcast --records 10 --rate 0.5 --per-user-rate 10000) ;;
+      esac
+      "$BIN/herald-bench" fanout --brokers "$BROKER" --json "$OUT" --label "$SCENARIO" \
+        --servers "$(IFS=,; echo "${SERVERS[*]}")" --pids "$PIDLIST" --users $((19000 * ${#SERVERS[@]})) "${args[@]}"
+      loss_counters
+    done
     ;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 64 ;;
 esac

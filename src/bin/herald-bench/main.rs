@@ -7,6 +7,8 @@
 //! report (and appends it as one JSON line to `--json`). See docs/benchmarks.md.
 
 mod deflate_ws;
+mod fanout;
+mod fleet;
 mod polling;
 mod records;
 mod run;
@@ -33,8 +35,9 @@ enum Command {
     Broker {
         #[arg(long, default_value = "127.0.0.1:9092")]
         listen: SocketAddr,
-        #[arg(long, default_value = "herald-bench")]
-        topic: String,
+        /// Topics to create: the per-user one, and those of the fan-out runs.
+        #[arg(long, value_delimiter = ',', default_value = "herald-bench,herald-bench-broadcast,herald-bench-group")]
+        topics: Vec<String>,
         #[arg(long, default_value_t = 4)]
         partitions: i32,
         #[arg(long, default_value_t = 3600)]
@@ -42,6 +45,8 @@ enum Command {
     },
     /// Connect, measure, produce, collect, report.
     Run(run::RunArgs),
+    /// Broadcasts or group records across instances: time to the first and the last socket.
+    Fanout(fanout::FanoutArgs),
     /// Internal: a client process spawned by `run`.
     Worker(worker::WorkerArgs),
 }
@@ -54,10 +59,10 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(worker::run(args))
         }
-        Command::Broker { listen, topic, partitions, max_secs } => {
+        Command::Broker { listen, topics, partitions, max_secs } => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(async move {
-                let broker = herald::source::embedded::EmbeddedBroker::start(listen, &[topic], partitions).await?;
+                let broker = herald::source::embedded::EmbeddedBroker::start(listen, &topics, partitions).await?;
                 println!("broker listening on {}", broker.address());
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
@@ -71,6 +76,10 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(run::run(args))
+        }
+        Command::Fanout(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(fanout::run(args))
         }
     }
 }

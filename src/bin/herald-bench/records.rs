@@ -3,10 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::run::Acks;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+
 use crate::stats::now_us;
 
 /// A record for `user`; with `pad`, an order's items bring it to about `pad` bytes of JSON, as
@@ -30,6 +34,83 @@ pub fn payload(user: &str, seq: u64, pad: usize) -> String {
     }
     out.push('}');
     out
+}
+
+/// Counts producer acknowledgements.
+#[derive(Default)]
+pub struct Acks {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Acks {}
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+impl Acks {
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// A producer with its delivery reports polled on a thread of its own.
+pub struct Sender {
+    pub producer: Arc<BaseProducer<Acks>>,
+    stop: Arc<AtomicBool>,
+    poller: std::thread::JoinHandle<()>,
+}
+
+impl Sender {
+    pub fn start(brokers: &str, linger_ms: u64) -> anyhow::Result<Sender> {
+        let producer: Arc<BaseProducer<Acks>> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", linger_ms.to_string())
+                .set("queue.buffering.max.messages", "1000000")
+                .set("message.timeout.ms", "30000")
+                .create_with_context(Acks::default())?,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (producer, stop) = (producer.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(3600);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    producer.poll(Duration::from_millis(50));
+                }
+            })
+        };
+        Ok(Sender { producer, stop, poller })
+    }
+
+    /// Queues one record (no key: the partition alone places it).
+    pub fn send(&self, topic: &str, partition: i32, key: Option<&str>, value: &str) {
+        let mut record = BaseRecord::<str, str>::to(topic).partition(partition).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Err((e, _)) = self.producer.send(record) {
+            eprintln!("herald-bench: a record was not queued: {e}");
+        }
+    }
+
+    /// Flushes what is queued (at most 10 s) and stops polling.
+    pub fn stop(self) {
+        let _ = self.producer.flush(Duration::from_secs(10));
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.poller.join();
+    }
 }
 
 /// What each measured record is like.

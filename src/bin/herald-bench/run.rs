@@ -2,22 +2,19 @@
 //! produces records at fixed rates, collects arrivals and reports.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::records::{Shape, payload, send_phase};
+use crate::fleet::{self, Fleet, Plan};
+use crate::records::{Sender, Shape, payload, send_phase};
 use crate::share;
 use crate::stats::{cpu_micros, now_us, percentiles, proc_cpu_micros, raise_fd_limit, rss_kib};
 
@@ -105,44 +102,6 @@ pub struct RunArgs {
     strict: bool,
 }
 
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    server: usize,
-}
-
-impl Worker {
-    async fn ask(&mut self, command: &str, answer: &str) -> anyhow::Result<u64> {
-        self.stdin.write_all(format!("{command}\n").as_bytes()).await?;
-        self.stdin.flush().await?;
-        let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
-            .await
-            .map_err(|_| anyhow::anyhow!("worker did not answer {command}"))??
-            .ok_or_else(|| anyhow::anyhow!("worker exited"))?;
-        let value = line.strip_prefix(answer).and_then(|v| v.trim().parse().ok());
-        value.ok_or_else(|| anyhow::anyhow!("unexpected worker answer {line:?}"))
-    }
-}
-
-/// Counts producer acknowledgements.
-#[derive(Default)]
-pub(crate) struct Acks {
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Acks {}
-impl ProducerContext for Acks {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-}
-
 struct Phase {
     rate: u64,
     first_seq: u64,
@@ -166,80 +125,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     anyhow::ensure!(!args.servers.is_empty() && args.users > 0, "need --servers and --users");
     anyhow::ensure!(args.pids.len() >= args.servers.len(), "give one --pids entry per server (and optionally more)");
-    let exe = std::env::current_exe()?;
     let rss_before: Vec<Option<u64>> = args.pids.iter().map(|p| rss_kib(*p)).collect();
-
-    // Users spread over servers, each server's share over workers, each worker on its own
-    // source address so ephemeral ports never run out.
-    let mut workers = Vec::new();
-    let mut sockets_per_server = vec![0usize; args.servers.len()];
-    let started = Instant::now();
-    let mut next_user = 0;
-    for (s, server) in args.servers.iter().enumerate() {
-        let share = args.users / args.servers.len() + usize::from(s < args.users % args.servers.len());
-        let mut left = share;
-        while left > 0 {
-            let n = left.min(args.per_worker);
-            let bind = IpAddr::V4(Ipv4Addr::new(127, 0, (workers.len() / 250) as u8, (2 + workers.len() % 250) as u8));
-            let mut child = Command::new(&exe)
-                .args(["worker", "--server", &server.to_string(), "--bind", &bind.to_string()])
-                .args(["--first-user", &next_user.to_string(), "--users", &n.to_string(), "--secret", &args.secret])
-                .args(args.polling.then_some("--polling"))
-                .args(args.open_on.iter().flat_map(|a| ["--open-on".to_owned(), a.to_string()]))
-                .args(args.deflate.then_some("--deflate"))
-                .args(["--stalled", &stalled_in(next_user, n, args.users, args.stalled).to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
-            let stdin = child.stdin.take().expect("piped");
-            let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-            workers.push(Worker { child, stdin, lines, server: s });
-            next_user += n;
-            left -= n;
-        }
-    }
-    let mut connected = 0u64;
-    let mut failed = 0u64;
-    for w in &mut workers {
-        let line = tokio::time::timeout(Duration::from_secs(300), w.lines.next_line())
-            .await
-            .map_err(|_| anyhow::anyhow!("a worker did not get ready"))??
-            .ok_or_else(|| anyhow::anyhow!("a worker exited before it was ready"))?;
-        let parts: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-        anyhow::ensure!(line.starts_with("ready") && parts.len() == 3, "unexpected worker line {line:?}");
-        connected += parts[0];
-        failed += parts[1];
-        sockets_per_server[w.server] += parts[0] as usize;
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
-    println!("connected {connected} of {} sockets in {connect_secs:.1} s ({failed} failed)", args.users);
+    let plan = Plan { servers: &args.servers, users: args.users, per_worker: args.per_worker, secret: &args.secret };
+    let mut fleet = Fleet::start(&plan, |first, n| {
+        let mut extra = vec!["--stalled".to_owned(), stalled_in(first, n, args.users, args.stalled).to_string()];
+        extra.extend(args.polling.then(|| "--polling".to_owned()));
+        extra.extend(args.open_on.iter().flat_map(|a| ["--open-on".to_owned(), a.to_string()]));
+        extra.extend(args.deflate.then(|| "--deflate".to_owned()));
+        extra
+    })
+    .await?;
+    let (connected, failed, connect_secs) = (fleet.connected, fleet.failed, fleet.connect_secs);
+    let sockets_per_server = fleet.sockets_per_server.clone();
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
-    let rss_after: Vec<Option<u64>> = args.pids.iter().map(|p| rss_kib(*p)).collect();
-    let mut rss = Vec::new();
-    for (i, pid) in args.pids.iter().enumerate() {
-        let sockets = sockets_per_server.get(i).copied().unwrap_or(0);
-        let (before, after) = (rss_before[i].unwrap_or(0), rss_after[i].unwrap_or(0));
-        let per_conn = if sockets > 0 { (after as f64 - before as f64) / sockets as f64 } else { 0.0 };
-        println!("herald pid {pid}: RSS {before} KiB -> {after} KiB with {sockets} sockets: {per_conn:.2} KiB per connection");
-        rss.push(json!({"pid": pid, "before_kib": before, "after_kib": after, "sockets": sockets, "per_conn_kib": per_conn}));
-    }
+    let rss = fleet::memory(&args.pids, &rss_before, &sockets_per_server);
 
     let mut report = json!({
         "label": args.label, "users": args.users, "connected": connected, "connect_failed": failed,
         "connect_secs": connect_secs, "rss": rss, "servers": args.servers.len(), "instances": args.pids.len(),
     });
     if !args.idle_only {
-        let phases = load(&args, &mut workers).await?;
+        let phases = load(&args, &mut fleet).await?;
         // After the load: what herald holds now (bounded queues, whatever stalled clients do).
         let end: Vec<u64> = args.pids.iter().map(|p| rss_kib(*p).unwrap_or(0)).collect();
         report["rss_end_kib"] = json!(end);
         report["phases"] = json!(phases);
     }
-    for mut w in workers {
-        let _ = w.child.start_kill();
-        let _ = w.child.wait().await;
-    }
+    fleet.stop().await;
     if let Some(path) = &args.json {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
@@ -256,24 +168,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Warm-up, the rate phases, then collecting every arrival from the workers.
-async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serde_json::Value>> {
-    let producer: Arc<BaseProducer<Acks>> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &args.brokers)
-            .set("linger.ms", args.linger_ms.to_string())
-            .set("queue.buffering.max.messages", "1000000")
-            .set("message.timeout.ms", "30000")
-            .create_with_context(Acks::default())?,
-    );
-    let stop_polling = Arc::new(AtomicBool::new(false));
-    let poller = {
-        let (producer, stop) = (producer.clone(), stop_polling.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                producer.poll(Duration::from_millis(50));
-            }
-        })
-    };
+async fn load(args: &RunArgs, fleet: &mut Fleet) -> anyhow::Result<Vec<serde_json::Value>> {
+    let sender = Sender::start(&args.brokers, args.linger_ms)?;
+    let producer = sender.producer.clone();
     let probe = args.probe.then(|| Probe::start(&args.brokers, &args.topic)).transpose()?;
     let users: Vec<String> = (0..args.users).map(|u| format!("b{u}")).collect();
     let mut send_us: Vec<u64> = Vec::new();
@@ -282,7 +179,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
     // not have its partitions yet. Warm-up records are not counted in any phase.
     let mut warmed = false;
     for _round in 0..40 {
-        let base = total(workers, "count").await?;
+        let base = fleet.total("count").await?;
         let probe_base = probe.as_ref().map(|p| p.count());
         for p in 0..args.partitions {
             let seq = send_us.len() as u64;
@@ -294,7 +191,7 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let got = total(workers, "count").await? >= base + args.partitions as u64;
+            let got = fleet.total("count").await? >= base + args.partitions as u64;
             let probed = match (&probe, probe_base) {
                 (Some(p), Some(b)) => p.count() >= b + args.partitions as u64,
                 _ => true,
@@ -315,11 +212,11 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
     for &rate in &args.rates {
         let count = if rate == 0 { args.max_count } else { rate * args.secs };
         let first_seq = send_us.len() as u64;
-        let received_before = total(workers, "count").await?;
+        let received_before = fleet.total("count").await?;
         let before_by_pid: Vec<u64> = args.pids.iter().map(|p| proc_cpu_micros(*p).unwrap_or(0)).collect();
         let herald_before: u64 = before_by_pid.iter().sum();
         let bench_before = cpu_micros();
-        let workers_before = total(workers, "cpu").await?;
+        let workers_before = fleet.total("cpu").await?;
         let share_before = share::scrape(&args.servers).await;
         let bytes_before = share::counter(&args.servers, WEBSOCKET_BYTES).await.unwrap_or(0.0);
         let t0 = Instant::now();
@@ -332,25 +229,10 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         send_us.extend(times);
         let expected = sent - to_stalled(first_seq, sent, args.users, args.stalled);
         // Drain: until every record of the phase arrived, or nothing new for --drain-secs.
-        let mut last = received_before;
-        let mut last_change = Instant::now();
-        let hard_deadline = Instant::now() + Duration::from_secs(args.drain_secs * 6);
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = total(workers, "count").await?;
-            if now >= received_before + expected || Instant::now() > hard_deadline {
-                break;
-            }
-            if now != last {
-                last = now;
-                last_change = Instant::now();
-            } else if last_change.elapsed() > Duration::from_secs(args.drain_secs) {
-                break;
-            }
-        }
+        fleet.drain(received_before + expected, Duration::from_secs(args.drain_secs)).await?;
         let after_by_pid: Vec<u64> = args.pids.iter().map(|p| proc_cpu_micros(*p).unwrap_or(0)).collect();
         let herald_after: u64 = after_by_pid.iter().sum();
-        let workers_after = total(workers, "cpu").await?;
+        let workers_after = fleet.total("cpu").await?;
         let ws_bytes = share::counter(&args.servers, WEBSOCKET_BYTES).await.unwrap_or(0.0) - bytes_before;
         let share = match (share_before, share::scrape(&args.servers).await) {
             (Ok(before), Ok(after)) => share::since(&before, &after),
@@ -373,44 +255,23 @@ async fn load(args: &RunArgs, workers: &mut [Worker]) -> anyhow::Result<Vec<serd
         });
         println!("phase rate={rate}: sent {sent} in {send_secs:.2} s");
     }
-    producer.flush(Duration::from_secs(10))?;
-    stop_polling.store(true, Ordering::Relaxed);
-    let _ = poller.join();
+    sender.stop();
     let probe_times = probe.map(Probe::stop).unwrap_or_default();
 
     // Collect arrivals.
     let mut arrivals: Vec<(u64, u64)> = Vec::new();
-    let mut workers_cpu_total = 0;
-    for w in workers.iter_mut() {
-        w.stdin.write_all(b"stop\n").await?;
-        w.stdin.flush().await?;
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(60), w.lines.next_line())
-                .await
-                .map_err(|_| anyhow::anyhow!("worker did not hand its arrivals"))??
-                .ok_or_else(|| anyhow::anyhow!("worker exited early"))?;
-            let mut parts = line.split_whitespace();
-            match parts.next() {
-                Some("d") => {
-                    let seq = parts.next().and_then(|v| v.parse().ok());
-                    let at = parts.next().and_then(|v| v.parse().ok());
-                    if let (Some(seq), Some(at)) = (seq, at) {
-                        arrivals.push((seq, at));
-                    }
-                }
-                Some("end") => {
-                    workers_cpu_total += parts.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                    break;
-                }
-                _ => {}
+    let workers_cpu_total = fleet
+        .hand_back(|kind, numbers| {
+            if let ("d", [seq, at]) = (kind, numbers) {
+                arrivals.push((*seq, *at));
             }
-        }
-    }
+        })
+        .await?;
     let acks = producer.context();
-    let acked_failed = acks.failed.load(Ordering::Relaxed);
+    let acked_failed = acks.failed();
     println!(
         "producer: {} acknowledged, {acked_failed} failed; workers used {:.2} s CPU in all",
-        acks.ok.load(Ordering::Relaxed),
+        acks.ok(),
         workers_cpu_total as f64 / 1e6
     );
 
@@ -564,15 +425,6 @@ impl Probe {
         let _ = self.thread.join();
         std::mem::take(&mut *self.times.lock().expect("probe lock"))
     }
-}
-
-/// Sum of one numeric answer over all workers.
-async fn total(workers: &mut [Worker], command: &str) -> anyhow::Result<u64> {
-    let mut sum = 0;
-    for w in workers.iter_mut() {
-        sum += w.ask(command, command).await?;
-    }
-    Ok(sum)
 }
 
 #[cfg(test)]

@@ -39,15 +39,20 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// utime + stime of `pid`, in microseconds.
 pub fn proc_cpu_micros(pid: u32) -> Option<u64> {
+    proc_cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// utime and stime of `pid` (in user space, in the kernel), in microseconds.
+pub fn proc_cpu_split(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 of the whole line are 12 and 13 here (state is field 3).
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let (user, system): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(ticks * 1_000_000 / hz)
+    Some((user * 1_000_000 / hz, system * 1_000_000 / hz))
 }
 
 /// p50, p90, p99 and max of `values` (sorted in place), or zeros when empty.

@@ -49,6 +49,24 @@ pub struct WorkerArgs {
     /// The last this many of its users connect and then never read.
     #[arg(long, default_value_t = 0)]
     pub stalled: usize,
+    /// Users whose tokens name the group `bench-team`: this many of --all-users, spread evenly
+    /// over them (user i is one when (i + 1) * M / U > i * M / U).
+    #[arg(long, default_value_t = 0)]
+    pub group_members: usize,
+    #[arg(long, default_value_t = 0)]
+    pub all_users: usize,
+    /// Hand back, per notification, how many sockets got it, how many twice, and the first and
+    /// last arrival ("f seq count duplicates first last"), instead of every arrival.
+    #[arg(long)]
+    pub summary: bool,
+}
+
+/// The group a fan-out run addresses.
+pub const GROUP: &str = "bench-team";
+
+/// Whether user `i` of `all` is one of the `members` spread evenly over them.
+pub fn is_member(i: usize, members: usize, all: usize) -> bool {
+    all > 0 && (i + 1) * members / all > i * members / all
 }
 
 /// One received notification: its sequence number and when it arrived (unix microseconds).
@@ -74,7 +92,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(args.users);
     for i in 0..args.users {
         let user = format!("b{}", args.first_user + i);
-        let token = token(&args.secret, &user)?;
+        let member = is_member(args.first_user + i, args.group_members, args.all_users);
+        let token = token(&args.secret, &user, member)?;
         let (url, gate, received, stop) = (url.clone(), gate.clone(), received.clone(), stop.clone());
         let (failures, connected) = (failures.clone(), connected.clone());
         let (server, bind, timeout, polling, open_on) = (args.server, args.bind, connect_timeout, args.polling, args.open_on);
@@ -146,16 +165,58 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     stop.cancel();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut summary = Summary::default();
     for task in tasks {
         if let Ok(arrivals) = task.await {
+            if args.summary {
+                summary.add(arrivals);
+                continue;
+            }
             for (seq, at) in arrivals {
                 writeln!(out, "d {seq} {at}")?;
             }
         }
     }
+    for (seq, s) in summary.0 {
+        writeln!(out, "f {seq} {} {} {} {}", s.count, s.duplicates, s.first, s.last)?;
+    }
     writeln!(out, "end {}", cpu_micros())?;
     out.flush()?;
     Ok(())
+}
+
+/// One notification's arrivals over many sockets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// Sockets that got it.
+    pub count: u64,
+    /// Further copies a socket got.
+    pub duplicates: u64,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// Per notification, its [`Spread`] over the sockets added so far.
+#[derive(Default)]
+struct Summary(std::collections::BTreeMap<u64, Spread>);
+
+impl Summary {
+    /// Adds one socket's arrivals.
+    fn add(&mut self, mut arrivals: Vec<Arrival>) {
+        arrivals.sort_unstable();
+        let mut previous = None;
+        for (seq, at) in arrivals {
+            let s = self.0.entry(seq).or_insert(Spread { count: 0, duplicates: 0, first: u64::MAX, last: 0 });
+            if previous == Some(seq) {
+                s.duplicates += 1;
+                continue;
+            }
+            previous = Some(seq);
+            s.count += 1;
+            s.first = s.first.min(at);
+            s.last = s.last.max(at);
+        }
+    }
 }
 
 fn say(line: &str) {
@@ -164,10 +225,14 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// An HS256 token for `user`, valid for a day (herald's default algorithm and claim).
-fn token(secret: &str, user: &str) -> anyhow::Result<String> {
+/// An HS256 token for `user`, valid for a day (herald's default algorithm and claim), naming
+/// [`GROUP`] in a `groups` claim when `member`.
+fn token(secret: &str, user: &str, member: bool) -> anyhow::Result<String> {
     let now = jsonwebtoken::get_current_timestamp();
-    let claims = serde_json::json!({"sub": user, "iat": now, "exp": now + 86_400});
+    let mut claims = serde_json::json!({"sub": user, "iat": now, "exp": now + 86_400});
+    if member {
+        claims["groups"] = serde_json::json!([GROUP]);
+    }
     Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))?)
 }
 
@@ -306,6 +371,28 @@ pub fn field(text: &str, key: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_spread_evenly() {
+        let members: Vec<usize> = (0..95_000).filter(|&i| is_member(i, 10_000, 95_000)).collect();
+        assert_eq!(members.len(), 10_000);
+        // Each of five instances' contiguous 19,000 users holds 2,000 of them.
+        for part in 0..5 {
+            assert_eq!(members.iter().filter(|&&i| i / 19_000 == part).count(), 2_000);
+        }
+        assert!(!is_member(3, 0, 10) && !is_member(3, 5, 0));
+    }
+
+    #[test]
+    fn a_summary_counts_sockets_duplicates_and_the_spread() {
+        let mut summary = Summary::default();
+        summary.add(vec![(1, 10), (2, 30), (1, 12)]);
+        summary.add(vec![(1, 5)]);
+        assert_eq!(summary.0[&1], Spread { count: 2, duplicates: 1, first: 5, last: 10 });
+        assert_eq!(summary.0[&2], Spread { count: 1, duplicates: 0, first: 30, last: 30 });
+    }
+
     #[test]
     fn reads_the_sequence_number() {
         assert_eq!(super::field(r#"42["notification",{"userId":"b1","seq":17,"ts":5}]"#, "\"seq\":"), Some(17));
