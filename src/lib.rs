@@ -16,6 +16,10 @@
 //! clients what they missed, [`watch`] rereads route scripts and keys when their files change
 //! (ConfigMap and Secret volumes included), and [`app`] wires it together.
 
+// Unsafe code only where a system call or librdkafka's C API has no safe wrapper: the modules
+// that allow it say why (`process`, `source::embedded`).
+#![deny(unsafe_code)]
+
 pub mod app;
 pub mod auth;
 pub mod bus;

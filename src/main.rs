@@ -1,5 +1,7 @@
 //! herald's command line: run the gateway, check a config, mint a test token, produce a record.
 
+#![deny(unsafe_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,5 +1,6 @@
 //! The code's shape, checked: the top-level modules of `src/` depend on each other one way
-//! only (no import circle), and no source file outside tests grows past 600 lines.
+//! only (no import circle), no source file outside tests grows past 600 lines, and unsafe code
+//! is denied except in the few files that say why they need it.
 //!
 //! A module depends on another when any of its files names `crate::<other>` (in a `use` or a
 //! path). Reading the text is enough: herald names other modules only that way.
@@ -145,4 +146,30 @@ fn no_source_file_is_over_600_lines() {
         .collect();
     long.sort();
     assert!(long.is_empty(), "over {MAX_LINES} lines outside tests: {long:?}");
+}
+
+/// Safe by default: every crate root under `src/` denies unsafe code, and a file that allows it
+/// says why in the comment just above the allowance.
+#[test]
+fn unsafe_code_is_denied_except_where_a_file_says_why() {
+    for root in ["lib.rs", "main.rs", "bin/herald-bench/main.rs"] {
+        let text = std::fs::read_to_string(src().join(root)).unwrap();
+        assert!(text.contains("#![deny(unsafe_code)]"), "src/{root} does not deny unsafe code");
+    }
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut unexplained = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim_start().starts_with("#![allow(unsafe_code)]") || line.trim_start().starts_with("#[allow(unsafe_code)]") {
+                let said = i > 0 && lines[i - 1].trim_start().starts_with("//") && !lines[i - 1].trim_start().starts_with("//!");
+                if !said {
+                    unexplained.push(format!("{}:{}", file.strip_prefix(src()).unwrap().display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(unexplained.is_empty(), "unsafe code allowed without a comment saying why: {unexplained:?}");
 }

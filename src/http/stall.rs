@@ -35,9 +35,9 @@ impl Cut for tokio::net::TcpStream {
     /// A shutdown of the socket itself: the task reading it sees the end of the stream now,
     /// instead of waiting for a client that will send nothing.
     fn cut(&self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the descriptor belongs to this open stream; shutdown(2) does not close it.
-        unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_RDWR) };
+        // shutdown(2), which unlike dropping the stream does not close the descriptor under
+        // the task still holding it.
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -5,6 +5,10 @@
 //! TCP relay listens on the configured address and the cluster advertises that address in its
 //! metadata: every client connects through the relay, whatever port the mock really has.
 
+// librdkafka's C API through rdkafka-sys: rdkafka's safe `MockCluster` cannot advertise another
+// address than the one it binds, nor drop the 3 s delay before a consumer group forms.
+#![allow(unsafe_code)]
+
 use std::ffi::{CStr, CString};
 use std::net::SocketAddr;
 use std::sync::mpsc as std_mpsc;

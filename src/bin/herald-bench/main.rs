@@ -6,6 +6,9 @@
 //! processes that hold the Socket.IO connections, produces records at fixed rates, and prints a
 //! report (and appends it as one JSON line to `--json`). See docs/benchmarks.md.
 
+// Unsafe code only in `stats`, for the system calls std does not wrap (it says which).
+#![deny(unsafe_code)]
+
 mod deflate_ws;
 mod fanout;
 mod fleet;

@@ -1,5 +1,9 @@
 //! Measuring: clocks, this process's CPU, another process's RSS and CPU from /proc, percentiles.
 
+// getrusage, sysconf, setrlimit and setsockopt(IP_BIND_ADDRESS_NO_PORT) have no safe wrapper in
+// std, tokio or socket2.
+#![allow(unsafe_code)]
+
 /// Unix time in microseconds: herald's own clock, which every process on the machine shares.
 pub fn now_us() -> u64 {
     herald::clock::unix_us().max(0) as u64

@@ -572,9 +572,9 @@ fn discard(stream: &TcpStream) {
 /// Sends FIN after everything written, then reads until the client closes (or briefly), so
 /// that unread client bytes do not make the kernel reset the connection and drop our last frames.
 async fn shutdown_and_drain(stream: &TcpStream) {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
-    // SAFETY: the descriptor belongs to this open stream; shutdown(2) does not close it.
-    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    // shutdown(2) on the socket itself: tokio's shutdown needs the stream mutably, which the
+    // reads below share.
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
     let _ = tokio::time::timeout(LINGER, async {
         loop {
             if stream.readable().await.is_err() {
