@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|trace|ab|overload|five|broadcast|group|scale|smoke|profile|profile-single [runs]
+#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|trace|trace-split|ab|overload|five|broadcast|group|scale|smoke|profile|profile-single [runs]
 # (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
@@ -164,6 +164,29 @@ case "$SCENARIO" in
       done
     done
     ;;
+  trace-split)
+    # Where the cost of records that carry a traceparent goes (issue #24), interleaved: `off`
+    # (no header), `header` (a header herald does not read, x-request-id, as long as a
+    # traceparent) and `propagate` (a traceparent, which herald carries to the clients); export
+    # off. With HERALD_BEFORE (a build without tracing) also `before-off` and `before-header`.
+    variants="off header propagate"
+    [ -n "${HERALD_BEFORE:-}" ] && variants="before-off before-header $variants"
+    for run in $(seq 1 "$RUNS"); do
+      for scen in single pair; do
+        n=1; bus=""; [ "$scen" = pair ] && { n=2; bus=redis; }
+        for variant in $variants; do
+          flag=""
+          case "$variant" in *header) flag="--other-header" ;; propagate) flag="--traceparent" ;; esac
+          SAVED=$HERALD
+          case "$variant" in before-*) HERALD=$HERALD_BEFORE ;; esac
+          fresh $n $bus
+          HERALD=$SAVED
+          bench --label "$scen-max-trace-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 \
+            --max-count 200000 --linger-ms 5 $flag
+        done
+      done
+    done
+    ;;
   ab)
     # A build against this one (HERALD_BEFORE), interleaved: idle memory per WebSocket at
     # 10,000 connections, the single-max and the pair-max bursts; labels end -before / -after
@@ -261,11 +284,12 @@ case "$SCENARIO" in
     ;;
   profile|profile-single)
     # perf profile during an as-fast-as-possible run (pair: both instances and Redis; single: one
-    # instance, in-process bus); then the loss counters.
+    # instance, in-process bus); then the loss counters. PROFILE_FLAGS: more herald-bench flags
+    # (--traceparent, --other-header, --payload-bytes 2048 ...).
     if [ "$SCENARIO" = profile ]; then fresh 2 redis; label=profile-pair-max; else fresh 1; label=profile-single-max; fi
     perf record -F ${PERF_HZ:-499} -g -o bench/perf.data -p "$PIDLIST" -- sleep 25 >/dev/null 2>&1 &
     perf_pid=$!
-    bench --label "$label" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+    bench --label "$label" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5 ${PROFILE_FLAGS:-}
     wait "$perf_pid" || true
     loss_counters
     perf report -i bench/perf.data --no-children --sort dso,symbol -g none --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -40 > "bench/perf-top-$label.txt" || true

@@ -143,7 +143,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         // its batches linearly on every fetch, and 190,000 one-record batches slow it to a crawl.
         let batched = Sender::start(&args.brokers, 5)?;
         let (p, u, rate) = (batched.producer.clone(), users.clone(), args.per_user_rate);
-        let shape = Shape { pad: 0, traceparent: false };
+        let shape = Shape { pad: 0, traceparent: false, other_header: false };
         let times =
             tokio::task::spawn_blocking(move || send_phase(&p, PER_USER_TOPIC, &u, (first_seq, u.len() as u64), rate, shape)).await?;
         let sent = times.len() as u64;

@@ -120,6 +120,9 @@ pub struct Shape {
     pub pad: usize,
     /// A `traceparent` header, one trace per record, not sampled.
     pub traceparent: bool,
+    /// Instead, a header herald does not read, of the same size (`x-request-id`): what a record
+    /// carrying any header costs, apart from what propagating a trace adds.
+    pub other_header: bool,
 }
 
 /// Sends `count` records (`seqs`: the first sequence number and the count) at `rate` per second
@@ -142,11 +145,15 @@ pub fn send_phase(producer: &BaseProducer<Acks>, topic: &str, users: &[String], 
         }
         let user = &users[seq as usize % users.len()];
         let value = payload(user, seq, shape.pad);
-        let traceparent = if shape.traceparent { format!("00-{:032x}-{:016x}-00", u128::from(seq) + 1, seq + 1) } else { String::new() };
+        let header = match (shape.traceparent, shape.other_header) {
+            (true, _) => Some(("traceparent", format!("00-{:032x}-{:016x}-00", u128::from(seq) + 1, seq + 1))),
+            (false, true) => Some(("x-request-id", format!("{:032x}-{:016x}-0000", u128::from(seq) + 1, seq + 1))),
+            _ => None,
+        };
         let sent_at = now_us();
         let mut record = BaseRecord::<str, str>::to(topic).key(user).payload(&value);
-        if shape.traceparent {
-            record = record.headers(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) }));
+        if let Some((key, value)) = &header {
+            record = record.headers(OwnedHeaders::new().insert(Header { key, value: Some(value) }));
         }
         let mut tries = 0;
         loop {

@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// Each measured record carries a W3C `traceparent` header (its producer's, not sampled).
     #[arg(long)]
     traceparent: bool,
+    /// Each measured record carries a header herald does not read, as long as a `traceparent`
+    /// (`x-request-id`): the cost of a header, apart from propagating a trace.
+    #[arg(long)]
+    other_header: bool,
     /// The last this many users connect and then never read (an overload: their notifications
     /// pile up in herald's per-socket queues and are dropped there). Not counted as lost.
     #[arg(long, default_value_t = 0)]
@@ -222,7 +226,7 @@ async fn load(args: &RunArgs, fleet: &mut Fleet) -> anyhow::Result<Vec<serde_jso
         let t0 = Instant::now();
         // Sending runs on a thread of its own; times are written into a buffer handed back.
         let (producer2, topic, users2) = (producer.clone(), args.topic.clone(), users.clone());
-        let shape = Shape { pad: args.payload_bytes, traceparent: args.traceparent };
+        let shape = Shape { pad: args.payload_bytes, traceparent: args.traceparent, other_header: args.other_header };
         let times = tokio::task::spawn_blocking(move || send_phase(&producer2, &topic, &users2, (first_seq, count), rate, shape)).await?;
         let send_secs = t0.elapsed().as_secs_f64();
         let sent = times.len() as u64;
