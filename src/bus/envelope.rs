@@ -15,9 +15,22 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::inbound::Arrival;
 use crate::replay::NotificationId;
 use crate::route::{Audience, Notification};
+
+/// A notification as it arrives, borrowed from its message.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub event: &'a str,
+    pub payload: &'a RawValue,
+    /// When its record was produced (milliseconds since the epoch).
+    pub timestamp_ms: i64,
+    /// When herald consumed its record (microseconds since the epoch); 0 if unknown.
+    pub consumed_us: i64,
+    /// The W3C trace context it continues, as its publisher wrote it (checked where used).
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
 
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {

@@ -2,8 +2,8 @@
 //! and the gateway implements it (`gateway::Deliverer`), so the bus never depends on sockets;
 //! `app` connects the two.
 
-use serde_json::value::RawValue;
-
+pub use super::envelope::Arrival;
+use super::envelope::Relayed;
 use crate::metrics::AudienceKind;
 use crate::replay::NotificationId;
 
@@ -31,20 +31,6 @@ impl Addressee<'_> {
     }
 }
 
-/// A notification as it arrives, borrowed from its message.
-#[derive(Debug, Clone, Copy)]
-pub struct Arrival<'a> {
-    pub event: &'a str,
-    pub payload: &'a RawValue,
-    /// When its record was produced (milliseconds since the epoch).
-    pub timestamp_ms: i64,
-    /// When herald consumed its record (microseconds since the epoch); 0 if unknown.
-    pub consumed_us: i64,
-    /// The W3C trace context it continues, as its publisher wrote it (checked where used).
-    pub traceparent: Option<&'a str>,
-    pub tracestate: Option<&'a str>,
-}
-
 /// The sockets of this instance, as the bus sees them.
 pub trait Inbound: Send + Sync {
     /// Emits `n` (with `{"id": id}` as a second argument, for receipts, and its
@@ -67,7 +53,7 @@ pub trait Inbound: Send + Sync {
     /// many sockets it ended.
     fn end_sessions(&self, users: &[&str], revoked_at_ms: Option<i64>) -> usize;
     /// A message on this instance's own channel: a request forwarded here, or an answer.
-    fn relayed(&self, _message: super::envelope::Relayed) {}
+    fn relayed(&self, _message: Relayed) {}
 
     /// The marker `token` of a moving session passed on `on`'s channel (see
     /// [`super::envelope::encode_cut`]).

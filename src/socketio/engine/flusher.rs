@@ -12,8 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::Handler;
-use super::session::Session;
+/// What a flusher writes: a session whose frames wait. The session implements it, so the
+/// flusher need not know sessions (nor sessions' internals know flushers' lists).
+pub(crate) trait Marked: Send + Sync + 'static {
+    /// Writes what waits; called once per [`Flusher::mark`].
+    fn flush_marked(&self);
+}
 
 /// Flushers per engine by default: one per two worker threads of the runtime it starts on, at
 /// least one. Writing overlaps with the work that sends (decoding, routing, delivering) on the
@@ -23,8 +27,8 @@ pub(super) fn count() -> usize {
     tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers() / 2).max(1)
 }
 
-pub(crate) struct Flusher<H: Handler> {
-    marked: Mutex<Vec<Arc<Session<H>>>>,
+pub(crate) struct Flusher<S> {
+    marked: Mutex<Vec<Arc<S>>>,
     wake: Notify,
     stopped: AtomicBool,
     /// Packets at least this long go compressed to sessions that negotiated permessage-deflate
@@ -32,13 +36,13 @@ pub(crate) struct Flusher<H: Handler> {
     pub(super) deflate_over: Option<usize>,
 }
 
-impl<H: Handler> Flusher<H> {
+impl<S: Marked> Flusher<S> {
     pub(super) fn new(deflate_over: Option<usize>) -> Self {
         Self { marked: Mutex::new(Vec::new()), wake: Notify::new(), stopped: AtomicBool::new(false), deflate_over }
     }
 
     /// `session` has frames to write (it marks itself once until its visit).
-    pub(super) fn mark(&self, session: Arc<Session<H>>) {
+    pub(super) fn mark(&self, session: Arc<S>) {
         let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
         let first = marked.is_empty();
         marked.push(session);
@@ -56,7 +60,7 @@ impl<H: Handler> Flusher<H> {
 }
 
 /// The flushing task.
-pub(super) async fn run<H: Handler>(flusher: Arc<Flusher<H>>) {
+pub(super) async fn run<S: Marked>(flusher: Arc<Flusher<S>>) {
     let mut batch = Vec::new();
     loop {
         flusher.wake.notified().await;

@@ -174,7 +174,7 @@ pub(crate) struct Shared<H: Handler> {
     /// One flusher per runtime worker thread; each session belongs to one, given in turn, so a
     /// broadcast's writes are spread over every flusher and core, and senders to different
     /// sessions mostly take different locks.
-    pub(crate) flushers: Box<[Arc<flusher::Flusher<H>>]>,
+    pub(crate) flushers: Box<[Arc<flusher::Flusher<Session<H>>>]>,
     next_flusher: std::sync::atomic::AtomicUsize,
     /// Packets at least this long go compressed (`server.compression`), `None`: off.
     pub(crate) deflate_over: Option<usize>,
@@ -254,7 +254,7 @@ fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
 
 impl<H: Handler> Shared<H> {
     /// The flusher of a new session: each in turn.
-    pub(crate) fn flusher(&self) -> Arc<flusher::Flusher<H>> {
+    pub(crate) fn flusher(&self) -> Arc<flusher::Flusher<Session<H>>> {
         let i = self.next_flusher.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.flushers.len();
         self.flushers[i].clone()
     }

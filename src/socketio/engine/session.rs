@@ -13,10 +13,11 @@ use tokio::sync::Notify;
 
 pub use super::encoded::Frame;
 pub(super) use super::encoded::{CLOSE, NOOP, PING, PONG_PROBE};
-use super::flusher::Flusher;
+use super::flusher::{Flusher, Marked};
 use super::packet::{self, SEPARATOR};
 use super::queue::Queue;
 use super::sid::Sid;
+pub use super::stats::CloseReason;
 use super::{Handler, Handshake, Shared};
 
 /// Frames past `max_queue` kept for what the protocol owes a client (pings, a CONNECT reply, a
@@ -41,47 +42,6 @@ pub enum SendError {
     Full,
     #[error("the session is closed")]
     Closed,
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client closed the transport (or the connection dropped).
-    TransportClose,
-    /// The client sent a close packet.
-    ClientClose,
-    PingTimeout,
-    /// The layer above never joined it in time.
-    JoinTimeout,
-    /// The client sent something the protocol does not allow.
-    ProtocolError,
-    /// The client took no data for the write timeout.
-    WriteTimeout,
-    /// The client asked for more answers (pongs, refusals) than it read, past the room kept
-    /// for them.
-    Flood,
-    /// The layer above closed it.
-    ServerClose,
-    ServerShutdown,
-    /// The session went on to another instance, with its WebSocket upgrade.
-    Moved,
-}
-
-impl CloseReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::TransportClose => "transport close",
-            Self::ClientClose => "client close",
-            Self::PingTimeout => "ping timeout",
-            Self::JoinTimeout => "join timeout",
-            Self::ProtocolError => "protocol error",
-            Self::WriteTimeout => "write timeout",
-            Self::Flood => "flood",
-            Self::ServerClose => "server close",
-            Self::ServerShutdown => "server shutdown",
-            Self::Moved => "moved",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +88,7 @@ pub struct Session<H: Handler> {
     pub(super) out: Mutex<Outbox>,
     /// Its flusher: the engine's, each in turn, so that a broadcast's writes are shared by all
     /// of them (one per worker thread), each on its own core.
-    flusher: Arc<Flusher<H>>,
+    flusher: Arc<Flusher<Session<H>>>,
     writes: Arc<super::stats::WriteCounts>,
     /// Wakes the WebSocket task (the socket has no room, or the session is closing): a flag and
     /// its waker, smaller to wait on than a `Notify`.
@@ -386,28 +346,6 @@ impl<H: Handler> Session<H> {
         Ok(())
     }
 
-    /// The flusher's visit: writes the queue; if the socket has no room, its task takes over.
-    pub(super) fn flush_marked(&self) {
-        let mut out = self.lock();
-        out.marked = false;
-        if out.stalled || out.transport != Transport::WebSocket {
-            return;
-        }
-        match self.flush(&mut out) {
-            Ok(Flushed::Empty) => {}
-            Ok(Flushed::Partial { .. }) => {
-                out.stalled = true;
-                drop(out);
-                self.wake();
-            }
-            Err(_) => {
-                // The connection is gone; the task sees it too and closes the session.
-                drop(out);
-                self.wake();
-            }
-        }
-    }
-
     /// Writes queued frames to the WebSocket, many per system call, until the queue is empty
     /// or the socket has no room.
     pub(super) fn flush(&self, out: &mut Outbox) -> io::Result<Flushed> {
@@ -577,6 +515,30 @@ impl<H: Handler> Session<H> {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+impl<H: Handler> Marked for Session<H> {
+    /// The flusher's visit: writes the queue; if the socket has no room, its task takes over.
+    fn flush_marked(&self) {
+        let mut out = self.lock();
+        out.marked = false;
+        if out.stalled || out.transport != Transport::WebSocket {
+            return;
+        }
+        match self.flush(&mut out) {
+            Ok(Flushed::Empty) => {}
+            Ok(Flushed::Partial { .. }) => {
+                out.stalled = true;
+                drop(out);
+                self.wake();
+            }
+            Err(_) => {
+                // The connection is gone; the task sees it too and closes the session.
+                drop(out);
+                self.wake();
+            }
         }
     }
 }

@@ -1,9 +1,49 @@
-//! Counters an embedding application can export: sessions by transport, sessions closed by
-//! reason, and protocol errors by kind. Plain atomics, read at scrape time.
+//! Why a session ends, what a client did wrong, and the counters an embedding application can
+//! export: sessions by transport, sessions closed by reason, and protocol errors by kind. Plain
+//! atomics, read at scrape time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::session::CloseReason;
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the transport (or the connection dropped).
+    TransportClose,
+    /// The client sent a close packet.
+    ClientClose,
+    PingTimeout,
+    /// The layer above never joined it in time.
+    JoinTimeout,
+    /// The client sent something the protocol does not allow.
+    ProtocolError,
+    /// The client took no data for the write timeout.
+    WriteTimeout,
+    /// The client asked for more answers (pongs, refusals) than it read, past the room kept
+    /// for them.
+    Flood,
+    /// The layer above closed it.
+    ServerClose,
+    ServerShutdown,
+    /// The session went on to another instance, with its WebSocket upgrade.
+    Moved,
+}
+
+impl CloseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TransportClose => "transport close",
+            Self::ClientClose => "client close",
+            Self::PingTimeout => "ping timeout",
+            Self::JoinTimeout => "join timeout",
+            Self::ProtocolError => "protocol error",
+            Self::WriteTimeout => "write timeout",
+            Self::Flood => "flood",
+            Self::ServerClose => "server close",
+            Self::ServerShutdown => "server shutdown",
+            Self::Moved => "moved",
+        }
+    }
+}
 
 /// What a client did wrong; each closes its connection or session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
