@@ -316,7 +316,6 @@ fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<Vec<String>> 
 /// that re-exports its children's types and children that use what it defines. The test fails
 /// on any other circle, and when one of these changes or is gone, so that the list only shrinks.
 const KNOWN_FILE_CIRCLES: &[&[&str]] = &[
-    &["auth", "auth::check", "auth::jwt"],
     &["bus", "bus::memory", "bus::redis", "bus::redis::cluster", "bus::redis::store", "bus::redis::subscriber"],
     &["bus::redis::address", "bus::redis::pipelined", "bus::redis::replies", "bus::redis::resp", "bus::redis::topology"],
     &["config", "config::auth", "config::kafka", "config::redis", "config::redis_tls", "config::server"],
@@ -330,7 +329,6 @@ const KNOWN_FILE_CIRCLES: &[&[&str]] = &[
         "gateway::presence",
         "gateway::relay",
     ],
-    &["route", "route::returned", "route::script"],
     &["socketio", "socketio::socket"],
     &[
         "socketio::engine",

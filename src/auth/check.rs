@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tracing::warn;
 
-use super::{AuthError, groups_from_json, user_id_from_json};
+use super::identity::{AuthError, groups_from_json, user_id_from_json};
 use crate::config::CheckConfig;
 use crate::metrics::Metrics;
 

@@ -10,8 +10,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
+use super::identity::{AuthError, Identity, groups_from_json, user_id_from_json};
 use super::jwks::Jwks;
-use super::{AuthError, Identity, groups_from_json, user_id_from_json};
 use crate::config::Config;
 use crate::metrics::Metrics;
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use rhai::Dynamic;
 
-use super::{Audience, Notification, Record, parse_value};
+use super::notification::{Audience, Notification};
+use super::record::{Record, parse_value};
 
 const KEYS: &str = "user_id, group, groups, broadcast, event, payload";
 

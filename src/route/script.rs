@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
-use super::Record;
+use super::record::Record;
 
 /// Bounds on one script call.
 #[derive(Debug, Clone)]
