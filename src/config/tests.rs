@@ -302,14 +302,14 @@ fn keys_are_named_once_where_they_are_read_and_anything_else_is_unknown() {
 }
 
 #[test]
-fn the_annotated_config_and_the_readme_name_every_key() {
+fn the_annotated_config_and_the_reference_table_name_every_key() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let annotated = std::fs::read_to_string(root.join("config.yaml")).unwrap();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    // Every word inside `code` in the README: rows name keys as `server.listen`, `a` / `b` or
-    // `{name, script}`.
+    let reference = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    // Every word inside `code` in the reference table (the README links it): rows name keys as
+    // `server.listen`, `a` / `b` or `{name, script}`.
     let documented: std::collections::HashSet<&str> =
-        readme.split('`').skip(1).step_by(2).flat_map(|code| code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))).collect();
+        reference.split('`').skip(1).step_by(2).flat_map(|code| code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))).collect();
     let keys = every_key();
     let mut undocumented = Vec::new();
     for path in &keys {
@@ -319,7 +319,7 @@ fn the_annotated_config_and_the_readme_name_every_key() {
             undocumented.push(path);
         }
     }
-    assert!(undocumented.is_empty(), "keys missing from config.yaml or the README: {undocumented:?}");
+    assert!(undocumented.is_empty(), "keys missing from config.yaml or docs/configuration.md: {undocumented:?}");
 }
 
 #[test]
