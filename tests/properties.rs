@@ -3,7 +3,7 @@
 //! frames, messages and packets. The fuzz targets (fuzz/) check the same on arbitrary bytes.
 
 use bytes::BytesMut;
-use herald::bus::resp::{self, Frame};
+use herald::bus::resp;
 use herald::socketio::engine::frame::{Assembled, Assembler, client_frame, parse_header, unmask};
 use herald::socketio::engine::packet::{Packet as EnginePacket, SEPARATOR, parse_payload, write_binary_for_polling};
 use herald::socketio::packet::{Kind, parse, write};
@@ -83,15 +83,15 @@ fn encode(m: &Message, mask: [u8; 4]) -> (Vec<u8>, Vec<String>) {
 }
 
 /// A RESP reply as Redis writes it.
-fn write_resp(out: &mut Vec<u8>, frame: &Frame) {
-    match frame {
-        Frame::Simple(s) => out.extend([&b"+"[..], s, b"\r\n"].concat()),
-        Frame::Error(s) => out.extend([&b"-"[..], s, b"\r\n"].concat()),
-        Frame::Integer(n) => out.extend(format!(":{n}\r\n").into_bytes()),
-        Frame::Bulk(None) => out.extend(b"$-1\r\n"),
-        Frame::Bulk(Some(b)) => out.extend([format!("${}\r\n", b.len()).as_bytes(), b, b"\r\n"].concat()),
-        Frame::Array(None) => out.extend(b"*-1\r\n"),
-        Frame::Array(Some(items)) => {
+fn write_resp(out: &mut Vec<u8>, value: &resp::Value) {
+    match value {
+        resp::Value::Simple(s) => out.extend([&b"+"[..], s, b"\r\n"].concat()),
+        resp::Value::Error(s) => out.extend([&b"-"[..], s, b"\r\n"].concat()),
+        resp::Value::Integer(n) => out.extend(format!(":{n}\r\n").into_bytes()),
+        resp::Value::Bulk(None) => out.extend(b"$-1\r\n"),
+        resp::Value::Bulk(Some(b)) => out.extend([format!("${}\r\n", b.len()).as_bytes(), b, b"\r\n"].concat()),
+        resp::Value::Array(None) => out.extend(b"*-1\r\n"),
+        resp::Value::Array(Some(items)) => {
             out.extend(format!("*{}\r\n", items.len()).into_bytes());
             for item in items {
                 write_resp(out, item);
@@ -100,16 +100,16 @@ fn write_resp(out: &mut Vec<u8>, frame: &Frame) {
     }
 }
 
-fn resp_frame() -> impl Strategy<Value = Frame> {
+fn resp_value() -> impl Strategy<Value = resp::Value> {
     let line = "[a-zA-Z0-9 :_-]{0,20}".prop_map(|s| bytes::Bytes::from(s.into_bytes()));
     let leaf = prop_oneof![
-        line.clone().prop_map(Frame::Simple),
-        line.prop_map(Frame::Error),
-        any::<i64>().prop_map(Frame::Integer),
-        prop::option::of(prop::collection::vec(any::<u8>(), 0..64)).prop_map(|b| Frame::Bulk(b.map(bytes::Bytes::from))),
+        line.clone().prop_map(resp::Value::Simple),
+        line.prop_map(resp::Value::Error),
+        any::<i64>().prop_map(resp::Value::Integer),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..64)).prop_map(|b| resp::Value::Bulk(b.map(bytes::Bytes::from))),
     ];
     // Nesting as deep as herald's own replies go.
-    leaf.prop_recursive(3, 24, 6, |inner| prop::option::of(prop::collection::vec(inner, 0..6)).prop_map(Frame::Array))
+    leaf.prop_recursive(3, 24, 6, |inner| prop::option::of(prop::collection::vec(inner, 0..6)).prop_map(resp::Value::Array))
 }
 
 fn kind() -> impl Strategy<Value = Kind> {
@@ -145,12 +145,12 @@ proptest! {
 
     #[test]
     fn resp_replies_read_back_whatever_the_reads(
-        frames in prop::collection::vec(resp_frame(), 1..8),
+        values in prop::collection::vec(resp_value(), 1..8),
         cuts in prop::collection::vec(any::<usize>(), 0..12),
     ) {
         let mut wire = Vec::new();
-        for f in &frames {
-            write_resp(&mut wire, f);
+        for v in &values {
+            write_resp(&mut wire, v);
         }
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
         points.push(wire.len());
@@ -159,11 +159,11 @@ proptest! {
         for to in points {
             buf.extend_from_slice(&wire[from..to]);
             from = to;
-            while let Some(frame) = resp::take(&mut buf).expect("well-formed") {
-                read.push(frame);
+            while let Some(value) = resp::take(&mut buf).expect("well-formed") {
+                read.push(value);
             }
         }
-        prop_assert_eq!(read, frames);
+        prop_assert_eq!(read, values);
     }
 
     #[test]

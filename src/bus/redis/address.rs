@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::link::{self, Link, LinkError};
-use super::resp::{self, Frame};
+use super::resp::{self, Value};
 use crate::config::{RedisAddress, RedisTarget};
 
 /// A node's host and port.
@@ -34,7 +34,7 @@ impl Access {
                 let mut link = self.node(&host, port).await?;
                 // A Sentinel may name a master that has just been demoted: only a master will do.
                 match request(&mut link, &[b"ROLE"], self.timeout).await? {
-                    Frame::Array(Some(parts)) if parts.first().and_then(Frame::as_str) == Some("master") => Ok(link),
+                    Value::Array(Some(parts)) if parts.first().and_then(Value::as_str) == Some("master") => Ok(link),
                     other => Err(LinkError::Unreachable(format!("{host}:{port}, named master by the Sentinels, is not one: {other:?}"))),
                 }
             }
@@ -59,7 +59,7 @@ impl Access {
         authenticate(&mut link, a.username.as_deref(), a.password.as_deref(), self.timeout).await?;
         if let Some(db) = a.database {
             let db = db.to_string();
-            if let Frame::Error(e) = request(&mut link, &[b"SELECT", db.as_bytes()], self.timeout).await? {
+            if let Value::Error(e) = request(&mut link, &[b"SELECT", db.as_bytes()], self.timeout).await? {
                 return Err(LinkError::Refused(format!("Redis refused SELECT {db}: {}", String::from_utf8_lossy(&e))));
             }
         }
@@ -92,14 +92,14 @@ impl Access {
                 request(&mut s, &[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()], self.timeout).await
             };
             match answer.await {
-                Ok(Frame::Array(Some(parts))) if parts.len() == 2 => {
+                Ok(Value::Array(Some(parts))) if parts.len() == 2 => {
                     if let (Some(h), Some(p)) = (parts[0].as_str(), parts[1].as_str().and_then(|p| p.parse().ok())) {
                         return Ok((h.to_owned(), p));
                     }
                     problems.push(format!("{host}:{port}: unreadable answer"));
                 }
-                Ok(Frame::Array(None)) => problems.push(format!("{host}:{port}: knows no master `{master}`")),
-                Ok(Frame::Error(e)) => {
+                Ok(Value::Array(None)) => problems.push(format!("{host}:{port}: knows no master `{master}`")),
+                Ok(Value::Error(e)) => {
                     return Err(LinkError::Refused(format!("Sentinel {host}:{port} refused herald: {}", String::from_utf8_lossy(&e))));
                 }
                 Ok(other) => problems.push(format!("{host}:{port}: {other:?}")),
@@ -121,21 +121,21 @@ async fn authenticate(link: &mut Link, username: Option<&str>, password: Option<
     }
     args.push(password.as_bytes());
     match request(link, &args, timeout).await? {
-        Frame::Error(e) => Err(LinkError::Refused(format!("Redis refused AUTH: {}", String::from_utf8_lossy(&e)))),
+        Value::Error(e) => Err(LinkError::Refused(format!("Redis refused AUTH: {}", String::from_utf8_lossy(&e)))),
         _ => Ok(()),
     }
 }
 
 /// One command and its reply, on a connection doing nothing else.
-pub async fn request(link: &mut Link, args: &[&[u8]], timeout: Duration) -> Result<Frame, LinkError> {
+pub async fn request(link: &mut Link, args: &[&[u8]], timeout: Duration) -> Result<Value, LinkError> {
     let mut out = Vec::new();
     resp::command(&mut out, args);
     let exchange = async {
         link.write_all(&out).await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(256);
         loop {
-            if let Some(frame) = resp::take(&mut buf).map_err(|e| e.to_string())? {
-                return Ok(frame);
+            if let Some(value) = resp::take(&mut buf).map_err(|e| e.to_string())? {
+                return Ok(value);
             }
             if link.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
                 return Err("closed by Redis".to_owned());
@@ -143,7 +143,7 @@ pub async fn request(link: &mut Link, args: &[&[u8]], timeout: Duration) -> Resu
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(frame)) => Ok(frame),
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(LinkError::Unreachable(e)),
         Err(_) => Err(LinkError::Unreachable("no reply in time".into())),
     }

@@ -42,7 +42,7 @@ use interest::{Interest, Op};
 use link::LinkError;
 use nodes::{Lane, Nodes};
 use replies::{integer, parse_entries};
-use resp::Frame;
+use resp::Value;
 use slots::slot_of;
 use store::{STORE_AND_PUBLISH, STORE_AND_SPUBLISH, StoreScript};
 use topology::Command;
@@ -258,7 +258,7 @@ impl RedisBus {
     }
 
     /// One pipeline for the batch: each notification's reply, in order (error replies as `Err`).
-    async fn send(&self, batch: &[Notification], retry_since_ms: Option<i64>) -> Result<Vec<Result<Frame, String>>, BusError> {
+    async fn send(&self, batch: &[Notification], retry_since_ms: Option<i64>) -> Result<Vec<Result<Value, String>>, BusError> {
         let now = crate::clock::unix_ms().max(0) as u64;
         let oldest_kept = now.saturating_sub(self.replay.max_age.as_millis() as u64);
         let commands = batch.iter().map(|n| {
@@ -294,7 +294,7 @@ impl RedisBus {
 
     /// Sends commands (each its arguments, the command name first) in one pipeline (one per
     /// master on a cluster, each command to the master of its key's or channel's slot).
-    async fn pipeline(&self, commands: Vec<Vec<Vec<u8>>>, expected: usize) -> Result<Vec<Result<Frame, String>>, BusError> {
+    async fn pipeline(&self, commands: Vec<Vec<Vec<u8>>>, expected: usize) -> Result<Vec<Result<Value, String>>, BusError> {
         // Slots matter on a cluster only.
         let cluster = matches!(*self.nodes, Nodes::Cluster(_));
         let commands: Vec<Command> =
@@ -308,7 +308,7 @@ impl RedisBus {
     }
 
     /// Sends commands, noting whether the connections work.
-    async fn run(&self, commands: &[Command], lane: Lane) -> Result<Vec<Result<Frame, String>>, BusError> {
+    async fn run(&self, commands: &[Command], lane: Lane) -> Result<Vec<Result<Value, String>>, BusError> {
         let result = self.nodes.send(commands, lane).await;
         // Down at once on a failure; up again when the watcher's PING reaches every master.
         if result.is_err() {
@@ -383,7 +383,7 @@ impl RedisBus {
         let mut counts = vec![0usize; channels.len()];
         for ((_, members), reply) in by_command.iter().zip(replies) {
             // [channel, count, channel, count, ...], in the order asked.
-            let Frame::Array(Some(items)) = reply.map_err(BusError)? else {
+            let Value::Array(Some(items)) = reply.map_err(BusError)? else {
                 return Err(BusError("unexpected PUBSUB reply".into()));
             };
             for (&i, pair) in members.iter().zip(items.chunks(2)) {
@@ -525,13 +525,13 @@ fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, 
 
 /// What a publish reply says of its notification: instances reached, and the history id of a
 /// retained one.
-fn published(n: &Notification, reply: Frame) -> Result<Published, String> {
+fn published(n: &Notification, reply: Value) -> Result<Published, String> {
     if stored_for(n).is_none() {
         return Ok(Published { receivers: integer(Some(&reply)), stored: None });
     }
     match reply {
-        Frame::Array(Some(parts)) => {
-            let id = parts.first().and_then(Frame::as_str).and_then(|id| id.parse::<NotificationId>().ok());
+        Value::Array(Some(parts)) => {
+            let id = parts.first().and_then(Value::as_str).and_then(|id| id.parse::<NotificationId>().ok());
             let Some(id) = id else { return Err(format!("unexpected id from the store script: {:?}", parts.first())) };
             Ok(Published { receivers: integer(parts.get(1)), stored: Some(id) })
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::address::Access;
 use super::link::LinkError;
 use super::pipelined::{Pipeline, Pipelined};
-use super::resp::Frame;
+use super::resp::Value;
 use super::topology::{Cluster, Command, reply};
 
 pub enum Nodes {
@@ -33,7 +33,7 @@ impl Nodes {
     }
 
     /// Each command's reply, in order (error replies as `Err`); fails whole if a connection did.
-    pub async fn send(&self, commands: &[Command], lane: Lane) -> Result<Vec<Result<Frame, String>>, LinkError> {
+    pub async fn send(&self, commands: &[Command], lane: Lane) -> Result<Vec<Result<Value, String>>, LinkError> {
         match self {
             Nodes::Single { writer, reader } => {
                 let mut pipeline = Pipeline::default();
@@ -54,7 +54,7 @@ impl Nodes {
                 let mut pipeline = Pipeline::default();
                 pipeline.push(args);
                 match writer.send(&pipeline).await?.pop() {
-                    Some(Frame::Error(e)) => Err(LinkError::Refused(format!("Redis refused it: {}", String::from_utf8_lossy(&e)))),
+                    Some(Value::Error(e)) => Err(LinkError::Refused(format!("Redis refused it: {}", String::from_utf8_lossy(&e)))),
                     _ => Ok(()),
                 }
             }

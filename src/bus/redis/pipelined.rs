@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 
 use super::address::{Access, Endpoint};
 use super::link::{Link, LinkError};
-use super::resp::{self, Frame};
+use super::resp::{self, Value};
 
 pub struct Pipelined {
     access: Access,
@@ -67,8 +67,8 @@ impl Pipelined {
     }
 
     /// Sends `pipeline` and returns one reply per command, in order (an error reply is a
-    /// [`Frame::Error`] in its place). Fails whole, within the command deadline, or not at all.
-    pub async fn send(&self, pipeline: &Pipeline) -> Result<Vec<Frame>, LinkError> {
+    /// [`Value::Error`] in its place). Fails whole, within the command deadline, or not at all.
+    pub async fn send(&self, pipeline: &Pipeline) -> Result<Vec<Value>, LinkError> {
         let mut guard = self.connection.lock().await;
         if guard.as_ref().is_some_and(|c| c.busy) {
             *guard = None;
@@ -90,7 +90,7 @@ impl Pipelined {
             let mut replies = Vec::with_capacity(pipeline.commands);
             while replies.len() < pipeline.commands {
                 match resp::take(&mut c.replies).map_err(|e| LinkError::Unreachable(e.to_string()))? {
-                    Some(frame) => replies.push(frame),
+                    Some(value) => replies.push(value),
                     None => {
                         if c.link.read_buf(&mut c.replies).await.map_err(|e| lost(e, "reading from"))? == 0 {
                             return Err(LinkError::Unreachable("Redis closed the connection".to_owned()));

@@ -13,21 +13,21 @@ const MAX_DEPTH: usize = 4;
 
 /// One reply or push.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub enum Value {
     Simple(Bytes),
     Error(Bytes),
     Integer(i64),
     /// `None`: the null bulk string.
     Bulk(Option<Bytes>),
     /// `None`: the null array.
-    Array(Option<Vec<Frame>>),
+    Array(Option<Vec<Value>>),
 }
 
-impl Frame {
+impl Value {
     /// The bytes of a simple or bulk string.
     pub fn as_bytes(&self) -> Option<&Bytes> {
         match self {
-            Frame::Simple(b) | Frame::Bulk(Some(b)) => Some(b),
+            Value::Simple(b) | Value::Bulk(Some(b)) => Some(b),
             _ => None,
         }
     }
@@ -59,13 +59,13 @@ fn header(out: &mut Vec<u8>, kind: u8, len: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Takes the first complete frame off `buf`; `Ok(None)` while it is still incomplete.
-pub fn take(buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+/// Takes the first complete value off `buf`; `Ok(None)` while it is still incomplete.
+pub fn take(buf: &mut BytesMut) -> Result<Option<Value>, ProtocolError> {
     let Some(len) = measure(buf, 0, 0)? else { return Ok(None) };
     let chunk = buf.split_to(len).freeze();
-    let (frame, used) = build(&chunk, 0);
+    let (value, used) = build(&chunk, 0);
     debug_assert_eq!(used, len);
-    Ok(Some(frame))
+    Ok(Some(value))
 }
 
 /// Where a Pub/Sub message at the start of a buffer lies: `[message|smessage, channel, payload]`.
@@ -119,7 +119,7 @@ fn number(text: &[u8]) -> Result<i64, ProtocolError> {
     std::str::from_utf8(text).ok().and_then(|s| s.parse().ok()).ok_or(ProtocolError("bad number"))
 }
 
-/// The length of the complete frame at `at`, checking it on the way; `None` if incomplete.
+/// The length of the complete value at `at`, checking it on the way; `None` if incomplete.
 fn measure(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ProtocolError> {
     let Some(&kind) = buf.get(at) else { return Ok(None) };
     let Some((text, next)) = line(buf, at + 1) else {
@@ -160,23 +160,23 @@ fn measure(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Protoco
     }
 }
 
-/// Builds the frame at `at` of a chunk [`measure`] checked whole; returns it and its length.
-fn build(chunk: &Bytes, at: usize) -> (Frame, usize) {
+/// Builds the value at `at` of a chunk [`measure`] checked whole; returns it and its length.
+fn build(chunk: &Bytes, at: usize) -> (Value, usize) {
     let (text, next) = line(chunk, at).map(|(t, n)| (&t[1..], n)).expect("measured");
     let n = || number(text).expect("measured");
     match chunk[at] {
-        b'+' => (Frame::Simple(chunk.slice(at + 1..next - 2)), next - at),
-        b'-' => (Frame::Error(chunk.slice(at + 1..next - 2)), next - at),
-        b':' => (Frame::Integer(n()), next - at),
+        b'+' => (Value::Simple(chunk.slice(at + 1..next - 2)), next - at),
+        b'-' => (Value::Error(chunk.slice(at + 1..next - 2)), next - at),
+        b':' => (Value::Integer(n()), next - at),
         b'$' => match n() {
-            -1 => (Frame::Bulk(None), next - at),
+            -1 => (Value::Bulk(None), next - at),
             len => {
                 let end = next + len as usize;
-                (Frame::Bulk(Some(chunk.slice(next..end))), end + 2 - at)
+                (Value::Bulk(Some(chunk.slice(next..end))), end + 2 - at)
             }
         },
         _ => match n() {
-            -1 => (Frame::Array(None), next - at),
+            -1 => (Value::Array(None), next - at),
             len => {
                 let mut items = Vec::with_capacity(len as usize);
                 let mut end = next;
@@ -185,24 +185,24 @@ fn build(chunk: &Bytes, at: usize) -> (Frame, usize) {
                     items.push(item);
                     end += used;
                 }
-                (Frame::Array(Some(items)), end - at)
+                (Value::Array(Some(items)), end - at)
             }
         },
     }
 }
 
-/// Reads `frame` as every reply herald interprets, for the fuzzer (what a hostile Redis could
+/// Reads `value` as every reply herald interprets, for the fuzzer (what a hostile Redis could
 /// send must never panic herald).
-pub fn interpret_all(frame: &Frame) {
-    let _ = super::topology::interpret(frame);
-    let _ = super::replies::parse_entries(frame.clone());
+pub fn interpret_all(value: &Value) {
+    let _ = super::topology::interpret(value);
+    let _ = super::replies::parse_entries(value.clone());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn all(input: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
+    fn all(input: &[u8]) -> Result<Vec<Value>, ProtocolError> {
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
         while let Some(f) = take(&mut buf)? {
@@ -212,8 +212,8 @@ mod tests {
         Ok(out)
     }
 
-    fn bulk(s: &str) -> Frame {
-        Frame::Bulk(Some(Bytes::copy_from_slice(s.as_bytes())))
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(Some(Bytes::copy_from_slice(s.as_bytes())))
     }
 
     #[test]
@@ -224,24 +224,24 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_of_frame_is_read() {
-        let frames = all(b"+OK\r\n-ERR no\r\n:42\r\n$-1\r\n*-1\r\n$0\r\n\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\na\r\nbc\r\n").unwrap();
+    fn every_kind_of_value_is_read() {
+        let values = all(b"+OK\r\n-ERR no\r\n:42\r\n$-1\r\n*-1\r\n$0\r\n\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\na\r\nbc\r\n").unwrap();
         assert_eq!(
-            frames,
+            values,
             vec![
-                Frame::Simple(Bytes::from_static(b"OK")),
-                Frame::Error(Bytes::from_static(b"ERR no")),
-                Frame::Integer(42),
-                Frame::Bulk(None),
-                Frame::Array(None),
+                Value::Simple(Bytes::from_static(b"OK")),
+                Value::Error(Bytes::from_static(b"ERR no")),
+                Value::Integer(42),
+                Value::Bulk(None),
+                Value::Array(None),
                 bulk(""),
-                Frame::Array(Some(vec![bulk("message"), bulk("ch"), bulk("a\r\nbc")])),
+                Value::Array(Some(vec![bulk("message"), bulk("ch"), bulk("a\r\nbc")])),
             ]
         );
     }
 
     #[test]
-    fn a_frame_split_anywhere_waits_for_the_rest() {
+    fn a_value_split_anywhere_waits_for_the_rest() {
         let whole = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n:7\r\n";
         for cut in 0..whole.len() {
             let mut buf = BytesMut::from(&whole[..cut]);
@@ -251,12 +251,12 @@ mod tests {
                 assert_eq!(buf.len(), cut, "nothing consumed at {cut}");
             }
             buf.extend_from_slice(&whole[cut..]);
-            let mut frames: Vec<Frame> = first.into_iter().collect();
+            let mut values: Vec<Value> = first.into_iter().collect();
             while let Some(f) = take(&mut buf).unwrap() {
-                frames.push(f);
+                values.push(f);
             }
-            assert_eq!(frames.len(), 2, "cut at {cut}");
-            assert_eq!(frames[1], Frame::Integer(7));
+            assert_eq!(values.len(), 2, "cut at {cut}");
+            assert_eq!(values[1], Value::Integer(7));
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::nodes::Lane;
-use super::resp::Frame;
+use super::resp::Value;
 use super::{RedisBus, routed};
 use crate::bus::{BusError, envelope};
 
@@ -34,7 +34,7 @@ impl RedisBus {
         let replies =
             self.pipeline(vec![vec![self.publish_verb().to_vec(), self.channels.broadcast().as_bytes().to_vec(), message]], 1).await?;
         match replies.into_iter().next() {
-            Some(Ok(Frame::Integer(n))) => Ok(n.max(0) as usize),
+            Some(Ok(Value::Integer(n))) => Ok(n.max(0) as usize),
             Some(Ok(other)) => Err(BusError(format!("unexpected reply to a publish: {other:?}"))),
             Some(Err(e)) => Err(BusError(e)),
             None => Err(BusError("no reply to a publish".into())),

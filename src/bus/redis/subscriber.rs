@@ -25,7 +25,7 @@ use super::channels::Channels;
 use super::health::Health;
 use super::interest::{Interest, Op};
 use super::link::Link;
-use super::resp::{self, Frame};
+use super::resp::{self, Value};
 use super::{CHANNELS_PER_COMMAND, deliver_one};
 use crate::bus::Inbound;
 use crate::metrics::Metrics;
@@ -183,7 +183,7 @@ impl Subscriptions {
                         Err(e) => return Ended::Lost(e.to_string()),
                     }
                     (last_read, ping_sent) = (Instant::now(), None);
-                    if let Err(e) = self.take_frames(&mut buf) {
+                    if let Err(e) = self.take_values(&mut buf) {
                         return Ended::Lost(e);
                     }
                 }
@@ -205,18 +205,18 @@ impl Subscriptions {
         }
     }
 
-    /// Every complete frame in `buf`: messages delivered, subscription confirmations noted.
-    fn take_frames(&mut self, buf: &mut BytesMut) -> Result<(), String> {
+    /// Every complete value in `buf`: messages delivered, subscription confirmations noted.
+    fn take_values(&mut self, buf: &mut BytesMut) -> Result<(), String> {
         loop {
-            // Messages, nearly all of what arrives, are read without building a frame.
+            // Messages, nearly all of what arrives, are read without building a value.
             if let Some(m) = resp::message_at(buf) {
                 deliver_one(&self.channels, &*self.deliverer, &self.metrics, &buf[m.channel], &buf[m.payload]);
                 buf.advance(m.len);
                 continue;
             }
-            let Some(frame) = resp::take(buf).map_err(|e| e.to_string())? else { break };
-            let Frame::Array(Some(parts)) = frame else {
-                if let Frame::Error(e) = frame {
+            let Some(value) = resp::take(buf).map_err(|e| e.to_string())? else { break };
+            let Value::Array(Some(parts)) = value else {
+                if let Value::Error(e) = value {
                     // A refused SUBSCRIBE names no channel: try every unconfirmed one again, after
                     // a pause (on a cluster, MOVED: the slot map is asked for meanwhile).
                     warn!(error = %String::from_utf8_lossy(&e), "Redis refused a subscriber command; retrying.");
@@ -233,8 +233,8 @@ impl Subscriptions {
                 }
                 continue;
             };
-            let kind = parts.first().and_then(Frame::as_bytes).map(|b| b.as_ref());
-            match (kind, parts.get(1).and_then(Frame::as_bytes)) {
+            let kind = parts.first().and_then(Value::as_bytes).map(|b| b.as_ref());
+            match (kind, parts.get(1).and_then(Value::as_bytes)) {
                 (Some(b"subscribe" | b"ssubscribe"), Some(channel)) => self.confirmed(channel, true),
                 (Some(b"unsubscribe" | b"sunsubscribe"), Some(channel)) => self.confirmed(channel, false),
                 _ => {}

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::address::{Access, Endpoint};
 use super::link::LinkError;
 use super::pipelined::{Pipeline, Pipelined};
-use super::resp::Frame;
+use super::resp::Value;
 use super::slots::SLOTS;
 use crate::config::RedisTarget;
 
@@ -44,12 +44,12 @@ impl SlotMap {
 
     /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id], replica...], ...]`. A
     /// master announced without a host is the node that answered (`asked`).
-    fn parse(reply: &Frame, asked: &Endpoint) -> Option<Self> {
-        let Frame::Array(Some(ranges)) = reply else { return None };
+    fn parse(reply: &Value, asked: &Endpoint) -> Option<Self> {
+        let Value::Array(Some(ranges)) = reply else { return None };
         let mut map = SlotMap { owner: vec![NO_MASTER; SLOTS], masters: Vec::new() };
         for range in ranges {
-            let Frame::Array(Some(parts)) = range else { return None };
-            let (Some(Frame::Integer(start)), Some(Frame::Integer(end)), Some(Frame::Array(Some(node)))) =
+            let Value::Array(Some(parts)) = range else { return None };
+            let (Some(Value::Integer(start)), Some(Value::Integer(end)), Some(Value::Array(Some(node)))) =
                 (parts.first(), parts.get(1), parts.get(2))
             else {
                 return None;
@@ -58,7 +58,7 @@ impl SlotMap {
             // the node that answered.
             let host = node.first()?.as_str().unwrap_or_default();
             let host = if host.is_empty() || host == "?" { asked.0.clone() } else { host.to_owned() };
-            let Some(Frame::Integer(port)) = node.get(1) else { return None };
+            let Some(Value::Integer(port)) = node.get(1) else { return None };
             let endpoint = (host, u16::try_from(*port).ok()?);
             let index = match map.masters.iter().position(|m| *m == endpoint) {
                 Some(i) => i,
@@ -191,11 +191,11 @@ impl Cluster {
     /// Sends each command to the master of its slot (one pipeline per master, all at once) and
     /// returns their replies in order, following redirects. A master that is down fails its
     /// own commands (as `Err` replies); only if none went through does the call fail.
-    pub async fn send(&self, commands: &[Command]) -> Result<Vec<Result<Frame, String>>, LinkError> {
+    pub async fn send(&self, commands: &[Command]) -> Result<Vec<Result<Value, String>>, LinkError> {
         if self.stale.load(Ordering::Acquire) {
             let _ = self.refresh().await;
         }
-        let mut replies: Vec<Option<Result<Frame, String>>> = (0..commands.len()).map(|_| None).collect();
+        let mut replies: Vec<Option<Result<Value, String>>> = (0..commands.len()).map(|_| None).collect();
         // Each command still to send, with the node an ASK redirect names.
         let mut todo: Vec<(usize, Option<Endpoint>)> = (0..commands.len()).map(|i| (i, None)).collect();
         for _ in 0..=MAX_REDIRECTS {
@@ -232,8 +232,8 @@ impl Cluster {
             let mut moved = false;
             let mut down = None;
             for (items, result) in sent {
-                let frames = match result {
-                    Ok(frames) => frames,
+                let values = match result {
+                    Ok(values) => values,
                     Err(e) => {
                         // That master's commands fail; the others' replies stand.
                         self.mark_stale();
@@ -244,19 +244,19 @@ impl Cluster {
                         continue;
                     }
                 };
-                let mut frames = frames.into_iter();
+                let mut values = values.into_iter();
                 for (i, asking) in items {
                     if asking {
-                        frames.next();
+                        values.next();
                     }
-                    let Some(frame) = frames.next() else { return Err(LinkError::Unreachable("a reply is missing".into())) };
-                    match redirect(&frame) {
+                    let Some(value) = values.next() else { return Err(LinkError::Unreachable("a reply is missing".into())) };
+                    match redirect(&value) {
                         Some(Redirect::Moved) => {
                             moved = true;
                             todo.push((i, None));
                         }
                         Some(Redirect::Ask(node)) => todo.push((i, Some(node))),
-                        None => replies[i] = Some(reply(frame)),
+                        None => replies[i] = Some(reply(value)),
                     }
                 }
             }
@@ -294,7 +294,7 @@ impl Cluster {
         }))
         .await;
         for (node, result) in sent {
-            if let Some(Frame::Error(e)) = result.inspect_err(|_| self.mark_stale())?.pop() {
+            if let Some(Value::Error(e)) = result.inspect_err(|_| self.mark_stale())?.pop() {
                 return Err(LinkError::Refused(format!("{}:{} refused it: {}", node.0, node.1, String::from_utf8_lossy(&e))));
             }
         }
@@ -315,8 +315,8 @@ enum Redirect {
 }
 
 /// `-MOVED slot host:port` or `-ASK slot host:port`.
-fn redirect(frame: &Frame) -> Option<Redirect> {
-    let Frame::Error(e) = frame else { return None };
+fn redirect(value: &Value) -> Option<Redirect> {
+    let Value::Error(e) = value else { return None };
     let text = std::str::from_utf8(e).ok()?;
     if text.starts_with("MOVED ") {
         return Some(Redirect::Moved);
@@ -327,14 +327,14 @@ fn redirect(frame: &Frame) -> Option<Redirect> {
 }
 
 /// A reply read as a slot map and as a redirect (see `resp::interpret_all`).
-pub(super) fn interpret(frame: &Frame) -> (bool, bool) {
-    (SlotMap::parse(frame, &("node".into(), 1)).is_some(), redirect(frame).is_some())
+pub(super) fn interpret(value: &Value) -> (bool, bool) {
+    (SlotMap::parse(value, &("node".into(), 1)).is_some(), redirect(value).is_some())
 }
 
 /// An error reply as `Err` with its text.
-pub fn reply(frame: Frame) -> Result<Frame, String> {
-    match frame {
-        Frame::Error(e) => Err(String::from_utf8_lossy(&e).into_owned()),
+pub fn reply(value: Value) -> Result<Value, String> {
+    match value {
+        Value::Error(e) => Err(String::from_utf8_lossy(&e).into_owned()),
         other => Ok(other),
     }
 }
@@ -344,19 +344,19 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn int(n: i64) -> Frame {
-        Frame::Integer(n)
+    fn int(n: i64) -> Value {
+        Value::Integer(n)
     }
-    fn bulk(s: &str) -> Frame {
-        Frame::Bulk(Some(Bytes::from(s.to_owned())))
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(Some(Bytes::from(s.to_owned())))
     }
 
     #[test]
     fn a_slot_map_is_read_from_cluster_slots() {
-        let node = |host: &str, port| Frame::Array(Some(vec![bulk(host), int(port), bulk("id")]));
-        let reply = Frame::Array(Some(vec![
-            Frame::Array(Some(vec![int(0), int(5460), node("10.0.0.1", 7000), node("10.0.0.4", 7003)])),
-            Frame::Array(Some(vec![int(5461), int(16383), node("", 7001)])),
+        let node = |host: &str, port| Value::Array(Some(vec![bulk(host), int(port), bulk("id")]));
+        let reply = Value::Array(Some(vec![
+            Value::Array(Some(vec![int(0), int(5460), node("10.0.0.1", 7000), node("10.0.0.4", 7003)])),
+            Value::Array(Some(vec![int(5461), int(16383), node("", 7001)])),
         ]));
         let map = SlotMap::parse(&reply, &("seed".into(), 7001)).unwrap();
         assert_eq!(map.master_of(0), Some(&("10.0.0.1".to_owned(), 7000)));
@@ -364,17 +364,17 @@ mod tests {
         assert_eq!(map.master_of(5461), Some(&("seed".to_owned(), 7001)), "no host: the node asked");
         assert_eq!(map.masters.len(), 2);
         assert!(
-            SlotMap::parse(&Frame::Array(Some(vec![Frame::Array(Some(vec![int(9), int(16384), node("h", 1)]))])), &("s".into(), 1))
+            SlotMap::parse(&Value::Array(Some(vec![Value::Array(Some(vec![int(9), int(16384), node("h", 1)]))])), &("s".into(), 1))
                 .is_none()
         );
     }
 
     #[test]
     fn redirects_are_read() {
-        let moved = Frame::Error(Bytes::from_static(b"MOVED 3999 127.0.0.1:6381"));
+        let moved = Value::Error(Bytes::from_static(b"MOVED 3999 127.0.0.1:6381"));
         assert!(matches!(redirect(&moved), Some(Redirect::Moved)));
-        let ask = Frame::Error(Bytes::from_static(b"ASK 3999 127.0.0.1:6381"));
+        let ask = Value::Error(Bytes::from_static(b"ASK 3999 127.0.0.1:6381"));
         assert!(matches!(redirect(&ask), Some(Redirect::Ask((h, 6381))) if h == "127.0.0.1"));
-        assert!(redirect(&Frame::Error(Bytes::from_static(b"NOSCRIPT No matching script"))).is_none());
+        assert!(redirect(&Value::Error(Bytes::from_static(b"NOSCRIPT No matching script"))).is_none());
     }
 }
