@@ -15,12 +15,12 @@
 mod loopback;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald::socketio::Frame;
 use herald::socketio::engine::{self, Session};
-use herald::socketio::{Frame, Mount, Served};
-use loopback::{Collect, open};
+use loopback::Collect;
 
 const SESSIONS: usize = 2_000;
 /// Frames each session gets per run: 200 frames of 40 bytes, 8 KB, well inside the buffers.
@@ -32,7 +32,6 @@ fn run(threads: usize) -> f64 {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
     runtime.block_on(async move {
         let options = engine::Options {
-            path: "/engine.io/".into(),
             ping_interval: Duration::from_secs(300),
             ping_timeout: Duration::from_secs(300),
             max_queue: 4 * ROUNDS,
@@ -41,19 +40,8 @@ fn run(threads: usize) -> f64 {
             flushers: Some(threads),
             ..Default::default()
         };
-        let engine = engine::Engine::start(options, Collect(Mutex::new(Vec::new())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mounts: Arc<[Arc<dyn Mount>]> = Arc::new([Arc::new(engine.clone()) as Arc<dyn Mount>]);
-        let accept = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let mounts = mounts.clone();
-                tokio::spawn(async move { if let Served::Handoff(_) = herald::socketio::serve(stream, &mounts).await {} });
-            }
-        });
-        let clients = tokio::task::spawn_blocking(move || (0..SESSIONS).map(|_| open(addr)).collect::<Vec<_>>()).await.unwrap();
-        let sessions: Vec<_> = std::mem::take(&mut *engine.handler().0.lock().unwrap());
-        assert_eq!(sessions.len(), SESSIONS);
+        let loopback = loopback::sessions(options, SESSIONS).await;
+        let (engine, sessions) = (&loopback.engine, &loopback.sessions);
         let frame = Frame::text(|b| b.extend_from_slice(br#"42["notification",{"n":1234567890}]"#));
         let shares: Vec<Arc<[Arc<Session<Collect>>]>> = sessions.chunks(SESSIONS / threads).map(Arc::from).collect();
         let base = engine.stats().writes().1;
@@ -89,9 +77,8 @@ fn run(threads: usize) -> f64 {
             s.await.unwrap();
         }
         let elapsed = started.elapsed().as_secs_f64();
-        accept.abort();
         engine.close_all().await;
-        drop(clients);
+        drop(loopback);
         (SESSIONS * ROUNDS) as f64 / elapsed
     })
 }

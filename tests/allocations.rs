@@ -9,13 +9,13 @@ mod loopback;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::gateway::Presence;
+use herald::socketio::Frame;
 use herald::socketio::engine::{self, Session};
-use herald::socketio::{Frame, Mount};
-use loopback::{Collect, open};
+use loopback::Collect;
 
 struct Counting;
 
@@ -62,22 +62,8 @@ fn a_broadcast_to_websocket_sessions_allocates_nothing_per_session() {
     // One thread: the flusher runs only when the test awaits, never during the sends counted.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let options = engine::Options { path: "/engine.io/".into(), ping_interval: Duration::from_secs(300), ..Default::default() };
-        let engine = engine::Engine::start(options, Collect(Mutex::new(Vec::new())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mounts: Arc<[Arc<dyn Mount>]> = Arc::new([Arc::new(engine.clone()) as Arc<dyn Mount>]);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let mounts = mounts.clone();
-                tokio::spawn(async move {
-                    let _ = herald::socketio::serve(stream, &mounts).await;
-                });
-            }
-        });
-        let _clients = tokio::task::spawn_blocking(move || (0..1000).map(|_| open(addr)).collect::<Vec<_>>()).await.unwrap();
-        let sessions: Vec<_> = std::mem::take(&mut *engine.handler().0.lock().unwrap());
-        assert_eq!(sessions.len(), 1000);
+        let options = engine::Options { ping_interval: Duration::from_secs(300), ..Default::default() };
+        let loopback::Sessions { engine, sessions, .. } = &loopback::sessions(options, 1000).await;
         let frame = Frame::text(|b| b.extend_from_slice(br#"42["notification",{"n":1}]"#));
         let mut written = engine.stats().writes().1;
         let mut broadcast = async |to: &[Arc<Session<Collect>>]| {
@@ -96,10 +82,10 @@ fn a_broadcast_to_websocket_sessions_allocates_nothing_per_session() {
             made
         };
         // Warm: the flusher's two lists (the one senders fill, the one it writes) have room.
-        broadcast(&sessions).await;
-        broadcast(&sessions).await;
+        broadcast(sessions).await;
+        broadcast(sessions).await;
         let to_100 = broadcast(&sessions[..100]).await;
-        let to_1000 = broadcast(&sessions).await;
+        let to_1000 = broadcast(sessions).await;
         assert_eq!((to_100, to_1000), (0, 0), "allocations for 100 and for 1,000 sessions");
     });
 }

@@ -180,17 +180,17 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let spreads = collect(&mut fleet).await?;
     fleet.stop().await;
     if let Some(range) = per_user {
-        let (delivered, lost, duplicated, mut e2e) = (range.clone()).fold((0u64, 0u64, 0u64, Vec::new()), |mut acc, seq| {
+        let (mut delivered, mut lost, mut duplicated, mut e2e) = (0u64, 0u64, 0u64, Vec::new());
+        for seq in range.clone() {
             match spreads.get(&seq) {
                 Some(s) => {
-                    acc.0 += s.count;
-                    acc.2 += s.duplicates;
-                    acc.3.push(s.first as i64 - send_us[seq as usize] as i64);
+                    delivered += s.count;
+                    duplicated += s.duplicates;
+                    e2e.push(s.first as i64 - send_us[seq as usize] as i64);
                 }
-                None => acc.1 += 1,
+                None => lost += 1,
             }
-            acc
-        });
+        }
         let e2e = percentiles(&mut e2e);
         println!(
             "per-user: sent {} delivered {delivered} lost {lost} duplicated {duplicated} | e2e ms p50 {:.1} p99 {:.1} max {:.1}",
@@ -273,11 +273,7 @@ async fn collect(fleet: &mut Fleet) -> anyhow::Result<BTreeMap<u64, Spread>> {
     fleet
         .hand_back(|kind, numbers| match (kind, numbers) {
             ("f", &[seq, count, duplicates, first, last]) => {
-                let s = spreads.entry(seq).or_insert(Spread { count: 0, duplicates: 0, first: u64::MAX, last: 0 });
-                s.count += count;
-                s.duplicates += duplicates;
-                s.first = s.first.min(first);
-                s.last = s.last.max(last);
+                spreads.entry(seq).or_insert(Spread::NONE).merge(Spread { count, duplicates, first, last })
             }
             _ => malformed += 1,
         })

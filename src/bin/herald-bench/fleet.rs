@@ -12,7 +12,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 pub struct Worker {
     child: Child,
     stdin: ChildStdin,
-    pub lines: Lines<BufReader<ChildStdout>>,
+    lines: Lines<BufReader<ChildStdout>>,
     server: usize,
 }
 
@@ -20,10 +20,7 @@ impl Worker {
     /// Sends `command` and reads the number after `answer` on the reply line.
     pub async fn ask(&mut self, command: &str, answer: &str) -> anyhow::Result<u64> {
         self.tell(command).await?;
-        let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
-            .await
-            .map_err(|_| anyhow::anyhow!("worker did not answer {command}"))??
-            .ok_or_else(|| anyhow::anyhow!("worker exited"))?;
+        let line = self.line_within(Duration::from_secs(10), command).await?;
         let value = line.strip_prefix(answer).and_then(|v| v.trim().parse().ok());
         value.ok_or_else(|| anyhow::anyhow!("unexpected worker answer {line:?}"))
     }
@@ -34,12 +31,12 @@ impl Worker {
         Ok(())
     }
 
-    /// The next line the worker prints, waiting at most a minute.
-    pub async fn next_line(&mut self) -> anyhow::Result<String> {
-        tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+    /// The next line the worker prints, waiting at most `within` for it (`what`: for the error).
+    async fn line_within(&mut self, within: Duration, what: &str) -> anyhow::Result<String> {
+        tokio::time::timeout(within, self.lines.next_line())
             .await
-            .map_err(|_| anyhow::anyhow!("worker did not hand its arrivals"))??
-            .ok_or_else(|| anyhow::anyhow!("worker exited early"))
+            .map_err(|_| anyhow::anyhow!("a worker did not answer in {within:?}: {what}"))??
+            .ok_or_else(|| anyhow::anyhow!("a worker exited before answering: {what}"))
     }
 }
 
@@ -93,10 +90,7 @@ impl Fleet {
         }
         let mut fleet = Fleet { workers, connected: 0, failed: 0, sockets_per_server: vec![0; plan.servers.len()], connect_secs: 0.0 };
         for w in &mut fleet.workers {
-            let line = tokio::time::timeout(Duration::from_secs(300), w.lines.next_line())
-                .await
-                .map_err(|_| anyhow::anyhow!("a worker did not get ready"))??
-                .ok_or_else(|| anyhow::anyhow!("a worker exited before it was ready"))?;
+            let line = w.line_within(Duration::from_secs(300), "ready").await?;
             let parts: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
             anyhow::ensure!(line.starts_with("ready") && parts.len() == 3, "unexpected worker line {line:?}");
             fleet.connected += parts[0];
@@ -145,7 +139,7 @@ impl Fleet {
         for w in self.workers.iter_mut() {
             w.tell("stop").await?;
             loop {
-                let line = w.next_line().await?;
+                let line = w.line_within(Duration::from_secs(60), "its arrivals").await?;
                 let mut words = line.split_whitespace();
                 let kind = words.next().unwrap_or_default();
                 let numbers: Vec<u64> = words.filter_map(|v| v.parse().ok()).collect();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::Producer;
 use serde_json::json;
 
 use crate::fleet::{self, Fleet, Plan};
@@ -190,7 +190,7 @@ async fn load(args: &RunArgs, fleet: &mut Fleet) -> anyhow::Result<Vec<serde_jso
             send_us.push(now_us());
             let user = &users[seq as usize % users.len()];
             let value = payload(user, seq, args.payload_bytes);
-            let _ = producer.send(BaseRecord::<str, str>::to(&args.topic).partition(p).key(user).payload(&value));
+            sender.send(&args.topic, p, Some(user), &value);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {

@@ -196,6 +196,19 @@ pub struct Spread {
     pub last: u64,
 }
 
+impl Spread {
+    /// Nothing arrived yet.
+    pub const NONE: Spread = Spread { count: 0, duplicates: 0, first: u64::MAX, last: 0 };
+
+    /// Adds another's arrivals to this one.
+    pub fn merge(&mut self, other: Spread) {
+        self.count += other.count;
+        self.duplicates += other.duplicates;
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+    }
+}
+
 /// Per notification, its [`Spread`] over the sockets added so far.
 #[derive(Default)]
 struct Summary(std::collections::BTreeMap<u64, Spread>);
@@ -206,15 +219,13 @@ impl Summary {
         arrivals.sort_unstable();
         let mut previous = None;
         for (seq, at) in arrivals {
-            let s = self.0.entry(seq).or_insert(Spread { count: 0, duplicates: 0, first: u64::MAX, last: 0 });
-            if previous == Some(seq) {
-                s.duplicates += 1;
-                continue;
-            }
+            let once = if previous == Some(seq) {
+                Spread { duplicates: 1, ..Spread::NONE }
+            } else {
+                Spread { count: 1, duplicates: 0, first: at, last: at }
+            };
             previous = Some(seq);
-            s.count += 1;
-            s.first = s.first.min(at);
-            s.last = s.last.max(at);
+            self.0.entry(seq).or_insert(Spread::NONE).merge(once);
         }
     }
 }

@@ -171,13 +171,11 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) sessions: DashMap<Sid, Arc<Session<H>>>,
     pub(crate) wheel: Wheel<H>,
     pub(crate) stats: Stats,
-    /// One flusher per runtime worker thread; each session belongs to one, given in turn, so a
+    /// The flushers (`Options::flushers`); each session belongs to one, given in turn, so a
     /// broadcast's writes are spread over every flusher and core, and senders to different
     /// sessions mostly take different locks.
     pub(crate) flushers: Box<[Arc<flusher::Flusher<Session<H>>>]>,
     next_flusher: std::sync::atomic::AtomicUsize,
-    /// Packets at least this long go compressed (`server.compression`), `None`: off.
-    pub(crate) deflate_over: Option<usize>,
     /// Set by [`Engine::close_all`]: no new sessions.
     pub(crate) closing: std::sync::atomic::AtomicBool,
     /// Where requests for other instances' sessions go ([`Engine::set_forwarder`]).
@@ -198,7 +196,6 @@ impl<H: Handler> Engine<H> {
             stats: Stats::default(),
             flushers: (0..flushers).map(|_| Arc::new(flusher::Flusher::new(deflate_over))).collect(),
             next_flusher: Default::default(),
-            deflate_over,
             closing: Default::default(),
             forwarder: Default::default(),
         });
@@ -253,6 +250,12 @@ fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
 }
 
 impl<H: Handler> Shared<H> {
+    /// Packets at least this long go compressed (`Options::compression`); `None`: off. Every
+    /// flusher holds the same, for its sessions.
+    pub(crate) fn deflate_over(&self) -> Option<usize> {
+        self.flushers[0].deflate_over
+    }
+
     /// The flusher of a new session: each in turn.
     pub(crate) fn flusher(&self) -> Arc<flusher::Flusher<Session<H>>> {
         let i = self.next_flusher.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.flushers.len();

@@ -90,7 +90,7 @@ impl<H: Handler> Engine<H> {
                 r.headers.push(("Cache-Control", "no-store".into()));
                 // Long-polling payloads (text) worth compressing, here or from another instance.
                 if r.status == 200
-                    && let Some(threshold) = engine.deflate_over
+                    && let Some(threshold) = engine.deflate_over()
                     && r.body.len() >= threshold
                 {
                     r.headers.push(("Vary", "Accept-Encoding".into()));

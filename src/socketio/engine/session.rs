@@ -86,8 +86,8 @@ pub struct Session<H: Handler> {
     /// The WebSocket, once there is one (at once, or after the upgrade); set once.
     pub(super) ws: OnceLock<TcpStream>,
     pub(super) out: Mutex<Outbox>,
-    /// Its flusher: the engine's, each in turn, so that a broadcast's writes are shared by all
-    /// of them (one per worker thread), each on its own core.
+    /// Its flusher: one of the engine's, each in turn, so that a broadcast's writes are shared
+    /// by all of them, each on its own core.
     flusher: Arc<Flusher<Session<H>>>,
     writes: Arc<super::stats::WriteCounts>,
     /// Wakes the WebSocket task (the socket has no room, or the session is closing): a flag and
