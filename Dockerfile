@@ -26,28 +26,33 @@ WORKDIR /build
 
 # Dependencies change far less often than herald's code: build them against stub sources first so
 # this layer (librdkafka, aws-lc, rhai... most of the build time) is reused until Cargo.lock
-# changes. The bench stubs are needed because Cargo.toml declares its [[bench]] targets.
+# changes. Every workspace member's manifest is needed to load the workspace, and a stub for each
+# target a manifest declares ([[bench]]), or cargo refuses it.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+COPY crates/socketio/Cargo.toml ./crates/socketio/
+COPY crates/herald-bench/Cargo.toml ./crates/herald-bench/
+RUN mkdir -p src benches crates/socketio/src crates/socketio/benches crates/herald-bench/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs crates/socketio/src/lib.rs \
+ && echo 'fn main() {}' > crates/herald-bench/src/main.rs \
  && echo 'fn main() {}' > benches/route.rs \
  && echo 'fn main() {}' > benches/retention.rs \
- && echo 'fn main() {}' > benches/deflate.rs \
  && echo 'fn main() {}' > benches/trace.rs \
- && echo 'fn main() {}' > benches/send_path.rs \
+ && echo 'fn main() {}' > crates/socketio/benches/deflate.rs \
+ && echo 'fn main() {}' > crates/socketio/benches/send_path.rs \
  && cargo build --release --locked --bin herald --features "$FEATURES" \
- && rm -rf src benches
+ && rm -rf src benches crates
 
 COPY src ./src
 COPY benches ./benches
+COPY crates ./crates
 # Compiled in with include_str!: the demo page (its socket.io-client bundle comes from the
 # demo-bundle stage below) and the publish API's OpenAPI description.
 COPY demo/index.html demo/demo.js ./demo/
 COPY docs/openapi.yaml ./docs/
 # COPY keeps the files' original mtimes, which can be older than the stub build: touch them so
 # cargo sees the crate as changed and does not ship the stub binary.
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs crates/socketio/src/lib.rs \
  && cargo build --release --locked --bin herald --features "$FEATURES" \
  && cp target/release/herald /usr/local/bin/herald
 

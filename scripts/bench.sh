@@ -18,6 +18,9 @@ REDIS_PORT=16390
 SCENARIO=${1:-smoke}
 RUNS=${2:-3}
 PIDS=()
+for built in "$HERALD" "$BIN/herald-bench"; do
+  [ -x "$built" ] || { echo "no $built: build it first (nice cargo build --release --workspace)" >&2; exit 2; }
+done
 
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
 trap cleanup EXIT

@@ -112,7 +112,7 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
     // holding its session. A poll is answered within a ping interval, so it waits that long.
     let relay = config.redis.as_ref().map(|_| {
         let poll_wait = config.server.ping_interval + config.server.ping_timeout + Duration::from_secs(5);
-        Relay::new(&crate::socketio::engine::instance_tag(), poll_wait, config.server.connect_timeout)
+        Relay::new(&socketio::engine::instance_tag(), poll_wait, config.server.connect_timeout)
     });
     let moves = Arc::new(crate::gateway::Moves::default());
     let deliverer =

@@ -31,7 +31,6 @@ pub mod metrics;
 pub mod process;
 pub mod replay;
 pub mod route;
-pub mod socketio;
 pub mod source;
 pub mod supervise;
 pub mod telemetry;

@@ -4,7 +4,7 @@
 //! thread, around the sends of a broadcast: to WebSocket sessions over loopback through the real
 //! queue and flushers, and the presence index's walk over everyone and over a group.
 
-#[path = "common/loopback.rs"]
+#[path = "../crates/socketio/tests/common/loopback.rs"]
 mod loopback;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::gateway::Presence;
-use herald::socketio::Frame;
-use herald::socketio::engine::{self, Session};
 use loopback::Collect;
+use socketio::Frame;
+use socketio::engine::{self, Session};
 
 struct Counting;
 

@@ -167,18 +167,31 @@ fn dockerfile_runs_unprivileged_with_health_check() {
     assert!(entrypoint["ENTRYPOINT ".len()..].trim().starts_with("[\""), "ENTRYPOINT must be in exec form: {entrypoint}");
 }
 
-/// The Dockerfile caches dependencies by building stub sources: every bench target declared in
-/// Cargo.toml needs its stub, or `docker build` fails at that step.
+/// The Dockerfile caches dependencies by building stub sources: every workspace member's
+/// manifest must be copied in and every bench target a manifest declares needs its stub, or
+/// `docker build` fails at that step.
 #[test]
-fn dockerfile_stubs_every_bench_target() {
+fn dockerfile_stubs_every_member_and_bench_target() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
-    let benches: Vec<&str> = cargo.split("[[bench]]").skip(1).filter_map(|s| s.split('"').nth(1)).collect();
-    assert!(!benches.is_empty());
-    for bench in benches {
-        assert!(dockerfile.contains(&format!("benches/{bench}.rs")), "Dockerfile has no stub for bench `{bench}`");
+    let members = cargo.split("members = [").nth(1).expect("a [workspace] with members").split(']').next().unwrap();
+    let members: Vec<&str> = members.split('"').skip(1).step_by(2).collect();
+    assert!(members.len() > 1, "{members:?}");
+    let mut benches = 0;
+    for member in members {
+        let prefix = if member == "." { String::new() } else { format!("{member}/") };
+        if member != "." {
+            assert!(dockerfile.contains(&format!("COPY {member}/Cargo.toml")), "Dockerfile does not copy {member}/Cargo.toml");
+        }
+        let manifest = std::fs::read_to_string(root.join(member).join("Cargo.toml")).unwrap();
+        for bench in manifest.split("[[bench]]").skip(1).filter_map(|s| s.split('"').nth(1)) {
+            benches += 1;
+            let stub = format!("> {prefix}benches/{bench}.rs");
+            assert!(dockerfile.contains(&stub), "Dockerfile has no stub for bench `{bench}` of `{member}` ({stub})");
+        }
     }
+    assert!(benches > 0);
 }
 
 /// Every file the code compiles in (`include_str!`, `include_bytes!`) reaches the builder stage:

@@ -3,7 +3,7 @@
 //! a payload that reads has one packet per part, each read the same on its own.
 #![no_main]
 
-use herald::socketio::engine::packet::{Packet, SEPARATOR, parse_payload, parse_text, write_binary_for_polling};
+use socketio::engine::packet::{Packet, SEPARATOR, parse_payload, parse_text, write_binary_for_polling};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 //! then decode is the identity), and its event name and arguments split without panicking.
 #![no_main]
 
-use herald::socketio::packet::{Kind, event_parts, parse, split_array, write};
+use socketio::packet::{Kind, event_parts, parse, split_array, write};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

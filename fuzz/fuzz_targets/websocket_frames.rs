@@ -7,8 +7,8 @@
 //! it), and nothing panics.
 #![no_main]
 
-use herald::socketio::engine::frame::{Assembled, Assembler, parse_header_with, unmask};
-use herald::socketio::engine::packet::{Packet, parse_text};
+use socketio::engine::frame::{Assembled, Assembler, parse_header_with, unmask};
+use socketio::engine::packet::{Packet, parse_text};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_PAYLOAD: usize = 1 << 16;
@@ -40,7 +40,7 @@ fn read(stream: &[u8], size: usize, deflate: bool) -> Vec<String> {
             if let Assembled::Text(text) = &assembled {
                 // Inside: an Engine.IO packet, and in a message packet a Socket.IO one.
                 if let Ok(Packet::Text(message)) = parse_text(text) {
-                    out.push(format!("socket.io: {:?}", herald::socketio::packet::parse(message).map(|p| (p.kind, p.attachments, p.id))));
+                    out.push(format!("socket.io: {:?}", socketio::packet::parse(message).map(|p| (p.kind, p.attachments, p.id))));
                 }
             }
             let done = matches!(assembled, Assembled::Close(_) | Assembled::Fail(..));

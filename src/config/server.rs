@@ -71,7 +71,7 @@ pub(super) fn read_server(walk: &mut Walk, v: Option<&Value>) -> ServerConfig {
         let receipts_per_sec = ranged(walk, s, "receipts_per_sec", 10u32, 1..=10_000);
         let compression = walk.section(s.raw("compression"), "server.compression", |walk, c| {
             let enabled: bool = walk.get(c, "enabled", true);
-            let floor = crate::socketio::engine::DEFLATE_FLOOR;
+            let floor = socketio::engine::DEFLATE_FLOOR;
             let threshold = ranged(walk, c, "threshold_bytes", 1024usize, floor..=100_000_000);
             enabled.then_some(threshold)
         });

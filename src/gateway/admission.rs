@@ -17,7 +17,7 @@ use crate::bus::Bus;
 use crate::config::{AuthConfig, PerUserLimit, ReplayConfig};
 use crate::metrics::{ByLabel, Metrics};
 use crate::replay::{self, NotificationId};
-use crate::socketio::{Handshake, event_frame};
+use socketio::{Handshake, event_frame};
 
 pub struct Admission {
     pub authenticator: Authenticator,

@@ -14,12 +14,12 @@ use crate::clock::unix_us;
 use crate::config::SlowClient;
 use crate::metrics::{AudienceKind, LabelValue, Metrics};
 use crate::replay::NotificationId;
-use crate::socketio::{SendError, event_frame};
 use crate::telemetry::TraceContext;
 use crate::telemetry::context::TraceParent;
 use crate::telemetry::spans::Traced;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
+use socketio::{SendError, event_frame};
 
 /// Emits notifications to the sockets of this instance. Cheap to clone.
 #[derive(Clone)]

@@ -22,7 +22,7 @@ use super::admission::Admission;
 use super::member::Client;
 use crate::auth::AuthError;
 use crate::metrics::Metrics;
-use crate::socketio::Socket;
+use socketio::Socket;
 
 /// A deadline: `exp` in seconds, and the socket it is for.
 struct Deadline(u64, Weak<Socket<Admission>>);

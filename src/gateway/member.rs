@@ -11,7 +11,7 @@ use super::admission::Admission;
 use super::presence::Presence;
 use crate::bus::Bus;
 use crate::replay::{NotificationId, ReplayGate};
-use crate::socketio::{Frame, SocketRef};
+use socketio::{Frame, SocketRef};
 
 /// A socket as the gateway holds it.
 pub type Client = SocketRef<Admission>;

@@ -1,7 +1,7 @@
 //! The Socket.IO gateway: accepts authenticated sockets, indexes them by user, and emits
 //! notifications to them. It does not know where notifications come from.
 //!
-//! The transport is herald's own ([`crate::socketio`]); this module is its [`Handler`]: what
+//! The transport is herald's own ([`socketio`]); this module is its [`Handler`]: what
 //! happens when a socket connects, sends an event, and leaves.
 
 mod admission;
@@ -28,7 +28,7 @@ pub use moving::Moves;
 pub use presence::{Entry, Presence};
 
 use crate::config::{AuthConfig, ServerConfig};
-use crate::socketio::{self, DisconnectReason, Event, Handler, SocketRef};
+use socketio::{self, DisconnectReason, Event, Handler, SocketRef};
 
 /// herald's Socket.IO server.
 pub type Server = socketio::Server<Admission>;

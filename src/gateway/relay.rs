@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use super::Admission;
 use crate::bus::Bus;
 use crate::bus::envelope::{self, Asking, Relayed};
-use crate::socketio::Server;
-use crate::socketio::engine::{ForwardedRequest, ForwardedResponse, Forwarder, MoveStep, Sid};
+use socketio::Server;
+use socketio::engine::{ForwardedRequest, ForwardedResponse, Forwarder, MoveStep, Sid};
 
 /// How long a tag nobody listened on is taken as gone.
 const ABSENT_FOR: Duration = Duration::from_secs(5);

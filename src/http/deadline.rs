@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::socketio::{Cutoff, Mount};
+use socketio::{Cutoff, Mount};
 
 pub struct BodyDeadline<B> {
     inner: B,

@@ -16,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::stall::WriteDeadline;
-use crate::socketio::engine::http::{Method, Reply, Request as EngineRequest, wanted};
-use crate::socketio::{Handoff, Mount};
+use socketio::engine::http::{Method, Reply, Request as EngineRequest, wanted};
+use socketio::{Handoff, Mount};
 
 /// The connection type hyper serves (see `serve.rs`), which an upgrade hands back.
 pub(super) type Served = TokioIo<WriteDeadline<Handoff>>;

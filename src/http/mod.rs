@@ -76,13 +76,13 @@ const API_BODY_LIMIT: usize = 1 << 20;
 /// A body declared larger than the API reads is refused from the head, before any of it is
 /// read (axum's own limit would wait for the body first).
 async fn refuse_oversized(
-    mount: Arc<dyn crate::socketio::Mount>,
+    mount: Arc<dyn socketio::Mount>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > API_BODY_LIMIT as u64) {
-        mount.stats().cut(crate::socketio::Cutoff::AnsweredFromHead);
+        mount.stats().cut(socketio::Cutoff::AnsweredFromHead);
         return (StatusCode::PAYLOAD_TOO_LARGE, [(header::CONNECTION, "close")], "request body too large\n").into_response();
     }
     next.run(request).await

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::deadline::BodyDeadline;
 use super::stall::WriteDeadline;
-use crate::socketio::{self, Mount, Served};
+use socketio::{self, Mount, Served};
 
 /// Serves `app` and the transport's `mounts` on `listener` until `stop` fires. A connection
 /// whose request headers have not all arrived `timeout` after it started waiting for them is

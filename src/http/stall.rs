@@ -41,7 +41,7 @@ impl Cut for tokio::net::TcpStream {
     }
 }
 
-impl Cut for crate::socketio::Handoff {
+impl Cut for socketio::Handoff {
     fn cut(&self) {
         self.stream().cut();
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::socketio::{Cutoff, ProtocolError, Stats};
+use socketio::{Cutoff, ProtocolError, Stats};
 
 mod labels;
 

@@ -1,11 +1,15 @@
 //! A Socket.IO v5 server on an Engine.IO v4 transport of its own ([`engine`]), built to hold
 //! idle connections cheaply and to encode a packet once for all its recipients. It knows
-//! nothing of herald: the gateway implements [`Handler`] and sends [`Frame`]s.
+//! nothing of herald (whose gateway implements [`Handler`] and sends [`Frame`]s); the crate's
+//! README says what it implements and what it costs.
 //!
 //! What it serves: namespaces from a fixed list, CONNECT with an `auth` payload (accepted or
 //! refused with `CONNECT_ERROR {message}`), events and acks both ways, binary attachments,
 //! DISCONNECT both ways. What it leaves out: rooms and broadcasting (the application keeps
 //! its own index of sockets), acks the server waits for, and Engine.IO v3.
+
+// Safe Rust throughout: sockets are tuned through socket2.
+#![deny(unsafe_code)]
 
 pub mod engine;
 pub mod packet;

@@ -279,7 +279,17 @@ fn accept_key(request: &Request) -> Option<String> {
         return None;
     }
     let key = request.header("sec-websocket-key")?.trim();
-    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+    Some(derive_accept_key(key))
+}
+
+/// RFC 6455 section 4.2.2: base64 of the SHA-1 of the client's key and the protocol's GUID.
+fn derive_accept_key(key: &str) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
 }
 
 fn handshake(wanted: &[&'static str], request: &Request) -> Handshake {
@@ -353,6 +363,11 @@ impl<H: Handler> Mount for Engine<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_accept_key_is_the_one_rfc_6455_gives_for_its_sample_key() {
+        assert_eq!(derive_accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
 
     #[test]
     fn reads_the_query_engine_io_needs() {

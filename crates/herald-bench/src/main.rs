@@ -9,6 +9,7 @@
 // Unsafe code only in `stats`, for the system calls std does not wrap (it says which).
 #![deny(unsafe_code)]
 
+mod arrival;
 mod deflate_ws;
 mod fanout;
 mod fleet;

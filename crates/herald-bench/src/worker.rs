@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::arrival::{Arrival, field};
 use crate::deflate_ws::DeflateWs;
 use crate::stats::{cpu_micros, now_us, raise_fd_limit};
 
@@ -68,9 +69,6 @@ pub const GROUP: &str = "bench-team";
 pub fn is_member(i: usize, members: usize, all: usize) -> bool {
     all > 0 && (i + 1) * members / all > i * members / all
 }
-
-/// One received notification: its sequence number and when it arrived (unix microseconds).
-pub type Arrival = (u64, u64);
 
 /// A connected client, over either transport.
 enum Client {
@@ -372,14 +370,6 @@ async fn listen(mut ws: Ws, received: Arc<AtomicU64>, stop: CancellationToken) -
     arrivals
 }
 
-/// The unsigned integer after `key` in `text`.
-pub fn field(text: &str, key: &str) -> Option<u64> {
-    let start = text.find(key)? + key.len();
-    let digits: &str = &text[start..];
-    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
-    digits[..end].parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,11 +392,5 @@ mod tests {
         summary.add(vec![(1, 5)]);
         assert_eq!(summary.0[&1], Spread { count: 2, duplicates: 1, first: 5, last: 10 });
         assert_eq!(summary.0[&2], Spread { count: 1, duplicates: 0, first: 30, last: 30 });
-    }
-
-    #[test]
-    fn reads_the_sequence_number() {
-        assert_eq!(super::field(r#"42["notification",{"userId":"b1","seq":17,"ts":5}]"#, "\"seq\":"), Some(17));
-        assert_eq!(super::field(r#"42["notification",{}]"#, "\"seq\":"), None);
     }
 }

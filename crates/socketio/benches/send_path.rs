@@ -6,10 +6,10 @@
 //! frame to each of their own share of the sessions, and the round ends when all are written,
 //! so that every write carries one frame at any thread count. Prints medians of 9 runs per
 //! thread count, 1 and 2 interleaved, and the ratio (issue #25's target: at least 1.8x from 1 to
-//! 2 threads); then the same writes made with write(2) by plain threads, without herald, as the
+//! 2 threads); then the same writes made with write(2) by plain threads, without the server, as the
 //! ceiling this machine's kernel puts on that ratio.
 //!
-//! Run: `cargo bench --bench send_path`
+//! Run: `cargo bench -p herald-socketio --bench send_path`
 
 #[path = "../tests/common/loopback.rs"]
 mod loopback;
@@ -18,9 +18,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald::socketio::Frame;
-use herald::socketio::engine::{self, Session};
 use loopback::Collect;
+use socketio::Frame;
+use socketio::engine::{self, Session};
 
 const SESSIONS: usize = 2_000;
 /// Frames each session gets per run: 200 frames of 40 bytes, 8 KB, well inside the buffers.

@@ -1,12 +1,12 @@
-//! The conformance fixture's handlers and accept loop, shared by the example and by herald's own
+//! The conformance fixture's handlers and accept loop, shared by the example and by the crate's own
 //! protocol tests (`tests/protocol.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::socketio::engine::{self, Session};
-use herald::socketio::{self, CloseReason, DisconnectReason, Event, Frame, Mount, Served, SocketRef};
 use serde_json::value::RawValue;
+use socketio::engine::{self, Session};
+use socketio::{self, CloseReason, DisconnectReason, Event, Frame, Mount, Served, SocketRef};
 use tokio::net::TcpListener;
 
 /// The settings the suites expect: pingInterval 300 ms, pingTimeout 200 ms, maxPayload

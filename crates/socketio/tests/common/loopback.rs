@@ -1,12 +1,12 @@
-//! Bare WebSocket sessions on loopback for measuring the send path (`tests/allocations.rs`,
+//! Bare WebSocket sessions on loopback for measuring the send path (herald's `tests/allocations.rs`,
 //! `benches/send_path.rs`): an engine handler that keeps every session it opens, and clients
 //! that open them over plain TCP and then never read.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
-use herald::socketio::engine::{self, Engine, Session};
-use herald::socketio::{CloseReason, Mount};
+use socketio::engine::{self, Engine, Session};
+use socketio::{CloseReason, Mount};
 
 /// An engine serving on a free loopback port, `n` sessions its clients opened, and the clients.
 pub struct Sessions {
@@ -33,7 +33,7 @@ pub async fn sessions(options: engine::Options, n: usize) -> Sessions {
         while let Ok((stream, _)) = listener.accept().await {
             let mounts = mounts.clone();
             tokio::spawn(async move {
-                let _ = herald::socketio::serve(stream, &mounts).await;
+                let _ = socketio::serve(stream, &mounts).await;
             });
         }
     });

@@ -159,10 +159,10 @@ mod tests {
     #[test]
     fn the_tick_follows_the_shortest_period() {
         let fast = Options { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() };
-        let w = Wheel::<crate::socketio::engine::tests::Nothing>::new(&fast);
+        let w = Wheel::<crate::engine::tests::Nothing>::new(&fast);
         assert_eq!(w.tick_ms, 5);
         let slow = Options::default();
-        let w = Wheel::<crate::socketio::engine::tests::Nothing>::new(&slow);
+        let w = Wheel::<crate::engine::tests::Nothing>::new(&slow);
         assert_eq!(w.tick_ms, 250);
         assert_eq!(w.slots.lock().unwrap().len(), 25_000 / 250 + 2);
     }

@@ -1,4 +1,4 @@
-//! herald's Socket.IO server against the protocols, written from the specs (Engine.IO v4,
+//! The Socket.IO server against the protocols, written from the specs (Engine.IO v4,
 //! Socket.IO v5, RFC 6455) with raw HTTP and WebSocket clients: the conformance fixture of
 //! `examples/protocol_echo` on port 0, every rule a client can meet or break.
 
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use herald::socketio::ProtocolError;
 use serde_json::{Value, json};
+use socketio::ProtocolError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -311,17 +311,17 @@ async fn a_polling_session_upgrades_to_websocket_and_keeps_its_packets_in_order(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_session_outlives_the_upgrade_deadline() {
     // An echo that gives a probe 300 ms to finish the upgrade, with a heartbeat to answer.
-    let options = herald::socketio::engine::Options {
+    let options = socketio::engine::Options {
         path: "/short/".into(),
         upgrade_timeout: Duration::from_millis(300),
         ping_interval: Duration::from_millis(200),
         ping_timeout: Duration::from_millis(500),
         ..Default::default()
     };
-    let engine = herald::socketio::engine::Engine::start(options, fixture::Echo);
+    let engine = socketio::engine::Engine::start(options, fixture::Echo);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mounts: Arc<[Arc<dyn herald::socketio::Mount>]> = Arc::new([Arc::new(engine.clone()) as Arc<dyn herald::socketio::Mount>]);
+    let mounts: Arc<[Arc<dyn socketio::Mount>]> = Arc::new([Arc::new(engine.clone()) as Arc<dyn socketio::Mount>]);
     let _server = tokio::spawn(fixture::serve(listener, mounts));
     let http = reqwest::Client::new();
     let open = http.get(format!("http://{addr}/short/?EIO=4&transport=polling")).send().await.unwrap().text().await.unwrap();
@@ -463,7 +463,7 @@ impl RawWs {
 
 /// A client frame: `first` is the first byte (FIN, RSV, opcode), masked with a fixed key.
 fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    herald::socketio::engine::frame::client_frame(first, payload, [0x12, 0x34, 0x56, 0x78])
+    socketio::engine::frame::client_frame(first, payload, [0x12, 0x34, 0x56, 0x78])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -680,16 +680,12 @@ async fn a_session_that_joins_no_namespace_is_closed_after_the_connect_timeout()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_floods_without_reading_is_bounded_and_others_are_served() {
     // An echo whose queue holds 100 frames, and no heartbeat to end the test early.
-    let options = herald::socketio::engine::Options {
-        path: "/flood/".into(),
-        max_queue: 100,
-        ping_interval: Duration::from_secs(60),
-        ..Default::default()
-    };
-    let engine = herald::socketio::engine::Engine::start(options, fixture::Echo);
+    let options =
+        socketio::engine::Options { path: "/flood/".into(), max_queue: 100, ping_interval: Duration::from_secs(60), ..Default::default() };
+    let engine = socketio::engine::Engine::start(options, fixture::Echo);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mounts: Arc<[Arc<dyn herald::socketio::Mount>]> = Arc::new([Arc::new(engine.clone()) as Arc<dyn herald::socketio::Mount>]);
+    let mounts: Arc<[Arc<dyn socketio::Mount>]> = Arc::new([Arc::new(engine.clone()) as Arc<dyn socketio::Mount>]);
     let _server = tokio::spawn(fixture::serve(listener, mounts));
     let open = async || {
         let tcp = TcpStream::connect(addr).await.unwrap();
@@ -751,7 +747,7 @@ async fn a_client_that_floods_without_reading_is_bounded_and_others_are_served()
 /// every message is compressed alone (the same bytes each time) and client messages too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permessage_deflate_is_negotiated_without_context_takeover_and_each_message_compressed_alone() {
-    use herald::socketio::engine::deflate;
+    use socketio::engine::deflate;
     let s = Server::start().await;
     let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
     let (mut ws, head) = RawWs::open_with(&s, "/engine.io/", offer).await;

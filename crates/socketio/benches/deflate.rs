@@ -6,12 +6,12 @@
 //! no reset at all (which would be wrong on the wire: the floor of the work itself), and against
 //! libdeflate, another compressor, at its fastest level. Prints medians of 5 runs.
 //!
-//! Run: `cargo bench --bench deflate`
+//! Run: `cargo bench -p herald-socketio --bench deflate`
 
 use std::time::Instant;
 
 use flate2::{Compress, Compression, FlushCompress};
-use herald::socketio::engine::deflate;
+use socketio::engine::deflate;
 
 const MESSAGES: usize = 100_000;
 const RUNS: usize = 5;

@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::arrival::{Arrival, field};
 use crate::stats::now_us;
-use crate::worker::{Arrival, field};
 
 pub struct Session {
     server: SocketAddr,

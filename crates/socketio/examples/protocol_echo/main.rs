@@ -1,6 +1,6 @@
 //! The reference servers of the official Engine.IO and Socket.IO conformance suites
 //! (socketio/engine.io-protocol and socketio/socket.io-protocol, `test-suite/`), built on
-//! herald's own server module, on one port:
+//! this crate's server, on one port:
 //!
 //! - `/engine.io/`: Engine.IO only, echoing every message as it came (text as text, binary as
 //!   binary);
@@ -22,7 +22,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(about = "The conformance suites' reference servers, on herald's Socket.IO server")]
+#[command(about = "The conformance suites' reference servers, on herald-socketio")]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
