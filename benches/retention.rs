@@ -20,7 +20,7 @@ use herald::bus::Bus;
 use herald::bus::inbound::Nobody;
 use herald::config::Config;
 use herald::metrics::Metrics;
-use herald::route::Notification;
+use herald::notification::Notification;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -80,7 +80,7 @@ fn notification(n: usize, retain: bool) -> Notification {
     let payload =
         format!(r#"{{"userId":"user-{user}","type":"order.shipped","body":{{"orderId":{user},"carrier":"DHL","eta":"2026-11-27"}}}}"#);
     Notification {
-        to: herald::route::Audience::User(format!("user-{user}")),
+        to: herald::notification::Audience::User(format!("user-{user}")),
         event: "notification".into(),
         payload: RawValue::from_string(payload).unwrap(),
         timestamp_ms: 0,

@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 use herald::bus::envelope;
 use herald::config::TelemetryConfig;
 use herald::gateway::second_argument;
-use herald::route::{Audience, Notification};
+use herald::notification::{Audience, Notification};
 use herald::telemetry::TraceContext;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;

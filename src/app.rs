@@ -140,8 +140,10 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
             .kafka
             .receipts_topic
             .as_deref()
-            .map(|t| {
-                Receipts::new(t, &config.server.receipt_event, config.server.receipts_per_sec, &kafka_bootstrap, &config.kafka.options)
+            .map(|t| -> anyhow::Result<Receipts> {
+                let producer = crate::source::producer_for(&kafka_bootstrap, &config.kafka.options)
+                    .map_err(|e| anyhow::anyhow!("kafka.receipts_topic: cannot create the producer: {e}"))?;
+                Ok(Receipts::new(t, &config.server.receipt_event, config.server.receipts_per_sec, producer))
             })
             .transpose()?
             .map(Arc::new),

@@ -28,6 +28,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod notification;
 pub mod process;
 pub mod replay;
 pub mod route;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use herald::app::Prepared;
 use herald::config::{Brokers, Config};
-use herald::route::{Audience, Record, Router};
+use herald::notification::Audience;
+use herald::route::{Record, Router};
 
 /// Exit code for a configuration that does not validate (EX_CONFIG from sysexits.h).
 const EXIT_CONFIG: u8 = 78;

@@ -139,6 +139,50 @@ fn src_modules_depend_on_each_other_one_way() {
     }
 }
 
+/// The dependency rule docs/architecture.md states. The shared modules serve every stage and
+/// depend on no stage; route and bus, the middle of the flow, on no other stage; source (where
+/// records enter) on route and bus; gateway (where they leave) on the bus, whose `Inbound` it
+/// implements. Only the process's edges, its HTTP front and the wiring, use source or gateway.
+const SHARED: &[&str] =
+    &["auth", "clock", "config", "metrics", "notification", "process", "replay", "supervise", "telemetry", "throttle", "watch"];
+const STAGES: &[(&str, &[&str])] = &[
+    ("route", &[]),
+    ("bus", &[]),
+    ("source", &["route", "bus"]),
+    ("gateway", &["bus"]),
+    ("http", &["source", "route", "bus", "gateway"]),
+    ("app", &["source", "route", "bus", "gateway", "http"]),
+];
+
+/// The dependencies in `graph` the rule does not allow, as `from -> to`.
+fn rule_breaks(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut broken = Vec::new();
+    for (module, deps) in graph {
+        let allowed: Vec<&str> = if SHARED.contains(&module.as_str()) {
+            SHARED.to_vec()
+        } else {
+            let Some((_, stages)) = STAGES.iter().find(|(m, _)| m == module) else {
+                broken.push(format!("{module} is neither shared nor a stage: place it in the rule"));
+                continue;
+            };
+            SHARED.iter().chain(stages.iter()).copied().collect()
+        };
+        broken.extend(deps.iter().filter(|d| !allowed.contains(&d.as_str())).map(|d| format!("{module} -> {d}")));
+    }
+    broken
+}
+
+#[test]
+fn src_modules_follow_the_stated_dependency_rule() {
+    let wrong: BTreeMap<String, BTreeSet<String>> = [("bus", "route"), ("metrics", "gateway"), ("source", "bus")]
+        .into_iter()
+        .map(|(f, t)| (f.to_owned(), BTreeSet::from([t.to_owned()])))
+        .collect();
+    assert_eq!(rule_breaks(&wrong), ["bus -> route", "metrics -> gateway"]);
+    let broken = rule_breaks(&dependencies());
+    assert!(broken.is_empty(), "dependencies against the rule of docs/architecture.md: {broken:?}");
+}
+
 #[test]
 fn no_source_file_is_over_600_lines() {
     let mut files = Vec::new();

@@ -149,7 +149,7 @@ async fn an_overflowed_history_is_reported_and_the_rest_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_store_keeps_one_copy_in_the_history() {
     use herald::bus::Bus;
-    use herald::route::Notification;
+    use herald::notification::Notification;
 
     let redis = Redis::start().await;
     let yaml = format!("auth: {{jwt: {{secret: s}}}}\nredis: {{url: \"{}\"}}\n", redis.url());
@@ -159,7 +159,7 @@ async fn a_retried_store_keeps_one_copy_in_the_history() {
     let supervisor = herald::supervise::Supervisor::new(tokio_util::sync::CancellationToken::new());
     let bus = Bus::start(&config, None, deliverer, metrics, &supervisor).await.unwrap();
     let notification = |n: i64, origin: &str| Notification {
-        to: herald::route::Audience::User("rita".into()),
+        to: herald::notification::Audience::User("rita".into()),
         event: "notification".into(),
         payload: serde_json::value::RawValue::from_string(json!({"n": n}).to_string()).unwrap(),
         timestamp_ms: 1,

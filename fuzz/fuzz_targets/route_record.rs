@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use herald::config::Config;
-use herald::route::{Audience, Record, Router};
+use herald::notification::Audience;
+use herald::route::{Record, Router};
 use herald::telemetry::TraceContext;
 use libfuzzer_sys::fuzz_target;
 

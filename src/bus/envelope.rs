@@ -15,8 +15,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::notification::{Audience, Notification};
 use crate::replay::NotificationId;
-use crate::route::{Audience, Notification};
 
 /// A notification as it arrives, borrowed from its message.
 #[derive(Debug, Clone, Copy)]

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use super::inbound::Arrival;
 use super::{Addressee, Inbound};
+use crate::notification::{Audience, Notification};
 use crate::replay::memory::MemoryHistory;
 use crate::replay::{History, NotificationId};
-use crate::route::{Audience, Notification};
 
 pub struct MemoryBus {
     deliverer: Arc<dyn Inbound>,

@@ -19,8 +19,8 @@ pub use redis::resp;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::notification::Notification;
 use crate::replay::{History, NotificationId};
-use crate::route::Notification;
 use crate::supervise::Supervisor;
 
 /// What became of one published notification.

@@ -11,8 +11,8 @@ use tracing::{debug, warn};
 use super::{Bus, BusError, Published};
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
+use crate::notification::Notification;
 use crate::replay::NotificationId;
-use crate::route::Notification;
 
 impl Bus {
     /// Publishes the batch, holding the partition until the bus takes it (or `abort` fires):

@@ -4,7 +4,6 @@
 //! user), the socket id and a timestamp, and acks the client once Kafka has it. A receipt that
 //! carries its notification's `traceparent` (the second argument's) has it as a record header.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -45,10 +44,10 @@ impl Refused {
 }
 
 impl Receipts {
-    pub fn new(topic: &str, event: &str, per_sec: u32, bootstrap: &str, options: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        let producer = crate::source::producer_for(bootstrap, options)
-            .map_err(|e| anyhow::anyhow!("kafka.receipts_topic: cannot create the producer: {e}"))?;
-        Ok(Self { topic: topic.to_owned(), producer, event: event.to_owned(), per_sec })
+    /// Receipts produced to `topic` with `producer` (the app makes it with the consumer's
+    /// security settings), at most `per_sec` a second per socket.
+    pub fn new(topic: &str, event: &str, per_sec: u32, producer: FutureProducer) -> Self {
+        Self { topic: topic.to_owned(), producer, event: event.to_owned(), per_sec }
     }
 
     /// Checks `data` (`{id, state}`) and the socket's rate (`window`: its per-socket counter),

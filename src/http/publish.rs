@@ -18,7 +18,7 @@ use crate::auth::user_id_from_json;
 use crate::bus::Bus;
 use crate::clock::{unix_ms, unix_us};
 use crate::config::ApiConfig;
-use crate::route::{Audience, Notification};
+use crate::notification::{Audience, Notification};
 use crate::telemetry::TraceContext;
 
 pub struct PublishApi {

@@ -4,7 +4,7 @@
 
 mod dropped;
 mod json;
-mod notification;
+
 mod pointer;
 mod record;
 mod returned;
@@ -22,10 +22,11 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, ConfigErrors, UserIdSource};
 use crate::metrics::Metrics;
+use crate::notification::{Audience, Notification};
 use script::{Limits, Script};
 
 pub use dropped::DropReason;
-pub use notification::{Audience, Notification};
+
 use record::parse_value;
 pub use record::{Record, RouteError};
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use rhai::Dynamic;
 
-use super::notification::{Audience, Notification};
 use super::record::{Record, parse_value};
+use crate::notification::{Audience, Notification};
 
 const KEYS: &str = "user_id, group, groups, broadcast, event, payload";
 

@@ -24,7 +24,8 @@ use crate::bus::retry::Backoff;
 use crate::clock::unix_us;
 use crate::config::Config;
 use crate::metrics::{ByLabel, LabelValue, Metrics, RECORDS_DROPPED};
-use crate::route::{DropReason, Notification, Record, RouteError, Router};
+use crate::notification::Notification;
+use crate::route::{DropReason, Record, RouteError, Router};
 use crate::telemetry::TraceContext;
 use crate::throttle::{Throttle, Verdict};
 

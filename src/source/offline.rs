@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::producer::producer_for;
 use crate::config::KafkaConfig;
-use crate::route::Notification;
+use crate::notification::Notification;
 
 /// A notification's origin, `topic/partition/offset/index`, as (topic, partition, offset). Split
 /// from the right: a topic name has no `/`, but the split does not rely on it.

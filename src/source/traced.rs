@@ -12,7 +12,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::bus::Published;
 use crate::metrics::LabelValue;
-use crate::route::{Notification, Router};
+use crate::notification::Notification;
+use crate::route::Router;
 use crate::telemetry::spans::Traced;
 use crate::telemetry::{TraceContext, Tracer};
 

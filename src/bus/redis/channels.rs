@@ -2,7 +2,7 @@
 //! read off the subscriber connection, whose channel it came on.
 
 use crate::config::{ChannelPattern, RedisConfig};
-use crate::route::{Audience, Notification};
+use crate::notification::{Audience, Notification};
 
 pub struct Channels {
     user: ChannelPattern,

@@ -52,8 +52,8 @@ use super::{Addressee, Inbound};
 use super::{BusError, Published, Subscribing};
 use crate::config::{ChannelPattern, RedisConfig, ReplayConfig};
 use crate::metrics::Metrics;
+use crate::notification::Notification;
 use crate::replay::{History, NotificationId, history_after};
-use crate::route::Notification;
 use crate::supervise::Supervisor;
 
 /// How far Redis's clock (stream ids) may be behind ours, for the retry search of the store

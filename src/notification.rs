@@ -1,4 +1,5 @@
-//! What routing produces: one notification, for one audience (a user, a group, everyone).
+//! The unit that flows from route to bus to gateway: one notification, for one audience (a
+//! user, a group, everyone). A leaf: routing makes it, the bus carries it, the gateway emits it.
 
 use std::sync::Arc;
 
