@@ -1,6 +1,12 @@
 //! The `auth` section: JWT verification, the user check, socket limits and groups.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::server::check_event_name;
+use super::walk::{Walk, one_of, ranged, secs};
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {

@@ -1,6 +1,13 @@
 //! The `kafka` section: brokers, the consumer group, topics and their rules, output topics.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::server::check_event_name;
+use super::walk::{Section, Walk, kind, ranged, read_addr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Brokers {
@@ -305,4 +312,12 @@ fn check_security(walk: &mut Walk, options: &BTreeMap<String, String>) {
             "`oidc` needs a herald built with `--features oidc` (librdkafka with libcurl; the Docker image has it)",
         );
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserIdSource {
+    /// A JSON pointer into the record value, e.g. `/userId`.
+    Pointer(String),
+    /// The Kafka record key.
+    Key,
 }

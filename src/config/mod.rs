@@ -11,8 +11,6 @@ mod server;
 mod telemetry;
 mod walk;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,19 +19,18 @@ use serde_json::Value;
 pub use auth::{AuthConfig, CheckConfig, JwtConfig, PerUserLimit};
 use auth::{is_hmac, read_auth};
 pub use env::OVERRIDES as ENV_OVERRIDES;
-pub use kafka::{Brokers, EmbeddedKafkaConfig, KafkaConfig, TopicConfig, kafka_features};
+pub use kafka::{Brokers, EmbeddedKafkaConfig, KafkaConfig, TopicConfig, UserIdSource, kafka_features};
 use kafka::{parse_user_id, read_kafka};
-use redis::read_redis;
 pub use redis::{ChannelPattern, RedisConfig};
+use redis::{pattern, read_redis};
 pub use redis_tls::RedisTls;
-use redis_tls::read_tls;
 pub use redis_url::{RedisAddress, RedisTarget};
 pub use server::{ServerConfig, SlowClient};
 use server::{check_event_name, read_server};
 pub use telemetry::TelemetryConfig;
 use telemetry::read_telemetry;
 pub use walk::{ConfigError, ConfigErrors};
-use walk::{Section, Walk, kind};
+use walk::{Walk, ranged, secs};
 
 /// The whole configuration. See the annotated `config.yaml` for every key and its default.
 #[derive(Debug, Clone)]
@@ -118,14 +115,6 @@ pub struct RoutesConfig {
     /// Threads that route a large batch in parallel; 0 = one per core, 1 = route on the
     /// consumer's own task. Default 0.
     pub threads: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UserIdSource {
-    /// A JSON pointer into the record value, e.g. `/userId`.
-    Pointer(String),
-    /// The Kafka record key.
-    Key,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,54 +301,6 @@ fn read_log(walk: &mut Walk, v: Option<&Value>) -> LogConfig {
         }
         LogConfig { format, level }
     })
-}
-
-fn read_addr(walk: &mut Walk, s: &Section<'_>, key: &str, default: &str) -> SocketAddr {
-    let fallback = default.parse().expect("default address is valid");
-    match walk.opt::<String>(s, key) {
-        None => fallback,
-        Some(text) => text.parse().unwrap_or_else(|_| {
-            walk.error(s.path(key), format!("expected an ip:port address such as {default}, found `{text}`"));
-            fallback
-        }),
-    }
-}
-
-fn ranged<T>(walk: &mut Walk, s: &Section<'_>, key: &str, default: T, range: std::ops::RangeInclusive<T>) -> T
-where
-    T: serde::de::DeserializeOwned + PartialOrd + Copy + std::fmt::Display,
-{
-    let value = walk.get(s, key, default);
-    if range.contains(&value) {
-        value
-    } else {
-        walk.error(s.path(key), format!("must be between {} and {}, found {value}", range.start(), range.end()));
-        default
-    }
-}
-
-/// Reads a key whose value is one of a few words; the first choice is the default.
-fn one_of<T: Copy>(walk: &mut Walk, s: &Section<'_>, key: &str, choices: &[(&str, T)]) -> T {
-    let found: String = walk.get(s, key, choices[0].0.into());
-    if let Some((_, value)) = choices.iter().find(|(word, _)| *word == found) {
-        return *value;
-    }
-    let expected: Vec<String> = choices.iter().map(|(word, _)| format!("`{word}`")).collect();
-    walk.error(s.path(key), format!("expected {}, found `{found}`", expected.join(" or ")));
-    choices[0].1
-}
-
-/// A channel or key pattern with `placeholder` once; a bad one is reported and the default used.
-fn pattern(walk: &mut Walk, s: &Section<'_>, key: &str, default: &str, placeholder: &str) -> ChannelPattern {
-    let text: String = walk.get(s, key, default.into());
-    ChannelPattern::parse_with(&text, placeholder).unwrap_or_else(|why| {
-        walk.error(s.path(key), why);
-        ChannelPattern::parse_with(default, placeholder).expect("default pattern is valid")
-    })
-}
-
-fn secs(walk: &mut Walk, s: &Section<'_>, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
-    Duration::from_secs(ranged(walk, s, key, default, range))
 }
 
 #[cfg(test)]

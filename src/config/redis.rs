@@ -1,6 +1,12 @@
 //! The `redis` section: the URL, channel names (users, groups, broadcast), client settings.
 
-use super::*;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::redis_tls::{RedisTls, read_tls};
+use super::redis_url::{RedisAddress, RedisTarget};
+use super::walk::{Section, Walk, ranged};
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -146,5 +152,14 @@ pub(super) fn read_redis(walk: &mut Walk, v: Option<&Value>) -> Option<RedisConf
             revoked_key,
             instance_channel,
         })
+    })
+}
+
+/// A channel or key pattern with `placeholder` once; a bad one is reported and the default used.
+pub(super) fn pattern(walk: &mut Walk, s: &Section<'_>, key: &str, default: &str, placeholder: &str) -> ChannelPattern {
+    let text: String = walk.get(s, key, default.into());
+    ChannelPattern::parse_with(&text, placeholder).unwrap_or_else(|why| {
+        walk.error(s.path(key), why);
+        ChannelPattern::parse_with(default, placeholder).expect("default pattern is valid")
     })
 }

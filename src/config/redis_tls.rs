@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::*;
+use super::walk::{Section, Walk};
 
 /// The TLS settings of every Redis connection (`rediss://` and its Sentinel and cluster forms).
 #[derive(Clone)]

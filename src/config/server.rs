@@ -1,6 +1,11 @@
 //! The `server` section: the listener, Socket.IO timings and buffers, receipts.
 
-use super::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::walk::{Walk, one_of, ranged, read_addr, secs};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

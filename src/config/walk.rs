@@ -5,6 +5,8 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -163,6 +165,48 @@ fn describe_type_error(err: &serde_json::Error, value: &Value) -> String {
         Some((_, expected)) => format!("expected {expected}, found {}", kind(value)),
         None => msg,
     }
+}
+
+// Typed readers the sections share: each reports a bad value with its path and falls back to
+// the default.
+
+pub(super) fn read_addr(walk: &mut Walk, s: &Section<'_>, key: &str, default: &str) -> SocketAddr {
+    let fallback = default.parse().expect("default address is valid");
+    match walk.opt::<String>(s, key) {
+        None => fallback,
+        Some(text) => text.parse().unwrap_or_else(|_| {
+            walk.error(s.path(key), format!("expected an ip:port address such as {default}, found `{text}`"));
+            fallback
+        }),
+    }
+}
+
+pub(super) fn ranged<T>(walk: &mut Walk, s: &Section<'_>, key: &str, default: T, range: std::ops::RangeInclusive<T>) -> T
+where
+    T: serde::de::DeserializeOwned + PartialOrd + Copy + std::fmt::Display,
+{
+    let value = walk.get(s, key, default);
+    if range.contains(&value) {
+        value
+    } else {
+        walk.error(s.path(key), format!("must be between {} and {}, found {value}", range.start(), range.end()));
+        default
+    }
+}
+
+/// Reads a key whose value is one of a few words; the first choice is the default.
+pub(super) fn one_of<T: Copy>(walk: &mut Walk, s: &Section<'_>, key: &str, choices: &[(&str, T)]) -> T {
+    let found: String = walk.get(s, key, choices[0].0.into());
+    if let Some((_, value)) = choices.iter().find(|(word, _)| *word == found) {
+        return *value;
+    }
+    let expected: Vec<String> = choices.iter().map(|(word, _)| format!("`{word}`")).collect();
+    walk.error(s.path(key), format!("expected {}, found `{found}`", expected.join(" or ")));
+    choices[0].1
+}
+
+pub(super) fn secs(walk: &mut Walk, s: &Section<'_>, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
+    Duration::from_secs(ranged(walk, s, key, default, range))
 }
 
 #[cfg(test)]
