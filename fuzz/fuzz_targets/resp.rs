@@ -5,7 +5,8 @@
 #![no_main]
 
 use bytes::BytesMut;
-use herald::bus::resp::{Value, interpret_all, message_at, take};
+use herald::bus::interpret_replies;
+use herald::bus::resp::{Value, message_at, take};
 use libfuzzer_sys::fuzz_target;
 
 /// Every value read from `stream` in reads of `size` bytes, then the error if one stopped it.
@@ -42,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&split, stream)) = data.split_first() else { return };
     let whole = read(stream, stream.len());
     for value in &whole.0 {
-        interpret_all(value);
+        interpret_replies(value);
     }
     assert_eq!(read(stream, usize::from(split % 32) + 1), whole, "the same values whatever the reads");
 });

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 pub use inbound::{Addressee, Arrival, Inbound};
 /// The RESP reader and writer of herald's own Redis connections (public for the fuzzer).
-pub use redis::resp;
+pub use redis::{interpret_replies, resp};
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -24,6 +24,8 @@ mod store;
 mod subscriber;
 mod topology;
 
+pub use topology::interpret_replies;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,9 +49,7 @@ use slots::slot_of;
 use store::{STORE_AND_PUBLISH, STORE_AND_SPUBLISH, StoreScript};
 use topology::Command;
 
-use super::envelope;
-use super::{Addressee, Inbound};
-use super::{BusError, Published, Subscribing};
+use super::{Addressee, BusError, Inbound, Published, Subscribing, envelope};
 use crate::config::{ChannelPattern, RedisConfig, ReplayConfig};
 use crate::metrics::Metrics;
 use crate::notification::Notification;

@@ -191,13 +191,6 @@ fn build(chunk: &Bytes, at: usize) -> (Value, usize) {
     }
 }
 
-/// Reads `value` as every reply herald interprets, for the fuzzer (what a hostile Redis could
-/// send must never panic herald).
-pub fn interpret_all(value: &Value) {
-    let _ = super::topology::interpret(value);
-    let _ = super::replies::parse_entries(value.clone());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -326,7 +326,7 @@ fn redirect(value: &Value) -> Option<Redirect> {
     Some(Redirect::Ask((host.to_owned(), port.parse().ok()?)))
 }
 
-/// A reply read as a slot map and as a redirect (see `resp::interpret_all`).
+/// A reply read as a slot map and as a redirect (see `interpret_replies`).
 pub(super) fn interpret(value: &Value) -> (bool, bool) {
     (SlotMap::parse(value, &("node".into(), 1)).is_some(), redirect(value).is_some())
 }
@@ -337,6 +337,13 @@ pub fn reply(value: Value) -> Result<Value, String> {
         Value::Error(e) => Err(String::from_utf8_lossy(&e).into_owned()),
         other => Ok(other),
     }
+}
+
+/// Reads `value` as every reply herald interprets, for the fuzzer (what a hostile Redis could
+/// send must never panic herald).
+pub fn interpret_replies(value: &Value) {
+    let _ = interpret(value);
+    let _ = super::replies::parse_entries(value.clone());
 }
 
 #[cfg(test)]
