@@ -1,12 +1,12 @@
 //! The in-process bus for a single instance: publishing is delivering (and storing, for
 //! retained notifications).
 
-use super::Published;
+use super::outcome::Published;
 use crate::config::ReplayConfig;
 use std::sync::Arc;
 
 use super::inbound::Arrival;
-use super::{Addressee, Inbound};
+use super::inbound::{Addressee, Inbound};
 use crate::notification::{Audience, Notification};
 use crate::replay::memory::MemoryHistory;
 use crate::replay::{History, NotificationId};

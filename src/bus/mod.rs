@@ -5,15 +5,15 @@
 pub mod envelope;
 pub mod inbound;
 mod memory;
+mod outcome;
 mod redis;
 pub mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
 pub use inbound::{Addressee, Arrival, Inbound};
+pub use outcome::{BusError, Published, Subscribing};
 /// The RESP reader and writer of herald's own Redis connections (public for the fuzzer).
 pub use redis::{interpret_replies, resp};
 
@@ -22,47 +22,6 @@ use crate::metrics::Metrics;
 use crate::notification::Notification;
 use crate::replay::{History, NotificationId};
 use crate::supervise::Supervisor;
-
-/// What became of one published notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    /// Instances (Redis) or sockets (in-process) it reached; 0: its user has no socket anywhere.
-    pub receivers: usize,
-    /// Its id in the user's history, when it was stored there for replay.
-    pub stored: Option<NotificationId>,
-}
-
-/// A bus failure that may clear by itself (Redis down, timed out). The caller keeps the
-/// notifications and retries; it never skips them.
-#[derive(Debug, thiserror::Error)]
-#[error("bus unavailable: {0}")]
-pub struct BusError(pub String);
-
-/// Subscriptions asked for, confirmed when Redis has them.
-pub struct Subscribing {
-    pending: Vec<oneshot::Receiver<()>>,
-    timeout: Duration,
-}
-
-impl Subscribing {
-    /// Nothing to wait for.
-    pub fn done() -> Self {
-        Self { pending: Vec::new(), timeout: Duration::ZERO }
-    }
-
-    /// Waits until every subscription is confirmed, or the command timeout: during a Redis
-    /// outage the socket is admitted anyway, its subscriptions follow when Redis is back, and
-    /// readiness says the instance is degraded meanwhile.
-    pub async fn confirmed(self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let all = futures::future::join_all(self.pending);
-        if tokio::time::timeout(self.timeout, all).await.is_err() {
-            tracing::debug!("Subscriptions not confirmed in time; admitting the socket, the subscriptions follow.");
-        }
-    }
-}
 
 pub enum Bus {
     Memory(memory::MemoryBus),

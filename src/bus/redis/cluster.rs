@@ -19,7 +19,7 @@ use super::interest::{Interest, Op};
 use super::slots::slot_of;
 use super::subscriber::Subscriptions;
 use super::topology::Cluster;
-use crate::bus::Inbound;
+use crate::bus::inbound::Inbound;
 use crate::metrics::Metrics;
 
 /// How often the slot map is asked for while every master answers; every second otherwise.

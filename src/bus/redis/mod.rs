@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use address::Access;
-use channels::{Channels, Owner};
+use channels::Channels;
 use cluster::{ShardedSubscriptions, ShardsUp};
 use health::Health;
 use interest::{Interest, Op};
@@ -49,7 +49,9 @@ use slots::slot_of;
 use store::{STORE_AND_PUBLISH, STORE_AND_SPUBLISH, StoreScript};
 use topology::Command;
 
-use super::{Addressee, BusError, Inbound, Published, Subscribing, envelope};
+use super::envelope;
+use super::inbound::Inbound;
+use super::outcome::{BusError, Published, Subscribing};
 use crate::config::{ChannelPattern, RedisConfig, ReplayConfig};
 use crate::metrics::Metrics;
 use crate::notification::Notification;
@@ -59,8 +61,6 @@ use crate::supervise::Supervisor;
 /// How far Redis's clock (stream ids) may be behind ours, for the retry search of the store
 /// script: entries stored by a failed attempt are looked for from its start minus this.
 const CLOCK_SKEW_MS: i64 = 60_000;
-/// Most channels named in one SUBSCRIBE or UNSUBSCRIBE command.
-const CHANNELS_PER_COMMAND: usize = 1000;
 /// How often the watcher pings Redis (every master of a cluster) for readiness.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
@@ -436,7 +436,7 @@ impl RedisBus {
                 pending.push(rx);
             }
         }
-        Subscribing { pending, timeout: self.command_timeout }
+        Subscribing::new(pending, self.command_timeout)
     }
 
     pub fn unsubscribe(&self, user: Option<&str>, groups: &[Arc<str>]) {
@@ -468,59 +468,6 @@ fn routed(args: Vec<Vec<u8>>) -> Command {
     let key = if args[0] == b"EVALSHA" { args.get(3) } else { args.get(1) };
     let slot = key.map_or(0, |k| slot_of(k));
     Command { args, slot }
-}
-
-/// Decodes one bus message and emits it to its audience's local sockets.
-fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
-    let Some(owner) = std::str::from_utf8(channel).ok().and_then(|c| channels.owner(c)) else { return };
-    if let Owner::Instance(_) = owner {
-        match envelope::Relayed::decode(payload) {
-            Some(message) => deliverer.relayed(message),
-            None => metrics.bus_decode_failures.increment(1),
-        }
-        return;
-    }
-    if let Some(token) = envelope::decode_cut(payload) {
-        let on = match owner {
-            Owner::User(user) => Addressee::User(user),
-            Owner::Group(name) => Addressee::Group { name, among: &[] },
-            _ => Addressee::Everyone,
-        };
-        return deliverer.cut(on, token);
-    }
-    if owner == Owner::Broadcast
-        && let Some(control) = envelope::decode_control(payload)
-    {
-        if control.kind == "end" {
-            let users: Vec<&str> = control.users.iter().map(|u| &**u).collect();
-            deliverer.end_sessions(&users, control.revoked_at_ms);
-        }
-        return;
-    }
-    match envelope::decode(payload) {
-        Ok(env) => {
-            metrics.received.increment(1);
-            let arrival = env.arrival();
-            let among: Vec<&str> = env.among.iter().map(|g| &**g).collect();
-            let to = match owner {
-                Owner::User(user) => {
-                    if let Some(Ok(id)) = env.id.as_deref().map(str::parse::<NotificationId>) {
-                        deliverer.deliver_retained(user, id, &arrival);
-                        return;
-                    }
-                    Addressee::User(user)
-                }
-                Owner::Group(name) => Addressee::Group { name, among: &among },
-                Owner::Broadcast => Addressee::Everyone,
-                Owner::Instance(_) => return,
-            };
-            deliverer.deliver(to, &arrival, env.origin.as_deref());
-        }
-        Err(e) => {
-            metrics.bus_decode_failures.increment(1);
-            debug!(channel = %String::from_utf8_lossy(channel), error = %e, "Ignored a bus message that is not a herald envelope.");
-        }
-    }
 }
 
 /// What a publish reply says of its notification: instances reached, and the history id of a

@@ -1,6 +1,6 @@
 //! Sessions across instances on Redis: ending them (the revocation kept under
 //! `redis.revoked_key`, for instances and reconnects that come later, and the control message
-//! on the broadcast channel that every instance acts on, `super::deliver_one`), and the
+//! on the broadcast channel that every instance acts on, `subscriber::deliver_one`), and the
 //! markers that cut a moving session's channels between its old instance and its new one.
 
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::nodes::Lane;
 use super::resp::Value;
 use super::{RedisBus, routed};
-use crate::bus::{BusError, envelope};
+use crate::bus::envelope;
+use crate::bus::outcome::BusError;
 
 impl RedisBus {
     /// Records the revocation of `users`' tokens (for `ttl`) when asked, then tells every

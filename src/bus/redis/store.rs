@@ -1,7 +1,10 @@
 //! The store-and-publish script: a retained notification is stored in its user's stream and
 //! published in one atomic step, and found again (not stored twice) when a retry follows a lost reply.
 
-use super::*;
+use tracing::warn;
+
+use super::link::LinkError;
+use super::nodes::Nodes;
 
 /// Stores a retained notification in the user's stream and publishes it, as one atomic step:
 /// a notification is never in the history and missing from the live stream, or the reverse.

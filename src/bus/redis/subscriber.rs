@@ -18,17 +18,21 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::address::{Access, Endpoint};
-use super::channels::Channels;
+use super::channels::{Channels, Owner};
 use super::health::Health;
 use super::interest::{Interest, Op};
 use super::link::Link;
 use super::resp::{self, Value};
-use super::{CHANNELS_PER_COMMAND, deliver_one};
-use crate::bus::Inbound;
+use crate::bus::envelope;
+use crate::bus::inbound::{Addressee, Inbound};
 use crate::metrics::Metrics;
+use crate::replay::NotificationId;
+
+/// Most channels named in one SUBSCRIBE or UNSUBSCRIBE command.
+const CHANNELS_PER_COMMAND: usize = 1000;
 
 /// Reads this large at most at once; the buffer grows only for a message larger than this.
 const READ_CHUNK: usize = 64 << 10;
@@ -309,4 +313,57 @@ async fn write_within(writer: &mut WriteHalf<Link>, bytes: &[u8], timeout: Durat
 async fn read_more(reader: &mut ReadHalf<Link>, buf: &mut BytesMut) -> std::io::Result<usize> {
     buf.reserve(READ_CHUNK);
     reader.read_buf(buf).await
+}
+
+/// Decodes one bus message and emits it to its audience's local sockets.
+fn deliver_one(channels: &Channels, deliverer: &dyn Inbound, metrics: &Metrics, channel: &[u8], payload: &[u8]) {
+    let Some(owner) = std::str::from_utf8(channel).ok().and_then(|c| channels.owner(c)) else { return };
+    if let Owner::Instance(_) = owner {
+        match envelope::Relayed::decode(payload) {
+            Some(message) => deliverer.relayed(message),
+            None => metrics.bus_decode_failures.increment(1),
+        }
+        return;
+    }
+    if let Some(token) = envelope::decode_cut(payload) {
+        let on = match owner {
+            Owner::User(user) => Addressee::User(user),
+            Owner::Group(name) => Addressee::Group { name, among: &[] },
+            _ => Addressee::Everyone,
+        };
+        return deliverer.cut(on, token);
+    }
+    if owner == Owner::Broadcast
+        && let Some(control) = envelope::decode_control(payload)
+    {
+        if control.kind == "end" {
+            let users: Vec<&str> = control.users.iter().map(|u| &**u).collect();
+            deliverer.end_sessions(&users, control.revoked_at_ms);
+        }
+        return;
+    }
+    match envelope::decode(payload) {
+        Ok(env) => {
+            metrics.received.increment(1);
+            let arrival = env.arrival();
+            let among: Vec<&str> = env.among.iter().map(|g| &**g).collect();
+            let to = match owner {
+                Owner::User(user) => {
+                    if let Some(Ok(id)) = env.id.as_deref().map(str::parse::<NotificationId>) {
+                        deliverer.deliver_retained(user, id, &arrival);
+                        return;
+                    }
+                    Addressee::User(user)
+                }
+                Owner::Group(name) => Addressee::Group { name, among: &among },
+                Owner::Broadcast => Addressee::Everyone,
+                Owner::Instance(_) => return,
+            };
+            deliverer.deliver(to, &arrival, env.origin.as_deref());
+        }
+        Err(e) => {
+            metrics.bus_decode_failures.increment(1);
+            debug!(channel = %String::from_utf8_lossy(channel), error = %e, "Ignored a bus message that is not a herald envelope.");
+        }
+    }
 }
