@@ -443,7 +443,7 @@ async fn malformed_packets_over_websocket_close_only_their_socket() {
 
 /// A masked client text frame.
 fn client_text_frame(text: &str) -> Vec<u8> {
-    socketio::engine::frame::client_frame(0x81, text.as_bytes(), [3, 1, 4, 1])
+    socketio::engine::framing::client_frame(0x81, text.as_bytes(), [3, 1, 4, 1])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -411,8 +411,8 @@ const KNOWN_FILE_CIRCLES: &[(&str, &[&str])] = &[
         &[
             "engine",
             "engine::forward",
+            "engine::front",
             "engine::heartbeat",
-            "engine::http",
             "engine::moving",
             "engine::polling",
             "engine::session",

@@ -25,7 +25,7 @@ const MAX_PAYLOAD: usize = 4096;
 
 /// A masked client frame, with the reserved bits `rsv` (0-7) and the length in its shortest form.
 fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    socketio::engine::frame::client_frame((u8::from(fin) << 7) | (rsv << 4) | opcode, payload, [0x37, 0xfa, 0x21, 0x3d])
+    socketio::engine::framing::client_frame((u8::from(fin) << 7) | (rsv << 4) | opcode, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 fn whole(opcode: u8, payload: &[u8]) -> Vec<u8> {

@@ -4,7 +4,7 @@
 //! shorter prefix of it reads as a request.
 #![no_main]
 
-use socketio::engine::http::parse_head;
+use socketio::engine::front::parse_head;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

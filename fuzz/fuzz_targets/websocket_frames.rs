@@ -7,7 +7,7 @@
 //! it), and nothing panics.
 #![no_main]
 
-use socketio::engine::frame::{Assembled, Assembler, parse_header_with, unmask};
+use socketio::engine::framing::{Assembled, Assembler, parse_header_with, unmask};
 use socketio::engine::packet::{Packet, parse_text};
 use libfuzzer_sys::fuzz_target;
 

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::lifetime::Lifetimes;
-use super::member::{Client, Member};
+use super::member::Member;
 use super::presence::{Entry, Presence};
 use super::revocation::{self, Revocations};
 use crate::auth::{AuthError, Authenticator};
@@ -17,7 +17,7 @@ use crate::bus::Bus;
 use crate::config::{AuthConfig, PerUserLimit, ReplayConfig};
 use crate::metrics::{ByLabel, Metrics};
 use crate::replay::{self, NotificationId};
-use socketio::{Handshake, event_frame};
+use socketio::{Handshake, SocketRef, event_frame};
 
 pub struct Admission {
     pub authenticator: Authenticator,
@@ -62,7 +62,7 @@ impl Limits {
 
 impl Admission {
     /// Runs before the socket is told it is connected: an `Err` becomes its `connect_error`.
-    pub async fn admit(&self, socket: &Client, auth: Option<&RawValue>) -> Result<Arc<Member>, AuthError> {
+    pub async fn admit(&self, socket: &SocketRef<Admission>, auth: Option<&RawValue>) -> Result<Arc<Member>, AuthError> {
         let auth: Option<Value> = auth.and_then(|a| serde_json::from_str(a.get()).ok());
         let result = self.try_admit(socket, auth.as_ref()).await;
         if let Err(e) = &result {
@@ -72,7 +72,7 @@ impl Admission {
         result
     }
 
-    async fn try_admit(&self, socket: &Client, auth: Option<&Value>) -> Result<Arc<Member>, AuthError> {
+    async fn try_admit(&self, socket: &SocketRef<Admission>, auth: Option<&Value>) -> Result<Arc<Member>, AuthError> {
         let handshake = socket.handshake();
         if !self.limits.allowed_origins.is_empty()
             && let Some(origin) = handshake.header("origin")
@@ -129,7 +129,7 @@ impl Admission {
 
     /// Runs right after the client is told it is connected: sends what it missed (after its
     /// `since`, or the last few by config), then opens its gate to live notifications.
-    pub async fn replay(&self, socket: &Client, member: &Member) {
+    pub async fn replay(&self, socket: &SocketRef<Admission>, member: &Member) {
         // Watched from now on: a deadline that passes while the socket is still connecting
         // would find it not connected yet.
         self.lifetimes.track(socket, member.expires_at());

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tracing::warn;
 
-use super::member::{Client, Member};
+use super::admission::Admission;
+use super::member::Member;
 use super::presence::{Entry, Presence};
 use super::revocation::Revocations;
 use crate::bus::{Addressee, Arrival, Inbound};
@@ -19,7 +20,7 @@ use crate::telemetry::context::TraceParent;
 use crate::telemetry::spans::Traced;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
-use socketio::{SendError, event_frame};
+use socketio::{SendError, SocketRef, event_frame};
 
 /// Emits notifications to the sockets of this instance. Cheap to clone.
 #[derive(Clone)]
@@ -106,7 +107,7 @@ impl Deliverer {
 
     /// A socket whose queue is full leaves its user's delivery at once (nothing more is queued
     /// for it) and is disconnected; its DISCONNECT goes out past the full queue.
-    fn disconnect_slow(&self, slow: Vec<Client>) {
+    fn disconnect_slow(&self, slow: Vec<SocketRef<Admission>>) {
         for socket in slow {
             self.metrics.slow_client_disconnects.increment(1);
             warn!(socket = socket.id(), "Socket send buffer full; disconnecting the slow client.");
@@ -171,7 +172,7 @@ impl Inbound for Deliverer {
         let mut frame = None;
         let mut span = None;
         let (mut reached, mut failed) = (0, 0);
-        let mut slow: Vec<Client> = Vec::new();
+        let mut slow: Vec<SocketRef<Admission>> = Vec::new();
         let mut send = |e: &Entry| {
             if !e.member.takes(to) {
                 return;
@@ -217,7 +218,7 @@ impl Inbound for Deliverer {
         let mut frame = None;
         let mut span = None;
         let mut failed = 0usize;
-        let mut slow: Vec<Client> = Vec::new();
+        let mut slow: Vec<SocketRef<Admission>> = Vec::new();
         let sockets = self.presence.each_socket(user_id, |e| {
             if !e.member.takes(Addressee::User(user_id)) {
                 return;

@@ -19,10 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::admission::Admission;
-use super::member::Client;
 use crate::auth::AuthError;
 use crate::metrics::Metrics;
-use socketio::Socket;
+use socketio::{Socket, SocketRef};
 
 /// A deadline: `exp` in seconds, and the socket it is for.
 struct Deadline(u64, Weak<Socket<Admission>>);
@@ -59,7 +58,7 @@ impl Lifetimes {
     }
 
     /// Watches the socket until its token's `exp` (no `exp`, no deadline).
-    pub fn track(&self, socket: &Client, expires_at: Option<u64>) {
+    pub fn track(&self, socket: &SocketRef<Admission>, expires_at: Option<u64>) {
         if let Some(exp) = expires_at {
             let _ = self.deadlines.send(Deadline(exp, Arc::downgrade(socket)));
         }
@@ -116,7 +115,7 @@ async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String,
 /// Handles `auth_refresh`: the data is the new token, or `{token}`. Returns the ack, `{ok:
 /// true, expires_at}` or `{ok: false, error}`, and on success the groups the new token names.
 pub async fn refresh(
-    socket: &Client,
+    socket: &SocketRef<Admission>,
     data: &Value,
     admission: &super::Admission,
     lifetimes: &Lifetimes,

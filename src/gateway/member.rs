@@ -7,14 +7,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 use arc_swap::ArcSwap;
 use std::time::Instant;
 
-use super::admission::Admission;
 use super::presence::Presence;
 use crate::bus::Bus;
 use crate::replay::{NotificationId, ReplayGate};
-use socketio::{Frame, SocketRef};
-
-/// A socket as the gateway holds it.
-pub type Client = SocketRef<Admission>;
+use socketio::Frame;
 
 /// A socket's groups, sorted; shared by every socket without any.
 pub type Groups = Arc<Vec<Arc<str>>>;

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 pub use admission::{Admission, Limits};
 pub use delivery::{Deliverer, second_argument};
 pub use lifetime::Lifetimes;
-pub use member::{Client, Groups, Member};
+pub use member::{Groups, Member};
 pub use moving::Moves;
 pub use presence::{Entry, Presence};
 

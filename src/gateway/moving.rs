@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::admission::Admission;
-use super::member::{Client, Groups, Member};
+use super::member::{Groups, Member};
 use super::presence::Entry;
 use crate::bus::Addressee;
 use crate::replay::{NotificationId, ReplayGate};
+use socketio::SocketRef;
 
 /// How long a socket about to move may wait for its replay, or a token refresh, to finish.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
@@ -140,7 +141,7 @@ struct Moving {
 impl Admission {
     /// On the old instance: the socket's state for the new one, once its replay and any token
     /// refresh are done; from now on its channels are cut at the markers `cut` publishes.
-    pub(super) async fn departing(&self, socket: &Client) -> Option<String> {
+    pub(super) async fn departing(&self, socket: &SocketRef<Admission>) -> Option<String> {
         let member = socket.data()?.clone();
         let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
         let gate = loop {
@@ -165,7 +166,7 @@ impl Admission {
 
     /// On the new instance: the socket's member, in the presence index and subscribed to its
     /// channels (confirmed, before the old instance publishes its markers).
-    pub(super) async fn arriving(&self, socket: &Client, state: &str) -> Result<Arc<Member>, String> {
+    pub(super) async fn arriving(&self, socket: &SocketRef<Admission>, state: &str) -> Result<Arc<Member>, String> {
         let moving: Moving = serde_json::from_str(state).map_err(|e| e.to_string())?;
         let ids = |s: &str| s.parse::<NotificationId>().ok();
         let recent: Vec<NotificationId> = moving.recent.iter().filter_map(|s| ids(s)).collect();
@@ -183,7 +184,7 @@ impl Admission {
     }
 
     /// On the old instance: publishes the markers and waits for them to come back.
-    pub(super) async fn cut(&self, socket: &Client) -> bool {
+    pub(super) async fn cut(&self, socket: &SocketRef<Admission>) -> bool {
         let Some(member) = socket.data() else { return false };
         let Some(cut) = member.cut() else { return false };
         if let Err(e) = self.bus.publish_cut(cut.token, &member.user, &cut.groups).await {

@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use super::member::{Client, Member};
+use super::admission::Admission;
+use super::member::Member;
 use crate::metrics::Metrics;
+use socketio::SocketRef;
 
 /// One socket of a user: where to send, and herald's state for it.
 #[derive(Clone)]
 pub struct Entry {
-    pub socket: Client,
+    pub socket: SocketRef<Admission>,
     pub member: Arc<Member>,
 }
 

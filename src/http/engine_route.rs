@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::stall::WriteDeadline;
-use socketio::engine::http::{Method, Reply, Request as EngineRequest, wanted};
+use socketio::engine::front::{Method, Reply, Request as EngineRequest, wanted};
 use socketio::{Handoff, Mount};
 
 /// The connection type hyper serves (see `serve.rs`), which an upgrade hands back.

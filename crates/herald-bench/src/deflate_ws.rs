@@ -54,7 +54,7 @@ impl DeflateWs {
 
     /// Sends a text message, masked (uncompressed: the client's messages here are short).
     pub async fn send(&mut self, text: &str) -> std::io::Result<()> {
-        let frame = socketio::engine::frame::client_frame(0x81, text.as_bytes(), [0x37, 0xfa, 0x21, 0x3d]);
+        let frame = socketio::engine::framing::client_frame(0x81, text.as_bytes(), [0x37, 0xfa, 0x21, 0x3d]);
         self.stream.write_all(&frame).await
     }
 
@@ -74,7 +74,7 @@ impl DeflateWs {
                     0x1 => return Ok(Some(String::from_utf8(payload)?)),
                     0x8 => return Ok(None),
                     0x9 => {
-                        let pong = socketio::engine::frame::client_frame(0x8A, &payload, [1, 2, 3, 4]);
+                        let pong = socketio::engine::framing::client_frame(0x8A, &payload, [1, 2, 3, 4]);
                         self.stream.write_all(&pong).await?;
                     }
                     _ => {}

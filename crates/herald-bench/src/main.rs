@@ -9,13 +9,13 @@
 // Unsafe code only in `stats`, for the system calls std does not wrap (it says which).
 #![deny(unsafe_code)]
 
-mod arrival;
 mod deflate_ws;
 mod fanout;
 mod fleet;
 mod polling;
 mod records;
 mod run;
+mod seen;
 mod share;
 mod stats;
 mod worker;

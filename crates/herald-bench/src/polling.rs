@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::arrival::{Arrival, field};
+use crate::seen::{Seen, field};
 use crate::stats::now_us;
 
 pub struct Session {
@@ -105,7 +105,7 @@ impl Session {
 }
 
 /// Polls and records notifications until `stop`.
-pub async fn listen(mut session: Session, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Arrival> {
+pub async fn listen(mut session: Session, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Seen> {
     let mut arrivals = Vec::new();
     loop {
         let packets = tokio::select! {

@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::arrival::{Arrival, field};
 use crate::deflate_ws::DeflateWs;
+use crate::seen::{Seen, field};
 use crate::stats::{cpu_micros, now_us, raise_fd_limit};
 
 #[derive(clap::Args)]
@@ -213,7 +213,7 @@ struct Summary(std::collections::BTreeMap<u64, Spread>);
 
 impl Summary {
     /// Adds one socket's arrivals.
-    fn add(&mut self, mut arrivals: Vec<Arrival>) {
+    fn add(&mut self, mut arrivals: Vec<Seen>) {
         arrivals.sort_unstable();
         let mut previous = None;
         for (seq, at) in arrivals {
@@ -317,7 +317,7 @@ async fn open_deflate(server: SocketAddr, bind: IpAddr, token: &str) -> anyhow::
 }
 
 /// [`listen`] on a connection that negotiated permessage-deflate.
-async fn listen_deflate(mut ws: DeflateWs, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Arrival> {
+async fn listen_deflate(mut ws: DeflateWs, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Seen> {
     let mut arrivals = Vec::new();
     loop {
         let text = tokio::select! {
@@ -345,7 +345,7 @@ fn notification_seq(text: &str) -> Option<u64> {
 }
 
 /// Answers pings and records notifications until `stop`.
-async fn listen(mut ws: Ws, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Arrival> {
+async fn listen(mut ws: Ws, received: Arc<AtomicU64>, stop: CancellationToken) -> Vec<Seen> {
     let mut arrivals = Vec::new();
     loop {
         let message = tokio::select! {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-pub use engine::http::{Handoff, Served, serve};
+pub use engine::front::{Handoff, Served, serve};
 pub use engine::{CloseReason, Cutoff, Frame, Handshake, Mount, ProtocolError, SendError, Stats};
 pub use socket::{AckSender, DisconnectReason, Event, Socket, SocketRef, event_frame};
 

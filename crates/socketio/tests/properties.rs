@@ -4,7 +4,7 @@
 //! bytes.
 
 use proptest::prelude::*;
-use socketio::engine::frame::{Assembled, Assembler, client_frame, parse_header, unmask};
+use socketio::engine::framing::{Assembled, Assembler, client_frame, parse_header, unmask};
 use socketio::engine::packet::{Packet as EnginePacket, SEPARATOR, parse_payload, write_binary_for_polling};
 use socketio::packet::{Kind, parse, write};
 

@@ -463,7 +463,7 @@ impl RawWs {
 
 /// A client frame: `first` is the first byte (FIN, RSV, opcode), masked with a fixed key.
 fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    socketio::engine::frame::client_frame(first, payload, [0x12, 0x34, 0x56, 0x78])
+    socketio::engine::framing::client_frame(first, payload, [0x12, 0x34, 0x56, 0x78])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use super::deflate;
-use super::frame::{self, OpCode};
+use super::framing::{self, OpCode};
 
 /// One encoded Engine.IO packet, shared by every session it goes to: a WebSocket frame whose
 /// payload is the packet as long-polling sends it. One allocation, of its exact size; cloning
@@ -47,13 +47,13 @@ impl Frame {
     fn build(opcode: OpCode, write: impl FnOnce(&mut Vec<u8>)) -> Self {
         BUILD.with_borrow_mut(|buf| {
             buf.clear();
-            buf.resize(frame::MAX_HEADER, 0);
+            buf.resize(framing::MAX_HEADER, 0);
             write(buf);
-            let len = buf.len() - frame::MAX_HEADER;
-            let mut header = [0u8; frame::MAX_HEADER];
-            let n = frame::write_header(&mut header, opcode, len);
-            let start = frame::MAX_HEADER - n;
-            buf[start..frame::MAX_HEADER].copy_from_slice(&header[..n]);
+            let len = buf.len() - framing::MAX_HEADER;
+            let mut header = [0u8; framing::MAX_HEADER];
+            let n = framing::write_header(&mut header, opcode, len);
+            let start = framing::MAX_HEADER - n;
+            buf[start..framing::MAX_HEADER].copy_from_slice(&header[..n]);
             let deflated = (len >= DEFLATE_FLOOR).then(|| Arc::new(OnceLock::new()));
             let frame = Self { bytes: Arc::from(&buf[start..]), header: n as u8, binary: opcode == OpCode::Binary, deflated };
             // A large message does not keep its buffer on the thread.
@@ -77,9 +77,9 @@ impl Frame {
             (Some(deflated), Some(threshold)) if self.packet().len() >= threshold => deflated.get_or_init(|| {
                 made();
                 let payload = deflate::compress(self.packet());
-                let mut header = [0u8; frame::MAX_HEADER];
+                let mut header = [0u8; framing::MAX_HEADER];
                 let opcode = if self.binary { OpCode::Binary } else { OpCode::Text };
-                let n = frame::write_header(&mut header, opcode, payload.len());
+                let n = framing::write_header(&mut header, opcode, payload.len());
                 // RSV1: the message is compressed.
                 header[0] |= 0x40;
                 [&header[..n], &payload].concat().into_boxed_slice()

@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use super::http::{Method, Reply, Request, Response};
+use super::front::{Method, Reply, Request, Response};
 use super::sid::Sid;
 use super::{Engine, Handler};
 

@@ -20,7 +20,8 @@ pub(super) enum Visit {
     JoinDue,
 }
 
-struct Entry<H: Handler> {
+/// A session's next heartbeat visit, in its slot of the wheel.
+struct Timer<H: Handler> {
     session: Weak<Session<H>>,
     due_ms: u64,
     visit: Visit,
@@ -29,7 +30,7 @@ struct Entry<H: Handler> {
 pub(crate) struct Wheel<H: Handler> {
     started: Instant,
     tick_ms: u64,
-    slots: Mutex<Vec<Vec<Entry<H>>>>,
+    slots: Mutex<Vec<Vec<Timer<H>>>>,
     ping_interval_ms: u64,
     ping_timeout_ms: u64,
     join_timeout_ms: Option<u64>,
@@ -67,7 +68,7 @@ impl<H: Handler> Wheel<H> {
         // Never into a slot the task may have passed already this tick.
         let tick = due_ms.div_ceil(self.tick_ms).max(self.now_ms() / self.tick_ms + 1);
         let slot = (tick % n) as usize;
-        slots[slot].push(Entry { session: Arc::downgrade(session), due_ms, visit });
+        slots[slot].push(Timer { session: Arc::downgrade(session), due_ms, visit });
     }
 
     /// A new session: its first ping after one interval, and its join deadline.
@@ -81,7 +82,7 @@ impl<H: Handler> Wheel<H> {
     }
 
     /// Takes every entry due by `now_ms` from the slots the clock passed since `last_tick`.
-    fn due(&self, last_tick: &mut u64, now_ms: u64) -> Vec<Entry<H>> {
+    fn due(&self, last_tick: &mut u64, now_ms: u64) -> Vec<Timer<H>> {
         let mut due = Vec::new();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let n = slots.len() as u64;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::http::Response;
+use super::front::Response;
 use super::packet::{self, Packet};
 use super::session::{CLOSE, CloseReason, Frame, NOOP, Session, Transport};
 use super::sid::Sid;

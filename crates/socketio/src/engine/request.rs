@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::http::{Method, Mount, Reply, Request, Response};
+use super::front::{Method, Mount, Reply, Request, Response};
 use super::session::{CloseReason, Session, Transport};
 use super::sid::Sid;
 use super::stats::{ProtocolError, Stats};

@@ -15,7 +15,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::frame::{self, Assembled, AssemblyError, FrameError, OpCode, close_code};
+use super::framing::{self, Assembled, AssemblyError, FrameError, OpCode, close_code};
 use super::moving::{self, MoveStep};
 use super::packet::{self, Packet};
 use super::session::{CloseReason, Flushed, Frame, NOOP, PONG_PROBE, Session, Transport};
@@ -52,7 +52,7 @@ pub(super) fn accept<H: Handler>(engine: Arc<Shared<H>>, upgrade: Upgrade, strea
     let connection = match upgrade.sid {
         None => {
             if engine.closing.load(std::sync::atomic::Ordering::Acquire) {
-                let _ = stream.try_write(&frame::close_frame(close_code::GOING_AWAY));
+                let _ = stream.try_write(&framing::close_frame(close_code::GOING_AWAY));
                 return;
             }
             let session = Session::new(&engine, Transport::WebSocket, upgrade.handshake);
@@ -89,7 +89,7 @@ pub(super) fn accept<H: Handler>(engine: Arc<Shared<H>>, upgrade: Upgrade, strea
                 Some(session) => Connection::new(engine, session, Some(stream)),
                 // Probed, upgrading or upgraded already: this connection is closed, the session untouched.
                 None => {
-                    let _ = stream.try_write(&frame::close_frame(close_code::NORMAL));
+                    let _ = stream.try_write(&framing::close_frame(close_code::NORMAL));
                     tokio::spawn(async move { shutdown_and_drain(&stream).await });
                     return;
                 }
@@ -131,7 +131,7 @@ struct Connection<H: Handler> {
     probing: Option<TcpStream>,
     /// The bytes of a frame not yet complete.
     carry: Vec<u8>,
-    messages: frame::Assembler,
+    messages: framing::Assembler,
     stop: Option<Stop>,
     /// Its session is another instance's, moving here with this upgrade.
     arriving: bool,
@@ -148,7 +148,7 @@ impl<H: Handler> Connection<H> {
             session,
             probing,
             carry: Vec::new(),
-            messages: frame::Assembler::default(),
+            messages: framing::Assembler::default(),
             stop: None,
             arriving: false,
             step: None,
@@ -183,7 +183,7 @@ impl<H: Handler> Connection<H> {
             if let Some(stream) = failed {
                 // The probe failed or timed out: only this connection ends, the session polls on
                 // (a session that was moving here ends: its client reconnects).
-                let _ = stream.try_write(&frame::close_frame(close_code::NORMAL));
+                let _ = stream.try_write(&framing::close_frame(close_code::NORMAL));
                 if self.arriving {
                     self.session.close(CloseReason::TransportClose);
                 }
@@ -362,7 +362,7 @@ impl<H: Handler> Connection<H> {
     /// a read's worth more: a header announcing a large frame does not allocate it before its
     /// bytes come.
     fn keep_partial(&mut self, bytes: &[u8]) {
-        let whole = match frame::parse_header(bytes, self.engine.options.max_payload) {
+        let whole = match framing::parse_header(bytes, self.engine.options.max_payload) {
             Ok(Some(h)) => h.header_len + h.len,
             _ => bytes.len(),
         };
@@ -375,7 +375,7 @@ impl<H: Handler> Connection<H> {
     fn process(&mut self, buf: &mut [u8]) -> usize {
         let mut at = 0;
         while self.stop.is_none() && self.step.is_none() {
-            let header = match frame::parse_header_with(&buf[at..], self.engine.options.max_payload, self.deflate) {
+            let header = match framing::parse_header_with(&buf[at..], self.engine.options.max_payload, self.deflate) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -392,14 +392,14 @@ impl<H: Handler> Connection<H> {
                 break;
             }
             let payload = &mut buf[at + header.header_len..end];
-            frame::unmask(payload, header.mask);
+            framing::unmask(payload, header.mask);
             self.on_frame(header, payload);
             at = end;
         }
         at
     }
 
-    fn on_frame(&mut self, header: frame::Header, payload: &[u8]) {
+    fn on_frame(&mut self, header: framing::Header, payload: &[u8]) {
         if header.compressed {
             self.engine.stats.writes.inflated();
         }
@@ -537,7 +537,7 @@ impl<H: Handler> Connection<H> {
                         Err(_) => return,
                     }
                 }
-                let _ = write_all(stream, &frame::close_frame(code)).await;
+                let _ = write_all(stream, &framing::close_frame(code)).await;
             })
             .await;
         }

@@ -1,8 +1,8 @@
-//! What a client saw of one notification: its sequence number and when it arrived, read from
-//! the Socket.IO packet that carried it.
+//! What a client saw of one notification (a `Seen`: its sequence number and when it arrived),
+//! read from the Socket.IO packet that carried it.
 
 /// One received notification: its sequence number and when it arrived (unix microseconds).
-pub type Arrival = (u64, u64);
+pub type Seen = (u64, u64);
 
 /// The unsigned integer after `key` in `text`.
 pub fn field(text: &str, key: &str) -> Option<u64> {
