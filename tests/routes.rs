@@ -81,9 +81,17 @@ async fn edits_apply_live_and_nothing_is_lost_or_routed_twice() {
     produce_n(&kafka, 41).await;
     assert_eq!(c.expect("ann", "notification").await, json!({"n": 41, "version": 1}));
 
-    // One save, one reload: no loop of reloads caused by herald reading the file.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(h.metric("herald_route_reloads_total{result=\"applied\"}").await, 2.0);
+    // One save, one reload: no loop of reloads caused by herald reading the file. A reload that
+    // its own read set off would reach the one watcher before the next save does, so the next
+    // save must be the third reload, not a later one.
+    std::fs::write(dir.path().join("scripted.rhai"), SCRIPT_V2).unwrap();
+    eventually(Duration::from_secs(5), "the third reload", async || {
+        h.metric("herald_route_reloads_total{result=\"applied\"}").await >= 3.0
+    })
+    .await;
+    produce_n(&kafka, 42).await;
+    assert_eq!(c.expect("ann", "notification").await, json!({"n": 42, "version": 2}));
+    assert_eq!(h.metric("herald_route_reloads_total{result=\"applied\"}").await, 3.0, "one reload per save");
     c.stop().await;
     h.shutdown().await;
 }

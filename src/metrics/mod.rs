@@ -576,6 +576,12 @@ mod tests {
         assert!(text.contains("herald_source_kafka_connected 1"), "{text}");
         assert!(text.contains("herald_source_kafka_disconnected_seconds_total 4"), "{text}");
         assert!(text.contains("herald_source_kafka_reconnects_total 2"), "{text}");
+        // Connected again, the count stops, however long it stays up.
+        m.kafka.observe_at(true, at(12_000));
+        m.kafka.observe_at(true, at(60_000));
+        let text = m.render();
+        assert!(text.contains("herald_source_kafka_disconnected_seconds_total 4"), "{text}");
+        assert!(text.contains("herald_source_kafka_reconnects_total 2"), "{text}");
     }
 
     #[test]

@@ -204,13 +204,14 @@ async fn a_burst_reaches_a_polling_client_at_most_16_packets_a_poll() {
 async fn a_second_poll_while_one_waits_ends_the_session() {
     let s = Arc::new(Server::start().await);
     let session = s.polling("/engine.io/").await;
-    let first = {
-        let (s, session) = (s.clone(), session.clone());
-        tokio::spawn(async move { s.get(&session).await })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(s.get(&session).await.0, 400, "the overlapping poll");
-    assert_eq!(first.await.unwrap(), (200, "1".into()), "the waiting poll is told the session closed");
+    // Two polls at once, in whichever order they arrive: the one that waits is told the
+    // session closed, the other is refused, and so is any poll after.
+    let poll = |s: Arc<Server>, session: String| tokio::spawn(async move { s.get(&session).await });
+    let (a, b) = (poll(s.clone(), session.clone()), poll(s.clone(), session.clone()));
+    let mut answers = [a.await.unwrap(), b.await.unwrap()];
+    answers.sort();
+    assert_eq!(answers[0], (200, "1".into()), "the waiting poll is told the session closed");
+    assert_eq!(answers[1].0, 400, "the overlapping poll");
     assert_eq!(s.get(&session).await.0, 400);
     assert_eq!(s.errors(ProtocolError::OverlappingPoll, false), 1);
 }
@@ -225,21 +226,25 @@ async fn polling_heartbeats_go_out_each_interval_and_a_missed_pong_ends_the_sess
         assert!(started.elapsed() > Duration::from_millis(200), "the ping waits for its interval");
         assert_eq!(s.post(&session, "3").await, (200, "ok".into()));
     }
-    // No pong: 300 ms to the ping, 200 more to the timeout.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // No pong: 300 ms to the ping, 200 more to the timeout, which ends the session.
+    let deadline = Instant::now() + WITHIN;
+    while s.servers.engine.stats().ping_timeouts() == 0 {
+        assert!(Instant::now() < deadline, "no ping timeout within {WITHIN:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(s.get(&session).await.0, 400);
-    assert!(s.servers.engine.stats().ping_timeouts() >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_close_ends_a_polling_session_and_its_waiting_poll() {
     let s = Arc::new(Server::start().await);
     let session = s.polling("/engine.io/").await;
+    // The client's poll and its close travel on two connections, in either order (the server
+    // gives a poll not there yet a moment): the poll ends with a noop, the session with it.
     let waiting = {
         let (s, session) = (s.clone(), session.clone());
         tokio::spawn(async move { s.get(&session).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(s.post(&session, "1").await, (200, "ok".into()));
     assert_eq!(waiting.await.unwrap(), (200, "6".into()), "a noop ends the poll");
     assert_eq!(s.get(&session).await.0, 400);
