@@ -62,10 +62,10 @@ def wire_ratio():
 
 
 ROWS = [
-    ("Memory per idle WebSocket, 10,000 connections", lambda: memory("results-fanout.jsonl", "memory-10000-after")),
+    ("Memory per idle WebSocket, 10,000 connections", lambda: memory("results-ab-workspace.jsonl", "memory-10000-after")),
     ("Memory per idle WebSocket with permessage-deflate", lambda: memory("results-deflate.jsonl", "memory-deflate-10000")),
-    ("200,000 notifications to 1,000 users, one instance", lambda: burst("results-trace-split.jsonl", "single-max-trace-off")),
-    ("The same across two instances and Redis", lambda: burst("results-trace-split.jsonl", "pair-max-trace-off")),
+    ("200,000 notifications to 1,000 users, one instance", lambda: burst("results-ab-single-after.jsonl", "single-max")),
+    ("The same across two instances and Redis", lambda: burst("results-ab-workspace.jsonl", "pair-max-after")),
     ("A 2 KiB notification compressed (WebSocket bytes)", wire_ratio),
     ("A group record to the last of 10,000 members (95,000 sockets, 5 instances)", lambda: fanout("group")),
     ("A broadcast to the last of 95,000 sockets (5 instances)", lambda: fanout("broadcast")),

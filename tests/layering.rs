@@ -480,3 +480,12 @@ fn the_socketio_crate_does_not_depend_on_herald() {
         files.iter().filter(|f| std::fs::read_to_string(f).unwrap().contains("herald::")).map(|f| f.display().to_string()).collect();
     assert!(naming.is_empty(), "files of crates/socketio name herald's code: {naming:?}");
 }
+
+/// herald's RESP code follows the same rule inside herald: it names no other file of the crate,
+/// so it could leave for a crate of its own as the server did.
+#[test]
+fn the_resp_module_depends_on_nothing_else_in_herald() {
+    let graph = file_dependencies(&src());
+    let resp = graph.get("bus::redis::resp").expect("the checker reads bus/redis/resp.rs");
+    assert!(resp.is_empty(), "bus::redis::resp names {resp:?}");
+}
