@@ -24,7 +24,7 @@ async fn post_to(h: &Herald, path: &str, key: Option<&str>, body: &str) -> (u16,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_through_the_bus_with_a_key_and_limits() {
-    let mut s = Stack::default().redis().instance(&format!("api: {{key: {KEY}, rate_limit_per_sec: 10}}")).start().await;
+    let mut s = Stack::default().redis().instance(json!({"api": {"key": KEY, "rate_limit_per_sec": 10}})).start().await;
     s.connect("vic", 0, "vic").await;
     s.connect("wes", 0, "wes").await;
     let (c, h) = (&mut s.c, &s.heralds[0]);
@@ -67,8 +67,8 @@ async fn publishes_through_the_bus_with_a_key_and_limits() {
 /// one on either on 1, nobody else online; it follows disconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_answered_cluster_wide() {
-    let api = format!("api: {{key: {KEY}, max_users_per_request: 3}}");
-    let mut s = Stack::default().redis().instance(&api).instance(&api).start().await;
+    let api = json!({"api": {"key": KEY, "max_users_per_request": 3}});
+    let mut s = Stack::default().redis().instance(api.clone()).instance(api).start().await;
     for (id, instance, user) in [("ann-1", 0, "ann"), ("ann-2", 1, "ann"), ("bob-1", 1, "bob"), ("42-1", 0, "42")] {
         s.connect(id, instance, user).await;
     }
@@ -105,7 +105,7 @@ async fn presence_is_answered_cluster_wide() {
 /// In-process: the instance's own sockets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_without_redis_is_this_instance() {
-    let mut s = Stack::default().instance(&format!("api: {{key: {KEY}}}")).start().await;
+    let mut s = Stack::default().instance(json!({"api": {"key": KEY}})).start().await;
     s.connect("cat-1", 0, "cat").await;
     s.connect("cat-2", 0, "cat").await;
     let (_, body) = post_to(&s.heralds[0], "/api/presence", Some(KEY), r#"{"user_ids":["cat","dan"]}"#).await;

@@ -95,9 +95,9 @@ impl IdentityProvider {
     }
 }
 
-async fn herald_with(kafka: &Kafka, auth_yaml: &str) -> Herald {
-    let body: String = auth_yaml.lines().map(|line| line.strip_prefix("  ").unwrap_or(line)).map(|l| format!("{l}\n")).collect();
-    let yaml = replace_section(&config_yaml(kafka, None, ""), "auth", &body);
+/// herald with `auth` as its whole `auth` section (without the default JWT secret).
+async fn herald_with(kafka: &Kafka, auth: impl Overlay) -> Herald {
+    let yaml = replace_section(&config_yaml(kafka, None, ""), "auth", auth);
     Herald::start(&yaml).await
 }
 
@@ -112,8 +112,8 @@ async fn every_algorithm_family_verifies_and_tokens_reach_only_their_user() {
     ])
     .await;
     let kafka = Kafka::start(&[TOPIC]).await;
-    let all = "[HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]";
-    let h = herald_with(&kafka, &format!("  jwt: {{secret: {SECRET}, jwks_url: \"{}/jwks\", algorithms: {all}}}", idp.url)).await;
+    let all = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET, "jwks_url": format!("{}/jwks", idp.url), "algorithms": all}})).await;
     let mut c = Clients::start().await;
     let hmac = EncodingKey::from_secret(SECRET.as_bytes());
     let cases: Vec<(Algorithm, EncodingKey, Option<&str>)> = vec![
@@ -155,7 +155,11 @@ async fn every_algorithm_family_verifies_and_tokens_reach_only_their_user() {
 async fn hostile_tokens_are_refused() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
-    let h = herald_with(&kafka, "  jwt: {algorithms: [RS256], public_key_file: tests/fixtures/keys/rsa.pub.pem, issuers: [idp], audiences: [herald], leeway_secs: 0}").await;
+    let h = herald_with(
+        &kafka,
+        "jwt: {algorithms: [RS256], public_key_file: tests/fixtures/keys/rsa.pub.pem, issuers: [idp], audiences: [herald], leeway_secs: 0}",
+    )
+    .await;
     let mut c = Clients::start().await;
     let rsa = signing_key("rsa.pem", Algorithm::RS256);
     let now = jsonwebtoken::get_current_timestamp();
@@ -217,7 +221,9 @@ async fn jwks_key_rotation_is_picked_up_and_unknown_kids_are_rate_limited() {
     init_logs();
     let idp = IdentityProvider::start(vec![jwk("rsa.pem", Algorithm::RS256, "k1")]).await;
     let kafka = Kafka::start(&[TOPIC]).await;
-    let h = herald_with(&kafka, &format!("  jwt: {{algorithms: [RS256], jwks_url: \"{}/jwks\", jwks_min_refetch_secs: 1}}", idp.url)).await;
+    let h =
+        herald_with(&kafka, json!({"jwt": {"algorithms": ["RS256"], "jwks_url": format!("{}/jwks", idp.url), "jwks_min_refetch_secs": 1}}))
+            .await;
     let mut c = Clients::start().await;
     let old = sign(Algorithm::RS256, &signing_key("rsa.pem", Algorithm::RS256), Some("k1"), claims("a"));
     assert!(c.connect("old", &h.url(), json!({"auth": {"token": old}})).await.is_ok());
@@ -256,7 +262,14 @@ async fn the_user_check_endpoint_admits_refuses_and_fails_closed() {
     // Opaque tokens: the check alone decides, and names the user.
     let h = herald_with(
         &kafka,
-        &format!("  check: {{url: \"{}/check\", header: X-Token, scheme: Token, timeout_ms: 500, cache_ttl_secs: 60, user_id_pointer: /user/id}}", idp.url),
+        json!({"check": {
+            "url": format!("{}/check", idp.url),
+            "header": "X-Token",
+            "scheme": "Token",
+            "timeout_ms": 500,
+            "cache_ttl_secs": 60,
+            "user_id_pointer": "/user/id",
+        }}),
     )
     .await;
     let mut c = Clients::start().await;
@@ -288,7 +301,7 @@ async fn the_user_check_endpoint_admits_refuses_and_fails_closed() {
 async fn expired_tokens_disconnect_unless_refreshed_by_the_same_user() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
-    let h = herald_with(&kafka, &format!("  jwt: {{secret: {SECRET}, leeway_secs: 0}}")).await;
+    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET, "leeway_secs": 0}})).await;
     let mut c = Clients::start().await;
     let soon = |user: &str| token_with(json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 2}));
     c.connect("lapses", &h.url(), json!({"auth": {"token": soon("pat")}})).await.unwrap();
@@ -321,11 +334,8 @@ async fn expired_tokens_disconnect_unless_refreshed_by_the_same_user() {
 async fn connection_limits_and_origins() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
-    let h = herald_with(
-        &kafka,
-        &format!("  jwt: {{secret: {SECRET}}}\n  max_sockets_per_user: 2\n  allowed_origins: [\"https://app.example\"]"),
-    )
-    .await;
+    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET}, "max_sockets_per_user": 2, "allowed_origins": ["https://app.example"]}))
+        .await;
     let mut c = Clients::start().await;
     c.connect_as("one", &h.url(), "quinn").await;
     c.connect_as("two", &h.url(), "quinn").await;
@@ -360,7 +370,7 @@ async fn connection_limits_and_origins() {
     h.shutdown().await;
 
     // A full instance refuses newcomers.
-    let h = herald_with(&kafka, &format!("  jwt: {{secret: {SECRET}}}\n  max_sockets: 2")).await;
+    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET}, "max_sockets": 2})).await;
     let mut c = Clients::start().await;
     c.connect_as("a", &h.url(), "u1").await;
     c.connect_as("b", &h.url(), "u2").await;
@@ -372,8 +382,7 @@ async fn connection_limits_and_origins() {
     h.shutdown().await;
 
     // The other policy: the oldest socket makes room.
-    let h =
-        herald_with(&kafka, &format!("  jwt: {{secret: {SECRET}}}\n  max_sockets_per_user: 2\n  per_user_limit: disconnect_oldest")).await;
+    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET}, "max_sockets_per_user": 2, "per_user_limit": "disconnect_oldest"})).await;
     let mut c = Clients::start().await;
     c.connect_as("first", &h.url(), "quinn").await;
     c.connect_as("second", &h.url(), "quinn").await;

@@ -11,16 +11,16 @@ use serde_json::json;
 
 /// Embedded mode, as the README runs it; the secret comes from the environment.
 fn embedded_config(kafka_port: u16) -> String {
-    format!(
-        r#"
-server: {{shutdown_grace_secs: 5}}
-kafka:
-  brokers: embedded
-  embedded: {{listen: "127.0.0.1:{kafka_port}"}}
-  options: {{auto.offset.reset: earliest}}
-auth: {{jwt: {{secret: "${{TEST_SECRET}}"}}}}
-"#
-    )
+    json!({
+        "server": {"shutdown_grace_secs": 5},
+        "kafka": {
+            "brokers": "embedded",
+            "embedded": {"listen": format!("127.0.0.1:{kafka_port}")},
+            "options": {"auto.offset.reset": "earliest"},
+        },
+        "auth": {"jwt": {"secret": "${TEST_SECRET}"}},
+    })
+    .to_string()
 }
 
 async fn herald_output(args: &[&str], config: &std::path::Path) -> std::process::Output {

@@ -19,7 +19,7 @@ async fn two_instances_on_a_cluster_deliver_through_the_owning_shard_only() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
     let cluster = RedisCluster::start();
-    let yaml = config_yaml(&kafka, None, &format!("redis: {{url: \"{}\"}}\napi: {{key: {API_KEY}}}", cluster.url()));
+    let yaml = config_yaml(&kafka, None, json!({"redis": {"url": cluster.url()}, "api": {"key": API_KEY}}));
     let yaml = with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]");
     let yaml = merge(&yaml, "auth: {jwt: {groups_claim: groups}}");
     let (one, two) = (Herald::start(&yaml).await, Herald::start(&yaml).await);
@@ -227,8 +227,7 @@ async fn a_slot_moved_mid_stream_loses_nothing() {
 /// Two instances on `cluster`: only `one` consumes the (retained) topic, `user`'s socket is on
 /// `two`, so every record crosses Redis.
 async fn consumer_and_socket_holder(kafka: &Kafka, cluster: &RedisCluster, user: &str) -> (Herald, Herald, Clients) {
-    let redis = format!("redis: {{url: \"{}\", command_timeout_ms: 500}}\nreplay: {{history: 1000}}\n", cluster.url());
-    let yaml = config_yaml(kafka, None, &redis);
+    let yaml = config_yaml(kafka, None, json!({"redis": {"url": cluster.url(), "command_timeout_ms": 500}, "replay": {"history": 1000}}));
     // `live` (not retained) too, where copies would show: a retained copy is recognised by id.
     let one = Herald::start(&with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}, live]")).await;
     let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;

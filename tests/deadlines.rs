@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -20,18 +20,14 @@ const DEADLINE: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_millis(1500);
 
 async fn start() -> (HeraldProcess, SocketAddr) {
-    let yaml = format!(
-        r#"
-server: {{connect_timeout_ms: {ms}, shutdown_grace_secs: 5}}
-kafka: {{brokers: embedded, embedded: {{listen: "127.0.0.1:{kafka}"}}}}
-auth: {{jwt: {{secret: "{SECRET}"}}}}
-api: {{key: {API_KEY}}}
-log: {{level: error}}
-"#,
-        ms = DEADLINE.as_millis(),
-        kafka = free_port()
-    );
-    let process = HeraldProcess::start(&yaml).await;
+    let yaml = json!({
+        "server": {"connect_timeout_ms": DEADLINE.as_millis() as u64, "shutdown_grace_secs": 5},
+        "kafka": {"brokers": "embedded", "embedded": {"listen": format!("127.0.0.1:{}", free_port())}},
+        "auth": {"jwt": {"secret": SECRET}},
+        "api": {"key": API_KEY},
+        "log": {"level": "error"},
+    });
+    let process = HeraldProcess::start(&yaml.to_string()).await;
     let addr = process.url.strip_prefix("http://").unwrap().parse().unwrap();
     (process, addr)
 }

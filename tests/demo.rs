@@ -30,7 +30,7 @@ async fn the_demo_page_exists_only_when_enabled() {
     assert_eq!(get(&format!("{}/demo/", off.url())).await.0, 404, "a broker list means production: no demo by default");
     off.shutdown().await;
 
-    let on = Herald::start(&config_yaml(&kafka, None, &format!("server: {{event: alert}}\n{DEMO_ON}"))).await;
+    let on = Herald::start(&merge(&config_yaml(&kafka, None, DEMO_ON), "server: {event: alert}")).await;
     let (status, content_type, page) = get(&format!("{}/demo/", on.url())).await;
     assert_eq!((status, content_type.as_str()), (200, "text/html; charset=utf-8"));
     assert!(page.contains(r#""event":"alert""#), "the page is told the configured event name: {page}");

@@ -193,9 +193,9 @@ async fn redis_restart_mid_stream(retain: bool) {
     let mut redis = Redis::start().await;
     // A short command deadline, so the outage outlasts it and publishing has to retry.
     let yaml = merge(&config_yaml(&kafka, Some(&redis), ""), "redis: {command_timeout_ms: 300}");
-    let topics = if retain { "[{name: user-notifications, retain: true}]" } else { "[user-notifications]" };
+    let topics = if retain { json!([{"name": "user-notifications", "retain": true}]) } else { json!(["user-notifications"]) };
     // Only `one` consumes the topic; the socket is on `two`: every record crosses Redis.
-    let one = Herald::start(&with_kafka(&yaml, &format!("topics: {topics}"))).await;
+    let one = Herald::start(&with_kafka(&yaml, json!({"topics": topics}))).await;
     let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;
     one.wait_assigned(4).await;
     two.wait_assigned(4).await;
@@ -341,8 +341,8 @@ fn incompressible(len: usize) -> String {
 async fn stall_one_client(policy: &str) -> (Kafka, Herald, Clients) {
     let kafka = Kafka::start(&[TOPIC]).await;
     // A short write timeout, so the stalled connection is closed within the test.
-    let extra = format!("server: {{max_buffer_size: 32, slow_client: {policy}, write_timeout_ms: 2000}}");
-    let h = Herald::start(&merge(&config_yaml(&kafka, None, ""), &extra)).await;
+    let extra = json!({"server": {"max_buffer_size": 32, "slow_client": policy, "write_timeout_ms": 2000}});
+    let h = Herald::start(&merge(&config_yaml(&kafka, None, ""), extra)).await;
     let mut c = Clients::start().await;
     c.connect_as("stuck", &h.url(), "stuck").await;
     c.connect_as("fine", &h.url(), "fine").await;

@@ -18,10 +18,11 @@ const ALL: &str = "announcements";
 async fn two_instances(kafka: &Kafka, redis: &Redis) -> (Herald, Herald) {
     let base = merge(
         &config_yaml(kafka, Some(redis), ""),
-        &format!(
-            "auth: {{jwt: {{groups_claim: groups}}, max_groups_per_socket: 3}}\napi: {{key: {KEY}}}\n\
-             kafka: {{topics: [{{name: {TEAMS}, group: /team}}, {{name: {ALL}, broadcast: true}}, {TOPIC}]}}"
-        ),
+        json!({
+            "auth": {"jwt": {"groups_claim": "groups"}, "max_groups_per_socket": 3},
+            "api": {"key": KEY},
+            "kafka": {"topics": [{"name": TEAMS, "group": "/team"}, {"name": ALL, "broadcast": true}, TOPIC]},
+        }),
     );
     let one = Herald::start(&base).await;
     let two = Herald::start(&merge(&base, "kafka: {topics: [elsewhere]}")).await;
@@ -198,9 +199,10 @@ async fn groups_work_on_the_in_process_bus() {
     let kafka = Kafka::start(&[TEAMS, ALL, TOPIC]).await;
     let yaml = merge(
         &config_yaml(&kafka, None, ""),
-        &format!(
-            "auth: {{jwt: {{groups_claim: groups}}}}\nkafka: {{topics: [{{name: {TEAMS}, group: /team}}, {{name: {ALL}, broadcast: true}}]}}"
-        ),
+        json!({
+            "auth": {"jwt": {"groups_claim": "groups"}},
+            "kafka": {"topics": [{"name": TEAMS, "group": "/team"}, {"name": ALL, "broadcast": true}]},
+        }),
     );
     let h = Herald::start(&yaml).await;
     let mut c = Clients::start().await;

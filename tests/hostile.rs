@@ -137,21 +137,19 @@ struct Binary {
 }
 
 impl Binary {
-    /// `server_overlay` is merged into the `server` section, e.g. `{connect_timeout_ms: 1000}`.
-    async fn start(server_overlay: &str) -> Self {
-        let yaml = format!(
-            r#"
-server: {{shutdown_grace_secs: 5}}
-kafka:
-  brokers: embedded
-  embedded: {{listen: "127.0.0.1:{kafka_port}"}}
-  options: {{auto.offset.reset: earliest}}
-auth: {{jwt: {{secret: "{SECRET}"}}}}
-log: {{level: error}}
-"#,
-            kafka_port = free_port()
-        );
-        let process = HeraldProcess::start(&merge(&yaml, &format!("server: {server_overlay}"))).await;
+    /// `server` is merged into the `server` section, e.g. `"{connect_timeout_ms: 1000}"`.
+    async fn start(server: impl Overlay) -> Self {
+        let yaml = json!({
+            "server": {"shutdown_grace_secs": 5},
+            "kafka": {
+                "brokers": "embedded",
+                "embedded": {"listen": format!("127.0.0.1:{}", free_port())},
+                "options": {"auto.offset.reset": "earliest"},
+            },
+            "auth": {"jwt": {"secret": SECRET}},
+            "log": {"level": "error"},
+        });
+        let process = HeraldProcess::start(&merge(&yaml.to_string(), json!({"server": server.into_value()}))).await;
         let url = process.url.clone();
         let addr: SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
         Binary { process, addr, url }
@@ -338,9 +336,9 @@ async fn thousands_of_connections_opened_and_dropped_leave_nothing_behind() {
 
 /// An in-process herald with a witness: a real client whose notifications must keep arriving.
 /// `server` is merged into the `server` section, e.g. `{connect_timeout_ms: 1000}`.
-async fn herald_with_witness(kafka: &Kafka, server: &str) -> (Herald, Clients) {
+async fn herald_with_witness(kafka: &Kafka, server: impl Overlay) -> (Herald, Clients) {
     init_logs();
-    let h = Herald::start(&config_yaml(kafka, None, &format!("server: {server}"))).await;
+    let h = Herald::start(&config_yaml(kafka, None, json!({"server": server.into_value()}))).await;
     h.wait_assigned(4).await;
     let mut c = Clients::start().await;
     c.connect_as("witness", &h.url(), "witness").await;

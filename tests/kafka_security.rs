@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::tls::TestCa;
 use common::*;
+use serde_json::json;
 
 async fn problem_shows(h: &Herald, what: &str) -> String {
     let mut seen = String::new();
@@ -55,8 +56,11 @@ async fn an_untrusted_broker_certificate_shows_in_readiness() {
     );
     eventually(Duration::from_secs(10), "the TLS listener", async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok())
         .await;
-    let yaml = config_yaml(&kafka, None, &format!("kafka: {{options: {{security.protocol: SSL, ssl.ca.location: \"{}\"}}}}", trusted.ca()))
-        .replace(&kafka.address(), &format!("127.0.0.1:{port}"));
+    let yaml = config_yaml(
+        &kafka,
+        None,
+        json!({"kafka": {"brokers": format!("127.0.0.1:{port}"), "options": {"security.protocol": "SSL", "ssl.ca.location": trusted.ca()}}}),
+    );
     let h = Herald::start_unready(&yaml, std::path::Path::new(".")).await;
     let body = problem_shows(&h, "kafka TLS failed").await;
     assert!(body.contains("certificate"), "{body}");

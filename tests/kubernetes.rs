@@ -21,7 +21,7 @@ fn script(version: u32) -> Vec<u8> {
 
 /// A config whose topic `scripted` runs `script` (relative to the config's directory).
 fn scripted_config(kafka: &Kafka, script: &str) -> String {
-    with_kafka(&config_yaml(kafka, None, "routes: {reload_debounce_ms: 100}"), &format!("topics: [{{name: {TOPIC}, script: {script}}}]"))
+    with_kafka(&config_yaml(kafka, None, "routes: {reload_debounce_ms: 100}"), json!({"topics": [{"name": TOPIC, "script": script}]}))
 }
 
 /// Produces record `n` for ann and returns the script version that routed it.

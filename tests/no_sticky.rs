@@ -17,11 +17,11 @@ async fn behind_a_proxy(kafka: &Kafka, redis: &Redis, n: usize) -> (Vec<Herald>,
     behind_a_proxy_with(kafka, redis, n, "").await
 }
 
-async fn behind_a_proxy_with(kafka: &Kafka, redis: &Redis, n: usize, overlay: &str) -> (Vec<Herald>, RoundRobin) {
+async fn behind_a_proxy_with(kafka: &Kafka, redis: &Redis, n: usize, overlay: impl Overlay) -> (Vec<Herald>, RoundRobin) {
     behind_a_balancer(kafka, redis, n, overlay, Balance::PerConnection).await
 }
 
-async fn behind_a_balancer(kafka: &Kafka, redis: &Redis, n: usize, overlay: &str, balance: Balance) -> (Vec<Herald>, RoundRobin) {
+async fn behind_a_balancer(kafka: &Kafka, redis: &Redis, n: usize, overlay: impl Overlay, balance: Balance) -> (Vec<Herald>, RoundRobin) {
     let yaml = config_yaml(kafka, Some(redis), overlay);
     let mut heralds = vec![Herald::start(&with_kafka(&yaml, "topics: [user-notifications]")).await];
     for _ in 1..n {
@@ -140,8 +140,8 @@ async fn sessions_move_with_their_upgrade_and_miss_nothing() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
     let redis = Redis::start().await;
-    let overlay = format!("auth: {{jwt: {{groups_claim: groups}}}}\napi: {{key: {KEY}, rate_limit_per_sec: 1000}}");
-    let (heralds, proxy) = behind_a_balancer(&kafka, &redis, 3, &overlay, Balance::UpgradesElsewhere).await;
+    let overlay = json!({"auth": {"jwt": {"groups_claim": "groups"}}, "api": {"key": KEY, "rate_limit_per_sec": 1000}});
+    let (heralds, proxy) = behind_a_balancer(&kafka, &redis, 3, overlay, Balance::UpgradesElsewhere).await;
     let users: Vec<String> = (0..CLIENTS).map(|i| format!("mover-{i}")).collect();
     let publish_url = format!("{}/api/publish", heralds[0].url());
     let audiences =

@@ -10,23 +10,23 @@ use std::time::Duration;
 
 use common::tls::{TestCa, TlsRedis, tls_args};
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The `redis` section for a TLS URL, trusting `ca`, with its client certificate if `mutual`.
-fn tls_redis(url: &str, ca: &TestCa, mutual: bool) -> String {
-    let client = if mutual {
+fn tls_redis(url: &str, ca: &TestCa, mutual: bool) -> Value {
+    let mut tls = json!({"ca_file": ca.ca()});
+    if mutual {
         let (pem, key) = ca.sign("herald");
-        format!(", cert_file: \"{pem}\", key_file: \"{key}\"")
-    } else {
-        String::new()
-    };
-    format!("redis: {{url: \"{url}\", command_timeout_ms: 1000, tls: {{ca_file: \"{}\"{client}}}}}\nreplay: {{history: 100}}", ca.ca())
+        tls["cert_file"] = json!(pem);
+        tls["key_file"] = json!(key);
+    }
+    json!({"redis": {"url": url, "command_timeout_ms": 1000, "tls": tls}, "replay": {"history": 100}})
 }
 
 /// Two instances (only `one` consumes; the socket is on `two`, so every record crosses Redis)
 /// deliver a user's retained notifications once and in order, and a socket replaying from the
 /// start gets them all from the history.
-async fn deliver_and_replay(kafka: &Kafka, redis: &str, user: &str) {
+async fn deliver_and_replay(kafka: &Kafka, redis: Value, user: &str) {
     let yaml = config_yaml(kafka, None, redis);
     let one = Herald::start(&with_kafka(&yaml, "topics: [{name: user-notifications, retain: true}]")).await;
     let two = Herald::start(&with_kafka(&yaml, "topics: [elsewhere]")).await;
@@ -49,19 +49,6 @@ async fn deliver_and_replay(kafka: &Kafka, redis: &str, user: &str) {
     two.shutdown().await;
 }
 
-/// Starting herald must fail: the error's text.
-async fn start_error(yaml: &str) -> String {
-    let config = herald::config::Config::from_yaml(yaml, std::env::current_dir().unwrap(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    match herald::app::start(config, Some(listener)).await {
-        Ok(running) => {
-            running.shutdown().await.ok();
-            panic!("herald started")
-        }
-        Err(e) => format!("{e:#}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_an_acl_user_and_a_database_deliver_and_replay() {
     init_logs();
@@ -70,13 +57,13 @@ async fn mutual_tls_an_acl_user_and_a_database_deliver_and_replay() {
     // Clients must show a certificate; the default user is off, herald's has a password.
     let redis = TlsRedis::start(&ca, true, &["--user", "default", "off", "--user", "herald", "on", ">s3cret", "~*", "&*", "+@all"]).await;
     let url = format!("rediss://herald:s3cret@localhost:{}/2", redis.port);
-    deliver_and_replay(&kafka, &tls_redis(&url, &ca, true), "tina").await;
+    deliver_and_replay(&kafka, tls_redis(&url, &ca, true), "tina").await;
     let exists = |db: &str| redis.cli(&ca, &["--user", "herald", "--pass", "s3cret", "-n", db, "EXISTS", "herald:history:tina"]);
     assert_eq!((exists("2"), exists("0")), ("1".into(), "0".into()), "the history is in database 2, and only there");
 
     // Without the client certificate Redis hangs up; with a wrong password it refuses.
-    let yaml = config_yaml(&kafka, None, &tls_redis(&format!("rediss://herald:wrong@localhost:{}/2", redis.port), &ca, true));
-    let e = start_error(&yaml).await;
+    let yaml = config_yaml(&kafka, None, tls_redis(&format!("rediss://herald:wrong@localhost:{}/2", redis.port), &ca, true));
+    let e = Herald::start_failure(&yaml).await;
     assert!(e.contains("redis.url") && e.contains("WRONGPASS"), "{e}");
 }
 
@@ -88,18 +75,19 @@ async fn an_untrusted_certificate_stops_start_up_and_a_changed_one_shows_in_read
     let mut redis = TlsRedis::start(&ca, false, &[]).await;
     let url = format!("rediss://localhost:{}", redis.port);
 
-    let e = start_error(&config_yaml(&kafka, None, &tls_redis(&url, &other, false))).await;
+    let e = Herald::start_failure(&config_yaml(&kafka, None, tls_redis(&url, &other, false))).await;
     assert!(e.contains("redis.tls.ca_file") && e.contains("not trusted"), "{e}");
     // A certificate from the trusted CA, but expired.
     let expiring = TestCa::new("expiring");
     expiring.sign_expired("redis");
     let expired = TlsRedis::start(&expiring, false, &[]).await;
-    let e = start_error(&config_yaml(&kafka, None, &tls_redis(&format!("rediss://localhost:{}", expired.port), &expiring, false))).await;
+    let e = Herald::start_failure(&config_yaml(&kafka, None, tls_redis(&format!("rediss://localhost:{}", expired.port), &expiring, false)))
+        .await;
     assert!(e.contains("redis.tls.ca_file") && e.contains("certificate expired"), "{e}");
     drop(expired);
 
     let yaml =
-        merge(&config_yaml(&kafka, None, &tls_redis(&url, &ca, false)), "kafka: {topics: [{name: user-notifications, retain: true}]}");
+        merge(&config_yaml(&kafka, None, tls_redis(&url, &ca, false)), "kafka: {topics: [{name: user-notifications, retain: true}]}");
     let h = Herald::start(&yaml).await;
     h.wait_assigned(4).await;
     let mut c = Clients::start().await;
@@ -172,11 +160,11 @@ async fn tls_sentinels_with_their_own_password_lead_to_the_master() {
 
     // The master answers with 127.0.0.1: its certificate is checked against the URL's host.
     let url = format!("rediss-sentinel://:m4ster@localhost:{port}/mymaster/3?sentinel_password=s3ntinel");
-    deliver_and_replay(&kafka, &tls_redis(&url, &ca, false), "sam").await;
+    deliver_and_replay(&kafka, tls_redis(&url, &ca, false), "sam").await;
     assert_eq!(master.cli(&ca, &["-a", "m4ster", "--no-auth-warning", "-n", "3", "EXISTS", "herald:history:sam"]), "1");
 
     let wrong = format!("rediss-sentinel://:m4ster@localhost:{port}/mymaster/3?sentinel_password=nope");
-    let e = start_error(&config_yaml(&kafka, None, &tls_redis(&wrong, &ca, false))).await;
+    let e = Herald::start_failure(&config_yaml(&kafka, None, tls_redis(&wrong, &ca, false))).await;
     assert!(e.contains("redis.url") && e.contains("Sentinel"), "{e}");
 }
 
@@ -191,7 +179,7 @@ async fn a_tls_cluster_delivers_across_instances_and_replays() {
     // The nodes announce 127.0.0.1; the URL names localhost, which their certificate covers.
     let url = cluster.url().replace("127.0.0.1", "localhost");
     assert!(url.starts_with("rediss-cluster://"), "{url}");
-    deliver_and_replay(&kafka, &tls_redis(&url, &ca, false), "cleo").await;
+    deliver_and_replay(&kafka, tls_redis(&url, &ca, false), "cleo").await;
 }
 
 fn sentinel_binary() -> std::path::PathBuf {

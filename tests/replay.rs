@@ -10,8 +10,8 @@ use common::*;
 use serde_json::{Value, json};
 
 /// An instance that retains `user-notifications`; `replay` is merged into its `replay` section.
-fn retained(replay: &str) -> String {
-    format!("replay: {{{replay}}}\nkafka: {{topics: [{{name: user-notifications, retain: true}}]}}")
+fn retained(replay: Value) -> Value {
+    json!({"replay": replay, "kafka": {"topics": [{"name": "user-notifications", "retain": true}]}})
 }
 
 /// A client that reconnects after every cut, resuming from the last id it saw: from the start
@@ -44,7 +44,7 @@ async fn cut_while_flowing(kafka: &Kafka, c: &mut Clients, id: &str, user: &str,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_every_few_seconds_misses_nothing_on_one_instance() {
-    let mut s = Stack::default().instance(&retained("")).start().await;
+    let mut s = Stack::default().instance(retained(json!({}))).start().await;
     let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
     c.connect("fay", &h.url(), flaky(&token("fay"))).await.unwrap();
     cut_while_flowing(kafka, c, "fay", "fay", 120).await;
@@ -54,8 +54,9 @@ async fn a_client_cut_every_few_seconds_misses_nothing_on_one_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_every_few_seconds_misses_nothing_across_instances() {
-    let elsewhere = merge(&retained(""), "kafka: {topics: [elsewhere]}");
-    let mut s = Stack::default().topics(&[TOPIC, "elsewhere"]).redis().instance(&retained("")).instance(&elsewhere).start().await;
+    let mut elsewhere = retained(json!({}));
+    elsewhere["kafka"]["topics"] = json!(["elsewhere"]);
+    let mut s = Stack::default().topics(&[TOPIC, "elsewhere"]).redis().instance(retained(json!({}))).instance(elsewhere).start().await;
     s.heralds[0].wait_assigned(4).await;
     s.heralds[1].wait_assigned(4).await;
     let (kafka, c, two) = (&s.kafka, &mut s.c, &s.heralds[1]);
@@ -69,7 +70,7 @@ async fn a_client_cut_every_few_seconds_misses_nothing_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_users_get_their_notifications_when_they_connect() {
-    let mut s = Stack::default().redis().instance(&retained("")).start().await;
+    let mut s = Stack::default().redis().instance(retained(json!({}))).start().await;
     let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
     for i in 0..3 {
         kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "otto", "n": i}).to_string().as_bytes()).await;
@@ -91,8 +92,9 @@ async fn replay_works_through_a_database_number() {
     init_logs();
     let kafka = Kafka::start(&[TOPIC]).await;
     let redis = Redis::start().await;
-    let overlay = merge(&retained(""), &format!("redis: {{url: \"{}/2\"}}", redis.url()));
-    let h = Herald::start(&config_yaml(&kafka, Some(&redis), &overlay)).await;
+    let mut overlay = retained(json!({}));
+    overlay["redis"] = json!({"url": format!("{}/2", redis.url())});
+    let h = Herald::start(&config_yaml(&kafka, Some(&redis), overlay)).await;
     for i in 0..3 {
         kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "dora", "n": i}).to_string().as_bytes()).await;
     }
@@ -116,7 +118,7 @@ async fn replay_works_through_a_database_number() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overflowed_history_is_reported_and_the_rest_replayed() {
-    let mut s = Stack::default().instance(&retained("history: 5, last_without_since: 2")).start().await;
+    let mut s = Stack::default().instance(retained(json!({"history": 5, "last_without_since": 2}))).start().await;
     let (kafka, c, h) = (&s.kafka, &mut s.c, &s.heralds[0]);
     c.connect_as("first", &h.url(), "hana").await;
     kafka.produce_to(TOPIC, Some(0), None, br#"{"userId":"hana","n":0}"#).await;
@@ -152,7 +154,7 @@ async fn a_retried_store_keeps_one_copy_in_the_history() {
     use herald::notification::Notification;
 
     let redis = Redis::start().await;
-    let yaml = format!("auth: {{jwt: {{secret: s}}}}\nredis: {{url: \"{}\"}}\n", redis.url());
+    let yaml = json!({"auth": {"jwt": {"secret": "s"}}, "redis": {"url": redis.url()}}).to_string();
     let config = herald::config::Config::from_yaml(&yaml, std::path::Path::new(".").into(), &|_| None).unwrap();
     let metrics = std::sync::Arc::new(herald::metrics::Metrics::new(&[]));
     let deliverer = std::sync::Arc::new(herald::bus::inbound::Nobody);

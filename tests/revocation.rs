@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 const API_KEY: &str = "an-api-key-of-at-least-16-characters";
 
-fn overlay() -> String {
-    format!("api: {{key: {API_KEY}}}")
+fn overlay() -> Value {
+    json!({"api": {"key": API_KEY}})
 }
 
 /// A token for `user` issued at `iat` (seconds since the epoch).
@@ -38,7 +38,7 @@ async fn connect_with(c: &mut Clients, id: &str, url: &str, token: &str) -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_users_sessions_reaches_every_instance_and_revokes_old_tokens() {
-    let mut s = Stack::default().redis().instance(&overlay()).instance(&overlay()).start().await;
+    let mut s = Stack::default().redis().instance(overlay()).instance(overlay()).start().await;
     let (one, two) = (s.url(0), s.url(1));
     let old = issued_at("ursula", now_secs() - 10);
     connect_with(&mut s.c, "u-one", &one, &old).await.unwrap();
@@ -74,7 +74,7 @@ async fn ending_a_users_sessions_reaches_every_instance_and_revokes_old_tokens()
     assert_eq!(s.heralds[1].metric("herald_gateway_sessions_ended_total").await, 1.0);
 
     // An instance started after the revocation learns it from Redis.
-    let three = Herald::start(&config_yaml(&s.kafka, s.redis.as_ref(), &overlay())).await;
+    let three = Herald::start(&config_yaml(&s.kafka, s.redis.as_ref(), overlay())).await;
     assert_eq!(connect_with(&mut s.c, "u-late", &three.url(), &old).await, Err("token revoked".into()));
     connect_with(&mut s.c, "u-late-new", &three.url(), &fresh).await.expect("a new token there too");
     three.shutdown().await;
@@ -83,7 +83,7 @@ async fn ending_a_users_sessions_reaches_every_instance_and_revokes_old_tokens()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_holds_while_redis_is_down_and_others_still_connect() {
-    let mut s = Stack::default().redis().instance(&overlay()).instance(&overlay()).start().await;
+    let mut s = Stack::default().redis().instance(overlay()).instance(overlay()).start().await;
     let (one, two) = (s.url(0), s.url(1));
     let old = issued_at("rhea", now_secs() - 10);
     end_sessions(&one, json!({"user_ids": ["rhea"], "revoke_tokens": true})).await;
@@ -104,7 +104,7 @@ async fn a_revocation_holds_while_redis_is_down_and_others_still_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_revoking_the_same_token_may_come_back_and_one_instance_needs_no_redis() {
-    let mut s = Stack::default().instance(&overlay()).start().await;
+    let mut s = Stack::default().instance(overlay()).start().await;
     let url = s.url(0);
     let token = issued_at("wanda", now_secs() - 10);
     connect_with(&mut s.c, "w1", &url, &token).await.unwrap();
@@ -122,7 +122,7 @@ async fn without_revoking_the_same_token_may_come_back_and_one_instance_needs_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disconnect_api_checks_its_key_and_body() {
-    let s = Stack::default().instance(&overlay()).start().await;
+    let s = Stack::default().instance(overlay()).start().await;
     let url = format!("{}/api/disconnect", s.url(0));
     let http = reqwest::Client::new();
     let unauthorized = http.post(&url).json(&json!({"user_ids": ["a"]})).send().await.unwrap();

@@ -148,10 +148,10 @@ async fn a_backlog_is_routed_on_several_threads_and_stays_in_order() {
     std::fs::write(dir.path().join("scripted.rhai"), SCRIPT_V1).unwrap();
     let kafka = Kafka::start(&["scripted", "elsewhere"]).await;
     let redis = Redis::start().await;
-    let with_topics = |topics: &str| with_kafka(&config_yaml(&kafka, Some(&redis), "routes: {threads: 2}"), &format!("topics: [{topics}]"));
+    let with_topics = |topics: Value| with_kafka(&config_yaml(&kafka, Some(&redis), "routes: {threads: 2}"), json!({"topics": topics}));
     // The sockets live on an instance that consumes another topic, so the backlog waits in
     // Kafka until the routing instance starts, and reaches the users over Redis.
-    let gateway = Herald::start_in(&with_topics("elsewhere"), dir.path()).await;
+    let gateway = Herald::start_in(&with_topics(json!(["elsewhere"])), dir.path()).await;
     let mut c = Clients::start().await;
     c.connect_as("ann", &gateway.url(), "ann").await;
     c.connect_as("bob", &gateway.url(), "bob").await;
@@ -173,7 +173,7 @@ async fn a_backlog_is_routed_on_several_threads_and_stays_in_order() {
         delivery.await.expect("not cancelled").map_err(|(e, _)| e).expect("produced");
     }
 
-    let router = Herald::start_in(&with_topics("{name: scripted, script: scripted.rhai}"), dir.path()).await;
+    let router = Herald::start_in(&with_topics(json!([{"name": "scripted", "script": "scripted.rhai"}])), dir.path()).await;
     for (user, first) in [("ann", 0), ("bob", 1)] {
         let mut seen = Vec::new();
         while seen.len() < (RECORDS / 2) as usize {

@@ -166,8 +166,7 @@ async fn sentinel_failover(retain: bool) {
     init_logs();
     let kafka = Kafka::start(&[TOPIC, "elsewhere"]).await;
     let mut set = SentinelSet::start().await;
-    let redis = format!("redis: {{url: \"{}\", command_timeout_ms: 500}}\nreplay: {{history: 1000}}\n", set.url());
-    let yaml = config_yaml(&kafka, None, &redis);
+    let yaml = config_yaml(&kafka, None, json!({"redis": {"url": set.url(), "command_timeout_ms": 500}, "replay": {"history": 1000}}));
     let topics = if retain { "topics: [{name: user-notifications, retain: true}]" } else { "topics: [user-notifications]" };
     // Only `one` consumes the topic; the socket is on `two`: every record crosses Redis.
     let one = Herald::start(&with_kafka(&yaml, topics)).await;

@@ -39,8 +39,7 @@ async fn a_records_trace_continues_across_instances_to_the_client_and_its_receip
     let redis = Redis::start().await;
     let receiver = OtlpReceiver::start().await;
     // Only records with a sampled traceparent are traced (no ratio for the others).
-    let overlay = format!("telemetry: {{otlp: {{endpoint: \"{}\"}}, sampling_ratio: 0}}", receiver.url);
-    let yaml = config_yaml(&kafka, Some(&redis), &overlay);
+    let yaml = config_yaml(&kafka, Some(&redis), json!({"telemetry": {"otlp": {"endpoint": receiver.url}, "sampling_ratio": 0}}));
     // Spans go out every 100 ms instead of every 5 s.
     let launch = || Launch { env: vec![("OTEL_BSP_SCHEDULE_DELAY", "100".into())], ..Launch::default() };
     let consuming = HeraldProcess::launch(&with_kafka(&yaml, "receipts_topic: receipts\ntopics: [user-notifications]"), launch()).await;
@@ -97,7 +96,7 @@ async fn without_export_the_records_own_trace_still_reaches_the_client() {
         .topics(&[TOPIC, "elsewhere"])
         .redis()
         .instance("")
-        .instance(&format!("kafka: {{topics: [elsewhere]}}\napi: {{key: {KEY}}}"))
+        .instance(json!({"kafka": {"topics": ["elsewhere"]}, "api": {"key": KEY}}))
         .start()
         .await;
     s.heralds[0].wait_assigned(4).await;

@@ -146,7 +146,7 @@ fn connect_packet() -> String {
 }
 
 async fn server() -> (Scenario, SocketAddr) {
-    let s = Stack::default().instance(&format!("server: {{max_payload_bytes: {MAX_PAYLOAD}}}")).start().await;
+    let s = Stack::default().instance(json!({"server": {"max_payload_bytes": MAX_PAYLOAD}})).start().await;
     let addr = s.heralds[0].addr;
     (s, addr)
 }

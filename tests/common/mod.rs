@@ -212,48 +212,65 @@ impl Kafka {
 
 /// A config for tests: fast consumer-group settings, records from the start of the topic;
 /// `overlay` (YAML, `""` for none) is merged into it as data, e.g. `"server: {event: alert}"`.
-pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, overlay: &str) -> String {
-    let redis = redis.map(|r| format!("redis: {{url: \"{}\"}}\n", r.url())).unwrap_or_default();
-    let base = format!(
-        r#"
-kafka:
-  brokers: "{brokers}"
-  group_id: herald-test
-  options:
-    auto.offset.reset: earliest
-    session.timeout.ms: "3000"
-    heartbeat.interval.ms: "500"
-    reconnect.backoff.max.ms: "500"
-{redis}auth:
-  jwt:
-    secret: {SECRET}
-server:
-  shutdown_grace_secs: 5
-"#,
-        brokers = kafka.address()
-    );
-    if overlay.trim().is_empty() { base } else { merge(&base, overlay) }
+/// A config overlay: YAML written out as a literal (`"server: {ping_interval_secs: 1}"`) or data
+/// (`json!({...})`), never text put together with `format!`: a value goes in as data.
+pub trait Overlay {
+    fn into_value(self) -> Value;
 }
 
-/// `yaml` (from [`config_yaml`]) with more keys in its `kafka` section, e.g.
-/// `"topics: [elsewhere]"`: the instance consumes those topics instead of the default one.
-pub fn with_kafka(yaml: &str, keys: &str) -> String {
-    let keys: String = keys.lines().map(|line| format!("\n  {line}")).collect();
-    merge(yaml, &format!("kafka:{keys}"))
+impl Overlay for &'static str {
+    fn into_value(self) -> Value {
+        if self.trim().is_empty() { json!({}) } else { serde_saphyr::from_str(self).unwrap_or_else(|e| panic!("overlay: {e}")) }
+    }
 }
 
-/// `yaml` with its top-level `section` replaced as a whole by `body` (a YAML mapping), e.g.
-/// an `auth` section without the default JWT secret.
-pub fn replace_section(yaml: &str, section: &str, body: &str) -> String {
+impl Overlay for Value {
+    fn into_value(self) -> Value {
+        self
+    }
+}
+
+/// The tests' base config, as data: the broker, Redis if given, the test secret, with `overlay`
+/// merged in. The result is JSON, which is YAML.
+pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, overlay: impl Overlay) -> String {
+    let mut base = json!({
+        "kafka": {
+            "brokers": kafka.address(),
+            "group_id": "herald-test",
+            "options": {
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": "3000",
+                "heartbeat.interval.ms": "500",
+                "reconnect.backoff.max.ms": "500",
+            },
+        },
+        "auth": {"jwt": {"secret": SECRET}},
+        "server": {"shutdown_grace_secs": 5},
+    });
+    if let Some(redis) = redis {
+        base["redis"] = json!({"url": redis.url()});
+    }
+    merge(&base.to_string(), overlay)
+}
+
+/// `yaml` with `keys` merged into its `kafka` section, e.g.
+/// `with_kafka(&yaml, "dead_letter_topic: dead-letters")`.
+pub fn with_kafka(yaml: &str, keys: impl Overlay) -> String {
+    merge(yaml, json!({"kafka": keys.into_value()}))
+}
+
+/// `yaml` with its top-level `section` replaced as a whole by `body`, e.g. an `auth` section
+/// without the default JWT secret.
+pub fn replace_section(yaml: &str, section: &str, body: impl Overlay) -> String {
     let mut config: Value = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("base config: {e}"));
-    config[section] = serde_saphyr::from_str(body).unwrap_or_else(|e| panic!("{section}: {e}"));
+    config[section] = body.into_value();
     config.to_string()
 }
 
 /// `overlay` merged into `yaml`, key by key at every depth (the overlay wins): a config built
 /// as data, e.g. `merge(&config_yaml(..), "auth: {jwt: {groups_claim: groups}}")`. The result is
 /// JSON, which is YAML.
-pub fn merge(yaml: &str, overlay: &str) -> String {
+pub fn merge(yaml: &str, overlay: impl Overlay) -> String {
     fn deep(base: &mut Value, over: Value) {
         match (base, over) {
             (Value::Object(base), Value::Object(over)) => {
@@ -265,7 +282,7 @@ pub fn merge(yaml: &str, overlay: &str) -> String {
         }
     }
     let mut base: Value = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("base config: {e}"));
-    deep(&mut base, serde_saphyr::from_str(overlay).unwrap_or_else(|e| panic!("overlay: {e}")));
+    deep(&mut base, overlay.into_value());
     base.to_string()
 }
 
@@ -283,6 +300,20 @@ impl Herald {
         let h = Self::start_unready(yaml, base_dir).await;
         h.wait_ready().await;
         h
+    }
+
+    /// Starting with `yaml` must fail (a valid config that cannot run, such as an untrusted
+    /// Redis certificate): the error's text.
+    pub async fn start_failure(yaml: &str) -> String {
+        let config = Config::from_yaml(yaml, std::env::current_dir().unwrap(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        match herald::app::start(config, Some(listener)).await {
+            Ok(running) => {
+                running.shutdown().await.ok();
+                panic!("herald started")
+            }
+            Err(e) => format!("{e:#}"),
+        }
     }
 
     /// Started, without waiting for readiness (which a test may expect never to come).

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
-use super::{Clients, Herald, Kafka, Redis, TOPIC, config_yaml};
+use super::{Clients, Herald, Kafka, Overlay, Redis, TOPIC, config_yaml};
 
 /// What to start; [`Stack::start`] starts it.
 pub struct Stack {
     topics: Vec<&'static str>,
     redis: bool,
-    instances: Vec<String>,
+    instances: Vec<Value>,
     python: bool,
 }
 
@@ -35,10 +35,10 @@ impl Stack {
         self
     }
 
-    /// One more herald instance, with `overlay` (YAML, `""` for none) merged into the base
-    /// config, e.g. `"server: {ping_interval_secs: 1}"`.
-    pub fn instance(mut self, overlay: &str) -> Self {
-        self.instances.push(overlay.to_owned());
+    /// One more herald instance, with `overlay` (a YAML literal, `""` for none, or `json!` data)
+    /// merged into the base config, e.g. `"server: {ping_interval_secs: 1}"`.
+    pub fn instance(mut self, overlay: impl Overlay) -> Self {
+        self.instances.push(overlay.into_value());
         self
     }
 
@@ -54,7 +54,7 @@ impl Stack {
         let redis = if self.redis { Some(Redis::start().await) } else { None };
         let mut heralds = Vec::new();
         for overlay in &self.instances {
-            heralds.push(Herald::start(&config_yaml(&kafka, redis.as_ref(), overlay)).await);
+            heralds.push(Herald::start(&config_yaml(&kafka, redis.as_ref(), overlay.clone())).await);
         }
         let c = if self.python { Clients::start_python().await } else { Clients::start().await };
         Scenario { kafka, redis, heralds, c }
