@@ -107,7 +107,13 @@ async fn an_untrusted_certificate_stops_start_up_and_a_changed_one_shows_in_read
     for n in 1..10 {
         kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "uma", "n": n}).to_string().as_bytes()).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first of them taken from Kafka and held, its publish retried against the Redis herald
+    // cannot trust (the rest wait in Kafka), before Redis comes back.
+    eventually(Duration::from_secs(15), "a record held and retried", async || {
+        h.metric("herald_source_records_consumed_total{topic=\"user-notifications\"}").await >= 2.0
+            && h.metric("herald_bus_publish_retries_total").await > 0.0
+    })
+    .await;
     redis.restart_with(&ca).await;
     h.wait_ready().await;
     let (status, body) = h.readyz().await;
