@@ -48,7 +48,8 @@ command -v kubectl >/dev/null 2>&1 || [ -x tests/client/.venv/bin/kubectl ] \
 python3 scripts/readme_figures.py --check
 
 # A hard bound, so a hung test fails the run instead of holding CI until its own deadline.
-timeout --signal=KILL 1800 cargo test --locked --workspace --lib --bins --tests "$@"
+# --examples: the server crate's examples (its README shows `minimal` whole) must keep compiling.
+timeout --signal=KILL 1800 cargo test --locked --workspace --lib --bins --tests --examples "$@"
 
 # Short fuzzing runs: routing, config parsing and every network-facing parser must never panic
 # and keep their properties (see fuzz/ and the README for a longer run). cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable

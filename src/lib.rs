@@ -12,7 +12,8 @@
 //! draws the flow.
 //!
 //! [`config`] reads and validates the YAML configuration, [`auth`] verifies tokens, [`http`]
-//! serves health and metrics, [`metrics`] names every metric, [`replay`] gives reconnecting
+//! serves health and metrics, [`metrics`] names every metric, [`notification`] is the unit that
+//! flows from route to bus to gateway, [`replay`] gives reconnecting
 //! clients what they missed, [`watch`] rereads route scripts and keys when their files change
 //! (ConfigMap and Secret volumes included), and [`app`] wires it together.
 

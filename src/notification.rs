@@ -1,5 +1,6 @@
 //! The unit that flows from route to bus to gateway: one notification, for one audience (a
-//! user, a group, everyone). A leaf: routing makes it, the bus carries it, the gateway emits it.
+//! user, a group, everyone). A shared module: routing makes it, the bus carries it, the gateway
+//! emits it.
 
 use std::sync::Arc;
 

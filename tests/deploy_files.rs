@@ -214,7 +214,7 @@ fn dockerfile_copies_every_file_compiled_in() {
         read(".dockerignore").lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
 
     let mut included = Vec::new();
-    let mut sources = vec![root.join("src")];
+    let mut sources = vec![root.join("src"), root.join("crates")];
     while let Some(path) = sources.pop() {
         if path.is_dir() {
             sources.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));

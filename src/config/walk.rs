@@ -1,7 +1,8 @@
 //! A typed walk over a parsed YAML tree that collects every problem instead of stopping at the first.
 //!
 //! serde's derive stops at the first error; operators want the whole list at once, each problem
-//! with its path, so each config section reads its own keys through a [`Walk`].
+//! with its path, so each config section reads its own keys through a [`Walk`], and the typed
+//! readers every section shares (`read_addr`, `ranged`, `one_of`, `secs`) live here too.
 
 use std::cell::RefCell;
 use std::fmt;

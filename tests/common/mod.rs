@@ -210,8 +210,6 @@ impl Kafka {
 // ---------------------------------------------------------------------------------------------
 // herald
 
-/// A config for tests: fast consumer-group settings, records from the start of the topic;
-/// `overlay` (YAML, `""` for none) is merged into it as data, e.g. `"server: {event: alert}"`.
 /// A config overlay: YAML written out as a literal (`"server: {ping_interval_secs: 1}"`) or data
 /// (`json!({...})`), never text put together with `format!`: a value goes in as data.
 pub trait Overlay {
@@ -230,8 +228,9 @@ impl Overlay for Value {
     }
 }
 
-/// The tests' base config, as data: the broker, Redis if given, the test secret, with `overlay`
-/// merged in. The result is JSON, which is YAML.
+/// A config for tests, as data: fast consumer-group settings, records from the start of the
+/// topic, Redis if given, the test secret; `overlay` (`""` for none) merged in, e.g.
+/// `"server: {event: alert}"`. The result is JSON, which is YAML.
 pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, overlay: impl Overlay) -> String {
     let mut base = json!({
         "kafka": {

@@ -1,6 +1,6 @@
 //! A WebSocket client that offers permessage-deflate, as browsers and the Node client do
 //! (tungstenite has no stable support for it): the handshake with the offer, server frames read
-//! (compressed ones inflated by herald's own inflater), masked text frames written. Only what a
+//! (compressed ones inflated by the server crate's inflater, `socketio::engine::deflate`), masked text frames written. Only what a
 //! worker needs: herald never fragments what it sends.
 
 use std::net::{IpAddr, SocketAddr};

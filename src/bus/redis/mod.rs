@@ -1,7 +1,7 @@
 //! Redis Pub/Sub bus: one channel per user and one per group, subscribed while the user (or a
 //! member of the group) has a socket here, and one broadcast channel every instance subscribes.
 //!
-//! All of it runs on herald's own connections (no client library: the README's "Redis client"
+//! All of it runs on herald's own connections (no client library: docs/design/redis-client.md
 //! says why, with the figures), plain or TLS: a subscriber connection (`subscriber.rs`, the only
 //! writer of SUBSCRIBE/UNSUBSCRIBE, so the order of a user's joins and leaves is kept, and
 //! delivering each message as it reads it), one per master on a cluster (`cluster.rs`); and

@@ -11,7 +11,7 @@
 //!
 //! Both with pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1,000,000, connectTimeout
 //! 1,000 ms, any origin. Run:
-//! `cargo run --release --example protocol_echo -- --listen 127.0.0.1:3000`, then `npm test` in
+//! `cargo run --release -p herald-socketio --example protocol_echo -- --listen 127.0.0.1:3000`, then `npm test` in
 //! each suite's `test-suite/`.
 
 mod fixture;

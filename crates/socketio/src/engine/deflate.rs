@@ -1,4 +1,4 @@
-//! permessage-deflate (RFC 7692) without per-socket state: herald accepts the extension only
+//! permessage-deflate (RFC 7692) without per-socket state: the server accepts the extension only
 //! with `server_no_context_takeover` and `client_no_context_takeover`, so neither side keeps a
 //! compression context between messages. Each outgoing message is compressed once, on its first
 //! recipient that negotiated the extension, into a frame every such recipient shares; client

@@ -167,7 +167,7 @@ pub fn write_header(out: &mut [u8; MAX_HEADER], opcode: OpCode, len: usize) -> u
 
 /// A client's frame, as a browser sends it: `first` is its first byte (FIN, RSV bits, opcode),
 /// the payload masked with `mask`, the length in its shortest form. For tests, property tests,
-/// fuzzing and the load generator: herald itself only sends server frames.
+/// fuzzing and load generators: the server itself only sends server frames.
 pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut header = [0u8; MAX_HEADER];
     let n = write_header(&mut header, OpCode::Text, payload.len());

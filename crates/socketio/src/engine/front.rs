@@ -5,8 +5,8 @@
 //!
 //! Why not hyper for these too: hyper keeps an 8 KiB read buffer and a write buffer per
 //! connection for its whole life, more than a long-polling client or a WebSocket may cost here
-//! (see docs/benchmarks.md). Requests on a connection hyper already serves still reach the
-//! engine, through [`Mount::handle`] (see `hyper.rs`).
+//! (the crate's README has the figures). Requests on a connection hyper already serves still
+//! reach the engine, through [`Mount::handle`].
 
 use std::future::Future;
 use std::io::{self, IoSlice};

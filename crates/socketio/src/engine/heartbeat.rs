@@ -81,7 +81,7 @@ impl<H: Handler> Wheel<H> {
         }
     }
 
-    /// Takes every entry due by `now_ms` from the slots the clock passed since `last_tick`.
+    /// Takes every timer due by `now_ms` from the slots the clock passed since `last_tick`.
     fn due(&self, last_tick: &mut u64, now_ms: u64) -> Vec<Timer<H>> {
         let mut due = Vec::new();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,9 +145,9 @@ pub(super) async fn run<H: Handler>(engine: Weak<Shared<H>>) {
         interval.tick().await;
         let Some(engine) = engine.upgrade() else { return };
         let now = engine.wheel.now_ms();
-        for entry in engine.wheel.due(&mut last_tick, now) {
-            if let Some(session) = entry.session.upgrade() {
-                engine.wheel.visit(&session, entry.visit, entry.due_ms, now);
+        for timer in engine.wheel.due(&mut last_tick, now) {
+            if let Some(session) = timer.session.upgrade() {
+                engine.wheel.visit(&session, timer.visit, timer.due_ms, now);
             }
         }
     }
