@@ -139,7 +139,7 @@ struct Binary {
 impl Binary {
     /// `server` is merged into the `server` section, e.g. `"{connect_timeout_ms: 1000}"`.
     async fn start(server: impl Overlay) -> Self {
-        let yaml = json!({
+        let mut yaml = json!({
             "server": {"shutdown_grace_secs": 5},
             "kafka": {
                 "brokers": "embedded",
@@ -149,7 +149,8 @@ impl Binary {
             "auth": {"jwt": {"secret": SECRET}},
             "log": {"level": "error"},
         });
-        let process = HeraldProcess::start(&merge(&yaml.to_string(), json!({"server": server.into_value()}))).await;
+        merge_into(&mut yaml, json!({"server": server.into_value()}));
+        let process = HeraldProcess::start(&yaml.to_string()).await;
         let url = process.url.clone();
         let addr: SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
         Binary { process, addr, url }

@@ -249,7 +249,8 @@ pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, overlay: impl Overlay) 
     if let Some(redis) = redis {
         base["redis"] = json!({"url": redis.url()});
     }
-    merge(&base.to_string(), overlay)
+    merge_into(&mut base, overlay.into_value());
+    base.to_string()
 }
 
 /// `yaml` with `keys` merged into its `kafka` section, e.g.
@@ -270,19 +271,21 @@ pub fn replace_section(yaml: &str, section: &str, body: impl Overlay) -> String 
 /// as data, e.g. `merge(&config_yaml(..), "auth: {jwt: {groups_claim: groups}}")`. The result is
 /// JSON, which is YAML.
 pub fn merge(yaml: &str, overlay: impl Overlay) -> String {
-    fn deep(base: &mut Value, over: Value) {
-        match (base, over) {
-            (Value::Object(base), Value::Object(over)) => {
-                for (key, value) in over {
-                    deep(base.entry(key).or_insert(Value::Null), value);
-                }
-            }
-            (base, over) => *base = over,
-        }
-    }
     let mut base: Value = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("base config: {e}"));
-    deep(&mut base, overlay.into_value());
+    merge_into(&mut base, overlay.into_value());
     base.to_string()
+}
+
+/// `over` merged into `base`, key by key at every depth (`over` wins).
+pub fn merge_into(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                merge_into(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, over) => *base = over,
+    }
 }
 
 pub struct Herald {
@@ -304,9 +307,7 @@ impl Herald {
     /// Starting with `yaml` must fail (a valid config that cannot run, such as an untrusted
     /// Redis certificate): the error's text.
     pub async fn start_failure(yaml: &str) -> String {
-        let config = Config::from_yaml(yaml, std::env::current_dir().unwrap(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        match herald::app::start(config, Some(listener)).await {
+        match Self::run(yaml, &std::env::current_dir().unwrap()).await {
             Ok(running) => {
                 running.shutdown().await.ok();
                 panic!("herald started")
@@ -317,11 +318,16 @@ impl Herald {
 
     /// Started, without waiting for readiness (which a test may expect never to come).
     pub async fn start_unready(yaml: &str, base_dir: &Path) -> Self {
-        let config = Config::from_yaml(yaml, base_dir.to_path_buf(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = herald::app::start(config, Some(listener)).await.unwrap();
+        let running = Self::run(yaml, base_dir).await.unwrap();
         let addr = running.local_addr();
         Herald { running: Some(running), addr }
+    }
+
+    /// herald on port 0 with `yaml` (which must be a valid config), as `app::start` leaves it.
+    async fn run(yaml: &str, base_dir: &Path) -> anyhow::Result<herald::app::Running> {
+        let config = Config::from_yaml(yaml, base_dir.to_path_buf(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        herald::app::start(config, Some(listener)).await
     }
 
     /// `/readyz`: its status and body.
