@@ -125,7 +125,7 @@ pub async fn start_prepared(prepared: Prepared, listener: Option<TcpListener>) -
     // Files reread while running: the route scripts and the JWT public key.
     let mut reloadables: Vec<Arc<dyn crate::watch::Reloadable>> = vec![router.clone()];
     reloadables.extend(authenticator.reloadables());
-    let lifetimes = Lifetimes::start(config.auth.expired_event.clone(), metrics.clone(), &supervisor);
+    let lifetimes = Lifetimes::<Admission>::start(config.auth.expired_event.clone(), metrics.clone(), &supervisor);
     let admission = Admission {
         authenticator,
         bus: bus.clone(),

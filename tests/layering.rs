@@ -1,7 +1,6 @@
 //! The code's shape, checked: the top-level modules of `src/` follow the dependency rule
 //! docs/architecture.md states and depend on each other one way only; the files of every crate
-//! of the workspace form no circle but the known ones still to break (a list that may only
-//! shrink); no source file outside tests grows past 600 lines; unsafe code is denied except in
+//! of the workspace form no circle either; no source file outside tests grows past 600 lines; unsafe code is denied except in
 //! the few files that say why they need it; the Socket.IO server's crate depends on no herald
 //! crate, and herald's RESP module on nothing else in herald.
 //!
@@ -389,42 +388,6 @@ fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<Vec<String>> 
     out
 }
 
-/// Circles among files that remain, to be broken (issue #26), by crate. Each is a knot of types
-/// that name each other: the gateway's `Admission` holds the presence index, which holds
-/// `SocketRef<Admission>`; the server's `Handler` takes `SocketRef<Self>` and a `Socket` holds a
-/// `Session<Layer<H>>`; the engine's `Shared<H>` holds its sessions and each `Session<H>` holds
-/// the `Shared<H>`. The test fails on any other circle, and when one of these changes or is
-/// gone, so that the list only shrinks.
-const KNOWN_FILE_CIRCLES: &[(&str, &[&str])] = &[
-    (
-        "herald",
-        &[
-            "gateway",
-            "gateway::admission",
-            "gateway::delivery",
-            "gateway::lifetime",
-            "gateway::member",
-            "gateway::moving",
-            "gateway::presence",
-            "gateway::relay",
-        ],
-    ),
-    ("socketio", &["crate", "socket"]),
-    (
-        "socketio",
-        &[
-            "engine",
-            "engine::forward",
-            "engine::front",
-            "engine::heartbeat",
-            "engine::moving",
-            "engine::polling",
-            "engine::session",
-            "engine::websocket",
-        ],
-    ),
-];
-
 #[test]
 fn the_file_checker_reads_groups_and_relative_paths() {
     let text = "use super::{flusher::Flusher, session::{self, Session}};\nuse crate::bus::{envelope, Inbound};\nlet x = self::queue::Queue::new();";
@@ -446,28 +409,18 @@ fn files_depend_on_each_other_one_way() {
         herald_graph.get("bus::redis").is_some_and(|d| d.contains("bus::redis::resp")),
         "the checker reads src/ by file: {herald_graph:?}"
     );
-    let mut found = BTreeSet::new();
-    let mut inside = Vec::new();
+    let mut found = Vec::new();
     for (name, source) in [("herald", herald), ("socketio", socketio), ("herald-bench", bench)] {
         let graph = file_dependencies(&source);
         for circle in circles(&graph) {
-            // The edges that close it, for the failure message: what to move to break it.
+            // The edges that close it: what to move to break it.
             for from in &circle {
                 let to: Vec<&String> = graph[from].iter().filter(|t| circle.contains(t)).collect();
-                inside.push(format!("{name}: {from} -> {to:?}"));
+                found.push(format!("{name}: {from} -> {to:?}"));
             }
-            found.insert((name.to_owned(), circle));
         }
     }
-    if std::env::var_os("LAYERING_EXPLAIN").is_some() {
-        eprintln!("edges inside circles:\n{}", inside.join("\n"));
-    }
-    let known: BTreeSet<(String, Vec<String>)> =
-        KNOWN_FILE_CIRCLES.iter().map(|(name, c)| (name.to_string(), c.iter().map(|s| s.to_string()).collect())).collect();
-    let new: Vec<_> = found.iter().filter(|(n, c)| !known.iter().any(|(kn, k)| kn == n && c.iter().all(|m| k.contains(m)))).collect();
-    assert!(new.is_empty(), "import circles among files: {new:?}\nedges inside circles:\n{}", inside.join("\n"));
-    let gone: Vec<_> = known.iter().filter(|k| !found.contains(*k)).collect();
-    assert!(gone.is_empty(), "these circles changed or are gone: update KNOWN_FILE_CIRCLES to what remains: {gone:?}\nnow: {found:?}");
+    assert!(found.is_empty(), "import circles among files; the edges inside them:\n{}", found.join("\n"));
 }
 
 /// The Socket.IO server is a part of its own: its manifest names no herald crate, so herald can

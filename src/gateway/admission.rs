@@ -9,8 +9,9 @@ use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::lifetime::Lifetimes;
-use super::member::Member;
-use super::presence::{Entry, Presence};
+use super::member::{Entry, Member, Moves};
+use super::presence::Presence;
+use super::receipts::Receipts;
 use super::revocation::{self, Revocations};
 use crate::auth::{AuthError, Authenticator};
 use crate::bus::Bus;
@@ -22,21 +23,21 @@ use socketio::{Handshake, SocketRef, event_frame};
 pub struct Admission {
     pub authenticator: Authenticator,
     pub bus: Arc<Bus>,
-    pub presence: Arc<Presence>,
+    pub presence: Arc<Presence<Entry<Admission>>>,
     pub metrics: Arc<Metrics>,
     /// Connections refused, by reason (`metrics.by_label(AUTH_REJECTIONS)`).
     pub rejections: ByLabel<AuthError>,
-    pub lifetimes: Lifetimes,
+    pub lifetimes: Lifetimes<Admission>,
     pub limits: Limits,
     pub replay: ReplayConfig,
     /// The event clients emit with a fresh token.
     pub refresh_event: String,
     /// Where clients' receipts go; `None` without `kafka.receipts_topic`.
-    pub receipts: Option<Arc<super::receipts::Receipts>>,
+    pub receipts: Option<Arc<Receipts>>,
     /// Users whose tokens were revoked, as this instance heard (Redis has the rest).
     pub revocations: Arc<Revocations>,
-    /// Sockets moving between this instance and others, shared with the [`super::Deliverer`].
-    pub moves: Arc<super::Moves>,
+    /// Sockets moving between this instance and others, shared with the `Deliverer`.
+    pub moves: Arc<Moves>,
 }
 
 /// Connection limits, from `auth.*`.
@@ -163,9 +164,41 @@ impl Admission {
         });
     }
 
+    /// Handles `auth_refresh`: the data is the new token, or `{token}`. Returns the ack, `{ok:
+    /// true, expires_at}` or `{ok: false, error}`, and on success the groups the new token names.
+    pub async fn refresh(&self, socket: &SocketRef<Admission>, data: &Value) -> (Value, Option<Vec<String>>) {
+        let token = data.as_str().or_else(|| data.get("token").and_then(Value::as_str)).unwrap_or_default();
+        let Some(member) = socket.data() else { return (serde_json::json!({"ok": false, "error": "not connected"}), None) };
+        let result = match self.verify(token).await {
+            Ok(new) if *new.user_id != *member.user => Err("token belongs to another user".to_owned()),
+            Ok(new) if new.groups.len() > self.limits.max_groups_per_socket => Err(AuthError::TooManyGroups.to_string()),
+            Ok(new) => Ok(new),
+            Err(AuthError::MissingToken) => Err("missing token".to_owned()),
+            Err(other) => Err(other.to_string()),
+        };
+        self.metrics.token_refresh(result.is_ok());
+        match result {
+            Ok(identity) => {
+                // The socket's entry is re-armed for a later `exp` when it comes due; a new entry is
+                // needed only for an earlier one (or a first one), so refreshes do not pile entries up.
+                let earlier = match (member.expires_at(), identity.expires_at) {
+                    (Some(old), Some(new)) => new < old,
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                member.set_expires_at(identity.expires_at);
+                if earlier {
+                    self.lifetimes.track(socket, identity.expires_at);
+                }
+                (serde_json::json!({"ok": true, "expires_at": identity.expires_at}), Some(identity.groups))
+            }
+            Err(error) => (serde_json::json!({"ok": false, "error": error}), None),
+        }
+    }
+
     /// Disconnects the user's oldest sockets until at most `max` remain (counting the new one).
     fn evict_oldest_over(&self, newest: &Member, max: usize) {
-        let mut others: Vec<Entry> =
+        let mut others: Vec<Entry<Admission>> =
             self.presence.sockets_snapshot(&newest.user).into_iter().filter(|e| !std::ptr::eq(&*e.member, newest)).collect();
         let excess = (others.len() + 1).saturating_sub(max);
         others.sort_by_key(|e| e.member.connected_at);

@@ -7,8 +7,9 @@ use serde_json::value::RawValue;
 use tracing::warn;
 
 use super::admission::Admission;
-use super::member::Member;
-use super::presence::{Entry, Presence};
+use super::member::{Entry, Member, Moves};
+use super::presence::Presence;
+use super::relay::Relay;
 use super::revocation::Revocations;
 use crate::bus::{Addressee, Arrival, Inbound};
 use crate::clock::unix_us;
@@ -25,14 +26,14 @@ use socketio::{SendError, SocketRef, event_frame};
 /// Emits notifications to the sockets of this instance. Cheap to clone.
 #[derive(Clone)]
 pub struct Deliverer {
-    presence: Arc<Presence>,
+    presence: Arc<Presence<Entry<Admission>>>,
     metrics: Arc<Metrics>,
     slow_client: SlowClient,
     revocations: Arc<Revocations>,
     /// Requests other instances forward here, and the answers to ours.
-    relay: Option<super::relay::Relay>,
+    relay: Option<Relay>,
     /// Sockets moving between instances: markers on their channels go here.
-    moves: Arc<super::Moves>,
+    moves: Arc<Moves>,
 }
 
 /// Whether `member` takes a notification sent to each of `among` from `group`'s copy.
@@ -86,12 +87,12 @@ fn end_delivery_span(span: Option<Traced>, reached: usize) {
 
 impl Deliverer {
     pub fn new(
-        presence: Arc<Presence>,
+        presence: Arc<Presence<Entry<Admission>>>,
         metrics: Arc<Metrics>,
         slow_client: SlowClient,
         revocations: Arc<Revocations>,
-        relay: Option<super::relay::Relay>,
-        moves: Arc<super::Moves>,
+        relay: Option<Relay>,
+        moves: Arc<Moves>,
     ) -> Self {
         Self { presence, metrics, slow_client, revocations, relay, moves }
     }
@@ -173,7 +174,7 @@ impl Inbound for Deliverer {
         let mut span = None;
         let (mut reached, mut failed) = (0, 0);
         let mut slow: Vec<SocketRef<Admission>> = Vec::new();
-        let mut send = |e: &Entry| {
+        let mut send = |e: &Entry<Admission>| {
             if !e.member.takes(to) {
                 return;
             }

@@ -1,6 +1,6 @@
 //! Token lifetime: a socket whose token expires is told (`auth.expired_event`) and
 //! disconnected, unless it refreshed first by emitting `auth.refresh_event` with a new token
-//! of the same user.
+//! of the same user (`Admission::refresh`).
 //!
 //! One task watches every socket's deadline through a min-heap, instead of a timer per socket:
 //! connections stay cheap. A socket has one entry: when it comes due after a refresh, it is
@@ -12,44 +12,46 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::admission::Admission;
-use crate::auth::AuthError;
+use super::member::Member;
 use crate::metrics::Metrics;
-use socketio::{Socket, SocketRef};
+use socketio::{Handler, Socket, SocketRef};
 
 /// A deadline: `exp` in seconds, and the socket it is for.
-struct Deadline(u64, Weak<Socket<Admission>>);
+struct Deadline<H: Handler>(u64, Weak<Socket<H>>);
 
-impl PartialEq for Deadline {
+impl<H: Handler> PartialEq for Deadline<H> {
     fn eq(&self, other: &Self) -> bool {
         self.0 == other.0
     }
 }
-impl Eq for Deadline {}
-impl PartialOrd for Deadline {
+impl<H: Handler> Eq for Deadline<H> {}
+impl<H: Handler> PartialOrd for Deadline<H> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Deadline {
+impl<H: Handler> Ord for Deadline<H> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.cmp(&other.0)
     }
 }
 
-/// Hands socket deadlines to the expiry task.
-#[derive(Clone)]
-pub struct Lifetimes {
-    deadlines: mpsc::UnboundedSender<Deadline>,
+/// Hands socket deadlines to the expiry task. Generic over the socket server's handler (the
+/// gateway's `Admission`, which holds this).
+pub struct Lifetimes<H: Handler> {
+    deadlines: mpsc::UnboundedSender<Deadline<H>>,
 }
 
-impl Lifetimes {
+impl<H: Handler<Data = Arc<Member>>> Lifetimes<H>
+where
+    // Assumed here and proven where `H` is known: proving it for any `H` recurses without end.
+    Socket<H>: Send + Sync,
+{
     /// Starts the expiry task.
     pub fn start(expired_event: String, metrics: Arc<Metrics>, supervisor: &crate::supervise::Supervisor) -> Self {
         let (deadlines, rx) = mpsc::unbounded_channel();
@@ -58,15 +60,22 @@ impl Lifetimes {
     }
 
     /// Watches the socket until its token's `exp` (no `exp`, no deadline).
-    pub fn track(&self, socket: &SocketRef<Admission>, expires_at: Option<u64>) {
+    pub fn track(&self, socket: &SocketRef<H>, expires_at: Option<u64>) {
         if let Some(exp) = expires_at {
             let _ = self.deadlines.send(Deadline(exp, Arc::downgrade(socket)));
         }
     }
 }
 
-async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String, metrics: Arc<Metrics>, cancel: CancellationToken) {
-    let mut heap: BinaryHeap<Reverse<Deadline>> = BinaryHeap::new();
+async fn expire<H: Handler<Data = Arc<Member>>>(
+    mut deadlines: mpsc::UnboundedReceiver<Deadline<H>>,
+    event: String,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) where
+    Socket<H>: Send + Sync,
+{
+    let mut heap: BinaryHeap<Reverse<Deadline<H>>> = BinaryHeap::new();
     // Entries of sockets gone are dropped when the heap outgrows this (amortised: it doubles).
     let mut compact_at = 1024;
     let reason = RawValue::from_string(r#"{"reason":"token expired"}"#.into()).expect("valid JSON");
@@ -109,44 +118,5 @@ async fn expire(mut deadlines: mpsc::UnboundedReceiver<Deadline>, event: String,
                 }
             }
         }
-    }
-}
-
-/// Handles `auth_refresh`: the data is the new token, or `{token}`. Returns the ack, `{ok:
-/// true, expires_at}` or `{ok: false, error}`, and on success the groups the new token names.
-pub async fn refresh(
-    socket: &SocketRef<Admission>,
-    data: &Value,
-    admission: &super::Admission,
-    lifetimes: &Lifetimes,
-    max_groups: usize,
-    metrics: &Metrics,
-) -> (Value, Option<Vec<String>>) {
-    let token = data.as_str().or_else(|| data.get("token").and_then(Value::as_str)).unwrap_or_default();
-    let Some(member) = socket.data() else { return (serde_json::json!({"ok": false, "error": "not connected"}), None) };
-    let result = match admission.verify(token).await {
-        Ok(new) if *new.user_id != *member.user => Err("token belongs to another user".to_owned()),
-        Ok(new) if new.groups.len() > max_groups => Err(AuthError::TooManyGroups.to_string()),
-        Ok(new) => Ok(new),
-        Err(AuthError::MissingToken) => Err("missing token".to_owned()),
-        Err(other) => Err(other.to_string()),
-    };
-    metrics.token_refresh(result.is_ok());
-    match result {
-        Ok(identity) => {
-            // The socket's entry is re-armed for a later `exp` when it comes due; a new entry is
-            // needed only for an earlier one (or a first one), so refreshes do not pile entries up.
-            let earlier = match (member.expires_at(), identity.expires_at) {
-                (Some(old), Some(new)) => new < old,
-                (None, Some(_)) => true,
-                _ => false,
-            };
-            member.set_expires_at(identity.expires_at);
-            if earlier {
-                lifetimes.track(socket, identity.expires_at);
-            }
-            (serde_json::json!({"ok": true, "expires_at": identity.expires_at}), Some(identity.groups))
-        }
-        Err(error) => (serde_json::json!({"ok": false, "error": error}), None),
     }
 }

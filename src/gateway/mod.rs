@@ -23,9 +23,8 @@ use serde_json::value::RawValue;
 pub use admission::{Admission, Limits};
 pub use delivery::{Deliverer, second_argument};
 pub use lifetime::Lifetimes;
-pub use member::{Groups, Member};
-pub use moving::Moves;
-pub use presence::{Entry, Presence};
+pub use member::{Entry, Groups, Member, Moves};
+pub use presence::Presence;
 
 use crate::config::{AuthConfig, ServerConfig};
 use socketio::{self, DisconnectReason, Event, Handler, SocketRef};
@@ -140,15 +139,7 @@ impl Handler for Admission {
         }
         let (admission, socket) = (self.clone(), socket.clone());
         tokio::spawn(async move {
-            let (reply, groups) = lifetime::refresh(
-                &socket,
-                &data,
-                &admission,
-                &admission.lifetimes,
-                admission.limits.max_groups_per_socket,
-                &admission.metrics,
-            )
-            .await;
+            let (reply, groups) = admission.refresh(&socket, &data).await;
             if let Some(groups) = groups {
                 // Acked once the new groups' notifications reach this instance.
                 let entry = Entry { socket: socket.clone(), member: member.clone() };

@@ -5,18 +5,14 @@
 //! subscriber, so on each channel the notifications before the marker are the old instance's
 //! to deliver (it queues them, and hands its queue over) and those after it the new one's.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use super::admission::Admission;
-use super::member::{Groups, Member};
-use super::presence::Entry;
-use crate::bus::Addressee;
+use super::member::{Cut, Entry, Member};
 use crate::replay::{NotificationId, ReplayGate};
 use socketio::SocketRef;
 
@@ -24,101 +20,6 @@ use socketio::SocketRef;
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 /// How long the old instance waits for its markers to come back through Redis.
 pub(super) const CUT_WAIT: Duration = Duration::from_secs(5);
-/// Cuts remembered before those of sockets gone are dropped.
-const PRUNE_OVER: usize = 1024;
-
-/// One socket's move, as deliveries see it on either instance.
-pub struct Cut {
-    token: u64,
-    /// On the new instance: channels are taken once their marker passed; on the old one, until.
-    arriving: bool,
-    groups: Groups,
-    /// Whether the marker passed on the user's channel, each group's, then the broadcast one.
-    passed: Box<[AtomicBool]>,
-    left: AtomicUsize,
-    done: Notify,
-}
-
-impl Cut {
-    fn new(token: u64, arriving: bool, groups: Groups) -> Self {
-        let channels = groups.len() + 2;
-        Self {
-            token,
-            arriving,
-            groups,
-            passed: (0..channels).map(|_| AtomicBool::new(false)).collect(),
-            left: AtomicUsize::new(channels),
-            done: Notify::new(),
-        }
-    }
-
-    fn channel(&self, on: Addressee<'_>) -> Option<usize> {
-        match on {
-            Addressee::User(_) => Some(0),
-            Addressee::Group { name, .. } => self.groups.iter().position(|g| **g == *name).map(|i| i + 1),
-            Addressee::Everyone => Some(self.passed.len() - 1),
-        }
-    }
-
-    /// Whether this instance delivers to the socket what came on `on`'s channel.
-    pub fn takes(&self, on: Addressee<'_>) -> bool {
-        self.channel(on).is_none_or(|i| self.passed[i].load(Ordering::Acquire) == self.arriving)
-    }
-
-    /// The marker passed on `on`'s channel; whether it was the last one.
-    fn pass(&self, on: Addressee<'_>) -> bool {
-        let Some(i) = self.channel(on) else { return false };
-        if self.passed[i].swap(true, Ordering::AcqRel) || self.left.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return false;
-        }
-        self.done.notify_waiters();
-        true
-    }
-
-    /// Resolves once every marker passed.
-    async fn passed_all(&self) {
-        loop {
-            let notified = self.done.notified();
-            if self.left.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// The sockets moving here or from here, by their move's token: the bus hands markers here.
-#[derive(Default)]
-pub struct Moves {
-    cuts: DashMap<u64, Weak<Member>>,
-}
-
-impl Moves {
-    fn arm(&self, member: &Arc<Member>, cut: Cut) -> Option<Arc<Cut>> {
-        let (token, cut) = (cut.token, Arc::new(cut));
-        if !member.arm(cut.clone()) {
-            return None;
-        }
-        if self.cuts.len() > PRUNE_OVER {
-            self.cuts.retain(|_, m| m.strong_count() > 0);
-        }
-        self.cuts.insert(token, Arc::downgrade(member));
-        Some(cut)
-    }
-
-    /// A marker came on `on`'s channel. Once every one has, a socket that moved here takes all
-    /// its channels and forgets the move (one that left keeps taking none).
-    pub fn passed(&self, on: Addressee<'_>, token: u64) {
-        let Some(member) = self.cuts.get(&token).and_then(|m| m.upgrade()) else { return };
-        let Some(cut) = member.cut().filter(|c| c.token == token) else { return };
-        if cut.pass(on) {
-            self.cuts.remove(&token);
-            if cut.arriving {
-                member.moved();
-            }
-        }
-    }
-}
 
 /// What the new instance needs of a moving socket.
 #[derive(Serialize, Deserialize)]
@@ -199,27 +100,4 @@ fn random_token() -> u64 {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the OS random source");
     u64::from_le_bytes(bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_channel_is_cut_at_its_marker_on_both_sides() {
-        let groups: Groups = Arc::new(vec!["a".into(), "b".into()]);
-        let (old, new) = (Cut::new(7, false, groups.clone()), Cut::new(7, true, groups));
-        let group_a = Addressee::Group { name: "a", among: &[] };
-        for on in [Addressee::User("u"), group_a, Addressee::Everyone] {
-            assert!(old.takes(on) && !new.takes(on), "before the markers, the old instance delivers");
-        }
-        assert!(!old.pass(group_a));
-        assert!(!new.pass(group_a));
-        assert!(!old.takes(group_a) && new.takes(group_a), "after its marker, the new one");
-        assert!(old.takes(Addressee::User("u")) && !new.takes(Addressee::User("u")), "other channels wait for theirs");
-        assert!(!old.pass(group_a), "a marker counts once");
-        assert!(!old.pass(Addressee::User("u")) && !old.pass(Addressee::Group { name: "b", among: &[] }));
-        assert!(old.pass(Addressee::Everyone), "the last marker completes the cut");
-        assert!(old.takes(Addressee::Group { name: "elsewhere", among: &[] }), "not its channel: nothing to cut");
-    }
 }

@@ -6,22 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use super::admission::Admission;
-use super::member::Member;
 use crate::metrics::Metrics;
-use socketio::SocketRef;
-
-/// One socket of a user: where to send, and herald's state for it.
-#[derive(Clone)]
-pub struct Entry {
-    pub socket: SocketRef<Admission>,
-    pub member: Arc<Member>,
-}
 
 /// The sockets of each user on this instance. A user's count is what a delivery reports as
 /// "sockets reached" and what the in-process bus uses to tell an offline user from an online
-/// one. Generic over what is kept per socket, for its tests.
-pub struct Presence<T = Entry> {
+/// one. Generic over what is kept per socket (the gateway keeps an `Entry`),
+/// for its tests.
+pub struct Presence<T> {
     users: DashMap<Arc<str>, Vec<T>, foldhash::fast::RandomState>,
     /// The sockets of each group with a member here.
     groups: DashMap<Arc<str>, Vec<T>, foldhash::fast::RandomState>,
@@ -173,18 +164,6 @@ impl<T: Clone> Presence<T> {
     /// Sockets on this instance.
     pub fn sockets(&self) -> usize {
         self.sockets.load(Ordering::Relaxed)
-    }
-}
-
-impl Presence<Entry> {
-    /// Removes `member`'s socket from its user and from `groups`.
-    pub fn leave(&self, member: &Member, groups: &[Arc<str>]) -> bool {
-        self.leave_groups(member, groups);
-        self.remove(&member.user, |e| std::ptr::eq(&*e.member, member))
-    }
-
-    pub fn leave_groups(&self, member: &Member, groups: &[Arc<str>]) {
-        self.remove_from_groups(groups, |e| std::ptr::eq(&*e.member, member));
     }
 }
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 
-use super::Admission;
+use super::admission::Admission;
 use crate::bus::Bus;
 use crate::bus::envelope::{self, Asking, Relayed};
 use socketio::Server;

@@ -15,70 +15,13 @@ pub mod engine;
 pub mod packet;
 mod socket;
 
-use std::future::Future;
 use std::sync::Arc;
-
-use serde_json::value::RawValue;
 
 pub use engine::front::{Handoff, Served, serve};
 pub use engine::{CloseReason, Cutoff, Frame, Handshake, Mount, ProtocolError, SendError, Stats};
-pub use socket::{AckSender, DisconnectReason, Event, Socket, SocketRef, event_frame};
+pub use socket::{AckSender, DisconnectReason, Event, Handler, Socket, SocketRef, event_frame};
 
 use socket::Layer;
-
-/// What the application does with sockets. The calls come from the connection's task, the
-/// heartbeat, or whichever thread ended the socket; none may block (work that waits belongs in
-/// a task of its own).
-pub trait Handler: Sized + Send + Sync + 'static {
-    /// What the application keeps per socket, from its connect.
-    type Data: Send + Sync + 'static;
-
-    /// A client asks to join a namespace, with its CONNECT payload (`auth`, if any). `Ok`: the
-    /// socket is connected and the client told so; `Err(message)`: it gets CONNECT_ERROR
-    /// `{"message": message}`. Emits to the socket before it resolves are sent after CONNECT.
-    fn connect(
-        self: Arc<Self>,
-        socket: SocketRef<Self>,
-        auth: Option<Box<RawValue>>,
-    ) -> impl Future<Output = Result<Self::Data, String>> + Send + 'static;
-
-    /// Right after the client was told it is connected.
-    fn connected(self: &Arc<Self>, _socket: &SocketRef<Self>) {}
-
-    /// An event from a connected socket.
-    fn event(self: &Arc<Self>, socket: &SocketRef<Self>, event: Event<'_, Self>);
-
-    /// The socket left, for any reason; called once for every socket whose connect succeeded.
-    fn disconnected(self: &Arc<Self>, socket: &SocketRef<Self>, reason: DisconnectReason);
-
-    /// Sockets move between instances with their session when its WebSocket upgrade reaches
-    /// another instance than the one holding it (see `engine::Options::instance_tag`). What that
-    /// instance needs to take `socket` over, as JSON; `None` (the default): the socket cannot
-    /// move now, and its upgrade fails (the session ends, its client reconnects).
-    fn departing(self: Arc<Self>, _socket: SocketRef<Self>) -> impl Future<Output = Option<String>> + Send + 'static {
-        std::future::ready(None)
-    }
-
-    /// Takes over a socket another instance held, from what its [`Handler::departing`] gave:
-    /// its data, as [`Handler::connect`] gives it (the client is not told anything).
-    fn arriving(
-        self: Arc<Self>,
-        _socket: SocketRef<Self>,
-        _state: String,
-    ) -> impl Future<Output = Result<Self::Data, String>> + Send + 'static {
-        std::future::ready(Err("sockets do not move".to_owned()))
-    }
-
-    /// On the instance the socket leaves: resolves `true` once what the application sends it
-    /// from elsewhere has been cut between the two instances (what came before is queued here,
-    /// what comes after reaches the other one).
-    fn cut(self: Arc<Self>, _socket: SocketRef<Self>) -> impl Future<Output = bool> + Send + 'static {
-        std::future::ready(true)
-    }
-
-    /// The socket went on to another instance (it did not disconnect): release what it held here.
-    fn departed(self: &Arc<Self>, _socket: &SocketRef<Self>) {}
-}
 
 /// Socket.IO settings on top of the Engine.IO ones. `engine.join_timeout` is Socket.IO's
 /// `connectTimeout`: a session that joins no namespace by then is closed.

@@ -4,46 +4,16 @@
 //! the same checks, ordering and limits; the answer comes back to the client unchanged. A
 //! WebSocket upgrade is not forwarded: the session moves to the instance it reached (`moving`).
 
-use std::future::Future;
-use std::pin::Pin;
-
 use bytes::Bytes;
 
+use super::Engine;
 use super::front::{Method, Reply, Request, Response};
+use super::peer::{ForwardedRequest, ForwardedResponse, Forwarder};
+use super::session::Handler;
 use super::sid::Sid;
-use super::{Engine, Handler};
 
 /// The content types of the engine's own polling answers.
 const CONTENT_TYPES: [&str; 4] = [super::polling::TEXT, "text/html", "text/plain", "application/json"];
-
-/// A long-polling request for another instance's session: a poll (GET) or a POST's payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardedRequest {
-    pub sid: Sid,
-    pub post: bool,
-    pub content_type: Option<Box<str>>,
-    pub body: Bytes,
-}
-
-/// The answer of the instance holding the session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardedResponse {
-    pub status: u16,
-    pub content_type: String,
-    pub body: Bytes,
-}
-
-/// Carries requests to the instance their session id names (the layer above's transport
-/// between instances).
-pub trait Forwarder: Send + Sync + 'static {
-    /// The answer of the instance holding `request.sid`; `None` when none answered in time
-    /// (no instance holds it, or its instance is gone): the session is unknown.
-    fn forward(&self, request: ForwardedRequest) -> Pin<Box<dyn Future<Output = Option<ForwardedResponse>> + Send>>;
-
-    /// Asks the instance holding `sid` for a step of moving the session here (see `moving`);
-    /// its answer, or `None` as for [`Forwarder::forward`].
-    fn move_step(&self, sid: Sid, step: super::MoveStep) -> Pin<Box<dyn Future<Output = Option<ForwardedResponse>> + Send>>;
-}
 
 impl<H: Handler> Engine<H> {
     /// Where this engine's requests for other instances' sessions go; set once.

@@ -19,8 +19,9 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::options::Handshake;
+use super::sid::Sid;
 use super::stats::{Cutoff, ProtocolError, Stats};
-use super::websocket::Upgrade;
 
 /// Longest request head read; a longer one is answered 431.
 const MAX_HEAD: usize = 16 * 1024;
@@ -89,6 +90,24 @@ pub fn wanted(name: &str, handshake: &[&str]) -> bool {
         "access-control-request-headers",
     ];
     READ.contains(&name) || handshake.contains(&name)
+}
+
+/// What the HTTP front learnt from an upgrade request.
+pub struct Upgrade {
+    /// The long-polling session to upgrade; `None` opens a new session over WebSocket.
+    pub(super) sid: Option<Sid>,
+    pub(super) handshake: Handshake,
+    /// `sid` is another instance's session, moving here with this upgrade (see `moving`).
+    pub(super) arriving: bool,
+    /// The connection negotiated permessage-deflate (see `deflate`).
+    pub(super) deflate: bool,
+}
+
+impl Upgrade {
+    /// The `Sec-WebSocket-Extensions` header the 101 answer carries, if any.
+    pub fn extensions(&self) -> Option<&'static str> {
+        self.deflate.then_some(super::deflate::ACCEPTED)
+    }
 }
 
 /// An answer from the engine.
@@ -366,7 +385,7 @@ async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) -> io::R
     loop {
         // Polled by hand: smaller than the `readable()` future, for a connection that idles here.
         std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
-        let read = super::with_scratch(|scratch| {
+        let read = super::scratch::with_scratch(|scratch| {
             let room = limit.saturating_sub(buf.len()).clamp(1, scratch.len());
             match stream.try_read(&mut scratch[..room]) {
                 Ok(n) => {

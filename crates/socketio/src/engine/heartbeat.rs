@@ -7,8 +7,22 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::session::{CloseReason, PING, Session};
-use super::{Handler, Options, Shared};
+use super::options::Options;
+use super::stats::CloseReason;
+
+/// What the heartbeat asks of a session (the engine's sessions implement it).
+pub(super) trait Beating: Send + Sync + 'static {
+    fn is_closed(&self) -> bool;
+    /// The layer above joined the session.
+    fn joined(&self) -> bool;
+    /// Sends a ping due at `due_ms` and awaits its pong; `false` if it could not go out.
+    fn ping(self: &Arc<Self>, due_ms: u64) -> bool;
+    fn awaiting_pong(&self) -> bool;
+    /// When the last pong came (or the session opened), on the wheel's clock.
+    fn last_pong_ms(&self) -> u64;
+    fn set_last_pong_ms(&self, ms: u64);
+    fn close(self: &Arc<Self>, reason: CloseReason);
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Visit {
@@ -21,22 +35,22 @@ pub(super) enum Visit {
 }
 
 /// A session's next heartbeat visit, in its slot of the wheel.
-struct Timer<H: Handler> {
-    session: Weak<Session<H>>,
+struct Timer<S> {
+    session: Weak<S>,
     due_ms: u64,
     visit: Visit,
 }
 
-pub(crate) struct Wheel<H: Handler> {
+pub(super) struct Wheel<S> {
     started: Instant,
     tick_ms: u64,
-    slots: Mutex<Vec<Vec<Timer<H>>>>,
+    slots: Mutex<Vec<Vec<Timer<S>>>>,
     ping_interval_ms: u64,
     ping_timeout_ms: u64,
     join_timeout_ms: Option<u64>,
 }
 
-impl<H: Handler> Wheel<H> {
+impl<S: Beating> Wheel<S> {
     pub(super) fn new(options: &Options) -> Self {
         let ms = |d: Duration| d.as_millis().max(1) as u64;
         let (interval, timeout) = (ms(options.ping_interval), ms(options.ping_timeout));
@@ -62,7 +76,7 @@ impl<H: Handler> Wheel<H> {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn schedule(&self, session: &Arc<Session<H>>, due_ms: u64, visit: Visit) {
+    fn schedule(&self, session: &Arc<S>, due_ms: u64, visit: Visit) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let n = slots.len() as u64;
         // Never into a slot the task may have passed already this tick.
@@ -72,9 +86,9 @@ impl<H: Handler> Wheel<H> {
     }
 
     /// A new session: its first ping after one interval, and its join deadline.
-    pub(super) fn opened(&self, session: &Arc<Session<H>>) {
+    pub(super) fn opened(&self, session: &Arc<S>) {
         let now = self.now_ms();
-        session.last_pong_ms.store(now, std::sync::atomic::Ordering::Release);
+        session.set_last_pong_ms(now);
         self.schedule(session, now + self.ping_interval_ms, Visit::Ping);
         if let Some(join) = self.join_timeout_ms {
             self.schedule(session, now + join, Visit::JoinDue);
@@ -82,7 +96,7 @@ impl<H: Handler> Wheel<H> {
     }
 
     /// Takes every timer due by `now_ms` from the slots the clock passed since `last_tick`.
-    fn due(&self, last_tick: &mut u64, now_ms: u64) -> Vec<Timer<H>> {
+    fn due(&self, last_tick: &mut u64, now_ms: u64) -> Vec<Timer<S>> {
         let mut due = Vec::new();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let n = slots.len() as u64;
@@ -109,21 +123,20 @@ impl<H: Handler> Wheel<H> {
 
     /// Visits a session whose `visit` was due at `due_ms`. Deadlines run from when a visit was
     /// due, not from when the tick got to it, so the wheel's granularity never lengthens them.
-    fn visit(&self, session: &Arc<Session<H>>, visit: Visit, due_ms: u64, now_ms: u64) {
+    fn visit(&self, session: &Arc<S>, visit: Visit, due_ms: u64, now_ms: u64) {
         if session.is_closed() {
             return;
         }
         match visit {
             Visit::Ping => {
-                session.set_awaiting_pong(due_ms);
-                if session.send_control(&PING).is_ok() {
+                if session.ping(due_ms) {
                     self.schedule(session, due_ms + self.ping_timeout_ms, Visit::PongDue);
                 }
             }
             Visit::PongDue if session.awaiting_pong() => session.close(CloseReason::PingTimeout),
             Visit::PongDue => {
                 // Engine.IO pings again one interval after the pong.
-                let pong = session.last_pong_ms.load(std::sync::atomic::Ordering::Acquire);
+                let pong = session.last_pong_ms();
                 self.schedule(session, (pong + self.ping_interval_ms).max(now_ms), Visit::Ping);
             }
             Visit::JoinDue if !session.joined() => session.close(CloseReason::JoinTimeout),
@@ -132,10 +145,10 @@ impl<H: Handler> Wheel<H> {
     }
 }
 
-/// The heartbeat task: ends when the engine is gone.
-pub(super) async fn run<H: Handler>(engine: Weak<Shared<H>>) {
-    let tick = match engine.upgrade() {
-        Some(e) => Duration::from_millis(e.wheel.tick_ms),
+/// The heartbeat task: ends when the wheel (the engine that holds it) is gone.
+pub(super) async fn run<S: Beating>(wheel: Weak<Wheel<S>>) {
+    let tick = match wheel.upgrade() {
+        Some(w) => Duration::from_millis(w.tick_ms),
         None => return,
     };
     let mut interval = tokio::time::interval(tick);
@@ -143,11 +156,11 @@ pub(super) async fn run<H: Handler>(engine: Weak<Shared<H>>) {
     let mut last_tick = 0;
     loop {
         interval.tick().await;
-        let Some(engine) = engine.upgrade() else { return };
-        let now = engine.wheel.now_ms();
-        for timer in engine.wheel.due(&mut last_tick, now) {
+        let Some(wheel) = wheel.upgrade() else { return };
+        let now = wheel.now_ms();
+        for timer in wheel.due(&mut last_tick, now) {
             if let Some(session) = timer.session.upgrade() {
-                engine.wheel.visit(&session, timer.visit, timer.due_ms, now);
+                wheel.visit(&session, timer.visit, timer.due_ms, now);
             }
         }
     }
@@ -160,10 +173,10 @@ mod tests {
     #[test]
     fn the_tick_follows_the_shortest_period() {
         let fast = Options { ping_interval: Duration::from_millis(300), ping_timeout: Duration::from_millis(200), ..Default::default() };
-        let w = Wheel::<crate::engine::tests::Nothing>::new(&fast);
+        let w = Wheel::<crate::engine::Session<crate::engine::tests::Nothing>>::new(&fast);
         assert_eq!(w.tick_ms, 5);
         let slow = Options::default();
-        let w = Wheel::<crate::engine::tests::Nothing>::new(&slow);
+        let w = Wheel::<crate::engine::Session<crate::engine::tests::Nothing>>::new(&slow);
         assert_eq!(w.tick_ms, 250);
         assert_eq!(w.slots.lock().unwrap().len(), 25_000 / 250 + 2);
     }

@@ -21,19 +21,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::forward::ForwardedResponse;
+use super::Engine;
 use super::packet::{self, SEPARATOR};
-use super::session::{Frame, NOOP, Session, Transport};
+use super::peer::{ForwardedResponse, MoveStep};
+use super::session::{CloseReason, Frame, Handler, NOOP, Session, Shared, Transport};
 use super::sid::Sid;
-use super::{CloseReason, Engine, Handler, Shared};
-
-/// A step of a move, as the instance holding the session answers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MoveStep {
-    Probe,
-    Take,
-    Release,
-}
 
 /// A session taken but not released by then is closed (the new instance gave up on it).
 const RELEASE_WITHIN: Duration = Duration::from_secs(20);
@@ -208,7 +200,7 @@ mod tests {
     #[test]
     fn queued_packets_come_back_as_the_frames_they_were() {
         let frames = [Frame::text(|b| b.extend_from_slice(b"42[\"n\",1]")), Frame::binary(&[0, 1, 255]), Frame::text(|b| b.push(b'2'))];
-        let back = frames_of(&super::super::session::polling_payload(&frames)).unwrap();
+        let back = frames_of(&super::super::outbox::polling_payload(&frames)).unwrap();
         assert_eq!(back.iter().map(|f| f.ws().to_vec()).collect::<Vec<_>>(), frames.iter().map(|f| f.ws().to_vec()).collect::<Vec<_>>());
         assert_eq!(frames_of(b"").unwrap().len(), 0);
         assert!(frames_of(b"9nope").is_none(), "a bad payload is refused whole");

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::front::Response;
+use super::options::{Handshake, Options};
 use super::packet::{self, Packet};
 use super::session::{CLOSE, CloseReason, Frame, NOOP, Session, Transport};
+use super::session::{Handler, Shared};
 use super::sid::Sid;
 use super::stats::ProtocolError;
-use super::{Handler, Options, Shared};
 
 /// `0{"sid":...,"upgrades":[...],"pingInterval":...,"pingTimeout":...,"maxPayload":...}`.
 pub(super) fn open_packet(options: &Options, sid: Sid, upgrades: bool) -> Frame {
@@ -29,7 +30,7 @@ pub(super) fn open_packet(options: &Options, sid: Sid, upgrades: bool) -> Frame 
 pub(super) const TEXT: &str = "text/plain; charset=UTF-8";
 
 /// A new session over long-polling: the response carries its open packet.
-pub(super) fn handshake<H: Handler>(engine: &Arc<Shared<H>>, handshake: super::Handshake) -> Response {
+pub(super) fn handshake<H: Handler>(engine: &Arc<Shared<H>>, handshake: Handshake) -> Response {
     let session = Session::new(engine, Transport::Polling, handshake);
     let open = open_packet(&engine.options, session.sid, true);
     engine.sessions.insert(session.sid, session.clone());
@@ -77,10 +78,10 @@ pub(super) async fn poll<H: Handler>(session: &Arc<Session<H>>) -> Result<Respon
             let mut out = session.lock();
             let closing = out.closing;
             let upgraded = out.transport == Transport::WebSocket;
-            let queued = Session::<H>::has_queued(&out);
+            let queued = out.has_queued();
             if queued || closing.is_some() || upgraded {
                 out.polling_get = false;
-                let mut body = if upgraded { Vec::new() } else { Session::<H>::take_polling_payload(&mut out, PACKETS_PER_POLL) };
+                let mut body = if upgraded { Vec::new() } else { out.take_polling_payload(PACKETS_PER_POLL) };
                 // The goodbye goes alone, after what was queued (a DISCONNECT, say): a client
                 // handles Socket.IO packets a tick late, and a close packet in the same payload
                 // would end its transport before it read them.

@@ -10,12 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::front::{Method, Mount, Reply, Request, Response};
+use super::Engine;
+use super::front::{Method, Mount, Reply, Request, Response, Upgrade};
+use super::options::Handshake;
+use super::session::Handler;
+use super::session::Shared;
 use super::session::{CloseReason, Session, Transport};
 use super::sid::Sid;
 use super::stats::{ProtocolError, Stats};
-use super::websocket::{self, Upgrade};
-use super::{Engine, Handler, Handshake, Shared};
+use super::websocket;
 
 /// How long a GET that arrives while a WebSocket probe is under way may wait for the upgrade
 /// to finish (it is refused then) before it is answered with a noop.

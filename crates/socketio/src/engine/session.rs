@@ -2,6 +2,9 @@
 //! WebSocket, or packets waiting for the next long-polling GET), its heartbeat state, and the
 //! layer above's state. Sends come from any thread: they queue the frame and mark the session
 //! for the flusher (WebSocket) or wake the waiting GET (long-polling).
+//!
+//! Here too, as the types a session names and that name it: the layer above's [`Handler`],
+//! and what the engine's sessions share (its table of sessions, heartbeat and flushers).
 
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -14,64 +17,86 @@ use tokio::sync::Notify;
 pub use super::encoded::Frame;
 pub(super) use super::encoded::{CLOSE, NOOP, PING, PONG_PROBE};
 use super::flusher::{Flusher, Marked};
-use super::packet::{self, SEPARATOR};
-use super::queue::Queue;
+use super::heartbeat::{Beating, Wheel};
+use super::options::{Handshake, Options};
+pub use super::outbox::SendError;
+pub(super) use super::outbox::{Flushed, Outbox, Transport};
+use super::peer::Forwarder;
 use super::sid::Sid;
 pub use super::stats::CloseReason;
-use super::{Handler, Handshake, Shared};
+use super::stats::{ProtocolError, Stats, WriteCounts};
+use dashmap::DashMap;
+
+/// What the layer above does with sessions. Every call is made on a runtime thread and must not
+/// block; work that waits belongs in a task it spawns.
+pub trait Handler: Sized + Send + Sync + 'static {
+    /// Per-session state of the layer above.
+    type State: Send + Sync + 'static;
+
+    fn state(&self) -> Self::State;
+    /// The session is open and the client knows its id.
+    fn opened(&self, _session: &Arc<Session<Self>>) {}
+    fn text(&self, session: &Arc<Session<Self>>, text: &str);
+    fn binary(&self, session: &Arc<Session<Self>>, data: &[u8]);
+    /// Called once, when the session ends for any reason.
+    fn closed(&self, session: &Arc<Session<Self>>, reason: CloseReason);
+
+    /// Moving a session to the instance that received its WebSocket upgrade (see `moving`):
+    /// whether it may move now. By default sessions never move.
+    fn movable(&self, _session: &Arc<Session<Self>>) -> bool {
+        false
+    }
+
+    /// What the instance taking the session over needs, as text; `None`: it cannot move.
+    fn export(&self, _session: &Arc<Session<Self>>) -> impl Future<Output = Option<String>> + Send + 'static {
+        std::future::ready(None)
+    }
+
+    /// Takes over a session another instance held, from what its [`Handler::export`] gave;
+    /// `false`: it could not (the session ends).
+    fn import(&self, _session: &Arc<Session<Self>>, _state: String) -> impl Future<Output = bool> + Send + 'static {
+        std::future::ready(false)
+    }
+
+    /// Resolves (`true`) once whatever the layer above sends the session from elsewhere has
+    /// been cut between this instance and the one taking it over: what came before the cut
+    /// is in the session's queue here, what comes after it goes to the other instance.
+    fn cut(&self, _session: &Arc<Session<Self>>) -> impl Future<Output = bool> + Send + 'static {
+        std::future::ready(false)
+    }
+
+    /// The session went on to another instance: release what it held here, without a close.
+    fn departed(&self, _session: &Arc<Session<Self>>) {}
+}
+
+pub(crate) struct Shared<H: Handler> {
+    pub(crate) options: Options,
+    pub(crate) handler: H,
+    pub(crate) sessions: DashMap<Sid, Arc<Session<H>>>,
+    pub(crate) wheel: Arc<Wheel<Session<H>>>,
+    pub(crate) stats: Stats,
+    /// The flushers (`Options::flushers`); each session belongs to one, given in turn, so a
+    /// broadcast's writes are spread over every flusher and core, and senders to different
+    /// sessions mostly take different locks.
+    pub(crate) flushers: Box<[Arc<Flusher<Session<H>>>]>,
+    pub(super) next_flusher: std::sync::atomic::AtomicUsize,
+    /// Set by `Engine::close_all`: no new sessions.
+    pub(crate) closing: std::sync::atomic::AtomicBool,
+    /// Where requests for other instances' sessions go (`Engine::set_forwarder`).
+    pub(crate) forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+}
+
+impl<H: Handler> Shared<H> {
+    /// The flusher of a new session: each in turn.
+    pub(crate) fn flusher(&self) -> Arc<Flusher<Session<H>>> {
+        let i = self.next_flusher.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.flushers.len();
+        self.flushers[i].clone()
+    }
+}
 
 /// Frames past `max_queue` kept for what the protocol owes a client (pings, a CONNECT reply, a
 /// DISCONNECT): enough for those, not for a client that floods requests for answers.
 const CONTROL_ROOM: usize = 32;
-
-/// What a flush left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Flushed {
-    Empty,
-    /// The socket has no room for the rest; `progress` if some went out first.
-    Partial {
-        progress: bool,
-    },
-}
-
-/// Why a send failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The session's queue holds `max_queue` frames: the client reads too slowly.
-    #[error("the session's send queue is full")]
-    Full,
-    #[error("the session is closed")]
-    Closed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Transport {
-    Polling,
-    /// A WebSocket probe succeeded; polling still carries packets until the client's upgrade.
-    Upgrading,
-    WebSocket,
-}
-
-/// The write side, under the session's lock.
-pub(super) struct Outbox {
-    pub(super) transport: Transport,
-    /// WebSocket: frames not yet written, the first one `written` bytes in. Polling: packets
-    /// for the next GET. The first frame inline; a buffer only while it holds more.
-    queue: Queue,
-    written: usize,
-    /// A long-polling GET is waiting for packets.
-    pub(super) polling_get: bool,
-    /// A WebSocket carrying this session's id is open, to probe an upgrade.
-    pub(super) probing: bool,
-    /// Closing: no more sends; the transport flushes, says goodbye and ends.
-    pub(super) closing: Option<CloseReason>,
-    /// WebSocket: marked for the flusher's next round.
-    marked: bool,
-    /// WebSocket: the socket had no room; its task writes the queue when it has.
-    pub(super) stalled: bool,
-    /// Another instance is taking the session over (its upgrade reached that one).
-    pub(super) moving: bool,
-}
 
 /// The heartbeat: a ping went out and its pong has not come back.
 const AWAITING_PONG: u8 = 1;
@@ -89,7 +114,7 @@ pub struct Session<H: Handler> {
     /// Its flusher: one of the engine's, each in turn, so that a broadcast's writes are shared
     /// by all of them, each on its own core.
     flusher: Arc<Flusher<Session<H>>>,
-    writes: Arc<super::stats::WriteCounts>,
+    writes: Arc<WriteCounts>,
     /// Wakes the WebSocket task (the socket has no room, or the session is closing): a flag and
     /// its waker, smaller to wait on than a `Notify`.
     task_woken: AtomicBool,
@@ -111,22 +136,6 @@ pub struct Session<H: Handler> {
     state: H::State,
 }
 
-/// `frames` as one long-polling payload.
-pub(super) fn polling_payload(frames: &[Frame]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(frames.iter().map(|f| f.packet().len() + 1).sum());
-    for (i, f) in frames.iter().enumerate() {
-        if i > 0 {
-            body.push(SEPARATOR);
-        }
-        if f.is_binary() {
-            packet::write_binary_for_polling(&mut body, f.packet());
-        } else {
-            body.extend_from_slice(f.packet());
-        }
-    }
-    body
-}
-
 impl<H: Handler> Session<H> {
     pub(super) fn new(shared: &Arc<Shared<H>>, transport: Transport, handshake: Handshake) -> Arc<Self> {
         Self::with_sid(shared, Sid::tagged(shared.options.instance_tag.as_ref()), transport, handshake)
@@ -145,17 +154,7 @@ impl<H: Handler> Session<H> {
             sid,
             engine: Arc::downgrade(shared),
             ws: OnceLock::new(),
-            out: Mutex::new(Outbox {
-                transport,
-                queue: Queue::Empty,
-                written: 0,
-                polling_get: false,
-                probing: false,
-                closing: None,
-                marked: false,
-                stalled: false,
-                moving: false,
-            }),
+            out: Mutex::new(Outbox::new(transport)),
             flusher: shared.flusher(),
             writes: shared.stats.writes.clone(),
             task_woken: AtomicBool::new(false),
@@ -301,7 +300,7 @@ impl<H: Handler> Session<H> {
     }
 
     /// Counts a protocol error of the layer above and ends the session.
-    pub fn protocol_error(self: &Arc<Self>, kind: super::ProtocolError) {
+    pub fn protocol_error(self: &Arc<Self>, kind: ProtocolError) {
         if let Some(e) = self.engine.upgrade() {
             e.stats.protocol_error(kind);
         }
@@ -386,27 +385,6 @@ impl<H: Handler> Session<H> {
         Ok(Flushed::Empty)
     }
 
-    pub(super) fn has_queued(out: &Outbox) -> bool {
-        !out.queue.is_empty()
-    }
-
-    /// Whether the WebSocket task must wait for room to write the queue.
-    pub(super) fn is_stalled(out: &Outbox) -> bool {
-        out.stalled
-    }
-
-    /// Takes the packets for a long-polling response, as one payload.
-    pub(super) fn take_polling_payload(out: &mut Outbox, most: usize) -> Vec<u8> {
-        if out.queue.len() > most {
-            let body = polling_payload(&out.queue.contiguous()[..most]);
-            out.queue.drop_front(most);
-            return body;
-        }
-        let body = polling_payload(out.queue.contiguous());
-        out.queue.clear();
-        body
-    }
-
     /// Moves what polling had queued onto the WebSocket: the upgrade is complete.
     pub(super) fn switch_to_websocket(&self, stream: TcpStream) -> io::Result<()> {
         let _ = self.ws.set(stream);
@@ -438,7 +416,7 @@ impl<H: Handler> Session<H> {
             let mut out = self.lock();
             out.closing = Some(CloseReason::Moved);
             out.queue.retain(|f| f.packet() != NOOP.packet());
-            Self::take_polling_payload(&mut out, usize::MAX)
+            out.take_polling_payload(usize::MAX)
         };
         self.forget();
         self.mark_finished();
@@ -540,6 +518,37 @@ impl<H: Handler> Marked for Session<H> {
                 self.wake();
             }
         }
+    }
+}
+
+impl<H: Handler> Beating for Session<H> {
+    fn is_closed(&self) -> bool {
+        Session::is_closed(self)
+    }
+
+    fn joined(&self) -> bool {
+        Session::joined(self)
+    }
+
+    fn ping(self: &Arc<Self>, due_ms: u64) -> bool {
+        self.set_awaiting_pong(due_ms);
+        self.send_control(&PING).is_ok()
+    }
+
+    fn awaiting_pong(&self) -> bool {
+        Session::awaiting_pong(self)
+    }
+
+    fn last_pong_ms(&self) -> u64 {
+        self.last_pong_ms.load(Ordering::Acquire)
+    }
+
+    fn set_last_pong_ms(&self, ms: u64) {
+        self.last_pong_ms.store(ms, Ordering::Release);
+    }
+
+    fn close(self: &Arc<Self>, reason: CloseReason) {
+        Session::close(self, reason)
     }
 }
 

@@ -16,34 +16,18 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::framing::{self, Assembled, AssemblyError, FrameError, OpCode, close_code};
-use super::moving::{self, MoveStep};
+use super::front::Upgrade;
+use super::moving;
 use super::packet::{self, Packet};
-use super::session::{CloseReason, Flushed, Frame, NOOP, PONG_PROBE, Session, Transport};
+use super::peer::MoveStep;
+use super::scratch::with_scratch;
+use super::session::{CloseReason, Flushed, Frame, Handler, NOOP, PONG_PROBE, Session, Shared, Transport};
 use super::stats::ProtocolError;
-use super::{Handler, Handshake, Shared};
 
 /// Reads per wake-up before other connections get their turn.
 const READS_PER_WAKE: usize = 4;
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
-
-/// What the HTTP front learnt from an upgrade request.
-pub struct Upgrade {
-    /// The long-polling session to upgrade; `None` opens a new session over WebSocket.
-    pub(super) sid: Option<super::Sid>,
-    pub(super) handshake: Handshake,
-    /// `sid` is another instance's session, moving here with this upgrade (`super::moving`).
-    pub(super) arriving: bool,
-    /// The connection negotiated permessage-deflate (`super::deflate`).
-    pub(super) deflate: bool,
-}
-
-impl Upgrade {
-    /// The `Sec-WebSocket-Extensions` header the 101 answer carries, if any.
-    pub fn extensions(&self) -> Option<&'static str> {
-        self.deflate.then_some(super::deflate::ACCEPTED)
-    }
-}
 
 /// Takes an accepted WebSocket (its 101 already written): opens its session, or probes the
 /// upgrade of one, and spawns the task that runs it.
@@ -261,7 +245,7 @@ impl<H: Handler> Connection<H> {
                 (false, false)
             } else {
                 let out = self.session.lock();
-                (Session::<H>::is_stalled(&out), out.closing.is_some())
+                (out.is_stalled(), out.closing.is_some())
             };
             if closing {
                 return;
@@ -321,7 +305,7 @@ impl<H: Handler> Connection<H> {
 
     /// Reads what the socket has, into the thread's buffer, and handles every whole frame.
     fn read(&mut self) {
-        super::with_scratch(|scratch| {
+        with_scratch(|scratch| {
             for _ in 0..READS_PER_WAKE {
                 if self.stop.is_some() || self.step.is_some() {
                     return;
@@ -560,7 +544,7 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 
 /// Reads and drops what the client has sent.
 fn discard(stream: &TcpStream) {
-    super::with_scratch(|scratch| {
+    with_scratch(|scratch| {
         for _ in 0..READS_PER_WAKE {
             if !matches!(stream.try_read(scratch), Ok(n) if n > 0) {
                 return;
@@ -580,7 +564,7 @@ async fn shutdown_and_drain(stream: &TcpStream) {
             if stream.readable().await.is_err() {
                 return;
             }
-            let done = super::with_scratch(|scratch| match stream.try_read(scratch) {
+            let done = with_scratch(|scratch| match stream.try_read(scratch) {
                 Ok(n) => n == 0,
                 Err(e) => e.kind() != io::ErrorKind::WouldBlock,
             });
@@ -595,7 +579,7 @@ async fn shutdown_and_drain(stream: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::super::tests::Nothing;
-    use super::super::{Engine, Options};
+    use super::super::{Engine, Handshake, Options};
     use super::*;
 
     /// Every open WebSocket holds one such task: its future is what an idle connection costs
