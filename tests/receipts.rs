@@ -13,17 +13,18 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_are_recorded_under_the_sockets_own_user() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC, "elsewhere", "receipts"]).await;
-    let redis = Redis::start().await;
-    // (in the `server` section)
-    let yaml = config_yaml(&kafka, Some(&redis), "server: {receipts_per_sec: 3}");
+    let consuming = |topic: &str| json!({"server": {"receipts_per_sec": 3}, "kafka": {"receipts_topic": "receipts", "topics": [topic]}});
     // Only `one` consumes; the socket is on `two`: the id crosses Redis with the notification.
-    let one = Herald::start(&with_kafka(&yaml, "receipts_topic: receipts\ntopics: [user-notifications]")).await;
-    let two = Herald::start(&with_kafka(&yaml, "receipts_topic: receipts\ntopics: [elsewhere]")).await;
+    let mut s = Stack::default()
+        .topics(&[TOPIC, "elsewhere", "receipts"])
+        .redis()
+        .instance(consuming(TOPIC))
+        .instance(consuming("elsewhere"))
+        .start()
+        .await;
+    let (kafka, one, two, c) = (&s.kafka, &s.heralds[0], &s.heralds[1], &mut s.c);
     one.wait_assigned(4).await;
     two.wait_assigned(4).await;
-    let mut c = Clients::start().await;
     c.connect_as("ann", &two.url(), "ann").await;
 
     kafka.produce_to(TOPIC, Some(2), Some("ann"), json!({"userId": "ann", "n": 1}).to_string().as_bytes()).await;
@@ -36,7 +37,7 @@ async fn receipts_are_recorded_under_the_sockets_own_user() {
     c.emit_with_ack("ann", "receipt", json!({"id": id, "state": "read", "user_id": "mallory"})).await;
     assert_eq!(c.expect_ack("ann", "receipt").await, json!({"ok": true}));
 
-    let reader = topic_reader(&kafka, "receipts-reader", "receipts");
+    let reader = topic_reader(kafka, "receipts-reader", "receipts");
     let m = tokio::time::timeout(Duration::from_secs(15), reader.recv()).await.expect("a receipt").unwrap();
     let receipt: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
     assert_eq!(m.key(), Some(&b"ann"[..]));
@@ -62,7 +63,10 @@ async fn receipts_are_recorded_under_the_sockets_own_user() {
     }
     assert!(errors.iter().any(|e| e == "too many receipts"), "{errors:?}");
     assert!(two.metric("herald_gateway_receipts_total{result=\"rate_limited\"}").await >= 1.0);
-    c.stop().await;
-    one.shutdown().await;
-    two.shutdown().await;
+    // The reader, a consumer, closes while the broker is still up, after the message it gave
+    // (which holds on to its partition: the close would wait for it).
+    let kafka = s.stop_instances().await;
+    drop(m);
+    drop(reader);
+    drop(kafka);
 }
