@@ -95,15 +95,8 @@ impl IdentityProvider {
     }
 }
 
-/// herald with `auth` as its whole `auth` section (without the default JWT secret).
-async fn herald_with(kafka: &Kafka, auth: impl Overlay) -> Herald {
-    let yaml = replace_section(&config_yaml(kafka, None, ""), "auth", auth);
-    Herald::start(&yaml).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_algorithm_family_verifies_and_tokens_reach_only_their_user() {
-    init_logs();
     let idp = IdentityProvider::start(vec![
         jwk("rsa.pem", Algorithm::RS256, "rsa"),
         jwk("ec256.pem", Algorithm::ES256, "ec256"),
@@ -111,10 +104,13 @@ async fn every_algorithm_family_verifies_and_tokens_reach_only_their_user() {
         jwk("ed25519.pem", Algorithm::EdDSA, "ed"),
     ])
     .await;
-    let kafka = Kafka::start(&[TOPIC]).await;
     let all = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
-    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET, "jwks_url": format!("{}/jwks", idp.url), "algorithms": all}})).await;
-    let mut c = Clients::start().await;
+    let mut s = Stack::default()
+        .section("auth", json!({"jwt": {"secret": SECRET, "jwks_url": format!("{}/jwks", idp.url), "algorithms": all}}))
+        .instance("")
+        .start()
+        .await;
+    let (kafka, h, c) = (&s.kafka, &s.heralds[0], &mut s.c);
     let hmac = EncodingKey::from_secret(SECRET.as_bytes());
     let cases: Vec<(Algorithm, EncodingKey, Option<&str>)> = vec![
         (Algorithm::HS256, hmac.clone(), None),
@@ -140,27 +136,20 @@ async fn every_algorithm_family_verifies_and_tokens_reach_only_their_user() {
     assert_eq!(c.expect("user-3", "notification").await["body"], json!({"for": 3}));
     for i in (0..12).filter(|i| *i != 3) {
         let user = format!("user-{i}");
-        let left = settle(&kafka, &mut c, &user, &[&user]).await;
+        let left = settle(kafka, c, &user, &[&user]).await;
         assert!(left[0].is_empty(), "{user} received {left:?}");
     }
 
     // A key signed by a key the JWKS does not hold, under a known kid: refused.
     let forged = sign(Algorithm::RS256, &signing_key("rsa2.pem", Algorithm::RS256), Some("rsa"), claims("mallory"));
     assert_eq!(c.connect("forged", &h.url(), json!({"auth": {"token": forged}})).await, Err("invalid token".into()));
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_tokens_are_refused() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let h = herald_with(
-        &kafka,
-        "jwt: {algorithms: [RS256], public_key_file: tests/fixtures/keys/rsa.pub.pem, issuers: [idp], audiences: [herald], leeway_secs: 0}",
-    )
-    .await;
-    let mut c = Clients::start().await;
+    let mut s = Stack::default().section("auth", "jwt: {algorithms: [RS256], public_key_file: tests/fixtures/keys/rsa.pub.pem, issuers: [idp], audiences: [herald], leeway_secs: 0}").instance("").start().await;
+    let (h, c) = (&s.heralds[0], &mut s.c);
     let rsa = signing_key("rsa.pem", Algorithm::RS256);
     let now = jsonwebtoken::get_current_timestamp();
     let good = json!({"sub": "u", "exp": now + 600, "iss": "idp", "aud": "herald"});
@@ -200,8 +189,7 @@ async fn hostile_tokens_are_refused() {
     }
     assert_eq!(h.metric("herald_gateway_auth_rejections_total{reason=\"invalid_token\"}").await, 10.0);
     assert_eq!(h.metric("herald_gateway_auth_rejections_total{reason=\"token_expired\"}").await, 1.0);
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -218,13 +206,10 @@ fn base64_url(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_key_rotation_is_picked_up_and_unknown_kids_are_rate_limited() {
-    init_logs();
     let idp = IdentityProvider::start(vec![jwk("rsa.pem", Algorithm::RS256, "k1")]).await;
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let h =
-        herald_with(&kafka, json!({"jwt": {"algorithms": ["RS256"], "jwks_url": format!("{}/jwks", idp.url), "jwks_min_refetch_secs": 1}}))
-            .await;
-    let mut c = Clients::start().await;
+    let jwks = json!({"jwt": {"algorithms": ["RS256"], "jwks_url": format!("{}/jwks", idp.url), "jwks_min_refetch_secs": 1}});
+    let mut s = Stack::default().section("auth", jwks).instance("").start().await;
+    let (h, c) = (&s.heralds[0], &mut s.c);
     let old = sign(Algorithm::RS256, &signing_key("rsa.pem", Algorithm::RS256), Some("k1"), claims("a"));
     assert!(c.connect("old", &h.url(), json!({"auth": {"token": old}})).await.is_ok());
 
@@ -250,29 +235,29 @@ async fn jwks_key_rotation_is_picked_up_and_unknown_kids_are_rate_limited() {
     })
     .await;
     assert!(h.metric("herald_auth_jwks_fetches_total{result=\"ok\"}").await >= 2.0);
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_check_endpoint_admits_refuses_and_fails_closed() {
-    init_logs();
     let idp = IdentityProvider::start(vec![]).await;
-    let kafka = Kafka::start(&[TOPIC]).await;
     // Opaque tokens: the check alone decides, and names the user.
-    let h = herald_with(
-        &kafka,
-        json!({"check": {
-            "url": format!("{}/check", idp.url),
-            "header": "X-Token",
-            "scheme": "Token",
-            "timeout_ms": 500,
-            "cache_ttl_secs": 60,
-            "user_id_pointer": "/user/id",
-        }}),
-    )
-    .await;
-    let mut c = Clients::start().await;
+    let mut s = Stack::default()
+        .section(
+            "auth",
+            json!({"check": {
+                "url": format!("{}/check", idp.url),
+                "header": "X-Token",
+                "scheme": "Token",
+                "timeout_ms": 500,
+                "cache_ttl_secs": 60,
+                "user_id_pointer": "/user/id",
+            }}),
+        )
+        .instance("")
+        .start()
+        .await;
+    let (kafka, h, c) = (&s.kafka, &s.heralds[0], &mut s.c);
     assert!(c.connect("ok", &h.url(), json!({"auth": {"token": "ok:olga"}})).await.is_ok());
     for (id, token, message) in [
         ("deny", "deny:x", "unauthorized"),
@@ -293,16 +278,13 @@ async fn the_user_check_endpoint_admits_refuses_and_fails_closed() {
     assert_eq!(idp.check_requests.load(Ordering::SeqCst), asked);
     assert_eq!(h.metric("herald_gateway_auth_rejections_total{reason=\"auth_unavailable\"}").await, 2.0);
     assert_eq!(h.metric("herald_auth_check_requests_total{result=\"cached\"}").await, 2.0);
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_disconnect_unless_refreshed_by_the_same_user() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET, "leeway_secs": 0}})).await;
-    let mut c = Clients::start().await;
+    let mut s = Stack::default().section("auth", json!({"jwt": {"secret": SECRET, "leeway_secs": 0}})).instance("").start().await;
+    let (kafka, h, c) = (&s.kafka, &s.heralds[0], &mut s.c);
     let soon = |user: &str| token_with(json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 2}));
     c.connect("lapses", &h.url(), json!({"auth": {"token": soon("pat")}})).await.unwrap();
     c.connect("lapses-polling", &h.url(), json!({"auth": {"token": soon("pat")}, "transports": ["polling"]})).await.unwrap();
@@ -326,17 +308,17 @@ async fn expired_tokens_disconnect_unless_refreshed_by_the_same_user() {
     kafka.notify("pat", json!({"still": "here"})).await;
     assert_eq!(c.expect("refreshes", "notification").await["body"], json!({"still": "here"}));
     assert_eq!(h.metric("herald_gateway_expired_disconnects_total").await, 3.0);
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_and_origins() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET}, "max_sockets_per_user": 2, "allowed_origins": ["https://app.example"]}))
+    let mut s = Stack::default()
+        .section("auth", json!({"jwt": {"secret": SECRET}, "max_sockets_per_user": 2, "allowed_origins": ["https://app.example"]}))
+        .instance("")
+        .start()
         .await;
-    let mut c = Clients::start().await;
+    let (h, c) = (&s.heralds[0], &mut s.c);
     c.connect_as("one", &h.url(), "quinn").await;
     c.connect_as("two", &h.url(), "quinn").await;
     assert_eq!(c.connect("three", &h.url(), json!({"auth": {"token": token("quinn")}})).await, Err("too many connections".into()));
@@ -366,24 +348,26 @@ async fn connection_limits_and_origins() {
     };
     assert_eq!(preflight("https://app.example").await.as_deref(), Some("https://app.example"));
     assert_eq!(preflight("https://evil.example").await, None);
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 
     // A full instance refuses newcomers.
-    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET}, "max_sockets": 2})).await;
-    let mut c = Clients::start().await;
+    let mut s = Stack::default().section("auth", json!({"jwt": {"secret": SECRET}, "max_sockets": 2})).instance("").start().await;
+    let (h, c) = (&s.heralds[0], &mut s.c);
     c.connect_as("a", &h.url(), "u1").await;
     c.connect_as("b", &h.url(), "u2").await;
     assert_eq!(c.connect("c", &h.url(), json!({"auth": {"token": token("u3")}})).await, Err("too many connections".into()));
     c.close("a").await;
     eventually(Duration::from_secs(5), "a place to free up", async || h.metric("herald_gateway_sockets").await == 1.0).await;
     c.connect_as("d", &h.url(), "u3").await;
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 
     // The other policy: the oldest socket makes room.
-    let h = herald_with(&kafka, json!({"jwt": {"secret": SECRET}, "max_sockets_per_user": 2, "per_user_limit": "disconnect_oldest"})).await;
-    let mut c = Clients::start().await;
+    let mut s = Stack::default()
+        .section("auth", json!({"jwt": {"secret": SECRET}, "max_sockets_per_user": 2, "per_user_limit": "disconnect_oldest"}))
+        .instance("")
+        .start()
+        .await;
+    let (kafka, h, c) = (&s.kafka, &s.heralds[0], &mut s.c);
     c.connect_as("first", &h.url(), "quinn").await;
     c.connect_as("second", &h.url(), "quinn").await;
     c.connect_as("third", &h.url(), "quinn").await;
@@ -392,6 +376,5 @@ async fn connection_limits_and_origins() {
     assert_eq!(c.expect("second", "notification").await["body"]["n"], 1);
     assert_eq!(c.expect("third", "notification").await["body"]["n"], 1);
     assert_eq!(h.metric("herald_gateway_sockets").await, 2.0);
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }

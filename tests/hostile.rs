@@ -337,28 +337,27 @@ async fn thousands_of_connections_opened_and_dropped_leave_nothing_behind() {
 
 /// An in-process herald with a witness: a real client whose notifications must keep arriving.
 /// `server` is merged into the `server` section, e.g. `{connect_timeout_ms: 1000}`.
-async fn herald_with_witness(kafka: &Kafka, server: impl Overlay) -> (Herald, Clients) {
-    init_logs();
-    let h = Herald::start(&config_yaml(kafka, None, json!({"server": server.into_value()}))).await;
-    h.wait_assigned(4).await;
-    let mut c = Clients::start().await;
-    c.connect_as("witness", &h.url(), "witness").await;
-    (h, c)
+async fn with_witness(server: impl Overlay) -> Scenario {
+    let mut s = Stack::default().instance(json!({"server": server.into_value()})).start().await;
+    s.heralds[0].wait_assigned(4).await;
+    let url = s.url(0);
+    s.c.connect_as("witness", &url, "witness").await;
+    s
 }
 
 /// The witness still receives its notifications and is the only socket counted; then stops.
-async fn witness_still_served_then_stop(h: Herald, kafka: &Kafka, mut c: Clients) {
-    kafka.notify("witness", json!({"n": 1})).await;
-    assert_eq!(c.expect("witness", "notification").await["body"]["n"], 1);
+async fn witness_still_served_then_stop(mut s: Scenario) {
+    s.kafka.notify("witness", json!({"n": 1})).await;
+    assert_eq!(s.c.expect("witness", "notification").await["body"]["n"], 1);
+    let h = &s.heralds[0];
     eventually(Duration::from_secs(10), "only the witness counted", async || h.metric(SOCKETS).await == 1.0).await;
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_that_never_finish_are_closed_and_never_counted() {
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, c) = herald_with_witness(&kafka, "{connect_timeout_ms: 1000}").await;
+    let s = with_witness("{connect_timeout_ms: 1000}").await;
+    let h = &s.heralds[0];
     let http = reqwest::Client::new();
     let started = Instant::now();
 
@@ -374,13 +373,13 @@ async fn handshakes_that_never_finish_are_closed_and_never_counted() {
     eventually(Duration::from_secs(10), "the polling session without CONNECT closed", async || polling_gone(&http, &polling).await).await;
     assert!(started.elapsed() < Duration::from_secs(15), "cleanup took {:?} with a 1 s timeout", started.elapsed());
 
-    witness_still_served_then_stop(h, &kafka, c).await;
+    witness_still_served_then_stop(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packets_over_websocket_close_only_their_socket() {
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, c) = herald_with_witness(&kafka, "{connect_timeout_ms: 1000}").await;
+    let s = with_witness("{connect_timeout_ms: 1000}").await;
+    let h = &s.heralds[0];
     let auth = json!({"token": token("mallory")}).to_string();
     let before_connect: Vec<(&str, Message)> = vec![
         ("unknown engine.io type", Message::text("9hello")),
@@ -437,7 +436,7 @@ async fn malformed_packets_over_websocket_close_only_their_socket() {
     assert_eq!(h.metric(SOCKETS).await, 2.0);
     drop(ws);
 
-    witness_still_served_then_stop(h, &kafka, c).await;
+    witness_still_served_then_stop(s).await;
 }
 
 /// A masked client text frame.
@@ -447,8 +446,8 @@ fn client_text_frame(text: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_after_the_packet_that_ended_a_session_is_read() {
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, mut c) = herald_with_witness(&kafka, "{connect_timeout_ms: 1000}").await;
+    let mut s = with_witness("{connect_timeout_ms: 1000}").await;
+    let (h, c) = (&s.heralds[0], &mut s.c);
     // A broken packet, then a good CONNECT, in one write: the second must not connect a socket
     // to the session the first one ended.
     let mut tcp = TcpStream::connect(h.addr).await.unwrap();
@@ -466,13 +465,13 @@ async fn nothing_after_the_packet_that_ended_a_session_is_read() {
     assert_eq!(h.metric("herald_gateway_connections_total").await, 2.0, "only the witness and the sentinel were accepted");
     eventually(Duration::from_secs(5), "the witness and the sentinel", async || h.metric(SOCKETS).await == 2.0).await;
     c.close("sentinel").await;
-    witness_still_served_then_stop(h, &kafka, c).await;
+    witness_still_served_then_stop(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packets_over_long_polling_end_only_their_session() {
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, c) = herald_with_witness(&kafka, "{connect_timeout_ms: 1000, ping_interval_secs: 1}").await;
+    let s = with_witness("{connect_timeout_ms: 1000, ping_interval_secs: 1}").await;
+    let h = &s.heralds[0];
     let http = reqwest::Client::new();
     let bodies: Vec<(&str, Vec<u8>, u16)> = vec![
         ("unknown engine.io type", b"9hello".to_vec(), 400),
@@ -497,13 +496,13 @@ async fn malformed_packets_over_long_polling_end_only_their_session() {
         let r = http.post(format!("{}/socket.io/?EIO=4&transport=polling&sid={sid}", h.url())).body("40").send().await.unwrap();
         assert!(r.status().is_client_error(), "sid {}: {}", &sid[..sid.len().min(20)], r.status());
     }
-    witness_still_served_then_stop(h, &kafka, c).await;
+    witness_still_served_then_stop(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payloads_close_the_connection() {
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let (h, c) = herald_with_witness(&kafka, "{max_payload_bytes: 4096}").await;
+    let s = with_witness("{max_payload_bytes: 4096}").await;
+    let h = &s.heralds[0];
     let refresh = |len: usize| format!("421[\"auth_refresh\",{{\"token\":\"{}\"}}]", "a".repeat(len));
 
     // Under the limit, a message is handled (the refresh is refused, by an ack).
@@ -531,14 +530,14 @@ async fn oversized_payloads_close_the_connection() {
     assert!(status.is_client_error(), "an oversized polling body was answered {status}");
     eventually(Duration::from_secs(10), "the oversized polling session closed", async || polling_gone(&http, &session).await).await;
 
-    witness_still_served_then_stop(h, &kafka, c).await;
+    witness_still_served_then_stop(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_tokens_get_a_fixed_connect_error() {
-    let kafka = Kafka::start(&[TOPIC]).await;
     // Room for a 1 MB token, so it reaches the verifier instead of the payload limit.
-    let (h, mut c) = herald_with_witness(&kafka, "{max_payload_bytes: 2000000}").await;
+    let mut s = with_witness("{max_payload_bytes: 2000000}").await;
+    let (h, c) = (&s.heralds[0], &mut s.c);
     let binary: String = garbage(7, 2048).iter().map(|b| char::from(*b)).collect();
     let huge_jwt = format!("eyJhbGciOiJIUzI1NiJ9.{}.c2ln", "A".repeat(1_000_000));
     let cases = [
@@ -558,5 +557,5 @@ async fn junk_tokens_get_a_fixed_connect_error() {
         assert_eq!(c.connect(id, &h.url(), json!({"auth": auth})).await, Err(message.into()), "{id}");
     }
     assert!(healthz(&h.url()).await);
-    witness_still_served_then_stop(h, &kafka, c).await;
+    witness_still_served_then_stop(s).await;
 }

@@ -89,31 +89,30 @@ async fn offline_users_get_their_notifications_when_they_connect() {
 /// connection herald makes (its own publisher selects it as fred's reader does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_works_through_a_database_number() {
-    init_logs();
-    let kafka = Kafka::start(&[TOPIC]).await;
-    let redis = Redis::start().await;
-    let mut overlay = retained(json!({}));
+    // The instance comes after Redis: its URL names Redis's port and database 2.
+    let mut s = Stack::default().redis().start().await;
+    let redis = s.redis.as_ref().expect("a redis-server");
+    let (port, mut overlay) = (redis.port, retained(json!({})));
     overlay["redis"] = json!({"url": format!("{}/2", redis.url())});
-    let h = Herald::start(&config_yaml(&kafka, Some(&redis), overlay)).await;
+    s.add_instance(overlay).await;
+    let (kafka, h, c) = (&s.kafka, &s.heralds[0], &mut s.c);
     for i in 0..3 {
         kafka.produce_to(TOPIC, Some(0), None, json!({"userId": "dora", "n": i}).to_string().as_bytes()).await;
     }
     eventually(Duration::from_secs(10), "three stored", async || h.metric("herald_replay_stored_offline_total").await == 3.0).await;
     let exists = |db: &str| {
         let out = std::process::Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string(), "-n", db, "EXISTS", "herald:history:dora"])
+            .args(["-p", &port.to_string(), "-n", db, "EXISTS", "herald:history:dora"])
             .output()
             .expect("redis-cli comes with redis-server");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     assert_eq!((exists("2"), exists("0")), ("1".into(), "0".into()), "the history is in database 2, and only there");
-    let mut c = Clients::start().await;
     c.connect("dora", &h.url(), json!({"auth": {"token": token("dora"), "since": "0-0"}})).await.unwrap();
     for i in 0..3 {
         assert_eq!(c.expect("dora", "notification").await["n"], i);
     }
-    c.stop().await;
-    h.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,10 +74,9 @@ async fn ending_a_users_sessions_reaches_every_instance_and_revokes_old_tokens()
     assert_eq!(s.heralds[1].metric("herald_gateway_sessions_ended_total").await, 1.0);
 
     // An instance started after the revocation learns it from Redis.
-    let three = Herald::start(&config_yaml(&s.kafka, s.redis.as_ref(), overlay())).await;
-    assert_eq!(connect_with(&mut s.c, "u-late", &three.url(), &old).await, Err("token revoked".into()));
-    connect_with(&mut s.c, "u-late-new", &three.url(), &fresh).await.expect("a new token there too");
-    three.shutdown().await;
+    let three = s.add_instance(overlay()).await.url();
+    assert_eq!(connect_with(&mut s.c, "u-late", &three, &old).await, Err("token revoked".into()));
+    connect_with(&mut s.c, "u-late-new", &three, &fresh).await.expect("a new token there too");
     s.stop().await;
 }
 

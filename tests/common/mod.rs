@@ -232,6 +232,13 @@ impl Overlay for Value {
 /// topic, Redis if given, the test secret; `overlay` (`""` for none) merged in, e.g.
 /// `"server: {event: alert}"`. The result is JSON, which is YAML.
 pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, overlay: impl Overlay) -> String {
+    let mut config = base_config(kafka, redis);
+    merge_into(&mut config, overlay.into_value());
+    config.to_string()
+}
+
+/// The base config for `kafka` (and `redis`, else the in-process bus), as data.
+pub fn base_config(kafka: &Kafka, redis: Option<&Redis>) -> Value {
     let mut base = json!({
         "kafka": {
             "brokers": kafka.address(),
@@ -249,8 +256,7 @@ pub fn config_yaml(kafka: &Kafka, redis: Option<&Redis>, overlay: impl Overlay) 
     if let Some(redis) = redis {
         base["redis"] = json!({"url": redis.url()});
     }
-    merge_into(&mut base, overlay.into_value());
-    base.to_string()
+    base
 }
 
 /// `yaml` with `keys` merged into its `kafka` section, e.g.

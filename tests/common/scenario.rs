@@ -2,23 +2,26 @@
 //! its config overlay merged into the base config as data), and the real socket.io-client.
 //! Also the sentinel that proves nothing else is on its way to a socket.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
-use super::{Clients, Herald, Kafka, Overlay, Redis, TOPIC, config_yaml};
+use super::{Clients, Herald, Kafka, Overlay, Redis, TOPIC, base_config, merge_into};
 
 /// What to start; [`Stack::start`] starts it.
 pub struct Stack {
     topics: Vec<&'static str>,
     redis: bool,
+    sections: Vec<(&'static str, Value)>,
     instances: Vec<Value>,
+    dir: Option<PathBuf>,
     python: bool,
 }
 
 impl Default for Stack {
     fn default() -> Self {
-        Self { topics: vec![TOPIC], redis: false, instances: Vec::new(), python: false }
+        Self { topics: vec![TOPIC], redis: false, sections: Vec::new(), instances: Vec::new(), dir: None, python: false }
     }
 }
 
@@ -35,10 +38,25 @@ impl Stack {
         self
     }
 
+    /// Every instance's top-level `name` section is `body` as a whole, in place of the base
+    /// config's (its overlay is merged in after), e.g. an `auth` section without the default JWT
+    /// secret.
+    pub fn section(mut self, name: &'static str, body: impl Overlay) -> Self {
+        self.sections.push((name, body.into_value()));
+        self
+    }
+
     /// One more herald instance, with `overlay` (a YAML literal, `""` for none, or `json!` data)
     /// merged into the base config, e.g. `"server: {ping_interval_secs: 1}"`.
     pub fn instance(mut self, overlay: impl Overlay) -> Self {
         self.instances.push(overlay.into_value());
+        self
+    }
+
+    /// The folder the instances resolve relative paths from (route scripts, key files), as the
+    /// config file's folder is for the binary; without it, the crate's.
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_owned());
         self
     }
 
@@ -53,12 +71,29 @@ impl Stack {
         let kafka = Kafka::start(&self.topics).await;
         let redis = if self.redis { Some(Redis::start().await) } else { None };
         let mut heralds = Vec::new();
-        for overlay in &self.instances {
-            heralds.push(Herald::start(&config_yaml(&kafka, redis.as_ref(), overlay.clone())).await);
+        for overlay in self.instances {
+            heralds.push(start(&instance_config(&kafka, redis.as_ref(), &self.sections, overlay), self.dir.as_deref()).await);
         }
         let c = if self.python { Clients::start_python().await } else { Clients::start().await };
-        Scenario { kafka, redis, heralds, c }
+        Scenario { kafka, redis, heralds, c, sections: self.sections, dir: self.dir }
     }
+}
+
+async fn start(config: &str, dir: Option<&Path>) -> Herald {
+    match dir {
+        Some(dir) => Herald::start_in(config, dir).await,
+        None => Herald::start(config).await,
+    }
+}
+
+/// An instance's config: the base one, `sections` in place of its own, `overlay` merged in.
+fn instance_config(kafka: &Kafka, redis: Option<&Redis>, sections: &[(&'static str, Value)], overlay: Value) -> String {
+    let mut config = base_config(kafka, redis);
+    for (name, body) in sections {
+        config[*name] = body.clone();
+    }
+    merge_into(&mut config, overlay);
+    config.to_string()
 }
 
 /// A running scenario. `c` drives the sockets; `heralds[i]` is the i-th instance.
@@ -67,11 +102,21 @@ pub struct Scenario {
     pub redis: Option<Redis>,
     pub heralds: Vec<Herald>,
     pub c: Clients,
+    sections: Vec<(&'static str, Value)>,
+    dir: Option<PathBuf>,
 }
 
 impl Scenario {
     pub fn url(&self, instance: usize) -> String {
         self.heralds[instance].url()
+    }
+
+    /// Starts one more instance (the stack's sections, `overlay` merged in), e.g. one that comes
+    /// up after something happened; it is `heralds.last()`.
+    pub async fn add_instance(&mut self, overlay: impl Overlay) -> &Herald {
+        let config = instance_config(&self.kafka, self.redis.as_ref(), &self.sections, overlay.into_value());
+        self.heralds.push(start(&config, self.dir.as_deref()).await);
+        self.heralds.last().expect("just added")
     }
 
     /// Connects socket `id` as `user` to instance `instance`.
