@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the measurements of docs/benchmarks.md against release builds, on loopback only.
-#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|trace|trace-split|ab|overload|five|broadcast|group|scale|smoke|profile|profile-single [runs]
+#   scripts/bench.sh memory|memory-moved|memory-polling|single|single-max|pair|pair-max|cluster-max|forward|move|deflate|trace|trace-split|ab|ab-pair|overload|five|broadcast|group|scale|smoke|profile|profile-single [runs]
 # (results appended to $OUT, bench/results.jsonl by default)
 # Starts its own broker (herald-bench broker), redis-server and herald instances on ports that
 # do not clash with a developer's herald (3101.., 19092, 16390), and stops exactly those PIDs.
@@ -202,6 +202,21 @@ case "$SCENARIO" in
         bench --label "memory-10000-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 10000 --idle-only --settle-secs 3
         fresh 1
         bench --label "single-max-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+        fresh 2 redis
+        bench --label "pair-max-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+        HERALD=$SAVED
+      done
+    done
+    ;;
+  ab-pair)
+    # The pair-max burst alone, this build against HERALD_BEFORE, interleaved (labels
+    # pair-max-before / pair-max-after): more pairs where `ab` leaves the two-instance figure
+    # in doubt. ORDER="after before" runs each pair the other way round, to tell a difference
+    # of builds from one of going second.
+    for run in $(seq 1 "$RUNS"); do
+      for variant in ${ORDER:-before after}; do
+        SAVED=$HERALD
+        if [ "$variant" = before ]; then HERALD=${HERALD_BEFORE:?set HERALD_BEFORE to the other build}; fi
         fresh 2 redis
         bench --label "pair-max-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
         HERALD=$SAVED
