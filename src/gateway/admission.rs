@@ -1,24 +1,30 @@
-//! Who may connect: checks the origin and the connection limits, reads the token from the
-//! handshake, authenticates it, and makes the socket a member of its user's presence and bus
-//! subscription; then replays what a reconnecting client missed.
+//! Who may connect, and what becomes of a socket: the socket server's handler. It checks the
+//! origin and the connection limits, reads the token from the handshake, authenticates it, and
+//! makes the socket a member of its user's presence and bus subscription; then replays what a
+//! reconnecting client missed. It records receipts, refreshes tokens, takes a socket's part in a
+//! move between instances (see `moving`), and lets a socket go.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::lifetime::Lifetimes;
-use super::member::{Entry, Member, Moves};
+use super::member::{Cut, Entry, Member, Moves};
+use super::moving::{CUT_WAIT, Moving, SETTLE_WAIT, random_token};
 use super::presence::Presence;
+use super::receipts;
 use super::receipts::Receipts;
 use super::revocation::{self, Revocations};
 use crate::auth::{AuthError, Authenticator};
 use crate::bus::Bus;
 use crate::config::{AuthConfig, PerUserLimit, ReplayConfig};
 use crate::metrics::{ByLabel, Metrics};
-use crate::replay::{self, NotificationId};
-use socketio::{Handshake, SocketRef, event_frame};
+use crate::replay::{self, NotificationId, ReplayGate};
+use socketio::{DisconnectReason, Event, Handler, Handshake, SocketRef, event_frame};
 
 pub struct Admission {
     pub authenticator: Authenticator,
@@ -166,7 +172,7 @@ impl Admission {
 
     /// Handles `auth_refresh`: the data is the new token, or `{token}`. Returns the ack, `{ok:
     /// true, expires_at}` or `{ok: false, error}`, and on success the groups the new token names.
-    pub async fn refresh(&self, socket: &SocketRef<Admission>, data: &Value) -> (Value, Option<Vec<String>>) {
+    pub(super) async fn refresh(&self, socket: &SocketRef<Admission>, data: &Value) -> (Value, Option<Vec<String>>) {
         let token = data.as_str().or_else(|| data.get("token").and_then(Value::as_str)).unwrap_or_default();
         let Some(member) = socket.data() else { return (serde_json::json!({"ok": false, "error": "not connected"}), None) };
         let result = match self.verify(token).await {
@@ -207,6 +213,165 @@ impl Admission {
             self.metrics.limit_evictions.increment(1);
             old.member.leave(&self.presence, &self.bus);
             old.socket.disconnect();
+        }
+    }
+}
+
+impl Admission {
+    /// On the old instance: the socket's state for the new one, once its replay and any token
+    /// refresh are done; from now on its channels are cut at the markers `cut` publishes.
+    pub(super) async fn departing(&self, socket: &SocketRef<Admission>) -> Option<String> {
+        let member = socket.data()?.clone();
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let gate = loop {
+            match member.gate.moving_state() {
+                Some(gate) if !member.refreshing.load(Ordering::Acquire) => break gate,
+                _ if tokio::time::Instant::now() >= deadline => return None,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let groups = member.groups();
+        let cut = self.moves.arm(&member, Cut::new(random_token(), false, groups.clone()))?;
+        let moving = Moving {
+            user: member.user.to_string(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            expires_at: member.expires_at(),
+            token: cut.token,
+            replayed_up_to: gate.0.map(|id| id.to_string()),
+            recent: gate.1.iter().map(NotificationId::to_string).collect(),
+        };
+        serde_json::to_string(&moving).ok()
+    }
+
+    /// On the new instance: the socket's member, in the presence index and subscribed to its
+    /// channels (confirmed, before the old instance publishes its markers).
+    pub(super) async fn arriving(&self, socket: &SocketRef<Admission>, state: &str) -> Result<Arc<Member>, String> {
+        let moving: Moving = serde_json::from_str(state).map_err(|e| e.to_string())?;
+        let ids = |s: &str| s.parse::<NotificationId>().ok();
+        let recent: Vec<NotificationId> = moving.recent.iter().filter_map(|s| ids(s)).collect();
+        let gate = ReplayGate::moved_in(moving.replayed_up_to.as_deref().and_then(ids), &recent);
+        let member = Arc::new(Member::moved_in(moving.user.as_str().into(), &moving.groups, moving.expires_at, gate));
+        self.moves.arm(&member, Cut::new(moving.token, true, member.groups())).ok_or("armed twice")?;
+        let entry = Entry { socket: socket.clone(), member: member.clone() };
+        // The same socket as before: the per-user limit was applied when it connected.
+        self.presence.try_add(&member.user, entry.clone(), None);
+        let groups = member.groups();
+        self.presence.join_groups(&entry, &groups);
+        self.bus.subscribe(Some(&member.user), &groups).confirmed().await;
+        self.lifetimes.track(socket, member.expires_at());
+        Ok(member)
+    }
+
+    /// On the old instance: publishes the markers and waits for them to come back.
+    pub(super) async fn cut(&self, socket: &SocketRef<Admission>) -> bool {
+        let Some(member) = socket.data() else { return false };
+        let Some(cut) = member.cut() else { return false };
+        if let Err(e) = self.bus.publish_cut(cut.token, &member.user, &cut.groups).await {
+            tracing::debug!(error = %e, "Could not publish a moving socket's markers.");
+            return false;
+        }
+        tokio::time::timeout(CUT_WAIT, cut.passed_all()).await.is_ok()
+    }
+}
+
+impl Admission {
+    /// A client's receipt: recorded in Kafka, under the socket's own user, then acked.
+    fn receipt(self: &Arc<Self>, socket: &SocketRef<Self>, event: Event<'_, Self>) {
+        let (Some(receipts), Some(member)) = (self.receipts.clone(), socket.data().cloned()) else { return };
+        let data = match (event.args.first(), event.attachments.is_empty()) {
+            (Some(arg), true) => serde_json::from_str(arg.get()).unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        let (ack, socket, metrics) = (event.ack, socket.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let result = receipts.record(&member.user, socket.id(), &member.receipts_window, &data).await;
+            metrics.receipt(match &result {
+                Ok(()) => "ok",
+                Err(receipts::Refused::Failed(_)) => "failed",
+                Err(receipts::Refused::RateLimited) => "rate_limited",
+                Err(receipts::Refused::Invalid(_)) => "invalid",
+            });
+            let reply = match result {
+                Ok(()) => serde_json::json!({"ok": true}),
+                Err(why) => serde_json::json!({"ok": false, "error": why.message()}),
+            };
+            if let Some(ack) = ack {
+                let reply = RawValue::from_string(reply.to_string()).expect("valid JSON");
+                let _ = ack.send(&[&reply]);
+            }
+        });
+    }
+}
+
+impl Handler for Admission {
+    type Data = Arc<Member>;
+
+    async fn connect(self: Arc<Self>, socket: SocketRef<Self>, auth: Option<Box<RawValue>>) -> Result<Arc<Member>, String> {
+        self.admit(&socket, auth.as_deref()).await.map_err(|e| e.to_string())
+    }
+
+    fn connected(self: &Arc<Self>, socket: &SocketRef<Self>) {
+        let Some(member) = socket.data().cloned() else { return };
+        let (admission, socket) = (self.clone(), socket.clone());
+        tokio::spawn(async move { admission.replay(&socket, &member).await });
+    }
+
+    fn event(self: &Arc<Self>, socket: &SocketRef<Self>, event: Event<'_, Self>) {
+        if let Some(receipts) = &self.receipts
+            && event.name == receipts.event
+        {
+            return self.receipt(socket, event);
+        }
+        if event.name != self.refresh_event {
+            return;
+        }
+        let Some(ack) = event.ack else { return };
+        // Binary refreshes carry no token.
+        let data = match (event.args.first(), event.attachments.is_empty()) {
+            (Some(arg), true) => serde_json::from_str(arg.get()).unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        let Some(member) = socket.data().cloned() else { return };
+        if member.refreshing.swap(true, Ordering::AcqRel) {
+            let busy = RawValue::from_string(r#"{"ok":false,"error":"refresh in progress"}"#.into()).expect("valid JSON");
+            let _ = ack.send(&[&busy]);
+            return;
+        }
+        let (admission, socket) = (self.clone(), socket.clone());
+        tokio::spawn(async move {
+            let (reply, groups) = admission.refresh(&socket, &data).await;
+            if let Some(groups) = groups {
+                // Acked once the new groups' notifications reach this instance.
+                let entry = Entry { socket: socket.clone(), member: member.clone() };
+                member.regroup(&entry, &groups, &admission.presence, &admission.bus).confirmed().await;
+            }
+            member.refreshing.store(false, Ordering::Release);
+            let reply = RawValue::from_string(reply.to_string()).expect("valid JSON");
+            let _ = ack.send(&[&reply]);
+        });
+    }
+
+    async fn departing(self: Arc<Self>, socket: SocketRef<Self>) -> Option<String> {
+        Admission::departing(&self, &socket).await
+    }
+
+    async fn arriving(self: Arc<Self>, socket: SocketRef<Self>, state: String) -> Result<Arc<Member>, String> {
+        Admission::arriving(&self, &socket, &state).await
+    }
+
+    async fn cut(self: Arc<Self>, socket: SocketRef<Self>) -> bool {
+        Admission::cut(&self, &socket).await
+    }
+
+    fn departed(self: &Arc<Self>, socket: &SocketRef<Self>) {
+        if let Some(member) = socket.data() {
+            member.leave(&self.presence, &self.bus);
+        }
+    }
+
+    fn disconnected(self: &Arc<Self>, socket: &SocketRef<Self>, _reason: DisconnectReason) {
+        if let Some(member) = socket.data() {
+            member.leave(&self.presence, &self.bus);
         }
     }
 }

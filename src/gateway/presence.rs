@@ -10,8 +10,8 @@ use crate::metrics::Metrics;
 
 /// The sockets of each user on this instance. A user's count is what a delivery reports as
 /// "sockets reached" and what the in-process bus uses to tell an offline user from an online
-/// one. Generic over what is kept per socket (the gateway keeps an `Entry`),
-/// for its tests.
+/// one. Generic over what is kept per socket: the gateway keeps an `Entry`, which names the
+/// socket server's handler, and the tests keep less.
 pub struct Presence<T> {
     users: DashMap<Arc<str>, Vec<T>, foldhash::fast::RandomState>,
     /// The sockets of each group with a member here.

@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 pub use engine::front::{Handoff, Served, serve};
 pub use engine::{CloseReason, Cutoff, Frame, Handshake, Mount, ProtocolError, SendError, Stats};
-pub use socket::{AckSender, DisconnectReason, Event, Handler, Socket, SocketRef, event_frame};
+pub use socket::send::event_frame;
+pub use socket::{AckSender, DisconnectReason, Event, Handler, Socket, SocketRef};
 
 use socket::Layer;
 

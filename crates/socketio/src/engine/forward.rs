@@ -7,8 +7,8 @@
 use bytes::Bytes;
 
 use super::Engine;
-use super::front::{Method, Reply, Request, Response};
-use super::peer::{ForwardedRequest, ForwardedResponse, Forwarder};
+use super::front::{Method, Request, Response};
+use super::peer::{ForwardedRequest, Forwarder};
 use super::session::Handler;
 use super::sid::Sid;
 
@@ -44,27 +44,5 @@ impl<H: Handler> Engine<H> {
         let status = if matches!(answer.status, 200 | 400 | 403 | 503) { answer.status } else { 502 };
         let content_type = CONTENT_TYPES.iter().find(|t| **t == answer.content_type).copied().unwrap_or("text/plain");
         Some(Response::new(status, content_type, answer.body))
-    }
-
-    /// Answers a request another instance forwarded, as a local one (`None`: the session id
-    /// names another instance, which answers it).
-    pub async fn answer_forwarded(&self, request: ForwardedRequest) -> Option<ForwardedResponse> {
-        if Some(*request.sid.tag()) != self.shared.options.instance_tag {
-            return None;
-        }
-        self.shared.stats.forwarded_in();
-        let head = Request {
-            method: if request.post { Method::Post } else { Method::Get },
-            path: self.shared.options.path.clone().into(),
-            query: format!("EIO=4&transport=polling&sid={}", request.sid).into(),
-            headers: request.content_type.map(|t| (Box::from("content-type"), t)).into_iter().collect(),
-            keep_alive: true,
-        };
-        let Reply::Response(response) = self.route_request(head, request.body).await else {
-            // A polling request is never answered with an upgrade.
-            return None;
-        };
-        let content_type = response.headers.iter().find(|(n, _)| *n == "Content-Type").map(|(_, v)| v.clone()).unwrap_or_default();
-        Some(ForwardedResponse { status: response.status, content_type, body: response.body })
     }
 }

@@ -145,10 +145,11 @@ impl<S: Beating> Wheel<S> {
     }
 }
 
-/// The heartbeat task: ends when the wheel (the engine that holds it) is gone.
-pub(super) async fn run<S: Beating>(wheel: Weak<Wheel<S>>) {
-    let tick = match wheel.upgrade() {
-        Some(w) => Duration::from_millis(w.tick_ms),
+/// The heartbeat task of the `wheel` an `engine` holds: ends when the engine is gone, which a
+/// tick keeps alive while it visits.
+pub(super) async fn run<E, S: Beating>(engine: Weak<E>, wheel: fn(&E) -> &Wheel<S>) {
+    let tick = match engine.upgrade() {
+        Some(e) => Duration::from_millis(wheel(&e).tick_ms),
         None => return,
     };
     let mut interval = tokio::time::interval(tick);
@@ -156,7 +157,8 @@ pub(super) async fn run<S: Beating>(wheel: Weak<Wheel<S>>) {
     let mut last_tick = 0;
     loop {
         interval.tick().await;
-        let Some(wheel) = wheel.upgrade() else { return };
+        let Some(engine) = engine.upgrade() else { return };
+        let wheel = wheel(&engine);
         let now = wheel.now_ms();
         for timer in wheel.due(&mut last_tick, now) {
             if let Some(session) = timer.session.upgrade() {

@@ -52,7 +52,7 @@ impl<H: Handler> Clone for Engine<H> {
 impl<H: Handler> Engine<H> {
     /// Creates the engine and starts its heartbeat task on the current runtime.
     pub fn start(options: Options, handler: H) -> Self {
-        let wheel = Arc::new(Wheel::new(&options));
+        let wheel = Wheel::new(&options);
         let deflate_over = options.compression.map(|t| t.max(DEFLATE_FLOOR));
         let flushers = options.flushers.unwrap_or_else(flusher::count).max(1);
         let shared = Arc::new(Shared {
@@ -66,7 +66,7 @@ impl<H: Handler> Engine<H> {
             closing: Default::default(),
             forwarder: Default::default(),
         });
-        tokio::spawn(heartbeat::run(Arc::downgrade(&shared.wheel)));
+        tokio::spawn(heartbeat::run(Arc::downgrade(&shared), |shared: &Shared<H>| &shared.wheel));
         for f in shared.flushers.iter() {
             tokio::spawn(flusher::run(f.clone()));
         }
@@ -110,17 +110,6 @@ impl<H: Handler> Shared<H> {
     /// flusher holds the same, for its sessions.
     pub(crate) fn deflate_over(&self) -> Option<usize> {
         self.flushers[0].deflate_over
-    }
-}
-
-impl<H: Handler> Drop for Shared<H> {
-    fn drop(&mut self) {
-        // Sessions hold no strong reference back to the engine, so this runs once the engine's
-        // handles, the fronts and the WebSocket tasks have let go.
-        for f in self.flushers.iter() {
-            f.stop();
-        }
-        self.sessions.clear();
     }
 }
 

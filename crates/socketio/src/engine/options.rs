@@ -14,7 +14,7 @@ pub struct Options {
     pub ping_timeout: Duration,
     /// Largest message (WebSocket) or request body (long-polling) a client may send.
     pub max_payload: usize,
-    /// Frames queued to one session before sends to it fail with [`SendError::Full`].
+    /// Frames queued to one session before sends to it fail with [`SendError::Full`](super::outbox::SendError::Full).
     pub max_queue: usize,
     /// A session the layer above has not marked joined by then is closed.
     pub join_timeout: Option<Duration>,

@@ -13,9 +13,8 @@ use tokio::net::TcpStream;
 use super::Engine;
 use super::front::{Method, Mount, Reply, Request, Response, Upgrade};
 use super::options::Handshake;
-use super::session::Handler;
-use super::session::Shared;
-use super::session::{CloseReason, Session, Transport};
+use super::peer::{ForwardedRequest, ForwardedResponse};
+use super::session::{CloseReason, Handler, Session, Shared, Transport};
 use super::sid::Sid;
 use super::stats::{ProtocolError, Stats};
 use super::websocket;
@@ -107,6 +106,28 @@ impl<H: Handler> Engine<H> {
             }
             upgrade => upgrade,
         }
+    }
+
+    /// Answers a request another instance forwarded, as a local one (`None`: the session id
+    /// names another instance, which answers it).
+    pub async fn answer_forwarded(&self, request: ForwardedRequest) -> Option<ForwardedResponse> {
+        if Some(*request.sid.tag()) != self.shared.options.instance_tag {
+            return None;
+        }
+        self.shared.stats.forwarded_in();
+        let head = Request {
+            method: if request.post { Method::Post } else { Method::Get },
+            path: self.shared.options.path.clone().into(),
+            query: format!("EIO=4&transport=polling&sid={}", request.sid).into(),
+            headers: request.content_type.map(|t| (Box::from("content-type"), t)).into_iter().collect(),
+            keep_alive: true,
+        };
+        let Reply::Response(response) = self.route_request(head, request.body).await else {
+            // A polling request is never answered with an upgrade.
+            return None;
+        };
+        let content_type = response.headers.iter().find(|(n, _)| *n == "Content-Type").map(|(_, v)| v.clone()).unwrap_or_default();
+        Some(ForwardedResponse { status: response.status, content_type, body: response.body })
     }
 
     pub(super) async fn route_request(&self, request: Request, body: Bytes) -> Reply {

@@ -73,7 +73,7 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) options: Options,
     pub(crate) handler: H,
     pub(crate) sessions: DashMap<Sid, Arc<Session<H>>>,
-    pub(crate) wheel: Arc<Wheel<Session<H>>>,
+    pub(crate) wheel: Wheel<Session<H>>,
     pub(crate) stats: Stats,
     /// The flushers (`Options::flushers`); each session belongs to one, given in turn, so a
     /// broadcast's writes are spread over every flusher and core, and senders to different
@@ -91,6 +91,17 @@ impl<H: Handler> Shared<H> {
     pub(crate) fn flusher(&self) -> Arc<Flusher<Session<H>>> {
         let i = self.next_flusher.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.flushers.len();
         self.flushers[i].clone()
+    }
+}
+
+impl<H: Handler> Drop for Shared<H> {
+    fn drop(&mut self) {
+        // Sessions hold no strong reference back to the engine, so this runs once the engine's
+        // handles, the fronts and the WebSocket tasks have let go.
+        for f in self.flushers.iter() {
+            f.stop();
+        }
+        self.sessions.clear();
     }
 }
 
