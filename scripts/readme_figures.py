@@ -64,10 +64,10 @@ def wire_ratio():
 
 
 ROWS = [
-    ("Memory per idle WebSocket, 10,000 connections", lambda: memory("results-ab-circles-quiet.jsonl", "memory-10000-after")),
+    ("Memory per idle WebSocket, 10,000 connections", lambda: memory("results-ab-circles-final.jsonl", "memory-10000-after")),
     ("Memory per idle WebSocket with permessage-deflate", lambda: memory("results-deflate.jsonl", "memory-deflate-10000")),
-    ("200,000 notifications to 1,000 users, one instance", lambda: burst("results-ab-circles-quiet.jsonl", "single-max-after")),
-    ("The same across two instances and Redis", lambda: burst(["results-ab-circles-quiet.jsonl", "results-ab-circles-pair.jsonl", "results-ab-circles-pair-reversed.jsonl"], "pair-max-after")),
+    ("200,000 notifications to 1,000 users, one instance", lambda: burst("results-ab-circles-final.jsonl", "single-max-after")),
+    ("The same across two instances and Redis", lambda: burst(["results-ab-circles-final.jsonl", "results-ab-circles-final-reversed.jsonl"], "pair-max-after")),
     ("A 2 KiB notification compressed (WebSocket bytes)", wire_ratio),
     ("A group record to the last of 10,000 members (95,000 sockets, 5 instances)", lambda: fanout("group")),
     ("A broadcast to the last of 95,000 sockets (5 instances)", lambda: fanout("broadcast")),
