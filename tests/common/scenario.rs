@@ -15,13 +15,20 @@ pub struct Stack {
     redis: bool,
     sections: Vec<(&'static str, Value)>,
     instances: Vec<Value>,
-    dir: Option<PathBuf>,
+    dir: PathBuf,
     python: bool,
 }
 
 impl Default for Stack {
     fn default() -> Self {
-        Self { topics: vec![TOPIC], redis: false, sections: Vec::new(), instances: Vec::new(), dir: None, python: false }
+        Self {
+            topics: vec![TOPIC],
+            redis: false,
+            sections: Vec::new(),
+            instances: Vec::new(),
+            dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            python: false,
+        }
     }
 }
 
@@ -56,7 +63,7 @@ impl Stack {
     /// The folder the instances resolve relative paths from (route scripts, key files), as the
     /// config file's folder is for the binary; without it, the crate's.
     pub fn dir(mut self, dir: &Path) -> Self {
-        self.dir = Some(dir.to_owned());
+        self.dir = dir.to_owned();
         self
     }
 
@@ -72,17 +79,10 @@ impl Stack {
         let redis = if self.redis { Some(Redis::start().await) } else { None };
         let mut heralds = Vec::new();
         for overlay in self.instances {
-            heralds.push(start(&instance_config(&kafka, redis.as_ref(), &self.sections, overlay), self.dir.as_deref()).await);
+            heralds.push(Herald::start_in(&instance_config(&kafka, redis.as_ref(), &self.sections, overlay), &self.dir).await);
         }
         let c = if self.python { Clients::start_python().await } else { Clients::start().await };
         Scenario { kafka, redis, heralds, c, sections: self.sections, dir: self.dir }
-    }
-}
-
-async fn start(config: &str, dir: Option<&Path>) -> Herald {
-    match dir {
-        Some(dir) => Herald::start_in(config, dir).await,
-        None => Herald::start(config).await,
     }
 }
 
@@ -103,7 +103,7 @@ pub struct Scenario {
     pub heralds: Vec<Herald>,
     pub c: Clients,
     sections: Vec<(&'static str, Value)>,
-    dir: Option<PathBuf>,
+    dir: PathBuf,
 }
 
 impl Scenario {
@@ -115,7 +115,7 @@ impl Scenario {
     /// up after something happened; it is `heralds.last()`.
     pub async fn add_instance(&mut self, overlay: impl Overlay) -> &Herald {
         let config = instance_config(&self.kafka, self.redis.as_ref(), &self.sections, overlay.into_value());
-        self.heralds.push(start(&config, self.dir.as_deref()).await);
+        self.heralds.push(Herald::start_in(&config, &self.dir).await);
         self.heralds.last().expect("just added")
     }
 
