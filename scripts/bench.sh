@@ -190,35 +190,31 @@ case "$SCENARIO" in
       done
     done
     ;;
-  ab)
+  ab|ab-pair)
     # A build against this one (HERALD_BEFORE), interleaved: idle memory per WebSocket at
     # 10,000 connections, the single-max and the pair-max bursts; labels end -before / -after
     # (issue #25: the per-core flushers, the inline first frame, the copied broadcast walk).
-    for run in $(seq 1 "$RUNS"); do
-      for variant in before after; do
-        SAVED=$HERALD
-        if [ "$variant" = before ]; then HERALD=${HERALD_BEFORE:?set HERALD_BEFORE to the other build}; fi
-        fresh 1
-        bench --label "memory-10000-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 10000 --idle-only --settle-secs 3
-        fresh 1
-        bench --label "single-max-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
-        fresh 2 redis
-        bench --label "pair-max-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
-        HERALD=$SAVED
-      done
-    done
-    ;;
-  ab-pair)
-    # The pair-max burst alone, this build against HERALD_BEFORE, interleaved (labels
-    # pair-max-before / pair-max-after): more pairs where `ab` leaves the two-instance figure
-    # in doubt. ORDER="after before" runs each pair the other way round, to tell a difference
-    # of builds from one of going second.
+    # `ab-pair` runs the pair-max burst alone, for more pairs where `ab` leaves the
+    # two-instance figure in doubt. ORDER="after before" runs each pair the other way round, to
+    # tell a difference of builds from one of going second.
+    parts="memory single pair"; [ "$SCENARIO" = ab-pair ] && parts=pair
     for run in $(seq 1 "$RUNS"); do
       for variant in ${ORDER:-before after}; do
         SAVED=$HERALD
         if [ "$variant" = before ]; then HERALD=${HERALD_BEFORE:?set HERALD_BEFORE to the other build}; fi
-        fresh 2 redis
-        bench --label "pair-max-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5
+        for part in $parts; do
+          case "$part" in
+            memory)
+              fresh 1
+              bench --label "memory-10000-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 10000 --idle-only --settle-secs 3 ;;
+            single)
+              fresh 1
+              bench --label "single-max-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5 ;;
+            pair)
+              fresh 2 redis
+              bench --label "pair-max-$variant" --servers "${SERVERS[0]}" --pids "$PIDLIST" --users 1000 --rates 0 --max-count 200000 --linger-ms 5 ;;
+          esac
+        done
         HERALD=$SAVED
       done
     done
